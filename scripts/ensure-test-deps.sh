@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests use, through apt-get, when any is missing:
+# a real registry (docker-registry), a real OCI client (skopeo), htpasswd for bcrypt password
+# files, openssl for test CAs, a real Secret Service (gnome-keyring under dbus-run-session),
+# and systemd-analyze for the unit checks. Tests never skip for a missing tool: this installs it.
+set -euo pipefail
+packages=(docker-registry skopeo apache2-utils openssl gnome-keyring dbus libsecret-tools systemd procps util-linux)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "ensure-test-deps: installing ${missing[*]}" >&2
+  sudo_cmd=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "ensure-test-deps: need root or sudo to apt-get install ${missing[*]}" >&2; exit 1; }
+    sudo_cmd=(sudo)
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,130 @@
+/**
+ * Materialize: open a run's sealed bundle and write its credentials where every tool of the
+ * run reads them. Everything that can be refused is decided in memory first (bundle, export,
+ * base config, CLI configuration); only then is the run directory created. If writing fails
+ * part-way, what was written is wiped again, so a refusal never leaves a secret on disk.
+ */
+import { resolve } from "node:path";
+import { selectCredentials, type IgnoredEntry, type SelectedCredential } from "../core/credential-selection.js";
+import { parseBaseDockerConfig, renderRegistryFiles, type DockerConfigDoc } from "../core/docker-config.js";
+import { parseExport } from "../core/export-payload.js";
+import type { ReplayCache } from "../core/replay-cache.js";
+import { renderTofuCliConfig, type OperatorCliConfigSource } from "../core/tofu-cli-config.js";
+import type { AgentPrivateKey } from "../crypto/agent-key.js";
+import { openBundle } from "../crypto/sealed-bundle.js";
+import { createRunDir, runFilePath, wipeRunDir, writeRunFile } from "../fs/run-dir.js";
+import type { FileSystem } from "../fs/secure-fs.js";
+
+export interface MaterializeRequest {
+  readonly bundle: Uint8Array;
+  readonly keys: ReadonlyMap<string, AgentPrivateKey>;
+  readonly agentId: string;
+  readonly runId: string;
+  readonly runDir: string;
+  readonly nowMs: number;
+  readonly maxLifetimeSeconds: number;
+  readonly clockSkewSeconds: number;
+  readonly maxBundleBytes?: number;
+  readonly replayCache?: ReplayCache;
+  readonly baseDockerConfig?: { readonly path: string; readonly text: string };
+  readonly tofuCliConfigSources: readonly OperatorCliConfigSource[];
+  readonly fs: FileSystem;
+}
+
+export interface MaterializedRegistry {
+  readonly host: string;
+  readonly integration_id: string;
+  readonly integration_name: string | null;
+}
+
+export interface MaterializeResult {
+  readonly runDir: string;
+  readonly env: Readonly<Record<string, string>>;
+  readonly registries: readonly MaterializedRegistry[];
+  readonly ignored: readonly IgnoredEntry[];
+  readonly warnings: readonly string[];
+  readonly bundleId: string;
+  /**
+   * Every secret value in the forms it may appear in output (raw, base64 `auth`, JSON-escaped),
+   * for value-based log redaction. Never printed.
+   */
+  readonly secretValues: readonly string[];
+}
+
+export function secretFormsOf(selected: readonly SelectedCredential[]): string[] {
+  const forms = new Set<string>();
+  for (const { entry } of selected) {
+    const { password, username } = entry;
+    forms.add(password);
+    forms.add(JSON.stringify(password).slice(1, -1));
+    forms.add(Buffer.from(`${username}:${password}`, "utf8").toString("base64"));
+    forms.add(Buffer.from(password, "utf8").toString("base64"));
+  }
+  return [...forms].filter((s) => s.length >= 4);
+}
+
+export async function materializeRun(request: MaterializeRequest): Promise<MaterializeResult> {
+  const runDir = resolve(request.runDir);
+  const opened = await openBundle(request.bundle, {
+    keys: request.keys,
+    agentId: request.agentId,
+    runId: request.runId,
+    nowMs: request.nowMs,
+    maxLifetimeSeconds: request.maxLifetimeSeconds,
+    clockSkewSeconds: request.clockSkewSeconds,
+    ...(request.maxBundleBytes === undefined ? {} : { maxBytes: request.maxBundleBytes }),
+    ...(request.replayCache === undefined ? {} : { replayCache: request.replayCache }),
+  });
+  let exported;
+  try {
+    exported = parseExport(new TextDecoder().decode(opened.plaintext));
+  } finally {
+    opened.plaintext.fill(0);
+  }
+  const selection = selectCredentials(exported);
+  const base: DockerConfigDoc | undefined =
+    request.baseDockerConfig === undefined ? undefined : parseBaseDockerConfig(request.baseDockerConfig.text, request.baseDockerConfig.path);
+  const registryFiles = renderRegistryFiles(selection.selected, base);
+  const dockerConfigPath = runFilePath(runDir, "dockerConfig");
+  const tofu = renderTofuCliConfig({
+    sources: request.tofuCliConfigSources,
+    dockerConfigPath,
+    exportedRegistries: new Set(selection.selected.map((s) => s.target.registry)),
+  });
+
+  const warnings = [
+    ...registryFiles.overridden.map(
+      (o) => `the base Docker config's ${o.kind} entry ${JSON.stringify(o.key)} is replaced by the exported credential for that registry`,
+    ),
+    ...tofu.warnings,
+  ];
+
+  // createRunDir cleans up after itself; from here on, this function owns the directory.
+  await createRunDir(request.fs, runDir, { runId: request.runId, agentId: request.agentId, createdAt: new Date(request.nowMs).toISOString() });
+  try {
+    await writeRunFile(request.fs, runDir, "dockerConfig", registryFiles.dockerConfig);
+    await writeRunFile(request.fs, runDir, "containersAuth", registryFiles.containersAuth);
+    await writeRunFile(request.fs, runDir, "tofuCliConfig", tofu.text);
+  } catch (error) {
+    await wipeRunDir(request.fs, runDir).catch(() => undefined);
+    throw error;
+  }
+
+  return {
+    runDir,
+    env: {
+      DOCKER_CONFIG: resolve(runDir, "docker"),
+      REGISTRY_AUTH_FILE: runFilePath(runDir, "containersAuth"),
+      TF_CLI_CONFIG_FILE: runFilePath(runDir, "tofuCliConfig"),
+    },
+    registries: selection.selected.map((s) => ({
+      host: s.target.host,
+      integration_id: s.entry.id,
+      integration_name: s.entry.name ?? null,
+    })),
+    ignored: selection.ignored,
+    warnings,
+    bundleId: opened.header.bundle_id,
+    secretValues: secretFormsOf(selection.selected),
+  };
+}

@@ -1,0 +1,67 @@
+import { loadKeyFileRing } from "../../app/agent-keys.js";
+import { materializeRun } from "../../app/materialize-run.js";
+import { AgentError } from "../../core/errors.js";
+import { discoverTofuCliConfig } from "../../fs/tofu-cli-config-sources.js";
+import { realFs } from "../../fs/secure-fs.js";
+import { durationSeconds, nonEmptyId, positiveInt } from "../options.js";
+import { readInput, writeOutput } from "../io.js";
+
+export interface MaterializeOptions {
+  readonly keyFile: string;
+  readonly agentId: string;
+  readonly runId: string;
+  readonly bundle: string;
+  readonly runDir: string;
+  readonly baseDockerConfig?: string;
+  readonly format: string;
+  readonly maxBundleLifetime: string;
+  readonly clockSkew: string;
+  readonly maxBundleBytes?: string;
+}
+
+/** Single-quotes a value for POSIX shells. */
+function shellQuote(value: string): string {
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+export async function materialize(opts: MaterializeOptions): Promise<number> {
+  if (opts.format !== "env" && opts.format !== "json") {
+    throw new AgentError("INVALID_ARGUMENT", `--format ${JSON.stringify(opts.format)} is not supported; use env or json`, { flag: "--format" });
+  }
+  const maxLifetimeSeconds = durationSeconds("--max-bundle-lifetime", opts.maxBundleLifetime);
+  const clockSkewSeconds = durationSeconds("--clock-skew", opts.clockSkew);
+  const maxBundleBytes = opts.maxBundleBytes === undefined ? undefined : positiveInt("--max-bundle-bytes", opts.maxBundleBytes);
+  const keys = await loadKeyFileRing(realFs, opts.keyFile);
+  const bundle = await readInput(opts.bundle, "bundle");
+  const base =
+    opts.baseDockerConfig === undefined
+      ? undefined
+      : { path: opts.baseDockerConfig, text: (await readInput(opts.baseDockerConfig, "base Docker config")).toString("utf8") };
+  const result = await materializeRun({
+    bundle,
+    keys,
+    agentId: nonEmptyId("--agent-id", opts.agentId),
+    runId: nonEmptyId("--run-id", opts.runId),
+    runDir: opts.runDir,
+    nowMs: Date.now(),
+    maxLifetimeSeconds,
+    clockSkewSeconds,
+    ...(maxBundleBytes === undefined ? {} : { maxBundleBytes }),
+    ...(base === undefined ? {} : { baseDockerConfig: base }),
+    tofuCliConfigSources: await discoverTofuCliConfig(realFs, process.env),
+    fs: realFs,
+  });
+  for (const warning of result.warnings) process.stderr.write(`oci-cred-agent: warning: ${warning}\n`);
+  for (const ignored of result.ignored) {
+    process.stderr.write(`oci-cred-agent: ignored integration ${ignored.integration_id ?? "(no id)"} [${ignored.code}]: ${ignored.reason}\n`);
+  }
+  if (opts.format === "json") {
+    await writeOutput(
+      "-",
+      `${JSON.stringify({ env: result.env, registries: result.registries, ignored: result.ignored, warnings: result.warnings }, null, 2)}\n`,
+    );
+  } else {
+    await writeOutput("-", Object.entries(result.env).map(([k, v]) => `export ${k}=${shellQuote(v)}\n`).join(""));
+  }
+  return 0;
+}

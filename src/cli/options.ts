@@ -1,0 +1,42 @@
+/** Parsers for option values; each throws an INVALID_ARGUMENT that names the flag. */
+import { AgentError } from "../core/errors.js";
+import { parseDurationMs } from "../core/duration.js";
+
+export function durationSeconds(flag: string, text: string): number {
+  const ms = parseDurationMs(text);
+  if (ms === undefined || ms <= 0) {
+    throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not a duration; write it like 30s, 10m or 1h`, { flag });
+  }
+  return ms / 1000;
+}
+
+export function positiveInt(flag: string, text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n <= 0) {
+    throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not a positive whole number`, { flag });
+  }
+  return n;
+}
+
+function hasControlCharacter(text: string): boolean {
+  for (const ch of text) {
+    const c = ch.charCodeAt(0);
+    if (c < 0x20 || c === 0x7f) return true;
+  }
+  return false;
+}
+
+export function nonEmptyId(flag: string, text: string): string {
+  if (text.length === 0 || text.length > 256 || hasControlCharacter(text)) {
+    throw new AgentError("INVALID_ARGUMENT", `${flag} must be 1 to 256 printable characters`, { flag });
+  }
+  return text;
+}
+
+export function timestampMs(flag: string, text: string): number {
+  const ms = Date.parse(text);
+  if (!Number.isFinite(ms)) {
+    throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not a timestamp; write it like 2026-11-22T10:00:00Z`, { flag });
+  }
+  return ms;
+}

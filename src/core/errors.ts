@@ -1,0 +1,81 @@
+/**
+ * Every refusal the agent makes carries one of these stable codes. Codes never change meaning
+ * once released; docs/errors.md lists them with the fix for each. Messages say what was wrong,
+ * what was expected and which flag, field or command fixes it, and never contain a secret.
+ */
+export const ERROR_CODES = {
+  // Usage and inputs
+  INVALID_ARGUMENT: "a flag or argument has a value the agent cannot use",
+  INPUT_UNREADABLE: "an input file could not be read",
+  OUTPUT_EXISTS: "an output file exists already and the agent refuses to overwrite it",
+
+  // Agent key
+  KEY_FILE_NOT_FOUND: "the private key file does not exist",
+  KEY_FILE_EXISTS: "keygen refuses to overwrite an existing key file",
+  KEY_FILE_SYMLINK: "the private key path is a symbolic link",
+  KEY_FILE_NOT_REGULAR: "the private key path is not a regular file",
+  KEY_FILE_WRONG_OWNER: "the private key file is owned by another user",
+  KEY_FILE_PERMISSIONS: "the private key file is accessible by group or others",
+  KEY_FILE_INVALID: "the private key file does not hold an X25519 private key",
+  PUBLIC_KEY_INVALID: "the public key document is not what `pubkey` prints",
+
+  // Sealed bundle
+  BUNDLE_TOO_LARGE: "the sealed bundle exceeds the size limit",
+  BUNDLE_MALFORMED: "the sealed bundle is not a well-formed envelope",
+  BUNDLE_VERSION_UNSUPPORTED: "the sealed bundle has a format version this agent does not know",
+  BUNDLE_SUITE_UNSUPPORTED: "the sealed bundle uses an HPKE suite this agent does not accept",
+  BUNDLE_WRONG_AGENT: "the sealed bundle was issued for another agent",
+  BUNDLE_WRONG_RUN: "the sealed bundle was issued for another run",
+  BUNDLE_EXPIRED: "the sealed bundle has expired",
+  BUNDLE_NOT_YET_VALID: "the sealed bundle was issued in the future",
+  BUNDLE_LIFETIME_TOO_LONG: "the sealed bundle's lifetime exceeds the maximum",
+  BUNDLE_UNKNOWN_KEY: "the sealed bundle names a key id this agent does not hold",
+  BUNDLE_REPLAYED: "the sealed bundle was opened before by this agent process",
+  BUNDLE_DECRYPT_FAILED: "the sealed bundle failed authentication (tampered, or sealed to another key)",
+
+  // Plaintext inside the bundle
+  PAYLOAD_INVALID: "the opened bundle does not hold a valid credential export",
+  PAYLOAD_VERSION_UNSUPPORTED: "the credential export has a version this agent does not know",
+
+  // Operator configuration merged into the run's files
+  BASE_DOCKER_CONFIG_INVALID: "the base Docker config is not a valid Docker config file",
+  TOFU_CLI_CONFIG_CONFLICT: "the operator's OpenTofu CLI configuration conflicts with the agent's",
+  TOFU_CLI_CONFIG_INVALID: "the operator's OpenTofu CLI configuration cannot be parsed",
+
+  // Run directory
+  RUN_DIR_PARENT_MISSING: "the run directory's parent does not exist",
+  RUN_DIR_UNSAFE: "the run directory is not a plain, empty directory owned by the agent",
+  RUN_DIR_ENTRY_UNSAFE: "something the agent did not create stands at a path it writes",
+  RUN_DIR_WRITE_FAILED: "writing a credential file failed",
+  WIPE_NOT_AGENT_DIR: "wipe was pointed at a directory the agent did not create",
+  WIPE_FOREIGN_ENTRIES: "the run directory holds entries the agent did not write; they were left in place",
+  WIPE_FAILED: "removing a credential file failed",
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class AgentError extends Error {
+  override readonly name = "AgentError";
+  readonly code: ErrorCode;
+  /** Safe, non-secret details for logs and JSON output (field paths, hosts, ids). */
+  readonly details: Readonly<Record<string, unknown>>;
+
+  constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.details = details;
+  }
+}
+
+export function isAgentError(value: unknown): value is AgentError {
+  return value instanceof AgentError;
+}
+
+/** Narrow a caught value to a Node system error code such as ENOENT, without trusting its shape. */
+export function errnoCode(error: unknown): string | undefined {
+  if (typeof error === "object" && error !== null && "code" in error) {
+    const code = error.code;
+    return typeof code === "string" ? code : undefined;
+  }
+  return undefined;
+}

@@ -1,0 +1,147 @@
+/**
+ * Renders the OpenTofu CLI configuration a run's tofu reads through TF_CLI_CONFIG_FILE. Pure.
+ *
+ * OpenTofu ignores DOCKER_CONFIG. The one dependable way to point it at the run's credentials
+ * is an `oci_default_credentials` block naming the file in `docker_style_config_files`: then it
+ * reads exactly that file, fails loudly if the file is missing or broken, and does not fall back
+ * to whatever ambient files the host has (internal/command/cliconfig/oci_credentials.go).
+ *
+ * Setting TF_CLI_CONFIG_FILE replaces the operator's own CLI configuration and skips the CLI
+ * config directory (internal/command/cliconfig/cliconfig.go, LoadConfig), so the operator's
+ * configuration is reproduced verbatim above the agent's block. Only one
+ * `oci_default_credentials` block may exist in the whole CLI configuration, so an operator
+ * configuration that has one is refused with instructions; `oci_credentials` blocks for a
+ * registry the run exports are cut out (they would otherwise win over the export), others kept.
+ */
+import { AgentError } from "./errors.js";
+import { HclScanError, lineOf, scanTopLevel } from "./hcl-top-level.js";
+import { registryOfConfigKey } from "./registry-address.js";
+
+export interface OperatorCliConfigSource {
+  readonly path: string;
+  readonly text: string;
+}
+
+export interface TofuCliConfigInput {
+  /** The operator's main CLI config file first, then the CLI config directory's files. */
+  readonly sources: readonly OperatorCliConfigSource[];
+  /** Absolute path of the Docker-style file OpenTofu must read. */
+  readonly dockerConfigPath: string;
+  /** Registries the run exports (RegistryTarget.registry values). */
+  readonly exportedRegistries: ReadonlySet<string>;
+}
+
+export interface RenderedTofuCliConfig {
+  readonly text: string;
+  readonly warnings: readonly string[];
+}
+
+const BLOCK_COMMENT =
+  "# oci-cred-agent: OpenTofu reads OCI registry credentials for this run from exactly the file below\n" +
+  "# (docs/architecture.md). It is removed when the run ends.\n";
+
+function isJson(text: string): boolean {
+  return text.trimStart().startsWith("{");
+}
+
+function conflict(path: string, line: number | undefined): AgentError {
+  const where = line === undefined ? path : `${path}:${line}`;
+  return new AgentError(
+    "TOFU_CLI_CONFIG_CONFLICT",
+    `the OpenTofu CLI configuration ${where} has an oci_default_credentials block, and OpenTofu allows only one; ` +
+      "the agent needs that block to point tofu at the run's credentials. Remove it: move its docker_style_config_files " +
+      "into --base-docker-config, and its docker_credentials_helper into that file's credsStore",
+    { path },
+  );
+}
+
+function renderHcl(input: TofuCliConfigInput, warnings: string[]): string {
+  const parts: string[] = [];
+  for (const source of input.sources) {
+    if (isJson(source.text)) {
+      warnings.push(
+        `the CLI configuration ${source.path} is JSON and cannot be combined with HCL files; it is not part of the run's CLI configuration`,
+      );
+      continue;
+    }
+    let items;
+    try {
+      items = scanTopLevel(source.text);
+    } catch (error) {
+      const line = error instanceof HclScanError ? lineOf(source.text, error.offset) : undefined;
+      throw new AgentError(
+        "TOFU_CLI_CONFIG_INVALID",
+        `the OpenTofu CLI configuration ${source.path}${line === undefined ? "" : `:${line}`} cannot be parsed (${error instanceof Error ? error.message : "syntax error"}); fix it (tofu would refuse it too)`,
+        { path: source.path },
+      );
+    }
+    let text = source.text;
+    for (const item of [...items].reverse()) {
+      if (item.name === "oci_default_credentials") throw conflict(source.path, lineOf(source.text, item.start));
+      if (item.name === "oci_credentials" && item.kind === "block") {
+        const registry = registryOfConfigKey(item.labels[0] ?? "");
+        if (registry !== undefined && input.exportedRegistries.has(registry)) {
+          warnings.push(
+            `oci_credentials "${item.labels[0] ?? ""}" in ${source.path}:${lineOf(source.text, item.start)} is left out of this run's CLI configuration because the run exports credentials for ${registry}`,
+          );
+          text = `${text.slice(0, item.start)}# (oci_credentials "${item.labels[0] ?? ""}" left out by oci-cred-agent)${text.slice(item.end)}`;
+        }
+      }
+    }
+    parts.push(`# --- from ${source.path} ---\n${text}${text.endsWith("\n") ? "" : "\n"}`);
+  }
+  const block =
+    `${BLOCK_COMMENT}oci_default_credentials {\n` +
+    `  discover_ambient_credentials = true\n` +
+    `  docker_style_config_files    = [${JSON.stringify(input.dockerConfigPath)}]\n` +
+    `}\n`;
+  return [...parts, block].join("\n");
+}
+
+function renderJson(main: OperatorCliConfigSource, rest: readonly OperatorCliConfigSource[], input: TofuCliConfigInput, warnings: string[]): string {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(main.text);
+  } catch {
+    throw new AgentError(
+      "TOFU_CLI_CONFIG_INVALID",
+      `the OpenTofu CLI configuration ${main.path} looks like JSON but does not parse; fix it (tofu would refuse it too)`,
+      { path: main.path },
+    );
+  }
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
+    throw new AgentError("TOFU_CLI_CONFIG_INVALID", `the OpenTofu CLI configuration ${main.path} is not a JSON object`, {
+      path: main.path,
+    });
+  }
+  const obj = { ...(doc as Record<string, unknown>) };
+  if ("oci_default_credentials" in obj) throw conflict(main.path, undefined);
+  const oci = obj["oci_credentials"];
+  if (typeof oci === "object" && oci !== null && !Array.isArray(oci)) {
+    const kept: Record<string, unknown> = {};
+    for (const [label, value] of Object.entries(oci as Record<string, unknown>)) {
+      const registry = registryOfConfigKey(label);
+      if (registry !== undefined && input.exportedRegistries.has(registry)) {
+        warnings.push(`oci_credentials "${label}" in ${main.path} is left out of this run's CLI configuration because the run exports credentials for ${registry}`);
+      } else {
+        kept[label] = value;
+      }
+    }
+    obj["oci_credentials"] = kept;
+  }
+  for (const other of rest) {
+    warnings.push(`the CLI configuration ${other.path} cannot be combined with the JSON file ${main.path}; it is not part of the run's CLI configuration`);
+  }
+  obj["oci_default_credentials"] = {
+    discover_ambient_credentials: true,
+    docker_style_config_files: [input.dockerConfigPath],
+  };
+  return `${JSON.stringify(obj, null, 2)}\n`;
+}
+
+export function renderTofuCliConfig(input: TofuCliConfigInput): RenderedTofuCliConfig {
+  const warnings: string[] = [];
+  const [main, ...rest] = input.sources;
+  const text = main !== undefined && isJson(main.text) ? renderJson(main, rest, input, warnings) : renderHcl(input, warnings);
+  return { text, warnings };
+}

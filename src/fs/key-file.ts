@@ -1,0 +1,82 @@
+/**
+ * Reading and creating the agent's private key file, with OpenSSH's caution: a key file that is
+ * a symlink, not a regular file, owned by another user, or accessible by group or others is
+ * refused ("UNPROTECTED PRIVATE KEY FILE"), with the command that fixes it.
+ */
+import { constants } from "node:fs";
+import { AgentError, errnoCode } from "../core/errors.js";
+import { currentUid, SECRET_FILE_MODE, type FileSystem } from "./secure-fs.js";
+
+/** Checks a key file's metadata; returns its contents. */
+export async function readProtectedKeyFile(fs: FileSystem, path: string): Promise<string> {
+  let st;
+  try {
+    st = await fs.lstat(path);
+  } catch (error) {
+    if (errnoCode(error) === "ENOENT") {
+      throw new AgentError("KEY_FILE_NOT_FOUND", `the key file ${path} does not exist; create it with \`oci-cred-agent keygen --key-file ${path}\``, { path });
+    }
+    throw new AgentError("INPUT_UNREADABLE", `the key file ${path} cannot be read (${errnoCode(error) ?? "error"})`, { path });
+  }
+  if (st.isSymbolicLink()) {
+    throw new AgentError(
+      "KEY_FILE_SYMLINK",
+      `the key file ${path} is a symbolic link; the agent reads keys only from regular files. Point --key-file at the real file`,
+      { path },
+    );
+  }
+  if (!st.isFile()) {
+    throw new AgentError("KEY_FILE_NOT_REGULAR", `the key file ${path} is not a regular file; point --key-file at the key file itself`, { path });
+  }
+  if (st.uid !== currentUid()) {
+    throw new AgentError(
+      "KEY_FILE_WRONG_OWNER",
+      `the key file ${path} is owned by uid ${st.uid}, but the agent runs as uid ${currentUid()}; make the agent's user its owner: chown $(id -u) ${path}`,
+      { path, uid: st.uid },
+    );
+  }
+  const mode = st.mode & 0o777;
+  if ((mode & 0o077) !== 0) {
+    throw new AgentError(
+      "KEY_FILE_PERMISSIONS",
+      `UNPROTECTED PRIVATE KEY FILE: ${path} has mode ${mode.toString(8).padStart(4, "0")}, so group or others can access it; run: chmod 600 ${path}`,
+      { path, mode: mode.toString(8).padStart(4, "0") },
+    );
+  }
+  const handle = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    const again = await handle.stat();
+    if (again.ino !== st.ino || again.dev !== st.dev) {
+      throw new AgentError("KEY_FILE_NOT_REGULAR", `the key file ${path} was replaced while it was being read; try again`, { path });
+    }
+    return await handle.readFile("utf8");
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Creates a new key file with mode 0600; never overwrites. */
+export async function createKeyFile(fs: FileSystem, path: string, pem: string): Promise<void> {
+  let handle;
+  try {
+    handle = await fs.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, SECRET_FILE_MODE);
+  } catch (error) {
+    const code = errnoCode(error);
+    if (code === "EEXIST" || code === "ELOOP") {
+      throw new AgentError("KEY_FILE_EXISTS", `${path} exists already; keygen never overwrites a key. Choose another --key-file, or remove the old key if it is retired`, { path });
+    }
+    if (code === "ENOENT") {
+      throw new AgentError("INVALID_ARGUMENT", `the directory for ${path} does not exist; create it (mode 0700) first`, { path });
+    }
+    throw new AgentError("INPUT_UNREADABLE", `cannot create ${path} (${code ?? "error"})`, { path });
+  }
+  try {
+    await handle.writeFile(pem);
+    await handle.sync();
+  } catch (error) {
+    await handle.close();
+    await fs.unlink(path).catch(() => undefined);
+    throw new AgentError("RUN_DIR_WRITE_FAILED", `writing ${path} failed (${errnoCode(error) ?? "error"})`, { path });
+  }
+  await handle.close();
+}

@@ -1,0 +1,157 @@
+/**
+ * File-system primitives for files that hold secrets: exclusive creation without following
+ * symlinks, mode 0600/0700, write to a temporary name, fsync, rename, fsync the directory.
+ *
+ * Node has no openat(2): O_NOFOLLOW guards only the last path component. The callers therefore
+ * write only inside directories the agent itself created and verified (owner, type, mode), and
+ * check each path with lstat before use.
+ *
+ * The operations go through a `FileSystem` object so that tests can inject faults (ENOSPC, EIO)
+ * at exactly this edge; production passes node:fs/promises.
+ */
+import { constants, type Stats } from "node:fs";
+import * as nodeFs from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { AgentError, errnoCode } from "../core/errors.js";
+
+export type FileSystem = Pick<
+  typeof nodeFs,
+  "mkdir" | "lstat" | "open" | "rename" | "unlink" | "rmdir" | "readdir" | "chmod" | "stat" | "readFile"
+>;
+
+export const realFs: FileSystem = nodeFs;
+
+export const SECRET_FILE_MODE = 0o600;
+export const PRIVATE_DIR_MODE = 0o700;
+
+export function currentUid(): number {
+  return process.getuid?.() ?? -1;
+}
+
+export async function lstatIfExists(fs: FileSystem, path: string): Promise<Stats | undefined> {
+  try {
+    return await fs.lstat(path);
+  } catch (error) {
+    if (errnoCode(error) === "ENOENT") return undefined;
+    throw error;
+  }
+}
+
+/** Temporary names the agent uses beside a file it writes; wipe recognizes and removes them. */
+export const TEMP_SUFFIX = /\.tmp-[0-9a-f]{16}$/;
+
+export function tempNameFor(name: string): string {
+  return `.${name}.tmp-${randomBytes(8).toString("hex")}`;
+}
+
+export function isTempNameFor(entry: string, name: string): boolean {
+  return entry.startsWith(`.${name}.tmp-`) && TEMP_SUFFIX.test(entry);
+}
+
+async function fsyncDir(fs: FileSystem, dir: string): Promise<void> {
+  const handle = await fs.open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function writeFailed(path: string, error: unknown): AgentError {
+  const code = errnoCode(error) ?? "unknown error";
+  const hint =
+    code === "ENOSPC" || code === "EDQUOT"
+      ? "the file system is full; free space (or enlarge the tmpfs) under the run directory"
+      : "check the run directory's file system and permissions";
+  return new AgentError("RUN_DIR_WRITE_FAILED", `writing ${path} failed (${code}); ${hint}`, { path, errno: code }, { cause: error });
+}
+
+/**
+ * Writes `data` to dir/name: a fresh temporary file (O_CREAT|O_EXCL|O_NOFOLLOW, 0600), fsync,
+ * then rename over nothing (anything already at dir/name is refused), then fsync the directory.
+ * On any failure the temporary file is removed.
+ */
+export async function writeSecretFileAtomic(fs: FileSystem, dir: string, name: string, data: string | Uint8Array): Promise<void> {
+  const finalPath = join(dir, name);
+  const tempPath = join(dir, tempNameFor(name));
+  let created = false;
+  try {
+    const handle = await fs.open(
+      tempPath,
+      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+      SECRET_FILE_MODE,
+    );
+    created = true;
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    const existing = await lstatIfExists(fs, finalPath);
+    if (existing !== undefined) {
+      throw new AgentError(
+        "RUN_DIR_ENTRY_UNSAFE",
+        `${finalPath} exists already (${existing.isSymbolicLink() ? "a symbolic link" : "an entry"} the agent did not write); refusing to replace it. Something else writes into the run directory: give the agent a directory of its own`,
+        { path: finalPath },
+      );
+    }
+    await fs.rename(tempPath, finalPath);
+    created = false;
+    await fsyncDir(fs, dir);
+  } catch (error) {
+    if (created) await fs.unlink(tempPath).catch(() => undefined);
+    if (error instanceof AgentError) throw error;
+    throw writeFailed(finalPath, error);
+  }
+}
+
+/**
+ * Creates `path` as a 0700 directory owned by the agent, or accepts an existing one only when
+ * it is an empty, real directory owned by the agent's user. Returns whether it was created.
+ */
+export async function makePrivateDir(fs: FileSystem, path: string, allowExistingEmpty: boolean): Promise<boolean> {
+  let created = true;
+  try {
+    await fs.mkdir(path, { mode: PRIVATE_DIR_MODE });
+  } catch (error) {
+    if (errnoCode(error) !== "EEXIST") {
+      if (errnoCode(error) === "ENOENT") {
+        throw new AgentError(
+          "RUN_DIR_PARENT_MISSING",
+          `the parent of ${path} does not exist; create it first (the agent creates only the run directory itself)`,
+          { path },
+        );
+      }
+      throw writeFailed(path, error);
+    }
+    created = false;
+  }
+  const st = await fs.lstat(path);
+  const problem = st.isSymbolicLink()
+    ? "is a symbolic link"
+    : !st.isDirectory()
+      ? "is not a directory"
+      : st.uid !== currentUid()
+        ? `is owned by uid ${st.uid}, not the agent's uid ${currentUid()}`
+        : undefined;
+  if (problem !== undefined) {
+    throw new AgentError("RUN_DIR_UNSAFE", `${path} ${problem}; the run directory must be a new or empty directory of the agent's own`, { path });
+  }
+  if (!created) {
+    if (!allowExistingEmpty) {
+      throw new AgentError("RUN_DIR_ENTRY_UNSAFE", `${path} exists already; the agent creates it itself. Something else writes into the run directory`, { path });
+    }
+    const entries = await fs.readdir(path);
+    if (entries.length > 0) {
+      throw new AgentError(
+        "RUN_DIR_UNSAFE",
+        `${path} is not empty (${entries.length} entries); pass a run directory that does not exist yet, or an empty one. Remove an old run's files with \`oci-cred-agent wipe --run-dir ${path}\``,
+        { path },
+      );
+    }
+  }
+  await fs.chmod(path, PRIVATE_DIR_MODE);
+  return created;
+}

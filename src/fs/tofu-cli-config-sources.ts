@@ -1,0 +1,66 @@
+/**
+ * Finds the operator's own OpenTofu CLI configuration the way OpenTofu does
+ * (internal/command/cliconfig/cliconfig.go LoadConfig and config_unix.go), so that the run's
+ * generated configuration can reproduce it: TF_CLI_CONFIG_FILE (or the legacy TERRAFORM_CONFIG)
+ * alone when set; otherwise ~/.tofurc, else ~/.terraformrc (or $XDG_CONFIG_HOME/opentofu/tofurc
+ * on a fresh install), plus the *.tfrc and *.tfrc.json files of the CLI config directory
+ * (except credentials.tfrc.json, which OpenTofu's credentials store reads in any case).
+ */
+import { join } from "node:path";
+import { homedir } from "node:os";
+import { errnoCode } from "../core/errors.js";
+import type { OperatorCliConfigSource } from "../core/tofu-cli-config.js";
+import type { FileSystem } from "./secure-fs.js";
+
+async function readIfExists(fs: FileSystem, path: string): Promise<OperatorCliConfigSource | undefined> {
+  try {
+    return { path, text: await fs.readFile(path, "utf8") };
+  } catch (error) {
+    if (errnoCode(error) === "ENOENT") return undefined;
+    throw error;
+  }
+}
+
+async function exists(fs: FileSystem, path: string): Promise<boolean> {
+  try {
+    await fs.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function discoverTofuCliConfig(fs: FileSystem, env: NodeJS.ProcessEnv): Promise<OperatorCliConfigSource[]> {
+  const override = env["TF_CLI_CONFIG_FILE"] || env["TERRAFORM_CONFIG"];
+  if (override) {
+    const source = await readIfExists(fs, override);
+    return source === undefined ? [] : [source];
+  }
+  const home = env["HOME"] || homedir();
+  const xdg = env["XDG_CONFIG_HOME"];
+  const tofurc = join(home, ".tofurc");
+  const legacy = join(home, ".terraformrc");
+  let mainPath = tofurc;
+  if (!(await exists(fs, tofurc))) {
+    if (await exists(fs, legacy)) mainPath = legacy;
+    else if (xdg) mainPath = join(xdg, "opentofu", "tofurc");
+  }
+  const sources: OperatorCliConfigSource[] = [];
+  const main = await readIfExists(fs, mainPath);
+  if (main) sources.push(main);
+
+  let configDir = join(home, ".terraform.d");
+  if (xdg && !(await exists(fs, configDir))) configDir = join(xdg, "opentofu");
+  const entries = await fs.readdir(configDir).then(
+    (names) => names.sort(),
+    () => [] as string[],
+  );
+  for (const entry of entries) {
+    if (!entry.endsWith(".tfrc") && !entry.endsWith(".tfrc.json")) continue;
+    // OpenTofu reads credentials.tfrc.json (from `tofu login`) on its own, override or not.
+    if (entry === "credentials.tfrc.json") continue;
+    const source = await readIfExists(fs, join(configDir, entry));
+    if (source) sources.push(source);
+  }
+  return sources;
+}
