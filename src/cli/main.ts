@@ -4,20 +4,14 @@
  *
  * Exit codes: 0 success, 1 refused or failed (stderr names the error code), 2 usage error.
  */
-import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { AgentError, errnoCode } from "../core/errors.js";
 import type { MaterializeOptions } from "./commands/materialize.js";
 import type { SealOptions } from "./commands/seal.js";
+import type { RunOptions } from "./commands/run.js";
+import type { ControlPlaneCommandOptions } from "./commands/control-plane.js";
+import { packageVersion } from "./version.js";
 
-function packageVersion(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: unknown };
-    return typeof pkg.version === "string" ? pkg.version : "0.0.0";
-  } catch {
-    return "0.0.0";
-  }
-}
 
 type Action = () => Promise<number>;
 
@@ -85,6 +79,46 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .addOption(new Option("--format <format>", "output format").choices(["text", "json"]).default("text"))
     .action((opts: { runDir: string; format: string }) => {
       setAction(async () => (await import("./commands/wipe.js")).wipe(opts));
+    });
+
+  program
+    .command("run")
+    .description("the daemon: register with the control plane, lease runs, put their credentials in place, run tofu, wipe on every ending")
+    .requiredOption("--control-plane-url <url>", "the control plane's base URL (https://, or http:// on loopback)")
+    .option("--allow-insecure-control-plane", "accept a plain http:// control plane URL that is not loopback")
+    .requiredOption("--token-file <file>", "file holding the agent pool token")
+    .requiredOption("--key-file <path>", "the agent's private key file (mode 0600)")
+    .requiredOption("--work-dir <dir>", "the agent's working directory (workspaces, and credentials unless --credentials-dir)")
+    .option("--credentials-dir <dir>", "where run credential directories go; put it on tmpfs (default <work-dir>/credentials)")
+    .option("--tofu-bin <path>", "the tofu executable", "tofu")
+    .option("--concurrency <n>", "runs at once", "1")
+    .option("--drain-timeout <duration>", "on SIGTERM, how long running runs may finish before they are canceled", "5m")
+    .option("--cancel-grace <duration>", "after SIGTERM to tofu, how long before SIGKILL", "10s")
+    .option("--run-timeout <duration>", "cancel a run that takes longer", "2h")
+    .option("--max-bundle-lifetime <duration>", "refuse bundles valid for longer than this", "1h")
+    .option("--clock-skew <duration>", "how far in the future a bundle's issue time may be", "2m")
+    .option("--max-config-bytes <size>", "refuse configuration archives that expand past this", "256MiB")
+    .option("--base-docker-config <file>", "an operator Docker config merged into every run's")
+    .option("--name <name>", "the agent's name at the control plane (default host-pid)")
+    .option("--log-level <level>", "fatal, error, warn, info, debug or trace", "info")
+    .addOption(new Option("--log-format <format>", "json lines, or pretty text (default: pretty on a terminal)").choices(["json", "pretty"]))
+    .action((opts: RunOptions) => {
+      setAction(async () => (await import("./commands/run.js")).run(opts));
+    });
+
+  program
+    .command("control-plane")
+    .description("the reference control plane: admin API and agent API on one listener")
+    .option("--listen <host:port>", "where to listen", "127.0.0.1:8480")
+    .requiredOption("--admin-token-file <file>", "file holding the admin API token")
+    .requiredOption("--agent-token-file <file>", "file holding the agent pool token")
+    .option("--data-file <file>", "persist state here (passwords encrypted at rest); default in memory")
+    .option("--lease-ttl <duration>", "a lease expires this long after its last heartbeat", "60s")
+    .option("--heartbeat-interval <duration>", "how often agents heartbeat a lease", "10s")
+    .option("--poll-wait <duration>", "how long a lease request is held open", "30s")
+    .option("--bundle-ttl <duration>", "how long a sealed bundle stays valid", "10m")
+    .action((opts: ControlPlaneCommandOptions) => {
+      setAction(async () => (await import("./commands/control-plane.js")).controlPlane(opts));
     });
 
   return program;

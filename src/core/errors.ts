@@ -50,6 +50,27 @@ export const ERROR_CODES = {
   WIPE_NOT_AGENT_DIR: "wipe was pointed at a directory the agent did not create",
   WIPE_FOREIGN_ENTRIES: "the run directory holds entries the agent did not write; they were left in place",
   WIPE_FAILED: "removing a credential file failed",
+
+  // Configuration archive of a run
+  ARCHIVE_CHECKSUM_MISMATCH: "the configuration archive does not match the checksum the lease announced",
+  ARCHIVE_INVALID: "the configuration archive is not a valid tar.gz",
+  ARCHIVE_TOO_LARGE: "the configuration archive expands past the size or entry limit",
+  ARCHIVE_UNSAFE_PATH: "an archive entry's path is absolute or leaves the configuration directory",
+  ARCHIVE_UNSAFE_LINK: "an archive link points outside the configuration directory",
+  ARCHIVE_ENTRY_UNSUPPORTED: "an archive entry is a device, FIFO or other unsupported type",
+
+  // The daemon and its control plane
+  CONTROL_PLANE_UNAUTHORIZED: "the control plane refused the agent's token (401/403)",
+  CONTROL_PLANE_UNAVAILABLE: "the control plane could not be reached or answered 429/5xx",
+  CONTROL_PLANE_BAD_RESPONSE: "the control plane answered something that is not the agent API",
+  CONTROL_PLANE_REJECTED: "the control plane rejected a request as invalid (4xx)",
+  LEASE_LOST: "the control plane no longer holds the run's lease for this agent (409)",
+  RUN_CANCELED: "the run was canceled from the control plane",
+  RUN_TIMEOUT: "the run exceeded its time limit",
+  PHASE_FAILED: "a tofu phase exited non-zero or was killed",
+  TOFU_NOT_FOUND: "the tofu executable could not be started",
+  AGENT_SHUTDOWN: "the agent was shutting down and canceled the run",
+  INTERNAL: "an unexpected failure inside the agent",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

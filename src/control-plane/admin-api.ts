@@ -1,0 +1,139 @@
+/**
+ * The admin API (Authorization: Bearer <admin token>): integrations and runs. No response ever
+ * contains a stored password.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { z } from "zod";
+import { PHASES } from "../protocol/agent-api.js";
+import { HttpError, readJson, sendJson } from "./http-util.js";
+import { checkRegistryUrlForm, type RegistryProber } from "./registry-probe.js";
+import { newId, publicIntegration, type ControlPlaneStore, type Integration, type RunRecord } from "./store.js";
+
+const MAX_ADMIN_BODY = 96 * 1024 * 1024;
+
+const createIntegrationSchema = z.strictObject({
+  name: z.string().min(1).max(256),
+  registry_url: z.string().min(1).max(2048),
+  username: z
+    .string()
+    .min(1)
+    .max(4096)
+    .refine((u) => !u.includes(":"), { message: "must not contain ':'" }),
+  password: z.string().min(1).max(65536),
+  export_credentials: z.boolean().default(false),
+});
+
+const patchIntegrationSchema = createIntegrationSchema.partial();
+
+const createRunSchema = z.strictObject({
+  configuration_tar_gz_base64: z.string().min(1),
+  phases: z.array(z.enum(PHASES)).min(1).max(3).default(["init", "plan", "apply"]),
+});
+
+function runView(run: RunRecord): Record<string, unknown> {
+  return {
+    id: run.id,
+    status: run.status,
+    phases: run.phases,
+    queued_at: run.queued_at,
+    agent_id: run.lease?.agent_id ?? null,
+    error: run.error ?? null,
+    events: run.events,
+    logs: run.logs,
+  };
+}
+
+export class AdminApi {
+  constructor(
+    private readonly store: ControlPlaneStore,
+    private readonly probe: RegistryProber,
+  ) {}
+
+  async handle(req: IncomingMessage, res: ServerResponse, path: string[]): Promise<void> {
+    const method = req.method ?? "GET";
+    const [collection, id, action] = path;
+    if (collection === "integrations") {
+      if (id === undefined && method === "GET") { sendJson(res, 200, { integrations: [...this.store.integrations.values()].map(publicIntegration) }); return; }
+      if (id === undefined && method === "POST") return this.createIntegration(req, res);
+      const integration = id === undefined ? undefined : this.store.integrations.get(id);
+      if (!integration) throw new HttpError(404, "NOT_FOUND", `no integration ${id ?? ""}`);
+      if (action === undefined && method === "GET") { sendJson(res, 200, publicIntegration(integration)); return; }
+      if (action === undefined && method === "PATCH") return this.patchIntegration(req, res, integration);
+      if (action === undefined && method === "DELETE") {
+        this.store.integrations.delete(integration.id);
+        this.store.emit("changed");
+        res.writeHead(204).end();
+        return;
+      }
+    }
+    if (collection === "runs") {
+      if (id === undefined && method === "POST") return this.createRun(req, res);
+      if (id === undefined && method === "GET") { sendJson(res, 200, { runs: [...this.store.runs.values()].map((r) => ({ id: r.id, status: r.status, queued_at: r.queued_at })) }); return; }
+      const run = id === undefined ? undefined : this.store.runs.get(id);
+      if (!run) throw new HttpError(404, "NOT_FOUND", `no run ${id ?? ""}`);
+      if (action === undefined && method === "GET") { sendJson(res, 200, runView(run)); return; }
+      if (action === "cancel" && method === "POST") {
+        this.store.cancelRun(run);
+        sendJson(res, 202, runView(run)); return;
+      }
+    }
+    throw new HttpError(404, "NOT_FOUND", `no admin route ${method} /${path.join("/")}`);
+  }
+
+  private async validateUrl(raw: string): Promise<{ url: string; warnings: string[] }> {
+    const url = checkRegistryUrlForm(raw);
+    const { warnings } = await this.probe(url);
+    return { url: url.origin, warnings };
+  }
+
+  private async createIntegration(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await readJson(req, createIntegrationSchema, 1024 * 1024);
+    const { url, warnings } = await this.validateUrl(body.registry_url);
+    const now = this.store.iso();
+    const integration: Integration = {
+      id: newId("int"),
+      name: body.name,
+      registry_url: url,
+      username: body.username,
+      password: body.password,
+      export_credentials: body.export_credentials,
+      created_at: now,
+      updated_at: now,
+    };
+    this.store.integrations.set(integration.id, integration);
+    this.store.emit("changed");
+    sendJson(res, 201, { ...publicIntegration(integration), warnings });
+  }
+
+  private async patchIntegration(req: IncomingMessage, res: ServerResponse, integration: Integration): Promise<void> {
+    const body = await readJson(req, patchIntegrationSchema, 1024 * 1024);
+    let warnings: string[] = [];
+    if (body.registry_url !== undefined) {
+      const checked = await this.validateUrl(body.registry_url);
+      integration.registry_url = checked.url;
+      warnings = checked.warnings;
+    }
+    if (body.name !== undefined) integration.name = body.name;
+    if (body.username !== undefined) integration.username = body.username;
+    if (body.password !== undefined) integration.password = body.password;
+    if (body.export_credentials !== undefined) integration.export_credentials = body.export_credentials;
+    integration.updated_at = this.store.iso();
+    this.store.emit("changed");
+    sendJson(res, 200, { ...publicIntegration(integration), warnings });
+  }
+
+  private async createRun(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await readJson(req, createRunSchema, MAX_ADMIN_BODY);
+    if (!/^[A-Za-z0-9+/]*={0,2}$/.test(body.configuration_tar_gz_base64)) {
+      throw new HttpError(422, "BODY_INVALID", "configuration_tar_gz_base64 is not base64", { field: "configuration_tar_gz_base64" });
+    }
+    const configuration = Buffer.from(body.configuration_tar_gz_base64, "base64");
+    if (configuration.byteLength < 2 || configuration[0] !== 0x1f || configuration[1] !== 0x8b) {
+      throw new HttpError(422, "BODY_INVALID", "configuration_tar_gz_base64 is not a gzip archive (tar.gz of the configuration directory)", {
+        field: "configuration_tar_gz_base64",
+      });
+    }
+    const run = this.store.createRun(configuration, body.phases);
+    sendJson(res, 201, { id: run.id, status: run.status });
+  }
+}

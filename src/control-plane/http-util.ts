@@ -1,0 +1,66 @@
+/** Small HTTP helpers for the reference control plane: bounded JSON bodies, JSON answers, bearer tokens. */
+import { createHash, timingSafeEqual } from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { z } from "zod";
+
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly extra: Record<string, unknown> = {},
+  ) {
+    super(message);
+  }
+}
+
+export async function readBody(req: IncomingMessage, limitBytes: number): Promise<Buffer> {
+  const declared = Number(req.headers["content-length"] ?? "0");
+  if (declared > limitBytes) throw new HttpError(413, "BODY_TOO_LARGE", `request body exceeds ${limitBytes} bytes`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).byteLength;
+    if (size > limitBytes) throw new HttpError(413, "BODY_TOO_LARGE", `request body exceeds ${limitBytes} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+export async function readJson<T>(req: IncomingMessage, schema: z.ZodType<T>, limitBytes: number): Promise<T> {
+  const body = await readBody(req, limitBytes);
+  let json: unknown;
+  try {
+    json = JSON.parse(body.toString("utf8"));
+  } catch {
+    throw new HttpError(400, "BODY_NOT_JSON", "the request body is not JSON");
+  }
+  const parsed = schema.safeParse(json);
+  if (!parsed.success) {
+    const fields = parsed.error.issues.map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`);
+    throw new HttpError(422, "BODY_INVALID", `the request body is invalid: ${fields.join("; ")}`, { fields });
+  }
+  return parsed.data;
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text), "cache-control": "no-store", ...headers });
+  res.end(text);
+}
+
+export function sendError(res: ServerResponse, error: HttpError): void {
+  sendJson(res, error.status, { error: { code: error.code, message: error.message, ...error.extra } });
+}
+
+function digest(text: string): Buffer {
+  return createHash("sha256").update(text).digest();
+}
+
+/** Constant-time comparison of the request's bearer token with the expected one. */
+export function bearerMatches(req: IncomingMessage, expected: string): boolean {
+  const header = req.headers.authorization ?? "";
+  const match = /^Bearer (.+)$/.exec(header);
+  if (!match?.[1]) return false;
+  return timingSafeEqual(digest(match[1]), digest(expected));
+}

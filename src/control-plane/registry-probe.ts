@@ -1,0 +1,86 @@
+/**
+ * Validates an integration's registry URL the way the platform does: HTTPS, the bare endpoint,
+ * and a probe of GET /v2/ that does not follow redirects. A redirect is refused with the
+ * endpoint to use instead; an answer that is not a registry's (neither 200 nor 401) is refused;
+ * an endpoint that cannot be reached is accepted with a warning. TLS trust is Node's default
+ * (system CAs plus NODE_EXTRA_CA_CERTS).
+ */
+import { request } from "undici";
+import { HttpError } from "./http-util.js";
+
+export interface ProbeResult {
+  readonly warnings: string[];
+}
+
+export type RegistryProber = (url: URL) => Promise<ProbeResult>;
+
+/** Docker Hub names that are not registry endpoints, with the endpoint to use. */
+const KNOWN_NOT_ENDPOINTS: Readonly<Record<string, string>> = {
+  "docker.io": "https://registry-1.docker.io",
+  "hub.docker.com": "https://registry-1.docker.io",
+  "www.docker.com": "https://registry-1.docker.io",
+};
+
+export function checkRegistryUrlForm(raw: string): URL {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new HttpError(422, "REGISTRY_URL_INVALID", "registry_url is not a URL; use the registry's HTTPS endpoint, for example https://ghcr.io", { field: "registry_url" });
+  }
+  if (url.protocol !== "https:") {
+    throw new HttpError(422, "REGISTRY_URL_NOT_HTTPS", `registry_url must use https://, not ${url.protocol}//`, { field: "registry_url" });
+  }
+  if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "" || (url.pathname !== "/" && url.pathname !== "")) {
+    throw new HttpError(
+      422,
+      "REGISTRY_URL_NOT_BARE",
+      `registry_url must be the bare endpoint with no path, query, fragment or user information; use https://${url.host}`,
+      { field: "registry_url" },
+    );
+  }
+  const instead = KNOWN_NOT_ENDPOINTS[url.hostname];
+  if (instead !== undefined) {
+    throw new HttpError(422, "REGISTRY_URL_REDIRECTS", `https://${url.host} is not a registry endpoint (it redirects to the website); use ${instead}`, {
+      field: "registry_url",
+      use_instead: instead,
+    });
+  }
+  return url;
+}
+
+export const probeRegistry: RegistryProber = async (url) => {
+  const target = new URL("/v2/", url);
+  let status: number;
+  let location: string | undefined;
+  try {
+    const res = await request(target, { method: "GET", headersTimeout: 5000, bodyTimeout: 5000 });
+    status = res.statusCode;
+    const loc = res.headers["location"];
+    location = Array.isArray(loc) ? loc[0] : loc;
+    await res.body.dump();
+  } catch (error) {
+    const why = error instanceof Error ? (("code" in error && typeof error.code === "string" ? error.code : error.name)) : "error";
+    return { warnings: [`could not reach ${target.href} to verify the endpoint (${why}); saved unverified`] };
+  }
+  if (status >= 300 && status < 400) {
+    let instead = "the registry's API endpoint (the URL whose /v2/ answers 200 or 401)";
+    if (location !== undefined) {
+      try {
+        instead = new URL(location, target).origin;
+      } catch {
+        // keep the generic advice
+      }
+    }
+    throw new HttpError(422, "REGISTRY_URL_REDIRECTS", `${target.href} redirects (HTTP ${status}); the registry URL must be the exact endpoint, not one that redirects. Use ${instead}`, {
+      field: "registry_url",
+      use_instead: instead,
+    });
+  }
+  if (status !== 200 && status !== 401) {
+    throw new HttpError(422, "REGISTRY_URL_NOT_A_REGISTRY", `${target.href} answered HTTP ${status}; a Docker Registry HTTP API V2 endpoint answers 200 or 401. Check the URL`, {
+      field: "registry_url",
+    });
+  }
+  return { warnings: [] };
+};

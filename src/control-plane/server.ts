@@ -1,0 +1,115 @@
+/**
+ * The reference control plane: one HTTP server for the admin API and the agent API. It is what
+ * `oci-cred-agent control-plane` serves and what `oci-cred-agent dev` embeds.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { ADMIN_API_PREFIX, AGENT_API_PREFIX } from "../protocol/agent-api.js";
+import { AdminApi } from "./admin-api.js";
+import { AgentApi, type AgentApiSettings } from "./agent-api.js";
+import type { DataFile } from "./data-file.js";
+import { bearerMatches, HttpError, sendError, sendJson } from "./http-util.js";
+import { probeRegistry, type RegistryProber } from "./registry-probe.js";
+import { ControlPlaneStore, systemClock, type StoreClock } from "./store.js";
+
+export interface ControlPlaneOptions {
+  readonly adminToken: string;
+  readonly agentToken: string;
+  readonly leaseTtlSeconds?: number;
+  readonly agentApi?: Partial<AgentApiSettings>;
+  readonly probe?: RegistryProber;
+  readonly dataFile?: DataFile;
+  readonly clock?: StoreClock;
+  /** Called for every request that failed with 5xx, for the operator's log. */
+  readonly onError?: (error: unknown) => void;
+}
+
+export interface ControlPlane {
+  readonly store: ControlPlaneStore;
+  readonly server: Server;
+  listen(host: string, port: number): Promise<{ url: string; port: number }>;
+  close(): Promise<void>;
+}
+
+export async function createControlPlane(options: ControlPlaneOptions): Promise<ControlPlane> {
+  const store = new ControlPlaneStore(options.clock ?? systemClock, (options.leaseTtlSeconds ?? 60) * 1000);
+  const admin = new AdminApi(store, options.probe ?? probeRegistry);
+  const agent = new AgentApi(store, {
+    pollWaitSeconds: 30,
+    heartbeatIntervalSeconds: 10,
+    bundleTtlSeconds: 600,
+    maxLogBytesPerRun: 8 * 1024 * 1024,
+    ...options.agentApi,
+  });
+  const dataFile = options.dataFile;
+  let saving: Promise<void> = Promise.resolve();
+  let saveQueued = false;
+  if (dataFile) {
+    await dataFile.load(store);
+    store.on("changed", () => {
+      if (saveQueued) return;
+      saveQueued = true;
+      saving = saving.then(async () => {
+        saveQueued = false;
+        await dataFile.save(store).catch((error: unknown) => options.onError?.(error));
+      });
+    });
+  }
+
+  async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? "/", "http://control-plane.invalid");
+    const path = url.pathname;
+    if (path === "/healthz") { sendJson(res, 200, { status: "ok" }); return; }
+    if (path.startsWith(`${ADMIN_API_PREFIX}/`)) {
+      if (!bearerMatches(req, options.adminToken)) throw new HttpError(401, "UNAUTHORIZED", "the admin API needs Authorization: Bearer <admin token>");
+      return admin.handle(req, res, path.slice(ADMIN_API_PREFIX.length + 1).split("/").filter(Boolean).map(decodeURIComponent));
+    }
+    if (path.startsWith(`${AGENT_API_PREFIX}/`)) {
+      if (!bearerMatches(req, options.agentToken)) {
+        throw new HttpError(401, "UNAUTHORIZED", "the agent API needs Authorization: Bearer <agent pool token>; the token was missing, wrong or revoked");
+      }
+      return agent.handle(req, res, path.slice(AGENT_API_PREFIX.length + 1).split("/").filter(Boolean).map(decodeURIComponent));
+    }
+    throw new HttpError(404, "NOT_FOUND", `no route ${path}`);
+  }
+
+  const server = createServer((req, res) => {
+    route(req, res).catch((error: unknown) => {
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      if (error instanceof HttpError) sendError(res, error);
+      else {
+        options.onError?.(error);
+        sendError(res, new HttpError(500, "INTERNAL", "the control plane failed to handle the request"));
+      }
+    });
+  });
+  server.keepAliveTimeout = 65_000;
+  server.requestTimeout = 0;
+  server.headersTimeout = 30_000;
+
+  return {
+    store,
+    server,
+    listen(host, port) {
+      return new Promise((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(port, host, () => {
+          server.off("error", reject);
+          const addr = server.address() as AddressInfo;
+          const shown = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
+          resolve({ url: `http://${shown}:${addr.port}`, port: addr.port });
+        });
+      });
+    },
+    async close() {
+      store.close();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => { resolve(); }));
+      await saving;
+      if (dataFile) await dataFile.save(store);
+    },
+  };
+}

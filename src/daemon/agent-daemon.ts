@@ -1,0 +1,194 @@
+/**
+ * The long-running agent: sweep what a previous process left, register, long-poll for leases
+ * up to the concurrency limit, run them, and shut down in order.
+ *
+ * Shutdown: the first request stops leasing and lets running runs finish within the drain
+ * timeout, then cancels what is left; a second request cancels at once. Either way every run
+ * wipes its credentials and reports before `run()` resolves.
+ */
+import { setTimeout as delay } from "node:timers/promises";
+import type { Logger } from "pino";
+import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffPolicy } from "../core/backoff.js";
+import { isAgentError, type AgentError } from "../core/errors.js";
+import type { RegisterRequest } from "../protocol/agent-api.js";
+import type { ControlPlaneClient } from "./control-plane-client.js";
+import type { DaemonObserver } from "./observer.js";
+import { executeRun, type RunDeps } from "./run-executor.js";
+import { sweepLeftovers } from "./sweep.js";
+
+export interface DaemonOptions {
+  readonly client: ControlPlaneClient;
+  readonly log: Logger;
+  readonly observer: DaemonObserver;
+  readonly concurrency: number;
+  readonly drainTimeoutMs: number;
+  readonly backoff?: BackoffPolicy;
+  readonly registration: () => RegisterRequest;
+  /** Everything a run needs except the agent id, which registration provides. */
+  readonly runDeps: Omit<RunDeps, "agentId">;
+  readonly random?: () => number;
+}
+
+export type DaemonExit = { readonly code: 0 } | { readonly code: 1; readonly error: AgentError };
+
+export class AgentDaemon {
+  private readonly pollAbort = new AbortController();
+  private readonly runsAbort = new AbortController();
+  private readonly active = new Set<Promise<unknown>>();
+  private shutdownRequests = 0;
+  private agentId: string | undefined;
+  private fatal: AgentError | undefined;
+
+  constructor(private readonly options: DaemonOptions) {}
+
+  get registeredAgentId(): string | undefined {
+    return this.agentId;
+  }
+
+  get activeRuns(): number {
+    return this.active.size;
+  }
+
+  /** First call: drain. Second call: cancel running runs now. */
+  requestShutdown(): void {
+    this.shutdownRequests++;
+    const { log } = this.options;
+    if (this.shutdownRequests === 1) {
+      log.info({ event: "shutdown_requested", active_runs: this.active.size, drain_timeout_ms: this.options.drainTimeoutMs }, "shutting down: no new runs; draining");
+      this.pollAbort.abort();
+    } else if (!this.runsAbort.signal.aborted) {
+      log.warn({ event: "shutdown_forced", active_runs: this.active.size }, "second signal: canceling running runs now");
+      this.runsAbort.abort();
+    }
+  }
+
+  /** Re-sends the agent's public keys, e.g. after a key rotation. */
+  async updateKeys(): Promise<void> {
+    if (this.agentId === undefined) return;
+    await this.options.client.updateKeys(this.agentId, this.options.registration().public_keys);
+  }
+
+  private stopping(): boolean {
+    return this.pollAbort.signal.aborted;
+  }
+
+  private async sleep(ms: number): Promise<void> {
+    try {
+      await delay(ms, undefined, { signal: this.pollAbort.signal });
+    } catch {
+      // shutdown
+    }
+  }
+
+  private async register(): Promise<string | undefined> {
+    const { client, log, observer } = this.options;
+    for (let attempt = 0; !this.pollAbort.signal.aborted; attempt++) {
+      try {
+        const answer = await client.register(this.options.registration());
+        observer.registered(answer.agent_id);
+        log.info({ event: "registered", agent_id: answer.agent_id, poll_wait_seconds: answer.poll_wait_seconds }, "registered with the control plane");
+        this.pollWaitSeconds = answer.poll_wait_seconds;
+        this.heartbeatIntervalMs = answer.heartbeat_interval_seconds * 1000;
+        return answer.agent_id;
+      } catch (error) {
+        if (!this.handlePollError(error, "register")) return undefined;
+        await this.sleep(backoffDelayMs(this.options.backoff ?? DEFAULT_BACKOFF, attempt, this.options.random ?? Math.random, retryAfterOf(error)));
+      }
+    }
+    return undefined;
+  }
+
+  private pollWaitSeconds = 30;
+  private heartbeatIntervalMs = 10_000;
+
+  /** Logs a control-plane failure; returns false when the agent must stop. */
+  private handlePollError(error: unknown, during: string): boolean {
+    const { log, observer } = this.options;
+    if (isAgentError(error)) {
+      const kind = typeof error.details["kind"] === "string" ? error.details["kind"] : error.code;
+      observer.pollFailed(kind, error.code, error.message);
+      if (error.code === "CONTROL_PLANE_UNAUTHORIZED") {
+        this.fatal = error;
+        log.fatal({ event: "unauthorized", code: error.code, during }, error.message);
+        return false;
+      }
+      log.warn({ event: "control_plane_error", code: error.code, kind, during }, error.message);
+      return true;
+    }
+    observer.pollFailed("internal", "INTERNAL", "unexpected error");
+    log.error({ event: "control_plane_error", code: "INTERNAL", during, err: error }, "unexpected error talking to the control plane");
+    return true;
+  }
+
+  async run(): Promise<DaemonExit> {
+    const { log, client, runDeps } = this.options;
+    await sweepLeftovers(runDeps.fs, runDeps.settings.credentialsDir, runDeps.settings.workspacesDir, log);
+    this.agentId = await this.register();
+    if (this.agentId !== undefined) await this.pollLoop(this.agentId, client);
+    await this.drain();
+    await client.close();
+    if (this.fatal) return { code: 1, error: this.fatal };
+    log.info({ event: "stopped" }, "agent stopped");
+    return { code: 0 };
+  }
+
+  private async pollLoop(initialAgentId: string, client: ControlPlaneClient): Promise<void> {
+    let agentId = initialAgentId;
+    let attempt = 0;
+    while (!this.pollAbort.signal.aborted) {
+      const free = this.options.concurrency - this.active.size;
+      if (free <= 0) {
+        await Promise.race([...this.active, new Promise((r) => this.pollAbort.signal.addEventListener("abort", r, { once: true }))]);
+        continue;
+      }
+      try {
+        const leases = await client.lease(agentId, free, this.pollWaitSeconds, this.pollAbort.signal);
+        attempt = 0;
+        this.options.observer.pollSucceeded();
+        for (const lease of leases) this.start(lease, agentId);
+      } catch (error) {
+        if (this.stopping()) break;
+        if (isAgentError(error) && error.code === "CONTROL_PLANE_REJECTED" && error.details["status"] === 404) {
+          this.options.log.warn({ event: "reregistering" }, "the control plane no longer knows this agent; registering again");
+          const again = await this.register();
+          if (again === undefined) break;
+          agentId = again;
+          this.agentId = again;
+          continue;
+        }
+        if (!this.handlePollError(error, "lease")) break;
+        await this.sleep(backoffDelayMs(this.options.backoff ?? DEFAULT_BACKOFF, attempt++, this.options.random ?? Math.random, retryAfterOf(error)));
+      }
+    }
+  }
+
+  private start(lease: Parameters<typeof executeRun>[0], agentId: string): void {
+    const { runDeps } = this.options;
+    const deps = { ...runDeps, agentId, settings: { ...runDeps.settings, heartbeatIntervalMs: this.heartbeatIntervalMs } };
+    const promise = executeRun(lease, deps, this.runsAbort.signal)
+      .catch((error: unknown) => {
+        this.options.log.error({ event: "run_error", run_id: lease.run.id, err: error }, "run failed unexpectedly");
+      })
+      .finally(() => this.active.delete(promise));
+    this.active.add(promise);
+  }
+
+  private async drain(): Promise<void> {
+    if (this.fatal) this.runsAbort.abort();
+    if (this.active.size === 0) return;
+    const timer = setTimeout(() => {
+      if (this.active.size > 0) {
+        this.options.log.warn({ event: "drain_timeout", active_runs: this.active.size }, "drain timeout reached: canceling running runs");
+        this.runsAbort.abort();
+      }
+    }, this.options.drainTimeoutMs);
+    while (this.active.size > 0) await Promise.race(this.active);
+    clearTimeout(timer);
+  }
+}
+
+function retryAfterOf(error: unknown): number | undefined {
+  if (!isAgentError(error)) return undefined;
+  const v = error.details["retry_after_ms"];
+  return typeof v === "number" ? v : undefined;
+}

@@ -1,0 +1,191 @@
+/**
+ * The agent's side of the agent API, over undici. Every answer is size-bounded, time-bounded
+ * and validated against the protocol schemas; every failure becomes an AgentError whose code
+ * tells the daemon what to do (docs/protocol.md, "Errors"):
+ *   CONTROL_PLANE_UNAUTHORIZED  401/403: stop the agent with a clear message
+ *   LEASE_LOST                  409 (or 404 on a lease route): abort the run and wipe
+ *   CONTROL_PLANE_UNAVAILABLE   429/5xx/network/timeouts: back off with full jitter, honour Retry-After
+ *   CONTROL_PLANE_REJECTED      other 4xx: a bug on one side; do not retry the same request
+ *   CONTROL_PLANE_BAD_RESPONSE  an answer that is not the agent API
+ */
+import { Agent, type Dispatcher, request } from "undici";
+import type { z } from "zod";
+import { parseRetryAfterMs } from "../core/backoff.js";
+import { AgentError, errnoCode } from "../core/errors.js";
+import {
+  AGENT_API_PREFIX,
+  heartbeatResponseSchema,
+  leaseResponseSchema,
+  registerResponseSchema,
+  type CompleteRequest,
+  type HeartbeatResponse,
+  type Lease,
+  type LogChunk,
+  type RegisterRequest,
+  type RegisterResponse,
+  type RunEvent,
+} from "../protocol/agent-api.js";
+
+export interface ControlPlaneClientOptions {
+  readonly baseUrl: string;
+  readonly token: string;
+  readonly dispatcher?: Dispatcher;
+  /** Largest JSON answer accepted (leases carry bundles). */
+  readonly maxResponseBytes?: number;
+  readonly maxConfigurationBytes?: number;
+  readonly requestTimeoutMs?: number;
+}
+
+const DEFAULT_MAX_RESPONSE = 80 * 1024 * 1024;
+
+export class ControlPlaneClient {
+  private readonly dispatcher: Dispatcher;
+  private readonly base: string;
+
+  constructor(private readonly options: ControlPlaneClientOptions) {
+    this.base = options.baseUrl.replace(/\/+$/, "");
+    this.dispatcher = options.dispatcher ?? new Agent({ keepAliveTimeout: 30_000, connections: 256 });
+  }
+
+  async close(): Promise<void> {
+    if (!this.options.dispatcher) await this.dispatcher.close();
+  }
+
+  private async call(
+    method: "GET" | "POST" | "PUT",
+    path: string,
+    body: unknown,
+    opts: { timeoutMs?: number; signal?: AbortSignal; maxBytes?: number; leaseRoute?: boolean } = {},
+  ): Promise<{ status: number; bytes: Buffer }> {
+    const timeout = opts.timeoutMs ?? this.options.requestTimeoutMs ?? 30_000;
+    const url = `${this.base}${AGENT_API_PREFIX}${path}`;
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(url, {
+        method,
+        dispatcher: this.dispatcher,
+        headers: { authorization: `Bearer ${this.options.token}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        headersTimeout: timeout,
+        bodyTimeout: timeout,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+    } catch (error) {
+      if (opts.signal?.aborted) throw error;
+      throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `cannot reach the control plane at ${this.base} (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")}); retrying with backoff`, {
+        errno: errnoCode(error) ?? null,
+        kind: "network",
+      });
+    }
+    const limit = opts.maxBytes ?? this.options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE;
+    const declared = Number(res.headers["content-length"] ?? "-1");
+    if (declared > limit) {
+      res.body.destroy();
+      throw new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's answer to ${method} ${path} is ${declared} bytes, over the limit of ${limit}`, { kind: "too_large" });
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    try {
+      for await (const chunk of res.body) {
+        size += (chunk as Buffer).byteLength;
+        if (size > limit) {
+          res.body.destroy();
+          throw new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's answer to ${method} ${path} exceeds ${limit} bytes`, { kind: "too_large" });
+        }
+        chunks.push(chunk as Buffer);
+      }
+    } catch (error) {
+      if (error instanceof AgentError) throw error;
+      if (opts.signal?.aborted) throw error;
+      throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `the control plane's answer to ${method} ${path} was cut off (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")})`, { kind: "network" });
+    }
+    const bytes = Buffer.concat(chunks);
+    const status = res.statusCode;
+    if (status >= 200 && status < 300) return { status, bytes };
+    const apiMessage = this.errorMessage(bytes);
+    if (status === 401 || status === 403) {
+      throw new AgentError(
+        "CONTROL_PLANE_UNAUTHORIZED",
+        `the control plane refused the agent's token (HTTP ${status}${apiMessage}); the pool token is wrong or revoked: put a valid one in --token-file and restart`,
+        { status },
+      );
+    }
+    if (status === 409 || (status === 404 && opts.leaseRoute === true)) {
+      throw new AgentError("LEASE_LOST", `the control plane no longer holds this lease (HTTP ${status}${apiMessage}); the run is aborted and its credentials wiped`, { status });
+    }
+    if (status === 429 || status >= 500) {
+      const retryAfter = parseRetryAfterMs(res.headers["retry-after"] as string | undefined, Date.now());
+      throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `the control plane answered HTTP ${status}${apiMessage}; retrying with backoff`, {
+        status,
+        kind: status === 429 ? "throttled" : "server_error",
+        ...(retryAfter === undefined ? {} : { retry_after_ms: retryAfter }),
+      });
+    }
+    throw new AgentError("CONTROL_PLANE_REJECTED", `the control plane rejected ${method} ${path} with HTTP ${status}${apiMessage}`, { status, kind: "rejected" });
+  }
+
+  private errorMessage(bytes: Buffer): string {
+    try {
+      const parsed = JSON.parse(bytes.toString("utf8")) as { error?: { code?: unknown; message?: unknown } };
+      const code = typeof parsed.error?.code === "string" ? parsed.error.code.slice(0, 64) : undefined;
+      const message = typeof parsed.error?.message === "string" ? parsed.error.message.slice(0, 300) : undefined;
+      return code || message ? `: ${[code, message].filter(Boolean).join(" ")}` : "";
+    } catch {
+      return "";
+    }
+  }
+
+  private parse<T>(bytes: Buffer, schema: z.ZodType<T>, what: string): T {
+    let json: unknown;
+    try {
+      json = JSON.parse(bytes.toString("utf8"));
+    } catch {
+      throw new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's ${what} is not JSON; is --control-plane-url the agent API's base URL?`, { kind: "bad_response" });
+    }
+    const parsed = schema.safeParse(json);
+    if (!parsed.success) {
+      const fields = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`);
+      throw new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's ${what} does not follow the agent API v1 (${fields.join("; ")})`, { kind: "bad_response", fields });
+    }
+    return parsed.data;
+  }
+
+  async register(body: RegisterRequest): Promise<RegisterResponse> {
+    const { bytes } = await this.call("POST", "/agents", body);
+    return this.parse(bytes, registerResponseSchema, "registration answer");
+  }
+
+  async updateKeys(agentId: string, publicKeys: RegisterRequest["public_keys"]): Promise<void> {
+    await this.call("PUT", `/agents/${encodeURIComponent(agentId)}/keys`, { public_keys: publicKeys });
+  }
+
+  async lease(agentId: string, max: number, waitSeconds: number, signal: AbortSignal): Promise<Lease[]> {
+    const { bytes } = await this.call("POST", `/agents/${encodeURIComponent(agentId)}/leases`, { max, wait_seconds: waitSeconds }, {
+      timeoutMs: waitSeconds * 1000 + 15_000,
+      signal,
+    });
+    return this.parse(bytes, leaseResponseSchema, "lease answer").leases;
+  }
+
+  async configuration(leaseId: string, maxBytes: number): Promise<Buffer> {
+    const { bytes } = await this.call("GET", `/leases/${encodeURIComponent(leaseId)}/configuration`, undefined, { maxBytes, leaseRoute: true, timeoutMs: 120_000 });
+    return bytes;
+  }
+
+  async heartbeat(leaseId: string): Promise<HeartbeatResponse> {
+    const { bytes } = await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/heartbeat`, {}, { leaseRoute: true });
+    return this.parse(bytes, heartbeatResponseSchema, "heartbeat answer");
+  }
+
+  async events(leaseId: string, events: RunEvent[]): Promise<void> {
+    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/events`, { events }, { leaseRoute: true });
+  }
+
+  async log(leaseId: string, chunk: LogChunk): Promise<void> {
+    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/logs`, chunk, { leaseRoute: true });
+  }
+
+  async complete(leaseId: string, body: CompleteRequest): Promise<void> {
+    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/complete`, body, { leaseRoute: true });
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * Start-up sweep: before leasing, remove every run directory a previous process left behind
+ * (a crash, SIGKILL, power loss), and log what was removed. Credentials directories go through
+ * the same wipe as a normal ending, so only what the agent wrote is removed.
+ */
+import { rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { AgentError, isAgentError } from "../core/errors.js";
+import { wipeRunDir } from "../fs/run-dir.js";
+import { currentUid, PRIVATE_DIR_MODE, type FileSystem } from "../fs/secure-fs.js";
+
+/** Creates (or accepts) a directory of the agent's own: a real directory, owned by it, mode 0700. */
+export async function ensureAgentDir(fs: FileSystem, path: string): Promise<void> {
+  await fs.mkdir(path, { recursive: true, mode: PRIVATE_DIR_MODE });
+  const st = await fs.lstat(path);
+  if (st.isSymbolicLink() || !st.isDirectory() || st.uid !== currentUid()) {
+    throw new AgentError("RUN_DIR_UNSAFE", `${path} must be a directory owned by the agent's user (uid ${currentUid()}), not a link or another user's; fix --work-dir or --credentials-dir`, { path });
+  }
+  await fs.chmod(path, PRIVATE_DIR_MODE);
+}
+
+export async function sweepLeftovers(fs: FileSystem, credentialsDir: string, workspacesDir: string, log: Logger): Promise<{ wiped: number; failed: number }> {
+  await ensureAgentDir(fs, credentialsDir);
+  await ensureAgentDir(fs, workspacesDir);
+  let wiped = 0;
+  let failed = 0;
+  for (const entry of await fs.readdir(credentialsDir)) {
+    const dir = join(credentialsDir, entry);
+    try {
+      const report = await wipeRunDir(fs, dir);
+      wiped++;
+      log.warn({ event: "swept_credentials", run_id: entry, files: report.removed.length }, `removed credentials left by an earlier process for run ${entry}`);
+    } catch (error) {
+      failed++;
+      log.error({ event: "sweep_failed", run_id: entry, code: isAgentError(error) ? error.code : "WIPE_FAILED" }, isAgentError(error) ? error.message : "sweep failed");
+    }
+  }
+  for (const entry of await fs.readdir(workspacesDir)) {
+    await rm(join(workspacesDir, entry), { recursive: true, force: true });
+    log.warn({ event: "swept_workspace", run_id: entry }, `removed the workspace left by an earlier process for run ${entry}`);
+  }
+  return { wiped, failed };
+}

@@ -1,0 +1,99 @@
+/**
+ * The agent API, version 1 (docs/protocol.md): paths, request and response shapes. The agent
+ * validates every response against these schemas, so a malformed or hostile answer is refused
+ * with a clear error instead of being trusted.
+ */
+import { z } from "zod";
+
+export const AGENT_API_PREFIX = "/api/agent/v1";
+export const ADMIN_API_PREFIX = "/api/admin/v1";
+
+export const PHASES = ["init", "plan", "apply"] as const;
+export type Phase = (typeof PHASES)[number];
+
+export const publicKeyDocSchema = z.object({
+  kid: z.string().min(1).max(128),
+  public_key: z.string().min(1).max(128),
+});
+
+export const registerRequestSchema = z.object({
+  name: z.string().min(1).max(256),
+  version: z.string().max(64),
+  concurrency: z.number().int().positive().max(10_000),
+  public_keys: z.array(publicKeyDocSchema).min(1).max(16),
+});
+export type RegisterRequest = z.infer<typeof registerRequestSchema>;
+
+export const registerResponseSchema = z.object({
+  agent_id: z.string().min(1).max(256),
+  poll_wait_seconds: z.number().positive().max(300),
+  heartbeat_interval_seconds: z.number().positive().max(3600),
+  lease_ttl_seconds: z.number().positive().max(86_400),
+});
+export type RegisterResponse = z.infer<typeof registerResponseSchema>;
+
+export const updateKeysRequestSchema = z.object({ public_keys: z.array(publicKeyDocSchema).min(1).max(16) });
+
+export const leaseRequestSchema = z.object({
+  max: z.number().int().positive().max(1000),
+  wait_seconds: z.number().min(0).max(300),
+});
+export type LeaseRequest = z.infer<typeof leaseRequestSchema>;
+
+/** Run ids become directory names on the agent: a conservative alphabet, never "." or "..". */
+export const RUN_ID_PATTERN = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$/;
+
+export const leaseSchema = z.object({
+  lease_id: z.string().min(1).max(256),
+  expires_at: z.string().max(64),
+  run: z.object({
+    id: z.string().regex(RUN_ID_PATTERN),
+    phases: z.array(z.enum(PHASES)).min(1).max(3),
+    queued_at: z.string().max(64),
+    configuration: z.object({
+      sha256: z.string().regex(/^[0-9a-f]{64}$/),
+      size_bytes: z.number().int().nonnegative(),
+    }),
+  }),
+  bundle: z.string().max(64 * 1024 * 1024),
+});
+export type Lease = z.infer<typeof leaseSchema>;
+
+export const leaseResponseSchema = z.object({ leases: z.array(leaseSchema).max(1000) });
+
+export const heartbeatResponseSchema = z.object({
+  expires_at: z.string().max(64),
+  cancel_requested: z.boolean(),
+});
+export type HeartbeatResponse = z.infer<typeof heartbeatResponseSchema>;
+
+export const runEventSchema = z.looseObject({
+  type: z.string().min(1).max(64),
+  at: z.string().max(64),
+});
+export type RunEvent = z.infer<typeof runEventSchema>;
+
+export const eventsRequestSchema = z.object({ events: z.array(runEventSchema).max(1000) });
+
+export const MAX_LOG_CHUNK_BYTES = 64 * 1024;
+export const logChunkRequestSchema = z.object({
+  phase: z.enum(PHASES),
+  seq: z.number().int().nonnegative(),
+  text: z.string().max(MAX_LOG_CHUNK_BYTES),
+});
+export type LogChunk = z.infer<typeof logChunkRequestSchema>;
+
+export const OUTCOMES = ["succeeded", "failed", "canceled"] as const;
+export type Outcome = (typeof OUTCOMES)[number];
+
+export const completeRequestSchema = z.object({
+  outcome: z.enum(OUTCOMES),
+  error: z.object({ code: z.string().max(64), message: z.string().max(4096) }).optional(),
+  phases: z
+    .array(z.object({ name: z.enum(PHASES), exit_code: z.number().int().nullable(), signal: z.string().max(32).nullable(), duration_ms: z.number().nonnegative() }))
+    .max(3),
+  credentials_wiped: z.boolean(),
+});
+export type CompleteRequest = z.infer<typeof completeRequestSchema>;
+
+export const apiErrorSchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) });
