@@ -12,33 +12,24 @@ import type { OperatorCliConfigSource } from "../core/tofu-cli-config.js";
 import { publicKeyDoc } from "../crypto/agent-key.js";
 import { AgentDaemon } from "../daemon/agent-daemon.js";
 import { ControlPlaneClient } from "../daemon/control-plane-client.js";
-import { createLogger, type LogFormat, type LogSink } from "../daemon/logger.js";
+import { createLogger, type LogSink } from "../daemon/logger.js";
 import { noopObserver, type DaemonObserver } from "../daemon/observer.js";
 import type { TofuCommand } from "../daemon/phase-runner.js";
 import { DEFAULT_ARCHIVE_LIMITS } from "../fs/config-workspace.js";
 import { realFs } from "../fs/secure-fs.js";
 import { discoverTofuCliConfig } from "../fs/tofu-cli-config-sources.js";
-import { loadKeyFileRing, type KeyRing } from "./agent-keys.js";
+import { AgentStatus, combineObservers } from "../ops/agent-status.js";
+import { startHealthServer, type HealthServer } from "../ops/health-server.js";
+import { AgentMetrics } from "../ops/metrics.js";
+import type { RunSettingsFromConfig } from "../config/load-run-config.js";
+import { ReloadableKeyRing } from "../keys/key-ring.js";
+import { describeKeySource } from "../keys/key-source.js";
+import { watchForChanges, type Watcher } from "./change-watcher.js";
+import { controlPlaneDispatcher } from "./tls-dispatcher.js";
 
-export interface AgentConfig {
-  readonly controlPlaneUrl: string;
-  readonly tokenFile: string;
-  readonly keyFile: string;
-  readonly workDir: string;
-  /** Where run credential directories go; default <work-dir>/credentials (put it on tmpfs). */
-  readonly credentialsDir?: string;
+export interface AgentConfig extends Omit<RunSettingsFromConfig, "tofuBin" | "retry"> {
   readonly tofu: TofuCommand;
-  readonly concurrency: number;
-  readonly drainTimeoutMs: number;
-  readonly cancelGraceMs: number;
-  readonly runTimeoutMs: number;
-  readonly maxBundleLifetimeSeconds: number;
-  readonly clockSkewSeconds: number;
-  readonly maxConfigBytes: number;
-  readonly baseDockerConfigFile?: string;
-  readonly name?: string;
-  readonly logLevel: string;
-  readonly logFormat: LogFormat;
+  readonly retry?: { readonly baseMs: number; readonly capMs: number };
   readonly version: string;
 }
 
@@ -46,27 +37,36 @@ export interface ComposedAgent {
   readonly daemon: AgentDaemon;
   readonly log: Logger;
   readonly redactor: Redactor;
+  readonly status: AgentStatus;
+  readonly metrics: AgentMetrics;
+  readonly health: HealthServer | undefined;
+  /** Re-reads the keys (SIGHUP, or a change seen by the watcher); keeps the old ones on failure. */
+  reloadKeys(reason: string): Promise<void>;
+  /** Runs the daemon to its end, then closes the endpoints and watchers. */
+  run(): ReturnType<AgentDaemon["run"]>;
 }
 
 /** Environment variables that belong to the agent and never reach a run. */
 const AGENT_ONLY_ENV = /^(OCI_CRED_AGENT_|DOCKER_CONFIG$|REGISTRY_AUTH_FILE$|TF_CLI_CONFIG_FILE$|TERRAFORM_CONFIG$)/;
 
-export function runBaseEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
-  return Object.fromEntries(Object.entries(env).filter(([k]) => !AGENT_ONLY_ENV.test(k)));
+export function runBaseEnv(env: NodeJS.ProcessEnv, alsoRemove?: string): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([k]) => !AGENT_ONLY_ENV.test(k) && k !== alsoRemove));
 }
 
-async function readToken(path: string): Promise<string> {
+async function readToken(token: AgentConfig["token"]): Promise<string> {
+  if ("value" in token) return token.value.trim();
+  const path = token.file;
   let text: string;
   try {
     text = await realFs.readFile(path, "utf8");
   } catch (error) {
     throw new AgentError("INPUT_UNREADABLE", `cannot read the token file ${path} (${errnoCode(error) ?? "error"}); pass the agent pool token's file with --token-file`, { path });
   }
-  const token = text.trim();
-  if (token === "" || /\s/.test(token)) {
+  const value = text.trim();
+  if (value === "" || /\s/.test(value)) {
     throw new AgentError("INVALID_ARGUMENT", `the token file ${path} must hold the pool token on one line`, { path });
   }
-  return token;
+  return value;
 }
 
 export async function composeAgent(
@@ -75,34 +75,44 @@ export async function composeAgent(
 ): Promise<ComposedAgent> {
   const env = overrides.env ?? process.env;
   const redactor = new Redactor();
-  const log = await createLogger({ level: config.logLevel, format: config.logFormat, redactor, ...(overrides.sink ? { sink: overrides.sink } : {}) });
-  const token = await readToken(config.tokenFile);
+  const log = await createLogger({ level: config.logLevel, format: config.logFormat ?? (process.stdout.isTTY ? "pretty" : "json"), redactor, ...(overrides.sink ? { sink: overrides.sink } : {}) });
+  const token = await readToken(config.token);
   redactor.add([token]);
-  const keys: KeyRing = await loadKeyFileRing(realFs, config.keyFile);
-  const observer = overrides.observer ?? noopObserver;
-  observer.keysLoaded(keys.size);
+  const { ring, warnings: keyWarnings } = await ReloadableKeyRing.open(config.keySource, { fs: realFs, env });
+  for (const w of keyWarnings) log.warn({ event: "key_source_warning" }, w);
+  const keySourceEnv = config.keySource.kind === "env" ? config.keySource.name : undefined;
+  log.info({ event: "keys_loaded", source: describeKeySource(config.keySource), kids: ring.kids() }, `loaded ${ring.kids().length} key(s)`);
+  const status = new AgentStatus(() => Date.now(), 2 * 60_000);
+  const metrics = new AgentMetrics(config.version);
+  const observer = combineObservers(status, metrics, overrides.observer ?? noopObserver);
+  observer.keysLoaded(ring.kids().length);
   let baseDockerConfig: { path: string; text: string } | undefined;
   if (config.baseDockerConfigFile !== undefined) {
     baseDockerConfig = { path: config.baseDockerConfigFile, text: await realFs.readFile(config.baseDockerConfigFile, "utf8") };
   }
   const tofuCliConfigSources: readonly OperatorCliConfigSource[] = await discoverTofuCliConfig(realFs, env);
   const workDir = resolve(config.workDir);
-  const client = new ControlPlaneClient({ baseUrl: config.controlPlaneUrl, token });
+  const client = new ControlPlaneClient({
+    baseUrl: config.controlPlaneUrl,
+    token,
+    dispatcher: await controlPlaneDispatcher(env, config.caFile),
+  });
   const daemon = new AgentDaemon({
     client,
     log,
     observer,
     concurrency: config.concurrency,
     drainTimeoutMs: config.drainTimeoutMs,
+    ...(config.retry ? { backoff: config.retry } : {}),
     registration: () => ({
       name: config.name ?? `${hostname()}-${process.pid}`,
       version: config.version,
       concurrency: config.concurrency,
-      public_keys: [...keys.values()].map((k) => publicKeyDoc(k.publicKey)),
+      public_keys: [...ring.current().values()].map((k) => publicKeyDoc(k.publicKey)),
     }),
     runDeps: {
       client,
-      keys: () => keys,
+      keys: () => ring.current(),
       replayCache: new ReplayCache(),
       baseDockerConfig: () => baseDockerConfig,
       tofuCliConfigSources: () => tofuCliConfigSources,
@@ -114,7 +124,7 @@ export async function composeAgent(
         credentialsDir: resolve(config.credentialsDir ?? join(workDir, "credentials")),
         workspacesDir: join(workDir, "workspaces"),
         tofu: config.tofu,
-        baseEnv: runBaseEnv(env),
+        baseEnv: runBaseEnv(env, keySourceEnv),
         heartbeatIntervalMs: 10_000,
         cancelGraceMs: config.cancelGraceMs,
         runTimeoutMs: config.runTimeoutMs,
@@ -125,5 +135,53 @@ export async function composeAgent(
       },
     },
   });
-  return { daemon, log, redactor };
+  let reloading: Promise<void> = Promise.resolve();
+  const reloadKeys = (reason: string): Promise<void> => {
+    reloading = reloading.then(async () => {
+      try {
+        const change = await ring.reload();
+        observer.keysLoaded(ring.kids().length);
+        if (!change.changed) {
+          log.debug({ event: "keys_unchanged", reason }, "keys re-read; nothing changed");
+          return;
+        }
+        log.info({ event: "keys_reloaded", reason, kids: ring.kids(), added: change.added, removed: change.removed }, "keys reloaded");
+        await daemon.updateKeys().catch((error: unknown) => {
+          log.warn({ event: "key_registration_failed", code: error instanceof AgentError ? error.code : "INTERNAL" }, "could not send the new public keys to the control plane; they are sent again at the next registration");
+        });
+      } catch (error) {
+        log.error(
+          { event: "key_reload_failed", reason, code: error instanceof AgentError ? error.code : "INTERNAL", kids: ring.kids() },
+          `key reload failed, keeping the keys in use: ${error instanceof AgentError ? error.message : "unexpected error"}`,
+        );
+      }
+    });
+    return reloading;
+  };
+  const watched = [
+    ...(config.keySource.kind === "file" ? [config.keySource.path] : []),
+    ...(config.keySource.kind === "systemd-credential" && env["CREDENTIALS_DIRECTORY"] ? [join(env["CREDENTIALS_DIRECTORY"], config.keySource.name)] : []),
+  ];
+  const watcher: Watcher | undefined = watched.length > 0 ? await watchForChanges(watched, () => void reloadKeys("file change")) : undefined;
+
+  const health = config.listen === undefined ? undefined : await startHealthServer(config.listen.host, config.listen.port, status, metrics);
+  if (health) log.info({ event: "listening", url: health.url }, `health and metrics at ${health.url}`);
+  return {
+    daemon,
+    log,
+    redactor,
+    status,
+    metrics,
+    health,
+    reloadKeys,
+    async run() {
+      try {
+        return await daemon.run();
+      } finally {
+        await watcher?.close();
+        await reloading;
+        await health?.close();
+      }
+    },
+  };
 }

@@ -8,12 +8,34 @@ import { Command, CommanderError, Option } from "commander";
 import { AgentError, errnoCode } from "../core/errors.js";
 import type { MaterializeOptions } from "./commands/materialize.js";
 import type { SealOptions } from "./commands/seal.js";
-import type { RunOptions } from "./commands/run.js";
 import type { ControlPlaneCommandOptions } from "./commands/control-plane.js";
 import { packageVersion } from "./version.js";
+import { RUN_FIELDS } from "../config/schema.js";
 
 
 type Action = () => Promise<number>;
+
+/** The run settings as commander options, without defaults: the config layer applies those. */
+function addRunOptions(cmd: Command): Command {
+  for (const spec of RUN_FIELDS) {
+    const choices = spec.choices ? ` (${spec.choices.join(", ")})` : "";
+    const dflt = spec.default !== undefined ? ` [default: ${spec.default}]` : "";
+    const text = `${spec.description}${choices}${dflt}; env ${spec.env}`;
+    cmd.option(spec.kind === "bool" ? spec.flag : `${spec.flag} <value>`, text);
+  }
+  return cmd;
+}
+
+/** Only the flags given on the command line, keyed as in the config file (snake_case). */
+function givenFlags(cmd: Command): Record<string, string | boolean | undefined> {
+  const opts = cmd.opts<Record<string, string | boolean | undefined>>();
+  const out: Record<string, string | boolean | undefined> = {};
+  for (const spec of RUN_FIELDS) {
+    const camel = spec.key.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase());
+    if (opts[camel] !== undefined && cmd.getOptionValueSource(camel) === "cli") out[spec.key] = opts[camel];
+  }
+  return out;
+}
 
 function buildProgram(setAction: (action: Action) => void): Command {
   const program = new Command()
@@ -27,17 +49,21 @@ function buildProgram(setAction: (action: Action) => void): Command {
 
   program
     .command("keygen")
-    .description("create a new X25519 private key file (mode 0600, never overwrites) and print its public key as JSON")
-    .requiredOption("--key-file <path>", "where to create the private key")
-    .action((opts: { keyFile: string }) => {
+    .description("create a new X25519 private key (a file of mode 0600, never overwritten, or a keyring entry) and print its public key as JSON")
+    .option("--key-file <path>", "where to create the private key")
+    .option("--key <uri>", "file:PATH (a file, or a directory of keys), or keyring:SERVICE/ACCOUNT")
+    .option("--rotate", "add a new key beside the existing ones (a key directory or keyring entry)")
+    .action((opts: { keyFile?: string; key?: string; rotate?: boolean }) => {
       setAction(async () => (await import("./commands/keygen.js")).keygen(opts));
     });
 
   program
     .command("pubkey")
-    .description('print {"kid", "public_key"} for an existing private key file')
-    .requiredOption("--key-file <path>", "the private key file")
-    .action((opts: { keyFile: string }) => {
+    .description('print {"kid", "public_key"} for the newest existing private key')
+    .option("--key-file <path>", "the private key file")
+    .option("--key <uri>", "file:PATH, systemd-credential:NAME, keyring:SERVICE/ACCOUNT or env:NAME")
+    .option("--all", "print every key of the source, oldest first, as a JSON array")
+    .action((opts: { keyFile?: string; key?: string; all?: boolean }) => {
       setAction(async () => (await import("./commands/pubkey.js")).pubkey(opts));
     });
 
@@ -58,7 +84,8 @@ function buildProgram(setAction: (action: Action) => void): Command {
   program
     .command("materialize")
     .description("open a sealed bundle and write the run's registry credentials into a new run directory; print the environment tofu needs")
-    .requiredOption("--key-file <path>", "the agent's private key file")
+    .option("--key-file <path>", "the agent's private key file")
+    .option("--key <uri>", "file:PATH, systemd-credential:NAME, keyring:SERVICE/ACCOUNT or env:NAME")
     .requiredOption("--agent-id <id>", "this agent's id")
     .requiredOption("--run-id <id>", "the run being prepared")
     .requiredOption("--bundle <file|->", "the sealed bundle")
@@ -81,29 +108,20 @@ function buildProgram(setAction: (action: Action) => void): Command {
       setAction(async () => (await import("./commands/wipe.js")).wipe(opts));
     });
 
-  program
+  const runCommand = program
     .command("run")
-    .description("the daemon: register with the control plane, lease runs, put their credentials in place, run tofu, wipe on every ending")
-    .requiredOption("--control-plane-url <url>", "the control plane's base URL (https://, or http:// on loopback)")
-    .option("--allow-insecure-control-plane", "accept a plain http:// control plane URL that is not loopback")
-    .requiredOption("--token-file <file>", "file holding the agent pool token")
-    .requiredOption("--key-file <path>", "the agent's private key file (mode 0600)")
-    .requiredOption("--work-dir <dir>", "the agent's working directory (workspaces, and credentials unless --credentials-dir)")
-    .option("--credentials-dir <dir>", "where run credential directories go; put it on tmpfs (default <work-dir>/credentials)")
-    .option("--tofu-bin <path>", "the tofu executable", "tofu")
-    .option("--concurrency <n>", "runs at once", "1")
-    .option("--drain-timeout <duration>", "on SIGTERM, how long running runs may finish before they are canceled", "5m")
-    .option("--cancel-grace <duration>", "after SIGTERM to tofu, how long before SIGKILL", "10s")
-    .option("--run-timeout <duration>", "cancel a run that takes longer", "2h")
-    .option("--max-bundle-lifetime <duration>", "refuse bundles valid for longer than this", "1h")
-    .option("--clock-skew <duration>", "how far in the future a bundle's issue time may be", "2m")
-    .option("--max-config-bytes <size>", "refuse configuration archives that expand past this", "256MiB")
-    .option("--base-docker-config <file>", "an operator Docker config merged into every run's")
-    .option("--name <name>", "the agent's name at the control plane (default host-pid)")
-    .option("--log-level <level>", "fatal, error, warn, info, debug or trace", "info")
-    .addOption(new Option("--log-format <format>", "json lines, or pretty text (default: pretty on a terminal)").choices(["json", "pretty"]))
-    .action((opts: RunOptions) => {
-      setAction(async () => (await import("./commands/run.js")).run(opts));
+    .description("the daemon: register with the control plane, lease runs, put their credentials in place, run tofu, wipe on every ending");
+  addRunOptions(runCommand).action((_opts: unknown, cmd: Command) => {
+    setAction(async () => (await import("./commands/run.js")).run(givenFlags(cmd)));
+  });
+
+  const config = program.command("config").description("inspect the daemon's configuration");
+  addRunOptions(config.command("print").description("print the effective configuration of `run` and where each value came from (secrets redacted)"))
+    .addOption(new Option("--format <format>", "output format").choices(["text", "json"]).default("text"))
+    .action((_opts: unknown, cmd: Command) => {
+      const flags = givenFlags(cmd);
+      const format = cmd.opts<{ format: string }>().format;
+      setAction(async () => (await import("./commands/config-print.js")).configPrint(flags, format));
     });
 
   program
@@ -119,6 +137,25 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .option("--bundle-ttl <duration>", "how long a sealed bundle stays valid", "10m")
     .action((opts: ControlPlaneCommandOptions) => {
       setAction(async () => (await import("./commands/control-plane.js")).controlPlane(opts));
+    });
+
+  program
+    .command("dev")
+    .description("see the whole flow on one machine: reference control plane, sample integrations, one agent, one run, a summary")
+    .option("--work-dir <dir>", "the agent's working directory (default: a temporary one, removed afterwards)")
+    .option("--log-level <level>", "agent log level", "info")
+    .action((opts: { workDir?: string; logLevel: string }) => {
+      setAction(async () => (await import("./commands/dev.js")).dev(opts));
+    });
+
+  program
+    .command("tofu-standin", { hidden: true })
+    .description("labelled stand-in for tofu, used by dev when no tofu is on PATH")
+    .argument("<phase>")
+    .allowUnknownOption()
+    .allowExcessArguments()
+    .action((phase: string) => {
+      setAction(async () => (await import("./commands/tofu-standin.js")).tofuStandin(phase));
     });
 
   return program;

@@ -18,6 +18,10 @@ export const ERROR_CODES = {
   KEY_FILE_PERMISSIONS: "the private key file is accessible by group or others",
   KEY_FILE_INVALID: "the private key file does not hold an X25519 private key",
   PUBLIC_KEY_INVALID: "the public key document is not what `pubkey` prints",
+  KEY_SOURCE_UNAVAILABLE: "the key source (systemd credentials, OS keyring) is not available here",
+
+  // Configuration
+  CONFIG_INVALID: "the configuration (flags, environment, config file) has invalid or missing settings",
 
   // Sealed bundle
   BUNDLE_TOO_LARGE: "the sealed bundle exceeds the size limit",

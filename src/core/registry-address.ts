@@ -38,13 +38,17 @@ export interface RegistryTarget {
   readonly keys: FamilyKeys;
 }
 
-export type EntryRefusalCode =
-  | "ENTRY_INVALID"
-  | "ENTRY_URL_INVALID"
-  | "ENTRY_NOT_HTTPS"
-  | "ENTRY_URL_NOT_BARE"
-  | "ENTRY_URL_HAS_PATH"
-  | "DUPLICATE_REGISTRY";
+/** Why an exported entry was not used; the run goes on with the others (docs/errors.md). */
+export const ENTRY_REFUSAL_CODES = {
+  ENTRY_INVALID: "an export entry is malformed (field paths are given); fix the integration",
+  ENTRY_URL_INVALID: "the entry's registry URL is not a URL",
+  ENTRY_NOT_HTTPS: "the entry's registry URL is not https://",
+  ENTRY_URL_NOT_BARE: "the entry's registry URL has user information, a query or a fragment",
+  ENTRY_URL_HAS_PATH: "the entry's registry URL has a repository path",
+  DUPLICATE_REGISTRY: "another entry for the same registry won (later updated_at, then smaller id)",
+} as const;
+
+export type EntryRefusalCode = keyof typeof ENTRY_REFUSAL_CODES;
 
 export type NormalizeResult =
   | { readonly ok: true; readonly target: RegistryTarget }

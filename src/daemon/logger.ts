@@ -23,7 +23,7 @@ export async function createLogger(options: { level: string; format: LogFormat; 
   let render: (line: string) => string = (line) => line;
   if (options.format === "pretty") {
     const { prettyFactory } = await import("pino-pretty");
-    const pretty = prettyFactory({ colorize: process.stdout.isTTY, translateTime: "SYS:HH:MM:ss.l", ignore: "pid,hostname" });
+    const pretty = prettyFactory({ colorize: process.stdout.isTTY, translateTime: "SYS:HH:MM:ss.l", ignore: "pid,hostname,service", singleLine: true });
     render = (line) => pretty(line);
   }
   const destination = {

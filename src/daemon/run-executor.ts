@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "pino";
 import { materializeRun } from "../app/materialize-run.js";
-import type { KeyRing } from "../app/agent-keys.js";
+import type { KeyRing } from "../keys/key-ring.js";
 import { AgentError, isAgentError, type ErrorCode } from "../core/errors.js";
 import type { Redactor } from "../core/redactor.js";
 import type { ReplayCache } from "../core/replay-cache.js";

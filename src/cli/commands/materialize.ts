@@ -1,4 +1,5 @@
-import { loadKeyFileRing } from "../../app/agent-keys.js";
+import { loadKeySource } from "../../keys/key-source.js";
+import { keySourceFrom } from "../key-option.js";
 import { materializeRun } from "../../app/materialize-run.js";
 import { AgentError } from "../../core/errors.js";
 import { discoverTofuCliConfig } from "../../fs/tofu-cli-config-sources.js";
@@ -7,7 +8,8 @@ import { durationSeconds, nonEmptyId, positiveInt } from "../options.js";
 import { readInput, writeOutput } from "../io.js";
 
 export interface MaterializeOptions {
-  readonly keyFile: string;
+  readonly keyFile?: string;
+  readonly key?: string;
   readonly agentId: string;
   readonly runId: string;
   readonly bundle: string;
@@ -31,7 +33,9 @@ export async function materialize(opts: MaterializeOptions): Promise<number> {
   const maxLifetimeSeconds = durationSeconds("--max-bundle-lifetime", opts.maxBundleLifetime);
   const clockSkewSeconds = durationSeconds("--clock-skew", opts.clockSkew);
   const maxBundleBytes = opts.maxBundleBytes === undefined ? undefined : positiveInt("--max-bundle-bytes", opts.maxBundleBytes);
-  const keys = await loadKeyFileRing(realFs, opts.keyFile);
+  const loaded = await loadKeySource(keySourceFrom(opts), { fs: realFs, env: process.env });
+  for (const w of loaded.warnings) process.stderr.write(`oci-cred-agent: warning: ${w}\n`);
+  const keys = new Map(loaded.keys.map((k) => [k.kid, k]));
   const bundle = await readInput(opts.bundle, "bundle");
   const base =
     opts.baseDockerConfig === undefined

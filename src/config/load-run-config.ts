@@ -1,0 +1,125 @@
+/**
+ * Reads the daemon's configuration from flags, environment and the config file (YAML or JSON),
+ * validates all of it at once, and turns it into the composition root's settings. Every
+ * problem is reported in one error that names the field, the bad value (never a secret), what
+ * was expected and where to fix it.
+ */
+import { readFile } from "node:fs/promises";
+import { parse as parseYaml } from "yaml";
+import { AgentError, errnoCode } from "../core/errors.js";
+import { parseKeyUri, type KeySource } from "../keys/key-source.js";
+import { RUN_FIELDS, resolveConfig, type ConfigProblem, type ResolvedConfig } from "./schema.js";
+
+export interface RunSettingsFromConfig {
+  readonly controlPlaneUrl: string;
+  readonly token: { readonly file: string } | { readonly value: string };
+  readonly keySource: KeySource;
+  readonly workDir: string;
+  readonly credentialsDir?: string;
+  readonly caFile?: string;
+  readonly tofuBin: string;
+  readonly concurrency: number;
+  readonly drainTimeoutMs: number;
+  readonly cancelGraceMs: number;
+  readonly runTimeoutMs: number;
+  readonly maxBundleLifetimeSeconds: number;
+  readonly clockSkewSeconds: number;
+  readonly maxConfigBytes: number;
+  readonly baseDockerConfigFile?: string;
+  readonly name?: string;
+  readonly logLevel: string;
+  readonly logFormat?: "json" | "pretty";
+  readonly listen?: { readonly host: string; readonly port: number };
+  readonly retry: { readonly baseMs: number; readonly capMs: number };
+  readonly configFile?: string;
+}
+
+const LOOPBACK = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])$/;
+
+export async function readConfigFile(path: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (error) {
+    throw new AgentError("CONFIG_INVALID", `cannot read the config file ${path} (${errnoCode(error) ?? "error"}); check --config / OCI_CRED_AGENT_CONFIG`, { path });
+  }
+  try {
+    return parseYaml(text) as unknown;
+  } catch (error) {
+    const where = error instanceof Error && "linePos" in error && Array.isArray(error.linePos) ? ` at line ${String((error.linePos[0] as { line?: number } | undefined)?.line ?? "?")}` : "";
+    throw new AgentError("CONFIG_INVALID", `the config file ${path} is not valid YAML or JSON${where}; fix its syntax`, { path });
+  }
+}
+
+export async function resolveRunConfig(flags: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv): Promise<{ resolved: ResolvedConfig; problems: ConfigProblem[] }> {
+  const configPath = typeof flags["config"] === "string" ? flags["config"] : env["OCI_CRED_AGENT_CONFIG"] || undefined;
+  const file = configPath === undefined ? undefined : { path: configPath, data: await readConfigFile(configPath) };
+  const { config, problems } = resolveConfig(RUN_FIELDS, { flags, env, ...(file ? { file } : {}) });
+  const v = (key: string): string | number | boolean | undefined => config.values.get(key)?.value;
+
+  if (v("key") !== undefined && v("key_file") !== undefined) problems.push({ key: "key", message: "key and key_file are both set; set only one (key_file PATH is key file:PATH)" });
+  if (v("key") === undefined && v("key_file") === undefined) problems.push({ key: "key", message: "the private key is missing: set --key / OCI_CRED_AGENT_KEY / key, or --key-file / OCI_CRED_AGENT_KEY_FILE / key_file" });
+  if (v("token") === undefined && v("token_file") === undefined) problems.push({ key: "token_file", message: "the agent pool token is missing: set --token-file / OCI_CRED_AGENT_TOKEN_FILE / token_file" });
+  const url = v("control_plane_url");
+  if (typeof url === "string") {
+    const u = new URL(url);
+    if (u.protocol === "http:" && !LOOPBACK.test(u.hostname) && v("allow_insecure_control_plane") !== true) {
+      problems.push({
+        key: "control_plane_url",
+        message: `control_plane_url ${u.origin} is plain http to a non-loopback host: the token and bundles would cross the network unprotected; use https://, or set --allow-insecure-control-plane if you really mean it`,
+      });
+    }
+  }
+  return { resolved: config, problems };
+}
+
+export function throwIfProblems(problems: readonly ConfigProblem[]): void {
+  if (problems.length === 0) return;
+  throw new AgentError(
+    "CONFIG_INVALID",
+    `the configuration has ${problems.length} problem${problems.length === 1 ? "" : "s"}:\n${problems.map((p) => `  - ${p.message}`).join("\n")}\n(every setting: docs/configuration.md)`,
+    { fields: problems.map((p) => p.key) },
+  );
+}
+
+function hostPort(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
+  return { host: m?.[1] ?? (m?.[2] ? m[2] : "127.0.0.1"), port: Number(m?.[3] ?? "0") };
+}
+
+export function toRunSettings(resolved: ResolvedConfig): RunSettingsFromConfig {
+  const get = (key: string): string | number | boolean | undefined => resolved.values.get(key)?.value;
+  const str = (key: string): string | undefined => {
+    const x = get(key);
+    return x === undefined ? undefined : String(x);
+  };
+  const num = (key: string): number => Number(get(key));
+  const tokenFile = str("token_file");
+  const keyUri = str("key") ?? `file:${str("key_file") ?? ""}`;
+  const listen = str("listen") ?? "off";
+  const logFormat = str("log_format");
+  const optional = <K extends string, T>(key: K, value: T | undefined): { [P in K]?: T } => (value === undefined ? {} : ({ [key]: value } as { [P in K]: T }));
+  return {
+    controlPlaneUrl: (str("control_plane_url") ?? "").replace(/\/+$/, ""),
+    token: tokenFile !== undefined ? { file: tokenFile } : { value: str("token") ?? "" },
+    keySource: parseKeyUri(keyUri),
+    workDir: str("work_dir") ?? "",
+    ...optional("credentialsDir", str("credentials_dir")),
+    ...optional("caFile", str("ca_file")),
+    tofuBin: str("tofu_bin") ?? "tofu",
+    concurrency: num("concurrency"),
+    drainTimeoutMs: num("drain_timeout"),
+    cancelGraceMs: num("cancel_grace"),
+    runTimeoutMs: num("run_timeout"),
+    maxBundleLifetimeSeconds: num("max_bundle_lifetime") / 1000,
+    clockSkewSeconds: num("clock_skew") / 1000,
+    maxConfigBytes: num("max_config_bytes"),
+    ...optional("baseDockerConfigFile", str("base_docker_config")),
+    ...optional("name", str("name")),
+    logLevel: str("log_level") ?? "info",
+    ...(logFormat === "json" || logFormat === "pretty" ? { logFormat } : {}),
+    ...(listen === "off" ? {} : { listen: hostPort(listen) }),
+    retry: { baseMs: num("retry_base"), capMs: num("retry_max") },
+    ...optional("configFile", str("config")),
+  };
+}

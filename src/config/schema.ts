@@ -1,0 +1,212 @@
+/**
+ * The daemon's configuration: one schema for flags, environment (OCI_CRED_AGENT_*) and a
+ * config file (YAML or JSON), in that order of precedence. The same table generates
+ * docs/configuration.md, the commander options and the validation. Pure.
+ */
+import { parseDurationMs } from "../core/duration.js";
+
+export type FieldKind = "string" | "path" | "url" | "duration" | "int" | "bool" | "size" | "listen" | "enum" | "key-uri";
+
+export interface FieldSpec {
+  /** Key in the config file (snake_case). */
+  readonly key: string;
+  readonly flag: string;
+  readonly env: string;
+  readonly kind: FieldKind;
+  readonly description: string;
+  readonly default?: string;
+  readonly choices?: readonly string[];
+  readonly min?: number;
+  readonly max?: number;
+  /** Never shown in errors or `config print`. */
+  readonly secret?: boolean;
+  readonly required?: boolean;
+  /** Only from the environment or a flag, never the file (e.g. the file's own path). */
+  readonly notInFile?: boolean;
+}
+
+const f = (key: string, kind: FieldKind, description: string, extra: Partial<FieldSpec> = {}): FieldSpec => ({
+  key,
+  flag: `--${key.replace(/_/g, "-")}`,
+  env: `OCI_CRED_AGENT_${key.toUpperCase()}`,
+  kind,
+  description,
+  ...extra,
+});
+
+export const RUN_FIELDS: readonly FieldSpec[] = [
+  f("config", "path", "YAML or JSON file with any of these settings (keys as in the first column)", { notInFile: true }),
+  f("control_plane_url", "url", "the control plane's base URL: https://, or http:// on loopback", { required: true }),
+  f("allow_insecure_control_plane", "bool", "accept a plain http:// control plane URL that is not loopback", { default: "false" }),
+  f("token_file", "path", "file holding the agent pool token (preferred over token)"),
+  f("token", "string", "the agent pool token itself; accepted from the environment with a warning (it leaks into child processes and crash dumps)", { secret: true, notInFile: true }),
+  f("key", "key-uri", "where the private key(s) live: file:PATH (a key file or a directory of key files), systemd-credential:NAME, keyring:SERVICE/ACCOUNT or env:NAME"),
+  f("key_file", "path", "shorthand for --key file:PATH"),
+  f("work_dir", "path", "the agent's working directory (workspaces, and credentials unless credentials_dir)", { required: true }),
+  f("credentials_dir", "path", "where run credential directories go; put it on tmpfs (default <work_dir>/credentials)"),
+  f("ca_file", "path", "extra CA certificates (PEM) to trust for the control plane, besides the system's and NODE_EXTRA_CA_CERTS"),
+  f("tofu_bin", "string", "the tofu executable", { default: "tofu" }),
+  f("concurrency", "int", "runs at once", { default: "1", min: 1, max: 1024 }),
+  f("drain_timeout", "duration", "on SIGTERM, how long running runs may finish before they are canceled", { default: "5m" }),
+  f("cancel_grace", "duration", "after SIGTERM to tofu, how long before SIGKILL", { default: "10s" }),
+  f("run_timeout", "duration", "cancel a run that takes longer", { default: "2h" }),
+  f("max_bundle_lifetime", "duration", "refuse bundles valid for longer than this", { default: "1h" }),
+  f("clock_skew", "duration", "how far in the future a bundle's issue time may be", { default: "2m" }),
+  f("max_config_bytes", "size", "refuse configuration archives that expand past this", { default: "256MiB" }),
+  f("base_docker_config", "path", "an operator Docker config merged into every run's"),
+  f("name", "string", "the agent's name at the control plane (default host-pid)"),
+  f("log_level", "enum", "log level", { default: "info", choices: ["fatal", "error", "warn", "info", "debug", "trace"] }),
+  f("log_format", "enum", "json lines, or pretty text (default: pretty on a terminal)", { choices: ["json", "pretty"] }),
+  f("listen", "listen", "serve /healthz, /readyz and /metrics here (HOST:PORT, or off)", { default: "127.0.0.1:9480" }),
+  f("retry_base", "duration", "first retry delay after a control-plane failure (full jitter)", { default: "1s" }),
+  f("retry_max", "duration", "longest retry delay (a Retry-After is capped to it too)", { default: "60s" }),
+];
+
+export type Source = "flag" | "env" | "file" | "default";
+
+export interface ParsedValue {
+  readonly value: string | number | boolean;
+  readonly source: Source;
+}
+
+/** Checks one raw value; returns the parsed value or what was expected. */
+export function parseFieldValue(spec: FieldSpec, raw: string): { ok: true; value: string | number | boolean } | { ok: false; expected: string } {
+  const text = raw.trim();
+  switch (spec.kind) {
+    case "string":
+    case "path":
+      return text === "" ? { ok: false, expected: "a non-empty value" } : { ok: true, value: text };
+    case "url":
+      try {
+        const u = new URL(text);
+        return u.protocol === "https:" || u.protocol === "http:" ? { ok: true, value: text } : { ok: false, expected: "an https:// URL" };
+      } catch {
+        return { ok: false, expected: "an https:// URL such as https://cp.example.com" };
+      }
+    case "duration": {
+      const ms = parseDurationMs(text);
+      return ms !== undefined && ms > 0 ? { ok: true, value: ms } : { ok: false, expected: "a duration such as 30s, 10m or 1h" };
+    }
+    case "int": {
+      const n = Number(text);
+      const inRange = Number.isInteger(n) && n >= (spec.min ?? Number.MIN_SAFE_INTEGER) && n <= (spec.max ?? Number.MAX_SAFE_INTEGER);
+      return inRange ? { ok: true, value: n } : { ok: false, expected: `a whole number from ${spec.min ?? "-∞"} to ${spec.max ?? "∞"}` };
+    }
+    case "bool":
+      if (/^(true|1|yes|on)$/i.test(text)) return { ok: true, value: true };
+      if (/^(false|0|no|off)$/i.test(text)) return { ok: true, value: false };
+      return { ok: false, expected: "true or false" };
+    case "size": {
+      const m = /^(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$/i.exec(text);
+      const unit = (m?.[2] ?? "b").toLowerCase();
+      const mult = unit.startsWith("k") ? 1024 : unit.startsWith("m") ? 1024 ** 2 : unit.startsWith("g") ? 1024 ** 3 : 1;
+      const n = m ? Number(m[1]) * mult : Number.NaN;
+      return Number.isSafeInteger(n) && n > 0 ? { ok: true, value: n } : { ok: false, expected: "a size such as 256MiB or 64k" };
+    }
+    case "listen":
+      return text === "off" || /^(?:\[[^\]]+\]|[^:]*):\d{1,5}$/.test(text) ? { ok: true, value: text } : { ok: false, expected: "HOST:PORT (such as 127.0.0.1:9480) or off" };
+    case "enum":
+      return spec.choices?.includes(text) ? { ok: true, value: text } : { ok: false, expected: `one of ${spec.choices?.join(", ") ?? ""}` };
+    case "key-uri":
+      return /^(file:.+|systemd-credential:[^/]+|keyring:[^/]+\/.+|env:[A-Za-z_][A-Za-z0-9_]*)$/.test(text)
+        ? { ok: true, value: text }
+        : { ok: false, expected: "file:PATH, systemd-credential:NAME, keyring:SERVICE/ACCOUNT or env:NAME" };
+  }
+}
+
+export interface ConfigInputs {
+  /** Only the flags given on the command line (not commander defaults), by key. */
+  readonly flags: Readonly<Record<string, string | boolean | undefined>>;
+  readonly env: Readonly<Record<string, string | undefined>>;
+  /** The config file's contents, already parsed, and its path for messages. */
+  readonly file?: { readonly path: string; readonly data: unknown };
+}
+
+export interface ResolvedConfig {
+  readonly values: ReadonlyMap<string, ParsedValue>;
+  readonly warnings: readonly string[];
+}
+
+export interface ConfigProblem {
+  readonly key: string;
+  readonly message: string;
+}
+
+function describeSource(spec: FieldSpec, source: Source, filePath: string | undefined): string {
+  if (source === "flag") return spec.flag;
+  if (source === "env") return spec.env;
+  if (source === "file") return `${spec.key} in ${filePath ?? "the config file"}`;
+  return "the default";
+}
+
+function fixHint(spec: FieldSpec): string {
+  return `set ${spec.flag}, ${spec.env}${spec.notInFile ? "" : ` or ${spec.key} in the config file`}`;
+}
+
+/** Resolves every field from flags, environment, file and defaults; collects every problem at once. */
+export function resolveConfig(fields: readonly FieldSpec[], inputs: ConfigInputs): { config: ResolvedConfig; problems: ConfigProblem[] } {
+  const problems: ConfigProblem[] = [];
+  const warnings: string[] = [];
+  const values = new Map<string, ParsedValue>();
+  const known = new Set(fields.map((s) => s.key));
+  let fileData: Record<string, unknown> = {};
+  if (inputs.file) {
+    const data = inputs.file.data;
+    if (data === null || data === undefined) fileData = {};
+    else if (typeof data !== "object" || Array.isArray(data)) {
+      problems.push({ key: "config", message: `${inputs.file.path} must hold a mapping of settings (key: value), not ${Array.isArray(data) ? "a list" : typeof data}` });
+    } else fileData = data as Record<string, unknown>;
+    for (const key of Object.keys(fileData)) {
+      if (!known.has(key) || fields.find((s) => s.key === key)?.notInFile) {
+        problems.push({ key, message: `${inputs.file.path} has an unknown setting ${JSON.stringify(key)}; known settings are listed in docs/configuration.md` });
+      }
+    }
+  }
+  for (const spec of fields) {
+    const flag = inputs.flags[spec.key];
+    const env = inputs.env[spec.env];
+    const fromFile = spec.notInFile ? undefined : fileData[spec.key];
+    let raw: string | undefined;
+    let source: Source = "default";
+    if (flag !== undefined) {
+      raw = String(flag);
+      source = "flag";
+    } else if (env !== undefined && env !== "") {
+      raw = env;
+      source = "env";
+    } else if (fromFile !== undefined && fromFile !== null) {
+      if (typeof fromFile !== "string" && typeof fromFile !== "number" && typeof fromFile !== "boolean") {
+        problems.push({ key: spec.key, message: `${spec.key} in ${inputs.file?.path ?? "the config file"} must be a single value, not a ${Array.isArray(fromFile) ? "list" : typeof fromFile === "object" ? "mapping" : typeof fromFile}` });
+        continue;
+      }
+      raw = String(fromFile);
+      source = "file";
+    } else if (spec.default !== undefined) {
+      raw = spec.default;
+    }
+    if (raw === undefined) {
+      if (spec.required) problems.push({ key: spec.key, message: `${spec.key} is required: ${fixHint(spec)}` });
+      continue;
+    }
+    const parsed = parseFieldValue(spec, raw);
+    if (!parsed.ok) {
+      const shown = spec.secret ? "(value hidden)" : JSON.stringify(raw.length > 200 ? `${raw.slice(0, 200)}...` : raw);
+      problems.push({ key: spec.key, message: `${spec.key}: ${shown} from ${describeSource(spec, source, inputs.file?.path)} is not ${parsed.expected}; ${fixHint(spec)}` });
+      continue;
+    }
+    values.set(spec.key, { value: parsed.value, source });
+    if (spec.key === "token" && source === "env") {
+      warnings.push(`the agent token comes from ${spec.env}: environment variables leak into child processes and crash dumps; prefer --token-file`);
+    }
+  }
+  return { config: { values, warnings }, problems };
+}
+
+/** The effective configuration with the source of each value, secrets redacted (`config print`). */
+export function describeConfig(fields: readonly FieldSpec[], config: ResolvedConfig): { key: string; value: string | number | boolean | null; source: Source | "unset" }[] {
+  return fields.map((spec) => {
+    const v = config.values.get(spec.key);
+    if (v === undefined) return { key: spec.key, value: null, source: "unset" };
+    return { key: spec.key, value: spec.secret ? "[REDACTED]" : v.value, source: v.source };
+  });
+}

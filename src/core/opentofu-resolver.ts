@@ -1,0 +1,208 @@
+/**
+ * Which credential OpenTofu would use for an `oci://` address, following its lookup rules
+ * (internal/command/cliconfig/oci_credentials.go, ociauthconfig/docker_cli_credentials_config.go):
+ * the CLI configuration (TF_CLI_CONFIG_FILE, else ~/.tofurc / ~/.terraformrc), its
+ * `oci_default_credentials` block, the Docker-style files (fixed list, or the ambient search),
+ * exact case-sensitive host matching, path-scoped keys by specificity, `auth` split at the first
+ * colon. Pure: the environment and a file reader are passed in. Used by `dev`'s tofu stand-in
+ * and by the tests' stand-in tofu.
+ */
+import { HclScanError, scanTopLevel } from "./hcl-top-level.js";
+
+export interface Resolution {
+  readonly source: "static" | "helper" | "none";
+  readonly username?: string;
+  readonly password?: string;
+  readonly helper?: string;
+  /** The Docker-style file the credential came from, and its key. */
+  readonly file?: string;
+  readonly key?: string;
+  /** Why nothing was found, or why OpenTofu would fail. */
+  readonly error?: string;
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+type ReadFile = (path: string) => string | undefined;
+
+interface DefaultCredentials {
+  discoverAmbient: boolean;
+  files: string[] | undefined;
+  helper: string | undefined;
+}
+
+function joinPath(dir: string, rel: string): string {
+  return rel.startsWith("/") ? rel : `${dir.replace(/\/+$/, "")}/${rel}`;
+}
+
+function dirnameOf(path: string): string {
+  const i = path.lastIndexOf("/");
+  return i <= 0 ? "/" : path.slice(0, i);
+}
+
+/** Reads the simple attributes of an HCL body: strings, booleans, lists of strings. */
+function readBodyAttributes(body: string): Map<string, string | boolean | string[]> {
+  const out = new Map<string, string | boolean | string[]>();
+  const re = /([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(\[[^\]]*\]|"(?:[^"\\]|\\.)*"|true|false)/g;
+  for (const m of body.matchAll(re)) {
+    const [, name, raw] = m;
+    if (name === undefined || raw === undefined) continue;
+    if (raw === "true" || raw === "false") out.set(name, raw === "true");
+    else if (raw.startsWith("[")) out.set(name, [...raw.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((x) => JSON.parse(`"${x[1] ?? ""}"`) as string));
+    else out.set(name, JSON.parse(raw) as string);
+  }
+  return out;
+}
+
+function defaultCredentialsFrom(text: string, path: string): DefaultCredentials | { error: string } | undefined {
+  if (text.trimStart().startsWith("{")) {
+    let doc: unknown;
+    try {
+      doc = JSON.parse(text);
+    } catch {
+      return { error: `${path} is not valid JSON` };
+    }
+    const block = (doc as Record<string, unknown> | null)?.["oci_default_credentials"] as Record<string, unknown> | undefined;
+    if (block === undefined) return undefined;
+    const files = block["docker_style_config_files"];
+    const helper = block["docker_credentials_helper"];
+    return {
+      discoverAmbient: block["discover_ambient_credentials"] !== false,
+      files: Array.isArray(files) ? files.filter((x): x is string => typeof x === "string").map((f) => joinPath(dirnameOf(path), f)) : undefined,
+      helper: typeof helper === "string" ? helper : undefined,
+    };
+  }
+  let items;
+  try {
+    items = scanTopLevel(text);
+  } catch (error) {
+    return { error: `${path} cannot be parsed (${error instanceof HclScanError ? error.message : "syntax error"})` };
+  }
+  const blocks = items.filter((i) => i.name === "oci_default_credentials" && i.kind === "block");
+  if (blocks.length > 1) return { error: `${path} has more than one oci_default_credentials block` };
+  const block = blocks[0];
+  if (!block) return undefined;
+  const inner = text.slice(text.indexOf("{", block.start) + 1, block.end - 1);
+  const attrs = readBodyAttributes(inner);
+  const files = attrs.get("docker_style_config_files");
+  const helper = attrs.get("docker_credentials_helper");
+  return {
+    discoverAmbient: attrs.get("discover_ambient_credentials") !== false,
+    files: Array.isArray(files) ? files.map((f) => joinPath(dirnameOf(path), f)) : undefined,
+    helper: typeof helper === "string" ? helper : undefined,
+  };
+}
+
+function cliConfigPath(env: Env, readFile: ReadFile): string | undefined {
+  const override = env["TF_CLI_CONFIG_FILE"] || env["TERRAFORM_CONFIG"];
+  if (override) return override;
+  const home = env["HOME"] ?? "";
+  for (const name of [".tofurc", ".terraformrc"]) {
+    const p = `${home}/${name}`;
+    if (readFile(p) !== undefined) return p;
+  }
+  if (env["XDG_CONFIG_HOME"]) return `${env["XDG_CONFIG_HOME"]}/opentofu/tofurc`;
+  return undefined;
+}
+
+function ambientFiles(env: Env): string[] {
+  const home = env["HOME"] ?? "";
+  const out: string[] = [];
+  if (env["XDG_RUNTIME_DIR"]) out.push(`${env["XDG_RUNTIME_DIR"]}/containers/auth.json`);
+  out.push(`${env["XDG_CONFIG_HOME"] || `${home}/.config`}/containers/auth.json`);
+  out.push(`${home}/.docker/config.json`, `${home}/.dockercfg`);
+  return out.filter((p, i) => out.indexOf(p) === i);
+}
+
+/** OpenTofu's specificity: 0 no match, 2 for a host key, 2 + N for N matching path segments. */
+export function keySpecificity(key: string, host: string, repository: string): number {
+  if (key === "" || /^[a-z][a-z0-9+.-]*:\/\//i.test(key)) return 0;
+  const slash = key.indexOf("/");
+  const keyHost = slash < 0 ? key : key.slice(0, slash);
+  if (keyHost !== host) return 0;
+  if (slash < 0) return 2;
+  const keySegs = key.slice(slash + 1).split("/");
+  const repoSegs = repository.split("/");
+  if (keySegs.length > repoSegs.length || keySegs.some((s) => s === "")) return 0;
+  for (let i = 0; i < keySegs.length; i++) if (keySegs[i] !== repoSegs[i]) return 0;
+  return 2 + keySegs.length;
+}
+
+interface Candidate {
+  specificity: number;
+  order: number;
+  resolution: Resolution;
+}
+
+function candidatesFromFile(path: string, text: string, host: string, repository: string, order: number): Candidate[] {
+  const doc = JSON.parse(text) as { auths?: Record<string, { auth?: unknown } | null>; credHelpers?: Record<string, unknown>; credsStore?: unknown };
+  const out: Candidate[] = [];
+  for (const [key, entry] of Object.entries(doc.auths ?? {})) {
+    const specificity = keySpecificity(key, host, repository);
+    if (specificity === 0 || entry === null || typeof entry.auth !== "string" || entry.auth === "") continue;
+    const decoded = Buffer.from(entry.auth, "base64").toString("utf8");
+    const colon = decoded.indexOf(":");
+    out.push({
+      specificity,
+      order,
+      resolution:
+        colon < 0
+          ? { source: "none", file: path, key, error: `auth for ${JSON.stringify(key)} in ${path} is not base64 username:password` }
+          : { source: "static", username: decoded.slice(0, colon), password: decoded.slice(colon + 1), file: path, key },
+    });
+  }
+  const helper = doc.credHelpers?.[host];
+  if (typeof helper === "string" && helper !== "") out.push({ specificity: 2, order: order + 0.5, resolution: { source: "helper", helper, file: path, key: host } });
+  if (typeof doc.credsStore === "string" && doc.credsStore !== "") out.push({ specificity: 1, order: order + 0.5, resolution: { source: "helper", helper: doc.credsStore, file: path, key: "(credsStore)" } });
+  return out;
+}
+
+export function resolveOpenTofuCredential(address: string, env: Env, readFile: ReadFile): Resolution {
+  const m = /^oci:\/\/([^/?]+)\/([^?]+)/.exec(address);
+  if (!m?.[1] || !m[2]) return { source: "none", error: `${address} is not an oci://host/repository address` };
+  const host = m[1];
+  const repository = m[2];
+
+  let defaults: DefaultCredentials = { discoverAmbient: true, files: undefined, helper: undefined };
+  const configPath = cliConfigPath(env, readFile);
+  if (configPath !== undefined) {
+    const text = readFile(configPath);
+    if (text !== undefined) {
+      const parsed = defaultCredentialsFrom(text, configPath);
+      if (parsed && "error" in parsed) return { source: "none", error: parsed.error };
+      if (parsed) defaults = parsed;
+    }
+  }
+
+  const candidates: Candidate[] = [];
+  if (defaults.discoverAmbient) {
+    if (defaults.files !== undefined) {
+      for (const [i, path] of defaults.files.entries()) {
+        const text = readFile(path);
+        if (text === undefined) return { source: "none", error: `docker_style_config_files names ${path}, which does not exist (tofu init fails)` };
+        try {
+          candidates.push(...candidatesFromFile(path, text, host, repository, i));
+        } catch {
+          return { source: "none", error: `${path} is not valid JSON (tofu init fails)` };
+        }
+      }
+    } else {
+      const found: Candidate[] = [];
+      for (const [i, path] of ambientFiles(env).entries()) {
+        const text = readFile(path);
+        if (text === undefined) continue;
+        try {
+          found.push(...candidatesFromFile(path, text, host, repository, i));
+        } catch {
+          // One ambient file that fails to parse drops every ambient file.
+          return { source: "none", error: `the ambient file ${path} does not parse, so OpenTofu ignores every ambient credentials file` };
+        }
+      }
+      candidates.push(...found);
+    }
+  }
+  // The configured global helper has the lowest specificity but comes before the files on a tie.
+  if (defaults.helper !== undefined) candidates.push({ specificity: 1, order: -1, resolution: { source: "helper", helper: defaults.helper, key: "(docker_credentials_helper)" } });
+  if (candidates.length === 0) return { source: "none" };
+  candidates.sort((a, b) => b.specificity - a.specificity || a.order - b.order);
+  return candidates[0]?.resolution ?? { source: "none" };
+}

@@ -1,0 +1,235 @@
+/**
+ * Where the agent's private key(s) live, named by a URI (`--key`):
+ *   file:PATH                a key file, or a directory of key files (rotation: one file per key;
+ *                            Kubernetes Secret volumes, whose files are links into ..data/, work)
+ *   systemd-credential:NAME  $CREDENTIALS_DIRECTORY/NAME (LoadCredential=/LoadCredentialEncrypted=)
+ *   keyring:SERVICE/ACCOUNT  the OS keyring (Secret Service) through @napi-rs/keyring, loaded
+ *                            only when used so hosts without it still start
+ *   env:NAME                 an environment variable, with a warning; removed from the
+ *                            environment that runs see
+ * A file, credential, keyring entry or variable may hold several PEM keys, one after the other;
+ * the last is the newest. In a directory, files are ordered by modification time, newest last.
+ * The control plane seals to the newest key; bundles sealed to an older key still open until
+ * that key is removed.
+ */
+import { realpath } from "node:fs/promises";
+import { join } from "node:path";
+import { AgentError, errnoCode } from "../core/errors.js";
+import { parsePrivateKeyPem, type AgentPrivateKey } from "../crypto/agent-key.js";
+import { readProtectedKeyFile } from "../fs/key-file.js";
+import type { FileSystem } from "../fs/secure-fs.js";
+
+export type KeySource =
+  | { readonly kind: "file"; readonly path: string }
+  | { readonly kind: "systemd-credential"; readonly name: string }
+  | { readonly kind: "keyring"; readonly service: string; readonly account: string }
+  | { readonly kind: "env"; readonly name: string };
+
+export function parseKeyUri(uri: string): KeySource {
+  const bad = (): AgentError =>
+    new AgentError(
+      "INVALID_ARGUMENT",
+      `--key ${JSON.stringify(uri)} is not a key source; use file:PATH, systemd-credential:NAME, keyring:SERVICE/ACCOUNT or env:NAME`,
+      { flag: "--key" },
+    );
+  const colon = uri.indexOf(":");
+  if (colon < 0) throw bad();
+  const scheme = uri.slice(0, colon);
+  const rest = uri.slice(colon + 1);
+  if (rest === "") throw bad();
+  switch (scheme) {
+    case "file":
+      return { kind: "file", path: rest };
+    case "systemd-credential":
+      if (rest.includes("/")) throw bad();
+      return { kind: "systemd-credential", name: rest };
+    case "keyring": {
+      const slash = rest.indexOf("/");
+      if (slash <= 0 || slash === rest.length - 1) throw bad();
+      return { kind: "keyring", service: rest.slice(0, slash), account: rest.slice(slash + 1) };
+    }
+    case "env":
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(rest)) throw bad();
+      return { kind: "env", name: rest };
+    default:
+      throw bad();
+  }
+}
+
+export function describeKeySource(source: KeySource): string {
+  switch (source.kind) {
+    case "file":
+      return `file:${source.path}`;
+    case "systemd-credential":
+      return `systemd-credential:${source.name}`;
+    case "keyring":
+      return `keyring:${source.service}/${source.account}`;
+    case "env":
+      return `env:${source.name}`;
+  }
+}
+
+const PEM_BLOCK = /-----BEGIN PRIVATE KEY-----[\s\S]*?-----END PRIVATE KEY-----/g;
+
+/** Parses one or more PEM private keys from a text; the order is kept (last = newest). */
+export async function parseKeyBundle(text: string, where: string): Promise<AgentPrivateKey[]> {
+  const blocks = text.match(PEM_BLOCK) ?? [];
+  if (blocks.length === 0) {
+    throw new AgentError("KEY_FILE_INVALID", `${where} holds no PEM private key; create one with \`oci-cred-agent keygen\``, { source: where });
+  }
+  const keys: AgentPrivateKey[] = [];
+  for (const [i, block] of blocks.entries()) keys.push(await parsePrivateKeyPem(block, blocks.length > 1 ? `${where} (key ${i + 1})` : where));
+  return keys;
+}
+
+export interface LoadedKeys {
+  /** Oldest first, newest last; one entry per key id. */
+  readonly keys: readonly AgentPrivateKey[];
+  readonly warnings: readonly string[];
+}
+
+function dedupe(keys: readonly AgentPrivateKey[]): AgentPrivateKey[] {
+  const byKid = new Map<string, AgentPrivateKey>();
+  for (const k of keys) {
+    byKid.delete(k.kid);
+    byKid.set(k.kid, k);
+  }
+  return [...byKid.values()];
+}
+
+const KEY_FILE_NAME = /\.(key|pem)$/;
+
+/** Reads every key file of a directory (a key directory or a Kubernetes Secret volume). */
+async function loadKeyDirectory(fs: FileSystem, dir: string): Promise<AgentPrivateKey[]> {
+  const realDir = await realpath(dir);
+  const found: { mtimeMs: number; name: string; keys: AgentPrivateKey[] }[] = [];
+  for (const name of (await fs.readdir(dir)).sort()) {
+    if (name.startsWith(".") || !KEY_FILE_NAME.test(name)) continue;
+    let path = join(dir, name);
+    const st = await fs.lstat(path);
+    if (st.isSymbolicLink()) {
+      // Kubernetes Secret volumes expose each key as a link into ..data/ inside the volume;
+      // follow such a link only when its target stays inside the directory.
+      const target = await realpath(path).catch(() => undefined);
+      if (target === undefined || !target.startsWith(`${realDir}/`)) {
+        throw new AgentError("KEY_FILE_SYMLINK", `${path} is a symbolic link that leaves the key directory ${dir}; keep key files inside it`, { path });
+      }
+      path = target;
+    }
+    const text = await readProtectedKeyFile(fs, path);
+    const mtimeMs = (await fs.lstat(path)).mtimeMs;
+    found.push({ mtimeMs, name, keys: await parseKeyBundle(text, join(dir, name)) });
+  }
+  if (found.length === 0) {
+    throw new AgentError("KEY_FILE_NOT_FOUND", `the key directory ${dir} holds no key file (*.key or *.pem); create one with \`oci-cred-agent keygen --key file:${dir}\``, { path: dir });
+  }
+  found.sort((a, b) => a.mtimeMs - b.mtimeMs || (a.name < b.name ? -1 : 1));
+  return found.flatMap((f) => f.keys);
+}
+
+export interface KeySourceContext {
+  readonly fs: FileSystem;
+  readonly env: NodeJS.ProcessEnv;
+}
+
+interface KeyringEntry {
+  getPassword(): string | null;
+  setPassword(password: string): void;
+}
+
+async function keyringEntry(service: string, account: string): Promise<KeyringEntry> {
+  try {
+    const { Entry } = await import("@napi-rs/keyring");
+    return new Entry(service, account);
+  } catch (error) {
+    throw new AgentError(
+      "KEY_SOURCE_UNAVAILABLE",
+      `the OS keyring cannot be used on this host (${error instanceof Error ? error.message.slice(0, 200) : "load failed"}); use --key file:PATH or systemd-credential:NAME`,
+      { source: `keyring:${service}/${account}` },
+    );
+  }
+}
+
+function keyringFailure(source: KeySource, error: unknown): AgentError {
+  return new AgentError(
+    "KEY_SOURCE_UNAVAILABLE",
+    `the OS keyring did not answer for ${describeKeySource(source)} (${error instanceof Error ? error.message.slice(0, 200) : "error"}); is a Secret Service (gnome-keyring, KWallet) running and unlocked for this user?`,
+    { source: describeKeySource(source) },
+  );
+}
+
+export async function loadKeySource(source: KeySource, ctx: KeySourceContext): Promise<LoadedKeys> {
+  const warnings: string[] = [];
+  switch (source.kind) {
+    case "file": {
+      let st;
+      try {
+        st = await ctx.fs.lstat(source.path);
+      } catch (error) {
+        if (errnoCode(error) === "ENOENT") {
+          throw new AgentError("KEY_FILE_NOT_FOUND", `the key file ${source.path} does not exist; create it with \`oci-cred-agent keygen --key-file ${source.path}\``, { path: source.path });
+        }
+        throw error;
+      }
+      const keys = st.isDirectory() ? await loadKeyDirectory(ctx.fs, source.path) : await parseKeyBundle(await readProtectedKeyFile(ctx.fs, source.path), source.path);
+      return { keys: dedupe(keys), warnings };
+    }
+    case "systemd-credential": {
+      const dir = ctx.env["CREDENTIALS_DIRECTORY"];
+      if (!dir) {
+        throw new AgentError(
+          "KEY_SOURCE_UNAVAILABLE",
+          `systemd-credential:${source.name} needs $CREDENTIALS_DIRECTORY, which systemd sets for a service with LoadCredential= or LoadCredentialEncrypted=${source.name}:...; run the agent from its unit (docs/install-systemd.md)`,
+          { source: describeKeySource(source) },
+        );
+      }
+      const path = join(dir, source.name);
+      const keys = await parseKeyBundle(await readProtectedKeyFile(ctx.fs, path), path);
+      return { keys: dedupe(keys), warnings };
+    }
+    case "keyring": {
+      const entry = await keyringEntry(source.service, source.account);
+      let text: string | null;
+      try {
+        text = entry.getPassword();
+      } catch (error) {
+        throw keyringFailure(source, error);
+      }
+      if (text === null) {
+        throw new AgentError(
+          "KEY_FILE_NOT_FOUND",
+          `the keyring has no entry for service ${JSON.stringify(source.service)}, account ${JSON.stringify(source.account)}; create it with \`oci-cred-agent keygen --key ${describeKeySource(source)}\``,
+          { source: describeKeySource(source) },
+        );
+      }
+      return { keys: dedupe(await parseKeyBundle(text, describeKeySource(source))), warnings };
+    }
+    case "env": {
+      const text = ctx.env[source.name];
+      if (text === undefined || text === "") {
+        throw new AgentError("KEY_FILE_NOT_FOUND", `the environment variable ${source.name} is not set; put the agent's PEM private key in it, or use --key file:PATH`, { source: describeKeySource(source) });
+      }
+      warnings.push(`the private key comes from the environment variable ${source.name}: environment variables leak into child processes and crash dumps; prefer file:, systemd-credential: or keyring:. The variable is removed from the environment of runs`);
+      return { keys: dedupe(await parseKeyBundle(text, describeKeySource(source))), warnings };
+    }
+  }
+}
+
+/** Stores PEM text in the keyring (keygen --key keyring:...). */
+export async function storeInKeyring(source: Extract<KeySource, { kind: "keyring" }>, text: string): Promise<void> {
+  const entry = await keyringEntry(source.service, source.account);
+  try {
+    entry.setPassword(text);
+  } catch (error) {
+    throw keyringFailure(source, error);
+  }
+}
+
+export async function readKeyringText(source: Extract<KeySource, { kind: "keyring" }>): Promise<string | null> {
+  const entry = await keyringEntry(source.service, source.account);
+  try {
+    return entry.getPassword();
+  } catch (error) {
+    throw keyringFailure(source, error);
+  }
+}
