@@ -145,10 +145,14 @@ export async function composeAgent(
           log.debug({ event: "keys_unchanged", reason }, "keys re-read; nothing changed");
           return;
         }
-        log.info({ event: "keys_reloaded", reason, kids: ring.kids(), added: change.added, removed: change.removed }, "keys reloaded");
-        await daemon.updateKeys().catch((error: unknown) => {
-          log.warn({ event: "key_registration_failed", code: error instanceof AgentError ? error.code : "INTERNAL" }, "could not send the new public keys to the control plane; they are sent again at the next registration");
-        });
+        const registeredNow = await daemon.updateKeys().then(
+          () => true,
+          (error: unknown) => {
+            log.warn({ event: "key_registration_failed", code: error instanceof AgentError ? error.code : "INTERNAL" }, "could not send the new public keys to the control plane; they are sent again at the next registration");
+            return false;
+          },
+        );
+        log.info({ event: "keys_reloaded", reason, kids: ring.kids(), added: change.added, removed: change.removed, registered: registeredNow }, "keys reloaded");
       } catch (error) {
         log.error(
           { event: "key_reload_failed", reason, code: error instanceof AgentError ? error.code : "INTERNAL", kids: ring.kids() },

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { AgentError, errnoCode } from "../../core/errors.js";
 import { generatePrivateKeyPem, publicKeyDoc, publicKeyOfPem } from "../../crypto/agent-key.js";
@@ -9,7 +10,8 @@ import { printJson } from "../io.js";
 
 /** A sortable, filesystem-safe name for a new key in a key directory. */
 function rotatedName(now: Date): string {
-  return `agent-${now.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z")}.key`;
+  // Millisecond time then a random tail: sorts by creation, never collides.
+  return `agent-${now.toISOString().replace(/[-:]/g, "")}-${randomBytes(3).toString("hex")}.key`;
 }
 
 export async function keygen(opts: KeyOptions & { rotate?: boolean }): Promise<number> {
