@@ -144,7 +144,8 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .description("see the whole flow on one machine: reference control plane, sample integrations, one agent, one run, a summary")
     .option("--work-dir <dir>", "the agent's working directory (default: a temporary one, removed afterwards)")
     .option("--log-level <level>", "agent log level", "info")
-    .action((opts: { workDir?: string; logLevel: string }) => {
+    .option("--offline", "do not probe the sample registries' /v2/ endpoints")
+    .action((opts: { workDir?: string; logLevel: string; offline?: boolean }) => {
       setAction(async () => (await import("./commands/dev.js")).dev(opts));
     });
 

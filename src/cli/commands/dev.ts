@@ -86,7 +86,7 @@ function waitForEnd(store: { on(e: string, f: (r: RunRecord) => void): unknown; 
   });
 }
 
-export async function dev(opts: { workDir?: string; logLevel: string }): Promise<number> {
+export async function dev(opts: { workDir?: string; logLevel: string; offline?: boolean }): Promise<number> {
   const out = (text: string): void => {
     process.stdout.write(`${text}\n`);
   };
@@ -96,7 +96,12 @@ export async function dev(opts: { workDir?: string; logLevel: string }): Promise
   const secretsDir = await mkdtemp(join(tmpdir(), "oci-cred-agent-dev-keys-"));
   const adminToken = randomBytes(24).toString("base64url");
   const agentToken = randomBytes(24).toString("base64url");
-  const cp = await createControlPlane({ adminToken, agentToken, agentApi: { heartbeatIntervalSeconds: 2, pollWaitSeconds: 30 } });
+  const cp = await createControlPlane({
+    adminToken,
+    agentToken,
+    agentApi: { heartbeatIntervalSeconds: 2, pollWaitSeconds: 30 },
+    ...(opts.offline === true ? { probe: () => Promise.resolve({ warnings: ["not probed (--offline)"] }) } : {}),
+  });
   const { url } = await cp.listen("127.0.0.1", 0);
   out(`oci-cred-agent dev: reference control plane at ${url} (admin API ${url}/api/admin/v1)`);
 
