@@ -5,7 +5,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
-import type { Lease, Outcome, Phase, RunEvent } from "../protocol/agent-api.js";
+import { MAX_INLINE_CONFIGURATION_BYTES, type Lease, type Outcome, type Phase, type RunEvent } from "../protocol/agent-api.js";
 
 export interface Integration {
   id: string;
@@ -274,7 +274,11 @@ export class ControlPlaneStore extends EventEmitter {
         id: run.id,
         phases: run.phases,
         queued_at: run.queued_at,
-        configuration: { sha256: run.configuration_sha256, size_bytes: run.configuration.byteLength },
+        configuration: {
+          sha256: run.configuration_sha256,
+          size_bytes: run.configuration.byteLength,
+          ...(run.configuration.byteLength <= MAX_INLINE_CONFIGURATION_BYTES ? { inline_base64: run.configuration.toString("base64") } : {}),
+        },
       },
       bundle,
     };

@@ -18,7 +18,7 @@ import type { OperatorCliConfigSource } from "../core/tofu-cli-config.js";
 import { extractConfiguration, verifyChecksum } from "../fs/config-workspace.js";
 import { wipeRunDir } from "../fs/run-dir.js";
 import type { FileSystem } from "../fs/secure-fs.js";
-import { MAX_LOG_CHUNK_BYTES, type CompleteRequest, type Lease, type Outcome, type Phase } from "../protocol/agent-api.js";
+import { MAX_LOG_CHUNK_BYTES, type CompleteRequest, type Lease, type Outcome, type Phase, type RunEvent } from "../protocol/agent-api.js";
 import type { ControlPlaneClient } from "./control-plane-client.js";
 import type { DaemonObserver } from "./observer.js";
 import { runPhase, type TofuCommand } from "./phase-runner.js";
@@ -91,6 +91,39 @@ class LogShipper {
   }
 }
 
+/**
+ * Batches a run's events: they reach the control plane within 250 ms, in order, in one
+ * request per batch (a short run's events all travel in one request before completion).
+ */
+class EventBuffer {
+  private pending: RunEvent[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private sending: Promise<void> = Promise.resolve();
+
+  constructor(private readonly send: (events: RunEvent[]) => Promise<void>) {}
+
+  push(event: RunEvent): void {
+    this.pending.push(event);
+    this.timer ??= setTimeout(() => {
+      this.flush();
+    }, 250);
+  }
+
+  private flush(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.pending.length === 0) return;
+    const batch = this.pending;
+    this.pending = [];
+    this.sending = this.sending.then(() => this.send(batch)).catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    this.flush();
+    await this.sending;
+  }
+}
+
 export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSignal): Promise<Outcome> {
   const { client, log: baseLog, settings, observer } = deps;
   const runId = lease.run.id;
@@ -119,13 +152,15 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
   }, settings.runTimeoutMs);
 
   const heartbeats = heartbeatLoop(lease, deps, abort.signal, end);
+  const events = new EventBuffer((batch) => client.events(lease.lease_id, batch));
   const phases: CompleteRequest["phases"] = [];
   let failure: AgentError | undefined;
   let removeSecrets: (() => void) | undefined;
   let credentialsWritten = false;
 
   try {
-    const archive = await client.configuration(lease.lease_id, settings.archiveLimits.maxBytes + 1024 * 1024);
+    const inline = lease.run.configuration.inline_base64;
+    const archive = inline !== undefined ? Buffer.from(inline, "base64") : await client.configuration(lease.lease_id, settings.archiveLimits.maxBytes + 1024 * 1024);
     verifyChecksum(archive, lease.run.configuration.sha256);
     const extracted = await extractConfiguration(archive, workspaceDir, settings.archiveLimits);
     log.info({ event: "configuration_extracted", files: extracted.files, bytes: extracted.bytes }, "configuration extracted");
@@ -133,6 +168,7 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
 
     const base = deps.baseDockerConfig();
     credentialsWritten = true;
+    const materializeStarted = performance.now();
     const result = await materializeRun({
       bundle: Buffer.from(lease.bundle, "utf8"),
       keys: deps.keys(),
@@ -148,22 +184,24 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
       tofuCliConfigSources: deps.tofuCliConfigSources(),
       fs: deps.fs,
     });
+    const materializeMs = performance.now() - materializeStarted;
     removeSecrets = deps.redactor.add(result.secretValues);
     const queuedAt = Date.parse(lease.run.queued_at);
-    if (Number.isFinite(queuedAt)) observer.pickup(Date.now() - queuedAt);
+    const pickupMs = Number.isFinite(queuedAt) ? Date.now() - queuedAt : undefined;
+    if (pickupMs !== undefined) observer.pickup(pickupMs);
     observer.credentialsWritten(result.registries.length);
     for (const r of result.registries) {
       log.info({ event: "credentials_written", registry: r.host, integration_id: r.integration_id, integration_name: r.integration_name }, `credentials for ${r.host} from integration ${r.integration_id}`);
     }
+    log.info(
+      { event: "credentials_ready", registries: result.registries.length, duration_ms: Number(materializeMs.toFixed(3)), pickup_ms: pickupMs ?? null, bundle_id: result.bundleId },
+      `credentials in place for ${result.registries.length} registr${result.registries.length === 1 ? "y" : "ies"}`,
+    );
     for (const ig of result.ignored) {
       log.warn({ event: "integration_ignored", integration_id: ig.integration_id, integration_name: ig.integration_name, code: ig.code }, ig.reason);
     }
     for (const w of result.warnings) log.warn({ event: "credentials_warning" }, w);
-    await client
-      .events(lease.lease_id, [
-        { type: "credentials_written", at: new Date().toISOString(), registries: result.registries, ignored: result.ignored.map(({ integration_id, code }) => ({ integration_id, code })) },
-      ])
-      .catch(() => undefined);
+    events.push({ type: "credentials_written", at: new Date().toISOString(), pickup_ms: pickupMs ?? null, registries: result.registries, ignored: result.ignored.map(({ integration_id, code }) => ({ integration_id, code })) });
 
     const env: NodeJS.ProcessEnv = { ...settings.baseEnv, ...result.env, TF_IN_AUTOMATION: "1", TF_INPUT: "0" };
     let planned = false;
@@ -171,7 +209,7 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
       throwIfEnded();
       const plog = log.child({ phase });
       plog.info({ event: "phase_started" }, `${phase} started`);
-      await client.events(lease.lease_id, [{ type: "phase_started", at: new Date().toISOString(), phase }]).catch(() => undefined);
+      events.push({ type: "phase_started", at: new Date().toISOString(), phase });
       const shipper = new LogShipper((p, seq, text) => client.log(lease.lease_id, { phase: p, seq, text }), phase);
       const outcome = await runPhase({
         command: settings.tofu,
@@ -192,9 +230,7 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
       const ok = outcome.exitCode === 0 && !outcome.canceled;
       observer.phaseFinished(phase, outcome.durationMs, ok);
       plog.info({ event: "phase_finished", exit_code: outcome.exitCode, signal: outcome.signal, duration_ms: Math.round(outcome.durationMs) }, `${phase} finished`);
-      await client
-        .events(lease.lease_id, [{ type: "phase_finished", at: new Date().toISOString(), phase, exit_code: outcome.exitCode, signal: outcome.signal, duration_ms: Math.round(outcome.durationMs) }])
-        .catch(() => undefined);
+      events.push({ type: "phase_finished", at: new Date().toISOString(), phase, exit_code: outcome.exitCode, signal: outcome.signal, duration_ms: Math.round(outcome.durationMs) });
       if (outcome.canceled) throw abort.signal.reason;
       if (!ok) {
         throw new AgentError("PHASE_FAILED", `tofu ${phase} ${outcome.signal ? `was killed by ${outcome.signal}` : `exited with code ${outcome.exitCode ?? "?"}`}`, {
@@ -216,9 +252,10 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
   let wiped = true;
   if (credentialsWritten) {
     try {
+      const wipeStarted = performance.now();
       const report = await wipeRunDir(deps.fs, credentialsDir);
       observer.wiped(true);
-      log.info({ event: "credentials_wiped", files: report.removed.length }, "credentials wiped");
+      log.info({ event: "credentials_wiped", files: report.removed.length, duration_ms: Number((performance.now() - wipeStarted).toFixed(3)) }, "credentials wiped");
     } catch (error) {
       wiped = false;
       observer.wiped(false);
@@ -241,6 +278,7 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
   removeSecrets?.();
   observer.runFinished(runId, outcome, failure?.code);
 
+  await events.close();
   if (failure?.code !== "LEASE_LOST") {
     await reportCompletion(client, lease, {
       outcome,

@@ -40,6 +40,9 @@ export const leaseRequestSchema = z.object({
 });
 export type LeaseRequest = z.infer<typeof leaseRequestSchema>;
 
+/** Configuration archives up to this size travel inside the lease. */
+export const MAX_INLINE_CONFIGURATION_BYTES = 256 * 1024;
+
 /** Run ids become directory names on the agent: a conservative alphabet, never "." or "..". */
 export const RUN_ID_PATTERN = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$/;
 
@@ -53,6 +56,8 @@ export const leaseSchema = z.object({
     configuration: z.object({
       sha256: z.string().regex(/^[0-9a-f]{64}$/),
       size_bytes: z.number().int().nonnegative(),
+      /** The archive itself when it is small (saves a round trip); otherwise GET .../configuration. */
+      inline_base64: z.string().max(Math.ceil((MAX_INLINE_CONFIGURATION_BYTES * 4) / 3) + 4).optional(),
     }),
   }),
   bundle: z.string().max(64 * 1024 * 1024),

@@ -101,6 +101,7 @@ describe("logs", () => {
         "run_leased",
         "configuration_extracted",
         "credentials_written",
+        "credentials_ready",
         "phase_started",
         "phase_finished",
         "phase_started",
