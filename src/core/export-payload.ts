@@ -34,20 +34,33 @@ export interface ParsedExport {
   readonly invalid: readonly InvalidEntry[];
 }
 
-const entrySchema = z.object({
-  id: z.string().min(1).max(256),
-  name: z.string().max(1024).optional(),
-  url: z.string().min(1).max(2048),
+/**
+ * Checks one entry by hand rather than through a schema library: an export may hold 10,000
+ * entries, and this runs for each (docs/performance.md). Problems name fields, never values.
+ */
+function entryProblems(raw: unknown): string[] {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return ["(entry): expected an object"];
+  const e = raw as Record<string, unknown>;
+  const problems: string[] = [];
+  const str = (field: string, min: number, max: number, required: boolean): void => {
+    const v = e[field];
+    if (v === undefined) {
+      if (required) problems.push(`${field}: required string`);
+    } else if (typeof v !== "string") problems.push(`${field}: expected a string`);
+    else if (v.length < min) problems.push(`${field}: must not be empty`);
+    else if (v.length > max) problems.push(`${field}: longer than ${max} characters`);
+  };
+  str("id", 1, 256, true);
+  str("name", 0, 1024, false);
+  str("url", 1, 2048, true);
+  str("username", 1, 4096, true);
+  str("password", 1, 65536, true);
+  str("updated_at", 0, 64, false);
   // The Docker config `auth` field is base64("username:password") and readers split it at the
   // first colon, so a colon in the username would silently shift part of it into the password.
-  username: z
-    .string()
-    .min(1)
-    .max(4096)
-    .refine((u) => !u.includes(":"), { message: "must not contain ':' (Docker's auth field splits at the first colon)" }),
-  password: z.string().min(1).max(65536),
-  updated_at: z.string().max(64).optional(),
-});
+  if (typeof e["username"] === "string" && e["username"].includes(":")) problems.push("username: must not contain ':' (Docker's auth field splits at the first colon)");
+  return problems;
+}
 
 const topSchema = z.object({
   version: z.number(),
@@ -93,18 +106,13 @@ export function parseExport(text: string): ParsedExport {
   const entries: ExportedCredential[] = [];
   const invalid: InvalidEntry[] = [];
   top.data.registries.forEach((raw, index) => {
-    const parsed = entrySchema.safeParse(raw);
-    if (!parsed.success) {
+    const problems = entryProblems(raw);
+    if (problems.length > 0) {
       const obj = typeof raw === "object" && raw !== null ? (raw as Record<string, unknown>) : {};
-      invalid.push({
-        index,
-        id: safeString(obj["id"], 256),
-        name: safeString(obj["name"], 1024),
-        problems: describeIssues(parsed.error),
-      });
+      invalid.push({ index, id: safeString(obj["id"], 256), name: safeString(obj["name"], 1024), problems });
       return;
     }
-    const e = parsed.data;
+    const e = raw as { id: string; name?: string; url: string; username: string; password: string; updated_at?: string };
     const updated = e.updated_at === undefined ? Number.NaN : Date.parse(e.updated_at);
     entries.push({
       id: e.id,

@@ -71,7 +71,16 @@ export function targetForHost(host: string): RegistryTarget {
   return { registry: lower, host: lower, keys: { opentofu: lower, docker: lower, containers: lower } };
 }
 
+/** The common case, a bare lowercase https endpoint, without a full URL parse (10,000-entry exports). */
+const PLAIN_ENDPOINT = /^https:\/\/([a-z0-9][a-z0-9.-]*[a-z0-9])(?::([1-9]\d{0,4}))?\/?$/;
+
 export function normalizeRegistryUrl(raw: string): NormalizeResult {
+  const plain = PLAIN_ENDPOINT.exec(raw);
+  if (plain?.[1] !== undefined && !plain[1].includes("..") && !plain[1].startsWith("xn--") && !plain[1].includes(".xn--")) {
+    const port = plain[2];
+    const portNumber = port === undefined ? 443 : Number(port);
+    if (portNumber <= 65535) return { ok: true, target: targetForHost(portNumber === 443 ? plain[1] : `${plain[1]}:${portNumber}`) };
+  }
   let url: URL;
   try {
     url = new URL(raw.trim());
