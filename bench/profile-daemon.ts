@@ -13,7 +13,7 @@ const agentToken = randomBytes(24).toString("base64url");
 await writeFile(join(dir, "token"), agentToken, { mode: 0o600 });
 const cp = await createControlPlane({ adminToken: "x".repeat(20), agentToken, leaseTtlSeconds: 120, agentApi: { heartbeatIntervalSeconds: 30 }, probe: () => Promise.resolve({ warnings: [] }) });
 const { url } = await cp.listen("127.0.0.1", 0);
-cp.store.integrations.set("i", { id: "i", name: "b", registry_url: "https://r.test", username: "u", password: "p", export_credentials: true, created_at: "", updated_at: "" });
+cp.store.integrations.set("i", { id: "i", name: "b", registry_url: "https://r.test", username: "u", password: "p", credential_helper: null, export_credentials: true, created_at: "", updated_at: "" });
 await mkdir(join(dir, "cfg")); await writeFile(join(dir, "cfg", "main.tf"), "# x\n");
 const archive = execFileSync("tar", ["czf", "-", "-C", join(dir, "cfg"), "."]);
 const child = spawn(process.execPath, [...(process.env["PROF"] ? ["--cpu-prof", "--cpu-prof-dir", dir] : []), "dist/cli/main.js", "run", "--control-plane-url", url, "--token-file", join(dir, "token"), "--key-file", join(dir, "agent.key"), "--work-dir", join("/dev/shm", `w${Date.now()}`), "--tofu-bin", "/bin/true", "--concurrency", String(C), "--listen", "off", "--log-level", process.env["LOGLEVEL"] ?? "info"], { stdio: ["ignore", "ignore", "inherit"] });

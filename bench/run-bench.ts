@@ -116,7 +116,7 @@ async function main(): Promise<void> {
   const { url } = await cp.listen("127.0.0.1", 0);
   cp.store.integrations.set("int-bench", {
     id: "int-bench", name: "bench", registry_url: "https://registry.bench.test", username: "bench", password: `bench-${randomBytes(8).toString("hex")}`,
-    export_credentials: true, created_at: new Date().toISOString(), updated_at: new Date().toISOString(),
+    credential_helper: null, export_credentials: true, created_at: new Date().toISOString(), updated_at: new Date().toISOString(),
   });
   const cfg = join(dir, "cfg");
   await mkdir(cfg);

@@ -4,7 +4,10 @@
  * base config, CLI configuration); only then is the run directory created. If writing fails
  * part-way, what was written is wiped again, so a refusal never leaves a secret on disk.
  */
-import { resolve } from "node:path";
+import { constants } from "node:fs";
+import { access } from "node:fs/promises";
+import { delimiter, join, resolve } from "node:path";
+import { AgentError } from "../core/errors.js";
 import { selectCredentials, type IgnoredEntry, type SelectedCredential } from "../core/credential-selection.js";
 import { parseBaseDockerConfig, renderRegistryFiles, type DockerConfigDoc } from "../core/docker-config.js";
 import { parseExport } from "../core/export-payload.js";
@@ -29,6 +32,8 @@ export interface MaterializeRequest {
   readonly baseDockerConfig?: { readonly path: string; readonly text: string };
   readonly tofuCliConfigSources: readonly OperatorCliConfigSource[];
   readonly fs: FileSystem;
+  /** Whether `docker-credential-<name>` can be run; checked before anything is written. */
+  readonly helperExists?: (name: string) => Promise<boolean>;
 }
 
 export interface MaterializedRegistry {
@@ -49,11 +54,28 @@ export interface MaterializeResult {
    * for value-based log redaction. Never printed.
    */
   readonly secretValues: readonly string[];
+  /** The selected credentials, secrets included, for the check before init. Never printed. */
+  readonly credentials: readonly SelectedCredential[];
+}
+
+/** Looks for an executable `docker-credential-<name>` on PATH, as tools resolve it. */
+export async function defaultHelperExists(name: string): Promise<boolean> {
+  for (const dir of (process.env["PATH"] ?? "").split(delimiter)) {
+    if (dir === "") continue;
+    try {
+      await access(join(dir, `docker-credential-${name}`), constants.X_OK);
+      return true;
+    } catch {
+      // keep looking
+    }
+  }
+  return false;
 }
 
 export function secretFormsOf(selected: readonly SelectedCredential[]): string[] {
   const forms = new Set<string>();
   for (const { entry } of selected) {
+    if (entry.credentialHelper !== undefined) continue;
     const { password, username } = entry;
     forms.add(password);
     forms.add(JSON.stringify(password).slice(1, -1));
@@ -92,7 +114,28 @@ export async function materializeRun(request: MaterializeRequest): Promise<Mater
     exportedRegistries: new Set(selection.selected.map((s) => s.target.registry)),
   });
 
+  const helpers = [...new Set(selection.selected.flatMap((s) => (s.entry.credentialHelper === undefined ? [] : [s.entry.credentialHelper])))];
+  if (helpers.length > 0) {
+    const exists = request.helperExists ?? defaultHelperExists;
+    const missing: string[] = [];
+    for (const h of helpers) if (!(await exists(h))) missing.push(h);
+    if (missing.length > 0) {
+      const users = selection.selected.filter((s) => s.entry.credentialHelper !== undefined && missing.includes(s.entry.credentialHelper));
+      throw new AgentError(
+        "CREDENTIAL_HELPER_NOT_FOUND",
+        `${missing.map((m) => `docker-credential-${m}`).join(", ")} ${missing.length === 1 ? "is" : "are"} not on PATH, but ${users.map((u) => `integration ${u.entry.id} (${u.target.host})`).join(", ")} ${users.length === 1 ? "needs" : "need"} it; install the helper on the agent host (and in its PATH). The run stops here rather than fall back to other credentials`,
+        { helpers: missing },
+      );
+    }
+  }
+
   const warnings = [
+    ...selection.selected
+      .filter((s) => s.target.path !== undefined)
+      .map(
+        (s) =>
+          `${s.target.host} is repository-scoped: OpenTofu and skopeo/podman/buildah use it for repositories under ${s.target.path ?? ""}; the Docker CLI family (docker, oras, crane, helm) matches hosts only and ignores it`,
+      ),
     ...registryFiles.overridden.map(
       (o) => `the base Docker config's ${o.kind} entry ${JSON.stringify(o.key)} is replaced by the exported credential for that registry`,
     ),
@@ -126,5 +169,6 @@ export async function materializeRun(request: MaterializeRequest): Promise<Mater
     warnings,
     bundleId: opened.header.bundle_id,
     secretValues: secretFormsOf(selection.selected),
+    credentials: selection.selected,
   };
 }

@@ -4,6 +4,7 @@
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
+import { CREDENTIAL_HELPER_NAME } from "../core/export-payload.js";
 import { PHASES } from "../protocol/agent-api.js";
 import { HttpError, readJson, sendJson } from "./http-util.js";
 import { checkRegistryUrlForm, type RegistryProber } from "./registry-probe.js";
@@ -11,7 +12,7 @@ import { newId, publicIntegration, type ControlPlaneStore, type Integration, typ
 
 const MAX_ADMIN_BODY = 96 * 1024 * 1024;
 
-const createIntegrationSchema = z.strictObject({
+const integrationFields = {
   name: z.string().min(1).max(256),
   registry_url: z.string().min(1).max(2048),
   username: z
@@ -20,10 +21,24 @@ const createIntegrationSchema = z.strictObject({
     .max(4096)
     .refine((u) => !u.includes(":"), { message: "must not contain ':'" }),
   password: z.string().min(1).max(65536),
-  export_credentials: z.boolean().default(false),
-});
+  /** In place of username and password: `docker-credential-<name>` on the agent serves the registry. */
+  credential_helper: z.string().regex(CREDENTIAL_HELPER_NAME, "expected a helper name like ecr-login"),
+  export_credentials: z.boolean(),
+};
 
-const patchIntegrationSchema = createIntegrationSchema.partial();
+const createIntegrationSchema = z
+  .strictObject({
+    ...integrationFields,
+    username: integrationFields.username.optional(),
+    password: integrationFields.password.optional(),
+    credential_helper: integrationFields.credential_helper.optional(),
+    export_credentials: integrationFields.export_credentials.default(false),
+  })
+  .refine((b) => (b.credential_helper === undefined ? b.username !== undefined && b.password !== undefined : b.username === undefined && b.password === undefined), {
+    message: "give username and password, or credential_helper instead of both",
+  });
+
+const patchIntegrationSchema = z.strictObject(integrationFields).partial();
 
 const createRunSchema = z.strictObject({
   configuration_tar_gz_base64: z.string().min(1),
@@ -82,8 +97,10 @@ export class AdminApi {
 
   private async validateUrl(raw: string): Promise<{ url: string; warnings: string[] }> {
     const url = checkRegistryUrlForm(raw);
-    const { warnings } = await this.probe(url);
-    return { url: url.origin, warnings };
+    // A repository-scoped URL is probed at its host's /v2/.
+    const { warnings } = await this.probe(new URL(url.origin));
+    const path = url.pathname.replace(/^\/+|\/+$/g, "");
+    return { url: path === "" ? url.origin : `${url.origin}/${path}`, warnings };
   }
 
   private async createIntegration(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -94,8 +111,9 @@ export class AdminApi {
       id: newId("int"),
       name: body.name,
       registry_url: url,
-      username: body.username,
-      password: body.password,
+      username: body.username ?? "",
+      password: body.password ?? "",
+      credential_helper: body.credential_helper ?? null,
       export_credentials: body.export_credentials,
       created_at: now,
       updated_at: now,
@@ -116,6 +134,11 @@ export class AdminApi {
     if (body.name !== undefined) integration.name = body.name;
     if (body.username !== undefined) integration.username = body.username;
     if (body.password !== undefined) integration.password = body.password;
+    if (body.credential_helper !== undefined) {
+      integration.credential_helper = body.credential_helper;
+      integration.username = "";
+      integration.password = "";
+    } else if (body.password !== undefined) integration.credential_helper = null;
     if (body.export_credentials !== undefined) integration.export_credentials = body.export_credentials;
     integration.updated_at = this.store.iso();
     this.store.emit("changed");

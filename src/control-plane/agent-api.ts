@@ -161,7 +161,15 @@ export class AgentApi {
     }
     const candidates: ExportedCredential[] = all
       .filter((i) => i.export_credentials)
-      .map((i) => ({ id: i.id, name: i.name, url: i.registry_url, username: i.username, password: i.password, updatedAtMs: Date.parse(i.updated_at) }));
+      .map((i) => ({
+        id: i.id,
+        name: i.name,
+        url: i.registry_url,
+        username: i.username,
+        password: i.password,
+        credentialHelper: i.credential_helper ?? undefined,
+        updatedAtMs: Date.parse(i.updated_at),
+      }));
     const selection = selectCredentials({ entries: candidates, invalid: [] });
     for (const ig of selection.ignored) {
       this.store.event(run, "integration_left_out", { integration_id: ig.integration_id, integration_name: ig.integration_name, code: ig.code, reason: ig.reason });
@@ -170,7 +178,8 @@ export class AgentApi {
       version: EXPORT_VERSION,
       registries: selection.selected.map(({ entry }) => {
         const source = this.store.integrations.get(entry.id);
-        return { id: entry.id, name: entry.name, url: entry.url, username: entry.username, password: entry.password, updated_at: source?.updated_at };
+        const when = { id: entry.id, name: entry.name, url: entry.url, updated_at: source?.updated_at };
+        return entry.credentialHelper !== undefined ? { ...when, credential_helper: entry.credentialHelper } : { ...when, username: entry.username, password: entry.password };
       }),
     });
     const bytes = Buffer.from(plaintext, "utf8");

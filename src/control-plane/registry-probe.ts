@@ -6,6 +6,7 @@
  * (system CAs plus NODE_EXTRA_CA_CERTS).
  */
 import { request } from "undici";
+import { repositoryPath } from "../core/registry-address.js";
 import { HttpError } from "./http-util.js";
 
 export interface ProbeResult {
@@ -31,11 +32,14 @@ export function checkRegistryUrlForm(raw: string): URL {
   if (url.protocol !== "https:") {
     throw new HttpError(422, "REGISTRY_URL_NOT_HTTPS", `registry_url must use https://, not ${url.protocol}//`, { field: "registry_url" });
   }
-  if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "" || (url.pathname !== "/" && url.pathname !== "")) {
+  if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "") {
+    throw new HttpError(422, "REGISTRY_URL_NOT_BARE", `registry_url must have no query, fragment or user information; use https://${url.host}`, { field: "registry_url" });
+  }
+  if (url.pathname !== "/" && url.pathname !== "" && repositoryPath(url.pathname) === undefined) {
     throw new HttpError(
       422,
       "REGISTRY_URL_NOT_BARE",
-      `registry_url must be the bare endpoint with no path, query, fragment or user information; use https://${url.host}`,
+      `registry_url must be the bare endpoint (https://${url.host}) or a repository-scoped one (https://${url.host}/<namespace>); ${url.pathname} is not a repository path`,
       { field: "registry_url" },
     );
   }

@@ -13,6 +13,7 @@ export interface Integration {
   registry_url: string;
   username: string;
   password: string;
+  credential_helper: string | null;
   export_credentials: boolean;
   created_at: string;
   updated_at: string;

@@ -61,6 +61,15 @@ export function selectCredentials(parsed: ParsedExport): CredentialSelection {
       });
       continue;
     }
+    if (entry.credentialHelper !== undefined && normalized.target.path !== undefined) {
+      ignored.push({
+        integration_id: entry.id,
+        integration_name: entry.name ?? null,
+        code: "ENTRY_INVALID",
+        reason: `credential helpers serve a whole registry host (credHelpers is keyed by host); use the bare endpoint https://${normalized.target.hostKey} for docker-credential-${entry.credentialHelper}`,
+      });
+      continue;
+    }
     const group = byRegistry.get(normalized.target.registry);
     if (group) group.entries.push(entry);
     else byRegistry.set(normalized.target.registry, { target: normalized.target, entries: [entry] });

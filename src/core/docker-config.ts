@@ -16,7 +16,7 @@
 import { z } from "zod";
 import { AgentError } from "./errors.js";
 import type { SelectedCredential } from "./credential-selection.js";
-import { registryOfConfigKey } from "./registry-address.js";
+import { identityOfConfigKey } from "./registry-address.js";
 
 const authEntrySchema = z.looseObject({
   auth: z.string().optional(),
@@ -83,11 +83,14 @@ export function renderRegistryFiles(
   selected: readonly SelectedCredential[],
   base: DockerConfigDoc | undefined,
 ): RenderedRegistryFiles {
-  const exported = new Set(selected.map((s) => s.target.registry));
+  // A host-level export overrides every base entry of that host; a scoped export only the same key.
+  const hostLevel = new Set(selected.filter((s) => s.target.path === undefined).map((s) => s.target.registry));
+  const scoped = new Set(selected.filter((s) => s.target.path !== undefined).map((s) => s.target.registry));
   const overridden: { key: string; kind: "auths" | "credHelpers" }[] = [];
   const isExported = (key: string): boolean => {
-    const registry = registryOfConfigKey(key);
-    return registry !== undefined && exported.has(registry);
+    const id = identityOfConfigKey(key);
+    if (id === undefined) return false;
+    return hostLevel.has(id.split("/")[0] ?? id) || scoped.has(id);
   };
 
   const keptAuths: Record<string, AuthEntry | null> = {};
@@ -104,13 +107,23 @@ export function renderRegistryFiles(
   const dockerAuths: Record<string, AuthEntry | null> = { ...keptAuths };
   const containersAuths: Record<string, AuthEntry | null> = { ...keptAuths };
   const dockerHelpers: Record<string, string> = { ...keptHelpers };
+  const containersHelpers: Record<string, string> = { ...keptHelpers };
   const credsStore = base?.credsStore;
   for (const { target, entry } of selected) {
+    if (entry.credentialHelper !== undefined) {
+      // OpenTofu and the Docker CLI run `docker-credential-<name> get` for credHelpers[host].
+      if (target.keys.docker !== undefined) dockerHelpers[target.keys.docker] = entry.credentialHelper;
+      dockerHelpers[target.keys.opentofu] = entry.credentialHelper;
+      containersHelpers[target.keys.containers] = entry.credentialHelper;
+      continue;
+    }
     const value = { auth: encodeAuth(entry.username, entry.password) };
-    dockerAuths[target.keys.docker] = value;
+    if (target.keys.docker !== undefined) {
+      dockerAuths[target.keys.docker] = value;
+      if (credsStore !== undefined && credsStore !== "") dockerHelpers[target.keys.docker] = "";
+    }
     dockerAuths[target.keys.opentofu] = value;
     containersAuths[target.keys.containers] = value;
-    if (credsStore !== undefined && credsStore !== "") dockerHelpers[target.keys.docker] = "";
   }
 
   const dockerDoc: Record<string, unknown> = { ...(base ?? {}), auths: dockerAuths };
@@ -118,7 +131,7 @@ export function renderRegistryFiles(
   else delete dockerDoc["credHelpers"];
 
   const containersDoc: Record<string, unknown> = { auths: containersAuths };
-  if (Object.keys(keptHelpers).length > 0) containersDoc["credHelpers"] = keptHelpers;
+  if (Object.keys(containersHelpers).length > 0) containersDoc["credHelpers"] = containersHelpers;
 
   return {
     dockerConfig: `${JSON.stringify(dockerDoc)}\n`,

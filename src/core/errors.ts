@@ -46,6 +46,10 @@ export const ERROR_CODES = {
   TOFU_CLI_CONFIG_CONFLICT: "the operator's OpenTofu CLI configuration conflicts with the agent's",
   TOFU_CLI_CONFIG_INVALID: "the operator's OpenTofu CLI configuration cannot be parsed",
 
+  // Credential checks before init
+  CREDENTIAL_HELPER_NOT_FOUND: "an exported entry names a docker-credential-<name> helper that is not on PATH",
+  PREFLIGHT_FAILED: "a registry refused an exported credential in the check before tofu init",
+
   // Run directory
   RUN_DIR_PARENT_MISSING: "the run directory's parent does not exist",
   RUN_DIR_UNSAFE: "the run directory is not a plain, empty directory owned by the agent",

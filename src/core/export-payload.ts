@@ -11,12 +11,18 @@ import { AgentError } from "./errors.js";
 
 export const EXPORT_VERSION = 1;
 
+/** The part after `docker-credential-`: it becomes part of an executable name. */
+export const CREDENTIAL_HELPER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
 export interface ExportedCredential {
   readonly id: string;
   readonly name: string | undefined;
   readonly url: string;
+  /** Empty when the entry names a credential helper instead. */
   readonly username: string;
   readonly password: string;
+  /** `docker-credential-<name>` serves this registry instead of a password (ECR, ACR, GAR). */
+  readonly credentialHelper: string | undefined;
   /** Milliseconds since the epoch; undefined when absent or unparseable (counts as oldest). */
   readonly updatedAtMs: number | undefined;
 }
@@ -53,9 +59,17 @@ function entryProblems(raw: unknown): string[] {
   str("id", 1, 256, true);
   str("name", 0, 1024, false);
   str("url", 1, 2048, true);
+  str("updated_at", 0, 64, false);
+  if (e["credential_helper"] !== undefined) {
+    const helper = e["credential_helper"];
+    if (typeof helper !== "string" || !CREDENTIAL_HELPER_NAME.test(helper)) {
+      problems.push("credential_helper: expected a helper name like ecr-login (letters, digits, '.', '_', '-')");
+    }
+    if (e["username"] !== undefined || e["password"] !== undefined) problems.push("credential_helper: an entry has either a credential helper or a username and password, not both");
+    return problems;
+  }
   str("username", 1, 4096, true);
   str("password", 1, 65536, true);
-  str("updated_at", 0, 64, false);
   // The Docker config `auth` field is base64("username:password") and readers split it at the
   // first colon, so a colon in the username would silently shift part of it into the password.
   if (typeof e["username"] === "string" && e["username"].includes(":")) problems.push("username: must not contain ':' (Docker's auth field splits at the first colon)");
@@ -112,14 +126,15 @@ export function parseExport(text: string): ParsedExport {
       invalid.push({ index, id: safeString(obj["id"], 256), name: safeString(obj["name"], 1024), problems });
       return;
     }
-    const e = raw as { id: string; name?: string; url: string; username: string; password: string; updated_at?: string };
+    const e = raw as { id: string; name?: string; url: string; username?: string; password?: string; credential_helper?: string; updated_at?: string };
     const updated = e.updated_at === undefined ? Number.NaN : Date.parse(e.updated_at);
     entries.push({
       id: e.id,
       name: e.name,
       url: e.url,
-      username: e.username,
-      password: e.password,
+      username: e.username ?? "",
+      password: e.password ?? "",
+      credentialHelper: e.credential_helper,
       updatedAtMs: Number.isFinite(updated) ? updated : undefined,
     });
   });

@@ -26,17 +26,28 @@ export const DOCKER_HUB_KEYS = {
 
 export interface FamilyKeys {
   readonly opentofu: string;
-  readonly docker: string;
+  /** Undefined for a repository-scoped credential: the Docker CLI family matches hosts only. */
+  readonly docker: string | undefined;
   readonly containers: string;
 }
 
 export interface RegistryTarget {
-  /** Identity used to deduplicate: `docker.io` for every Docker Hub alias, else `host[:port]`. */
+  /**
+   * Identity used to deduplicate: `docker.io` for every Docker Hub alias, else `host[:port]`;
+   * followed by `/path` for a repository-scoped credential.
+   */
   readonly registry: string;
-  /** The host OpenTofu sources name (`host[:port]`), used in reports and logs. */
+  /** The registry host as OpenTofu sources name it (`host[:port]`). */
+  readonly hostKey: string;
+  /** `host[:port]` or `host[:port]/path`, as reports and logs show it. */
   readonly host: string;
+  /** The repository path prefix of a scoped credential (`org-a`, `org-a/team`). */
+  readonly path: string | undefined;
   readonly keys: FamilyKeys;
 }
+
+/** A repository path component (OCI distribution spec): lowercase, digits, single separators. */
+const PATH_COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 
 /** Why an exported entry was not used; the run goes on with the others (docs/errors.md). */
 export const ENTRY_REFUSAL_CODES = {
@@ -44,7 +55,7 @@ export const ENTRY_REFUSAL_CODES = {
   ENTRY_URL_INVALID: "the entry's registry URL is not a URL",
   ENTRY_NOT_HTTPS: "the entry's registry URL is not https://",
   ENTRY_URL_NOT_BARE: "the entry's registry URL has user information, a query or a fragment",
-  ENTRY_URL_HAS_PATH: "the entry's registry URL has a repository path",
+  ENTRY_URL_HAS_PATH: "the entry's registry URL has a path that is not a repository path",
   DUPLICATE_REGISTRY: "another entry for the same registry won (later updated_at, then smaller id)",
 } as const;
 
@@ -63,12 +74,27 @@ function hostKey(url: URL): string {
   return url.host;
 }
 
-export function targetForHost(host: string): RegistryTarget {
+export function targetForHost(host: string, path?: string): RegistryTarget {
   const lower = host.toLowerCase();
-  if (DOCKER_HUB_ALIASES.has(lower)) {
-    return { registry: "docker.io", host: DOCKER_HUB_KEYS.opentofu, keys: DOCKER_HUB_KEYS };
+  const hub = DOCKER_HUB_ALIASES.has(lower);
+  const hostKey = hub ? DOCKER_HUB_KEYS.opentofu : lower;
+  const registryHost = hub ? "docker.io" : lower;
+  if (path === undefined) {
+    return { registry: registryHost, hostKey, host: hostKey, path: undefined, keys: hub ? DOCKER_HUB_KEYS : { opentofu: lower, docker: lower, containers: lower } };
   }
-  return { registry: lower, host: lower, keys: { opentofu: lower, docker: lower, containers: lower } };
+  return {
+    registry: `${registryHost}/${path}`,
+    hostKey,
+    host: `${hostKey}/${path}`,
+    path,
+    keys: { opentofu: `${hostKey}/${path}`, docker: undefined, containers: `${hub ? DOCKER_HUB_KEYS.containers : lower}/${path}` },
+  };
+}
+
+/** Parses a repository path prefix (`/org-a/team/`), or undefined if it is not one. */
+export function repositoryPath(pathname: string): string | undefined {
+  const segments = pathname.replace(/^\/+|\/+$/g, "").split("/");
+  return segments.length > 0 && segments.every((s) => PATH_COMPONENT.test(s)) ? segments.join("/") : undefined;
 }
 
 /** The common case, a bare lowercase https endpoint, without a full URL parse (10,000-entry exports). */
@@ -113,13 +139,32 @@ export function normalizeRegistryUrl(raw: string): NormalizeResult {
     };
   }
   if (url.pathname !== "/" && url.pathname !== "" && !API_SUFFIX.test(url.pathname)) {
-    return {
-      ok: false,
-      code: "ENTRY_URL_HAS_PATH",
-      reason: `the registry URL has the path ${url.pathname}; repository-scoped credentials are not supported, use the bare endpoint https://${hostKey(url)}`,
-    };
+    const path = repositoryPath(url.pathname);
+    if (path === undefined) {
+      return {
+        ok: false,
+        code: "ENTRY_URL_HAS_PATH",
+        reason: `the registry URL's path ${url.pathname} is not a repository path (lowercase letters, digits and single separators per segment); use https://${hostKey(url)} or https://${hostKey(url)}/<namespace>`,
+      };
+    }
+    return { ok: true, target: targetForHost(hostKey(url), path) };
   }
   return { ok: true, target: targetForHost(hostKey(url)) };
+}
+
+/**
+ * The deduplication identity of a key from an operator's Docker config or CLI configuration:
+ * `registry` or `registry/path` (Docker Hub aliases folded), or undefined if not understood.
+ */
+export function identityOfConfigKey(key: string): string | undefined {
+  const withoutScheme = key.replace(/^[a-z][a-z0-9+.-]*:\/\//i, "");
+  const slash = withoutScheme.indexOf("/");
+  const host = slash < 0 ? withoutScheme : withoutScheme.slice(0, slash);
+  const registry = registryOfConfigKey(host);
+  if (registry === undefined) return undefined;
+  // A scheme means a legacy Docker key such as https://index.docker.io/v1/: the path is not a scope.
+  const path = slash < 0 || withoutScheme !== key ? undefined : repositoryPath(withoutScheme.slice(slash));
+  return path === undefined ? registry : `${registry}/${path}`;
 }
 
 /**

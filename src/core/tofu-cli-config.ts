@@ -15,7 +15,7 @@
  */
 import { AgentError } from "./errors.js";
 import { HclScanError, lineOf, scanTopLevel } from "./hcl-top-level.js";
-import { registryOfConfigKey } from "./registry-address.js";
+import { identityOfConfigKey } from "./registry-address.js";
 
 export interface OperatorCliConfigSource {
   readonly path: string;
@@ -27,7 +27,7 @@ export interface TofuCliConfigInput {
   readonly sources: readonly OperatorCliConfigSource[];
   /** Absolute path of the Docker-style file OpenTofu must read. */
   readonly dockerConfigPath: string;
-  /** Registries the run exports (RegistryTarget.registry values). */
+  /** Registries the run exports (RegistryTarget.registry values: `host` or `host/path`). */
   readonly exportedRegistries: ReadonlySet<string>;
 }
 
@@ -39,6 +39,11 @@ export interface RenderedTofuCliConfig {
 const BLOCK_COMMENT =
   "# oci-cred-agent: OpenTofu reads OCI registry credentials for this run from exactly the file below\n" +
   "# (docs/architecture.md). It is removed when the run ends.\n";
+
+/** A host-level export covers every key of its host; a scoped export only its own key. */
+function exportedFor(input: TofuCliConfigInput, identity: string): boolean {
+  return input.exportedRegistries.has(identity) || input.exportedRegistries.has(identity.split("/")[0] ?? identity);
+}
 
 function isJson(text: string): boolean {
   return text.trimStart().startsWith("{");
@@ -79,8 +84,8 @@ function renderHcl(input: TofuCliConfigInput, warnings: string[]): string {
     for (const item of [...items].reverse()) {
       if (item.name === "oci_default_credentials") throw conflict(source.path, lineOf(source.text, item.start));
       if (item.name === "oci_credentials" && item.kind === "block") {
-        const registry = registryOfConfigKey(item.labels[0] ?? "");
-        if (registry !== undefined && input.exportedRegistries.has(registry)) {
+        const registry = identityOfConfigKey(item.labels[0] ?? "");
+        if (registry !== undefined && exportedFor(input, registry)) {
           warnings.push(
             `oci_credentials "${item.labels[0] ?? ""}" in ${source.path}:${lineOf(source.text, item.start)} is left out of this run's CLI configuration because the run exports credentials for ${registry}`,
           );
@@ -120,8 +125,8 @@ function renderJson(main: OperatorCliConfigSource, rest: readonly OperatorCliCon
   if (typeof oci === "object" && oci !== null && !Array.isArray(oci)) {
     const kept: Record<string, unknown> = {};
     for (const [label, value] of Object.entries(oci as Record<string, unknown>)) {
-      const registry = registryOfConfigKey(label);
-      if (registry !== undefined && input.exportedRegistries.has(registry)) {
+      const registry = identityOfConfigKey(label);
+      if (registry !== undefined && exportedFor(input, registry)) {
         warnings.push(`oci_credentials "${label}" in ${main.path} is left out of this run's CLI configuration because the run exports credentials for ${registry}`);
       } else {
         kept[label] = value;

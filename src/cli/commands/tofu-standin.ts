@@ -4,21 +4,9 @@
  * shows which credential OpenTofu's lookup rules pick, and from which file, using only the
  * environment the agent gave the phase. It never prints a secret.
  */
-import { readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { resolveOpenTofuCredential } from "../../core/opentofu-resolver.js";
-
-export function ociSources(dir: string): { file: string; address: string }[] {
-  const out: { file: string; address: string }[] = [];
-  for (const entry of readdirSync(dir, { withFileTypes: true, recursive: true })) {
-    if (!entry.isFile() || !entry.name.endsWith(".tf")) continue;
-    const path = join(entry.parentPath, entry.name);
-    for (const m of readFileSync(path, "utf8").matchAll(/source\s*=\s*"(oci:\/\/[^"]+)"/g)) {
-      if (m[1]) out.push({ file: path.slice(dir.length + 1), address: m[1] });
-    }
-  }
-  return out;
-}
+import { findOciSources } from "../../fs/oci-sources.js";
 
 function readOrUndefined(path: string): string | undefined {
   try {
@@ -28,9 +16,9 @@ function readOrUndefined(path: string): string | undefined {
   }
 }
 
-export function tofuStandin(phase: string): number {
+export async function tofuStandin(phase: string): Promise<number> {
   const lines = [`[stand-in for tofu ${phase}: no tofu executable was found on PATH, so oci-cred-agent shows what OpenTofu would do]`];
-  for (const { file, address } of ociSources(process.cwd())) {
+  for (const { file, address } of await findOciSources(process.cwd())) {
     const r = resolveOpenTofuCredential(address.replace(/\?.*$/, ""), process.env, readOrUndefined);
     if (r.source === "static") {
       lines.push(`${file}: ${address} -> credential of user ${r.username ?? "?"} (key ${JSON.stringify(r.key)} in ${r.file ?? "?"})`);
