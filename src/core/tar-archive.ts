@@ -90,6 +90,9 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
   const seen = new Set<string>();
   const files = new Map<string, { data: Uint8Array; mode: number }>();
   const symlinks = new Set<string>();
+  const symlinkTargets = new Map<string, string>();
+  /** Directories that exist because entries lie beneath them. */
+  const implicitDirs = new Set<string>();
   let total = 0;
   let offset = 0;
   let pax = new Map<string, string>();
@@ -143,6 +146,13 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
       if (symlinks.has(parent)) {
         throw new AgentError("ARCHIVE_UNSAFE_LINK", `archive entry ${JSON.stringify(path)} passes through the symlink ${JSON.stringify(parent)}; refusing to write through links`, { entry: path });
       }
+      if (files.has(parent)) {
+        throw new AgentError("ARCHIVE_UNSAFE_PATH", `archive entry ${JSON.stringify(path)} lies beneath ${JSON.stringify(parent)}, which the archive holds as a file`, { entry: path });
+      }
+      implicitDirs.add(parent);
+    }
+    if (implicitDirs.has(path) && type !== "5") {
+      throw new AgentError("ARCHIVE_UNSAFE_PATH", `archive entry ${JSON.stringify(path)} is not a directory, but earlier entries lie beneath it; refusing to let one entry replace another`, { entry: path });
     }
     seen.add(path);
     const mode = octal(header, 100, 8, "mode") & 0o777;
@@ -165,6 +175,7 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
         throw new AgentError("ARCHIVE_UNSAFE_LINK", `symlink ${JSON.stringify(path)} points outside the configuration directory (${JSON.stringify(rawLink.slice(0, 200))})`, { entry: path });
       }
       symlinks.add(path);
+      symlinkTargets.set(path, rawLink);
       entries.push({ type: "symlink", path, target: rawLink });
     } else if (type === "1") {
       const target = safeRelativePath(rawLink);
@@ -183,5 +194,44 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
       throw new AgentError("ARCHIVE_ENTRY_UNSUPPORTED", `archive entry ${JSON.stringify(path)} is a ${kinds[type] ?? `type '${type}' entry`}; a configuration holds only files, directories and links`, { entry: path });
     }
   }
+  // Each target was checked on its own above; resolved the way the kernel does, through the
+  // archive's other symlinks (in any order), none may leave the directory or loop.
+  for (const [path, target] of symlinkTargets) {
+    const problem = resolveThroughLinks(path, symlinkTargets);
+    if (problem !== undefined) {
+      throw new AgentError(
+        "ARCHIVE_UNSAFE_LINK",
+        `symlink ${JSON.stringify(path)} (${JSON.stringify(target.slice(0, 200))}) ${problem === "loop" ? "is part of a symlink loop" : "points outside the configuration directory through another symlink of the archive"}`,
+        { entry: path },
+      );
+    }
+  }
   return entries;
+}
+
+const MAX_LINK_HOPS = 40;
+
+/** Walks a symlink's target component by component, expanding the archive's symlinks as it meets them. */
+function resolveThroughLinks(linkPath: string, targets: ReadonlyMap<string, string>): "outside" | "loop" | undefined {
+  const stack = linkPath.split("/").slice(0, -1);
+  let rest = (targets.get(linkPath) ?? "").split("/");
+  let hops = 0;
+  while (rest.length > 0) {
+    const component = rest.shift() ?? "";
+    if (component === "" || component === ".") continue;
+    if (component === "..") {
+      if (stack.length === 0) return "outside";
+      stack.pop();
+      continue;
+    }
+    stack.push(component);
+    const next = targets.get(stack.join("/"));
+    if (next !== undefined) {
+      if (++hops > MAX_LINK_HOPS) return "loop";
+      if (next.startsWith("/")) return "outside";
+      stack.pop();
+      rest = [...next.split("/"), ...rest];
+    }
+  }
+  return undefined;
 }
