@@ -25,7 +25,8 @@ import type { RunSettingsFromConfig } from "../config/load-run-config.js";
 import { ReloadableKeyRing } from "../keys/key-ring.js";
 import { describeKeySource } from "../keys/key-source.js";
 import { watchForChanges, type Watcher } from "./change-watcher.js";
-import { controlPlaneDispatcher } from "./tls-dispatcher.js";
+import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
+import { PreflightChecker } from "../daemon/preflight.js";
 
 export interface AgentConfig extends Omit<RunSettingsFromConfig, "tofuBin" | "retry"> {
   readonly tofu: TofuCommand;
@@ -132,7 +133,9 @@ export async function composeAgent(
         maxBundleLifetimeSeconds: config.maxBundleLifetimeSeconds,
         clockSkewSeconds: config.clockSkewSeconds,
         maxBundleBytes: 64 * 1024 * 1024,
+        preflight: config.preflight,
       },
+      preflight: new PreflightChecker({ cacheMs: 5 * 60_000, timeoutMs: 10_000, now: () => Date.now(), dispatcher: registryDispatcher(env) }),
     },
   });
   let reloading: Promise<void> = Promise.resolve();

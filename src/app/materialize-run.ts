@@ -8,7 +8,7 @@ import { constants } from "node:fs";
 import { access } from "node:fs/promises";
 import { delimiter, join, resolve } from "node:path";
 import { AgentError } from "../core/errors.js";
-import { selectCredentials, type IgnoredEntry, type SelectedCredential } from "../core/credential-selection.js";
+import { selectCredentials, type CredentialSelection, type IgnoredEntry, type SelectedCredential } from "../core/credential-selection.js";
 import { parseBaseDockerConfig, renderRegistryFiles, type DockerConfigDoc } from "../core/docker-config.js";
 import { parseExport } from "../core/export-payload.js";
 import type { ReplayCache } from "../core/replay-cache.js";
@@ -85,8 +85,8 @@ export function secretFormsOf(selected: readonly SelectedCredential[]): string[]
   return [...forms].filter((s) => s.length >= 4);
 }
 
-export async function materializeRun(request: MaterializeRequest): Promise<MaterializeResult> {
-  const runDir = resolve(request.runDir);
+/** Opens a sealed bundle and selects its credentials (one per registry and path); writes nothing. */
+export async function openExport(request: Omit<MaterializeRequest, "runDir" | "tofuCliConfigSources" | "fs" | "baseDockerConfig" | "helperExists">): Promise<CredentialSelection & { readonly bundleId: string }> {
   const opened = await openBundle(request.bundle, {
     keys: request.keys,
     agentId: request.agentId,
@@ -103,7 +103,12 @@ export async function materializeRun(request: MaterializeRequest): Promise<Mater
   } finally {
     opened.plaintext.fill(0);
   }
-  const selection = selectCredentials(exported);
+  return { ...selectCredentials(exported), bundleId: opened.header.bundle_id };
+}
+
+export async function materializeRun(request: MaterializeRequest): Promise<MaterializeResult> {
+  const runDir = resolve(request.runDir);
+  const selection = await openExport(request);
   const base: DockerConfigDoc | undefined =
     request.baseDockerConfig === undefined ? undefined : parseBaseDockerConfig(request.baseDockerConfig.text, request.baseDockerConfig.path);
   const registryFiles = renderRegistryFiles(selection.selected, base);
@@ -167,7 +172,7 @@ export async function materializeRun(request: MaterializeRequest): Promise<Mater
     })),
     ignored: selection.ignored,
     warnings,
-    bundleId: opened.header.bundle_id,
+    bundleId: selection.bundleId,
     secretValues: secretFormsOf(selection.selected),
     credentials: selection.selected,
   };

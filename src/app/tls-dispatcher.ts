@@ -30,3 +30,13 @@ export async function controlPlaneDispatcher(env: NodeJS.ProcessEnv, caFile: str
   const common = { keepAliveTimeout: 30_000, connections: 256 };
   return proxied ? new EnvHttpProxyAgent({ ...common, ...connect }) : new Agent({ ...common, ...connect });
 }
+
+/**
+ * The dispatcher for pre-flight checks against registries: Node's trust store (system CAs plus
+ * NODE_EXTRA_CA_CERTS, as tofu's own trust follows the system's) and the proxy variables.
+ */
+export function registryDispatcher(env: NodeJS.ProcessEnv): Dispatcher {
+  const proxied = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"].some((k) => (env[k] ?? "") !== "");
+  const common = { keepAliveTimeout: 4_000, connections: 16 };
+  return proxied ? new EnvHttpProxyAgent(common) : new Agent(common);
+}

@@ -8,6 +8,7 @@ import { Command, CommanderError, Option } from "commander";
 import { AgentError, errnoCode } from "../core/errors.js";
 import type { MaterializeOptions } from "./commands/materialize.js";
 import type { SealOptions } from "./commands/seal.js";
+import type { DoctorOptions } from "./commands/doctor.js";
 import type { ControlPlaneCommandOptions } from "./commands/control-plane.js";
 import { packageVersion } from "./version.js";
 import { RUN_FIELDS } from "../config/schema.js";
@@ -32,6 +33,7 @@ function givenFlags(cmd: Command): Record<string, string | boolean | undefined> 
   const out: Record<string, string | boolean | undefined> = {};
   for (const spec of RUN_FIELDS) {
     const camel = spec.key.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase());
+    // A `--no-X` flag given on the command line sets X to false.
     if (opts[camel] !== undefined && cmd.getOptionValueSource(camel) === "cli") out[spec.key] = opts[camel];
   }
   return out;
@@ -122,6 +124,21 @@ function buildProgram(setAction: (action: Action) => void): Command {
       const flags = givenFlags(cmd);
       const format = cmd.opts<{ format: string }>().format;
       setAction(async () => (await import("./commands/config-print.js")).configPrint(flags, format));
+    });
+
+  addRunOptions(
+    program
+      .command("doctor")
+      .description("check this host against the configuration `run` would use: keys, token, directories, tofu, control plane and clock skew; with --bundle, the pre-flight credential checks"),
+  )
+    .option("--bundle <file|->", "a sealed bundle whose credentials to check against their registries (as before init)")
+    .option("--agent-id <id>", "the agent id the bundle was sealed for")
+    .option("--run-id <id>", "the run id the bundle was sealed for")
+    .option("--configuration <dir>", "a run configuration to scan for oci:// sources (pull scopes, docker.io warnings)")
+    .addOption(new Option("--format <format>", "output format").choices(["text", "json"]).default("text"))
+    .action((opts: DoctorOptions, cmd: Command) => {
+      const flags = givenFlags(cmd);
+      setAction(async () => (await import("./commands/doctor.js")).doctor(flags, opts));
     });
 
   program

@@ -31,6 +31,7 @@ export interface RunSettingsFromConfig {
   readonly logFormat?: "json" | "pretty";
   readonly listen?: { readonly host: string; readonly port: number };
   readonly retry: { readonly baseMs: number; readonly capMs: number };
+  readonly preflight: boolean;
   readonly configFile?: string;
 }
 
@@ -120,6 +121,7 @@ export function toRunSettings(resolved: ResolvedConfig): RunSettingsFromConfig {
     ...(logFormat === "json" || logFormat === "pretty" ? { logFormat } : {}),
     ...(listen === "off" ? {} : { listen: hostPort(listen) }),
     retry: { baseMs: num("retry_base"), capMs: num("retry_max") },
+    preflight: get("preflight") !== false,
     ...optional("configFile", str("config")),
   };
 }

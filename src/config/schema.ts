@@ -58,6 +58,7 @@ export const RUN_FIELDS: readonly FieldSpec[] = [
   f("log_level", "enum", "log level", { default: "info", choices: ["fatal", "error", "warn", "info", "debug", "trace"] }),
   f("log_format", "enum", "json lines, or pretty text (default: pretty on a terminal)", { choices: ["json", "pretty"] }),
   f("listen", "listen", "serve /healthz, /readyz and /metrics here (HOST:PORT, or off)", { default: "127.0.0.1:9480" }),
+  f("preflight", "bool", "before init, check each exported credential against its registry (GET /v2/, then Basic or a pull-scoped token) and stop the run early on a refusal", { default: "true", flag: "--no-preflight" }),
   f("retry_base", "duration", "first retry delay after a control-plane failure (full jitter)", { default: "1s" }),
   f("retry_max", "duration", "longest retry delay (a Retry-After is capped to it too)", { default: "60s" }),
 ];

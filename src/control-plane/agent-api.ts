@@ -37,6 +37,10 @@ export class AgentApi {
   async handle(req: IncomingMessage, res: ServerResponse, path: string[]): Promise<void> {
     const method = req.method ?? "GET";
     const [collection, id, action] = path;
+    if (collection === "ping" && id === undefined && method === "GET") {
+      sendJson(res, 200, { api_version: 1, time: this.store.iso() });
+      return;
+    }
     if (collection === "agents" && id === undefined && method === "POST") return this.register(req, res);
     if (collection === "agents" && id !== undefined) {
       const agent = this.store.agents.get(id);

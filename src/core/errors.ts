@@ -49,6 +49,7 @@ export const ERROR_CODES = {
   // Credential checks before init
   CREDENTIAL_HELPER_NOT_FOUND: "an exported entry names a docker-credential-<name> helper that is not on PATH",
   PREFLIGHT_FAILED: "a registry refused an exported credential in the check before tofu init",
+  DOCKER_HUB_ANONYMOUS: "warning: an oci://docker.io/... source, which OpenTofu pulls anonymously; write oci://registry-1.docker.io/...",
 
   // Run directory
   RUN_DIR_PARENT_MISSING: "the run directory's parent does not exist",

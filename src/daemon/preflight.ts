@@ -11,6 +11,9 @@ import { request, type Dispatcher } from "undici";
 import { AgentError } from "../core/errors.js";
 import type { SelectedCredential } from "../core/credential-selection.js";
 
+/** At most this many repositories are checked per credential. */
+const MAX_REPOSITORIES = 5;
+
 export interface PreflightOutcome {
   readonly host: string;
   readonly integration_id: string;
@@ -37,6 +40,31 @@ function header(res: Dispatcher.ResponseData, name: string): string | undefined 
   return Array.isArray(v) ? v[0] : v;
 }
 
+/**
+ * Which of the configuration's repositories each credential serves, by OpenTofu's rule: the
+ * credential with the longest matching repository path wins, then the host-wide one.
+ * `repositoriesByHost` is keyed by registry identity (`docker.io` for Docker Hub). Pure.
+ */
+export function repositoriesServed(credentials: readonly SelectedCredential[], repositoriesByHost: ReadonlyMap<string, readonly string[]>): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const [registryHost, repos] of repositoriesByHost) {
+    const candidates = credentials.filter((c) => c.target.registry === registryHost || c.target.registry.startsWith(`${registryHost}/`));
+    for (const repo of repos) {
+      let best: SelectedCredential | undefined;
+      for (const c of candidates) {
+        const path = c.target.path;
+        const matches = path === undefined || repo === path || repo.startsWith(`${path}/`);
+        if (matches && (best === undefined || (path?.length ?? -1) > (best.target.path?.length ?? -1))) best = c;
+      }
+      if (best === undefined) continue;
+      const list = out.get(best.target.registry) ?? [];
+      if (!list.includes(repo)) list.push(repo);
+      out.set(best.target.registry, list);
+    }
+  }
+  return out;
+}
+
 export class PreflightChecker {
   private readonly cache = new Map<string, number>();
 
@@ -58,13 +86,15 @@ export class PreflightChecker {
   /** Checks every password credential; throws PREFLIGHT_FAILED on the first refusal. */
   async check(credentials: readonly SelectedCredential[], repositoriesByHost: ReadonlyMap<string, readonly string[]>): Promise<PreflightOutcome[]> {
     const outcomes: PreflightOutcome[] = [];
+    const served = repositoriesServed(credentials, repositoriesByHost);
     for (const { target, entry } of credentials) {
       const base = { host: target.host, integration_id: entry.id };
       if (entry.credentialHelper !== undefined) {
         outcomes.push({ ...base, result: "skipped", detail: `served by docker-credential-${entry.credentialHelper}` });
         continue;
       }
-      const cacheKey = createHash("sha256").update(`${target.registry}\0${entry.username}\0${entry.password}`).digest("hex");
+      const repoKey = [...(served.get(target.registry) ?? [])].sort().join(",");
+      const cacheKey = createHash("sha256").update(`${target.registry}\0${entry.username}\0${entry.password}\0${repoKey}`).digest("hex");
       const cachedUntil = this.cache.get(cacheKey);
       if (cachedUntil !== undefined && cachedUntil > this.options.now()) {
         outcomes.push({ ...base, result: "cached", detail: "accepted recently" });
@@ -86,7 +116,9 @@ export class PreflightChecker {
           outcomes.push({ ...base, result: "unreachable", detail: `${step} answered HTTP ${first.statusCode} without an auth challenge; not verified` });
           continue;
         }
+        const scoped = (served.get(target.registry) ?? []).slice(0, MAX_REPOSITORIES);
         let status: number;
+        let authorization = basic;
         if (challenge.scheme === "basic") {
           step = `GET https://${endpoint}/v2/ with Basic credentials`;
           const res = await this.get(`https://${endpoint}/v2/`, basic);
@@ -97,17 +129,33 @@ export class PreflightChecker {
           if (realm === undefined) throw new Error("Bearer challenge without realm");
           const url = new URL(realm);
           if (challenge.params["service"] !== undefined) url.searchParams.set("service", challenge.params["service"]);
-          const repos = repositoriesByHost.get(target.registry) ?? repositoriesByHost.get(target.registry.split("/")[0] ?? "") ?? [];
-          const scoped = target.path === undefined ? repos : repos.filter((r) => r === target.path || r.startsWith(`${target.path ?? ""}/`));
-          for (const repo of scoped.slice(0, 5)) url.searchParams.append("scope", `repository:${repo}:pull`);
-          step = `GET ${url.origin}${url.pathname} (token service${scoped.length > 0 ? `, scope ${scoped.slice(0, 5).map((r) => `repository:${r}:pull`).join(" ")}` : ""})`;
+          for (const repo of scoped) url.searchParams.append("scope", `repository:${repo}:pull`);
+          step = `GET ${url.origin}${url.pathname} (token service${scoped.length > 0 ? `, scope ${scoped.map((r) => `repository:${r}:pull`).join(" ")}` : ""})`;
           const res = await this.get(url.href, basic);
-          await res.body.dump();
           status = res.statusCode;
+          if (status >= 200 && status < 300) {
+            const body = (await res.body.json().catch(() => ({}))) as { token?: unknown; access_token?: unknown };
+            const token = typeof body.token === "string" ? body.token : typeof body.access_token === "string" ? body.access_token : undefined;
+            if (token !== undefined) authorization = `Bearer ${token}`;
+          } else await res.body.dump();
         }
         if (status >= 200 && status < 300) {
+          // A token service grants a token even without pull access (with an empty access list):
+          // ask for each repository the configuration uses, as tofu init will.
+          for (const repo of scoped) {
+            const repoStep = `GET https://${endpoint}/v2/${repo}/tags/list`;
+            const res = await this.get(`https://${endpoint}/v2/${repo}/tags/list?n=1`, authorization);
+            await res.body.dump();
+            if (res.statusCode === 401 || res.statusCode === 403) {
+              throw new AgentError(
+                "PREFLIGHT_FAILED",
+                `${who} was refused by ${target.host}: ${repoStep} answered HTTP ${res.statusCode}; the credentials are valid but the user has no pull access to ${repo}: grant it in the registry, or export another integration for it. The run stopped before tofu init`,
+                { integration_id: entry.id, registry: target.host, status: res.statusCode, repository: repo },
+              );
+            }
+          }
           this.cache.set(cacheKey, this.options.now() + this.options.cacheMs);
-          outcomes.push({ ...base, result: "ok", detail: step });
+          outcomes.push({ ...base, result: "ok", detail: `${step}${scoped.length > 0 ? `; pull access to ${scoped.join(", ")}` : ""}` });
           continue;
         }
         if (status === 401 || status === 403) {

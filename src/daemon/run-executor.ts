@@ -22,6 +22,10 @@ import { MAX_LOG_CHUNK_BYTES, type CompleteRequest, type Lease, type Outcome, ty
 import type { ControlPlaneClient } from "./control-plane-client.js";
 import type { DaemonObserver } from "./observer.js";
 import { runPhase, type TofuCommand } from "./phase-runner.js";
+import type { PreflightChecker } from "./preflight.js";
+import { findOciSources } from "../fs/oci-sources.js";
+import { DOCKER_HUB_ALIASES, DOCKER_HUB_KEYS, registryOfConfigKey } from "../core/registry-address.js";
+import type { SelectedCredential } from "../core/credential-selection.js";
 
 export interface RunSettings {
   readonly credentialsDir: string;
@@ -36,6 +40,8 @@ export interface RunSettings {
   readonly maxBundleLifetimeSeconds: number;
   readonly clockSkewSeconds: number;
   readonly maxBundleBytes: number;
+  /** Check each exported credential against its registry before init (`--no-preflight` turns it off). */
+  readonly preflight: boolean;
 }
 
 export interface RunDeps {
@@ -50,6 +56,7 @@ export interface RunDeps {
   readonly redactor: Redactor;
   readonly observer: DaemonObserver;
   readonly settings: RunSettings;
+  readonly preflight?: PreflightChecker;
 }
 
 const OUTCOME_FOR: Partial<Record<ErrorCode, Outcome>> = { RUN_CANCELED: "canceled", AGENT_SHUTDOWN: "canceled" };
@@ -202,6 +209,7 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
     }
     for (const w of result.warnings) log.warn({ event: "credentials_warning" }, w);
     events.push({ type: "credentials_written", at: new Date().toISOString(), pickup_ms: pickupMs ?? null, registries: result.registries, ignored: result.ignored.map(({ integration_id, code }) => ({ integration_id, code })) });
+    await checkBeforeInit(result.credentials, workspaceDir, deps, log, abort.signal);
 
     const env: NodeJS.ProcessEnv = { ...settings.baseEnv, ...result.env, TF_IN_AUTOMATION: "1", TF_INPUT: "0" };
     let planned = false;
@@ -288,6 +296,54 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
     }, log);
   }
   return outcome;
+}
+
+/**
+ * Before init: warn about `oci://docker.io/...` sources (OpenTofu pulls them anonymously whatever
+ * credentials exist), then check each exported credential against its registry. A refusal
+ * throws PREFLIGHT_FAILED, which ends the run before init (and wipes).
+ */
+async function checkBeforeInit(credentials: readonly SelectedCredential[], workspaceDir: string, deps: RunDeps, log: Logger, signal: AbortSignal): Promise<void> {
+  const sources = await findOciSources(workspaceDir).catch(() => []);
+  for (const s of sources) {
+    const host = s.host.toLowerCase();
+    if (DOCKER_HUB_ALIASES.has(host) && host !== DOCKER_HUB_KEYS.opentofu) {
+      log.warn(
+        { event: "docker_hub_source", file: s.file, source: s.address, code: "DOCKER_HUB_ANONYMOUS" },
+        `${s.file}: ${s.address} is pulled anonymously by OpenTofu, whatever credentials exist; write it as oci://${DOCKER_HUB_KEYS.opentofu}/${s.repository}`,
+      );
+    }
+  }
+  if (!deps.settings.preflight || deps.preflight === undefined || credentials.length === 0) return;
+  const repositoriesByHost = new Map<string, string[]>();
+  for (const s of sources) {
+    const registry = registryOfConfigKey(s.host);
+    if (registry === undefined) continue;
+    const list = repositoriesByHost.get(registry) ?? [];
+    if (!list.includes(s.repository)) list.push(s.repository);
+    repositoriesByHost.set(registry, list);
+  }
+  const started = performance.now();
+  try {
+    const outcomes = await deps.preflight.check(credentials, repositoriesByHost);
+    for (const o of outcomes) {
+      const fields = { event: "preflight", registry: o.host, integration_id: o.integration_id, result: o.result };
+      if (o.result === "unreachable") log.warn(fields, `pre-flight check for ${o.host} not conclusive: ${o.detail}`);
+      else log.info(fields, `pre-flight check for ${o.host}: ${o.result} (${o.detail})`);
+    }
+    const unverified = outcomes.filter((o) => o.result === "unreachable").length;
+    log.info(
+      { event: "preflight_finished", registries: outcomes.length, unverified, duration_ms: Math.round(performance.now() - started) },
+      unverified === 0 ? "pre-flight checks passed" : `pre-flight checks done; ${unverified} registr${unverified === 1 ? "y" : "ies"} could not be verified`,
+    );
+  } catch (error) {
+    if (isAgentError(error)) {
+      const d = error.details as { integration_id?: unknown; registry?: unknown; status?: unknown };
+      log.error({ event: "preflight", registry: d.registry, integration_id: d.integration_id, result: "refused", status: d.status, code: error.code }, error.message);
+    }
+    throw error;
+  }
+  if (signal.aborted) throw signal.reason as AgentError;
 }
 
 async function heartbeatLoop(lease: Lease, deps: RunDeps, signal: AbortSignal, end: (e: AgentError) => void): Promise<void> {

@@ -102,6 +102,8 @@ describe("logs", () => {
         "configuration_extracted",
         "credentials_written",
         "credentials_ready",
+        "preflight",
+        "preflight_finished",
         "phase_started",
         "phase_finished",
         "phase_started",

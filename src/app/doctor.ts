@@ -1,0 +1,262 @@
+/**
+ * `oci-cred-agent doctor`: checks an agent host against the configuration `run` would use and
+ * prints a readable report: configuration, keys and their permissions, the token file, the work
+ * and credential directories (tmpfs or disk), the tofu binary, control-plane reachability and
+ * clock skew, and, given a sealed bundle, the same pre-flight checks as the daemon runs before
+ * init (credentials against their registries, credential helpers on PATH, docker.io sources).
+ */
+import { constants } from "node:fs";
+import { access, stat, statfs } from "node:fs/promises";
+import { delimiter, dirname, join, resolve } from "node:path";
+import { request, type Dispatcher } from "undici";
+import { errnoCode, isAgentError } from "../core/errors.js";
+import type { ConfigProblem, ResolvedConfig } from "../config/schema.js";
+import { parseKeyUri, loadKeySource, describeKeySource } from "../keys/key-source.js";
+import { realFs } from "../fs/secure-fs.js";
+import { findOciSources } from "../fs/oci-sources.js";
+import { PreflightChecker } from "../daemon/preflight.js";
+import { DOCKER_HUB_ALIASES, DOCKER_HUB_KEYS, registryOfConfigKey } from "../core/registry-address.js";
+import { defaultHelperExists, openExport } from "./materialize-run.js";
+import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
+import { AGENT_API_PREFIX } from "../protocol/agent-api.js";
+
+export type CheckStatus = "ok" | "warn" | "fail" | "skip";
+
+export interface DoctorCheck {
+  readonly check: string;
+  readonly status: CheckStatus;
+  readonly detail: string;
+  readonly code?: string;
+}
+
+export interface DoctorInputs {
+  readonly resolved: ResolvedConfig;
+  readonly problems: readonly ConfigProblem[];
+  readonly env: NodeJS.ProcessEnv;
+  readonly nowMs: () => number;
+  readonly bundle?: { readonly bytes: Uint8Array; readonly agentId: string; readonly runId: string };
+  readonly configurationDir?: string;
+}
+
+const TMPFS_MAGIC = 0x01021994;
+const RAMFS_MAGIC = 0x858458f6;
+
+function failure(check: string, error: unknown): DoctorCheck {
+  if (isAgentError(error)) return { check, status: "fail", detail: error.message, code: error.code };
+  return { check, status: "fail", detail: `unexpected failure (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")})`, code: "INTERNAL" };
+}
+
+async function onPath(file: string, env: NodeJS.ProcessEnv): Promise<string | undefined> {
+  const candidates = file.includes("/") ? [resolve(file)] : (env["PATH"] ?? "").split(delimiter).filter((d) => d !== "").map((d) => join(d, file));
+  for (const c of candidates) {
+    try {
+      await access(c, constants.X_OK);
+      return c;
+    } catch {
+      // keep looking
+    }
+  }
+  return undefined;
+}
+
+async function checkDirectory(check: string, dir: string, wantTmpfs: boolean): Promise<DoctorCheck> {
+  let path = resolve(dir);
+  let exists = true;
+  try {
+    const st = await stat(path);
+    if (!st.isDirectory()) return { check, status: "fail", detail: `${path} exists but is not a directory`, code: "RUN_DIR_UNSAFE" };
+    if (typeof process.getuid === "function" && st.uid !== process.getuid()) {
+      return { check, status: "fail", detail: `${path} is owned by uid ${st.uid}, not by the agent's user (uid ${process.getuid()}); chown it`, code: "RUN_DIR_UNSAFE" };
+    }
+  } catch {
+    exists = false;
+    path = dirname(path);
+  }
+  try {
+    await access(path, constants.W_OK | constants.X_OK);
+  } catch {
+    return { check, status: "fail", detail: `${path} is not writable by the agent's user; create it and chown it to that user`, code: "RUN_DIR_UNSAFE" };
+  }
+  const created = exists ? "" : ` (does not exist yet; the agent creates it in ${path})`;
+  if (!wantTmpfs) return { check, status: "ok", detail: `${resolve(dir)}${created}` };
+  const fsType = (await statfs(path)).type;
+  if (fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC) return { check, status: "ok", detail: `${resolve(dir)} on tmpfs${created}` };
+  return {
+    check,
+    status: "warn",
+    detail: `${resolve(dir)} is on disk: wiped credentials may survive in free blocks; put --credentials-dir on tmpfs (systemd RuntimeDirectory=, Kubernetes emptyDir medium: Memory)${created}`,
+  };
+}
+
+async function checkControlPlane(url: string, token: string, dispatcher: Dispatcher, nowMs: () => number, skewLimitMs: number): Promise<DoctorCheck[]> {
+  const sentAt = nowMs();
+  let res: Dispatcher.ResponseData;
+  try {
+    res = await request(`${url.replace(/\/+$/, "")}${AGENT_API_PREFIX}/ping`, { dispatcher, headers: { authorization: `Bearer ${token}` }, headersTimeout: 10_000, bodyTimeout: 10_000 });
+  } catch (error) {
+    return [{ check: "control plane", status: "fail", detail: `cannot reach ${url} (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")}); check the URL, DNS, firewalls, HTTPS_PROXY/NO_PROXY and --ca-file`, code: "CONTROL_PLANE_UNAVAILABLE" }];
+  }
+  await res.body.dump();
+  const receivedAt = nowMs();
+  const out: DoctorCheck[] = [];
+  if (res.statusCode === 401 || res.statusCode === 403) {
+    out.push({ check: "control plane", status: "fail", detail: `${url} refused the agent token (HTTP ${res.statusCode}); put a valid pool token in --token-file`, code: "CONTROL_PLANE_UNAUTHORIZED" });
+  } else if (res.statusCode === 404) {
+    out.push({ check: "control plane", status: "warn", detail: `${url} answers, but has no agent API v1 ping (HTTP 404); is --control-plane-url the agent API's base URL?` });
+  } else if (res.statusCode >= 200 && res.statusCode < 300) {
+    out.push({ check: "control plane", status: "ok", detail: `${url} accepts the agent token (${receivedAt - sentAt} ms)` });
+  } else {
+    out.push({ check: "control plane", status: "fail", detail: `${url} answered HTTP ${res.statusCode}`, code: "CONTROL_PLANE_UNAVAILABLE" });
+  }
+  const dateHeader = res.headers["date"];
+  const serverMs = typeof dateHeader === "string" ? Date.parse(dateHeader) : Number.NaN;
+  if (!Number.isFinite(serverMs)) {
+    out.push({ check: "clock skew", status: "skip", detail: "the control plane sent no Date header" });
+  } else {
+    // The Date header has one-second resolution: compare against the middle of the round trip.
+    const skew = Math.round((sentAt + receivedAt) / 2 - (serverMs + 500));
+    const abs = Math.abs(skew);
+    const detail = `this host's clock is ${abs < 1000 ? "within a second of" : `${(abs / 1000).toFixed(1)} s ${skew > 0 ? "ahead of" : "behind"}`} the control plane's`;
+    if (abs > skewLimitMs) out.push({ check: "clock skew", status: "fail", detail: `${detail}, past --clock-skew (${skewLimitMs / 1000} s): bundles will be refused as not yet valid or expired; run NTP (chrony, systemd-timesyncd)`, code: "BUNDLE_NOT_YET_VALID" });
+    else if (abs > 10_000) out.push({ check: "clock skew", status: "warn", detail: `${detail}; run NTP (chrony, systemd-timesyncd)` });
+    else out.push({ check: "clock skew", status: "ok", detail });
+  }
+  return out;
+}
+
+export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
+  const checks: DoctorCheck[] = [];
+  const v = (key: string): string | number | boolean | undefined => inputs.resolved.values.get(key)?.value;
+  const str = (key: string): string | undefined => (v(key) === undefined ? undefined : String(v(key)));
+
+  if (inputs.problems.length === 0) checks.push({ check: "configuration", status: "ok", detail: "valid" });
+  for (const p of inputs.problems) checks.push({ check: "configuration", status: "fail", detail: p.message, code: "CONFIG_INVALID" });
+
+  // Keys
+  const keyUri = str("key") ?? (str("key_file") === undefined ? undefined : `file:${str("key_file") ?? ""}`);
+  let keys: Map<string, Awaited<ReturnType<typeof loadKeySource>>["keys"][number]> | undefined;
+  if (keyUri === undefined) checks.push({ check: "keys", status: "skip", detail: "no key configured" });
+  else {
+    try {
+      const source = parseKeyUri(keyUri);
+      const loaded = await loadKeySource(source, { fs: realFs, env: inputs.env });
+      keys = new Map(loaded.keys.map((k) => [k.kid, k]));
+      checks.push({ check: "keys", status: "ok", detail: `${loaded.keys.length} key(s) from ${describeKeySource(source)}; newest kid ${loaded.keys.at(-1)?.kid ?? "?"}` });
+      for (const w of loaded.warnings) checks.push({ check: "keys", status: "warn", detail: w });
+    } catch (error) {
+      checks.push(failure("keys", error));
+    }
+  }
+
+  // Token
+  let token: string | undefined;
+  const tokenFile = str("token_file");
+  if (tokenFile !== undefined) {
+    try {
+      const st = await stat(tokenFile);
+      token = (await realFs.readFile(tokenFile, "utf8")).trim();
+      if (token === "" || /\s/.test(token)) checks.push({ check: "token", status: "fail", detail: `${tokenFile} must hold the pool token on one line`, code: "INVALID_ARGUMENT" });
+      else if ((st.mode & 0o077) !== 0) checks.push({ check: "token", status: "warn", detail: `${tokenFile} is readable by group or others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it` });
+      else checks.push({ check: "token", status: "ok", detail: `${tokenFile} (mode ${(st.mode & 0o777).toString(8)})` });
+    } catch (error) {
+      checks.push({ check: "token", status: "fail", detail: `cannot read ${tokenFile} (${errnoCode(error) ?? "error"})`, code: "INPUT_UNREADABLE" });
+    }
+  } else if (str("token") !== undefined) {
+    token = str("token");
+    checks.push({ check: "token", status: "warn", detail: "the token comes from the environment; prefer --token-file" });
+  } else checks.push({ check: "token", status: "skip", detail: "no token configured" });
+
+  // Directories
+  const workDir = str("work_dir");
+  if (workDir !== undefined) {
+    checks.push(await checkDirectory("work directory", workDir, false));
+    checks.push(await checkDirectory("credentials directory", str("credentials_dir") ?? join(workDir, "credentials"), true));
+  } else checks.push({ check: "work directory", status: "skip", detail: "no work_dir configured" });
+
+  // tofu
+  const tofuBin = str("tofu_bin") ?? "tofu";
+  const tofuPath = await onPath(tofuBin, inputs.env);
+  checks.push(tofuPath ? { check: "tofu", status: "ok", detail: tofuPath } : { check: "tofu", status: "fail", detail: `${tofuBin} is not on PATH; install OpenTofu or set --tofu-bin`, code: "INPUT_UNREADABLE" });
+
+  // Control plane and clock
+  const url = str("control_plane_url");
+  if (url !== undefined && token !== undefined) {
+    try {
+      const skewMs = Number(v("clock_skew") ?? 120_000);
+      checks.push(...(await checkControlPlane(url, token, await controlPlaneDispatcher(inputs.env, str("ca_file")), inputs.nowMs, skewMs)));
+    } catch (error) {
+      checks.push(failure("control plane", error));
+    }
+  } else checks.push({ check: "control plane", status: "skip", detail: "no control_plane_url or token configured" });
+
+  // Configuration sources
+  const sources = inputs.configurationDir === undefined ? [] : await findOciSources(inputs.configurationDir);
+  for (const s of sources) {
+    const host = s.host.toLowerCase();
+    if (DOCKER_HUB_ALIASES.has(host) && host !== DOCKER_HUB_KEYS.opentofu) {
+      checks.push({ check: "sources", status: "warn", detail: `${s.file}: ${s.address} is pulled anonymously by OpenTofu; write oci://${DOCKER_HUB_KEYS.opentofu}/${s.repository}`, code: "DOCKER_HUB_ANONYMOUS" });
+    }
+  }
+
+  // Credentials of a bundle
+  if (inputs.bundle !== undefined) {
+    if (keys === undefined) checks.push({ check: "credentials", status: "skip", detail: "no usable key to open the bundle with" });
+    else {
+      try {
+        const selection = await openExport({
+          bundle: inputs.bundle.bytes,
+          keys,
+          agentId: inputs.bundle.agentId,
+          runId: inputs.bundle.runId,
+          nowMs: inputs.nowMs(),
+          maxLifetimeSeconds: Number(v("max_bundle_lifetime") ?? 3_600_000) / 1000,
+          clockSkewSeconds: Number(v("clock_skew") ?? 120_000) / 1000,
+        });
+        for (const ig of selection.ignored) checks.push({ check: "credentials", status: "warn", detail: `integration ${ig.integration_id ?? "(no id)"} ignored: ${ig.reason}`, code: ig.code });
+        for (const c of selection.selected) {
+          const helper = c.entry.credentialHelper;
+          if (helper !== undefined && !(await defaultHelperExists(helper))) {
+            checks.push({ check: "credentials", status: "fail", detail: `docker-credential-${helper} (integration ${c.entry.id}, ${c.target.host}) is not on PATH; install it`, code: "CREDENTIAL_HELPER_NOT_FOUND" });
+          }
+        }
+        const repositoriesByHost = new Map<string, string[]>();
+        for (const s of sources) {
+          const registry = registryOfConfigKey(s.host);
+          if (registry !== undefined) repositoriesByHost.set(registry, [...(repositoriesByHost.get(registry) ?? []), s.repository]);
+        }
+        const checker = new PreflightChecker({ cacheMs: 0, timeoutMs: 10_000, now: inputs.nowMs, dispatcher: registryDispatcher(inputs.env) });
+        // One credential at a time, so that a refusal does not hide the others' results.
+        for (const c of selection.selected) {
+          try {
+            for (const o of await checker.check([c], repositoriesByHost)) {
+              const status: CheckStatus = o.result === "unreachable" ? "warn" : o.result === "skipped" ? "skip" : "ok";
+              checks.push({ check: "credentials", status, detail: `integration ${o.integration_id} for ${o.host}: ${o.result} (${o.detail})` });
+            }
+          } catch (error) {
+            checks.push(failure("credentials", error));
+          }
+        }
+      } catch (error) {
+        checks.push(failure("credentials", error));
+      }
+    }
+  }
+  return checks;
+}
+
+const MARK: Record<CheckStatus, string> = { ok: "ok  ", warn: "WARN", fail: "FAIL", skip: "skip" };
+
+/** The readable report. Pure. */
+export function renderDoctorReport(checks: readonly DoctorCheck[]): string {
+  const width = Math.max(...checks.map((c) => c.check.length));
+  const lines = checks.map((c) => `${MARK[c.status]}  ${c.check.padEnd(width)}  ${c.detail}${c.code && c.status !== "ok" ? ` [${c.code}]` : ""}`);
+  const failed = checks.filter((c) => c.status === "fail").length;
+  const warned = checks.filter((c) => c.status === "warn").length;
+  lines.push("", failed === 0 ? `all checks passed${warned > 0 ? ` (${warned} warning${warned === 1 ? "" : "s"})` : ""}` : `${failed} check${failed === 1 ? "" : "s"} failed, ${warned} warning${warned === 1 ? "" : "s"}`);
+  return `${lines.join("\n")}\n`;
+}
+
+export function doctorFailed(checks: readonly DoctorCheck[]): boolean {
+  return checks.some((c) => c.status === "fail");
+}
+
