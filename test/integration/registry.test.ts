@@ -60,6 +60,7 @@ let home: string;
 let registry: LocalRegistry;
 let tokenRegistry: TokenRegistry;
 let pkg: ModulePackage;
+const cleanups: (() => Promise<void>)[] = [];
 let keyFile: string;
 let pubFile: string;
 let otherKeyFile: string;
@@ -189,7 +190,7 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "oca-it-registry-"));
   home = join(work, "home");
   await mkdir(home, { mode: 0o700 });
-  [registry, tokenRegistry, pkg] = await Promise.all([
+  const [r, t, p] = await Promise.allSettled([
     startHtpasswdRegistry({ pusher: PUSHER_PASSWORD, alice: CANARY_ALICE }),
     startTokenRegistry({
       pusher: { password: PUSHER_PASSWORD, acl: [{ pattern: "*", actions: ["pull", "push"] }] },
@@ -198,6 +199,14 @@ beforeAll(async () => {
     }),
     buildModulePackage({ layoutDir: join(tmpdir(), `oca-it-modpkg-${randomBytes(4).toString("hex")}`), tag: "1.4.0" }),
   ]);
+  // Whatever started is stopped in afterAll even if something else failed to start.
+  if (r.status === "fulfilled") cleanups.push(() => r.value.stop());
+  if (t.status === "fulfilled") cleanups.push(() => t.value.stop());
+  if (p.status === "fulfilled") cleanups.push(() => rm(p.value.layoutDir, { recursive: true, force: true }));
+  if (r.status === "rejected") throw r.reason;
+  if (t.status === "rejected") throw t.reason;
+  if (p.status === "rejected") throw p.reason;
+  [registry, tokenRegistry, pkg] = [r.value, t.value, p.value];
   const pusher = { username: "pusher", password: PUSHER_PASSWORD };
   await Promise.all([
     pushModulePackage(pkg, { host: registry.host, repository: REPO, certDir: registry.certDir, ...pusher }),
@@ -216,9 +225,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await Promise.all([registry.stop(), tokenRegistry.stop()]);
+  await Promise.all(cleanups.map((c) => c()));
   await rm(work, { recursive: true, force: true });
-  await rm(pkg.layoutDir, { recursive: true, force: true });
 });
 
 describe("materialize against a real registry (htpasswd)", () => {
