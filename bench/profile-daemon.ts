@@ -16,7 +16,7 @@ const { url } = await cp.listen("127.0.0.1", 0);
 cp.store.integrations.set("i", { id: "i", name: "b", registry_url: "https://r.test", username: "u", password: "p", credential_helper: null, export_credentials: true, created_at: "", updated_at: "" });
 await mkdir(join(dir, "cfg")); await writeFile(join(dir, "cfg", "main.tf"), "# x\n");
 const archive = execFileSync("tar", ["czf", "-", "-C", join(dir, "cfg"), "."]);
-const child = spawn(process.execPath, [...(process.env["PROF"] ? ["--cpu-prof", "--cpu-prof-dir", dir] : []), "dist/cli/main.js", "run", "--control-plane-url", url, "--token-file", join(dir, "token"), "--key-file", join(dir, "agent.key"), "--work-dir", join("/dev/shm", `w${Date.now()}`), "--tofu-bin", "/bin/true", "--concurrency", String(C), "--listen", "off", "--log-level", process.env["LOGLEVEL"] ?? "info"], { stdio: ["ignore", "ignore", "inherit"] });
+const child = spawn(process.execPath, [...(process.env["PROF"] ? ["--cpu-prof", "--cpu-prof-dir", dir] : []), "dist/cli/main.js", "run", "--control-plane-url", url, "--token-file", join(dir, "token"), "--key-file", join(dir, "agent.key"), "--work-dir", join("/dev/shm", `w${Date.now()}`), "--tofu-bin", "/bin/true", "--concurrency", String(C), "--listen", "off", "--no-preflight", "--log-level", process.env["LOGLEVEL"] ?? "info"], { stdio: ["ignore", "ignore", "inherit"] });
 await new Promise((r) => setTimeout(r, 800));
 const ids = new Set<string>();
 const done = new Promise<void>((resolve) => cp.store.on("run-changed", (run: RunRecord) => { if (run.status !== "running" && ids.delete(run.id) && ids.size === 0) resolve(); }));

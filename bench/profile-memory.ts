@@ -16,7 +16,7 @@ cp.store.integrations.set("i", { id: "i", name: "b", registry_url: "https://r.te
 await mkdir(join(dir, "cfg")); await writeFile(join(dir, "cfg", "main.tf"), "# x\n");
 const archive = execFileSync("tar", ["czf", "-", "-C", join(dir, "cfg"), "."]);
 const flags = (process.env["NODEFLAGS"] ?? "").split(" ").filter(Boolean);
-const child = spawn(process.execPath, [...flags, "dist/cli/main.js", "run", "--control-plane-url", url, "--token-file", join(dir, "token"), "--key-file", join(dir, "agent.key"), "--work-dir", join("/dev/shm", `m${Date.now()}`), "--tofu-bin", "/bin/true", "--concurrency", "64", "--listen", "off", "--log-level", "warn"], { stdio: ["ignore", "ignore", "inherit"] });
+const child = spawn(process.execPath, [...flags, "dist/cli/main.js", "run", "--control-plane-url", url, "--token-file", join(dir, "token"), "--key-file", join(dir, "agent.key"), "--work-dir", join("/dev/shm", `m${Date.now()}`), "--tofu-bin", "/bin/true", "--concurrency", "64", "--listen", "off", "--no-preflight", "--log-level", "warn"], { stdio: ["ignore", "ignore", "inherit"] });
 await new Promise((r) => setTimeout(r, 800));
 const rss = async () => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${child.pid}/status`, "utf8"))?.[1]) / 1024;
 console.log("idle", (await rss()).toFixed(1));

@@ -2,13 +2,14 @@
  * `npm run bench` (`-- --quick` for smaller counts): pickup latency, throughput, floor and
  * overhead, scaling, memory, start-up, and the `skopeo login` hook users write today, all in
  * one run on this machine against the reference control plane over loopback HTTP. Prints a
- * table and writes bench/results/latest.json. Benchmarks report figures; they assert nothing.
+ * table and writes bench/results/latest.json (or `--out FILE`). Benchmarks report figures; they
+ * assert nothing.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { cpus, release, tmpdir, totalmem } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { materializeRun } from "../src/app/materialize-run.js";
@@ -21,6 +22,8 @@ import { realFs } from "../src/fs/secure-fs.js";
 import { startLocalRegistry } from "./support/local-registry.js";
 
 const quick = process.argv.includes("--quick");
+const outIndex = process.argv.indexOf("--out");
+const outArg = outIndex > 0 ? process.argv[outIndex + 1] : undefined;
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const AGENT_BIN = join(ROOT, "bin", "oci-cred-agent");
 const TMPFS = "/dev/shm";
@@ -53,7 +56,7 @@ interface AgentProc {
 function startAgent(cpUrl: string, dir: string, extra: string[]): AgentProc {
   const child = spawn(
     AGENT_BIN,
-    ["run", "--control-plane-url", cpUrl, "--token-file", join(dir, "token"), "--key-file", join(dir, "agent.key"), "--log-format", "json", "--listen", "off", "--tofu-bin", "/bin/true", ...extra],
+    ["run", "--control-plane-url", cpUrl, "--token-file", join(dir, "token"), "--key-file", join(dir, "agent.key"), "--log-format", "json", "--listen", "off", "--tofu-bin", "/bin/true", "--no-preflight", ...extra],
     { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, HOME: dir } },
   );
   const lines: Record<string, unknown>[] = [];
@@ -349,8 +352,8 @@ async function main(): Promise<void> {
   await rm(dir, { recursive: true, force: true });
   await rm(shmDir, { recursive: true, force: true });
 
-  const out = join(ROOT, "bench", "results", "latest.json");
-  await mkdir(join(ROOT, "bench", "results"), { recursive: true });
+  const out = outArg ?? join(ROOT, "bench", "results", "latest.json");
+  await mkdir(dirname(out), { recursive: true });
   await writeFile(out, `${JSON.stringify(results, null, 2)}\n`);
   printTable(results);
   console.log(`\nwrote ${out}`);
