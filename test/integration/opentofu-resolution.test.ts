@@ -237,6 +237,19 @@ describe("OpenTofu resolves each exported registry to the winning credential, an
     expect(r.key).toBe(tokenRegistry.host);
     const pulled = await inspectWith(tokenRegistry, "ops/network", r.username ?? "", r.password ?? "");
     expect(pulled.ok, pulled.text).toBe(true);
+
+    // The containers family's file (REGISTRY_AUTH_FILE) merges the same way: skopeo picks the
+    // scoped export for org-a and the operator's host-level entry for ops.
+    tokenRegistry.tokenRequests.length = 0;
+    for (const repository of ["org-a/network", "ops/network"]) {
+      await execFileAsync(
+        "skopeo",
+        ["inspect", "--raw", "--cert-dir", tokenRegistry.certDir, `docker://${tokenRegistry.host}/${repository}:${pkg.tag}`],
+        { env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: home, REGISTRY_AUTH_FILE: result.env["REGISTRY_AUTH_FILE"] ?? "" }, encoding: "utf8" },
+      );
+    }
+    const granted = tokenRegistry.tokenRequests.filter((t) => t.granted.length > 0).map((t) => `${t.user ?? ""} ${t.granted.join(" ")}`);
+    expect(new Set(granted)).toEqual(new Set(["team-a repository:org-a/network:pull", "ops repository:ops/network:pull"]));
   });
 
   it("Docker Hub aliases, upper case and ports", () => {
