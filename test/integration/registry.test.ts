@@ -23,7 +23,8 @@ import { sha256Digest, startHtpasswdRegistry, startTokenRegistry, type LocalRegi
 
 const execFileAsync = promisify(execFile);
 
-const canary = (label: string): string => `CANARY-${label}-${randomBytes(9).toString("base64url")}:x`;
+// Random, distinct, and awkward: a colon, quotes, a backslash, a dollar and non-ASCII characters.
+const canary = (label: string): string => `CANARY-${label}-${randomBytes(9).toString("base64url")}:x"\\'$ä€`;
 const CANARY_ALICE = canary("alice");
 const CANARY_OLD = canary("old");
 const CANARY_GHCR = canary("ghcr");
@@ -46,6 +47,7 @@ function leakForms(): string[] {
   return ALL_CANARIES.flatMap((c) => [
     c,
     c.slice(0, 20),
+    JSON.stringify(c).slice(1, -1),
     Buffer.from(c).toString("base64"),
     Buffer.from(`${users[c] ?? ""}:${c}`).toString("base64"),
   ]);
