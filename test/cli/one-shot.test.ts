@@ -1,0 +1,380 @@
+/**
+ * The one-shot commands of issue 2, run as real processes through bin/oci-cred-agent (which
+ * runs dist/: build first). A canary password is sealed into every bundle; it must never reach
+ * stdout or stderr, in any form.
+ */
+import { execFile } from "node:child_process";
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AGENT_BIN } from "../support/agent-process.js";
+
+const CANARY = "CANARY-7f3a:pw-'\"$`é";
+const CANARY_FORMS = [
+  CANARY,
+  JSON.stringify(CANARY).slice(1, -1),
+  Buffer.from(`octocat:${CANARY}`, "utf8").toString("base64"),
+  Buffer.from(CANARY, "utf8").toString("base64"),
+  "CANARY-7f3a",
+];
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+let dir: string;
+let home: string;
+let keyFile: string;
+let pubFile: string;
+let exportFile: string;
+let bundleFile: string;
+
+function env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const e: NodeJS.ProcessEnv = { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: home, LANG: "C.UTF-8", ...extra };
+  return e;
+}
+
+function run(args: string[], options: { input?: string; env?: Record<string, string> } = {}): Promise<Result> {
+  return new Promise((resolve) => {
+    const child = execFile(AGENT_BIN, args, { env: env(options.env), encoding: "utf8", timeout: 20_000 }, (error, stdout, stderr) => {
+      const code = error === null ? 0 : typeof error.code === "number" ? error.code : null;
+      resolve({ code, stdout, stderr });
+    });
+    child.stdin?.end(options.input ?? "");
+  });
+}
+
+function expectNoSecret(r: Result): void {
+  for (const form of CANARY_FORMS) {
+    expect(r.stdout).not.toContain(form);
+    expect(r.stderr).not.toContain(form);
+  }
+}
+
+const EXPORT = {
+  version: 1,
+  registries: [
+    { id: "int-ghcr", name: "GHCR prod", url: "https://ghcr.io", username: "octocat", password: CANARY, updated_at: "2026-11-20T10:00:00Z" },
+    { id: "int-ghcr-old", name: "GHCR old", url: "https://GHCR.io/", username: "octocat", password: CANARY, updated_at: "2026-01-01T00:00:00Z" },
+    { id: "int-hub", name: "Docker Hub", url: "https://index.docker.io/v1/", username: "hubuser", password: CANARY },
+    { id: "int-http", name: "Plain HTTP", url: "http://insecure.example.com", username: "u", password: CANARY },
+  ],
+};
+
+async function seal(opts: { agentId?: string; runId?: string; ttl?: string; issuedAt?: string; plaintext?: string; out?: string } = {}): Promise<string> {
+  const out = opts.out ?? join(dir, `bundle-${Math.random().toString(16).slice(2)}.json`);
+  const inFile = join(dir, `in-${Math.random().toString(16).slice(2)}.json`);
+  writeFileSync(inFile, opts.plaintext ?? JSON.stringify(EXPORT), { mode: 0o600 });
+  const args = ["seal", "--public-key", pubFile, "--agent-id", opts.agentId ?? "agent-1", "--run-id", opts.runId ?? "run-42", "--in", inFile, "--out", out];
+  if (opts.ttl !== undefined) args.push("--ttl", opts.ttl);
+  if (opts.issuedAt !== undefined) args.push("--issued-at", opts.issuedAt);
+  const r = await run(args);
+  expect(r).toMatchObject({ code: 0, stderr: "" });
+  expectNoSecret(r);
+  return out;
+}
+
+function materializeArgs(runDir: string, bundle: string, extra: string[] = []): string[] {
+  return ["materialize", "--key-file", keyFile, "--agent-id", "agent-1", "--run-id", "run-42", "--bundle", bundle, "--run-dir", runDir, ...extra];
+}
+
+beforeAll(async () => {
+  expect(existsSync(join(AGENT_BIN, "..", "..", "dist", "cli", "main.js"))).toBe(true);
+  dir = mkdtempSync(join(tmpdir(), "one-shot-"));
+  home = join(dir, "home");
+  mkdirSync(home);
+  keyFile = join(dir, "agent.key");
+  pubFile = join(dir, "agent.pub.json");
+  const r = await run(["keygen", "--key-file", keyFile]);
+  expect(r.code).toBe(0);
+  writeFileSync(pubFile, r.stdout);
+  exportFile = join(dir, "export.json");
+  writeFileSync(exportFile, JSON.stringify(EXPORT), { mode: 0o600 });
+  bundleFile = await seal();
+});
+
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe("--help", () => {
+  it.each([[[]], [["keygen"]], [["pubkey"]], [["seal"]], [["materialize"]], [["wipe"]], [["run"]], [["config", "print"]], [["control-plane"]], [["dev"]]])(
+    "%j --help exits 0 with usage on stdout",
+    async (command) => {
+      const r = await run([...command, "--help"]);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^Usage: oci-cred-agent/);
+      expect(r.stderr).toBe("");
+    },
+  );
+});
+
+describe("keygen and pubkey", () => {
+  it("keygen prints exactly {kid, public_key}, writes a 0600 PEM key, and pubkey prints the same", async () => {
+    const doc = JSON.parse(readFileSync(pubFile, "utf8")) as Record<string, unknown>;
+    expect(Object.keys(doc).sort()).toEqual(["kid", "public_key"]);
+    expect(doc["kid"]).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(doc["public_key"]).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(lstatSync(keyFile).mode & 0o777).toBe(0o600);
+    expect(readFileSync(keyFile, "utf8")).toMatch(/^-----BEGIN PRIVATE KEY-----\n/);
+    const r = await run(["pubkey", "--key-file", keyFile]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual(doc);
+    // The private key never reaches stdout.
+    expect(r.stdout).not.toContain("PRIVATE KEY");
+    expect(readFileSync(pubFile, "utf8")).not.toContain("PRIVATE KEY");
+  });
+
+  it("keygen refuses to overwrite a key (KEY_FILE_EXISTS) and leaves it unchanged", async () => {
+    const before = readFileSync(keyFile, "utf8");
+    const r = await run(["keygen", "--key-file", keyFile]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toMatch(/^oci-cred-agent: error KEY_FILE_EXISTS: /);
+    expect(readFileSync(keyFile, "utf8")).toBe(before);
+  });
+
+  it("pubkey refuses a key file readable by others (KEY_FILE_PERMISSIONS) with the fix", async () => {
+    const loose = join(dir, "loose.key");
+    writeFileSync(loose, readFileSync(keyFile));
+    chmodSync(loose, 0o644);
+    const r = await run(["pubkey", "--key-file", loose]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("error KEY_FILE_PERMISSIONS");
+    expect(r.stderr).toContain(`chmod 600 ${loose}`);
+    expect(r.stdout).toBe("");
+  });
+});
+
+describe("seal → materialize → wipe", () => {
+  it("--format env prints only the environment, and the files are where it says", async () => {
+    const runDir = join(dir, "run-env");
+    const r = await run(materializeArgs(runDir, bundleFile));
+    expect(r.code).toBe(0);
+    expectNoSecret(r);
+    expect(r.stdout).toBe(
+      [
+        `export DOCKER_CONFIG='${runDir}/docker'`,
+        `export REGISTRY_AUTH_FILE='${runDir}/containers/auth.json'`,
+        `export TF_CLI_CONFIG_FILE='${runDir}/tofu/cli.tfrc'`,
+        "",
+      ].join("\n"),
+    );
+    // stderr explains the ignored entries by id and code, never by secret.
+    expect(r.stderr).toContain("ignored integration int-ghcr-old [DUPLICATE_REGISTRY]");
+    expect(r.stderr).toContain("ignored integration int-http [ENTRY_NOT_HTTPS]");
+
+    expect(lstatSync(runDir).mode & 0o777).toBe(0o700);
+    for (const f of ["docker/config.json", "containers/auth.json", "tofu/cli.tfrc", ".oci-cred-agent-run.json"]) {
+      expect(lstatSync(join(runDir, f)).mode & 0o777).toBe(0o600);
+    }
+    const docker = JSON.parse(readFileSync(join(runDir, "docker/config.json"), "utf8")) as { auths: Record<string, { auth: string }> };
+    const ghcr = Buffer.from(`octocat:${CANARY}`, "utf8").toString("base64");
+    expect(docker.auths).toEqual({
+      "ghcr.io": { auth: ghcr },
+      "https://index.docker.io/v1/": { auth: Buffer.from(`hubuser:${CANARY}`, "utf8").toString("base64") },
+      "registry-1.docker.io": { auth: Buffer.from(`hubuser:${CANARY}`, "utf8").toString("base64") },
+    });
+    const containers = JSON.parse(readFileSync(join(runDir, "containers/auth.json"), "utf8")) as { auths: Record<string, unknown> };
+    expect(Object.keys(containers.auths).sort()).toEqual(["docker.io", "ghcr.io"]);
+    expect(readFileSync(join(runDir, "tofu/cli.tfrc"), "utf8")).toContain(`docker_style_config_files    = ["${runDir}/docker/config.json"]`);
+
+    const w = await run(["wipe", "--run-dir", runDir]);
+    expect(w.code).toBe(0);
+    expect(w.stdout).toBe("");
+    expect(existsSync(runDir)).toBe(false);
+    const again = await run(["wipe", "--run-dir", runDir, "--format", "json"]);
+    expect(again.code).toBe(0);
+    expect(JSON.parse(again.stdout)).toEqual({ run_dir: runDir, removed: [], absent: true });
+  });
+
+  it("--format json has the shape of issue 2: env, registries, ignored (and warnings)", async () => {
+    const runDir = join(dir, "run-json");
+    mkdirSync(runDir, { mode: 0o700 });
+    const r = await run(materializeArgs(runDir, await seal(), ["--format", "json"]));
+    expect(r.code).toBe(0);
+    expectNoSecret(r);
+    const out = JSON.parse(r.stdout) as Record<string, unknown>;
+    expect(Object.keys(out).sort()).toEqual(["env", "ignored", "registries", "warnings"]);
+    expect(out["env"]).toEqual({
+      DOCKER_CONFIG: `${runDir}/docker`,
+      REGISTRY_AUTH_FILE: `${runDir}/containers/auth.json`,
+      TF_CLI_CONFIG_FILE: `${runDir}/tofu/cli.tfrc`,
+    });
+    expect(out["registries"]).toEqual([
+      { host: "registry-1.docker.io", integration_id: "int-hub", integration_name: "Docker Hub" },
+      { host: "ghcr.io", integration_id: "int-ghcr", integration_name: "GHCR prod" },
+    ]);
+    const ignored = out["ignored"] as Record<string, unknown>[];
+    expect(ignored.map((i) => Object.keys(i).sort())).toEqual([
+      ["code", "integration_id", "integration_name", "reason"],
+      ["code", "integration_id", "integration_name", "reason"],
+    ]);
+    expect(ignored).toEqual(
+      expect.arrayContaining([
+        { integration_id: "int-http", integration_name: "Plain HTTP", code: "ENTRY_NOT_HTTPS", reason: expect.stringContaining("https://") as unknown },
+        { integration_id: "int-ghcr-old", integration_name: "GHCR old", code: "DUPLICATE_REGISTRY", reason: expect.stringContaining("int-ghcr") as unknown },
+      ]),
+    );
+    expect(out["warnings"]).toEqual([]);
+    expect((await run(["wipe", "--run-dir", runDir])).code).toBe(0);
+    expect(existsSync(runDir)).toBe(false);
+  });
+
+  it("seal reads the plaintext from stdin with --in -, and the bundle holds no plaintext", async () => {
+    const out = join(dir, "stdin-bundle.json");
+    const r = await run(["seal", "--public-key", pubFile, "--agent-id", "agent-1", "--run-id", "run-42", "--in", "-", "--out", out], { input: JSON.stringify(EXPORT) });
+    expect(r).toMatchObject({ code: 0, stdout: "", stderr: "" });
+    const bundle = readFileSync(out, "utf8");
+    for (const form of CANARY_FORMS) expect(bundle).not.toContain(form);
+    expect(bundle).not.toContain("octocat");
+    const runDir = join(dir, "run-stdin");
+    expect((await run(materializeArgs(runDir, out))).code).toBe(0);
+    expect((await run(["wipe", "--run-dir", runDir])).code).toBe(0);
+  });
+
+  it("materialize reads the bundle from stdin with --bundle -", async () => {
+    const runDir = join(dir, "run-stdin-bundle");
+    const r = await run(materializeArgs(runDir, "-"), { input: readFileSync(bundleFile, "utf8") });
+    expect(r.code).toBe(0);
+    expectNoSecret(r);
+    expect((await run(["wipe", "--run-dir", runDir])).code).toBe(0);
+  });
+});
+
+describe("materialize refusals: exit 1, the code on stderr, nothing in the run directory, no secret", () => {
+  type Case = { args: (runDir: string) => string[]; env?: Record<string, string> };
+  const cases: [string, () => Case | Promise<Case>, string][] = [
+    ["a bundle for another agent", async () => { const b = await seal({ agentId: "agent-2" }); return { args: (d) => materializeArgs(d, b) }; }, "BUNDLE_WRONG_AGENT"],
+    ["a bundle for another run", async () => { const b = await seal({ runId: "run-43" }); return { args: (d) => materializeArgs(d, b) }; }, "BUNDLE_WRONG_RUN"],
+    ["an expired bundle", async () => { const b = await seal({ issuedAt: "2020-01-01T00:00:00Z", ttl: "10m" }); return { args: (d) => materializeArgs(d, b) }; }, "BUNDLE_EXPIRED"],
+    ["a bundle valid for too long", async () => { const b = await seal({ ttl: "2h" }); return { args: (d) => materializeArgs(d, b) }; }, "BUNDLE_LIFETIME_TOO_LONG"],
+    ["a bundle issued in the future", async () => { const b = await seal({ issuedAt: new Date(Date.now() + 3_600_000).toISOString(), ttl: "10m" }); return { args: (d) => materializeArgs(d, b) }; }, "BUNDLE_NOT_YET_VALID"],
+    [
+      "a tampered bundle",
+      () => {
+        const b = readFileSync(bundleFile, "utf8");
+        const env = JSON.parse(b) as { protected: string; enc: string; ciphertext: string };
+        const ct = Buffer.from(env.ciphertext, "base64url");
+        ct[5] = (ct[5] ?? 0) ^ 1;
+        const t = join(dir, "tampered.json");
+        writeFileSync(t, JSON.stringify({ ...env, ciphertext: ct.toString("base64url") }));
+        return { args: (d) => materializeArgs(d, t) };
+      },
+      "BUNDLE_DECRYPT_FAILED",
+    ],
+    ["a bundle that is not a bundle", () => { const t = join(dir, "junk.json"); writeFileSync(t, "junk"); return { args: (d) => materializeArgs(d, t) }; }, "BUNDLE_MALFORMED"],
+    ["a bundle over --max-bundle-bytes", () => ({ args: (d) => materializeArgs(d, bundleFile, ["--max-bundle-bytes", "100"]) }), "BUNDLE_TOO_LARGE"],
+    [
+      "a bundle sealed to another key",
+      async () => {
+        const otherKey = join(dir, `other-${Math.random().toString(16).slice(2)}.key`);
+        const k = await run(["keygen", "--key-file", otherKey]);
+        const otherPub = join(dir, "other.pub.json");
+        writeFileSync(otherPub, k.stdout);
+        const inFile = join(dir, "other-in.json");
+        writeFileSync(inFile, JSON.stringify(EXPORT));
+        const out = join(dir, "other-bundle.json");
+        await run(["seal", "--public-key", otherPub, "--agent-id", "agent-1", "--run-id", "run-42", "--in", inFile, "--out", out]);
+        return { args: (d) => materializeArgs(d, out) };
+      },
+      "BUNDLE_UNKNOWN_KEY",
+    ],
+    ["an export of version 2", async () => { const b = await seal({ plaintext: '{"version":2,"registries":[]}' }); return { args: (d) => materializeArgs(d, b) }; }, "PAYLOAD_VERSION_UNSUPPORTED"],
+    ["an export that is not JSON", async () => { const b = await seal({ plaintext: `not json ${CANARY}` }); return { args: (d) => materializeArgs(d, b) }; }, "PAYLOAD_INVALID"],
+    [
+      "an invalid base Docker config",
+      () => { const f = join(dir, "base-bad.json"); writeFileSync(f, '{"auths": []}'); return { args: (d) => materializeArgs(d, bundleFile, ["--base-docker-config", f]) }; },
+      "BASE_DOCKER_CONFIG_INVALID",
+    ],
+    [
+      "an operator CLI configuration with oci_default_credentials",
+      () => {
+        const f = join(dir, "operator.tfrc");
+        writeFileSync(f, 'oci_default_credentials {\n  docker_credentials_helper = "desktop"\n}\n');
+        return { args: (d) => materializeArgs(d, bundleFile), env: { TF_CLI_CONFIG_FILE: f } };
+      },
+      "TOFU_CLI_CONFIG_CONFLICT",
+    ],
+    [
+      "a key file readable by group",
+      () => {
+        const loose = join(dir, "group.key");
+        writeFileSync(loose, readFileSync(keyFile));
+        chmodSync(loose, 0o640);
+        return { args: (d) => [...materializeArgs(d, bundleFile).filter((a) => a !== keyFile && a !== "--key-file"), "--key-file", loose] };
+      },
+      "KEY_FILE_PERMISSIONS",
+    ],
+    ["a missing key file", () => ({ args: (d) => [...materializeArgs(d, bundleFile).filter((a) => a !== keyFile && a !== "--key-file"), "--key-file", join(dir, "nope.key")] }), "KEY_FILE_NOT_FOUND"],
+    ["a missing parent directory", () => ({ args: (d) => materializeArgs(join(d, "deeper", "run"), bundleFile) }), "RUN_DIR_PARENT_MISSING"],
+  ];
+
+  it.each(cases)("%s → %s", async (_name, make, code) => {
+    const { args, env: extraEnv } = await make();
+    const runDir = join(dir, `refused-${code}-${Math.random().toString(16).slice(2)}`);
+    const r = await run(args(runDir), extraEnv === undefined ? {} : { env: extraEnv });
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toMatch(new RegExp(`^oci-cred-agent: error ${code}: .+`, "m"));
+    expectNoSecret(r);
+    expect(existsSync(runDir)).toBe(false);
+  });
+
+  it("a refusal leaves a pre-created empty run directory empty", async () => {
+    const runDir = join(dir, "pre-created");
+    mkdirSync(runDir, { mode: 0o700 });
+    const r = await run(materializeArgs(runDir, await seal({ agentId: "agent-9" })));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("error BUNDLE_WRONG_AGENT");
+    expect(readdirSync(runDir)).toEqual([]);
+  });
+
+  it("a run directory that is not empty is refused and left as it was", async () => {
+    const runDir = join(dir, "not-empty");
+    mkdirSync(runDir);
+    writeFileSync(join(runDir, "keep.txt"), "keep");
+    const r = await run(materializeArgs(runDir, bundleFile));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("error RUN_DIR_UNSAFE");
+    expectNoSecret(r);
+    expect(readdirSync(runDir)).toEqual(["keep.txt"]);
+  });
+
+  it("an unknown --format is a usage error (exit 2) and writes nothing", async () => {
+    const runDir = join(dir, "bad-format");
+    const r = await run(materializeArgs(runDir, bundleFile, ["--format", "yaml"]));
+    expect(r.code).toBe(2);
+    expect(existsSync(runDir)).toBe(false);
+  });
+});
+
+describe("wipe refusals", () => {
+  it("refuses a directory without the agent's marker and leaves it", async () => {
+    const d = join(dir, "not-ours");
+    mkdirSync(d);
+    writeFileSync(join(d, "data.txt"), "keep");
+    const r = await run(["wipe", "--run-dir", d]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^oci-cred-agent: error WIPE_NOT_AGENT_DIR: /);
+    expect(readFileSync(join(d, "data.txt"), "utf8")).toBe("keep");
+  });
+
+  it("removes the agent's files but leaves and reports a foreign one", async () => {
+    const runDir = join(dir, "foreign-inside");
+    expect((await run(materializeArgs(runDir, bundleFile))).code).toBe(0);
+    writeFileSync(join(runDir, "docker", "extra.txt"), "foreign");
+    const r = await run(["wipe", "--run-dir", runDir]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("error WIPE_FOREIGN_ENTRIES");
+    expect(r.stderr).toContain("docker/extra.txt");
+    expect(existsSync(join(runDir, "docker", "config.json"))).toBe(false);
+    expect(existsSync(join(runDir, "docker", "extra.txt"))).toBe(true);
+    rmSync(join(runDir, "docker", "extra.txt"));
+    expect((await run(["wipe", "--run-dir", runDir])).code).toBe(0);
+    expect(existsSync(runDir)).toBe(false);
+  });
+});
