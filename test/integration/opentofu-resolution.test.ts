@@ -166,7 +166,8 @@ beforeAll(async () => {
     { id: "int-local", url: registry.url, username: "alice", password: ALICE, updated_at: "2026-11-01T00:00:00Z" },
     { id: "int-org-a", url: `${tokenRegistry.url}/org-a`, username: "team-a", password: TEAM_A },
     { id: "int-org-b", url: `${tokenRegistry.url}/org-b/`, username: "team-b", password: TEAM_B },
-    { id: "int-hub", url: "https://index.docker.io/v1/", username: "hub-user", password: "hub-password" },
+    { id: "int-hub-old", url: "https://registry.hub.docker.com", username: "hub-old", password: "hub-old-password", updated_at: "2026-01-01T00:00:00Z" },
+    { id: "int-hub", url: "https://index.docker.io/v1/", username: "hub-user", password: "hub-password", updated_at: "2026-06-01T00:00:00Z" },
     { id: "int-ghcr", url: "https://GHCR.IO:443", username: "gh-user", password: "gh-password" },
     { id: "int-port", url: "https://Registry.Example.com:5443/", username: "port-user", password: "port-password" },
   ];
@@ -203,7 +204,7 @@ afterAll(async () => {
 });
 
 describe("OpenTofu resolves each exported registry to the winning credential, and it pulls", () => {
-  it("the registry's own refusals: anonymous, the stale, the decoy and the CLI-block passwords fail", async () => {
+  it("the registry's own refusals: the stale, the decoy and the CLI-block passwords fail", async () => {
     expect(await registry.probe("alice", ALICE)).toBe(200);
     for (const wrong of [STALE_ALICE, DECOY_ALICE, CLI_BLOCK_ALICE]) expect(await registry.probe("alice", wrong)).toBe(401);
     expect((await inspectWith(registry, "modules/network", "alice", STALE_ALICE)).ok).toBe(false);
@@ -253,7 +254,16 @@ describe("OpenTofu resolves each exported registry to the winning credential, an
   });
 
   it("Docker Hub aliases, upper case and ports", () => {
+    // The Hub aliases are one registry: the newest entry wins, under each family's own key.
+    expect(result.ignored.map((i) => [i.integration_id, i.code]).sort()).toEqual([
+      ["int-hub-old", "DUPLICATE_REGISTRY"],
+      ["int-local-old", "DUPLICATE_REGISTRY"],
+    ]);
     expectStatic("oci://registry-1.docker.io/library/module?tag=1.0.0", "hub-user", "hub-password");
+    const dockerDoc = JSON.parse(readText(join(result.runDir, "docker", "config.json")) ?? "{}") as { auths: Record<string, { auth?: string }> };
+    const containersDoc = JSON.parse(readText(result.env["REGISTRY_AUTH_FILE"] ?? "") ?? "{}") as { auths: Record<string, { auth?: string }> };
+    expect(dockerDoc.auths["https://index.docker.io/v1/"]?.auth).toBe(b64("hub-user:hub-password"));
+    expect(containersDoc.auths["docker.io"]?.auth).toBe(b64("hub-user:hub-password"));
     // OpenTofu has no Docker Hub aliasing: docker.io finds no static entry, only the credsStore.
     expect(resolve("oci://docker.io/library/module")).toMatchObject({ source: "helper", helper: "desktop" });
     expectStatic("oci://ghcr.io/org/module", "gh-user", "gh-password");
