@@ -59,6 +59,13 @@ export class ControlPlaneClient {
   ): Promise<{ status: number; bytes: Buffer }> {
     const timeout = opts.timeoutMs ?? this.options.requestTimeoutMs ?? 30_000;
     const url = `${this.base}${AGENT_API_PREFIX}${path}`;
+    // undici's headersTimeout and bodyTimeout bound the gaps between bytes, not the whole
+    // exchange: a body that drips a byte every few seconds would hold the call forever. The
+    // deadline bounds the exchange as a whole.
+    const deadline = AbortSignal.timeout(timeout);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, deadline]) : deadline;
+    const timedOut = (): AgentError =>
+      new AgentError("CONTROL_PLANE_UNAVAILABLE", `the control plane did not finish answering ${method} ${path} within ${Math.round(timeout / 1000)} s; retrying with backoff`, { kind: "timeout" });
     let res: Dispatcher.ResponseData;
     try {
       res = await request(url, {
@@ -68,10 +75,11 @@ export class ControlPlaneClient {
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
         headersTimeout: timeout,
         bodyTimeout: timeout,
-        ...(opts.signal ? { signal: opts.signal } : {}),
+        signal,
       });
     } catch (error) {
       if (opts.signal?.aborted) throw error;
+      if (deadline.aborted) throw timedOut();
       throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `cannot reach the control plane at ${this.base} (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")}); retrying with backoff`, {
         errno: errnoCode(error) ?? null,
         kind: "network",
@@ -97,6 +105,7 @@ export class ControlPlaneClient {
     } catch (error) {
       if (error instanceof AgentError) throw error;
       if (opts.signal?.aborted) throw error;
+      if (deadline.aborted) throw timedOut();
       throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `the control plane's answer to ${method} ${path} was cut off (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")})`, { kind: "network" });
     }
     const bytes = Buffer.concat(chunks);
