@@ -100,16 +100,35 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/** The commands (and subcommands) a --help lists, from its "Commands:" section. */
+function commandsIn(help: string): string[] {
+  const section = help.split(/^Commands:$/m)[1] ?? "";
+  return [...section.matchAll(/^ {2}([a-z][a-z-]*)/gm)].map((m) => m[1] ?? "").filter((c) => c !== "help");
+}
+
 describe("--help", () => {
-  it.each([[[]], [["keygen"]], [["pubkey"]], [["seal"]], [["materialize"]], [["wipe"]], [["run"]], [["config", "print"]], [["control-plane"]], [["dev"]]])(
-    "%j --help exits 0 with usage on stdout",
-    async (command) => {
-      const r = await run([...command, "--help"]);
-      expect(r.code).toBe(0);
-      expect(r.stdout).toMatch(/^Usage: oci-cred-agent/);
-      expect(r.stderr).toBe("");
-    },
-  );
+  it("every command and subcommand listed by --help has a --help that exits 0", async () => {
+    const top = await run(["--help"]);
+    expect(top.code).toBe(0);
+    const commands = commandsIn(top.stdout);
+    // The one-shot commands of issue 2 are all there.
+    expect(commands).toEqual(expect.arrayContaining(["keygen", "pubkey", "seal", "materialize", "wipe", "run", "config"]));
+    const queue = commands.map((c) => [c]);
+    const seen: string[] = [];
+    while (queue.length > 0) {
+      const batch = queue.splice(0);
+      const results = await Promise.all(batch.map((cmd) => run([...cmd, "--help"])));
+      results.forEach((r, i) => {
+        const cmd = batch[i] ?? [];
+        seen.push(cmd.join(" "));
+        expect(r.code, cmd.join(" ")).toBe(0);
+        expect(r.stdout, cmd.join(" ")).toMatch(new RegExp(`^Usage: oci-cred-agent ${cmd.join(" ")} `));
+        expect(r.stderr, cmd.join(" ")).toBe("");
+        for (const sub of commandsIn(r.stdout)) queue.push([...cmd, sub]);
+      });
+    }
+    expect(seen).toContain("config print");
+  });
 });
 
 describe("keygen and pubkey", () => {
@@ -222,6 +241,33 @@ describe("seal → materialize → wipe", () => {
     expect(out["warnings"]).toEqual([]);
     expect((await run(["wipe", "--run-dir", runDir])).code).toBe(0);
     expect(existsSync(runDir)).toBe(false);
+  });
+
+  it("the env output is safe to eval in sh, even for a run directory with quotes and spaces", async () => {
+    const runDir = join(dir, "it's a \"run\" $dir");
+    const r = await run(materializeArgs(runDir, bundleFile));
+    expect(r.code).toBe(0);
+    const shell = await new Promise<string>((resolve, reject) => {
+      const child = execFile("sh", ["-c", 'eval "$(cat)"; printf "%s\\n%s\\n%s" "$DOCKER_CONFIG" "$REGISTRY_AUTH_FILE" "$TF_CLI_CONFIG_FILE"'], (error, stdout) => {
+        if (error) reject(error);
+        else resolve(stdout);
+      });
+      child.stdin?.end(r.stdout);
+    });
+    expect(shell.split("\n")).toEqual([join(runDir, "docker"), join(runDir, "containers/auth.json"), join(runDir, "tofu/cli.tfrc")]);
+    expect(existsSync(join(runDir, "docker", "config.json"))).toBe(true);
+    expect((await run(["wipe", "--run-dir", runDir])).code).toBe(0);
+    expect(existsSync(runDir)).toBe(false);
+  });
+
+  it("an entry without a name is reported with integration_name null", async () => {
+    const runDir = join(dir, "run-no-name");
+    const b = await seal({ plaintext: JSON.stringify({ version: 1, registries: [{ id: "anon", url: "https://quay.io", username: "u", password: CANARY }] }) });
+    const r = await run(materializeArgs(runDir, b, ["--format", "json"]));
+    expect(r.code).toBe(0);
+    expectNoSecret(r);
+    expect((JSON.parse(r.stdout) as { registries: unknown }).registries).toEqual([{ host: "quay.io", integration_id: "anon", integration_name: null }]);
+    expect((await run(["wipe", "--run-dir", runDir])).code).toBe(0);
   });
 
   it("seal reads the plaintext from stdin with --in -, and the bundle holds no plaintext", async () => {
