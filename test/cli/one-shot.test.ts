@@ -249,7 +249,7 @@ describe("seal → materialize → wipe", () => {
     expect(r.code).toBe(0);
     const shell = await new Promise<string>((resolve, reject) => {
       const child = execFile("sh", ["-c", 'eval "$(cat)"; printf "%s\\n%s\\n%s" "$DOCKER_CONFIG" "$REGISTRY_AUTH_FILE" "$TF_CLI_CONFIG_FILE"'], (error, stdout) => {
-        if (error) reject(error);
+        if (error) reject(new Error(error.message));
         else resolve(stdout);
       });
       child.stdin?.end(r.stdout);
