@@ -12,13 +12,10 @@ import { cpus, release, tmpdir, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { materializeRun } from "../src/app/materialize-run.js";
-import { createControlPlane, type ControlPlane } from "../src/control-plane/server.js";
+import type { ControlPlane } from "../src/control-plane/server.js";
 import type { RunRecord } from "../src/control-plane/store.js";
-import { generatePrivateKeyPem, parsePrivateKeyPem, publicKeyDoc, type AgentPrivateKey } from "../src/crypto/agent-key.js";
-import { sealBundle } from "../src/crypto/sealed-bundle.js";
-import { wipeRunDir } from "../src/fs/run-dir.js";
-import { realFs } from "../src/fs/secure-fs.js";
+import type { AgentPrivateKey } from "../src/crypto/agent-key.js";
+import { createControlPlane, generatePrivateKeyPem, materializeRun, parsePrivateKeyPem, publicKeyDoc, realFs, sealBundle, wipeRunDir } from "./support/shipped.js";
 import { startLocalRegistry } from "./support/local-registry.js";
 
 const quick = process.argv.includes("--quick");

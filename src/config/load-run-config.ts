@@ -5,7 +5,6 @@
  * was expected and where to fix it.
  */
 import { readFile } from "node:fs/promises";
-import { parse as parseYaml } from "yaml";
 import { AgentError, errnoCode } from "../core/errors.js";
 import { parseKeyUri, type KeySource } from "../keys/key-source.js";
 import { RUN_FIELDS, resolveConfig, type ConfigProblem, type ResolvedConfig } from "./schema.js";
@@ -44,6 +43,8 @@ export async function readConfigFile(path: string): Promise<unknown> {
   } catch (error) {
     throw new AgentError("CONFIG_INVALID", `cannot read the config file ${path} (${errnoCode(error) ?? "error"}); check --config / OCI_CRED_AGENT_CONFIG`, { path });
   }
+  // YAML is loaded only when a config file is used: the parser costs memory every agent would pay.
+  const { parse: parseYaml } = await import("yaml");
   try {
     return parseYaml(text) as unknown;
   } catch (error) {

@@ -104,38 +104,52 @@ export function renderRegistryFiles(
     else keptHelpers[key] = helper;
   }
 
-  const dockerAuths: Record<string, AuthEntry | null> = { ...keptAuths };
-  const containersAuths: Record<string, AuthEntry | null> = { ...keptAuths };
-  const dockerHelpers: Record<string, string> = { ...keptHelpers };
-  const containersHelpers: Record<string, string> = { ...keptHelpers };
+  // The exported entries are written as JSON text directly: for 10,000 registries, building
+  // dictionary-mode objects and stringifying them costs several times more. Keys are unique:
+  // base entries of exported registries were dropped above, and selection is one per registry.
   const credsStore = base?.credsStore;
+  const dockerAuths: string[] = Object.entries(keptAuths).map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v)}`);
+  const containersAuths: string[] = [...dockerAuths];
+  const keptHelperParts = Object.entries(keptHelpers).map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v)}`);
+  const dockerHelpers: string[] = [...keptHelperParts];
+  const containersHelpers: string[] = [...keptHelperParts];
   for (const { target, entry } of selected) {
+    const { docker, opentofu, containers } = target.keys;
+    const dockerKey = docker === undefined ? undefined : JSON.stringify(docker);
+    const tofuKey = JSON.stringify(opentofu);
+    const containersKey = JSON.stringify(containers);
     if (entry.credentialHelper !== undefined) {
       // OpenTofu and the Docker CLI run `docker-credential-<name> get` for credHelpers[host].
-      if (target.keys.docker !== undefined) dockerHelpers[target.keys.docker] = entry.credentialHelper;
-      dockerHelpers[target.keys.opentofu] = entry.credentialHelper;
-      containersHelpers[target.keys.containers] = entry.credentialHelper;
+      const helper = JSON.stringify(entry.credentialHelper);
+      if (dockerKey !== undefined && dockerKey !== tofuKey) dockerHelpers.push(`${dockerKey}:${helper}`);
+      dockerHelpers.push(`${tofuKey}:${helper}`);
+      containersHelpers.push(`${containersKey}:${helper}`);
       continue;
     }
-    const value = { auth: encodeAuth(entry.username, entry.password) };
-    if (target.keys.docker !== undefined) {
-      dockerAuths[target.keys.docker] = value;
-      if (credsStore !== undefined && credsStore !== "") dockerHelpers[target.keys.docker] = "";
+    // base64 needs no JSON escaping.
+    const value = `{"auth":"${encodeAuth(entry.username, entry.password)}"}`;
+    if (dockerKey !== undefined) {
+      if (dockerKey !== tofuKey) dockerAuths.push(`${dockerKey}:${value}`);
+      if (credsStore !== undefined && credsStore !== "") dockerHelpers.push(`${dockerKey}:""`);
     }
-    dockerAuths[target.keys.opentofu] = value;
-    containersAuths[target.keys.containers] = value;
+    dockerAuths.push(`${tofuKey}:${value}`);
+    containersAuths.push(`${containersKey}:${value}`);
   }
 
-  const dockerDoc: Record<string, unknown> = { ...(base ?? {}), auths: dockerAuths };
-  if (Object.keys(dockerHelpers).length > 0) dockerDoc["credHelpers"] = dockerHelpers;
-  else delete dockerDoc["credHelpers"];
-
-  const containersDoc: Record<string, unknown> = { auths: containersAuths };
-  if (Object.keys(containersHelpers).length > 0) containersDoc["credHelpers"] = containersHelpers;
+  // The rest of the operator's document (credsStore, proxies, ...) is kept, auths first.
+  const rest: Record<string, unknown> = { ...(base ?? {}) };
+  delete rest["auths"];
+  delete rest["credHelpers"];
+  const restJson = JSON.stringify(rest).slice(1, -1);
+  const dockerParts = [`"auths":{${dockerAuths.join(",")}}`];
+  if (dockerHelpers.length > 0) dockerParts.push(`"credHelpers":{${dockerHelpers.join(",")}}`);
+  if (restJson !== "") dockerParts.push(restJson);
+  const containersParts = [`"auths":{${containersAuths.join(",")}}`];
+  if (containersHelpers.length > 0) containersParts.push(`"credHelpers":{${containersHelpers.join(",")}}`);
 
   return {
-    dockerConfig: `${JSON.stringify(dockerDoc)}\n`,
-    containersAuth: `${JSON.stringify(containersDoc)}\n`,
+    dockerConfig: `{${dockerParts.join(",")}}\n`,
+    containersAuth: `{${containersParts.join(",")}}\n`,
     overridden,
   };
 }
