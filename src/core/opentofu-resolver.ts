@@ -92,6 +92,48 @@ function defaultCredentialsFrom(text: string, path: string): DefaultCredentials 
   };
 }
 
+interface OciCredentialsBlock {
+  readonly label: string;
+  readonly username: string | undefined;
+  readonly password: string | undefined;
+  readonly helper: string | undefined;
+}
+
+/**
+ * The `oci_credentials "<host[:port][/path]>"` blocks of a CLI configuration (HCL or JSON).
+ * OpenTofu considers them before any Docker-style file (explicit wins a specificity tie).
+ */
+function ociCredentialsBlocksFrom(text: string): OciCredentialsBlock[] {
+  const str = (v: unknown): string | undefined => (typeof v === "string" ? v : undefined);
+  if (text.trimStart().startsWith("{")) {
+    let doc: unknown;
+    try {
+      doc = JSON.parse(text);
+    } catch {
+      return [];
+    }
+    const raw = (doc as Record<string, unknown> | null)?.["oci_credentials"];
+    if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return [];
+    return Object.entries(raw as Record<string, unknown>).flatMap(([label, body]) =>
+      (Array.isArray(body) ? body : [body])
+        .filter((b): b is Record<string, unknown> => typeof b === "object" && b !== null)
+        .map((b) => ({ label, username: str(b["username"]), password: str(b["password"]), helper: str(b["docker_credentials_helper"]) })),
+    );
+  }
+  let items;
+  try {
+    items = scanTopLevel(text);
+  } catch {
+    return [];
+  }
+  return items
+    .filter((i) => i.name === "oci_credentials" && i.kind === "block" && i.labels[0] !== undefined)
+    .map((i) => {
+      const attrs = readBodyAttributes(text.slice(text.indexOf("{", i.start) + 1, i.end - 1));
+      return { label: i.labels[0] ?? "", username: str(attrs.get("username")), password: str(attrs.get("password")), helper: str(attrs.get("docker_credentials_helper")) };
+    });
+}
+
 function cliConfigPath(env: Env, readFile: ReadFile): string | undefined {
   const override = env["TF_CLI_CONFIG_FILE"] || env["TERRAFORM_CONFIG"];
   if (override) return override;
@@ -163,6 +205,7 @@ export function resolveOpenTofuCredential(address: string, env: Env, readFile: R
   const repository = m[2];
 
   let defaults: DefaultCredentials = { discoverAmbient: true, files: undefined, helper: undefined };
+  const candidates: Candidate[] = [];
   const configPath = cliConfigPath(env, readFile);
   if (configPath !== undefined) {
     const text = readFile(configPath);
@@ -170,10 +213,21 @@ export function resolveOpenTofuCredential(address: string, env: Env, readFile: R
       const parsed = defaultCredentialsFrom(text, configPath);
       if (parsed && "error" in parsed) return { source: "none", error: parsed.error };
       if (parsed) defaults = parsed;
+      // Explicit blocks come first: on equal specificity they beat every Docker-style file.
+      for (const block of ociCredentialsBlocksFrom(text)) {
+        const specificity = keySpecificity(block.label, host, repository);
+        if (specificity === 0) continue;
+        const resolution: Resolution =
+          block.helper !== undefined
+            ? { source: "helper", helper: block.helper, file: configPath, key: block.label }
+            : block.username !== undefined && block.password !== undefined
+              ? { source: "static", username: block.username, password: block.password, file: configPath, key: block.label }
+              : { source: "none", file: configPath, key: block.label, error: `oci_credentials "${block.label}" in ${configPath} has neither username and password nor docker_credentials_helper` };
+        candidates.push({ specificity, order: -2, resolution });
+      }
     }
   }
 
-  const candidates: Candidate[] = [];
   if (defaults.discoverAmbient) {
     if (defaults.files !== undefined) {
       for (const [i, path] of defaults.files.entries()) {
