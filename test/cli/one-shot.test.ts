@@ -359,7 +359,7 @@ describe("materialize refusals: exit 1, the code on stderr, nothing in the run d
     ["a missing parent directory", () => ({ args: (d) => materializeArgs(join(d, "deeper", "run"), bundleFile) }), "RUN_DIR_PARENT_MISSING"],
   ];
 
-  it.each(cases)("%s → %s", async (_name, make, code) => {
+  it.each(cases.map(([name, make, code]) => [`${name} → ${code}`, make, code] as const))("%s", async (_title, make, code) => {
     const { args, env: extraEnv } = await make();
     const runDir = join(dir, `refused-${code}-${Math.random().toString(16).slice(2)}`);
     const r = await run(args(runDir), extraEnv === undefined ? {} : { env: extraEnv });
