@@ -293,6 +293,20 @@ describe("open: malformed, unknown version, suite or type", () => {
     expect((await refusal(change(await seal()))).code).toBe(code);
   });
 
+  it("refuses a non-canonical base64url spelling of the same bytes (unused low bits set)", async () => {
+    const bundle = await seal();
+    const p = parts(bundle);
+    // 32 bytes are 43 characters; the last one carries 2 unused bits, which must be zero.
+    const last = p.enc.slice(-1);
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const twin = alphabet[alphabet.indexOf(last) ^ 1] ?? "A";
+    const altered = `${p.enc.slice(0, -1)}${twin}`;
+    expect(Buffer.from(altered, "base64url").equals(Buffer.from(p.enc, "base64url"))).toBe(true);
+    const e = await refusal(JSON.stringify({ ...p, enc: altered }));
+    expect(e.code).toBe("BUNDLE_MALFORMED");
+    expect(e.message).toContain("canonical");
+  });
+
   it("refuses bytes that are not UTF-8", async () => {
     expect((await refusal(new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]))).code).toBe("BUNDLE_MALFORMED");
   });
@@ -322,5 +336,17 @@ describe("open: replay", () => {
     const cache = new ReplayCache();
     await open(await seal({ bundleId: "fixed-bundle-id-0001" }), opts({ replayCache: cache }));
     expect((await refusal(await seal({ bundleId: "fixed-bundle-id-0001" }), opts({ replayCache: cache }))).code).toBe("BUNDLE_REPLAYED");
+  });
+});
+
+describe("ReplayCache", () => {
+  it("holds an id until its expiry, then lets it go", () => {
+    const cache = new ReplayCache();
+    cache.record("a", 2000, 1000);
+    cache.record("b", 5000, 1000);
+    expect(cache.has("a", 1999)).toBe(true);
+    expect(cache.has("a", 2000)).toBe(false);
+    expect(cache.has("b", 4999)).toBe(true);
+    expect(cache.has("c", 1000)).toBe(false);
   });
 });
