@@ -346,6 +346,25 @@ describe("materialize refusals: exit 1, the code on stderr, nothing in the run d
       "TOFU_CLI_CONFIG_CONFLICT",
     ],
     [
+      "an operator CLI configuration that does not parse",
+      () => {
+        const f = join(dir, "broken.tfrc");
+        writeFileSync(f, 'provider_installation {\n  direct {}\n');
+        return { args: (d) => materializeArgs(d, bundleFile), env: { TF_CLI_CONFIG_FILE: f } };
+      },
+      "TOFU_CLI_CONFIG_INVALID",
+    ],
+    [
+      "a credential helper that is not on PATH",
+      async () => {
+        const b = await seal({
+          plaintext: JSON.stringify({ version: 1, registries: [{ id: "ecr", url: "https://123.dkr.ecr.eu-west-1.amazonaws.com", credential_helper: "oci-cred-agent-test-missing" }, EXPORT.registries[0]] }),
+        });
+        return { args: (d) => materializeArgs(d, b) };
+      },
+      "CREDENTIAL_HELPER_NOT_FOUND",
+    ],
+    [
       "a key file readable by group",
       () => {
         const loose = join(dir, "group.key");
