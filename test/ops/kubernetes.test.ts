@@ -11,7 +11,9 @@
  *     and the security context is complete;
  *   - the Dockerfile's stages, user and entrypoint.
  */
-import { existsSync, readdirSync, readFileSync, realpathSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { basename, dirname, join, posix } from "node:path";
 import ts from "typescript";
 import { describe, expect, it } from "vitest";
@@ -22,6 +24,7 @@ import { PodDisruptionBudget } from "kubernetes-models/policy/v1";
 import { NetworkPolicy } from "kubernetes-models/networking.k8s.io/v1";
 import { RUN_FIELDS, parseFieldValue, resolveConfig, type FieldSpec } from "../../src/config/schema.js";
 import { toRunSettings } from "../../src/config/load-run-config.js";
+import { AGENT_BIN } from "../support/agent-process.js";
 
 const REPO = realpathSync(new URL("../../", import.meta.url));
 const DIR = join(REPO, "deploy/kubernetes");
@@ -238,6 +241,27 @@ describe("Kubernetes manifests: wiring to the agent", () => {
     expect(Object.keys(FLAGS).length).toBeGreaterThan(5);
     const s = agentSettings();
     expect(s.controlPlaneUrl).toMatch(/^https:\/\//);
+  });
+
+  it("the real CLI takes the container's args: `config print` with them (the ConfigMap's file in place) reports every flag and no problem", () => {
+    const configPath = String(FLAGS["config"]);
+    const { volume, rest } = mountOf(configPath);
+    const cm = MANIFESTS.find((m) => m.obj["kind"] === "ConfigMap" && asObj(m.obj["metadata"])["name"] === asObj(volume["configMap"])["name"]);
+    const dir = mkdtempSync(join(tmpdir(), "oci-cred-agent-cm-"));
+    try {
+      const file = join(dir, rest);
+      writeFileSync(file, String(asObj(cm?.obj["data"])[rest]));
+      const argv = ARGS.slice(1).map((a) => (a === `--config=${configPath}` ? `--config=${file}` : a));
+      expect(argv).toContain(`--config=${file}`);
+      const r = spawnSync(AGENT_BIN, ["config", "print", "--format", "json", ...argv], { encoding: "utf8", env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...CONTAINER_ENV } });
+      expect(r.status, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout) as { settings: { key: string; source: string }[]; problems: string[] };
+      expect(out.problems).toEqual([]);
+      for (const key of Object.keys(FLAGS)) expect(out.settings.find((x) => x.key === key)?.source, key).toBe("flag");
+      expect(out.settings.find((x) => x.key === "control_plane_url")?.source).toBe("file");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("liveness probes GET /healthz and readiness GET /readyz on the --listen port, which is not loopback-only", () => {

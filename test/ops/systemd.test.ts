@@ -19,6 +19,7 @@ import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { resolveRunConfig, toRunSettings } from "../../src/config/load-run-config.js";
 import { RUN_FIELDS, parseFieldValue, type FieldSpec } from "../../src/config/schema.js";
+import { AGENT_BIN } from "../support/agent-process.js";
 
 const REPO = realpathSync(new URL("../../", import.meta.url));
 const UNIT_NAME = "oci-cred-agent.service";
@@ -299,6 +300,18 @@ describe("systemd unit: wiring to the agent's configuration", () => {
     const flags = runFlags(start.args);
     expect(Object.keys(flags).length).toBeGreaterThan(3);
     await settings();
+  });
+
+  it("the real CLI takes the ExecStart= command line: `config print` with it and the unit's environment reports every flag and no problem", () => {
+    const r = spawnSync(AGENT_BIN, ["config", "print", "--format", "json", ...start.args.slice(1)], {
+      encoding: "utf8",
+      env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...unitEnv, ...fileEnv },
+    });
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { settings: { key: string; source: string }[]; problems: string[] };
+    expect(out.problems).toEqual([]);
+    for (const key of Object.keys(runFlags(start.args))) expect(out.settings.find((x) => x.key === key)?.source, key).toBe("flag");
+    expect(out.settings.find((x) => x.key === "control_plane_url")?.source).toBe("env");
   });
 
   it("TimeoutStopSec= exceeds the drain timeout plus the cancel grace, and stopping sends SIGTERM to the agent only", async () => {
