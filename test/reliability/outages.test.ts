@@ -97,7 +97,7 @@ describe("control-plane outages", () => {
     const { agent, workDir } = startAgentBehindProxy("five");
     try {
       await agent.waitForLog((l) => l["event"] === "registered");
-      const windowMs = 5000;
+      const windowMs = 4000;
       proxy.setMode({ kind: "status", status: 503 }, { cutInFlight: true });
       const from = Date.now();
       const runId = await h.createRun({ "main.tf": MAIN_TF });
@@ -154,7 +154,7 @@ describe("control-plane outages", () => {
     const { agent, workDir } = startAgentBehindProxy("reset");
     try {
       await agent.waitForLog((l) => l["event"] === "registered");
-      const windowMs = 4000;
+      const windowMs = 3000;
       proxy.setMode({ kind: "reset" }, { cutInFlight: true });
       const from = Date.now();
       const runId = await h.createRun({ "main.tf": MAIN_TF }, ["init", "plan"]);
@@ -185,10 +185,10 @@ describe("control-plane outages", () => {
       proxy.setMode({ kind: "stall" }, { cutInFlight: true, only: (m, p) => LEASES.test(p) && m === "POST" && p.includes("/agents/") });
       const stalled = await proxy.waitForRequest((r) => r.mode === "stall");
       runIds.push(await h.createRun({ "main.tf": MAIN_TF }, ["init"]));
-      await waitMs(1500);
+      await waitMs(1000);
       // Then one that cuts every long-poll after 300 ms, dropping leases the control plane handed out.
       proxy.setMode({ kind: "drop-after", ms: 300 }, { only: (m, p) => LEASES.test(p) && m === "POST" && p.includes("/agents/") });
-      for (let i = 0; i < 6; i++) {
+      for (let i = 0; i < 4; i++) {
         runIds.push(await h.createRun({ "main.tf": MAIN_TF }, ["init"]));
         await waitMs(250);
       }
