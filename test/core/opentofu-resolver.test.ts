@@ -258,6 +258,31 @@ describe("resolveOpenTofuCredential: lookup rules", () => {
   });
 });
 
+describe("resolveOpenTofuCredential: oci_credentials blocks come first", () => {
+  const docker = dockerFile({ "ghcr.io": auth("file", "f"), "ghcr.io/org": auth("file-org", "fo") });
+  const block = (label: string, body: string): string => `oci_credentials "${label}" {\n${body}\n}\n`;
+  const defaults = cliWithFiles(FILE);
+
+  it.each<[string, string, string, Record<string, unknown>]>([
+    ["a block beats a file entry of the same specificity", block("ghcr.io", '  username = "blk"\n  password = "b:k"') + defaults, "oci://ghcr.io/other/mod", { source: "static", username: "blk", password: "b:k" }],
+    ["a more specific file entry beats a host block", block("ghcr.io", '  username = "blk"\n  password = "b"') + defaults, "oci://ghcr.io/org/mod", { source: "static", username: "file-org" }],
+    ["a scoped block beats a host entry in a file", block("ghcr.io/other", '  username = "scoped"\n  password = "s"') + defaults, "oci://ghcr.io/other/mod", { source: "static", username: "scoped" }],
+    ["a block with a helper", block("quay.io", '  docker_credentials_helper = "pass"') + defaults, "oci://quay.io/x/y", { source: "helper", helper: "pass" }],
+    ["a block still applies without ambient discovery", `${block("quay.io", '  username = "q"\n  password = "q"')}oci_default_credentials {\n  discover_ambient_credentials = false\n}\n`, "oci://quay.io/x/y", { source: "static", username: "q" }],
+    ["a block for another host does not apply", block("quay.io", '  username = "q"\n  password = "q"') + defaults, "oci://ghcr.io/x/y", { source: "static", username: "file" }],
+  ])("%s", (_name, cli, address, expected) => {
+    expect(resolveOpenTofuCredential(address, { TF_CLI_CONFIG_FILE: CLI }, reader({ [CLI]: cli, [FILE]: docker }))).toMatchObject(expected);
+  });
+
+  it("the agent's configuration cuts an operator block for an exported registry, so the export wins", () => {
+    const operator = block("ghcr.io", '  username = "stale"\n  password = "stale"');
+    const withoutCut = operator + cliWithFiles(FILE);
+    expect(resolveOpenTofuCredential("oci://ghcr.io/x/y", { TF_CLI_CONFIG_FILE: CLI }, reader({ [CLI]: withoutCut, [FILE]: docker }))).toMatchObject({ username: "stale" });
+    const rendered = renderTofuCliConfig({ sources: [{ path: `${HOME}/.tofurc`, text: operator }], dockerConfigPath: FILE, exportedRegistries: new Set(["ghcr.io"]) });
+    expect(resolveOpenTofuCredential("oci://ghcr.io/x/y", { TF_CLI_CONFIG_FILE: CLI }, reader({ [CLI]: rendered.text, [FILE]: docker }))).toMatchObject({ username: "file" });
+  });
+});
+
 describe("the agent's rendered files resolve to the winning credential", () => {
   const runDir = "/run/oci-cred-agent/run-9";
   const dockerPath = `${runDir}/docker/config.json`;
