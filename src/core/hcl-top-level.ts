@@ -141,7 +141,9 @@ function skipValue(text: string, i: number): number {
   if (c === "{" || c === "[") return skipGroup(text, j);
   if (c === '"') return skipString(text, j);
   if (c === "<" && text[j + 1] === "<") return skipHeredoc(text, j);
-  while (j < text.length && text[j] !== "\n" && text[j] !== "#") j++;
+  // A bare value (number, bool, identifier) ends at the line's end or at a comment, which may
+  // span lines (/* ... */) and is left to skipTrivia.
+  while (j < text.length && text[j] !== "\n" && text[j] !== "#" && !(text[j] === "/" && (text[j + 1] === "/" || text[j + 1] === "*"))) j++;
   return j;
 }
 

@@ -102,7 +102,9 @@ const PLAIN_ENDPOINT = /^https:\/\/([a-z0-9][a-z0-9.-]*[a-z0-9])(?::([1-9]\d{0,4
 
 export function normalizeRegistryUrl(raw: string): NormalizeResult {
   const plain = PLAIN_ENDPOINT.exec(raw);
-  if (plain?.[1] !== undefined && !plain[1].includes("..") && !plain[1].startsWith("xn--") && !plain[1].includes(".xn--")) {
+  // A host whose last label is a number is an IPv4 address to the WHATWG URL parser, which
+  // canonicalizes it (127.1 → 127.0.0.1, 1.2.3.4.5 → invalid): leave those to the full parse.
+  if (plain?.[1] !== undefined && !plain[1].includes("..") && !plain[1].startsWith("xn--") && !plain[1].includes(".xn--") && !/(?:^|\.)(?:\d+|0x[0-9a-f]*)$/.test(plain[1])) {
     const port = plain[2];
     const portNumber = port === undefined ? 443 : Number(port);
     if (portNumber <= 65535) return { ok: true, target: targetForHost(portNumber === 443 ? plain[1] : `${plain[1]}:${portNumber}`) };

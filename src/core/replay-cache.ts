@@ -16,6 +16,9 @@ export class ReplayCache {
   record(bundleId: string, expiresAtMs: number, nowMs: number): void {
     this.prune(nowMs);
     this.expiries.set(bundleId, expiresAtMs);
+    // prune() sets nextPruneMs from the entries it saw; an entry added after it (or into an
+    // empty cache, which left nextPruneMs at +Infinity) must bring the next prune forward.
+    if (expiresAtMs < this.nextPruneMs) this.nextPruneMs = expiresAtMs;
   }
 
   get size(): number {

@@ -12,7 +12,7 @@
  * and it removes nothing else: an entry it does not recognize is reported and left in place.
  */
 import type { Stats } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { AgentError, errnoCode } from "../core/errors.js";
 import { currentUid, isTempNameFor, lstatIfExists, makePrivateDir, writeSecretFileAtomic, type FileSystem } from "./secure-fs.js";
 
@@ -39,7 +39,9 @@ export interface RunDirMeta {
 }
 
 /** Creates the run directory, its marker and its subdirectories. */
-export async function createRunDir(fs: FileSystem, runDir: string, meta: RunDirMeta): Promise<{ created: boolean }> {
+export async function createRunDir(fs: FileSystem, runDirPath: string, meta: RunDirMeta): Promise<{ created: boolean }> {
+  // A trailing "/" or "/." makes lstat follow a symlink at the last component: normalize first.
+  const runDir = resolve(runDirPath);
   const created = await makePrivateDir(fs, runDir, true);
   try {
     await writeSecretFileAtomic(
@@ -89,7 +91,9 @@ async function removeFile(fs: FileSystem, path: string): Promise<void> {
  * directory without the agent's marker; leaves (and reports) anything it did not write, after
  * removing every credential file it did write.
  */
-export async function wipeRunDir(fs: FileSystem, runDir: string): Promise<WipeReport> {
+export async function wipeRunDir(fs: FileSystem, runDirPath: string): Promise<WipeReport> {
+  // A trailing "/" or "/." makes lstat follow a symlink at the last component: normalize first.
+  const runDir = resolve(runDirPath);
   const st = await lstatIfExists(fs, runDir);
   if (st === undefined) return { removed: [], absent: true };
   if (st.isSymbolicLink() || !st.isDirectory() || st.uid !== currentUid()) {
