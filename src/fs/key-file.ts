@@ -1,11 +1,25 @@
 /**
  * Reading and creating the agent's private key file, with OpenSSH's caution: a key file that is
  * a symlink, not a regular file, owned by another user, or accessible by group or others is
- * refused ("UNPROTECTED PRIVATE KEY FILE"), with the command that fixes it.
+ * refused ("UNPROTECTED PRIVATE KEY FILE"), with the command that fixes it. One exception: a key
+ * that root provisions read-only for the agent's group (Kubernetes Secret volumes).
  */
 import { constants } from "node:fs";
 import { AgentError, errnoCode } from "../core/errors.js";
 import { currentUid, SECRET_FILE_MODE, type FileSystem } from "./secure-fs.js";
+
+/**
+ * A key that root provisions for the agent: owned by root, writable by nobody else, nothing for
+ * others, and readable at most by a group the agent is in, or by root's group (whose members are
+ * administrators anyway; systemd 255+ grants credentials through an ACL, which shows as that
+ * mask). Kubernetes writes Secret volumes this way: root:fsGroup, mode 0440. Only for an agent
+ * that does not run as root itself.
+ */
+function rootProvisioned(uid: number, gid: number, mode: number): boolean {
+  if (uid !== 0 || currentUid() === 0 || currentUid() === -1) return false;
+  if ((mode & 0o037) !== 0) return false;
+  return (mode & 0o040) === 0 || gid === 0 || (process.getgroups?.() ?? []).includes(gid);
+}
 
 /** Checks a key file's metadata; returns its contents. */
 export async function readProtectedKeyFile(fs: FileSystem, path: string): Promise<string> {
@@ -28,15 +42,16 @@ export async function readProtectedKeyFile(fs: FileSystem, path: string): Promis
   if (!st.isFile()) {
     throw new AgentError("KEY_FILE_NOT_REGULAR", `the key file ${path} is not a regular file; point --key-file at the key file itself`, { path });
   }
-  if (st.uid !== currentUid()) {
+  const mode = st.mode & 0o777;
+  const provisioned = rootProvisioned(st.uid, st.gid, mode);
+  if (st.uid !== currentUid() && !provisioned) {
     throw new AgentError(
       "KEY_FILE_WRONG_OWNER",
-      `the key file ${path} is owned by uid ${st.uid}, but the agent runs as uid ${currentUid()}; make the agent's user its owner: chown $(id -u) ${path}`,
+      `the key file ${path} is owned by uid ${st.uid} (mode ${mode.toString(8).padStart(4, "0")}, group ${st.gid}), but the agent runs as uid ${currentUid()}; make the agent's user its owner (chown $(id -u) ${path}), or, for a key that root provisions (a Kubernetes Secret with fsGroup), leave it root-owned with mode 0440 or 0400 and a group the agent is in`,
       { path, uid: st.uid },
     );
   }
-  const mode = st.mode & 0o777;
-  if ((mode & 0o077) !== 0) {
+  if (!provisioned && (mode & 0o077) !== 0) {
     throw new AgentError(
       "KEY_FILE_PERMISSIONS",
       `UNPROTECTED PRIVATE KEY FILE: ${path} has mode ${mode.toString(8).padStart(4, "0")}, so group or others can access it; run: chmod 600 ${path}`,
