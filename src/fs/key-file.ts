@@ -10,15 +10,15 @@ import { currentUid, SECRET_FILE_MODE, type FileSystem } from "./secure-fs.js";
 
 /**
  * A key that root provisions for the agent: owned by root, writable by nobody else, nothing for
- * others, and readable at most by a group the agent is in, or by root's group (whose members are
+ * others, and readable by a group the agent is in, or by root's group (whose members are
  * administrators anyway; systemd 255+ grants credentials through an ACL, which shows as that
  * mask). Kubernetes writes Secret volumes this way: root:fsGroup, mode 0440. Only for an agent
  * that does not run as root itself.
  */
 function rootProvisioned(uid: number, gid: number, mode: number): boolean {
   if (uid !== 0 || currentUid() === 0 || currentUid() === -1) return false;
-  if ((mode & 0o037) !== 0) return false;
-  return (mode & 0o040) === 0 || gid === 0 || (process.getgroups?.() ?? []).includes(gid);
+  if ((mode & 0o037) !== 0 || (mode & 0o040) === 0) return false;
+  return gid === 0 || (process.getgroups?.() ?? []).includes(gid);
 }
 
 /** Checks a key file's metadata; returns its contents. */
@@ -47,7 +47,7 @@ export async function readProtectedKeyFile(fs: FileSystem, path: string): Promis
   if (st.uid !== currentUid() && !provisioned) {
     throw new AgentError(
       "KEY_FILE_WRONG_OWNER",
-      `the key file ${path} is owned by uid ${st.uid} (mode ${mode.toString(8).padStart(4, "0")}, group ${st.gid}), but the agent runs as uid ${currentUid()}; make the agent's user its owner (chown $(id -u) ${path}), or, for a key that root provisions (a Kubernetes Secret with fsGroup), leave it root-owned with mode 0440 or 0400 and a group the agent is in`,
+      `the key file ${path} is owned by uid ${st.uid} (mode ${mode.toString(8).padStart(4, "0")}, group ${st.gid}), but the agent runs as uid ${currentUid()}; make the agent's user its owner (chown $(id -u) ${path}), or, for a key that root provisions (a Kubernetes Secret with fsGroup), leave it root-owned, mode 0440, with a group the agent is in`,
       { path, uid: st.uid },
     );
   }
@@ -58,7 +58,12 @@ export async function readProtectedKeyFile(fs: FileSystem, path: string): Promis
       { path, mode: mode.toString(8).padStart(4, "0") },
     );
   }
-  const handle = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  let handle;
+  try {
+    handle = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (error) {
+    throw new AgentError("INPUT_UNREADABLE", `the key file ${path} cannot be opened by uid ${currentUid()} (${errnoCode(error) ?? "error"}); check its owner, group and mode`, { path });
+  }
   try {
     const again = await handle.stat();
     if (again.ino !== st.ino || again.dev !== st.dev) {

@@ -8,7 +8,7 @@
  */
 import { join } from "node:path";
 import { homedir } from "node:os";
-import { errnoCode } from "../core/errors.js";
+import { AgentError, errnoCode } from "../core/errors.js";
 import type { OperatorCliConfigSource } from "../core/tofu-cli-config.js";
 import type { FileSystem } from "./secure-fs.js";
 
@@ -17,7 +17,11 @@ async function readIfExists(fs: FileSystem, path: string): Promise<OperatorCliCo
     return { path, text: await fs.readFile(path, "utf8") };
   } catch (error) {
     if (errnoCode(error) === "ENOENT") return undefined;
-    throw error;
+    throw new AgentError(
+      "TOFU_CLI_CONFIG_INVALID",
+      `the operator's OpenTofu CLI configuration ${path} cannot be read (${errnoCode(error) ?? "error"}); every run's tofu would read it too: make it readable by the agent's user, or unset TF_CLI_CONFIG_FILE in the agent's environment`,
+      { path },
+    );
   }
 }
 

@@ -80,8 +80,8 @@ describe("root-provisioned keys for a non-root agent", () => {
     expect(res.stderr).toContain("0440");
   });
 
-  it("refuses a root-owned key that its group may write or others may read", async () => {
-    for (const mode of [0o460, 0o444, 0o604]) {
+  it("refuses a root-owned key that its group may write or others may read, or that the agent cannot read", async () => {
+    for (const mode of [0o460, 0o444, 0o604, 0o400]) {
       const volume = await secretVolume(`mode-${mode.toString(8)}`, mode, FS_GROUP);
       const res = await runAs([FS_GROUP], ["pubkey", "--key", `file:${volume}`]);
       expect(res.code, `mode ${mode.toString(8)}`).toBe(1);
@@ -98,5 +98,27 @@ describe("root-provisioned keys for a non-root agent", () => {
     expect(res.code).toBe(1);
     expect(res.stderr).toContain("KEY_FILE_PERMISSIONS");
     expect(res.stderr).toContain("chmod 600");
+  });
+
+  it("an operator CLI configuration the agent cannot read is a clear refusal, not a crash", async () => {
+    const keyFile = join(dir, "agent-owned.key");
+    await writeFile(keyFile, pem, { mode: 0o600 });
+    await chown(keyFile, AGENT_UID, AGENT_UID);
+    const rc = join(dir, "unreadable.tfrc");
+    await writeFile(rc, "plugin_cache_dir = \"/x\"\n", { mode: 0o600 });
+    const res = await new Promise<{ code: number; stderr: string }>((resolve) => {
+      execFile(
+        "setpriv",
+        [`--reuid=${AGENT_UID}`, `--regid=${AGENT_UID}`, "--clear-groups", "--", AGENT_BIN, "materialize", "--key-file", keyFile, "--agent-id", "a", "--run-id", "r", "--bundle", "/dev/null", "--run-dir", join(dir, "never")],
+        { env: { PATH: process.env["PATH"] ?? "", HOME: dir, TF_CLI_CONFIG_FILE: rc }, encoding: "utf8" },
+        (error, _stdout, stderr) => {
+          resolve({ code: error ? (typeof error.code === "number" ? error.code : 1) : 0, stderr });
+        },
+      );
+    });
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain("TOFU_CLI_CONFIG_INVALID");
+    expect(res.stderr).toContain(rc);
+    expect(res.stderr).not.toContain("INTERNAL");
   });
 });
