@@ -134,7 +134,20 @@ export async function materializeRun(request: MaterializeRequest): Promise<Mater
     }
   }
 
+  // The operator's own helpers stay in the file OpenTofu reads; a missing one makes tofu init fail
+  // for the registries it serves (for credsStore: every registry the run does not export).
+  const baseHelpers = new Map<string, string>();
+  for (const [key, name] of Object.entries(base?.credHelpers ?? {})) if (name !== "" && !registryFiles.overridden.some((o) => o.key === key)) baseHelpers.set(name, key);
+  if (base?.credsStore !== undefined && base.credsStore !== "") baseHelpers.set(base.credsStore, "credsStore (every registry not exported)");
+  const baseHelperWarnings: string[] = [];
+  for (const [name, servedBy] of baseHelpers) {
+    if (!(await (request.helperExists ?? defaultHelperExists)(name))) {
+      baseHelperWarnings.push(`the base Docker config names docker-credential-${name} for ${servedBy}, but it is not on PATH: tofu init will fail for those registries; install it or remove it from --base-docker-config`);
+    }
+  }
+
   const warnings = [
+    ...baseHelperWarnings,
     ...selection.selected
       .filter((s) => s.target.path !== undefined)
       .map(

@@ -291,6 +291,25 @@ describe("seal → materialize → wipe", () => {
   });
 });
 
+describe("operator helpers in the base Docker config", () => {
+  it("warns when a helper the base config keeps (credHelpers, credsStore) is not on PATH, and names what it serves", async () => {
+    const bin = join(dir, "helper-bin");
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(join(bin, "docker-credential-present"), "#!/bin/sh\nexit 0\n", { mode: 0o755 });
+    const base = join(dir, "base-helpers.json");
+    writeFileSync(base, JSON.stringify({ credHelpers: { "quay.io": "present", "gcr.io": "gcloud-absent", "ghcr.io": "overridden-absent" }, credsStore: "store-absent" }));
+    const runDir = join(dir, "run-base-helpers");
+    const r = await run(materializeArgs(runDir, bundleFile, ["--base-docker-config", base]), { env: { PATH: `${bin}:${process.env["PATH"] ?? ""}` } });
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain("docker-credential-gcloud-absent for gcr.io, but it is not on PATH");
+    expect(r.stderr).toContain("docker-credential-store-absent for credsStore");
+    expect(r.stderr).not.toContain("docker-credential-present");
+    // ghcr.io is exported: its base helper is replaced, so its absence does not matter.
+    expect(r.stderr).not.toContain("overridden-absent for");
+    expect((await run(["wipe", "--run-dir", runDir])).code).toBe(0);
+  });
+});
+
 describe("materialize refusals: exit 1, the code on stderr, nothing in the run directory, no secret", () => {
   type Case = { args: (runDir: string) => string[]; env?: Record<string, string> };
   const cases: [string, () => Case | Promise<Case>, string][] = [
