@@ -121,10 +121,10 @@ function renderJson(main: OperatorCliConfigSource, rest: readonly OperatorCliCon
   }
   const obj = { ...(doc as Record<string, unknown>) };
   if ("oci_default_credentials" in obj) throw conflict(main.path, undefined);
-  const oci = obj["oci_credentials"];
-  if (typeof oci === "object" && oci !== null && !Array.isArray(oci)) {
+  // HCL's JSON syntax writes labelled blocks as an object keyed by label, or a list of such objects.
+  const cut = (labelled: Record<string, unknown>): Record<string, unknown> => {
     const kept: Record<string, unknown> = {};
-    for (const [label, value] of Object.entries(oci as Record<string, unknown>)) {
+    for (const [label, value] of Object.entries(labelled)) {
       const registry = identityOfConfigKey(label);
       if (registry !== undefined && exportedFor(input, registry)) {
         warnings.push(`oci_credentials "${label}" in ${main.path} is left out of this run's CLI configuration because the run exports credentials for ${registry}`);
@@ -132,8 +132,12 @@ function renderJson(main: OperatorCliConfigSource, rest: readonly OperatorCliCon
         kept[label] = value;
       }
     }
-    obj["oci_credentials"] = kept;
-  }
+    return kept;
+  };
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+  const oci = obj["oci_credentials"];
+  if (isObject(oci)) obj["oci_credentials"] = cut(oci);
+  else if (Array.isArray(oci)) obj["oci_credentials"] = (oci as unknown[]).map((item) => (isObject(item) ? cut(item) : item)).filter((item) => !isObject(item) || Object.keys(item).length > 0);
   for (const other of rest) {
     warnings.push(`the CLI configuration ${other.path} cannot be combined with the JSON file ${main.path}; it is not part of the run's CLI configuration`);
   }

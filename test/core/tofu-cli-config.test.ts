@@ -176,6 +176,17 @@ describe("renderTofuCliConfig (JSON main file)", () => {
     expect(warnings).toEqual([expect.stringContaining('oci_credentials "ghcr.io"')]);
   });
 
+  it("cuts exported oci_credentials written in the list form of HCL's JSON syntax too", () => {
+    const main = {
+      oci_credentials: [{ "ghcr.io": { username: "g", password: "g-pw" } }, { "quay.io": { username: "q", password: "q-pw" }, "GHCR.io/org": { username: "o", password: "o-pw" } }],
+    };
+    const { text, warnings } = render([{ path: "/home/op/.tofurc", text: JSON.stringify(main) }], ["ghcr.io"]);
+    expect((JSON.parse(text) as { oci_credentials: unknown }).oci_credentials).toEqual([{ "quay.io": { username: "q", password: "q-pw" } }]);
+    expect(warnings).toHaveLength(2);
+    expect(text).not.toContain("g-pw");
+    expect(text).not.toContain("o-pw");
+  });
+
   it("warns about and leaves out the other files", () => {
     const { text, warnings } = render([
       { path: "/m.json", text: "{}" },
