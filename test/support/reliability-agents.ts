@@ -51,9 +51,14 @@ export async function shTofu(dir: string): Promise<string> {
   return path;
 }
 
+/**
+ * Starts `oci-cred-agent run`. The registries of these tests do not exist, so the check before
+ * init is off (--no-preflight): it is not what these tests are about, and under load every run
+ * would wait on DNS for the same missing host.
+ */
 export function launchAgent(url: string, files: AgentFiles, workDir: string, extra: readonly string[] = [], env: NodeJS.ProcessEnv = {}): AgentProcess {
   return startAgent(
-    ["--control-plane-url", url, "--token-file", files.tokenFile, "--key-file", files.keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--cancel-grace", "500ms", "--listen", "127.0.0.1:0", ...extra],
+    ["--control-plane-url", url, "--token-file", files.tokenFile, "--key-file", files.keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--cancel-grace", "500ms", "--listen", "127.0.0.1:0", "--no-preflight", ...extra],
     { HOME: files.dir, TF_CLI_CONFIG_FILE: "", ...env },
   );
 }
