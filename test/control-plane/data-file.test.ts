@@ -1,0 +1,213 @@
+/**
+ * `oci-cred-agent control-plane --data-file`: state survives a restart of the real CLI process,
+ * passwords are encrypted at rest (no form of the canary password in the file), the file and
+ * its key are mode 0600, and a run in flight at the stop fails rather than running again. The
+ * restored password is the real one: a bundle leased after the restart opens to it.
+ */
+import { execFile, spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parsePrivateKeyPem } from "../../src/crypto/agent-key.js";
+import { openBundle } from "../../src/crypto/sealed-bundle.js";
+import { tarGz } from "../support/control-plane-harness.js";
+
+const execFileAsync = promisify(execFile);
+const BIN = fileURLToPath(new URL("../../bin/oci-cred-agent", import.meta.url));
+const CANARY = `CANARY-${randomBytes(6).toString("hex")}:pw"with\\odd/</x>`;
+const USER = "octocat";
+
+/** Every form in which a password could sit in a JSON file. */
+function leakForms(secret: string, username: string): string[] {
+  const forms = [secret, JSON.stringify(secret).slice(1, -1), encodeURIComponent(secret), Buffer.from(secret, "utf8").toString("hex")];
+  for (const text of [secret, `${username}:${secret}`]) {
+    const bytes = Buffer.from(text, "utf8");
+    forms.push(bytes.toString("base64").replace(/=+$/, ""), bytes.toString("base64url"));
+    for (const pad of [1, 2]) {
+      const shifted = Buffer.concat([Buffer.alloc(pad, 0x41), bytes]).toString("base64");
+      forms.push(shifted.slice(4, shifted.length - 4));
+    }
+  }
+  return forms;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createNetServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => {
+        resolve(port);
+      });
+    });
+  });
+}
+
+interface CliControlPlane {
+  readonly url: string;
+  output(): string;
+  stop(): Promise<number | null>;
+}
+
+let dir: string;
+let dataFile: string;
+const adminToken = randomBytes(24).toString("base64url");
+const agentToken = randomBytes(24).toString("base64url");
+const running: CliControlPlane[] = [];
+
+async function startCliControlPlane(): Promise<CliControlPlane> {
+  const child: ChildProcessWithoutNullStreams = spawn(
+    BIN,
+    ["control-plane", "--listen", "127.0.0.1:0", "--admin-token-file", join(dir, "admin.token"), "--agent-token-file", join(dir, "agent.token"), "--data-file", dataFile],
+    { env: { ...process.env }, stdio: ["pipe", "pipe", "pipe"] },
+  );
+  let raw = "";
+  const exited = once(child, "exit") as Promise<[number | null, NodeJS.Signals | null]>;
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stdout.on("data", (chunk: Buffer) => {
+      raw += chunk.toString("utf8");
+      const m = /"event":"control_plane_listening","url":"([^"]+)"/.exec(raw);
+      if (m?.[1] !== undefined) resolve(m[1]);
+    });
+    child.stderr.on("data", (chunk: Buffer) => (raw += chunk.toString("utf8")));
+    void exited.then(([code]) => {
+      reject(new Error(`control-plane exited (${String(code)}) before listening: ${raw}`));
+    });
+  });
+  let stopped: Promise<number | null> | undefined;
+  const cp: CliControlPlane = {
+    url,
+    output: () => raw,
+    stop() {
+      stopped ??= (async () => {
+        if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+        const [code] = await exited;
+        return code;
+      })();
+      return stopped;
+    },
+  };
+  running.push(cp);
+  return cp;
+}
+
+async function api(cp: CliControlPlane, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown>; text: string }> {
+  const token = path.startsWith("/api/admin/") ? adminToken : agentToken;
+  const res = await fetch(`${cp.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  const text = await res.text();
+  return { status: res.status, text, json: text === "" ? {} : (JSON.parse(text) as Record<string, unknown>) };
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "oca-cp-data-"));
+  dataFile = join(dir, "state.json");
+  await writeFile(join(dir, "admin.token"), `${adminToken}\n`, { mode: 0o600 });
+  await writeFile(join(dir, "agent.token"), `${agentToken}\n`, { mode: 0o600 });
+});
+
+afterAll(async () => {
+  for (const cp of running) await cp.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe("--data-file", () => {
+  let kept: Record<string, unknown>;
+  let helper: Record<string, unknown>;
+  let deleted: string;
+  let queuedRun: string;
+  let unreachable: string;
+
+  it("the first process saves its state on SIGTERM, with the password encrypted and the files mode 0600", async () => {
+    const first = await startCliControlPlane();
+    unreachable = `https://127.0.0.1:${await freePort()}`;
+    const made = await api(first, "POST", "/api/admin/v1/integrations", { name: "kept", registry_url: unreachable, username: USER, password: CANARY, export_credentials: true });
+    expect(made.status).toBe(201);
+    const { warnings: _w, ...rest } = made.json;
+    kept = rest;
+    const h = await api(first, "POST", "/api/admin/v1/integrations", { name: "helper", registry_url: "https://127.0.0.1:1", credential_helper: "ecr-login", export_credentials: true });
+    expect(h.status).toBe(201);
+    const { warnings: _w2, ...hrest } = h.json;
+    helper = hrest;
+    const gone = await api(first, "POST", "/api/admin/v1/integrations", { name: "deleted", registry_url: unreachable, username: "x", password: `${CANARY}-deleted`, export_credentials: true });
+    deleted = gone.json["id"] as string;
+    expect((await api(first, "DELETE", `/api/admin/v1/integrations/${deleted}`)).status).toBe(204);
+    const archive = await tarGz({ "main.tf": "\n" });
+    queuedRun = (await api(first, "POST", "/api/admin/v1/runs", { configuration_tar_gz_base64: archive.toString("base64"), phases: ["init"] })).json["id"] as string;
+
+    expect(await first.stop()).toBe(0);
+    expect(first.output()).not.toContain(CANARY);
+
+    const st = await stat(dataFile);
+    expect(st.mode & 0o777).toBe(0o600);
+    expect((await stat(`${dataFile}.key`)).mode & 0o777).toBe(0o600);
+    const text = await readFile(dataFile, "utf8");
+    // The file is the state: it names what was saved...
+    expect(text).toContain(kept["id"] as string);
+    expect(text).toContain(queuedRun);
+    // ...and holds no form of any password.
+    for (const secret of [CANARY, `${CANARY}-deleted`]) {
+      for (const form of leakForms(secret, USER)) expect(text.includes(form), `the data file holds ${form}`).toBe(false);
+    }
+    // No temporary file is left beside it.
+    expect((await readdir(dir)).filter((n) => n.startsWith("state.json")).sort()).toEqual(["state.json", "state.json.key"]);
+  });
+
+  it("a restarted process serves the same integrations; the queued run failed CONTROL_PLANE_RESTARTED", async () => {
+    const second = await startCliControlPlane();
+    const list = await api(second, "GET", "/api/admin/v1/integrations");
+    expect(list.status).toBe(200);
+    const items = list.json["integrations"] as Record<string, unknown>[];
+    expect(items.map((i) => i["id"]).sort()).toEqual([kept["id"], helper["id"]].sort());
+    expect(items.find((i) => i["id"] === kept["id"])).toEqual(kept);
+    expect(items.find((i) => i["id"] === helper["id"])).toEqual(helper);
+    expect(kept).toMatchObject({ name: "kept", registry_url: unreachable, username: USER, has_password: true, export_credentials: true });
+    expect(list.text).not.toContain(CANARY);
+
+    const run = await api(second, "GET", `/api/admin/v1/runs/${queuedRun}`);
+    expect(run.json).toMatchObject({ id: queuedRun, status: "failed", error: { code: "CONTROL_PLANE_RESTARTED" } });
+  });
+
+  it("the restored password is the real one: a bundle leased after the restart opens to it", async () => {
+    const second = running[running.length - 1] as CliControlPlane;
+    const keyFile = join(dir, "agent.key");
+    await execFileAsync(BIN, ["keygen", "--key-file", keyFile]);
+    const doc = JSON.parse((await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout) as unknown;
+    const reg = await api(second, "POST", "/api/agent/v1/agents", { name: "a", version: "1", concurrency: 1, public_keys: [doc] });
+    expect(reg.status).toBe(201);
+    const agentId = reg.json["agent_id"] as string;
+    const archive = await tarGz({ "main.tf": "\n" });
+    const runId = (await api(second, "POST", "/api/admin/v1/runs", { configuration_tar_gz_base64: archive.toString("base64"), phases: ["init"] })).json["id"] as string;
+    // The failed run from before the restart is not leased again: only the new one.
+    const leased = await api(second, "POST", `/api/agent/v1/agents/${agentId}/leases`, { max: 5, wait_seconds: 5 });
+    const leases = leased.json["leases"] as { lease_id: string; run: { id: string }; bundle: string }[];
+    expect(leases.map((l) => l.run.id)).toEqual([runId]);
+    const key = await parsePrivateKeyPem(await readFile(keyFile, "utf8"), keyFile);
+    const opened = await openBundle(Buffer.from(leases[0]?.bundle ?? "", "utf8"), {
+      keys: new Map([[key.kid, key]]),
+      agentId,
+      runId,
+      nowMs: Date.now(),
+      maxLifetimeSeconds: 3600,
+      clockSkewSeconds: 120,
+    });
+    const plain = JSON.parse(Buffer.from(opened.plaintext).toString("utf8")) as { registries: Record<string, unknown>[] };
+    expect(plain.registries.find((r) => r["id"] === kept["id"])).toMatchObject({ username: USER, password: CANARY });
+    expect(plain.registries.find((r) => r["id"] === helper["id"])).toMatchObject({ credential_helper: "ecr-login" });
+    expect(plain.registries.map((r) => r["id"])).not.toContain(deleted);
+    expect(await second.stop()).toBe(0);
+    const text = await readFile(dataFile, "utf8");
+    for (const form of leakForms(CANARY, USER)) expect(text.includes(form), `the data file holds ${form}`).toBe(false);
+    expect((await stat(dataFile)).mode & 0o777).toBe(0o600);
+  });
+});
