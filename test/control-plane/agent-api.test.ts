@@ -277,7 +277,21 @@ describe("the sealed bundle and the run's events", () => {
     const off = await createIntegration({ name: "Y export off", registry_url: y, username: "cid", password: CANARY_OFF, export_credentials: false });
     const scoped = await createIntegration({ name: "Y org-a", registry_url: `${y}/org-a`, username: "dee", password: CANARY_SCOPED, export_credentials: true });
     const helper = await createIntegration({ name: "ECR", registry_url: "https://123.dkr.ecr.example.test", credential_helper: "ecr-login", export_credentials: true });
-    const scopedHelper = await createIntegration({ name: "helper with a path", registry_url: `${y}/org-b`, credential_helper: "gcr", export_credentials: true });
+    // A helper on a repository path cannot be exported (credHelpers is keyed by host). Put in
+    // the store directly, as an older data file could hold it, whatever the admin API accepts.
+    const scopedHelper = "int-scoped-helper";
+    const at = cp.store.iso();
+    cp.store.integrations.set(scopedHelper, {
+      id: scopedHelper,
+      name: "helper with a path",
+      registry_url: `${y}/org-b`,
+      username: "",
+      password: "",
+      credential_helper: "gcr",
+      export_credentials: true,
+      created_at: at,
+      updated_at: at,
+    });
     ids = { older, newer, off, scoped, helper, scopedHelper };
     agent = await register();
   });
