@@ -103,8 +103,20 @@ export class AdminApi {
     return { url: path === "" ? url.origin : `${url.origin}/${path}`, warnings };
   }
 
+  /** Credential helpers serve a whole host (credHelpers is keyed by host): the agent leaves a scoped one out. */
+  private static checkHelperUrl(url: string, helper: string | null | undefined): void {
+    if (helper === null || helper === undefined || new URL(url).pathname === "/") return;
+    throw new HttpError(
+      422,
+      "REGISTRY_URL_NOT_BARE",
+      `a credential helper serves a whole registry host (Docker's credHelpers is keyed by host); use the bare endpoint ${new URL(url).origin} for docker-credential-${helper}`,
+      { field: "registry_url" },
+    );
+  }
+
   private async createIntegration(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJson(req, createIntegrationSchema, 1024 * 1024);
+    AdminApi.checkHelperUrl(checkRegistryUrlForm(body.registry_url).href, body.credential_helper);
     const { url, warnings } = await this.validateUrl(body.registry_url);
     const now = this.store.iso();
     const integration: Integration = {
@@ -125,6 +137,19 @@ export class AdminApi {
 
   private async patchIntegration(req: IncomingMessage, res: ServerResponse, integration: Integration): Promise<void> {
     const body = await readJson(req, patchIntegrationSchema, 1024 * 1024);
+    // The same rule as POST, on the integration as it would be after the change.
+    if (body.credential_helper !== undefined && (body.username !== undefined || body.password !== undefined)) {
+      throw new HttpError(422, "BODY_INVALID", "the request body is invalid: give username and password, or credential_helper instead of both");
+    }
+    const toPassword = body.credential_helper === undefined && (body.username !== undefined || body.password !== undefined);
+    const helperAfter = body.credential_helper ?? (toPassword ? null : integration.credential_helper);
+    if (helperAfter === null && (body.username ?? integration.username) === "") {
+      throw new HttpError(422, "BODY_INVALID", "the request body is invalid: an integration without credential_helper needs username and password; give both to replace the credential helper", { fields: ["username"] });
+    }
+    if (helperAfter === null && (body.password ?? integration.password) === "") {
+      throw new HttpError(422, "BODY_INVALID", "the request body is invalid: an integration without credential_helper needs username and password; give both to replace the credential helper", { fields: ["password"] });
+    }
+    AdminApi.checkHelperUrl(body.registry_url === undefined ? integration.registry_url : checkRegistryUrlForm(body.registry_url).href, helperAfter);
     let warnings: string[] = [];
     if (body.registry_url !== undefined) {
       const checked = await this.validateUrl(body.registry_url);
@@ -138,7 +163,7 @@ export class AdminApi {
       integration.credential_helper = body.credential_helper;
       integration.username = "";
       integration.password = "";
-    } else if (body.password !== undefined) integration.credential_helper = null;
+    } else if (toPassword) integration.credential_helper = null;
     if (body.export_credentials !== undefined) integration.export_credentials = body.export_credentials;
     integration.updated_at = this.store.iso();
     this.store.emit("changed");

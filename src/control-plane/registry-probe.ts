@@ -22,6 +22,9 @@ const KNOWN_NOT_ENDPOINTS: Readonly<Record<string, string>> = {
   "www.docker.com": "https://registry-1.docker.io",
 };
 
+/** `/v2/` or `/v1/` after the host names the API, not a repository: the agent reads it as the bare endpoint. */
+const API_SUFFIX = /^\/v[12]\/?$/;
+
 export function checkRegistryUrlForm(raw: string): URL {
   let url: URL;
   try {
@@ -35,6 +38,7 @@ export function checkRegistryUrlForm(raw: string): URL {
   if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "") {
     throw new HttpError(422, "REGISTRY_URL_NOT_BARE", `registry_url must have no query, fragment or user information; use https://${url.host}`, { field: "registry_url" });
   }
+  if (API_SUFFIX.test(url.pathname)) url.pathname = "/";
   if (url.pathname !== "/" && url.pathname !== "" && repositoryPath(url.pathname) === undefined) {
     throw new HttpError(
       422,
@@ -57,11 +61,17 @@ export const probeRegistry: RegistryProber = async (url) => {
   const target = new URL("/v2/", url);
   let status: number;
   let location: string | undefined;
+  let apiVersion: string | undefined;
+  let contentType: string;
   try {
     const res = await request(target, { method: "GET", headersTimeout: 5000, bodyTimeout: 5000 });
     status = res.statusCode;
     const loc = res.headers["location"];
     location = Array.isArray(loc) ? loc[0] : loc;
+    const version = res.headers["docker-distribution-api-version"];
+    apiVersion = Array.isArray(version) ? version[0] : version;
+    const type = res.headers["content-type"];
+    contentType = (Array.isArray(type) ? type[0] : type) ?? "";
     await res.body.dump();
   } catch (error) {
     const why = error instanceof Error ? (("code" in error && typeof error.code === "string" ? error.code : error.name)) : "error";
@@ -85,6 +95,16 @@ export const probeRegistry: RegistryProber = async (url) => {
     throw new HttpError(422, "REGISTRY_URL_NOT_A_REGISTRY", `${target.href} answered HTTP ${status}; a Docker Registry HTTP API V2 endpoint answers 200 or 401. Check the URL`, {
       field: "registry_url",
     });
+  }
+  // A website (an SPA or a catch-all page) answers 200 to any path; a registry's /v2/ answers
+  // JSON ({}) and, in practice, Docker-Distribution-API-Version: registry/2.0.
+  if (status === 200 && apiVersion === undefined && !/\bjson\b/i.test(contentType)) {
+    throw new HttpError(
+      422,
+      "REGISTRY_URL_NOT_A_REGISTRY",
+      `${target.href} answered HTTP 200 with ${contentType === "" ? "no content type" : contentType} and no Docker-Distribution-API-Version header: a web page, not a Docker Registry HTTP API V2 endpoint. Check the URL`,
+      { field: "registry_url" },
+    );
   }
   return { warnings: [] };
 };

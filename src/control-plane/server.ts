@@ -56,19 +56,27 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
     });
   }
 
+  function segments(path: string): string[] {
+    try {
+      return path.split("/").filter(Boolean).map(decodeURIComponent);
+    } catch {
+      throw new HttpError(400, "PATH_INVALID", "the request path has a malformed percent-encoding");
+    }
+  }
+
   async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://control-plane.invalid");
     const path = url.pathname;
     if (path === "/healthz") { sendJson(res, 200, { status: "ok" }); return; }
     if (path.startsWith(`${ADMIN_API_PREFIX}/`)) {
       if (!bearerMatches(req, options.adminToken)) throw new HttpError(401, "UNAUTHORIZED", "the admin API needs Authorization: Bearer <admin token>");
-      return admin.handle(req, res, path.slice(ADMIN_API_PREFIX.length + 1).split("/").filter(Boolean).map(decodeURIComponent));
+      return admin.handle(req, res, segments(path.slice(ADMIN_API_PREFIX.length + 1)));
     }
     if (path.startsWith(`${AGENT_API_PREFIX}/`)) {
       if (!bearerMatches(req, options.agentToken)) {
         throw new HttpError(401, "UNAUTHORIZED", "the agent API needs Authorization: Bearer <agent pool token>; the token was missing, wrong or revoked");
       }
-      return agent.handle(req, res, path.slice(AGENT_API_PREFIX.length + 1).split("/").filter(Boolean).map(decodeURIComponent));
+      return agent.handle(req, res, segments(path.slice(AGENT_API_PREFIX.length + 1)));
     }
     throw new HttpError(404, "NOT_FOUND", `no route ${path}`);
   }

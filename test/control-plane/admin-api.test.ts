@@ -117,6 +117,7 @@ const probedPaths: string[] = [];
 let scopedRegistryPort: number;
 let redirectingPort: number;
 let notFoundPort: number;
+let websitePort: number;
 /** Every answer any test got, raw, for the leak check at the end. */
 const answers: { where: string; text: string }[] = [];
 
@@ -155,6 +156,9 @@ beforeAll(async () => {
   });
   redirectingPort = await httpsServer(tls, (_req, res) => {
     res.writeHead(301, { location: `https://127.0.0.1:${scopedRegistryPort}/v2/` }).end();
+  });
+  websitePort = await httpsServer(tls, (_req, res) => {
+    res.writeHead(200, { "content-type": "text/html" }).end("<!doctype html><title>Welcome</title><p>our website</p>");
   });
   notFoundPort = await httpsServer(tls, (_req, res) => {
     res.writeHead(404, { "content-type": "text/plain" }).end("not found");
@@ -299,6 +303,45 @@ describe("admin API: registry_url validation", () => {
     expect(a.status).toBe(422);
     expect(errorOf(a).code).toBe("REGISTRY_URL_NOT_A_REGISTRY");
     expect(errorOf(a).message).toContain("404");
+  });
+
+  it("refuses a website whose /v2/ answers 200 HTML without Docker-Distribution-API-Version (REGISTRY_URL_NOT_A_REGISTRY)", async () => {
+    const a = await create(`https://127.0.0.1:${websitePort}`);
+    expect(a.status).toBe(422);
+    expect(errorOf(a).code).toBe("REGISTRY_URL_NOT_A_REGISTRY");
+  });
+
+
+  it("refuses credential_helper on a repository-scoped URL (credHelpers is keyed by host)", async () => {
+    const a = await create(`${registry.url}/org-a`, { credential_helper: "gcr", export_credentials: true });
+    expect(a.status).toBe(422);
+    expect(errorOf(a).message).toMatch(/credential helper/);
+  });
+
+  it("normalizes an API-suffixed URL (https://HOST/v2/) to the bare endpoint", async () => {
+    const a = await create(`${registry.url}/v2/`);
+    expect(a.status).toBe(201);
+    expect(a.json["registry_url"]).toBe(registry.url);
+    await admin("DELETE", `/integrations/${a.json["id"] as string}`);
+  });
+
+  it("PATCH keeps the rule of POST: credential_helper with a password is refused; a password needs a username", async () => {
+    const made = await create(registry.url, { credential_helper: "ecr-login", export_credentials: true });
+    const hid = made.json["id"] as string;
+    const both = await admin("PATCH", `/integrations/${hid}`, { credential_helper: "gcr", username: "u", password: CANARY });
+    expect(both.status).toBe(422);
+    const noUser = await admin("PATCH", `/integrations/${hid}`, { password: CANARY });
+    expect(noUser.status).toBe(422);
+    expect((await admin("GET", `/integrations/${hid}`)).json).toMatchObject({ credential_helper: "ecr-login", has_password: false, username: "" });
+    const switched = await admin("PATCH", `/integrations/${hid}`, { username: "u", password: CANARY });
+    expect(switched.status).toBe(200);
+    expect(switched.json).toMatchObject({ credential_helper: null, has_password: true, username: "u" });
+    await admin("DELETE", `/integrations/${hid}`);
+  });
+
+  it("answers 400, not 500, to a malformed percent-encoded path", async () => {
+    const a = await admin("GET", "/integrations/%E0%A4%A");
+    expect(a.status).toBe(400);
   });
 
   it("accepts an endpoint that cannot be reached, with a warning that it could not be verified", async () => {
