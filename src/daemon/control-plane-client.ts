@@ -37,6 +37,12 @@ export interface ControlPlaneClientOptions {
 }
 
 const DEFAULT_MAX_RESPONSE = 80 * 1024 * 1024;
+/**
+ * Every answer but a lease (which carries bundles) and a configuration archive is a few hundred
+ * bytes. Bounding them tightly matters because heartbeats run for every active run at once: with
+ * the lease bound, 50 runs could each buffer 80 MiB from one hostile answer.
+ */
+const SMALL_ANSWER_BYTES = 256 * 1024;
 
 export class ControlPlaneClient {
   private readonly dispatcher: Dispatcher;
@@ -160,12 +166,12 @@ export class ControlPlaneClient {
   }
 
   async register(body: RegisterRequest): Promise<RegisterResponse> {
-    const { bytes } = await this.call("POST", "/agents", body);
+    const { bytes } = await this.call("POST", "/agents", body, { maxBytes: SMALL_ANSWER_BYTES });
     return this.parse(bytes, registerResponseSchema, "registration answer");
   }
 
   async updateKeys(agentId: string, publicKeys: RegisterRequest["public_keys"]): Promise<void> {
-    await this.call("PUT", `/agents/${encodeURIComponent(agentId)}/keys`, { public_keys: publicKeys });
+    await this.call("PUT", `/agents/${encodeURIComponent(agentId)}/keys`, { public_keys: publicKeys }, { maxBytes: SMALL_ANSWER_BYTES });
   }
 
   async lease(agentId: string, max: number, waitSeconds: number, signal: AbortSignal): Promise<Lease[]> {
@@ -182,19 +188,19 @@ export class ControlPlaneClient {
   }
 
   async heartbeat(leaseId: string): Promise<HeartbeatResponse> {
-    const { bytes } = await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/heartbeat`, {}, { leaseRoute: true });
+    const { bytes } = await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/heartbeat`, {}, { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES });
     return this.parse(bytes, heartbeatResponseSchema, "heartbeat answer");
   }
 
   async events(leaseId: string, events: RunEvent[]): Promise<void> {
-    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/events`, { events }, { leaseRoute: true });
+    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/events`, { events }, { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES });
   }
 
   async log(leaseId: string, chunk: LogChunk): Promise<void> {
-    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/logs`, chunk, { leaseRoute: true });
+    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/logs`, chunk, { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES });
   }
 
   async complete(leaseId: string, body: CompleteRequest): Promise<void> {
-    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/complete`, body, { leaseRoute: true });
+    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/complete`, body, { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES });
   }
 }

@@ -45,6 +45,9 @@ function answerNextPoll(a: Answer): void {
   else leaseAnswers.push(a);
 }
 const configAnswers = new Map<string, Answer>();
+/** Heartbeat answers by lease id, used once each; and leases whose heartbeats ask to cancel. */
+const heartbeatAnswers = new Map<string, Answer>();
+const cancelLeases = new Set<string>();
 const completions: { leaseId: string; body: { outcome: string; error?: { code: string } } }[] = [];
 let leaseRequests = 0;
 /** The number of the long-poll that got the last queued answer. */
@@ -149,7 +152,11 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
       return;
     }
     const body = await readAll(req);
-    if (action === "heartbeat") json(res, 200, { expires_at: new Date(Date.now() + 60_000).toISOString(), cancel_requested: false });
+    const hb = action === "heartbeat" ? heartbeatAnswers.get(leaseId) : undefined;
+    if (hb) {
+      heartbeatAnswers.delete(leaseId);
+      hb(req, res);
+    } else if (action === "heartbeat") json(res, 200, { expires_at: new Date(Date.now() + 60_000).toISOString(), cancel_requested: cancelLeases.has(leaseId) });
     else if (action === "complete") {
       completions.push({ leaseId, body: JSON.parse(body) as { outcome: string; error?: { code: string } } });
       json(res, 200, {});
@@ -166,7 +173,7 @@ function nextLog(predicate: (l: LogLine) => boolean, timeoutMs = 30_000): Promis
   return agent.waitForLog((l) => agent.lines.indexOf(l) >= from && predicate(l), timeoutMs);
 }
 
-async function leaseWithBigConfiguration(runId: string, configuration: Buffer, answer: Answer, announcedSha256?: string): Promise<string> {
+async function leaseWithBigConfiguration(runId: string, configuration: Buffer, answer: Answer | "inline", announcedSha256?: string): Promise<string> {
   if (!publicKey) throw new Error("agent not registered");
   const bundle = await sealBundle({
     recipient: parsePublicKeyDoc(JSON.stringify(publicKey), "agent key"),
@@ -177,7 +184,7 @@ async function leaseWithBigConfiguration(runId: string, configuration: Buffer, a
     ttlSeconds: 300,
   });
   const leaseId = `lease-${runId}`;
-  configAnswers.set(leaseId, answer);
+  if (answer !== "inline") configAnswers.set(leaseId, answer);
   answerNextPoll((_req, res) => {
     json(res, 200, {
       leases: [
@@ -189,7 +196,11 @@ async function leaseWithBigConfiguration(runId: string, configuration: Buffer, a
             phases: ["init"],
             queued_at: new Date().toISOString(),
             // No inline copy: the agent downloads it from GET /leases/{id}/configuration.
-            configuration: { sha256: announcedSha256 ?? createHash("sha256").update(configuration).digest("hex"), size_bytes: configuration.byteLength },
+            configuration: {
+              sha256: announcedSha256 ?? createHash("sha256").update(configuration).digest("hex"),
+              size_bytes: configuration.byteLength,
+              ...(answer === "inline" ? { inline_base64: configuration.toString("base64") } : {}),
+            },
           },
           bundle,
         },
@@ -207,7 +218,7 @@ beforeAll(async () => {
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   files = await agentFiles(dir, TOKEN);
-  agent = launchAgent(url, files, join(dir, "work"), ["--retry-base", "100ms", "--retry-max", "500ms", "--max-config-bytes", "1MiB"]);
+  agent = launchAgent(url, files, join(dir, "work"), ["--retry-base", "100ms", "--retry-max", "500ms", "--max-config-bytes", "1MiB", "--concurrency", "4", "--cancel-grace", "200ms", "--drain-timeout", "2s"]);
   await agent.waitForLog((l) => l["event"] === "registered");
   sampler = setInterval(() => {
     const rss = rssBytes(agent.child.pid ?? 0);
@@ -279,16 +290,14 @@ describe("a hostile control plane", () => {
 
   it("fails a run whose configuration download is huge, and one whose checksum does not match, each with a code", async () => {
     const archive = await tarGz({ "main.tf": "# nothing\n" });
+    const ended = [nextLog((l) => l["run_id"] === "run-huge-config" && l["event"] === "run_finished"), nextLog((l) => l["run_id"] === "run-bad-sum" && l["event"] === "run_finished")];
     const big = await leaseWithBigConfiguration("run-huge-config", archive, (_q, res) => {
       stream(res, 300 * MIB, "z");
     });
     const bad = await leaseWithBigConfiguration("run-bad-sum", archive, (_q, res) => {
       res.writeHead(200, { "content-type": "application/gzip", "content-length": archive.byteLength }).end(archive);
     }, "f".repeat(64));
-    const finished = [
-      await nextLog((l) => l["run_id"] === "run-huge-config" && l["event"] === "run_finished"),
-      await nextLog((l) => l["run_id"] === "run-bad-sum" && l["event"] === "run_finished"),
-    ];
+    const finished = await Promise.all(ended);
     expect(finished[0]?.["code"]).toBe("CONTROL_PLANE_BAD_RESPONSE");
     expect(finished[1]?.["code"]).toBe("ARCHIVE_CHECKSUM_MISMATCH");
     while (completions.length < 2) await once(cpEvents, "complete", { signal: AbortSignal.timeout(30_000) });
@@ -298,5 +307,35 @@ describe("a hostile control plane", () => {
     expect(agent.child.exitCode).toBeNull();
     expect(maxRss).toBeLessThan(RSS_BOUND);
     figures["hostile configuration downloads"] = { huge: finished[0]?.["code"], checksum: finished[1]?.["code"] };
+  });
+
+  it("refuses huge heartbeat answers for several runs at once in bounded memory, and the runs still end", async () => {
+    const archive = await tarGz({ "main.tf": "# nothing\n", "fake-tofu.json": JSON.stringify({ hang: "init" }) });
+    const runIds = ["run-hb-1", "run-hb-2", "run-hb-3", "run-hb-4"];
+    const leaseIds: string[] = [];
+    for (const id of runIds) {
+      const leaseId = `lease-${id}`;
+      // The first heartbeat of each run gets 70 MB of junk, all four at about the same time.
+      heartbeatAnswers.set(leaseId, (_q, res) => {
+        stream(res, 70 * MIB, "h");
+      });
+      leaseIds.push(leaseId);
+    }
+    const failed = runIds.map((id) => nextLog((l) => l["run_id"] === id && l["event"] === "heartbeat_failed"));
+    // The peak during this test alone (before the fix of the per-answer bound it was 680 MiB+).
+    const priorMax = maxRss;
+    maxRss = 0;
+    const done = completions.length;
+    // Four leases on consecutive polls: the agent has four slots, so their heartbeats overlap.
+    for (const id of runIds) await leaseWithBigConfiguration(id, archive, "inline");
+    const lines = await Promise.all(failed);
+    for (const l of lines) expect(l["code"]).toBe("CONTROL_PLANE_BAD_RESPONSE");
+    expect(maxRss).toBeLessThan(RSS_BOUND);
+    for (const id of leaseIds) cancelLeases.add(id);
+    while (completions.length < done + runIds.length) await once(cpEvents, "complete", { signal: AbortSignal.timeout(30_000) });
+    for (const id of leaseIds) expect(completions.find((c) => c.leaseId === id)?.body.outcome).toBe("canceled");
+    expect(agent.child.exitCode).toBeNull();
+    figures["huge heartbeat answers, 4 runs at once"] = { code: lines[0]?.["code"], agent_max_rss_mib_during: Math.round(maxRss / MIB) };
+    maxRss = Math.max(priorMax, maxRss);
   });
 });
