@@ -5,38 +5,27 @@
  * real docker-registry (htpasswd auth) and small HTTPS servers that redirect or answer 404.
  * No response may ever carry the canary password in any encoding.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer as createHttpsServer, type Server } from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { createServer as createNetServer, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { tarGz } from "../support/control-plane-harness.js";
 import { makeTlsMaterial, startHtpasswdRegistry, type LocalRegistry } from "../support/registry-fixture.js";
+import { freePort } from "../support/free-port.js";
+import { leakForms } from "../support/leak-forms.js";
+import { spawnCliControlPlane, type CliControlPlane as SpawnedControlPlane } from "../support/cli-control-plane.js";
 
 const BIN = fileURLToPath(new URL("../../bin/oci-cred-agent", import.meta.url));
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}:pw"with\\odd/</x>`;
 const CANARY2 = `CANARY2-${randomBytes(6).toString("hex")}"second\\one`;
 
-/** Every form in which a password could leak into a JSON answer. */
-function leakForms(secret: string, username: string): string[] {
-  const forms = [secret, JSON.stringify(secret).slice(1, -1), encodeURIComponent(secret)];
-  for (const text of [secret, `${username}:${secret}`]) {
-    const bytes = Buffer.from(text, "utf8");
-    forms.push(bytes.toString("base64").replace(/=+$/, ""), bytes.toString("base64url"));
-    // The same bytes at the other two base64 alignments, as inside a longer encoded text.
-    for (const pad of [1, 2]) {
-      const shifted = Buffer.concat([Buffer.alloc(pad, 0x41), bytes]).toString("base64");
-      forms.push(shifted.slice(4, shifted.length - 4));
-    }
-  }
-  return forms;
-}
 
 function expectNoLeak(text: string, where: string, secrets: readonly { secret: string; username: string }[]): void {
   for (const { secret, username } of secrets) {
@@ -44,26 +33,10 @@ function expectNoLeak(text: string, where: string, secrets: readonly { secret: s
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createNetServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as AddressInfo;
-      s.close(() => {
-        resolve(port);
-      });
-    });
-  });
-}
 
-interface CliControlPlane {
-  readonly url: string;
+interface CliControlPlane extends SpawnedControlPlane {
   readonly adminToken: string;
   readonly agentToken: string;
-  readonly child: ChildProcessWithoutNullStreams;
-  output(): string;
-  stop(): Promise<number | null>;
 }
 
 async function startCliControlPlane(dir: string, env: Record<string, string>): Promise<CliControlPlane> {
@@ -71,36 +44,8 @@ async function startCliControlPlane(dir: string, env: Record<string, string>): P
   const agentToken = randomBytes(24).toString("base64url");
   await writeFile(join(dir, "admin.token"), `${adminToken}\n`, { mode: 0o600 });
   await writeFile(join(dir, "agent.token"), `${agentToken}\n`, { mode: 0o600 });
-  const child = spawn(
-    BIN,
-    ["control-plane", "--listen", "127.0.0.1:0", "--admin-token-file", join(dir, "admin.token"), "--agent-token-file", join(dir, "agent.token")],
-    { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "pipe"] },
-  );
-  let raw = "";
-  const exited = once(child, "exit") as Promise<[number | null, NodeJS.Signals | null]>;
-  const url = await new Promise<string>((resolve, reject) => {
-    child.stdout.on("data", (chunk: Buffer) => {
-      raw += chunk.toString("utf8");
-      const m = /"event":"control_plane_listening","url":"([^"]+)"/.exec(raw);
-      if (m?.[1] !== undefined) resolve(m[1]);
-    });
-    child.stderr.on("data", (chunk: Buffer) => (raw += chunk.toString("utf8")));
-    void exited.then(([code]) => {
-      reject(new Error(`control-plane exited (${String(code)}) before listening: ${raw}`));
-    });
-  });
-  return {
-    url,
-    adminToken,
-    agentToken,
-    child,
-    output: () => raw,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-      const [code] = await exited;
-      return code;
-    },
-  };
+  const spawned = await spawnCliControlPlane(["--admin-token-file", join(dir, "admin.token"), "--agent-token-file", join(dir, "agent.token")], env);
+  return Object.assign(spawned, { adminToken, agentToken });
 }
 
 interface Answer {

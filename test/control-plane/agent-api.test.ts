@@ -18,6 +18,7 @@ import { systemClock, type RunRecord, type RunStatus, type StoreClock } from "..
 import { parsePrivateKeyPem, type AgentPrivateKey } from "../../src/crypto/agent-key.js";
 import { openBundle } from "../../src/crypto/sealed-bundle.js";
 import { tarGz } from "../support/control-plane-harness.js";
+import { leakForms } from "../support/leak-forms.js";
 
 const execFileAsync = promisify(execFile);
 const BIN = fileURLToPath(new URL("../../bin/oci-cred-agent", import.meta.url));
@@ -26,19 +27,6 @@ const CANARY_A = `CANARY-A-${randomBytes(6).toString("hex")}"older`;
 const CANARY_OFF = `CANARY-OFF-${randomBytes(6).toString("hex")}\\off`;
 const CANARY_SCOPED = `CANARY-S-${randomBytes(6).toString("hex")}'scoped`;
 
-/** Every form in which a password could leak into a JSON answer. */
-function leakForms(secret: string, username: string): string[] {
-  const forms = [secret, JSON.stringify(secret).slice(1, -1), encodeURIComponent(secret)];
-  for (const text of [secret, `${username}:${secret}`]) {
-    const bytes = Buffer.from(text, "utf8");
-    forms.push(bytes.toString("base64").replace(/=+$/, ""), bytes.toString("base64url"));
-    for (const pad of [1, 2]) {
-      const shifted = Buffer.concat([Buffer.alloc(pad, 0x41), bytes]).toString("base64");
-      forms.push(shifted.slice(4, shifted.length - 4));
-    }
-  }
-  return forms;
-}
 
 interface Answer {
   status: number;

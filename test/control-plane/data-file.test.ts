@@ -4,11 +4,9 @@
  * its key are mode 0600, and a run in flight at the stop fails rather than running again. The
  * restored password is the real one: a bundle leased after the restart opens to it.
  */
-import { execFile, spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { once } from "node:events";
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -17,44 +15,16 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parsePrivateKeyPem } from "../../src/crypto/agent-key.js";
 import { openBundle } from "../../src/crypto/sealed-bundle.js";
 import { tarGz } from "../support/control-plane-harness.js";
+import { freePort } from "../support/free-port.js";
+import { leakForms } from "../support/leak-forms.js";
+import { spawnCliControlPlane, type CliControlPlane } from "../support/cli-control-plane.js";
 
 const execFileAsync = promisify(execFile);
 const BIN = fileURLToPath(new URL("../../bin/oci-cred-agent", import.meta.url));
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}:pw"with\\odd/</x>`;
 const USER = "octocat";
 
-/** Every form in which a password could sit in a JSON file. */
-function leakForms(secret: string, username: string): string[] {
-  const forms = [secret, JSON.stringify(secret).slice(1, -1), encodeURIComponent(secret), Buffer.from(secret, "utf8").toString("hex")];
-  for (const text of [secret, `${username}:${secret}`]) {
-    const bytes = Buffer.from(text, "utf8");
-    forms.push(bytes.toString("base64").replace(/=+$/, ""), bytes.toString("base64url"));
-    for (const pad of [1, 2]) {
-      const shifted = Buffer.concat([Buffer.alloc(pad, 0x41), bytes]).toString("base64");
-      forms.push(shifted.slice(4, shifted.length - 4));
-    }
-  }
-  return forms;
-}
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createNetServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as AddressInfo;
-      s.close(() => {
-        resolve(port);
-      });
-    });
-  });
-}
-
-interface CliControlPlane {
-  readonly url: string;
-  output(): string;
-  stop(): Promise<number | null>;
-}
 
 let dir: string;
 let dataFile: string;
@@ -63,37 +33,7 @@ const agentToken = randomBytes(24).toString("base64url");
 const running: CliControlPlane[] = [];
 
 async function startCliControlPlane(): Promise<CliControlPlane> {
-  const child: ChildProcessWithoutNullStreams = spawn(
-    BIN,
-    ["control-plane", "--listen", "127.0.0.1:0", "--admin-token-file", join(dir, "admin.token"), "--agent-token-file", join(dir, "agent.token"), "--data-file", dataFile],
-    { env: { ...process.env }, stdio: ["pipe", "pipe", "pipe"] },
-  );
-  let raw = "";
-  const exited = once(child, "exit") as Promise<[number | null, NodeJS.Signals | null]>;
-  const url = await new Promise<string>((resolve, reject) => {
-    child.stdout.on("data", (chunk: Buffer) => {
-      raw += chunk.toString("utf8");
-      const m = /"event":"control_plane_listening","url":"([^"]+)"/.exec(raw);
-      if (m?.[1] !== undefined) resolve(m[1]);
-    });
-    child.stderr.on("data", (chunk: Buffer) => (raw += chunk.toString("utf8")));
-    void exited.then(([code]) => {
-      reject(new Error(`control-plane exited (${String(code)}) before listening: ${raw}`));
-    });
-  });
-  let stopped: Promise<number | null> | undefined;
-  const cp: CliControlPlane = {
-    url,
-    output: () => raw,
-    stop() {
-      stopped ??= (async () => {
-        if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-        const [code] = await exited;
-        return code;
-      })();
-      return stopped;
-    },
-  };
+  const cp = await spawnCliControlPlane(["--admin-token-file", join(dir, "admin.token"), "--agent-token-file", join(dir, "agent.token"), "--data-file", dataFile]);
   running.push(cp);
   return cp;
 }

@@ -23,12 +23,13 @@ import { once } from "node:events";
 import { mkdir, mkdtemp, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { createServer as createHttpsServer, type Server } from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { createServer as createNetServer, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { promisify } from "node:util";
 import { Agent, request } from "undici";
+import { freePort } from "./free-port.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -130,18 +131,6 @@ export async function makeTlsMaterial(dir: string): Promise<TlsMaterial> {
   return { dir, caPem: await readFile(caFile, "utf8"), caFile, certDir, caKeyFile, serverCertFile, serverKeyFile };
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createNetServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as AddressInfo;
-      s.close(() => {
-        resolve(port);
-      });
-    });
-  });
-}
 
 /** A bcrypt htpasswd line; the password goes through stdin (`htpasswd -niB`), never argv. */
 async function bcryptLine(username: string, password: string): Promise<string> {

@@ -1,0 +1,15 @@
+import { createServer, type AddressInfo } from "node:net";
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (for programs that take a fixed port). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => {
+        resolve(port);
+      });
+    });
+  });
+}
