@@ -13,6 +13,8 @@ export interface DaemonObserver {
   /** Queued (control plane clock) to credentials in place (agent clock). */
   pickup(ms: number): void;
   credentialsWritten(count: number): void;
+  /** One pre-flight check of one credential: ok, cached, anonymous, skipped, unreachable or refused. */
+  preflightChecked(result: string): void;
   phaseFinished(phase: Phase, ms: number, ok: boolean): void;
   wiped(ok: boolean): void;
   runFinished(runId: string, outcome: Outcome, code: string | undefined): void;
@@ -26,6 +28,7 @@ export const noopObserver: DaemonObserver = {
   runStarted: () => undefined,
   pickup: () => undefined,
   credentialsWritten: () => undefined,
+  preflightChecked: () => undefined,
   phaseFinished: () => undefined,
   wiped: () => undefined,
   runFinished: () => undefined,

@@ -327,6 +327,7 @@ async function checkBeforeInit(credentials: readonly SelectedCredential[], works
   try {
     const outcomes = await deps.preflight.check(credentials, repositoriesByHost);
     for (const o of outcomes) {
+      deps.observer.preflightChecked(o.result);
       const fields = { event: "preflight", registry: o.host, integration_id: o.integration_id, result: o.result };
       if (o.result === "unreachable") log.warn(fields, `pre-flight check for ${o.host} not conclusive: ${o.detail}`);
       else log.info(fields, `pre-flight check for ${o.host}: ${o.result} (${o.detail})`);
@@ -338,6 +339,7 @@ async function checkBeforeInit(credentials: readonly SelectedCredential[], works
     );
   } catch (error) {
     if (isAgentError(error)) {
+      deps.observer.preflightChecked("refused");
       const d = error.details as { integration_id?: unknown; registry?: unknown; status?: unknown };
       log.error({ event: "preflight", registry: d.registry, integration_id: d.integration_id, result: "refused", status: d.status, code: error.code }, error.message);
     }

@@ -55,6 +55,9 @@ export class AgentStatus implements DaemonObserver {
   credentialsWritten(): void {
     // not part of readiness
   }
+  preflightChecked(): void {
+    // not part of readiness
+  }
   phaseFinished(): void {
     // not part of readiness
   }
@@ -96,6 +99,7 @@ export function combineObservers(...observers: DaemonObserver[]): DaemonObserver
     runStarted: fan("runStarted"),
     pickup: fan("pickup"),
     credentialsWritten: fan("credentialsWritten"),
+    preflightChecked: fan("preflightChecked"),
     phaseFinished: fan("phaseFinished"),
     wiped: fan("wiped"),
     runFinished: fan("runFinished"),

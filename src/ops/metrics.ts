@@ -23,6 +23,12 @@ export class AgentMetrics implements DaemonObserver {
     registers: [this.registry],
   });
   private readonly credentials = new Counter({ name: "oci_cred_agent_credentials_written_total", help: "Registry credentials written into run directories.", registers: [this.registry] });
+  private readonly preflight = new Counter({
+    name: "oci_cred_agent_preflight_checks_total",
+    help: "Pre-flight checks of exported credentials before init, by result (ok, cached, anonymous, skipped, unreachable, refused).",
+    labelNames: ["result"],
+    registers: [this.registry],
+  });
   private readonly wipes = new Counter({ name: "oci_cred_agent_wipes_total", help: "Credential wipes, by result (ok, failed).", labelNames: ["result"], registers: [this.registry] });
   private readonly active = new Gauge({ name: "oci_cred_agent_active_runs", help: "Runs in progress.", registers: [this.registry] });
   private readonly pollErrors = new Counter({ name: "oci_cred_agent_poll_errors_total", help: "Failed exchanges with the control plane, by kind.", labelNames: ["kind"], registers: [this.registry] });
@@ -34,6 +40,7 @@ export class AgentMetrics implements DaemonObserver {
     collectDefaultMetrics({ register: this.registry, prefix: "oci_cred_agent_" });
     for (const outcome of ["succeeded", "failed", "canceled"]) this.runs.inc({ outcome }, 0);
     for (const result of ["ok", "failed"]) this.wipes.inc({ result }, 0);
+    for (const result of ["ok", "refused", "unreachable"]) this.preflight.inc({ result }, 0);
   }
 
   registered(): void {
@@ -56,6 +63,9 @@ export class AgentMetrics implements DaemonObserver {
   }
   credentialsWritten(count: number): void {
     this.credentials.inc(count);
+  }
+  preflightChecked(result: string): void {
+    this.preflight.inc({ result });
   }
   phaseFinished(phase: Phase, ms: number, ok: boolean): void {
     this.phaseSeconds.observe({ phase, result: ok ? "ok" : "failed" }, ms / 1000);

@@ -94,7 +94,7 @@ async function scenario(integrations: Record<string, unknown>[], extraArgs: stri
   await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
   const recordFile = `${tokenFile}.record.jsonl`;
   const agent = startAgent(
-    ["--control-plane-url", h.url, "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--listen", "off", ...extraArgs],
+    ["--control-plane-url", h.url, "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--listen", "127.0.0.1:0", ...extraArgs],
     { FAKE_TOFU_RECORD: recordFile, HOME: dir, TF_CLI_CONFIG_FILE: "", NODE_EXTRA_CA_CERTS: caBundle, PATH: `${helperBin}:${process.env["PATH"] ?? ""}`, OCTEST_LOG: helperLog, OCTEST_USER: "helper-user", OCTEST_SECRET_FILE: join(dir, "helper-secret") },
   );
   await agent.waitForLog((l) => l["event"] === "registered");
@@ -186,6 +186,11 @@ describe("pre-flight check before init", () => {
       expect(init?.pulls).toEqual([expect.objectContaining({ username: "alice", status: 200, verified: true, digest: digests.get(`${basic.host}/acme/net`) })]);
       const ok = await s.agent.waitForLog((l) => l["run_id"] === next && l["event"] === "preflight");
       expect(ok["result"]).toBe("ok");
+      // Operators see it in /metrics too.
+      const listening = await s.agent.waitForLog((l) => l["event"] === "listening");
+      const metrics = await (await fetch(`${String(listening["url"])}/metrics`)).text();
+      expect(metrics).toMatch(/^oci_cred_agent_preflight_checks_total\{result="refused"\} 1$/m);
+      expect(metrics).toMatch(/^oci_cred_agent_preflight_checks_total\{result="ok"\} 1$/m);
     } finally {
       await basic.setPassword("alice", ALICE_PW);
       await finish(s);
