@@ -21,7 +21,9 @@ export type FaultMode =
   /** Forward, but cut the client connection (and the upstream request) after `ms`. */
   | { readonly kind: "drop-after"; readonly ms: number }
   /** Forward, let the upstream answer completely, then cut the client connection instead of answering. */
-  | { readonly kind: "drop-response" };
+  | { readonly kind: "drop-response" }
+  /** Forward after holding the request for `ms` (a slow control plane). */
+  | { readonly kind: "delay"; readonly ms: number };
 
 export interface ProxiedRequest {
   readonly at: number;
@@ -59,11 +61,22 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
     events.emit("done", rec);
   };
 
-  const handle = (req: IncomingMessage, res: ServerResponse): void => {
+  const handle = (req: IncomingMessage, res: ServerResponse, delayed?: FaultMode): void => {
     const path = req.url ?? "/";
     const method = req.method ?? "GET";
     const applies = only === undefined || only(method, path);
-    const m: FaultMode = applies ? mode : { kind: "pass" };
+    const m: FaultMode = delayed ?? (applies ? mode : { kind: "pass" });
+    if (m.kind === "delay") {
+      req.pause();
+      const timer = setTimeout(() => {
+        req.resume();
+        handle(req, res, { kind: "pass" });
+      }, m.ms);
+      res.on("close", () => {
+        clearTimeout(timer);
+      });
+      return;
+    }
     const rec: ProxiedRequest = { at: Date.now(), method, path, mode: m.kind };
     requests.push(rec);
     events.emit("request", rec);
@@ -136,7 +149,9 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
     }
   };
 
-  const server: Server = createServer(handle);
+  const server: Server = createServer((req, res) => {
+    handle(req, res);
+  });
   server.keepAliveTimeout = 60_000;
   server.on("connection", (socket: Socket) => {
     if (mode.kind === "refuse" && only === undefined) {
