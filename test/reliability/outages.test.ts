@@ -11,7 +11,7 @@
  * turns 200 when the control plane comes up; no canary byte is left behind.
  */
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -225,6 +225,32 @@ describe("control-plane outages", () => {
       for (const id of runIds) if (h.cp.store.runs.get(id)?.status === "succeeded") await agent.waitForLog((l) => l["run_id"] === id && l["event"] === "credentials_wiped");
       expect(await canaryLeaks(workDir, canary)).toEqual([]);
       figures["stall_and_drop"] = { runs: runIds.length, outcomes, stalled_at: stalled.at > 0, resumed_within_ms: Date.now() - healedAt };
+    } finally {
+      proxy.setMode({ kind: "pass" });
+      await stopAgent(agent);
+    }
+  });
+
+  it("heartbeats failing with 5xx until the lease expires: the run is aborted and wiped, expires once at the control plane, the agent takes the next run", async () => {
+    const { agent, workDir } = startAgentBehindProxy("heartbeat");
+    try {
+      await agent.waitForLog((l) => l["event"] === "registered");
+      const runId = await h.createRun({ "main.tf": MAIN_TF, "fake-tofu.json": JSON.stringify({ hang: "plan" }) });
+      await agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "phase_output" && l["msg"] === "FAKE-TOFU-READY plan");
+      proxy.setMode({ kind: "status", status: 503 }, { only: (_m, p) => p.endsWith("/heartbeat") });
+      const finished = await agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "run_finished", 30_000);
+      expect(finished["code"]).toBe("LEASE_LOST");
+      await agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "credentials_wiped");
+      const run = await h.waitForStatus(runId, TERMINAL);
+      expect(run.status).toBe("failed");
+      expect(run.error?.code).toBe("LEASE_EXPIRED");
+      proxy.setMode({ kind: "pass" });
+      expect(await readdir(join(workDir, "credentials"))).toEqual([]);
+      expect(await canaryLeaks(workDir, canary)).toEqual([]);
+      const next = await h.createRun({ "main.tf": MAIN_TF }, ["init"]);
+      expect((await h.waitForStatus(next, TERMINAL)).status).toBe("succeeded");
+      await expectRanOnceEach([runId, next], "heartbeat");
+      figures["heartbeats_5xx_until_expiry"] = { agent: finished["code"], control_plane: run.error?.code, next_run: "succeeded" };
     } finally {
       proxy.setMode({ kind: "pass" });
       await stopAgent(agent);
