@@ -257,6 +257,29 @@ describe("control-plane outages", () => {
     }
   });
 
+  // Known gap (src/daemon/run-executor.ts, lead-owned; docs/reliability.md): heartbeats stop when
+  // the run ends, before its completion is reported, so a completion delayed by an outage longer
+  // than the lease TTL finds the lease expired and the run recorded as failed (LEASE_EXPIRED)
+  // although it succeeded. Turn `it.fails` into `it` once heartbeats continue until completion.
+  it.fails("a completion delayed by a 5xx outage longer than the lease TTL still records the run's real outcome", async () => {
+    const { agent } = startAgentBehindProxy("complete");
+    try {
+      await agent.waitForLog((l) => l["event"] === "registered");
+      proxy.setMode({ kind: "status", status: 503 }, { only: (_m, p) => p.endsWith("/complete") });
+      const runId = await h.createRun({ "main.tf": MAIN_TF }, ["init"]);
+      await agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "run_finished");
+      // Longer than the control plane's lease TTL (3 s in these tests).
+      await waitMs(4500);
+      proxy.setMode({ kind: "pass" });
+      const run = await h.waitForStatus(runId, TERMINAL);
+      figures["completion_after_outage_longer_than_ttl"] = { status: run.status, code: run.error?.code ?? null };
+      expect(run.status).toBe("succeeded");
+    } finally {
+      proxy.setMode({ kind: "pass" });
+      await stopAgent(agent);
+    }
+  });
+
   it("control plane down at start: keeps trying, /readyz 503 says why, 200 once the control plane is up", async () => {
     proxy.setMode({ kind: "refuse" }, { cutInFlight: true });
     const { agent } = startAgentBehindProxy("down");
