@@ -102,7 +102,7 @@ export function decodeEnvelope(bytes: Uint8Array, maxBytes: number = DEFAULT_MAX
   }
   let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes);
   } catch {
     throw malformed("not UTF-8 text");
   }
@@ -124,7 +124,7 @@ export function decodeEnvelope(bytes: Uint8Array, maxBytes: number = DEFAULT_MAX
   const headerBytes = b64urlDecodeStrict(protectedB64, "protected header");
   let headerJson: unknown;
   try {
-    headerJson = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(headerBytes));
+    headerJson = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(headerBytes));
   } catch {
     throw malformed("the protected header is not JSON");
   }

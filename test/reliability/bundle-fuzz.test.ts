@@ -373,12 +373,11 @@ describe("hostile bundles", () => {
     recordFigures("bundle-bindings", { cases: Object.keys(seen).length, refused: seen });
   });
 
-  // Known bug, found by this file's generator: TextDecoder strips a leading UTF-8 byte-order
-  // mark, so a second byte string opens to the same bundle, which docs/protocol.md rules out
-  // ("a parser refuses any other form"). The fix is one option in src/core/bundle-envelope.ts
-  // (`new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })` in decodeEnvelope), a file this
-  // suite does not own; once it is in, turn `it.fails` into `it` (docs/reliability.md).
-  it.fails("refuses a bundle prefixed with a UTF-8 byte-order mark", async () => {
+  // Found by this file's generator: TextDecoder stripped a leading UTF-8 byte-order mark, so a
+  // second byte string opened to the same bundle, which docs/protocol.md rules out ("a parser
+  // refuses any other form"). decodeEnvelope now keeps the BOM (ignoreBOM), which then fails the
+  // canonical form.
+  it("refuses a bundle prefixed with a UTF-8 byte-order mark", async () => {
     const out = await tryOpen(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(bases[0]!, "utf8")]));
     expect(out.accepted).toBe(false);
     expect(out.code).toBe("BUNDLE_MALFORMED");
