@@ -61,20 +61,47 @@ export interface RunDeps {
 
 const OUTCOME_FOR: Partial<Record<ErrorCode, Outcome>> = { RUN_CANCELED: "canceled", AGENT_SHUTDOWN: "canceled" };
 
-/** Batches a phase's output into bounded chunks for the control plane. */
+/** At most this much of a phase's output waits to be sent to the control plane. */
+export const MAX_QUEUED_LOG_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Batches a phase's output into bounded chunks for the control plane. What waits to be sent is
+ * bounded too: a tofu that prints faster than the control plane takes its output (a provider
+ * in a loop, a slow control plane) must not grow the agent's memory with everything it prints.
+ * Output that does not fit is counted, not kept, and one line says how much was left out.
+ */
 class LogShipper {
   private buffer = "";
   private seq = 0;
   private sending: Promise<void> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
+  /** Characters buffered or handed to send() and not yet done. */
+  private queued = 0;
+  private dropped = 0;
 
   constructor(
     private readonly send: (phase: Phase, seq: number, text: string) => Promise<void>,
     private readonly phase: Phase,
+    private readonly maxQueued: number = MAX_QUEUED_LOG_BYTES,
   ) {}
 
   push(text: string): void {
+    if (this.queued + text.length > this.maxQueued) {
+      this.dropped += text.length;
+      return;
+    }
+    if (this.dropped > 0) this.noteDropped();
+    this.append(text);
+  }
+
+  private noteDropped(): void {
+    this.append(`[oci-cred-agent: ${this.dropped} characters of ${this.phase} output were not sent: the control plane took them more slowly than tofu printed them]\n`);
+    this.dropped = 0;
+  }
+
+  private append(text: string): void {
     this.buffer += text;
+    this.queued += text.length;
     if (this.buffer.length >= MAX_LOG_CHUNK_BYTES / 2) this.flush();
     else this.timer ??= setTimeout(() => {
       this.flush();
@@ -88,11 +115,17 @@ class LogShipper {
       const text = this.buffer.slice(0, MAX_LOG_CHUNK_BYTES / 2);
       this.buffer = this.buffer.slice(text.length);
       const seq = this.seq++;
-      this.sending = this.sending.then(() => this.send(this.phase, seq, text)).catch(() => undefined);
+      this.sending = this.sending
+        .then(() => this.send(this.phase, seq, text))
+        .catch(() => undefined)
+        .then(() => {
+          this.queued -= text.length;
+        });
     }
   }
 
   async close(): Promise<void> {
+    if (this.dropped > 0) this.noteDropped();
     this.flush();
     await this.sending;
   }
