@@ -65,8 +65,13 @@ export function repositoriesServed(credentials: readonly SelectedCredential[], r
   return out;
 }
 
+/** How long a registry that could not be reached is not asked again. */
+export const UNREACHABLE_MEMORY_MS = 30_000;
+
 export class PreflightChecker {
   private readonly cache = new Map<string, number>();
+  private readonly inflight = new Map<string, Promise<PreflightOutcome>>();
+  private readonly unreachable = new Map<string, { until: number; detail: string }>();
 
   constructor(
     private readonly options: { readonly cacheMs: number; readonly timeoutMs: number; readonly now: () => number; readonly dispatcher?: Dispatcher },
@@ -87,95 +92,120 @@ export class PreflightChecker {
   async check(credentials: readonly SelectedCredential[], repositoriesByHost: ReadonlyMap<string, readonly string[]>): Promise<PreflightOutcome[]> {
     const outcomes: PreflightOutcome[] = [];
     const served = repositoriesServed(credentials, repositoriesByHost);
-    for (const { target, entry } of credentials) {
-      const base = { host: target.host, integration_id: entry.id };
-      if (entry.credentialHelper !== undefined) {
-        outcomes.push({ ...base, result: "skipped", detail: `served by docker-credential-${entry.credentialHelper}` });
-        continue;
-      }
-      const repoKey = [...(served.get(target.registry) ?? [])].sort().join(",");
-      const cacheKey = createHash("sha256").update(`${target.registry}\0${entry.username}\0${entry.password}\0${repoKey}`).digest("hex");
-      const cachedUntil = this.cache.get(cacheKey);
-      if (cachedUntil !== undefined && cachedUntil > this.options.now()) {
-        outcomes.push({ ...base, result: "cached", detail: "accepted recently" });
-        continue;
-      }
-      const endpoint = target.hostKey === "registry-1.docker.io" ? "registry-1.docker.io" : target.hostKey;
-      const basic = `Basic ${Buffer.from(`${entry.username}:${entry.password}`, "utf8").toString("base64")}`;
-      const who = `integration ${entry.id}${entry.name === undefined ? "" : ` (${entry.name})`}`;
-      let step = `GET https://${endpoint}/v2/`;
-      try {
-        const first = await this.get(`https://${endpoint}/v2/`);
-        await first.body.dump();
-        if (first.statusCode === 200) {
-          outcomes.push({ ...base, result: "anonymous", detail: "the registry answers /v2/ without credentials" });
-          continue;
-        }
-        const challenge = first.statusCode === 401 ? parseChallenge(header(first, "www-authenticate")) : undefined;
-        if (challenge === undefined) {
-          outcomes.push({ ...base, result: "unreachable", detail: `${step} answered HTTP ${first.statusCode} without an auth challenge; not verified` });
-          continue;
-        }
-        const scoped = (served.get(target.registry) ?? []).slice(0, MAX_REPOSITORIES);
-        let status: number;
-        let authorization = basic;
-        if (challenge.scheme === "basic") {
-          step = `GET https://${endpoint}/v2/ with Basic credentials`;
-          const res = await this.get(`https://${endpoint}/v2/`, basic);
-          await res.body.dump();
-          status = res.statusCode;
-        } else {
-          const realm = challenge.params["realm"];
-          if (realm === undefined) throw new Error("Bearer challenge without realm");
-          const url = new URL(realm);
-          if (challenge.params["service"] !== undefined) url.searchParams.set("service", challenge.params["service"]);
-          for (const repo of scoped) url.searchParams.append("scope", `repository:${repo}:pull`);
-          step = `GET ${url.origin}${url.pathname} (token service${scoped.length > 0 ? `, scope ${scoped.map((r) => `repository:${r}:pull`).join(" ")}` : ""})`;
-          const res = await this.get(url.href, basic);
-          status = res.statusCode;
-          if (status >= 200 && status < 300) {
-            const body = (await res.body.json().catch(() => ({}))) as { token?: unknown; access_token?: unknown };
-            const token = typeof body.token === "string" ? body.token : typeof body.access_token === "string" ? body.access_token : undefined;
-            if (token !== undefined) authorization = `Bearer ${token}`;
-          } else await res.body.dump();
-        }
-        if (status >= 200 && status < 300) {
-          // A token service grants a token even without pull access (with an empty access list):
-          // ask for each repository the configuration uses, as tofu init will.
-          for (const repo of scoped) {
-            const repoStep = `GET https://${endpoint}/v2/${repo}/tags/list`;
-            const res = await this.get(`https://${endpoint}/v2/${repo}/tags/list?n=1`, authorization);
-            await res.body.dump();
-            if (res.statusCode === 401 || res.statusCode === 403) {
-              throw new AgentError(
-                "PREFLIGHT_FAILED",
-                `${who} was refused by ${target.host}: ${repoStep} answered HTTP ${res.statusCode}; the credentials are valid but the user has no pull access to ${repo}: grant it in the registry, or export another integration for it. The run stopped before tofu init`,
-                { integration_id: entry.id, registry: target.host, status: res.statusCode, repository: repo },
-              );
-            }
-          }
-          this.cache.set(cacheKey, this.options.now() + this.options.cacheMs);
-          outcomes.push({ ...base, result: "ok", detail: `${step}${scoped.length > 0 ? `; pull access to ${scoped.join(", ")}` : ""}` });
-          continue;
-        }
-        if (status === 401 || status === 403) {
-          const fix =
-            status === 401
-              ? "the token or password was likely revoked or expired, or the username is wrong: update the integration's password"
-              : "the user has no pull access to these repositories: grant it in the registry";
-          throw new AgentError(
-            "PREFLIGHT_FAILED",
-            `${who} was refused by ${target.host}: ${step} answered HTTP ${status}; ${fix}. (If this registry should not get these credentials, turn export off for the integration.) The run stopped before tofu init`,
-            { integration_id: entry.id, registry: target.host, status },
-          );
-        }
-        outcomes.push({ ...base, result: "unreachable", detail: `${step} answered HTTP ${status}; not verified` });
-      } catch (error) {
-        if (error instanceof AgentError) throw error;
-        const why = error instanceof Error && "code" in error && typeof error.code === "string" ? error.code : error instanceof Error ? error.name : "error";
-        outcomes.push({ ...base, result: "unreachable", detail: `${step} failed (${why}); not verified, tofu init will tell` });
-      }
-    }
+    for (const credential of credentials) outcomes.push(await this.checkShared(credential, served));
     return outcomes;
+  }
+
+  /**
+   * One check per credential at a time: runs that start together share the check in flight, and
+   * a registry that could not be reached is not asked again for UNREACHABLE_MEMORY_MS (busy
+   * agents must not queue on DNS or a dead endpoint). Refusals are never remembered.
+   */
+  private checkShared(credential: SelectedCredential, served: ReadonlyMap<string, readonly string[]>): Promise<PreflightOutcome> {
+    const { target, entry } = credential;
+    const repoKey = [...(served.get(target.registry) ?? [])].sort().join(",");
+    const key = createHash("sha256").update(`${target.registry}\0${entry.username}\0${entry.password}\0${entry.credentialHelper ?? ""}\0${repoKey}`).digest("hex");
+    const now = this.options.now();
+    const unreachable = this.unreachable.get(key);
+    if (unreachable !== undefined && unreachable.until > now) {
+      return Promise.resolve({ host: target.host, integration_id: entry.id, result: "unreachable", detail: `${unreachable.detail} (remembered for ${Math.round(UNREACHABLE_MEMORY_MS / 1000)} s)` });
+    }
+    const inflight = this.inflight.get(key);
+    if (inflight !== undefined) return inflight;
+    const promise = this.checkOne(credential, served, key).then((outcome) => {
+      if (outcome.result === "unreachable") this.unreachable.set(key, { until: this.options.now() + UNREACHABLE_MEMORY_MS, detail: outcome.detail });
+      return outcome;
+    });
+    this.inflight.set(key, promise);
+    const forget = (): void => {
+      this.inflight.delete(key);
+    };
+    promise.then(forget, forget);
+    for (const [k, v] of this.unreachable) if (v.until <= now) this.unreachable.delete(k);
+    for (const [k, until] of this.cache) if (until <= now) this.cache.delete(k);
+    return promise;
+  }
+
+  private async checkOne({ target, entry }: SelectedCredential, served: ReadonlyMap<string, readonly string[]>, cacheKey: string): Promise<PreflightOutcome> {
+    const base = { host: target.host, integration_id: entry.id };
+    if (entry.credentialHelper !== undefined) {
+      return { ...base, result: "skipped", detail: `served by docker-credential-${entry.credentialHelper}` };
+    }
+    const cachedUntil = this.cache.get(cacheKey);
+    if (cachedUntil !== undefined && cachedUntil > this.options.now()) {
+      return { ...base, result: "cached", detail: "accepted recently" };
+    }
+    const endpoint = target.hostKey === "registry-1.docker.io" ? "registry-1.docker.io" : target.hostKey;
+    const basic = `Basic ${Buffer.from(`${entry.username}:${entry.password}`, "utf8").toString("base64")}`;
+    const who = `integration ${entry.id}${entry.name === undefined ? "" : ` (${entry.name})`}`;
+    let step = `GET https://${endpoint}/v2/`;
+    try {
+      const first = await this.get(`https://${endpoint}/v2/`);
+      await first.body.dump();
+      if (first.statusCode === 200) {
+        return { ...base, result: "anonymous", detail: "the registry answers /v2/ without credentials" };
+      }
+      const challenge = first.statusCode === 401 ? parseChallenge(header(first, "www-authenticate")) : undefined;
+      if (challenge === undefined) {
+        return { ...base, result: "unreachable", detail: `${step} answered HTTP ${first.statusCode} without an auth challenge; not verified` };
+      }
+      const scoped = (served.get(target.registry) ?? []).slice(0, MAX_REPOSITORIES);
+      let status: number;
+      let authorization = basic;
+      if (challenge.scheme === "basic") {
+        step = `GET https://${endpoint}/v2/ with Basic credentials`;
+        const res = await this.get(`https://${endpoint}/v2/`, basic);
+        await res.body.dump();
+        status = res.statusCode;
+      } else {
+        const realm = challenge.params["realm"];
+        if (realm === undefined) throw new Error("Bearer challenge without realm");
+        const url = new URL(realm);
+        if (challenge.params["service"] !== undefined) url.searchParams.set("service", challenge.params["service"]);
+        for (const repo of scoped) url.searchParams.append("scope", `repository:${repo}:pull`);
+        step = `GET ${url.origin}${url.pathname} (token service${scoped.length > 0 ? `, scope ${scoped.map((r) => `repository:${r}:pull`).join(" ")}` : ""})`;
+        const res = await this.get(url.href, basic);
+        status = res.statusCode;
+        if (status >= 200 && status < 300) {
+          const body = (await res.body.json().catch(() => ({}))) as { token?: unknown; access_token?: unknown };
+          const token = typeof body.token === "string" ? body.token : typeof body.access_token === "string" ? body.access_token : undefined;
+          if (token !== undefined) authorization = `Bearer ${token}`;
+        } else await res.body.dump();
+      }
+      if (status >= 200 && status < 300) {
+        // A token service grants a token even without pull access (with an empty access list):
+        // ask for each repository the configuration uses, as tofu init will.
+        for (const repo of scoped) {
+          const repoStep = `GET https://${endpoint}/v2/${repo}/tags/list`;
+          const res = await this.get(`https://${endpoint}/v2/${repo}/tags/list?n=1`, authorization);
+          await res.body.dump();
+          if (res.statusCode === 401 || res.statusCode === 403) {
+            throw new AgentError(
+              "PREFLIGHT_FAILED",
+              `${who} was refused by ${target.host}: ${repoStep} answered HTTP ${res.statusCode}; the credentials are valid but the user has no pull access to ${repo}: grant it in the registry, or export another integration for it. The run stopped before tofu init`,
+              { integration_id: entry.id, registry: target.host, status: res.statusCode, repository: repo },
+            );
+          }
+        }
+        this.cache.set(cacheKey, this.options.now() + this.options.cacheMs);
+        return { ...base, result: "ok", detail: `${step}${scoped.length > 0 ? `; pull access to ${scoped.join(", ")}` : ""}` };
+      }
+      if (status === 401 || status === 403) {
+        const fix =
+          status === 401
+            ? "the token or password was likely revoked or expired, or the username is wrong: update the integration's password"
+            : "the user has no pull access to these repositories: grant it in the registry";
+        throw new AgentError(
+          "PREFLIGHT_FAILED",
+          `${who} was refused by ${target.host}: ${step} answered HTTP ${status}; ${fix}. (If this registry should not get these credentials, turn export off for the integration.) The run stopped before tofu init`,
+          { integration_id: entry.id, registry: target.host, status },
+        );
+      }
+      return { ...base, result: "unreachable", detail: `${step} answered HTTP ${status}; not verified` };
+    } catch (error) {
+      if (error instanceof AgentError) throw error;
+      const why = error instanceof Error && "code" in error && typeof error.code === "string" ? error.code : error instanceof Error ? error.name : "error";
+      return { ...base, result: "unreachable", detail: `${step} failed (${why}); not verified, tofu init will tell` };
+    }
   }
 }
