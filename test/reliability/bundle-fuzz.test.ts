@@ -162,7 +162,7 @@ function caseArbitrary(): fc.Arbitrary<Case> {
     [env[x], env[y]] = [env[y], env[x]];
     return { kind: "swap_fields", base: b, bytes: enc(JSON.stringify(env)) };
   });
-  const reshape = fc.tuple(baseIdx, fc.constantFrom("pretty", "reorder", "extra_field", "escape", "missing_field", "array", "crlf", "double_newline")).map(([b, how]): Case => {
+  const reshape = fc.tuple(baseIdx, fc.constantFrom("pretty", "reorder", "extra_field", "escape", "missing_field", "array", "bom", "crlf", "double_newline")).map(([b, how]): Case => {
     const env = envelopeOf(bases[b]!);
     const text =
       how === "pretty"
@@ -177,9 +177,11 @@ function caseArbitrary(): fc.Arbitrary<Case> {
                 ? JSON.stringify({ protected: env.protected, enc: env.enc })
                 : how === "array"
                   ? JSON.stringify([env.protected, env.enc, env.ciphertext])
-                  : how === "crlf"
-                    ? `${bases[b]!}\r\n`
-                    : `${bases[b]!}\n\n`;
+                  : how === "bom"
+                    ? `\uFEFF${bases[b]!}`
+                    : how === "crlf"
+                      ? `${bases[b]!}\r\n`
+                      : `${bases[b]!}\n\n`;
     return { kind: `reshape_${how}`, base: b, bytes: enc(text) };
   });
 
