@@ -191,7 +191,10 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
     end(new AgentError("RUN_TIMEOUT", `the run exceeded --run-timeout (${Math.round(settings.runTimeoutMs / 1000)} s) and was canceled`));
   }, settings.runTimeoutMs);
 
-  const heartbeats = heartbeatLoop(lease, deps, abort.signal, end);
+  // Heartbeats run until the outcome is reported, not only until the run ends: a completion
+  // delayed by an outage must still find the lease held.
+  const heartbeatStop = new AbortController();
+  const heartbeats = heartbeatLoop(lease, deps, heartbeatStop.signal, end);
   const events = new EventBuffer((batch) => client.events(lease.lease_id, batch));
   const phases: CompleteRequest["phases"] = [];
   let failure: AgentError | undefined;
@@ -307,7 +310,6 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
     log.error({ event: "workspace_cleanup_failed", err: error }, "could not remove the run's workspace");
   });
   abort.abort(new AgentError("RUN_CANCELED", "run finished"));
-  await heartbeats;
 
   const outcome: Outcome = failure === undefined ? "succeeded" : (OUTCOME_FOR[failure.code] ?? "failed");
   const durationMs = Math.round(performance.now() - started);
@@ -328,6 +330,8 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
       credentials_wiped: wiped,
     }, log);
   }
+  heartbeatStop.abort();
+  await heartbeats;
   return outcome;
 }
 

@@ -257,11 +257,10 @@ describe("control-plane outages", () => {
     }
   });
 
-  // Known gap (src/daemon/run-executor.ts, lead-owned; docs/reliability.md): heartbeats stop when
-  // the run ends, before its completion is reported, so a completion delayed by an outage longer
-  // than the lease TTL finds the lease expired and the run recorded as failed (LEASE_EXPIRED)
-  // although it succeeded. Turn `it.fails` into `it` once heartbeats continue until completion.
-  it.fails("a completion delayed by a 5xx outage longer than the lease TTL still records the run's real outcome", async () => {
+  // Heartbeats used to stop when the run ended, before its completion was reported, so a
+  // completion delayed by an outage longer than the lease TTL found the lease expired and the run
+  // recorded as failed (LEASE_EXPIRED) although it succeeded. They now run until completion.
+  it("a completion delayed by a 5xx outage longer than the lease TTL still records the run's real outcome", async () => {
     const { agent } = startAgentBehindProxy("complete");
     try {
       await agent.waitForLog((l) => l["event"] === "registered");
