@@ -58,18 +58,31 @@ export interface MaterializeResult {
   readonly credentials: readonly SelectedCredential[];
 }
 
-/** Looks for an executable `docker-credential-<name>` on PATH, as tools resolve it. */
-export async function defaultHelperExists(name: string): Promise<boolean> {
+/** Tools that read the Docker config and match registry hosts only (no repository-scoped keys). */
+const DOCKER_FAMILY_TOOLS = ["docker", "oras", "crane", "helm", "regctl"];
+
+async function onPath(file: string): Promise<boolean> {
   for (const dir of (process.env["PATH"] ?? "").split(delimiter)) {
     if (dir === "") continue;
     try {
-      await access(join(dir, `docker-credential-${name}`), constants.X_OK);
+      await access(join(dir, file), constants.X_OK);
       return true;
     } catch {
       // keep looking
     }
   }
   return false;
+}
+
+async function executablesOnPath(names: readonly string[]): Promise<string[]> {
+  const found: string[] = [];
+  for (const name of names) if (await onPath(name)) found.push(name);
+  return found;
+}
+
+/** Looks for an executable `docker-credential-<name>` on PATH, as tools resolve it. */
+export function defaultHelperExists(name: string): Promise<boolean> {
+  return onPath(`docker-credential-${name}`);
 }
 
 export function secretFormsOf(selected: readonly SelectedCredential[]): string[] {
@@ -146,13 +159,16 @@ export async function materializeRun(request: MaterializeRequest): Promise<Mater
     }
   }
 
+  // Which tools of the Docker CLI family (host-only keys) the run's environment has.
+  const dockerFamilyOnPath = selection.selected.some((s) => s.target.path !== undefined) ? await executablesOnPath(DOCKER_FAMILY_TOOLS) : [];
+
   const warnings = [
     ...baseHelperWarnings,
     ...selection.selected
       .filter((s) => s.target.path !== undefined)
       .map(
         (s) =>
-          `${s.target.host} is repository-scoped: OpenTofu and skopeo/podman/buildah use it for repositories under ${s.target.path ?? ""}; the Docker CLI family (docker, oras, crane, helm) matches hosts only and ignores it`,
+          `${s.target.host} is repository-scoped: OpenTofu and skopeo/podman/buildah use it for repositories under ${s.target.path ?? ""}; the Docker CLI family matches hosts only and ignores it${dockerFamilyOnPath.length > 0 ? ` (on PATH here: ${dockerFamilyOnPath.join(", ")})` : " (none of docker, oras, crane, helm, regctl is on PATH here)"}`,
       ),
     ...registryFiles.overridden.map(
       (o) => `the base Docker config's ${o.kind} entry ${JSON.stringify(o.key)} is replaced by the exported credential for that registry`,

@@ -291,6 +291,25 @@ describe("seal → materialize → wipe", () => {
   });
 });
 
+describe("repository-scoped entries", () => {
+  it("warns that the Docker CLI family ignores a scoped key, naming the tools of that family the run's PATH has", async () => {
+    const bin = join(dir, "scoped-bin");
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(join(bin, "oras"), "#!/bin/sh\nexit 0\n", { mode: 0o755 });
+    const scoped = await seal({ runId: "run-scoped", plaintext: JSON.stringify({ version: 1, registries: [{ id: "int-a", url: "https://ghcr.io/org-a", username: "a", password: CANARY }] }) });
+    const args = (runDir: string): string[] => ["materialize", "--key-file", keyFile, "--agent-id", "agent-1", "--run-id", "run-scoped", "--bundle", scoped, "--run-dir", runDir];
+    // Only the fake oras and the system's directories (no docker, crane, helm or regctl there).
+    const withOras = await run(args(join(dir, "run-scoped-1")), { env: { PATH: `${bin}:/usr/bin:/bin` } });
+    expect(withOras.code).toBe(0);
+    expect(withOras.stderr).toContain("ghcr.io/org-a is repository-scoped");
+    expect(withOras.stderr).toContain("(on PATH here: oras)");
+    expectNoSecret(withOras);
+    const without = await run(args(join(dir, "run-scoped-2")), { env: { PATH: "/usr/bin:/bin" } });
+    expect(without.stderr).toContain("(none of docker, oras, crane, helm, regctl is on PATH here)");
+    for (const d of ["run-scoped-1", "run-scoped-2"]) expect((await run(["wipe", "--run-dir", join(dir, d)])).code).toBe(0);
+  });
+});
+
 describe("operator helpers in the base Docker config", () => {
   it("warns when a helper the base config keeps (credHelpers, credsStore) is not on PATH, and names what it serves", async () => {
     const bin = join(dir, "helper-bin");
