@@ -122,7 +122,7 @@ export class AgentDaemon {
 
   async run(): Promise<DaemonExit> {
     const { log, client, runDeps } = this.options;
-    await sweepLeftovers(runDeps.fs, runDeps.settings.credentialsDir, runDeps.settings.workspacesDir, log);
+    await sweepLeftovers(runDeps.fs, runDeps.settings.credentialsDir, runDeps.settings.workspacesDir, log, runDeps.settings.cancelGraceMs);
     this.agentId = await this.register();
     if (this.agentId !== undefined) await this.pollLoop(this.agentId, client);
     await this.drain();

@@ -1,6 +1,7 @@
 /**
- * Start-up sweep: before leasing, remove every run directory a previous process left behind
- * (a crash, SIGKILL, power loss), and log what was removed. Credentials directories go through
+ * Start-up sweep: before leasing, stop the tofu processes a previous agent process left running,
+ * then remove every run directory it left behind (a crash, SIGKILL, power loss), and log what was
+ * removed. Credentials directories go through
  * the same wipe as a normal ending, so only what the agent wrote is removed.
  */
 import { rm } from "node:fs/promises";
@@ -8,6 +9,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { AgentError, isAgentError } from "../core/errors.js";
 import { wipeRunDir } from "../fs/run-dir.js";
+import { stopOrphans } from "./orphans.js";
 import { currentUid, PRIVATE_DIR_MODE, type FileSystem } from "../fs/secure-fs.js";
 
 /** Creates (or accepts) a directory of the agent's own: a real directory, owned by it, mode 0700. */
@@ -20,9 +22,11 @@ export async function ensureAgentDir(fs: FileSystem, path: string): Promise<void
   await fs.chmod(path, PRIVATE_DIR_MODE);
 }
 
-export async function sweepLeftovers(fs: FileSystem, credentialsDir: string, workspacesDir: string, log: Logger): Promise<{ wiped: number; failed: number }> {
+export async function sweepLeftovers(fs: FileSystem, credentialsDir: string, workspacesDir: string, log: Logger, orphanGraceMs = 10_000): Promise<{ wiped: number; failed: number }> {
   await ensureAgentDir(fs, credentialsDir);
   await ensureAgentDir(fs, workspacesDir);
+  // First the tofu processes an earlier agent process left running in those workspaces.
+  await stopOrphans(workspacesDir, orphanGraceMs, log);
   let wiped = 0;
   let failed = 0;
   for (const entry of await fs.readdir(credentialsDir)) {

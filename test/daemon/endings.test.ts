@@ -7,7 +7,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -54,6 +54,17 @@ async function expectNoCanaryUnder(root: string): Promise<void> {
   for (const file of await filesUnder(root)) {
     const text = await readFile(file, "latin1");
     for (const form of CANARY_FORMS) expect(text.includes(form), `${form} found in ${file}`).toBe(false);
+  }
+}
+
+/** Running, not a zombie (an orphan is reparented; its new parent reaps it when it pleases). */
+function processRunning(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const state = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0];
+    return state !== "Z" && state !== "X";
+  } catch {
+    return false;
   }
 }
 
@@ -290,31 +301,33 @@ describe("daemon endings", () => {
     }
   });
 
-  it("after SIGKILL, the control plane fails the run when the lease expires and the restarted agent sweeps the credentials", async () => {
+  it("after SIGKILL, the control plane fails the run when the lease expires; the restarted agent stops the orphaned tofu and sweeps the credentials", async () => {
     const { workDir, recordFile } = await newWorkDir();
     const first = launch(workDir, recordFile);
     let second: AgentProcess | undefined;
+    let orphanPid: number | undefined;
     try {
-      const runId = await h.createRun({ "main.tf": MAIN_TF, "fake-tofu.json": JSON.stringify({ hang: "apply" }) });
+      // A tofu that ignores SIGTERM, so the restart has to escalate to SIGKILL.
+      const runId = await h.createRun({ "main.tf": MAIN_TF, "fake-tofu.json": JSON.stringify({ hang: "apply", ignore_sigterm: true }) });
       await first.waitForLog(forRun(runId, "phase_output", (l) => l["msg"] === "FAKE-TOFU-READY apply"));
       first.kill("SIGKILL");
       await first.exited;
-      // The crash left the credentials on disk: that is what the sweep is for.
+      // The crash left the credentials on disk, and tofu running: that is what the sweep is for.
       const leftovers = await filesUnder(join(workDir, "credentials"));
       expect(leftovers.some((f) => f.endsWith("docker/config.json"))).toBe(true);
-      // The orphaned stand-in tofu is not the agent's to clean up after SIGKILL; stop it here.
-      for (const r of await records(recordFile)) {
-        try {
-          process.kill(r.pid, "SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
+      orphanPid = (await records(recordFile)).find((r) => r.phase === "apply")?.pid;
+      expect(orphanPid).toBeDefined();
+      expect(processRunning(orphanPid ?? 0)).toBe(true);
       const run = await h.waitForStatus(runId, ["failed", "canceled", "succeeded"], 15_000);
       expect(run.status).toBe("failed");
       expect(run.error?.code).toBe("LEASE_EXPIRED");
 
       second = launch(workDir, recordFile);
+      const found = await second.waitForLog((l) => l["event"] === "orphan_found");
+      expect(found).toMatchObject({ run_id: runId, pid: orphanPid });
+      const stopped = await second.waitForLog((l) => l["event"] === "orphan_stopped");
+      expect(stopped).toMatchObject({ run_id: runId, pid: orphanPid, signal: "SIGKILL" });
+      expect(processRunning(orphanPid ?? 0)).toBe(false);
       const swept = await second.waitForLog((l) => l["event"] === "swept_credentials");
       expect(swept["run_id"]).toBe(runId);
       await second.waitForLog((l) => l["event"] === "registered");
@@ -325,6 +338,7 @@ describe("daemon endings", () => {
     } finally {
       await stop(first);
       if (second) await stop(second);
+      if (orphanPid !== undefined && processRunning(orphanPid)) process.kill(orphanPid, "SIGKILL");
     }
   });
 
