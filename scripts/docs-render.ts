@@ -37,7 +37,7 @@ export function renderConfigurationDoc(): string {
     const dflt = f.default === undefined ? (f.required ? "required" : "") : `\`${f.default}\``;
     const choices = f.choices ? ` One of: ${f.choices.map((c) => `\`${c}\``).join(", ")}.` : "";
     const where = f.notInFile ? " Not read from the config file." : "";
-    return `| \`${f.key}\` | \`${f.flag}\` | \`${f.env}\` | ${dflt} | ${f.description}.${choices}${where} |`;
+    return `| \`${f.key}\` | ${f.noFlag ? "(none)" : `\`${f.flag}\``} | \`${f.env}\` | ${dflt} | ${f.description}.${choices}${where} |`;
   });
   return [
     "# Configuration of `oci-cred-agent run`",

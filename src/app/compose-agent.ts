@@ -48,10 +48,16 @@ export interface ComposedAgent {
 }
 
 /** Environment variables that belong to the agent and never reach a run. */
-const AGENT_ONLY_ENV = /^(OCI_CRED_AGENT_|DOCKER_CONFIG$|REGISTRY_AUTH_FILE$|TF_CLI_CONFIG_FILE$|TERRAFORM_CONFIG$)/;
+const AGENT_ONLY_ENV = /^(OCI_CRED_AGENT_|DOCKER_CONFIG$|REGISTRY_AUTH_FILE$|TF_CLI_CONFIG_FILE$|TERRAFORM_CONFIG$|CREDENTIALS_DIRECTORY$)/;
 
+/**
+ * The environment a run's tofu starts from: the agent's, minus what is the agent's own (its
+ * settings, the token's and key's systemd credentials directory, the registry files a run gets
+ * its own of) and minus MALLOC_ARENA_MAX when the launcher set it for the agent alone.
+ */
 export function runBaseEnv(env: NodeJS.ProcessEnv, alsoRemove?: string): NodeJS.ProcessEnv {
-  return Object.fromEntries(Object.entries(env).filter(([k]) => !AGENT_ONLY_ENV.test(k) && k !== alsoRemove));
+  const launcherArena = env["OCI_CRED_AGENT_LAUNCHER_SET_MALLOC_ARENA_MAX"] === "1";
+  return Object.fromEntries(Object.entries(env).filter(([k]) => !AGENT_ONLY_ENV.test(k) && k !== alsoRemove && !(launcherArena && k === "MALLOC_ARENA_MAX")));
 }
 
 async function readToken(token: AgentConfig["token"]): Promise<string> {

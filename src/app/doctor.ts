@@ -70,7 +70,17 @@ async function checkDirectory(check: string, dir: string, wantTmpfs: boolean): P
     }
   } catch {
     exists = false;
+    // The agent creates missing directories with their parents: the nearest existing ancestor counts.
     path = dirname(path);
+    for (;;) {
+      try {
+        await stat(path);
+        break;
+      } catch {
+        if (dirname(path) === path) break;
+        path = dirname(path);
+      }
+    }
   }
   try {
     await access(path, constants.W_OK | constants.X_OK);
@@ -187,7 +197,9 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
     } catch (error) {
       checks.push(failure("control plane", error));
     }
-  } else checks.push({ check: "control plane", status: "skip", detail: "no control_plane_url or token configured" });
+  } else if (url !== undefined) {
+    checks.push({ check: "control plane", status: "skip", detail: "not checked: no usable token (see the token check)" });
+  } else checks.push({ check: "control plane", status: "skip", detail: "no control_plane_url configured" });
 
   // Configuration sources
   const sources = inputs.configurationDir === undefined ? [] : await findOciSources(inputs.configurationDir);

@@ -1,5 +1,6 @@
 /** Reading inputs and writing outputs for one-shot commands: a path, or "-" for stdin/stdout. */
-import { readFile, writeFile } from "node:fs/promises";
+import { constants } from "node:fs";
+import { open, readFile } from "node:fs/promises";
 import { AgentError, errnoCode } from "../core/errors.js";
 
 export async function readStdin(): Promise<Buffer> {
@@ -27,7 +28,21 @@ export async function writeOutput(pathOrDash: string, data: string): Promise<voi
     });
     return;
   }
-  await writeFile(pathOrDash, data, { mode: 0o644 });
+  // A new file only (never overwritten, never through a symlink), readable by its owner.
+  let handle;
+  try {
+    handle = await open(pathOrDash, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  } catch (error) {
+    if (errnoCode(error) === "EEXIST" || errnoCode(error) === "ELOOP") {
+      throw new AgentError("OUTPUT_EXISTS", `${pathOrDash} exists already; the agent never overwrites an output: choose another path, or remove it first`, { path: pathOrDash });
+    }
+    throw new AgentError("OUTPUT_UNWRITABLE", `cannot create ${pathOrDash} (${errnoCode(error) ?? "error"}); check the directory`, { path: pathOrDash });
+  }
+  try {
+    await handle.writeFile(data);
+  } finally {
+    await handle.close();
+  }
 }
 
 export function printJson(value: unknown): Promise<void> {

@@ -19,6 +19,7 @@ type Action = () => Promise<number>;
 /** The run settings as commander options, without defaults: the config layer applies those. */
 function addRunOptions(cmd: Command): Command {
   for (const spec of RUN_FIELDS) {
+    if (spec.noFlag) continue;
     const choices = spec.choices ? ` (${spec.choices.join(", ")})` : "";
     const dflt = spec.default !== undefined ? ` [default: ${spec.default}]` : "";
     const text = `${spec.description}${choices}${dflt}; env ${spec.env}`;
@@ -96,7 +97,7 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .addOption(new Option("--format <format>", "output format").choices(["env", "json"]).default("env"))
     .option("--max-bundle-lifetime <duration>", "refuse bundles valid for longer than this", "1h")
     .option("--clock-skew <duration>", "how far in the future a bundle's issue time may be", "2m")
-    .option("--max-bundle-bytes <n>", "refuse bundles larger than this")
+    .option("--max-bundle-bytes <n>", "refuse bundles larger than this many bytes (default: 16 MiB)")
     .action((opts: MaterializeOptions) => {
       setAction(async () => (await import("./commands/materialize.js")).materialize(opts));
     });

@@ -65,6 +65,9 @@ export async function resolveRunConfig(flags: Record<string, string | boolean | 
   const url = v("control_plane_url");
   if (typeof url === "string") {
     const u = new URL(url);
+    if (u.username !== "" || u.password !== "") {
+      problems.push({ key: "control_plane_url", message: "control_plane_url carries user information (user:password@); it would be shown and logged: remove it and put the pool token in --token-file" });
+    }
     if (u.protocol === "http:" && !LOOPBACK.test(u.hostname) && v("allow_insecure_control_plane") !== true) {
       problems.push({
         key: "control_plane_url",

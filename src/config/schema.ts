@@ -23,6 +23,8 @@ export interface FieldSpec {
   readonly required?: boolean;
   /** Only from the environment or a flag, never the file (e.g. the file's own path). */
   readonly notInFile?: boolean;
+  /** Never a flag: a command line is visible to every user of the host (/proc/PID/cmdline). */
+  readonly noFlag?: boolean;
 }
 
 const f = (key: string, kind: FieldKind, description: string, extra: Partial<FieldSpec> = {}): FieldSpec => ({
@@ -39,7 +41,7 @@ export const RUN_FIELDS: readonly FieldSpec[] = [
   f("control_plane_url", "url", "the control plane's base URL: https://, or http:// on loopback", { required: true }),
   f("allow_insecure_control_plane", "bool", "accept a plain http:// control plane URL that is not loopback", { default: "false" }),
   f("token_file", "path", "file holding the agent pool token (preferred over token)"),
-  f("token", "string", "the agent pool token itself; accepted from the environment with a warning (it leaks into child processes and crash dumps)", { secret: true, notInFile: true }),
+  f("token", "string", "the agent pool token itself, from the environment only (never a flag: command lines are visible to every user), with a warning (it leaks into child processes and crash dumps)", { secret: true, notInFile: true, noFlag: true }),
   f("key", "key-uri", "where the private key(s) live: file:PATH (a key file or a directory of key files), systemd-credential:NAME, keyring:SERVICE/ACCOUNT or env:NAME"),
   f("key_file", "path", "shorthand for --key file:PATH"),
   f("work_dir", "path", "the agent's working directory (workspaces, and credentials unless credentials_dir)", { required: true }),
@@ -58,7 +60,7 @@ export const RUN_FIELDS: readonly FieldSpec[] = [
   f("log_level", "enum", "log level", { default: "info", choices: ["fatal", "error", "warn", "info", "debug", "trace"] }),
   f("log_format", "enum", "json lines, or pretty text (default: pretty on a terminal)", { choices: ["json", "pretty"] }),
   f("listen", "listen", "serve /healthz, /readyz and /metrics here (HOST:PORT, or off)", { default: "127.0.0.1:9480" }),
-  f("preflight", "bool", "before init, check each exported credential against its registry (GET /v2/, then Basic or a pull-scoped token) and stop the run early on a refusal", { default: "true", flag: "--no-preflight" }),
+  f("preflight", "bool", "check each exported credential against its registry before init (GET /v2/, then Basic or a pull-scoped token) and stop the run early on a refusal; the flag --no-preflight (or false) turns it off", { default: "true", flag: "--no-preflight" }),
   f("retry_base", "duration", "first retry delay after a control-plane failure (full jitter)", { default: "1s" }),
   f("retry_max", "duration", "longest retry delay (a Retry-After is capped to it too)", { default: "60s" }),
 ];
@@ -141,7 +143,8 @@ function describeSource(spec: FieldSpec, source: Source, filePath: string | unde
 }
 
 function fixHint(spec: FieldSpec): string {
-  return `set ${spec.flag}, ${spec.env}${spec.notInFile ? "" : ` or ${spec.key} in the config file`}`;
+  const where = [...(spec.noFlag ? [] : [spec.flag]), spec.env];
+  return `set ${where.join(", ")}${spec.notInFile ? "" : ` or ${spec.key} in the config file`}`;
 }
 
 /** Resolves every field from flags, environment, file and defaults; collects every problem at once. */
@@ -164,7 +167,7 @@ export function resolveConfig(fields: readonly FieldSpec[], inputs: ConfigInputs
     }
   }
   for (const spec of fields) {
-    const flag = inputs.flags[spec.key];
+    const flag = spec.noFlag ? undefined : inputs.flags[spec.key];
     const env = inputs.env[spec.env];
     const fromFile = spec.notInFile ? undefined : fileData[spec.key];
     let raw: string | undefined;
@@ -208,6 +211,9 @@ export function describeConfig(fields: readonly FieldSpec[], config: ResolvedCon
   return fields.map((spec) => {
     const v = config.values.get(spec.key);
     if (v === undefined) return { key: spec.key, value: null, source: "unset" };
-    return { key: spec.key, value: spec.secret ? "[REDACTED]" : v.value, source: v.source };
+    if (spec.secret) return { key: spec.key, value: "[REDACTED]", source: v.source };
+    // A URL may carry user information (refused by `run`, but print must not show it either).
+    const value = spec.kind === "url" && typeof v.value === "string" ? v.value.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, "$1[REDACTED]@") : v.value;
+    return { key: spec.key, value, source: v.source };
   });
 }

@@ -96,7 +96,7 @@ export function decodeEnvelope(bytes: Uint8Array, maxBytes: number = DEFAULT_MAX
   if (bytes.byteLength > maxBytes) {
     throw new AgentError(
       "BUNDLE_TOO_LARGE",
-      `the bundle is ${bytes.byteLength} bytes, more than the limit of ${maxBytes}; check what was passed as the bundle, or raise --max-bundle-bytes`,
+      `the bundle is ${bytes.byteLength} bytes, more than the limit of ${maxBytes}; check what was passed as the bundle (materialize: --max-bundle-bytes raises the limit)`,
       { size: bytes.byteLength, limit: maxBytes },
     );
   }

@@ -8,6 +8,7 @@ export const ERROR_CODES = {
   INVALID_ARGUMENT: "a flag or argument has a value the agent cannot use",
   INPUT_UNREADABLE: "an input file could not be read",
   OUTPUT_EXISTS: "an output file exists already and the agent refuses to overwrite it",
+  OUTPUT_UNWRITABLE: "an output file could not be created",
 
   // Agent key
   KEY_FILE_NOT_FOUND: "the private key file does not exist",

@@ -36,6 +36,13 @@ export class Redactor {
     return this.secrets.size;
   }
 
+  /** The length of the longest secret held (0 when none). */
+  get longest(): number {
+    let n = 0;
+    for (const v of this.secrets.keys()) if (v.length > n) n = v.length;
+    return n;
+  }
+
   redact(text: string): string {
     if (this.secrets.size === 0) return text;
     if (this.dirty || this.pattern === undefined) {

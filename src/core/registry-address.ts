@@ -146,7 +146,8 @@ export function normalizeRegistryUrl(raw: string): NormalizeResult {
       return {
         ok: false,
         code: "ENTRY_URL_HAS_PATH",
-        reason: `the registry URL's path ${url.pathname} is not a repository path (lowercase letters, digits and single separators per segment); use https://${hostKey(url)} or https://${hostKey(url)}/<namespace>`,
+        // The path is not quoted: a token pasted into it would reach logs and events.
+        reason: `the registry URL's path is not a repository path (lowercase letters, digits and single separators per segment); use https://${hostKey(url)} or https://${hostKey(url)}/<namespace>`,
       };
     }
     return { ok: true, target: targetForHost(hostKey(url), path) };

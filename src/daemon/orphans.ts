@@ -3,7 +3,10 @@
  * service manager killing the rest: systemd's KillMode and a pod's restart do, a bare process
  * does not). Their runs have already failed at the control plane (the lease expired), their
  * credentials are about to be swept, and they must not go on applying. Found through /proc
- * (Linux): processes of the agent's user whose working directory is a run workspace. Each gets
+ * (Linux): processes of the agent's user whose working directory is a run workspace and whose
+ * environment names that run's credentials (TF_CLI_CONFIG_FILE under the credentials directory,
+ * which the agent gives every phase; an operator's shell that happens to stand there does not
+ * have it). Each gets
  * SIGTERM to its process group (tofu releases its state lock on SIGTERM), then SIGKILL after the
  * grace period. Elsewhere, or without /proc, nothing is found.
  */
@@ -33,7 +36,13 @@ export function runOfWorkingDirectory(cwd: string, workspacesDir: string): strin
   return runId === undefined || runId === "" ? undefined : runId;
 }
 
-export async function findOrphans(workspacesDir: string, procDir = "/proc"): Promise<OrphanProcess[]> {
+/** Whether a /proc/<pid>/environ names a run's CLI configuration under `credentialsDir`. Pure. */
+export function startedForRun(environ: string, credentialsDir: string, runId: string): boolean {
+  const expected = `TF_CLI_CONFIG_FILE=${credentialsDir.replace(/\/+$/, "")}/${runId}/`;
+  return environ.split("\0").some((entry) => entry.startsWith(expected));
+}
+
+export async function findOrphans(workspacesDir: string, credentialsDir: string, procDir = "/proc"): Promise<OrphanProcess[]> {
   let names: string[];
   try {
     names = await readdir(procDir);
@@ -46,6 +55,7 @@ export async function findOrphans(workspacesDir: string, procDir = "/proc"): Pro
     try {
       const runId = runOfWorkingDirectory(await readlink(`${procDir}/${name}/cwd`), workspacesDir);
       if (runId === undefined) continue;
+      if (!startedForRun(await readFile(`${procDir}/${name}/environ`, "latin1"), credentialsDir, runId)) continue;
       const pgid = processGroupOf(await readFile(`${procDir}/${name}/stat`, "utf8"));
       if (pgid !== undefined) found.push({ pid: Number(name), pgid, runId });
     } catch {
@@ -86,8 +96,8 @@ function signalGroup(orphan: OrphanProcess, signal: NodeJS.Signals, ownGroup: nu
 }
 
 /** Stops every orphan: SIGTERM, up to `graceMs` to exit, then SIGKILL. Returns how many were found. */
-export async function stopOrphans(workspacesDir: string, graceMs: number, log: Logger): Promise<number> {
-  const orphans = await findOrphans(workspacesDir);
+export async function stopOrphans(workspacesDir: string, credentialsDir: string, graceMs: number, log: Logger): Promise<number> {
+  const orphans = await findOrphans(workspacesDir, credentialsDir);
   if (orphans.length === 0) return 0;
   const ownGroup = processGroupOf(await readFile("/proc/self/stat", "utf8").catch(() => ""));
   for (const o of orphans) {

@@ -38,6 +38,14 @@ export interface PhaseRunOptions {
   /** Called with whole lines of output (stdout and stderr interleaved), at most `maxLineBytes` each. */
   readonly onOutput: (text: string) => void;
   readonly maxLineBytes?: number;
+  /**
+   * Masks secrets. A line longer than `maxLineBytes` must be cut before its end: the splitter
+   * masks what it holds first and keeps back the last `longestSecret() - 1` characters, where an
+   * unmasked beginning of a secret that continues in the next read could be, so that no secret is
+   * ever cut in two before it is masked.
+   */
+  readonly redact?: (text: string) => string;
+  readonly longestSecret?: () => number;
 }
 
 export interface PhaseResult {
@@ -47,13 +55,15 @@ export interface PhaseResult {
   readonly canceled: boolean;
 }
 
-class LineSplitter {
+export class LineSplitter {
   private readonly decoder = new StringDecoder("utf8");
   private pending = "";
 
   constructor(
     private readonly emit: (text: string) => void,
     private readonly maxBytes: number,
+    private readonly redact: (text: string) => string = (t) => t,
+    private readonly longestSecret: () => number = () => 0,
   ) {}
 
   push(chunk: Buffer): void {
@@ -63,9 +73,14 @@ class LineSplitter {
       this.emit(this.pending.slice(0, lastNl + 1));
       this.pending = this.pending.slice(lastNl + 1);
     }
-    while (this.pending.length > this.maxBytes) {
-      this.emit(this.pending.slice(0, this.maxBytes));
-      this.pending = this.pending.slice(this.maxBytes);
+    // A line too long to wait for its end: mask what is held, then emit all but the tail where
+    // the unmasked start of a secret still arriving could be.
+    const holdBack = Math.max(0, this.longestSecret() - 1);
+    if (this.pending.length > this.maxBytes + holdBack) {
+      this.pending = this.redact(this.pending);
+      const cut = this.pending.length - holdBack;
+      for (let at = 0; at < cut; at += this.maxBytes) this.emit(this.pending.slice(at, Math.min(cut, at + this.maxBytes)));
+      if (cut > 0) this.pending = this.pending.slice(cut);
     }
   }
 
@@ -89,8 +104,8 @@ export function runPhase(opts: PhaseRunOptions): Promise<PhaseResult> {
       stdio: ["ignore", "pipe", "pipe"],
       detached: true,
     });
-    const out = new LineSplitter(opts.onOutput, opts.maxLineBytes ?? 16 * 1024);
-    const err = new LineSplitter(opts.onOutput, opts.maxLineBytes ?? 16 * 1024);
+    const out = new LineSplitter(opts.onOutput, opts.maxLineBytes ?? 16 * 1024, opts.redact, opts.longestSecret);
+    const err = new LineSplitter(opts.onOutput, opts.maxLineBytes ?? 16 * 1024, opts.redact, opts.longestSecret);
     child.stdout.on("data", (c: Buffer) => {
       out.push(c);
     });

@@ -161,6 +161,10 @@ export class PreflightChecker {
         const realm = challenge.params["realm"];
         if (realm === undefined) throw new Error("Bearer challenge without realm");
         const url = new URL(realm);
+      // The credential goes to the token service: only over TLS, whatever the challenge asks.
+      if (url.protocol !== "https:") {
+        return { ...base, result: "unreachable", detail: `the registry's token service ${url.origin} is not https; the credential was not sent, so it is not verified` };
+      }
         if (challenge.params["service"] !== undefined) url.searchParams.set("service", challenge.params["service"]);
         for (const repo of scoped) url.searchParams.append("scope", `repository:${repo}:pull`);
         step = `GET ${url.origin}${url.pathname} (token service${scoped.length > 0 ? `, scope ${scoped.map((r) => `repository:${r}:pull`).join(" ")}` : ""})`;

@@ -263,6 +263,8 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
         env,
         signal: abort.signal,
         graceMs: settings.cancelGraceMs,
+        redact: (text) => deps.redactor.redact(text),
+        longestSecret: () => deps.redactor.longest,
         onOutput: (text) => {
           const clean = deps.redactor.redact(text);
           shipper.push(clean);

@@ -26,7 +26,7 @@ export async function sweepLeftovers(fs: FileSystem, credentialsDir: string, wor
   await ensureAgentDir(fs, credentialsDir);
   await ensureAgentDir(fs, workspacesDir);
   // First the tofu processes an earlier agent process left running in those workspaces.
-  await stopOrphans(workspacesDir, orphanGraceMs, log);
+  await stopOrphans(workspacesDir, credentialsDir, orphanGraceMs, log);
   let wiped = 0;
   let failed = 0;
   for (const entry of await fs.readdir(credentialsDir)) {

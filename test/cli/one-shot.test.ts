@@ -4,11 +4,13 @@
  * stdout or stderr, in any form.
  */
 import { execFile } from "node:child_process";
-import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AGENT_BIN } from "../support/agent-process.js";
+import { parsePublicKeyDoc } from "../../src/crypto/agent-key.js";
+import { sealBundle } from "../../src/crypto/sealed-bundle.js";
 
 const CANARY = "CANARY-7f3a:pw-'\"$`é";
 const CANARY_FORMS = [
@@ -74,6 +76,14 @@ async function seal(opts: { agentId?: string; runId?: string; ttl?: string; issu
   const r = await run(args);
   expect(r).toMatchObject({ code: 0, stderr: "" });
   expectNoSecret(r);
+  return out;
+}
+
+/** Seals any plaintext with the library, as a control plane that does not check its export would. */
+async function sealUnchecked(plaintext: string): Promise<string> {
+  const out = join(dir, `unchecked-${Math.random().toString(16).slice(2)}.json`);
+  const bundle = await sealBundle({ recipient: parsePublicKeyDoc(readFileSync(pubFile, "utf8"), pubFile), agentId: "agent-1", runId: "run-42", plaintext: Buffer.from(plaintext, "utf8"), issuedAtMs: Date.now(), ttlSeconds: 600 });
+  writeFileSync(out, bundle);
   return out;
 }
 
@@ -291,6 +301,40 @@ describe("seal → materialize → wipe", () => {
   });
 });
 
+describe("seal checks what it seals, and never overwrites", () => {
+  it.each([
+    ["not JSON", `not json ${CANARY}`, "PAYLOAD_INVALID"],
+    ["version 2", '{"version":2,"registries":[]}', "PAYLOAD_VERSION_UNSUPPORTED"],
+  ])("refuses a plaintext that is %s, with nothing written and no secret printed", async (_what, plaintext, code) => {
+    const out = join(dir, `refused-${code}.json`);
+    const inFile = join(dir, `refused-${code}.in`);
+    writeFileSync(inFile, plaintext, { mode: 0o600 });
+    const r = await run(["seal", "--public-key", pubFile, "--agent-id", "agent-1", "--run-id", "run-42", "--in", inFile, "--out", out]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(code);
+    expect(existsSync(out)).toBe(false);
+    expectNoSecret(r);
+  });
+
+  it("refuses an --out that exists or is a symlink (OUTPUT_EXISTS), and writes a new one 0600", async () => {
+    const out = join(dir, "sealed-once.json");
+    expect((await run(["seal", "--public-key", pubFile, "--agent-id", "agent-1", "--run-id", "run-42", "--in", exportFile, "--out", out])).code).toBe(0);
+    expect(lstatSync(out).mode & 0o777).toBe(0o600);
+    const before = readFileSync(out, "utf8");
+    const again = await run(["seal", "--public-key", pubFile, "--agent-id", "agent-1", "--run-id", "run-42", "--in", exportFile, "--out", out]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain("OUTPUT_EXISTS");
+    expect(readFileSync(out, "utf8")).toBe(before);
+    const target = join(dir, "link-target.txt");
+    writeFileSync(target, "untouched");
+    const link = join(dir, "out-link.json");
+    symlinkSync(target, link);
+    const viaLink = await run(["seal", "--public-key", pubFile, "--agent-id", "agent-1", "--run-id", "run-42", "--in", exportFile, "--out", link]);
+    expect(viaLink.stderr).toContain("OUTPUT_EXISTS");
+    expect(readFileSync(target, "utf8")).toBe("untouched");
+  });
+});
+
 describe("repository-scoped entries", () => {
   it("warns that the Docker CLI family ignores a scoped key, naming the tools of that family the run's PATH has", async () => {
     const bin = join(dir, "scoped-bin");
@@ -367,8 +411,9 @@ describe("materialize refusals: exit 1, the code on stderr, nothing in the run d
       },
       "BUNDLE_UNKNOWN_KEY",
     ],
-    ["an export of version 2", async () => { const b = await seal({ plaintext: '{"version":2,"registries":[]}' }); return { args: (d) => materializeArgs(d, b) }; }, "PAYLOAD_VERSION_UNSUPPORTED"],
-    ["an export that is not JSON", async () => { const b = await seal({ plaintext: `not json ${CANARY}` }); return { args: (d) => materializeArgs(d, b) }; }, "PAYLOAD_INVALID"],
+    // `seal` refuses these itself (see below), so a control plane that does not check is stood in for by the library.
+    ["an export of version 2", async () => { const b = await sealUnchecked('{"version":2,"registries":[]}'); return { args: (d) => materializeArgs(d, b) }; }, "PAYLOAD_VERSION_UNSUPPORTED"],
+    ["an export that is not JSON", async () => { const b = await sealUnchecked(`not json ${CANARY}`); return { args: (d) => materializeArgs(d, b) }; }, "PAYLOAD_INVALID"],
     [
       "an invalid base Docker config",
       () => { const f = join(dir, "base-bad.json"); writeFileSync(f, '{"auths": []}'); return { args: (d) => materializeArgs(d, bundleFile, ["--base-docker-config", f]) }; },

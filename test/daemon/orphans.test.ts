@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { processGroupOf, processStateOf, runOfWorkingDirectory } from "../../src/daemon/orphans.js";
+import { processGroupOf, processStateOf, runOfWorkingDirectory, startedForRun } from "../../src/daemon/orphans.js";
 
 describe("reading /proc for orphaned tofu", () => {
   it.each([
@@ -21,5 +21,14 @@ describe("reading /proc for orphaned tofu", () => {
     ["/home/op", undefined],
   ])("%s belongs to run %s", (cwd, runId) => {
     expect(runOfWorkingDirectory(cwd, "/var/lib/a/work/workspaces/")).toBe(runId);
+  });
+
+  it("counts a process as the run's only when its environment names that run's CLI configuration", () => {
+    const env = ["PATH=/usr/bin", "TF_CLI_CONFIG_FILE=/run/oca/credentials/run-1/tofu/cli.tfrc", ""].join("\0");
+    expect(startedForRun(env, "/run/oca/credentials", "run-1")).toBe(true);
+    expect(startedForRun(env, "/run/oca/credentials/", "run-1")).toBe(true);
+    expect(startedForRun(env, "/run/oca/credentials", "run-2")).toBe(false);
+    expect(startedForRun("PATH=/usr/bin\0HOME=/root\0", "/run/oca/credentials", "run-1")).toBe(false);
+    expect(startedForRun("X=TF_CLI_CONFIG_FILE=/run/oca/credentials/run-1/\0", "/run/oca/credentials", "run-1")).toBe(false);
   });
 });

@@ -19,12 +19,13 @@ let server: Server;
 let port: number;
 let requests = 0;
 let accept = true;
+let challenge = 'Basic realm="test"';
 
 beforeAll(async () => {
   server = createServer((req: IncomingMessage, res: ServerResponse) => {
     requests++;
     if (req.headers.authorization === undefined) {
-      res.writeHead(401, { "www-authenticate": 'Basic realm="test"' }).end();
+      res.writeHead(401, { "www-authenticate": challenge }).end();
       return;
     }
     res.writeHead(accept ? 200 : 401).end();
@@ -107,5 +108,19 @@ describe("pre-flight sharing and memory", () => {
     clock += 2;
     await checker.check([c], new Map());
     expect(connects).toBeGreaterThan(first);
+  });
+
+  it("never sends a credential to a token service that is not https", async () => {
+    const checker = new PreflightChecker({ cacheMs: 60_000, timeoutMs: 2_000, now: () => 20_000_000, dispatcher: toTestServer() });
+    challenge = `Bearer realm="http://127.0.0.1:${port}/token",service="registry"`;
+    requests = 0;
+    try {
+      const [outcome] = await checker.check([cred("registry.test", "pw-4")], new Map());
+      expect(outcome?.result).toBe("unreachable");
+      expect(outcome?.detail).toMatch(/not https/);
+      expect(requests).toBe(1); // the challenge only; nothing went to the realm
+    } finally {
+      challenge = 'Basic realm="test"';
+    }
   });
 });

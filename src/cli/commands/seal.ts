@@ -1,5 +1,6 @@
 import { parsePublicKeyDoc } from "../../crypto/agent-key.js";
 import { sealBundle } from "../../crypto/sealed-bundle.js";
+import { parseExport } from "../../core/export-payload.js";
 import { durationSeconds, nonEmptyId, timestampMs } from "../options.js";
 import { readInput, writeOutput } from "../io.js";
 
@@ -16,6 +17,8 @@ export interface SealOptions {
 export async function seal(opts: SealOptions): Promise<number> {
   const recipient = parsePublicKeyDoc((await readInput(opts.publicKey, "public key")).toString("utf8"), opts.publicKey);
   const plaintext = await readInput(opts.in, "plaintext");
+  // The same checks the agent makes after opening, now, where the mistake can still be fixed.
+  parseExport(new TextDecoder().decode(plaintext));
   const bundle = await sealBundle({
     recipient,
     agentId: nonEmptyId("--agent-id", opts.agentId),
