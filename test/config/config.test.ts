@@ -98,4 +98,21 @@ describe("the CLI", () => {
     expect(by["drain_timeout"]?.source).toBe("default");
     expect(out.warnings.join(" ")).toContain("OCI_CRED_AGENT_TOKEN");
   });
+
+  it("config print's text shows durations and sizes as people write them, and masks user information in a URL", async () => {
+    const r = await cli(["config", "print", "--control-plane-url", "https://robot:pw-SECRET-url@cp.example.com", "--key-file", "/k", "--work-dir", "/w", "--token-file", "/t", "--drain-timeout", "90s"]);
+    expect(r.stdout).toMatch(/^drain_timeout +90s +\(flag\)$/m);
+    expect(r.stdout).toMatch(/^run_timeout +2h +\(default\)$/m);
+    expect(r.stdout).toMatch(/^max_config_bytes +256MiB +\(default\)$/m);
+    expect(r.stdout + r.stderr).not.toContain("pw-SECRET-url");
+    expect(r.stdout).toContain("https://[REDACTED]@cp.example.com");
+    expect(r.stdout).toContain("carries user information");
+    expect(r.code).toBe(1);
+  });
+
+  it("--token is not a flag: a command line is visible to every user", async () => {
+    const r = await cli(["config", "print", "--token", "tok-SECRET-argv"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("unknown option '--token'");
+  });
 });
