@@ -1,16 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { AgentError } from "../../src/core/errors.js";
 import { parseExport } from "../../src/core/export-payload.js";
+import { refusalSync } from "../support/refusal.js";
 
-function refusal(text: string): AgentError {
-  try {
-    parseExport(text);
-  } catch (error) {
-    if (error instanceof AgentError) return error;
-    throw error;
-  }
-  throw new Error("expected a refusal");
-}
+const refusal = (text: string) => refusalSync(() => parseExport(text));
 
 function one(entry: unknown) {
   return parseExport(JSON.stringify({ version: 1, registries: [entry] }));

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { AgentError } from "../../src/core/errors.js";
 import { scanTopLevel } from "../../src/core/hcl-top-level.js";
 import { renderTofuCliConfig, type OperatorCliConfigSource, type RenderedTofuCliConfig } from "../../src/core/tofu-cli-config.js";
+import { refusalSync as refusal } from "../support/refusal.js";
 
 const DOCKER_PATH = "/run/oci-cred-agent/run-1/docker/config.json";
 
@@ -9,15 +9,6 @@ function render(sources: OperatorCliConfigSource[], exported: string[] = []): Re
   return renderTofuCliConfig({ sources, dockerConfigPath: DOCKER_PATH, exportedRegistries: new Set(exported) });
 }
 
-function refusal(fn: () => unknown): AgentError {
-  try {
-    fn();
-  } catch (error) {
-    if (error instanceof AgentError) return error;
-    throw error;
-  }
-  throw new Error("expected a refusal");
-}
 
 const AGENT_BLOCK = `oci_default_credentials {\n  discover_ambient_credentials = true\n  docker_style_config_files    = [${JSON.stringify(DOCKER_PATH)}]\n}\n`;
 

@@ -4,10 +4,11 @@ import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AgentError, type ErrorCode } from "../../src/core/errors.js";
+import type { ErrorCode } from "../../src/core/errors.js";
 import { generatePrivateKeyPem, kidOf, parsePrivateKeyPem, parsePublicKeyDoc, publicKeyDoc, publicKeyOfPem } from "../../src/crypto/agent-key.js";
 import { createKeyFile, readProtectedKeyFile } from "../../src/fs/key-file.js";
 import { realFs } from "../../src/fs/secure-fs.js";
+import { refusal, refusalSync } from "../support/refusal.js";
 
 let dir: string;
 let pem: string;
@@ -21,25 +22,7 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function refusal(p: Promise<unknown>): Promise<AgentError> {
-  try {
-    await p;
-  } catch (error) {
-    if (error instanceof AgentError) return error;
-    throw error;
-  }
-  throw new Error("expected a refusal");
-}
 
-function refusalSync(fn: () => unknown): AgentError {
-  try {
-    fn();
-  } catch (error) {
-    if (error instanceof AgentError) return error;
-    throw error;
-  }
-  throw new Error("expected a refusal");
-}
 
 describe("key id and public key document", () => {
   it("kid is the RFC 7638 thumbprint computed from Node's own JWK export", () => {

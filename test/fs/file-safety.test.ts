@@ -9,11 +9,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { materializeRun } from "../../src/app/materialize-run.js";
-import { AgentError, type ErrorCode } from "../../src/core/errors.js";
+import type { ErrorCode } from "../../src/core/errors.js";
 import { generatePrivateKeyPem, parsePrivateKeyPem } from "../../src/crypto/agent-key.js";
 import { sealBundle } from "../../src/crypto/sealed-bundle.js";
 import { MARKER_NAME, RUN_FILES, createRunDir, runFilePath, wipeRunDir, writeRunFile, type RunFileId } from "../../src/fs/run-dir.js";
 import { isTempNameFor, makePrivateDir, realFs, tempNameFor, writeSecretFileAtomic, type FileSystem } from "../../src/fs/secure-fs.js";
+import { refusal } from "../support/refusal.js";
 
 const IS_ROOT = process.getuid?.() === 0;
 const META = { runId: "run-1", agentId: "agent-1", createdAt: "2026-11-22T10:00:00.000Z" };
@@ -55,15 +56,6 @@ function snapshotOutside(): string {
   return out.join("\n");
 }
 
-async function refusal(p: Promise<unknown>): Promise<AgentError> {
-  try {
-    await p;
-  } catch (error) {
-    if (error instanceof AgentError) return error;
-    throw error;
-  }
-  throw new Error("expected a refusal");
-}
 
 function mode(path: string): number {
   return lstatSync(path).mode & 0o777;

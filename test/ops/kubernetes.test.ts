@@ -22,9 +22,10 @@ import { ConfigMap, Service, ServiceAccount } from "kubernetes-models/v1";
 import { Deployment } from "kubernetes-models/apps/v1";
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1";
 import { NetworkPolicy } from "kubernetes-models/networking.k8s.io/v1";
-import { RUN_FIELDS, parseFieldValue, resolveConfig, type FieldSpec } from "../../src/config/schema.js";
+import { RUN_FIELDS, resolveConfig } from "../../src/config/schema.js";
 import { toRunSettings } from "../../src/config/load-run-config.js";
 import { AGENT_BIN } from "../support/agent-process.js";
+import { runFlags } from "../support/run-flags.js";
 
 const REPO = realpathSync(new URL("../../", import.meta.url));
 const DIR = join(REPO, "deploy/kubernetes");
@@ -128,31 +129,9 @@ const MOUNTS = asArr(AGENT["volumeMounts"]);
 const ARGS = (Array.isArray(AGENT["args"]) ? AGENT["args"] : []) as string[];
 const CONTAINER_ENV = Object.fromEntries(asArr(AGENT["env"]).map((e) => [String(e["name"]), String(e["value"])]));
 
-const FIELD_BY_FLAG = new Map<string, FieldSpec>(RUN_FIELDS.map((f) => [f.flag, f]));
 
-/** The `run` flags in the container's args, each checked against the schema: key -> value. */
-function runFlags(args: readonly string[]): Record<string, string | boolean> {
-  expect(args[0], "the container runs the daemon command").toBe("run");
-  const flags: Record<string, string | boolean> = {};
-  for (let i = 1; i < args.length; i++) {
-    const arg = args[i] ?? "";
-    const eq = arg.indexOf("=");
-    const flag = eq > 0 ? arg.slice(0, eq) : arg;
-    const spec = FIELD_BY_FLAG.get(flag);
-    expect(spec, `${flag} in the container's args is a flag of \`oci-cred-agent run\``).toBeDefined();
-    if (spec === undefined) continue;
-    if (spec.kind === "bool" && eq < 0) {
-      flags[spec.key] = true;
-      continue;
-    }
-    const value = eq > 0 ? arg.slice(eq + 1) : args[++i];
-    expect(parseFieldValue(spec, value ?? ""), `${flag} ${String(value)}`).toMatchObject({ ok: true });
-    flags[spec.key] = value ?? "";
-  }
-  return flags;
-}
 
-const FLAGS = runFlags(ARGS);
+const FLAGS = runFlags(ARGS, "the container's args");
 
 /** The mount (and its volume) that holds a path; the deepest mount wins, as in the container. */
 function mountOf(path: string): { mount: Obj; volume: Obj; rest: string } {

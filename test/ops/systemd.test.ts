@@ -18,8 +18,9 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { resolveRunConfig, toRunSettings } from "../../src/config/load-run-config.js";
-import { RUN_FIELDS, parseFieldValue, type FieldSpec } from "../../src/config/schema.js";
+import { RUN_FIELDS } from "../../src/config/schema.js";
 import { AGENT_BIN } from "../support/agent-process.js";
+import { runFlags } from "../support/run-flags.js";
 
 const REPO = realpathSync(new URL("../../", import.meta.url));
 const UNIT_NAME = "oci-cred-agent.service";
@@ -125,31 +126,7 @@ function envFile(text: string): Record<string, string> {
   return env;
 }
 
-const FIELD_BY_FLAG = new Map<string, FieldSpec>(RUN_FIELDS.map((f) => [f.flag, f]));
 
-/** The `run` flags of ExecStart=, checked against the schema: key -> value. */
-function runFlags(args: readonly string[]): Record<string, string | boolean> {
-  expect(args[0], "ExecStart= runs the daemon command").toBe("run");
-  const flags: Record<string, string | boolean> = {};
-  for (let i = 1; i < args.length; i++) {
-    const arg = args[i] ?? "";
-    const eq = arg.indexOf("=");
-    const flag = eq > 0 ? arg.slice(0, eq) : arg;
-    const spec = FIELD_BY_FLAG.get(flag);
-    expect(spec, `${flag} in ExecStart= is a flag of \`oci-cred-agent run\` (src/config/schema.ts)`).toBeDefined();
-    if (spec === undefined) continue;
-    if (spec.kind === "bool" && eq < 0) {
-      flags[spec.key] = true;
-      continue;
-    }
-    const value = eq > 0 ? arg.slice(eq + 1) : args[++i];
-    expect(value, `${flag} has a value`).toBeDefined();
-    const parsed = parseFieldValue(spec, value ?? "");
-    expect(parsed, `${flag} ${String(value)} is a valid value`).toMatchObject({ ok: true });
-    flags[spec.key] = value ?? "";
-  }
-  return flags;
-}
 
 function run(cmd: string, args: readonly string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(cmd, args, { encoding: "utf8", env: { ...process.env, SYSTEMD_COLORS: "0", SYSTEMD_LOG_COLOR: "0", LANG: "C.UTF-8" } });
@@ -290,14 +267,14 @@ describe("systemd unit: wiring to the agent's configuration", () => {
   const fileEnv = envFile(ENV_EXAMPLE);
 
   async function settings(extraEnv: Record<string, string> = {}): Promise<ReturnType<typeof toRunSettings>> {
-    const { resolved, problems } = await resolveRunConfig(runFlags(start.args), { ...unitEnv, ...fileEnv, ...extraEnv });
+    const { resolved, problems } = await resolveRunConfig(runFlags(start.args, "ExecStart="), { ...unitEnv, ...fileEnv, ...extraEnv });
     expect(problems).toEqual([]);
     return toRunSettings(resolved);
   }
 
   it("every ExecStart= flag is a flag of `run` with a valid value, and with the example environment file the configuration is complete", async () => {
     expect(start.exe).toBe("/opt/oci-cred-agent/bin/oci-cred-agent");
-    const flags = runFlags(start.args);
+    const flags = runFlags(start.args, "ExecStart=");
     expect(Object.keys(flags).length).toBeGreaterThan(3);
     await settings();
   });
@@ -310,7 +287,7 @@ describe("systemd unit: wiring to the agent's configuration", () => {
     expect(r.status, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as { settings: { key: string; source: string }[]; problems: string[] };
     expect(out.problems).toEqual([]);
-    for (const key of Object.keys(runFlags(start.args))) expect(out.settings.find((x) => x.key === key)?.source, key).toBe("flag");
+    for (const key of Object.keys(runFlags(start.args, "ExecStart="))) expect(out.settings.find((x) => x.key === key)?.source, key).toBe("flag");
     expect(out.settings.find((x) => x.key === "control_plane_url")?.source).toBe("env");
   });
 
@@ -366,7 +343,7 @@ describe("systemd unit: wiring to the agent's configuration", () => {
     expect(mentioned.length).toBeGreaterThan(3);
     for (const name of [...mentioned, ...Object.keys(unitEnv).filter((k) => k.startsWith("OCI_CRED_AGENT_"))]) expect(known, name).toContain(name);
     // A setting that ExecStart= gives as a flag would be silently shadowed in the file.
-    const flagged = new Set(Object.keys(runFlags(start.args)).map((k) => RUN_FIELDS.find((f) => f.key === k)?.env));
+    const flagged = new Set(Object.keys(runFlags(start.args, "ExecStart=")).map((k) => RUN_FIELDS.find((f) => f.key === k)?.env));
     for (const name of Object.keys(fileEnv)) expect(flagged.has(name), `${name} is set by ExecStart= already`).toBe(false);
   });
 
