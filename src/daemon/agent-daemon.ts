@@ -109,6 +109,7 @@ export class AgentDaemon {
       observer.pollFailed(kind, error.code, error.message);
       if (error.code === "CONTROL_PLANE_UNAUTHORIZED") {
         this.fatal = error;
+        observer.unregistered();
         log.fatal({ event: "unauthorized", code: error.code, during }, error.message);
         return false;
       }
@@ -150,6 +151,7 @@ export class AgentDaemon {
         if (this.stopping()) break;
         if (isAgentError(error) && error.code === "CONTROL_PLANE_REJECTED" && error.details["status"] === 404) {
           this.options.log.warn({ event: "reregistering" }, "the control plane no longer knows this agent; registering again");
+          this.options.observer.unregistered();
           const again = await this.register();
           if (again === undefined) break;
           agentId = again;

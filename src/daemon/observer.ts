@@ -6,6 +6,8 @@ import type { Outcome, Phase } from "../protocol/agent-api.js";
 
 export interface DaemonObserver {
   registered(agentId: string): void;
+  /** The registration is gone: the control plane forgot the agent, or refused its token. */
+  unregistered(): void;
   keysLoaded(count: number): void;
   pollSucceeded(): void;
   pollFailed(kind: string, code: string, message: string): void;
@@ -22,6 +24,7 @@ export interface DaemonObserver {
 
 export const noopObserver: DaemonObserver = {
   registered: () => undefined,
+  unregistered: () => undefined,
   keysLoaded: () => undefined,
   pollSucceeded: () => undefined,
   pollFailed: () => undefined,

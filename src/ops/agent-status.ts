@@ -33,6 +33,9 @@ export class AgentStatus implements DaemonObserver {
     this.lastOkMs = this.now();
     this.lastError = undefined;
   }
+  unregistered(): void {
+    this.agentId = undefined;
+  }
   keysLoaded(count: number): void {
     this.keys = count;
   }
@@ -93,6 +96,7 @@ export function combineObservers(...observers: DaemonObserver[]): DaemonObserver
     };
   return {
     registered: fan("registered"),
+    unregistered: fan("unregistered"),
     keysLoaded: fan("keysLoaded"),
     pollSucceeded: fan("pollSucceeded"),
     pollFailed: fan("pollFailed"),

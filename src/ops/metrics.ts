@@ -46,6 +46,9 @@ export class AgentMetrics implements DaemonObserver {
   registered(): void {
     this.registeredGauge.set(1);
   }
+  unregistered(): void {
+    this.registeredGauge.set(0);
+  }
   keysLoaded(count: number): void {
     this.keys.set(count);
   }
