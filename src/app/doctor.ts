@@ -7,15 +7,16 @@
  */
 import { constants } from "node:fs";
 import { access, stat, statfs } from "node:fs/promises";
-import { delimiter, dirname, join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { request, type Dispatcher } from "undici";
-import { errnoCode, isAgentError } from "../core/errors.js";
+import { AgentError, errnoCode, isAgentError } from "../core/errors.js";
 import type { ConfigProblem, ResolvedConfig } from "../config/schema.js";
 import { parseKeyUri, loadKeySource, describeKeySource } from "../keys/key-source.js";
 import { realFs } from "../fs/secure-fs.js";
 import { findOciSources } from "../fs/oci-sources.js";
+import { findExecutable } from "../fs/executables.js";
 import { PreflightChecker } from "../daemon/preflight.js";
-import { DOCKER_HUB_ALIASES, DOCKER_HUB_KEYS, registryOfConfigKey } from "../core/registry-address.js";
+import { anonymousDockerHubSources, repositoriesByRegistry } from "../core/oci-source-checks.js";
 import { defaultHelperExists, openExport } from "./materialize-run.js";
 import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
 import { AGENT_API_PREFIX } from "../protocol/agent-api.js";
@@ -46,18 +47,6 @@ function failure(check: string, error: unknown): DoctorCheck {
   return { check, status: "fail", detail: `unexpected failure (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")})`, code: "INTERNAL" };
 }
 
-async function onPath(file: string, env: NodeJS.ProcessEnv): Promise<string | undefined> {
-  const candidates = file.includes("/") ? [resolve(file)] : (env["PATH"] ?? "").split(delimiter).filter((d) => d !== "").map((d) => join(d, file));
-  for (const c of candidates) {
-    try {
-      await access(c, constants.X_OK);
-      return c;
-    } catch {
-      // keep looking
-    }
-  }
-  return undefined;
-}
 
 async function checkDirectory(check: string, dir: string, wantTmpfs: boolean): Promise<DoctorCheck> {
   let path = resolve(dir);
@@ -185,7 +174,7 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
 
   // tofu
   const tofuBin = str("tofu_bin") ?? "tofu";
-  const tofuPath = await onPath(tofuBin, inputs.env);
+  const tofuPath = await findExecutable(tofuBin, inputs.env);
   checks.push(tofuPath ? { check: "tofu", status: "ok", detail: tofuPath } : { check: "tofu", status: "fail", detail: `${tofuBin} is not on PATH; install OpenTofu or set --tofu-bin`, code: "INPUT_UNREADABLE" });
 
   // Control plane and clock
@@ -203,11 +192,8 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
 
   // Configuration sources
   const sources = inputs.configurationDir === undefined ? [] : await findOciSources(inputs.configurationDir);
-  for (const s of sources) {
-    const host = s.host.toLowerCase();
-    if (DOCKER_HUB_ALIASES.has(host) && host !== DOCKER_HUB_KEYS.opentofu) {
-      checks.push({ check: "sources", status: "warn", detail: `${s.file}: ${s.address} is pulled anonymously by OpenTofu; write oci://${DOCKER_HUB_KEYS.opentofu}/${s.repository}`, code: "DOCKER_HUB_ANONYMOUS" });
-    }
+  for (const { source: s, fix } of anonymousDockerHubSources(sources)) {
+    checks.push({ check: "sources", status: "warn", detail: `${s.file}: ${s.address} is pulled anonymously by OpenTofu; write ${fix}`, code: "DOCKER_HUB_ANONYMOUS" });
   }
 
   // Credentials of a bundle
@@ -231,22 +217,15 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
             checks.push({ check: "credentials", status: "fail", detail: `docker-credential-${helper} (integration ${c.entry.id}, ${c.target.host}) is not on PATH; install it`, code: "CREDENTIAL_HELPER_NOT_FOUND" });
           }
         }
-        const repositoriesByHost = new Map<string, string[]>();
-        for (const s of sources) {
-          const registry = registryOfConfigKey(s.host);
-          if (registry !== undefined) repositoriesByHost.set(registry, [...(repositoriesByHost.get(registry) ?? []), s.repository]);
-        }
         const checker = new PreflightChecker({ cacheMs: 0, timeoutMs: 10_000, now: inputs.nowMs, dispatcher: registryDispatcher(inputs.env) });
-        // One credential at a time, so that a refusal does not hide the others' results.
-        for (const c of selection.selected) {
-          try {
-            for (const o of await checker.check([c], repositoriesByHost)) {
-              const status: CheckStatus = o.result === "unreachable" ? "warn" : o.result === "skipped" ? "skip" : "ok";
-              checks.push({ check: "credentials", status, detail: `integration ${o.integration_id} for ${o.host}: ${o.result} (${o.detail})` });
-            }
-          } catch (error) {
-            checks.push(failure("credentials", error));
+        // Every credential, so that a refusal does not hide the others' results.
+        for (const o of await checker.checkEach(selection.selected, repositoriesByRegistry(sources))) {
+          if (o instanceof AgentError) {
+            checks.push(failure("credentials", o));
+            continue;
           }
+          const status: CheckStatus = o.result === "unreachable" ? "warn" : o.result === "skipped" ? "skip" : "ok";
+          checks.push({ check: "credentials", status, detail: `integration ${o.integration_id} for ${o.host}: ${o.result} (${o.detail})` });
         }
       } catch (error) {
         checks.push(failure("credentials", error));

@@ -4,9 +4,7 @@
  * base config, CLI configuration); only then is the run directory created. If writing fails
  * part-way, what was written is wiped again, so a refusal never leaves a secret on disk.
  */
-import { constants } from "node:fs";
-import { access } from "node:fs/promises";
-import { delimiter, join, resolve } from "node:path";
+import { resolve } from "node:path";
 import { AgentError } from "../core/errors.js";
 import { selectCredentials, type CredentialSelection, type IgnoredEntry, type SelectedCredential } from "../core/credential-selection.js";
 import { parseBaseDockerConfig, renderRegistryFiles, type DockerConfigDoc } from "../core/docker-config.js";
@@ -17,6 +15,7 @@ import type { AgentPrivateKey } from "../crypto/agent-key.js";
 import { openBundle } from "../crypto/sealed-bundle.js";
 import { createRunDir, runFilePath, wipeRunDir, writeRunFile } from "../fs/run-dir.js";
 import type { FileSystem } from "../fs/secure-fs.js";
+import { findExecutable } from "../fs/executables.js";
 
 export interface MaterializeRequest {
   readonly bundle: Uint8Array;
@@ -61,28 +60,15 @@ export interface MaterializeResult {
 /** Tools that read the Docker config and match registry hosts only (no repository-scoped keys). */
 const DOCKER_FAMILY_TOOLS = ["docker", "oras", "crane", "helm", "regctl"];
 
-async function onPath(file: string): Promise<boolean> {
-  for (const dir of (process.env["PATH"] ?? "").split(delimiter)) {
-    if (dir === "") continue;
-    try {
-      await access(join(dir, file), constants.X_OK);
-      return true;
-    } catch {
-      // keep looking
-    }
-  }
-  return false;
-}
-
 async function executablesOnPath(names: readonly string[]): Promise<string[]> {
   const found: string[] = [];
-  for (const name of names) if (await onPath(name)) found.push(name);
+  for (const name of names) if ((await findExecutable(name)) !== undefined) found.push(name);
   return found;
 }
 
 /** Looks for an executable `docker-credential-<name>` on PATH, as tools resolve it. */
-export function defaultHelperExists(name: string): Promise<boolean> {
-  return onPath(`docker-credential-${name}`);
+export async function defaultHelperExists(name: string): Promise<boolean> {
+  return (await findExecutable(`docker-credential-${name}`)) !== undefined;
 }
 
 export function secretFormsOf(selected: readonly SelectedCredential[]): string[] {
@@ -132,11 +118,11 @@ export async function materializeRun(request: MaterializeRequest): Promise<Mater
     exportedRegistries: new Set(selection.selected.map((s) => s.target.registry)),
   });
 
+  const helperExists = request.helperExists ?? defaultHelperExists;
   const helpers = [...new Set(selection.selected.flatMap((s) => (s.entry.credentialHelper === undefined ? [] : [s.entry.credentialHelper])))];
   if (helpers.length > 0) {
-    const exists = request.helperExists ?? defaultHelperExists;
     const missing: string[] = [];
-    for (const h of helpers) if (!(await exists(h))) missing.push(h);
+    for (const h of helpers) if (!(await helperExists(h))) missing.push(h);
     if (missing.length > 0) {
       const users = selection.selected.filter((s) => s.entry.credentialHelper !== undefined && missing.includes(s.entry.credentialHelper));
       throw new AgentError(
@@ -154,7 +140,7 @@ export async function materializeRun(request: MaterializeRequest): Promise<Mater
   if (base?.credsStore !== undefined && base.credsStore !== "") baseHelpers.set(base.credsStore, "credsStore (every registry not exported)");
   const baseHelperWarnings: string[] = [];
   for (const [name, servedBy] of baseHelpers) {
-    if (!(await (request.helperExists ?? defaultHelperExists)(name))) {
+    if (!(await helperExists(name))) {
       baseHelperWarnings.push(`the base Docker config names docker-credential-${name} for ${servedBy}, but it is not on PATH: tofu init will fail for those registries; install it or remove it from --base-docker-config`);
     }
   }

@@ -16,6 +16,11 @@ async function readPem(path: string, what: string): Promise<string> {
   }
 }
 
+/** Whether a proxy variable is set (then undici's EnvHttpProxyAgent applies it, with NO_PROXY). */
+function proxyConfigured(env: NodeJS.ProcessEnv): boolean {
+  return ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"].some((k) => (env[k] ?? "") !== "");
+}
+
 export async function controlPlaneDispatcher(env: NodeJS.ProcessEnv, caFile: string | undefined): Promise<Dispatcher> {
   let ca: string[] | undefined;
   if (caFile !== undefined) {
@@ -26,9 +31,8 @@ export async function controlPlaneDispatcher(env: NodeJS.ProcessEnv, caFile: str
     ca.push(await readPem(caFile, "--ca-file"));
   }
   const connect = ca === undefined ? {} : { connect: { ca } };
-  const proxied = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"].some((k) => (env[k] ?? "") !== "");
   const common = { keepAliveTimeout: 30_000, connections: 256 };
-  return proxied ? new EnvHttpProxyAgent({ ...common, ...connect }) : new Agent({ ...common, ...connect });
+  return proxyConfigured(env) ? new EnvHttpProxyAgent({ ...common, ...connect }) : new Agent({ ...common, ...connect });
 }
 
 /**
@@ -36,7 +40,6 @@ export async function controlPlaneDispatcher(env: NodeJS.ProcessEnv, caFile: str
  * NODE_EXTRA_CA_CERTS, as tofu's own trust follows the system's) and the proxy variables.
  */
 export function registryDispatcher(env: NodeJS.ProcessEnv): Dispatcher {
-  const proxied = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"].some((k) => (env[k] ?? "") !== "");
   const common = { keepAliveTimeout: 4_000, connections: 16 };
-  return proxied ? new EnvHttpProxyAgent(common) : new Agent(common);
+  return proxyConfigured(env) ? new EnvHttpProxyAgent(common) : new Agent(common);
 }

@@ -97,6 +97,24 @@ export class PreflightChecker {
   }
 
   /**
+   * Checks every credential whatever the others' results (for `doctor`): each entry is an
+   * outcome, or the PREFLIGHT_FAILED refusal of that credential.
+   */
+  async checkEach(credentials: readonly SelectedCredential[], repositoriesByHost: ReadonlyMap<string, readonly string[]>): Promise<(PreflightOutcome | AgentError)[]> {
+    const served = repositoriesServed(credentials, repositoriesByHost);
+    const results: (PreflightOutcome | AgentError)[] = [];
+    for (const credential of credentials) {
+      results.push(
+        await this.checkShared(credential, served).catch((error: unknown) => {
+          if (error instanceof AgentError) return error;
+          throw error;
+        }),
+      );
+    }
+    return results;
+  }
+
+  /**
    * One check per credential at a time: runs that start together share the check in flight, and
    * a registry that could not be reached is not asked again for UNREACHABLE_MEMORY_MS (busy
    * agents must not queue on DNS or a dead endpoint). Refusals are never remembered.
@@ -135,7 +153,8 @@ export class PreflightChecker {
     if (cachedUntil !== undefined && cachedUntil > this.options.now()) {
       return { ...base, result: "cached", detail: "accepted recently" };
     }
-    const endpoint = target.hostKey === "registry-1.docker.io" ? "registry-1.docker.io" : target.hostKey;
+    // Docker Hub's API endpoint is its OpenTofu key, registry-1.docker.io.
+    const endpoint = target.hostKey;
     const basic = `Basic ${Buffer.from(`${entry.username}:${entry.password}`, "utf8").toString("base64")}`;
     const who = `integration ${entry.id}${entry.name === undefined ? "" : ` (${entry.name})`}`;
     let step = `GET https://${endpoint}/v2/`;
@@ -161,10 +180,10 @@ export class PreflightChecker {
         const realm = challenge.params["realm"];
         if (realm === undefined) throw new Error("Bearer challenge without realm");
         const url = new URL(realm);
-      // The credential goes to the token service: only over TLS, whatever the challenge asks.
-      if (url.protocol !== "https:") {
-        return { ...base, result: "unreachable", detail: `the registry's token service ${url.origin} is not https; the credential was not sent, so it is not verified` };
-      }
+        // The credential goes to the token service: only over TLS, whatever the challenge asks.
+        if (url.protocol !== "https:") {
+          return { ...base, result: "unreachable", detail: `the registry's token service ${url.origin} is not https; the credential was not sent, so it is not verified` };
+        }
         if (challenge.params["service"] !== undefined) url.searchParams.set("service", challenge.params["service"]);
         for (const repo of scoped) url.searchParams.append("scope", `repository:${repo}:pull`);
         step = `GET ${url.origin}${url.pathname} (token service${scoped.length > 0 ? `, scope ${scoped.map((r) => `repository:${r}:pull`).join(" ")}` : ""})`;

@@ -24,7 +24,7 @@ import type { DaemonObserver } from "./observer.js";
 import { runPhase, type TofuCommand } from "./phase-runner.js";
 import type { PreflightChecker } from "./preflight.js";
 import { findOciSources } from "../fs/oci-sources.js";
-import { DOCKER_HUB_ALIASES, DOCKER_HUB_KEYS, registryOfConfigKey } from "../core/registry-address.js";
+import { anonymousDockerHubSources, repositoriesByRegistry } from "../core/oci-source-checks.js";
 import type { SelectedCredential } from "../core/credential-selection.js";
 
 export interface RunSettings {
@@ -344,24 +344,14 @@ export async function executeRun(lease: Lease, deps: RunDeps, shutdown: AbortSig
  */
 async function checkBeforeInit(credentials: readonly SelectedCredential[], workspaceDir: string, deps: RunDeps, log: Logger, signal: AbortSignal): Promise<void> {
   const sources = await findOciSources(workspaceDir).catch(() => []);
-  for (const s of sources) {
-    const host = s.host.toLowerCase();
-    if (DOCKER_HUB_ALIASES.has(host) && host !== DOCKER_HUB_KEYS.opentofu) {
-      log.warn(
-        { event: "docker_hub_source", file: s.file, source: s.address, code: "DOCKER_HUB_ANONYMOUS" },
-        `${s.file}: ${s.address} is pulled anonymously by OpenTofu, whatever credentials exist; write it as oci://${DOCKER_HUB_KEYS.opentofu}/${s.repository}`,
-      );
-    }
+  for (const { source: s, fix } of anonymousDockerHubSources(sources)) {
+    log.warn(
+      { event: "docker_hub_source", file: s.file, source: s.address, code: "DOCKER_HUB_ANONYMOUS" },
+      `${s.file}: ${s.address} is pulled anonymously by OpenTofu, whatever credentials exist; write it as ${fix}`,
+    );
   }
   if (!deps.settings.preflight || deps.preflight === undefined || credentials.length === 0) return;
-  const repositoriesByHost = new Map<string, string[]>();
-  for (const s of sources) {
-    const registry = registryOfConfigKey(s.host);
-    if (registry === undefined) continue;
-    const list = repositoriesByHost.get(registry) ?? [];
-    if (!list.includes(s.repository)) list.push(s.repository);
-    repositoriesByHost.set(registry, list);
-  }
+  const repositoriesByHost = repositoriesByRegistry(sources);
   const started = performance.now();
   try {
     const outcomes = await deps.preflight.check(credentials, repositoriesByHost);

@@ -10,7 +10,7 @@ import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { delimiter, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { composeAgent } from "../../app/compose-agent.js";
@@ -18,6 +18,7 @@ import { createControlPlane } from "../../control-plane/server.js";
 import type { RunRecord } from "../../control-plane/store.js";
 import { generatePrivateKeyPem } from "../../crypto/agent-key.js";
 import { createKeyFile } from "../../fs/key-file.js";
+import { findExecutable } from "../../fs/executables.js";
 import { realFs } from "../../fs/secure-fs.js";
 import type { TofuCommand } from "../../daemon/phase-runner.js";
 import { packageVersion } from "../version.js";
@@ -50,19 +51,6 @@ const SAMPLE_INTEGRATIONS = [
   { name: "GitLab (export off)", registry_url: "https://registry.gitlab.com", username: "acme-deploy", export_credentials: false },
 ];
 
-async function onPath(name: string): Promise<string | undefined> {
-  for (const dir of (process.env["PATH"] ?? "").split(delimiter)) {
-    if (dir === "") continue;
-    const candidate = join(dir, name);
-    try {
-      await realFs.stat(candidate);
-      return candidate;
-    } catch {
-      // keep looking
-    }
-  }
-  return undefined;
-}
 
 async function tarGz(dir: string): Promise<Buffer> {
   const { stdout } = await execFileAsync("tar", ["czf", "-", "-C", dir, "."], { encoding: "buffer", maxBuffer: 16 * 1024 * 1024 });
@@ -129,7 +117,7 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
     const tokenFile = join(secretsDir, "agent.token");
     await writeFile(tokenFile, agentToken, { mode: 0o600 });
 
-    const realTofu = await onPath("tofu");
+    const realTofu = await findExecutable("tofu");
     const mainJs = fileURLToPath(new URL("../main.js", import.meta.url));
     const tofu: TofuCommand = realTofu ? { file: realTofu, argsPrefix: [] } : { file: process.execPath, argsPrefix: [mainJs, "tofu-standin"] };
     out(realTofu ? `\nUsing OpenTofu at ${realTofu}.` : "\nNo tofu on PATH: phases run a labelled stand-in that shows what OpenTofu would resolve.");
