@@ -25,8 +25,9 @@ import { generatePrivateKeyPem, parsePrivateKeyPem } from "../../src/crypto/agen
 import { sealBundle } from "../../src/crypto/sealed-bundle.js";
 import { realFs } from "../../src/fs/secure-fs.js";
 import { discoverTofuCliConfig } from "../../src/fs/tofu-cli-config-sources.js";
-import { buildModulePackage, pushModulePackage, writeAuthFile, type ModulePackage } from "../support/oci-module-package.js";
-import { startHtpasswdRegistry, startTokenRegistry, type LocalRegistry, type TokenRegistry } from "../support/registry-fixture.js";
+import { writeAuthFile, type ModulePackage } from "../support/oci-module-package.js";
+import type { LocalRegistry, TokenRegistry } from "../support/registry-fixture.js";
+import { startRegistryPair } from "../support/registry-pair.js";
 
 const execFileAsync = promisify(execFile);
 const secret = (label: string): string => `${label}-${randomBytes(9).toString("base64url")}:colon`;
@@ -94,30 +95,20 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "oca-it-resolution-"));
   home = join(work, "home");
   await mkdir(join(home, ".docker"), { recursive: true, mode: 0o700 });
-  const [r, t, p] = await Promise.allSettled([
-    startHtpasswdRegistry({ pusher: PUSHER, alice: ALICE }),
-    startTokenRegistry({
-      pusher: { password: PUSHER, acl: [{ pattern: "*", actions: ["pull", "push"] }] },
+  const pair = await startRegistryPair({
+    pusherPassword: PUSHER,
+    htpasswdUsers: { alice: ALICE },
+    tokenUsers: {
       "team-a": { password: TEAM_A, acl: [{ pattern: "org-a/*", actions: ["pull"] }] },
       "team-b": { password: TEAM_B, acl: [{ pattern: "org-b/*", actions: ["pull"] }] },
       ops: { password: OPS, acl: [{ pattern: "ops/*", actions: ["pull"] }] },
-    }),
-    buildModulePackage({ layoutDir: join(tmpdir(), `oca-it-modpkg-${randomBytes(4).toString("hex")}`), tag: "2.0.1" }),
-  ]);
-  // Whatever started is stopped in afterAll even if something else failed to start.
-  if (r.status === "fulfilled") cleanups.push(() => r.value.stop());
-  if (t.status === "fulfilled") cleanups.push(() => t.value.stop());
-  if (p.status === "fulfilled") cleanups.push(() => rm(p.value.layoutDir, { recursive: true, force: true }));
-  if (r.status === "rejected") throw r.reason;
-  if (t.status === "rejected") throw t.reason;
-  if (p.status === "rejected") throw p.reason;
-  [registry, tokenRegistry, pkg] = [r.value, t.value, p.value];
-  await Promise.all([
-    pushModulePackage(pkg, { host: registry.host, repository: "modules/network", certDir: registry.certDir, username: "pusher", password: PUSHER }),
-    ...["org-a", "org-b", "ops"].map((org) =>
-      pushModulePackage(pkg, { host: tokenRegistry.host, repository: `${org}/network`, certDir: tokenRegistry.certDir, username: "pusher", password: PUSHER }),
-    ),
-  ]);
+    },
+    tag: "2.0.1",
+    htpasswdRepositories: ["modules/network"],
+    tokenRepositories: ["org-a/network", "org-b/network", "ops/network"],
+  });
+  cleanups.push(() => pair.stop());
+  ({ registry, tokenRegistry, pkg } = pair);
 
   // An ambient Docker config with a decoy for the exported registry: OpenTofu must not read it.
   await writeFile(join(home, ".docker", "config.json"), JSON.stringify({ auths: { [registry.host]: { auth: b64(`alice:${DECOY_ALICE}`) } } }), { mode: 0o600 });

@@ -18,8 +18,9 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AGENT_BIN } from "../support/agent-process.js";
-import { buildModulePackage, pushModulePackage, readModulePackageLayout, readZip, type ModulePackage } from "../support/oci-module-package.js";
-import { sha256Digest, startHtpasswdRegistry, startTokenRegistry, type LocalRegistry, type TokenRegistry } from "../support/registry-fixture.js";
+import { readModulePackageLayout, readZip, type ModulePackage } from "../support/oci-module-package.js";
+import { sha256Digest, type LocalRegistry, type TokenRegistry } from "../support/registry-fixture.js";
+import { startRegistryPair } from "../support/registry-pair.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -192,29 +193,19 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "oca-it-registry-"));
   home = join(work, "home");
   await mkdir(home, { mode: 0o700 });
-  const [r, t, p] = await Promise.allSettled([
-    startHtpasswdRegistry({ pusher: PUSHER_PASSWORD, alice: CANARY_ALICE }),
-    startTokenRegistry({
-      pusher: { password: PUSHER_PASSWORD, acl: [{ pattern: "*", actions: ["pull", "push"] }] },
+  const pair = await startRegistryPair({
+    pusherPassword: PUSHER_PASSWORD,
+    htpasswdUsers: { alice: CANARY_ALICE },
+    tokenUsers: {
       "team-a": { password: CANARY_ORG_A, acl: [{ pattern: "org-a/*", actions: ["pull"] }] },
       "team-b": { password: CANARY_ORG_B, acl: [{ pattern: "org-b/*", actions: ["pull"] }] },
-    }),
-    buildModulePackage({ layoutDir: join(tmpdir(), `oca-it-modpkg-${randomBytes(4).toString("hex")}`), tag: "1.4.0" }),
-  ]);
-  // Whatever started is stopped in afterAll even if something else failed to start.
-  if (r.status === "fulfilled") cleanups.push(() => r.value.stop());
-  if (t.status === "fulfilled") cleanups.push(() => t.value.stop());
-  if (p.status === "fulfilled") cleanups.push(() => rm(p.value.layoutDir, { recursive: true, force: true }));
-  if (r.status === "rejected") throw r.reason;
-  if (t.status === "rejected") throw t.reason;
-  if (p.status === "rejected") throw p.reason;
-  [registry, tokenRegistry, pkg] = [r.value, t.value, p.value];
-  const pusher = { username: "pusher", password: PUSHER_PASSWORD };
-  await Promise.all([
-    pushModulePackage(pkg, { host: registry.host, repository: REPO, certDir: registry.certDir, ...pusher }),
-    pushModulePackage(pkg, { host: tokenRegistry.host, repository: "org-a/network", certDir: tokenRegistry.certDir, ...pusher }),
-    pushModulePackage(pkg, { host: tokenRegistry.host, repository: "org-b/network", certDir: tokenRegistry.certDir, ...pusher }),
-  ]);
+    },
+    tag: "1.4.0",
+    htpasswdRepositories: [REPO],
+    tokenRepositories: ["org-a/network", "org-b/network"],
+  });
+  cleanups.push(() => pair.stop());
+  ({ registry, tokenRegistry, pkg } = pair);
   keyFile = join(work, "agent.key");
   pubFile = join(work, "agent.pub.json");
   otherKeyFile = join(work, "other.key");
