@@ -1,23 +1,12 @@
 // Ad-hoc profiling helper: runs N runs through one agent at concurrency C under --cpu-prof.
-import { execFileSync, spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
-import { join } from "node:path";
-import { createControlPlane } from "../src/control-plane/server.js";
+import { spawn } from "node:child_process";
+import { readFile } from "node:fs/promises";
 import type { RunRecord } from "../src/control-plane/store.js";
-import { generatePrivateKeyPem } from "../src/crypto/agent-key.js";
+import { profileSetup } from "./support/profile-setup.js";
 const N = Number(process.argv[2] ?? 500), C = Number(process.argv[3] ?? 64);
-const dir = await mkdtemp("/tmp/prof-");
-await writeFile(join(dir, "agent.key"), generatePrivateKeyPem(), { mode: 0o600 });
-const agentToken = randomBytes(24).toString("base64url");
-await writeFile(join(dir, "token"), agentToken, { mode: 0o600 });
-const cp = await createControlPlane({ adminToken: "x".repeat(20), agentToken, leaseTtlSeconds: 120, agentApi: { heartbeatIntervalSeconds: 30 }, probe: () => Promise.resolve({ warnings: [] }) });
-const { url } = await cp.listen("127.0.0.1", 0);
-cp.store.integrations.set("i", { id: "i", name: "b", registry_url: "https://r.test", username: "u", password: "p", credential_helper: null, export_credentials: true, created_at: "", updated_at: "" });
-await mkdir(join(dir, "cfg")); await writeFile(join(dir, "cfg", "main.tf"), "# x\n");
-const archive = execFileSync("tar", ["czf", "-", "-C", join(dir, "cfg"), "."]);
+const { dir, cp, archive, runArgs } = await profileSetup("/tmp/prof-");
 const nodeFlags = (process.env["NODEFLAGS"] ?? "").split(" ").filter(Boolean);
-const child = spawn(process.execPath, [...nodeFlags, ...(process.env["PROF"] ? ["--cpu-prof", "--cpu-prof-dir", dir] : []), "dist/cli/main.js", "run", "--control-plane-url", url, "--token-file", join(dir, "token"), "--key-file", join(dir, "agent.key"), "--work-dir", join("/dev/shm", `w${Date.now()}`), "--tofu-bin", "/bin/true", "--concurrency", String(C), "--listen", "off", "--no-preflight", "--log-level", process.env["LOGLEVEL"] ?? "info"], { stdio: ["ignore", "ignore", "inherit"] });
+const child = spawn(process.execPath, [...nodeFlags, ...(process.env["PROF"] ? ["--cpu-prof", "--cpu-prof-dir", dir] : []), "dist/cli/main.js", ...runArgs(C, "w", process.env["LOGLEVEL"] ?? "info")], { stdio: ["ignore", "ignore", "inherit"] });
 await new Promise((r) => setTimeout(r, 800));
 const ids = new Set<string>();
 const done = new Promise<void>((resolve) => cp.store.on("run-changed", (run: RunRecord) => { if (run.status !== "running" && ids.delete(run.id) && ids.size === 0) resolve(); }));

@@ -1,25 +1,14 @@
 // Ad-hoc: RSS of one agent over batches of runs at concurrency 64 (`tsx bench/profile-memory.ts
 // [batches]`). With GC=1 the agent also reports, after each batch, its heap in use after two full
 // GCs (bench/support/heap-report.mjs): growth there is retained objects, not heap sizing.
-import { execFileSync, spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
-import { join } from "node:path";
-import { createControlPlane } from "../src/control-plane/server.js";
+import { spawn } from "node:child_process";
+import { readFile } from "node:fs/promises";
 import type { RunRecord } from "../src/control-plane/store.js";
-import { generatePrivateKeyPem } from "../src/crypto/agent-key.js";
-const dir = await mkdtemp("/tmp/mem-");
-await writeFile(join(dir, "agent.key"), generatePrivateKeyPem(), { mode: 0o600 });
-const agentToken = randomBytes(24).toString("base64url");
-await writeFile(join(dir, "token"), agentToken, { mode: 0o600 });
-const cp = await createControlPlane({ adminToken: "x".repeat(20), agentToken, leaseTtlSeconds: 120, agentApi: { heartbeatIntervalSeconds: 30 }, probe: () => Promise.resolve({ warnings: [] }) });
-const { url } = await cp.listen("127.0.0.1", 0);
-cp.store.integrations.set("i", { id: "i", name: "b", registry_url: "https://r.test", username: "u", password: "p", credential_helper: null, export_credentials: true, created_at: "", updated_at: "" });
-await mkdir(join(dir, "cfg")); await writeFile(join(dir, "cfg", "main.tf"), "# x\n");
-const archive = execFileSync("tar", ["czf", "-", "-C", join(dir, "cfg"), "."]);
+import { profileSetup } from "./support/profile-setup.js";
+const { cp, archive, runArgs } = await profileSetup("/tmp/mem-");
 const flags = [...(process.env["NODEFLAGS"] ?? "--max-semi-space-size=1").split(" ").filter(Boolean), ...(process.env["GC"] === "1" ? ["--expose-gc", "--import", new URL("./support/heap-report.mjs", import.meta.url).href] : [])];
 const batches = Number(process.argv[2] ?? 6);
-const child = spawn(process.execPath, [...flags, "dist/cli/main.js", "run", "--control-plane-url", url, "--token-file", join(dir, "token"), "--key-file", join(dir, "agent.key"), "--work-dir", join("/dev/shm", `m${Date.now()}`), "--tofu-bin", "/bin/true", "--concurrency", "64", "--listen", "off", "--no-preflight", "--log-level", "warn"], { stdio: ["ignore", "ignore", "inherit"], env: { MALLOC_ARENA_MAX: "1", ...process.env } });
+const child = spawn(process.execPath, [...flags, "dist/cli/main.js", ...runArgs(64, "m", "warn")], { stdio: ["ignore", "ignore", "inherit"], env: { MALLOC_ARENA_MAX: "1", ...process.env } });
 await new Promise((r) => setTimeout(r, 800));
 const rss = async () => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${child.pid}/status`, "utf8"))?.[1]) / 1024;
 console.log("idle", (await rss()).toFixed(1));
