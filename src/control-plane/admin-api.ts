@@ -143,11 +143,10 @@ export class AdminApi {
     }
     const toPassword = body.credential_helper === undefined && (body.username !== undefined || body.password !== undefined);
     const helperAfter = body.credential_helper ?? (toPassword ? null : integration.credential_helper);
-    if (helperAfter === null && (body.username ?? integration.username) === "") {
-      throw new HttpError(422, "BODY_INVALID", "the request body is invalid: an integration without credential_helper needs username and password; give both to replace the credential helper", { fields: ["username"] });
-    }
-    if (helperAfter === null && (body.password ?? integration.password) === "") {
-      throw new HttpError(422, "BODY_INVALID", "the request body is invalid: an integration without credential_helper needs username and password; give both to replace the credential helper", { fields: ["password"] });
+    for (const field of ["username", "password"] as const) {
+      if (helperAfter === null && (body[field] ?? integration[field]) === "") {
+        throw new HttpError(422, "BODY_INVALID", "the request body is invalid: an integration without credential_helper needs username and password; give both to replace the credential helper", { fields: [field] });
+      }
     }
     AdminApi.checkHelperUrl(body.registry_url === undefined ? integration.registry_url : checkRegistryUrlForm(body.registry_url).href, helperAfter);
     let warnings: string[] = [];
