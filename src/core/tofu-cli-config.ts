@@ -41,7 +41,7 @@ const BLOCK_COMMENT =
   "# (docs/architecture.md). It is removed when the run ends.\n";
 
 /** A host-level export covers every key of its host; a scoped export only its own key. */
-function exportedFor(input: TofuCliConfigInput, identity: string): boolean {
+function exportedFor(input: RunCliConfigInput, identity: string): boolean {
   return input.exportedRegistries.has(identity) || input.exportedRegistries.has(identity.split("/")[0] ?? identity);
 }
 
@@ -60,9 +60,31 @@ function conflict(path: string, line: number | undefined): AgentError {
   );
 }
 
-function renderHcl(input: TofuCliConfigInput, warnings: string[]): string {
-  const parts: string[] = [];
-  for (const source of input.sources) {
+/** One `oci_credentials` block of an HCL source: where it stands and which registry it names. */
+interface OciCredentialsBlock {
+  readonly label: string;
+  readonly registry: string | undefined;
+  readonly start: number;
+  readonly end: number;
+  readonly line: number;
+}
+
+/**
+ * The operator's CLI configuration, parsed and checked once (at start): every per-run render
+ * only cuts and joins text. Parse errors and the oci_default_credentials conflict surface here.
+ */
+export type PreparedTofuCliConfig =
+  | {
+      readonly kind: "hcl";
+      readonly sources: readonly { readonly path: string; readonly text: string; readonly ociCredentials: readonly OciCredentialsBlock[] }[];
+      readonly warnings: readonly string[];
+    }
+  | { readonly kind: "json"; readonly path: string; readonly doc: Readonly<Record<string, unknown>>; readonly warnings: readonly string[] };
+
+function prepareHcl(sources: readonly OperatorCliConfigSource[]): PreparedTofuCliConfig {
+  const warnings: string[] = [];
+  const prepared = [];
+  for (const source of sources) {
     if (isJson(source.text)) {
       warnings.push(
         `the CLI configuration ${source.path} is JSON and cannot be combined with HCL files; it is not part of the run's CLI configuration`,
@@ -80,30 +102,20 @@ function renderHcl(input: TofuCliConfigInput, warnings: string[]): string {
         { path: source.path },
       );
     }
-    let text = source.text;
-    for (const item of [...items].reverse()) {
+    const ociCredentials: OciCredentialsBlock[] = [];
+    for (const item of items) {
       if (item.name === "oci_default_credentials") throw conflict(source.path, lineOf(source.text, item.start));
       if (item.name === "oci_credentials" && item.kind === "block") {
-        const registry = identityOfConfigKey(item.labels[0] ?? "");
-        if (registry !== undefined && exportedFor(input, registry)) {
-          warnings.push(
-            `oci_credentials "${item.labels[0] ?? ""}" in ${source.path}:${lineOf(source.text, item.start)} is left out of this run's CLI configuration because the run exports credentials for ${registry}`,
-          );
-          text = `${text.slice(0, item.start)}# (oci_credentials "${item.labels[0] ?? ""}" left out by oci-cred-agent)${text.slice(item.end)}`;
-        }
+        const label = item.labels[0] ?? "";
+        ociCredentials.push({ label, registry: identityOfConfigKey(label), start: item.start, end: item.end, line: lineOf(source.text, item.start) });
       }
     }
-    parts.push(`# --- from ${source.path} ---\n${text}${text.endsWith("\n") ? "" : "\n"}`);
+    prepared.push({ path: source.path, text: source.text, ociCredentials });
   }
-  const block =
-    `${BLOCK_COMMENT}oci_default_credentials {\n` +
-    `  discover_ambient_credentials = true\n` +
-    `  docker_style_config_files    = [${JSON.stringify(input.dockerConfigPath)}]\n` +
-    `}\n`;
-  return [...parts, block].join("\n");
+  return { kind: "hcl", sources: prepared, warnings };
 }
 
-function renderJson(main: OperatorCliConfigSource, rest: readonly OperatorCliConfigSource[], input: TofuCliConfigInput, warnings: string[]): string {
+function prepareJson(main: OperatorCliConfigSource, rest: readonly OperatorCliConfigSource[]): PreparedTofuCliConfig {
   let doc: unknown;
   try {
     doc = JSON.parse(main.text);
@@ -119,15 +131,50 @@ function renderJson(main: OperatorCliConfigSource, rest: readonly OperatorCliCon
       path: main.path,
     });
   }
-  const obj = { ...(doc as Record<string, unknown>) };
-  if ("oci_default_credentials" in obj) throw conflict(main.path, undefined);
+  if ("oci_default_credentials" in doc) throw conflict(main.path, undefined);
+  const warnings = rest.map(
+    (other) => `the CLI configuration ${other.path} cannot be combined with the JSON file ${main.path}; it is not part of the run's CLI configuration`,
+  );
+  return { kind: "json", path: main.path, doc: doc as Record<string, unknown>, warnings };
+}
+
+/** Parses and checks the operator's CLI configuration (the main file first, then the directory's files). Pure. */
+export function prepareTofuCliConfig(sources: readonly OperatorCliConfigSource[]): PreparedTofuCliConfig {
+  const [main, ...rest] = sources;
+  return main !== undefined && isJson(main.text) ? prepareJson(main, rest) : prepareHcl(sources);
+}
+
+function renderHcl(prepared: Extract<PreparedTofuCliConfig, { kind: "hcl" }>, input: RunCliConfigInput, warnings: string[]): string {
+  const parts: string[] = [];
+  for (const source of prepared.sources) {
+    let text = source.text;
+    for (const block of [...source.ociCredentials].reverse()) {
+      if (block.registry !== undefined && exportedFor(input, block.registry)) {
+        warnings.push(
+          `oci_credentials "${block.label}" in ${source.path}:${block.line} is left out of this run's CLI configuration because the run exports credentials for ${block.registry}`,
+        );
+        text = `${text.slice(0, block.start)}# (oci_credentials "${block.label}" left out by oci-cred-agent)${text.slice(block.end)}`;
+      }
+    }
+    parts.push(`# --- from ${source.path} ---\n${text}${text.endsWith("\n") ? "" : "\n"}`);
+  }
+  const block =
+    `${BLOCK_COMMENT}oci_default_credentials {\n` +
+    `  discover_ambient_credentials = true\n` +
+    `  docker_style_config_files    = [${JSON.stringify(input.dockerConfigPath)}]\n` +
+    `}\n`;
+  return [...parts, block].join("\n");
+}
+
+function renderJson(prepared: Extract<PreparedTofuCliConfig, { kind: "json" }>, input: RunCliConfigInput, warnings: string[]): string {
+  const obj = { ...prepared.doc };
   // HCL's JSON syntax writes labelled blocks as an object keyed by label, or a list of such objects.
   const cut = (labelled: Record<string, unknown>): Record<string, unknown> => {
     const kept: Record<string, unknown> = {};
     for (const [label, value] of Object.entries(labelled)) {
       const registry = identityOfConfigKey(label);
       if (registry !== undefined && exportedFor(input, registry)) {
-        warnings.push(`oci_credentials "${label}" in ${main.path} is left out of this run's CLI configuration because the run exports credentials for ${registry}`);
+        warnings.push(`oci_credentials "${label}" in ${prepared.path} is left out of this run's CLI configuration because the run exports credentials for ${registry}`);
       } else {
         kept[label] = value;
       }
@@ -138,9 +185,6 @@ function renderJson(main: OperatorCliConfigSource, rest: readonly OperatorCliCon
   const oci = obj["oci_credentials"];
   if (isObject(oci)) obj["oci_credentials"] = cut(oci);
   else if (Array.isArray(oci)) obj["oci_credentials"] = (oci as unknown[]).map((item) => (isObject(item) ? cut(item) : item)).filter((item) => !isObject(item) || Object.keys(item).length > 0);
-  for (const other of rest) {
-    warnings.push(`the CLI configuration ${other.path} cannot be combined with the JSON file ${main.path}; it is not part of the run's CLI configuration`);
-  }
   obj["oci_default_credentials"] = {
     discover_ambient_credentials: true,
     docker_style_config_files: [input.dockerConfigPath],
@@ -148,9 +192,17 @@ function renderJson(main: OperatorCliConfigSource, rest: readonly OperatorCliCon
   return `${JSON.stringify(obj, null, 2)}\n`;
 }
 
-export function renderTofuCliConfig(input: TofuCliConfigInput): RenderedTofuCliConfig {
-  const warnings: string[] = [];
-  const [main, ...rest] = input.sources;
-  const text = main !== undefined && isJson(main.text) ? renderJson(main, rest, input, warnings) : renderHcl(input, warnings);
+/** What one run's CLI configuration depends on besides the operator's configuration. */
+export type RunCliConfigInput = Omit<TofuCliConfigInput, "sources">;
+
+/** Renders one run's CLI configuration from the prepared operator configuration. Pure. */
+export function renderPreparedTofuCliConfig(prepared: PreparedTofuCliConfig, input: RunCliConfigInput): RenderedTofuCliConfig {
+  const warnings = [...prepared.warnings];
+  const text = prepared.kind === "json" ? renderJson(prepared, input, warnings) : renderHcl(prepared, input, warnings);
   return { text, warnings };
+}
+
+/** Prepares and renders in one step (one-shot callers and tests). */
+export function renderTofuCliConfig(input: TofuCliConfigInput): RenderedTofuCliConfig {
+  return renderPreparedTofuCliConfig(prepareTofuCliConfig(input.sources), input);
 }
