@@ -85,21 +85,56 @@ export const ERROR_CODES = {
 
 export type ErrorCode = keyof typeof ERROR_CODES;
 
-export class AgentError extends Error {
-  override readonly name = "AgentError";
-  readonly code: ErrorCode;
-  /** Safe, non-secret details for logs and JSON output (field paths, hosts, ids). */
-  readonly details: Readonly<Record<string, unknown>>;
+/**
+ * The details of the codes whose details control flow reads (retry decisions, re-registration,
+ * log fields), typed per code. Every other code carries free-form, non-secret details for logs
+ * and JSON output only: nothing may branch on them.
+ */
+export interface ErrorDetailsByCode {
+  CONTROL_PLANE_UNAVAILABLE: {
+    readonly kind: "network" | "timeout" | "too_large" | "throttled" | "server_error";
+    readonly status?: number;
+    readonly errno?: string | null;
+    /** The server's Retry-After, in milliseconds from when the answer arrived. */
+    readonly retry_after_ms?: number;
+  };
+  CONTROL_PLANE_REJECTED: { readonly kind: "rejected"; readonly status: number };
+  CONTROL_PLANE_BAD_RESPONSE: { readonly kind: "bad_response" | "too_large"; readonly fields?: readonly string[] };
+  CONTROL_PLANE_UNAUTHORIZED: { readonly status: number };
+  LEASE_LOST: { readonly status?: number };
+  PREFLIGHT_FAILED: { readonly integration_id: string; readonly registry: string; readonly status: number; readonly repository?: string };
+  PHASE_FAILED: { readonly phase: string; readonly exit_code: number | null };
+}
 
-  constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+/** Details of `C`: typed where control flow reads them, free-form (for logs) elsewhere. */
+export type ErrorDetails<C extends ErrorCode> = C extends keyof ErrorDetailsByCode ? ErrorDetailsByCode[C] : Readonly<Record<string, unknown>>;
+
+/** Details are required for the codes whose details are typed and have a required field. */
+type DetailsArgs<C extends ErrorCode> = [C] extends [keyof ErrorDetailsByCode]
+  ? object extends ErrorDetailsByCode[C]
+    ? [details?: ErrorDetails<C>, options?: { cause?: unknown }]
+    : [details: ErrorDetails<C>, options?: { cause?: unknown }]
+  : [details?: ErrorDetails<C>, options?: { cause?: unknown }];
+
+export class AgentError<C extends ErrorCode = ErrorCode> extends Error {
+  override readonly name = "AgentError";
+  readonly code: C;
+  /** Safe, non-secret details for logs and JSON output (field paths, hosts, ids). */
+  readonly details: ErrorDetails<C>;
+
+  constructor(code: C, message: string, ...rest: DetailsArgs<C>) {
+    const [details, options] = rest;
     super(message, options);
     this.code = code;
-    this.details = details;
+    this.details = (details ?? {}) as ErrorDetails<C>;
   }
 }
 
-export function isAgentError(value: unknown): value is AgentError {
-  return value instanceof AgentError;
+/** Whether `value` is an AgentError, and, given codes, one of those codes (narrowing its details). */
+export function isAgentError<C extends ErrorCode = ErrorCode>(value: unknown, ...codes: C[]): value is AgentError<C> {
+  if (!(value instanceof AgentError)) return false;
+  const code: string = (value as AgentError).code;
+  return codes.length === 0 || (codes as string[]).includes(code);
 }
 
 /** Narrow a caught value to a Node system error code such as ENOENT, without trusting its shape. */

@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { BUNDLE_SUITE, encodeHeader, serializeEnvelope, type BundleHeader } from "../../src/core/bundle-envelope.js";
-import { AgentError, type ErrorCode } from "../../src/core/errors.js";
+import { type AgentError, type ErrorCode, isAgentError } from "../../src/core/errors.js";
 import { ReplayCache } from "../../src/core/replay-cache.js";
 import { generatePrivateKeyPem, parsePrivateKeyPem, type AgentPrivateKey, type RecipientPublicKey } from "../../src/crypto/agent-key.js";
 import { openBundle, sealBundle, type OpenOptions } from "../../src/crypto/sealed-bundle.js";
@@ -81,7 +81,7 @@ async function refusal(bundle: string | Uint8Array, o: OpenOptions = opts()): Pr
   try {
     await openBundle(bytes, o);
   } catch (error) {
-    if (!(error instanceof AgentError)) throw error;
+    if (!isAgentError(error)) throw error;
     // No refusal ever carries the plaintext.
     expect(error.message).not.toContain("CANARY");
     expect(JSON.stringify(error.details)).not.toContain("CANARY");

@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { AgentError } from "../../src/core/errors.js";
+import { isAgentError } from "../../src/core/errors.js";
 import { MARKER_NAME, createRunDir, runFilePath, wipeRunDir, writeRunFile } from "../../src/fs/run-dir.js";
 import { realFs } from "../../src/fs/secure-fs.js";
 
@@ -19,7 +19,7 @@ async function code(p: Promise<unknown>): Promise<string | undefined> {
   try {
     await p;
   } catch (error) {
-    if (error instanceof AgentError) return error.code;
+    if (isAgentError(error)) return error.code;
     throw error;
   }
   return undefined;

@@ -17,7 +17,7 @@ import { join, relative } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AgentError, ERROR_CODES } from "../../src/core/errors.js";
+import { ERROR_CODES, isAgentError } from "../../src/core/errors.js";
 import { parseTar, type ArchiveLimits } from "../../src/core/tar-archive.js";
 import { extractConfiguration } from "../../src/fs/config-workspace.js";
 import { FULL, recordFigures, reliabilityCases, Tally } from "../support/reliability-figures.js";
@@ -80,7 +80,7 @@ async function attempt(archive: Uint8Array, limits: ArchiveLimits = LIMITS): Pro
   try {
     await extractConfiguration(archive, dest, limits);
   } catch (error) {
-    if (error instanceof AgentError && Object.hasOwn(ERROR_CODES, error.code)) code = error.code;
+    if (isAgentError(error) && Object.hasOwn(ERROR_CODES, error.code)) code = error.code;
     else foreign = error instanceof Error ? `${error.name}: ${(error as NodeJS.ErrnoException).code ?? error.message}` : String(error);
   }
   const ms = performance.now() - t0;
@@ -247,7 +247,7 @@ describe("mutated archives (fast-check)", () => {
             if (e.path.startsWith("/") || e.path.split("/").includes("..")) return false;
           }
         } catch (error) {
-          if (!(error instanceof AgentError) || !Object.hasOwn(ERROR_CODES, error.code)) return false;
+          if (!isAgentError(error) || !Object.hasOwn(ERROR_CODES, error.code)) return false;
           codes.add(error.code);
         } finally {
           maxMs = Math.max(maxMs, performance.now() - t0);

@@ -12,7 +12,7 @@ import { randomBytes } from "node:crypto";
 import fc from "fast-check";
 import { beforeAll, describe, expect, it } from "vitest";
 import { b64urlEncode, BUNDLE_SUITE, BUNDLE_TYPE, encodeHeader, serializeEnvelope, type BundleHeader } from "../../src/core/bundle-envelope.js";
-import { AgentError, ERROR_CODES } from "../../src/core/errors.js";
+import { ERROR_CODES, isAgentError } from "../../src/core/errors.js";
 import { ReplayCache } from "../../src/core/replay-cache.js";
 import { generatePrivateKeyPem, parsePrivateKeyPem, type AgentPrivateKey } from "../../src/crypto/agent-key.js";
 import { openBundle, sealBundle, type OpenOptions } from "../../src/crypto/sealed-bundle.js";
@@ -275,7 +275,7 @@ async function tryOpen(bytes: Uint8Array, replayCache?: ReplayCache): Promise<Ou
     return { accepted: true, ms: performance.now() - t0 };
   } catch (error) {
     const ms = performance.now() - t0;
-    if (error instanceof AgentError && Object.hasOwn(ERROR_CODES, error.code)) return { accepted: false, code: error.code, ms };
+    if (isAgentError(error) && Object.hasOwn(ERROR_CODES, error.code)) return { accepted: false, code: error.code, ms };
     return { accepted: false, foreign: error instanceof Error ? `${error.name}: ${error.message}` : String(error), ms };
   }
 }
