@@ -3,7 +3,7 @@
  * first), not src/ through tsx, whose transform adds work (`__name` wrappers) that the product
  * never runs. Types come from src/.
  */
-import type * as MaterializeRunModule from "../../src/app/materialize-run.js";
+import type * as MaterializeRunModule from "../../src/credentials/materialize.js";
 import type * as ServerModule from "../../src/control-plane/server.js";
 import type * as AgentKeyModule from "../../src/crypto/agent-key.js";
 import type * as SealedBundleModule from "../../src/crypto/sealed-bundle.js";
@@ -19,7 +19,7 @@ type SecureFs = typeof SecureFsModule;
 
 const dist = (path: string): string => new URL(`../../dist/${path}`, import.meta.url).href;
 
-export const { materializeRun } = (await import(dist("app/materialize-run.js"))) as MaterializeRun;
+export const { materializeRun } = (await import(dist("credentials/materialize.js"))) as MaterializeRun;
 export const { createControlPlane } = (await import(dist("control-plane/server.js"))) as Server;
 export const { generatePrivateKeyPem, parsePrivateKeyPem, publicKeyDoc } = (await import(dist("crypto/agent-key.js"))) as AgentKey;
 export const { sealBundle } = (await import(dist("crypto/sealed-bundle.js"))) as SealedBundle;

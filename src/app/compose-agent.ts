@@ -1,14 +1,14 @@
 /**
- * The composition root of the daemon: the one place that builds the agent from its parts
- * (key ring, control-plane client, logger, redactor, file system, settings) and wires them.
+ * The composition root of the daemon: the one place that builds the agent from its prepared
+ * parts (settings, token, keys, operator configuration) and wires logger, redactor, metrics,
+ * health endpoints, key reloads and the daemon together. `run` and `dev` both come through here.
  */
 import { hostname } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import type { Logger } from "pino";
-import { AgentError, errnoCode } from "../core/errors.js";
+import { AgentError } from "../core/errors.js";
 import { Redactor } from "../core/redactor.js";
 import { ReplayCache } from "../core/replay-cache.js";
-import type { OperatorCliConfigSource } from "../core/tofu-cli-config.js";
 import { publicKeyDoc } from "../crypto/agent-key.js";
 import { AgentDaemon } from "../daemon/agent-daemon.js";
 import { ControlPlaneClient } from "../daemon/control-plane-client.js";
@@ -17,22 +17,14 @@ import { noopObserver, type DaemonObserver } from "../daemon/observer.js";
 import type { TofuCommand } from "../daemon/phase-runner.js";
 import { DEFAULT_ARCHIVE_LIMITS } from "../fs/config-workspace.js";
 import { realFs } from "../fs/secure-fs.js";
-import { discoverTofuCliConfig } from "../fs/tofu-cli-config-sources.js";
+import { describeKeySource } from "../keys/key-source.js";
 import { AgentStatus, combineObservers } from "../ops/agent-status.js";
 import { startHealthServer, type HealthServer } from "../ops/health-server.js";
 import { AgentMetrics } from "../ops/metrics.js";
-import type { RunSettingsFromConfig } from "../config/load-run-config.js";
-import { ReloadableKeyRing } from "../keys/key-ring.js";
-import { describeKeySource } from "../keys/key-source.js";
+import { PreflightChecker } from "../registry/preflight.js";
 import { watchForChanges, type Watcher } from "./change-watcher.js";
+import type { PreparedAgent } from "./prepare-agent.js";
 import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
-import { PreflightChecker } from "../daemon/preflight.js";
-
-export interface AgentConfig extends Omit<RunSettingsFromConfig, "tofuBin" | "retry"> {
-  readonly tofu: TofuCommand;
-  readonly retry?: { readonly baseMs: number; readonly capMs: number };
-  readonly version: string;
-}
 
 export interface ComposedAgent {
   readonly daemon: AgentDaemon;
@@ -47,8 +39,22 @@ export interface ComposedAgent {
   run(): ReturnType<AgentDaemon["run"]>;
 }
 
+export interface ComposeOptions {
+  readonly version: string;
+  readonly env: NodeJS.ProcessEnv;
+  readonly sink?: LogSink;
+  readonly observer?: DaemonObserver;
+  /** What runs as tofu (default: `settings.tofuBin`); `dev` runs a labelled stand-in. */
+  readonly tofu?: TofuCommand;
+}
+
 /** Environment variables that belong to the agent and never reach a run. */
 const AGENT_ONLY_ENV = /^(OCI_CRED_AGENT_|DOCKER_CONFIG$|REGISTRY_AUTH_FILE$|TF_CLI_CONFIG_FILE$|TERRAFORM_CONFIG$|CREDENTIALS_DIRECTORY$)/;
+
+/** How long a credential that a registry accepted is not checked again. */
+const PREFLIGHT_CACHE_MS = 5 * 60_000;
+/** Bundles are small (a few KiB per integration); this bounds a hostile one. */
+const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
 
 /**
  * The environment a run's tofu starts from: the agent's, minus what is the agent's own (its
@@ -60,88 +66,41 @@ export function runBaseEnv(env: NodeJS.ProcessEnv, alsoRemove?: string): NodeJS.
   return Object.fromEntries(Object.entries(env).filter(([k]) => !AGENT_ONLY_ENV.test(k) && k !== alsoRemove && !(launcherArena && k === "MALLOC_ARENA_MAX")));
 }
 
-async function readToken(token: AgentConfig["token"]): Promise<string> {
-  if ("value" in token) return token.value.trim();
-  const path = token.file;
-  let text: string;
-  try {
-    text = await realFs.readFile(path, "utf8");
-  } catch (error) {
-    throw new AgentError("INPUT_UNREADABLE", `cannot read the token file ${path} (${errnoCode(error) ?? "error"}); pass the agent pool token's file with --token-file`, { path });
-  }
-  const value = text.trim();
-  if (value === "" || /\s/.test(value)) {
-    throw new AgentError("INVALID_ARGUMENT", `the token file ${path} must hold the pool token on one line`, { path });
-  }
-  return value;
-}
-
-export async function composeAgent(
-  config: AgentConfig,
-  overrides: { sink?: LogSink; observer?: DaemonObserver; env?: NodeJS.ProcessEnv } = {},
-): Promise<ComposedAgent> {
-  const env = overrides.env ?? process.env;
+export async function composeAgent(prepared: PreparedAgent, options: ComposeOptions): Promise<ComposedAgent> {
+  const { settings, keys: ring } = prepared;
+  const env = options.env;
   const redactor = new Redactor();
-  const log = await createLogger({ level: config.logLevel, format: config.logFormat ?? (process.stdout.isTTY ? "pretty" : "json"), redactor, ...(overrides.sink ? { sink: overrides.sink } : {}) });
-  const token = await readToken(config.token);
-  redactor.add([token]);
-  const { ring, warnings: keyWarnings } = await ReloadableKeyRing.open(config.keySource, { fs: realFs, env });
-  for (const w of keyWarnings) log.warn({ event: "key_source_warning" }, w);
-  const keySourceEnv = config.keySource.kind === "env" ? config.keySource.name : undefined;
-  log.info({ event: "keys_loaded", source: describeKeySource(config.keySource), kids: ring.kids() }, `loaded ${ring.kids().length} key(s)`);
+  redactor.add([prepared.token]);
+  const log = await createLogger({ level: settings.logLevel, format: settings.logFormat ?? (process.stdout.isTTY ? "pretty" : "json"), redactor, ...(options.sink ? { sink: options.sink } : {}) });
+  for (const w of prepared.warnings) log.warn({ event: "key_source_warning" }, w);
+  log.info({ event: "keys_loaded", source: describeKeySource(settings.keySource), kids: ring.kids() }, `loaded ${ring.kids().length} key(s)`);
   const status = new AgentStatus(() => Date.now(), 2 * 60_000);
-  const metrics = new AgentMetrics(config.version);
-  const observer = combineObservers(status, metrics, overrides.observer ?? noopObserver);
+  const metrics = new AgentMetrics(options.version);
+  const observer = combineObservers(status, metrics, options.observer ?? noopObserver);
   observer.keysLoaded(ring.kids().length);
-  let baseDockerConfig: { path: string; text: string } | undefined;
-  if (config.baseDockerConfigFile !== undefined) {
-    baseDockerConfig = { path: config.baseDockerConfigFile, text: await realFs.readFile(config.baseDockerConfigFile, "utf8") };
-  }
-  const tofuCliConfigSources: readonly OperatorCliConfigSource[] = await discoverTofuCliConfig(realFs, env);
-  const workDir = resolve(config.workDir);
-  const client = new ControlPlaneClient({
-    baseUrl: config.controlPlaneUrl,
-    token,
-    dispatcher: await controlPlaneDispatcher(env, config.caFile),
-  });
+  const client = new ControlPlaneClient({ baseUrl: settings.controlPlaneUrl, token: prepared.token, dispatcher: await controlPlaneDispatcher(env, settings.caFile) });
   const daemon = new AgentDaemon({
     client,
     log,
     observer,
-    concurrency: config.concurrency,
-    drainTimeoutMs: config.drainTimeoutMs,
-    ...(config.retry ? { backoff: config.retry } : {}),
+    settings,
     registration: () => ({
-      name: config.name ?? `${hostname()}-${process.pid}`,
-      version: config.version,
-      concurrency: config.concurrency,
+      name: settings.name ?? `${hostname()}-${process.pid}`,
+      version: options.version,
+      concurrency: settings.concurrency,
       public_keys: [...ring.current().values()].map((k) => publicKeyDoc(k.publicKey)),
     }),
-    runDeps: {
-      client,
+    runs: {
       keys: () => ring.current(),
       replayCache: new ReplayCache(),
-      baseDockerConfig: () => baseDockerConfig,
-      tofuCliConfigSources: () => tofuCliConfigSources,
+      operator: prepared.operator,
       fs: realFs,
-      log,
       redactor,
-      observer,
-      settings: {
-        credentialsDir: resolve(config.credentialsDir ?? join(workDir, "credentials")),
-        workspacesDir: join(workDir, "workspaces"),
-        tofu: config.tofu,
-        baseEnv: runBaseEnv(env, keySourceEnv),
-        heartbeatIntervalMs: 10_000,
-        cancelGraceMs: config.cancelGraceMs,
-        runTimeoutMs: config.runTimeoutMs,
-        archiveLimits: { ...DEFAULT_ARCHIVE_LIMITS, maxBytes: config.maxConfigBytes },
-        maxBundleLifetimeSeconds: config.maxBundleLifetimeSeconds,
-        clockSkewSeconds: config.clockSkewSeconds,
-        maxBundleBytes: 64 * 1024 * 1024,
-        preflight: config.preflight,
-      },
-      preflight: new PreflightChecker({ cacheMs: 5 * 60_000, timeoutMs: 10_000, now: () => Date.now(), dispatcher: registryDispatcher(env) }),
+      tofu: options.tofu ?? { file: settings.tofuBin, argsPrefix: [] },
+      baseEnv: runBaseEnv(env, settings.keySource.kind === "env" ? settings.keySource.name : undefined),
+      archiveLimits: { ...DEFAULT_ARCHIVE_LIMITS, maxBytes: settings.maxConfigBytes },
+      maxBundleBytes: MAX_BUNDLE_BYTES,
+      ...(settings.preflight ? { preflight: new PreflightChecker({ cacheMs: PREFLIGHT_CACHE_MS, timeoutMs: 10_000, now: () => Date.now(), dispatcher: registryDispatcher(env) }) } : {}),
     },
   });
   let reloading: Promise<void> = Promise.resolve();
@@ -171,13 +130,14 @@ export async function composeAgent(
     });
     return reloading;
   };
+  const source = settings.keySource;
   const watched = [
-    ...(config.keySource.kind === "file" ? [config.keySource.path] : []),
-    ...(config.keySource.kind === "systemd-credential" && env["CREDENTIALS_DIRECTORY"] ? [join(env["CREDENTIALS_DIRECTORY"], config.keySource.name)] : []),
+    ...(source.kind === "file" ? [source.path] : []),
+    ...(source.kind === "systemd-credential" && env["CREDENTIALS_DIRECTORY"] ? [join(env["CREDENTIALS_DIRECTORY"], source.name)] : []),
   ];
   const watcher: Watcher | undefined = watched.length > 0 ? await watchForChanges(watched, () => void reloadKeys("file change")) : undefined;
 
-  const health = config.listen === undefined ? undefined : await startHealthServer(config.listen.host, config.listen.port, status, metrics);
+  const health = settings.listen === undefined ? undefined : await startHealthServer(settings.listen.host, settings.listen.port, status, metrics);
   if (health) log.info({ event: "listening", url: health.url }, `health and metrics at ${health.url}`);
   return {
     daemon,

@@ -7,19 +7,22 @@
  */
 import { constants } from "node:fs";
 import { access, stat, statfs } from "node:fs/promises";
-import { dirname, join, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { request, type Dispatcher } from "undici";
+import type { LoadedSettings } from "../config/load-run-config.js";
 import { AgentError, errnoCode, isAgentError } from "../core/errors.js";
-import type { ConfigProblem, ResolvedConfig } from "../config/schema.js";
-import { parseKeyUri, loadKeySource, describeKeySource } from "../keys/key-source.js";
-import { realFs } from "../fs/secure-fs.js";
-import { findOciSources } from "../fs/oci-sources.js";
+import { repositoriesByRegistry } from "../core/oci-source-checks.js";
+import { anonymousDockerHubSources } from "../core/oci-source-checks.js";
+import { defaultHelperExists, missingHelpersError, RunCredentials } from "../credentials/run-credentials.js";
 import { findExecutable } from "../fs/executables.js";
-import { PreflightChecker } from "../daemon/preflight.js";
-import { anonymousDockerHubSources, repositoriesByRegistry } from "../core/oci-source-checks.js";
-import { defaultHelperExists, openExport } from "./materialize-run.js";
-import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
+import { findOciSources } from "../fs/oci-sources.js";
+import { realFs } from "../fs/secure-fs.js";
+import { describeKeySource, loadKeySource } from "../keys/key-source.js";
+import type { KeyRing } from "../keys/key-ring.js";
 import { AGENT_API_PREFIX } from "../protocol/agent-api.js";
+import { PreflightChecker } from "../registry/preflight.js";
+import { readBaseDockerConfig, readPoolToken, readTofuCliConfig } from "./prepare-agent.js";
+import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
 
 export type CheckStatus = "ok" | "warn" | "fail" | "skip";
 
@@ -31,8 +34,8 @@ export interface DoctorCheck {
 }
 
 export interface DoctorInputs {
-  readonly resolved: ResolvedConfig;
-  readonly problems: readonly ConfigProblem[];
+  /** The settings `run` would use (a configuration with problems still yields what it can). */
+  readonly loaded: LoadedSettings;
   readonly env: NodeJS.ProcessEnv;
   readonly nowMs: () => number;
   readonly bundle?: { readonly bytes: Uint8Array; readonly agentId: string; readonly runId: string };
@@ -123,66 +126,77 @@ async function checkControlPlane(url: string, token: string, dispatcher: Dispatc
   return out;
 }
 
+/** One check per step of the agent's preparation (prepare-agent.ts), each reported on its own. */
 export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
   const checks: DoctorCheck[] = [];
-  const v = (key: string): string | number | boolean | undefined => inputs.resolved.values.get(key)?.value;
-  const str = (key: string): string | undefined => (v(key) === undefined ? undefined : String(v(key)));
-
-  if (inputs.problems.length === 0) checks.push({ check: "configuration", status: "ok", detail: "valid" });
-  for (const p of inputs.problems) checks.push({ check: "configuration", status: "fail", detail: p.message, code: "CONFIG_INVALID" });
+  const { problems, draft: settings } = inputs.loaded;
+  if (problems.length === 0) checks.push({ check: "configuration", status: "ok", detail: "valid" });
+  for (const p of problems) checks.push({ check: "configuration", status: "fail", detail: p.message, code: "CONFIG_INVALID" });
 
   // Keys
-  const keyUri = str("key") ?? (str("key_file") === undefined ? undefined : `file:${str("key_file") ?? ""}`);
-  let keys: Map<string, Awaited<ReturnType<typeof loadKeySource>>["keys"][number]> | undefined;
-  if (keyUri === undefined) checks.push({ check: "keys", status: "skip", detail: "no key configured" });
+  let keys: KeyRing | undefined;
+  if (settings.keySource === undefined) checks.push({ check: "keys", status: "skip", detail: "no key configured" });
   else {
     try {
-      const source = parseKeyUri(keyUri);
-      const loaded = await loadKeySource(source, { fs: realFs, env: inputs.env });
+      const loaded = await loadKeySource(settings.keySource, { fs: realFs, env: inputs.env });
       keys = new Map(loaded.keys.map((k) => [k.kid, k]));
-      checks.push({ check: "keys", status: "ok", detail: `${loaded.keys.length} key(s) from ${describeKeySource(source)}; newest kid ${loaded.keys.at(-1)?.kid ?? "?"}` });
+      checks.push({ check: "keys", status: "ok", detail: `${loaded.keys.length} key(s) from ${describeKeySource(settings.keySource)}; newest kid ${loaded.keys.at(-1)?.kid ?? "?"}` });
       for (const w of loaded.warnings) checks.push({ check: "keys", status: "warn", detail: w });
     } catch (error) {
       checks.push(failure("keys", error));
     }
   }
 
-  // Token
+  // Token: read by the same rule as `run`; a file others can read is a warning.
   let token: string | undefined;
-  const tokenFile = str("token_file");
-  if (tokenFile !== undefined) {
+  if (settings.token === undefined) checks.push({ check: "token", status: "skip", detail: "no token configured" });
+  else {
     try {
-      const st = await stat(tokenFile);
-      token = (await realFs.readFile(tokenFile, "utf8")).trim();
-      if (token === "" || /\s/.test(token)) checks.push({ check: "token", status: "fail", detail: `${tokenFile} must hold the pool token on one line`, code: "INVALID_ARGUMENT" });
-      else if ((st.mode & 0o077) !== 0) checks.push({ check: "token", status: "warn", detail: `${tokenFile} is readable by group or others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it` });
-      else checks.push({ check: "token", status: "ok", detail: `${tokenFile} (mode ${(st.mode & 0o777).toString(8)})` });
+      token = await readPoolToken(realFs, settings.token);
+      if ("value" in settings.token) checks.push({ check: "token", status: "warn", detail: "the token comes from the environment; prefer --token-file" });
+      else {
+        const mode = (await stat(settings.token.file)).mode & 0o777;
+        if ((mode & 0o077) !== 0) checks.push({ check: "token", status: "warn", detail: `${settings.token.file} is readable by group or others (mode ${mode.toString(8)}); chmod 600 it` });
+        else checks.push({ check: "token", status: "ok", detail: `${settings.token.file} (mode ${mode.toString(8)})` });
+      }
     } catch (error) {
-      checks.push({ check: "token", status: "fail", detail: `cannot read ${tokenFile} (${errnoCode(error) ?? "error"})`, code: "INPUT_UNREADABLE" });
+      checks.push(failure("token", error));
     }
-  } else if (str("token") !== undefined) {
-    token = str("token");
-    checks.push({ check: "token", status: "warn", detail: "the token comes from the environment; prefer --token-file" });
-  } else checks.push({ check: "token", status: "skip", detail: "no token configured" });
+  }
+
+  // The operator's files merged into every run's: read and checked as at start.
+  if (settings.baseDockerConfigFile !== undefined) {
+    try {
+      await readBaseDockerConfig(realFs, settings.baseDockerConfigFile);
+      checks.push({ check: "base Docker config", status: "ok", detail: settings.baseDockerConfigFile });
+    } catch (error) {
+      checks.push(failure("base Docker config", error));
+    }
+  }
+  try {
+    const cli = await readTofuCliConfig(realFs, inputs.env);
+    const files = cli.kind === "json" ? [cli.path] : cli.sources.map((f) => f.path);
+    checks.push({ check: "tofu CLI config", status: "ok", detail: files.length === 0 ? "none (OpenTofu's defaults)" : files.join(", ") });
+    for (const w of cli.warnings) checks.push({ check: "tofu CLI config", status: "warn", detail: w });
+  } catch (error) {
+    checks.push(failure("tofu CLI config", error));
+  }
 
   // Directories
-  const workDir = str("work_dir");
-  if (workDir !== undefined) {
-    checks.push(await checkDirectory("work directory", workDir, false));
-    checks.push(await checkDirectory("credentials directory", str("credentials_dir") ?? join(workDir, "credentials"), true));
+  if (settings.workDir !== undefined && settings.credentialsDir !== undefined) {
+    checks.push(await checkDirectory("work directory", settings.workDir, false));
+    checks.push(await checkDirectory("credentials directory", settings.credentialsDir, true));
   } else checks.push({ check: "work directory", status: "skip", detail: "no work_dir configured" });
 
   // tofu
-  const tofuBin = str("tofu_bin") ?? "tofu";
-  const tofuPath = await findExecutable(tofuBin, inputs.env);
-  checks.push(tofuPath ? { check: "tofu", status: "ok", detail: tofuPath } : { check: "tofu", status: "fail", detail: `${tofuBin} is not on PATH; install OpenTofu or set --tofu-bin`, code: "INPUT_UNREADABLE" });
+  const tofuPath = await findExecutable(settings.tofuBin, inputs.env);
+  checks.push(tofuPath ? { check: "tofu", status: "ok", detail: tofuPath } : { check: "tofu", status: "fail", detail: `${settings.tofuBin} is not on PATH; install OpenTofu or set --tofu-bin`, code: "TOFU_NOT_FOUND" });
 
   // Control plane and clock
-  const url = str("control_plane_url");
+  const url = settings.controlPlaneUrl;
   if (url !== undefined && token !== undefined) {
     try {
-      const skewMs = Number(v("clock_skew") ?? 120_000);
-      checks.push(...(await checkControlPlane(url, token, await controlPlaneDispatcher(inputs.env, str("ca_file")), inputs.nowMs, skewMs)));
+      checks.push(...(await checkControlPlane(url, token, await controlPlaneDispatcher(inputs.env, settings.caFile), inputs.nowMs, settings.clockSkewSeconds * 1000)));
     } catch (error) {
       checks.push(failure("control plane", error));
     }
@@ -196,41 +210,43 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
     checks.push({ check: "sources", status: "warn", detail: `${s.file}: ${s.address} is pulled anonymously by OpenTofu; write ${fix}`, code: "DOCKER_HUB_ANONYMOUS" });
   }
 
-  // Credentials of a bundle
+  // Credentials of a bundle: opened and checked as a run's are, before anything is written.
   if (inputs.bundle !== undefined) {
     if (keys === undefined) checks.push({ check: "credentials", status: "skip", detail: "no usable key to open the bundle with" });
-    else {
-      try {
-        const selection = await openExport({
-          bundle: inputs.bundle.bytes,
-          keys,
-          agentId: inputs.bundle.agentId,
-          runId: inputs.bundle.runId,
-          nowMs: inputs.nowMs(),
-          maxLifetimeSeconds: Number(v("max_bundle_lifetime") ?? 3_600_000) / 1000,
-          clockSkewSeconds: Number(v("clock_skew") ?? 120_000) / 1000,
-        });
-        for (const ig of selection.ignored) checks.push({ check: "credentials", status: "warn", detail: `integration ${ig.integration_id ?? "(no id)"} ignored: ${ig.reason}`, code: ig.code });
-        for (const c of selection.selected) {
-          const helper = c.entry.credentialHelper;
-          if (helper !== undefined && !(await defaultHelperExists(helper))) {
-            checks.push({ check: "credentials", status: "fail", detail: `docker-credential-${helper} (integration ${c.entry.id}, ${c.target.host}) is not on PATH; install it`, code: "CREDENTIAL_HELPER_NOT_FOUND" });
-          }
-        }
-        const checker = new PreflightChecker({ cacheMs: 0, timeoutMs: 10_000, now: inputs.nowMs, dispatcher: registryDispatcher(inputs.env) });
-        // Every credential, so that a refusal does not hide the others' results.
-        for (const o of await checker.checkEach(selection.selected, repositoriesByRegistry(sources))) {
-          if (o instanceof AgentError) {
-            checks.push(failure("credentials", o));
-            continue;
-          }
-          const status: CheckStatus = o.result === "unreachable" ? "warn" : o.result === "skipped" ? "skip" : "ok";
-          checks.push({ check: "credentials", status, detail: `integration ${o.integration_id} for ${o.host}: ${o.result} (${o.detail})` });
-        }
-      } catch (error) {
-        checks.push(failure("credentials", error));
+    else checks.push(...(await checkBundle(inputs.bundle, keys, settings.maxBundleLifetimeSeconds, settings.clockSkewSeconds, sources, inputs)));
+  }
+  return checks;
+}
+
+async function checkBundle(
+  bundle: NonNullable<DoctorInputs["bundle"]>,
+  keys: KeyRing,
+  maxLifetimeSeconds: number,
+  clockSkewSeconds: number,
+  sources: Awaited<ReturnType<typeof findOciSources>>,
+  inputs: DoctorInputs,
+): Promise<DoctorCheck[]> {
+  const checks: DoctorCheck[] = [];
+  let credentials: RunCredentials | undefined;
+  try {
+    credentials = await RunCredentials.open({ bundle: bundle.bytes, keys, agentId: bundle.agentId, runId: bundle.runId, nowMs: inputs.nowMs(), maxLifetimeSeconds, clockSkewSeconds, onWipe: () => undefined /* doctor never writes */ });
+    for (const ig of credentials.ignored) checks.push({ check: "credentials", status: "warn", detail: `integration ${ig.integration_id ?? "(no id)"} ignored: ${ig.reason}`, code: ig.code });
+    const missing = await missingHelpersError(credentials.selected, defaultHelperExists);
+    if (missing !== undefined) checks.push(failure("credentials", missing));
+    const checker = new PreflightChecker({ cacheMs: 0, timeoutMs: 10_000, now: inputs.nowMs, dispatcher: registryDispatcher(inputs.env) });
+    // Every credential, so that a refusal does not hide the others' results.
+    for (const o of await checker.checkEach(credentials.selected, repositoriesByRegistry(sources))) {
+      if (o instanceof AgentError) {
+        checks.push(failure("credentials", o));
+        continue;
       }
+      const status: CheckStatus = o.result === "unreachable" ? "warn" : o.result === "skipped" ? "skip" : "ok";
+      checks.push({ check: "credentials", status, detail: `integration ${o.integration_id} for ${o.host}: ${o.result} (${o.detail})` });
     }
+  } catch (error) {
+    checks.push(failure("credentials", error));
+  } finally {
+    await credentials?.wipe();
   }
   return checks;
 }

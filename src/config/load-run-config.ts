@@ -5,17 +5,30 @@
  * was expected and where to fix it.
  */
 import { readFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import type { BackoffPolicy } from "../core/backoff.js";
 import { AgentError, errnoCode } from "../core/errors.js";
 import { parseKeyUri, type KeySource } from "../keys/key-source.js";
 import { RUN_FIELDS, resolveConfig, type ConfigProblem, type ResolvedConfig } from "./schema.js";
 
-export interface RunSettingsFromConfig {
+/** Where the pool token comes from: a file (preferred) or the environment. */
+export type TokenSource = { readonly file: string } | { readonly value: string };
+
+/**
+ * Every setting of the agent, typed, with defaults applied and paths made absolute: the one
+ * settings object that `run`, `doctor` and `dev` build the agent from (docs/configuration.md).
+ */
+export interface AgentSettings {
   readonly controlPlaneUrl: string;
-  readonly token: { readonly file: string } | { readonly value: string };
+  readonly token: TokenSource;
   readonly keySource: KeySource;
   readonly workDir: string;
-  readonly credentialsDir?: string;
+  /** Run credential directories go below it (default `<workDir>/credentials`). */
+  readonly credentialsDir: string;
+  /** Run workspaces go below it (`<workDir>/workspaces`). */
+  readonly workspacesDir: string;
   readonly caFile?: string;
+  /** `tofu` on PATH, or an absolute path (a relative one means nothing in a run's workspace). */
   readonly tofuBin: string;
   readonly concurrency: number;
   readonly drainTimeoutMs: number;
@@ -29,9 +42,20 @@ export interface RunSettingsFromConfig {
   readonly logLevel: string;
   readonly logFormat?: "json" | "pretty";
   readonly listen?: { readonly host: string; readonly port: number };
-  readonly retry: { readonly baseMs: number; readonly capMs: number };
+  readonly retry: BackoffPolicy;
   readonly preflight: boolean;
-  readonly configFile?: string;
+}
+
+/** The settings a configuration with problems still yields (`doctor` checks what it can). */
+export type SettingsDraft = Omit<AgentSettings, DraftKey> & Partial<Pick<AgentSettings, DraftKey>>;
+type DraftKey = "controlPlaneUrl" | "token" | "keySource" | "workDir" | "credentialsDir" | "workspacesDir";
+
+export interface LoadedSettings {
+  readonly resolved: ResolvedConfig;
+  readonly problems: readonly ConfigProblem[];
+  readonly draft: SettingsDraft;
+  /** Present when there is no problem. */
+  readonly settings?: AgentSettings;
 }
 
 const LOOPBACK = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])$/;
@@ -92,26 +116,32 @@ function hostPort(text: string): { host: string; port: number } {
   return { host: m?.[1] ?? (m?.[2] ? m[2] : "127.0.0.1"), port: Number(m?.[3] ?? "0") };
 }
 
-export function toRunSettings(resolved: ResolvedConfig): RunSettingsFromConfig {
+/** Turns resolved values (already validated by the schema) into the typed settings. */
+export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
   const get = (key: string): string | number | boolean | undefined => resolved.values.get(key)?.value;
   const str = (key: string): string | undefined => {
     const x = get(key);
     return x === undefined ? undefined : String(x);
   };
   const num = (key: string): number => Number(get(key));
+  const optional = <K extends string, T>(key: K, value: T | undefined): { [P in K]?: T } => (value === undefined ? {} : ({ [key]: value } as { [P in K]: T }));
   const tokenFile = str("token_file");
-  const keyUri = str("key") ?? `file:${str("key_file") ?? ""}`;
+  const tokenValue = str("token");
+  const keyUri = str("key") ?? (str("key_file") === undefined ? undefined : `file:${str("key_file") ?? ""}`);
+  const workDir = str("work_dir") === undefined ? undefined : resolve(str("work_dir") ?? "");
+  const credentialsDir = str("credentials_dir") ?? (workDir === undefined ? undefined : join(workDir, "credentials"));
+  const tofuBin = str("tofu_bin") ?? "tofu";
   const listen = str("listen") ?? "off";
   const logFormat = str("log_format");
-  const optional = <K extends string, T>(key: K, value: T | undefined): { [P in K]?: T } => (value === undefined ? {} : ({ [key]: value } as { [P in K]: T }));
   return {
-    controlPlaneUrl: (str("control_plane_url") ?? "").replace(/\/+$/, ""),
-    token: tokenFile !== undefined ? { file: tokenFile } : { value: str("token") ?? "" },
-    keySource: parseKeyUri(keyUri),
-    workDir: str("work_dir") ?? "",
-    ...optional("credentialsDir", str("credentials_dir")),
+    ...optional("controlPlaneUrl", str("control_plane_url")?.replace(/\/+$/, "")),
+    ...optional("token", tokenFile !== undefined ? { file: tokenFile } : tokenValue !== undefined ? { value: tokenValue } : undefined),
+    ...optional("keySource", keyUri === undefined ? undefined : parseKeyUri(keyUri)),
+    ...optional("workDir", workDir),
+    ...optional("credentialsDir", credentialsDir === undefined ? undefined : resolve(credentialsDir)),
+    ...optional("workspacesDir", workDir === undefined ? undefined : join(workDir, "workspaces")),
     ...optional("caFile", str("ca_file")),
-    tofuBin: str("tofu_bin") ?? "tofu",
+    tofuBin: tofuBin.includes("/") ? resolve(tofuBin) : tofuBin,
     concurrency: num("concurrency"),
     drainTimeoutMs: num("drain_timeout"),
     cancelGraceMs: num("cancel_grace"),
@@ -126,6 +156,34 @@ export function toRunSettings(resolved: ResolvedConfig): RunSettingsFromConfig {
     ...(listen === "off" ? {} : { listen: hostPort(listen) }),
     retry: { baseMs: num("retry_base"), capMs: num("retry_max") },
     preflight: get("preflight") !== false,
-    ...optional("configFile", str("config")),
   };
+}
+
+/** Whether a draft has every setting the agent needs (true when its configuration had no problem). */
+export function isComplete(draft: SettingsDraft): draft is AgentSettings {
+  return (
+    draft.controlPlaneUrl !== undefined &&
+    draft.token !== undefined &&
+    draft.keySource !== undefined &&
+    draft.workDir !== undefined &&
+    draft.credentialsDir !== undefined &&
+    draft.workspacesDir !== undefined
+  );
+}
+
+/**
+ * The settings pipeline: flags (only those given), then OCI_CRED_AGENT_* variables, then the
+ * config file, then defaults; every problem at once; the typed settings when there is none.
+ */
+export async function loadSettings(flags: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv): Promise<LoadedSettings> {
+  const { resolved, problems } = await resolveRunConfig(flags, env);
+  const draft = settingsFromConfig(resolved);
+  return problems.length === 0 && isComplete(draft) ? { resolved, problems, draft, settings: draft } : { resolved, problems, draft };
+}
+
+/** The settings, or CONFIG_INVALID listing every problem. */
+export function requireSettings(loaded: LoadedSettings): AgentSettings {
+  throwIfProblems(loaded.problems);
+  if (loaded.settings === undefined) throw new AgentError("INTERNAL", "the configuration resolved without problems but is incomplete; please report it");
+  return loaded.settings;
 }

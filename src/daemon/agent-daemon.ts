@@ -8,24 +8,23 @@
  */
 import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "pino";
-import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffPolicy } from "../core/backoff.js";
+import type { AgentSettings } from "../config/load-run-config.js";
+import { backoffDelayMs } from "../core/backoff.js";
 import { isAgentError, type AgentError } from "../core/errors.js";
-import type { RegisterRequest } from "../protocol/agent-api.js";
+import type { Lease, RegisterRequest } from "../protocol/agent-api.js";
 import type { ControlPlaneClient } from "./control-plane-client.js";
 import type { DaemonObserver } from "./observer.js";
-import { executeRun, type RunDeps } from "./run-executor.js";
+import { executeRun, type RunResources } from "./run-executor.js";
 import { sweepLeftovers } from "./sweep.js";
 
 export interface DaemonOptions {
   readonly client: ControlPlaneClient;
   readonly log: Logger;
   readonly observer: DaemonObserver;
-  readonly concurrency: number;
-  readonly drainTimeoutMs: number;
-  readonly backoff?: BackoffPolicy;
+  readonly settings: AgentSettings;
   readonly registration: () => RegisterRequest;
-  /** Everything a run needs except the agent id, which registration provides. */
-  readonly runDeps: Omit<RunDeps, "agentId">;
+  /** What every run shares. */
+  readonly runs: RunResources;
   readonly random?: () => number;
 }
 
@@ -41,20 +40,12 @@ export class AgentDaemon {
 
   constructor(private readonly options: DaemonOptions) {}
 
-  get registeredAgentId(): string | undefined {
-    return this.agentId;
-  }
-
-  get activeRuns(): number {
-    return this.active.size;
-  }
-
   /** First call: drain. Second call: cancel running runs now. */
   requestShutdown(): void {
     this.shutdownRequests++;
     const { log } = this.options;
     if (this.shutdownRequests === 1) {
-      log.info({ event: "shutdown_requested", active_runs: this.active.size, drain_timeout_ms: this.options.drainTimeoutMs }, "shutting down: no new runs; draining");
+      log.info({ event: "shutdown_requested", active_runs: this.active.size, drain_timeout_ms: this.options.settings.drainTimeoutMs }, "shutting down: no new runs; draining");
       this.pollAbort.abort();
     } else if (!this.runsAbort.signal.aborted) {
       log.warn({ event: "shutdown_forced", active_runs: this.active.size }, "second signal: canceling running runs now");
@@ -92,7 +83,7 @@ export class AgentDaemon {
         return answer.agent_id;
       } catch (error) {
         if (!this.handlePollError(error, "register")) return undefined;
-        await this.sleep(backoffDelayMs(this.options.backoff ?? DEFAULT_BACKOFF, attempt, this.options.random ?? Math.random, retryAfterOf(error)));
+        await this.sleep(backoffDelayMs(this.options.settings.retry, attempt, this.options.random ?? Math.random, retryAfterOf(error)));
       }
     }
     return undefined;
@@ -105,7 +96,7 @@ export class AgentDaemon {
   private handlePollError(error: unknown, during: string): boolean {
     const { log, observer } = this.options;
     if (isAgentError(error)) {
-      const kind = typeof error.details["kind"] === "string" ? error.details["kind"] : error.code;
+      const kind = isAgentError(error, "CONTROL_PLANE_UNAVAILABLE", "CONTROL_PLANE_REJECTED", "CONTROL_PLANE_BAD_RESPONSE") ? error.details.kind : error.code;
       observer.pollFailed(kind, error.code, error.message);
       if (error.code === "CONTROL_PLANE_UNAUTHORIZED") {
         this.fatal = error;
@@ -122,8 +113,8 @@ export class AgentDaemon {
   }
 
   async run(): Promise<DaemonExit> {
-    const { log, client, runDeps } = this.options;
-    await sweepLeftovers(runDeps.fs, runDeps.settings.credentialsDir, runDeps.settings.workspacesDir, log, runDeps.settings.cancelGraceMs);
+    const { log, client, runs, settings } = this.options;
+    await sweepLeftovers(runs.fs, settings.credentialsDir, settings.workspacesDir, log, settings.cancelGraceMs);
     this.agentId = await this.register();
     if (this.agentId !== undefined) await this.pollLoop(this.agentId, client);
     await this.drain();
@@ -136,10 +127,15 @@ export class AgentDaemon {
   private async pollLoop(initialAgentId: string, client: ControlPlaneClient): Promise<void> {
     let agentId = initialAgentId;
     let attempt = 0;
+    // One listener for the whole loop: waiting at full capacity must not add one per wait.
+    const stopped = new Promise<void>((resolve) => {
+      if (this.pollAbort.signal.aborted) resolve();
+      else this.pollAbort.signal.addEventListener("abort", () => resolve(), { once: true });
+    });
     while (!this.pollAbort.signal.aborted) {
-      const free = this.options.concurrency - this.active.size;
+      const free = this.options.settings.concurrency - this.active.size;
       if (free <= 0) {
-        await Promise.race([...this.active, new Promise((r) => this.pollAbort.signal.addEventListener("abort", r, { once: true }))]);
+        await Promise.race([...this.active, stopped]);
         continue;
       }
       try {
@@ -149,7 +145,7 @@ export class AgentDaemon {
         for (const lease of leases) this.start(lease, agentId);
       } catch (error) {
         if (this.stopping()) break;
-        if (isAgentError(error) && error.code === "CONTROL_PLANE_REJECTED" && error.details["status"] === 404) {
+        if (isAgentError(error, "CONTROL_PLANE_REJECTED") && error.details.status === 404) {
           this.options.log.warn({ event: "reregistering" }, "the control plane no longer knows this agent; registering again");
           this.options.observer.unregistered();
           const again = await this.register();
@@ -159,15 +155,15 @@ export class AgentDaemon {
           continue;
         }
         if (!this.handlePollError(error, "lease")) break;
-        await this.sleep(backoffDelayMs(this.options.backoff ?? DEFAULT_BACKOFF, attempt++, this.options.random ?? Math.random, retryAfterOf(error)));
+        await this.sleep(backoffDelayMs(this.options.settings.retry, attempt++, this.options.random ?? Math.random, retryAfterOf(error)));
       }
     }
   }
 
-  private start(lease: Parameters<typeof executeRun>[0], agentId: string): void {
-    const { runDeps } = this.options;
-    const deps = { ...runDeps, agentId, settings: { ...runDeps.settings, heartbeatIntervalMs: this.heartbeatIntervalMs } };
-    const promise = executeRun(lease, deps, this.runsAbort.signal)
+  private start(lease: Lease, agentId: string): void {
+    const { client, log, observer, settings, runs } = this.options;
+    const context = { agentId, client, log, observer, settings, heartbeatIntervalMs: this.heartbeatIntervalMs, resources: runs };
+    const promise = executeRun(lease, context, this.runsAbort.signal)
       .catch((error: unknown) => {
         this.options.log.error({ event: "run_error", run_id: lease.run.id, err: error }, "run failed unexpectedly");
       })
@@ -183,14 +179,12 @@ export class AgentDaemon {
         this.options.log.warn({ event: "drain_timeout", active_runs: this.active.size }, "drain timeout reached: canceling running runs");
         this.runsAbort.abort();
       }
-    }, this.options.drainTimeoutMs);
+    }, this.options.settings.drainTimeoutMs);
     while (this.active.size > 0) await Promise.race(this.active);
     clearTimeout(timer);
   }
 }
 
 function retryAfterOf(error: unknown): number | undefined {
-  if (!isAgentError(error)) return undefined;
-  const v = error.details["retry_after_ms"];
-  return typeof v === "number" ? v : undefined;
+  return isAgentError(error, "CONTROL_PLANE_UNAVAILABLE") ? error.details.retry_after_ms : undefined;
 }

@@ -95,6 +95,9 @@ function signalGroup(orphan: OrphanProcess, signal: NodeJS.Signals, ownGroup: nu
   }
 }
 
+/** How long a SIGKILLed orphan may take to be gone (an uninterruptible sleep can delay it). */
+const KILL_WAIT_MS = 5_000;
+
 /** Stops every orphan: SIGTERM, up to `graceMs` to exit, then SIGKILL. Returns how many were found. */
 export async function stopOrphans(workspacesDir: string, credentialsDir: string, graceMs: number, log: Logger): Promise<number> {
   const orphans = await findOrphans(workspacesDir, credentialsDir);
@@ -106,10 +109,19 @@ export async function stopOrphans(workspacesDir: string, credentialsDir: string,
   }
   const deadline = Date.now() + graceMs;
   while ((await anyAlive(orphans)) && Date.now() < deadline) await delay(50);
+  const killed = new Set<number>();
   for (const o of orphans) {
-    const killed = await alive(o.pid);
-    if (killed) signalGroup(o, "SIGKILL", ownGroup);
-    log.warn({ event: "orphan_stopped", run_id: o.runId, pid: o.pid, signal: killed ? "SIGKILL" : "SIGTERM" }, `stopped the leftover tofu of run ${o.runId}`);
+    if (!(await alive(o.pid))) continue;
+    signalGroup(o, "SIGKILL", ownGroup);
+    killed.add(o.pid);
+  }
+  // SIGKILL is asynchronous: the sweep that follows must not race a process still exiting.
+  const killDeadline = Date.now() + KILL_WAIT_MS;
+  while (killed.size > 0 && (await anyAlive(orphans)) && Date.now() < killDeadline) await delay(20);
+  for (const o of orphans) {
+    const fields = { event: "orphan_stopped", run_id: o.runId, pid: o.pid, signal: killed.has(o.pid) ? "SIGKILL" : "SIGTERM" };
+    if (await alive(o.pid)) log.error({ ...fields, event: "orphan_not_stopped" }, `the leftover tofu of run ${o.runId} (pid ${o.pid}) is still running after SIGKILL; stop it by hand`);
+    else log.warn(fields, `stopped the leftover tofu of run ${o.runId}`);
   }
   return orphans.length;
 }

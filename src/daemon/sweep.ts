@@ -7,8 +7,8 @@
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { AgentError, isAgentError } from "../core/errors.js";
-import { wipeRunDir } from "../fs/run-dir.js";
+import { AgentError } from "../core/errors.js";
+import { wipeCredentialDir } from "../credentials/run-credentials.js";
 import { stopOrphans } from "./orphans.js";
 import { currentUid, PRIVATE_DIR_MODE, type FileSystem } from "../fs/secure-fs.js";
 
@@ -30,15 +30,15 @@ export async function sweepLeftovers(fs: FileSystem, credentialsDir: string, wor
   let wiped = 0;
   let failed = 0;
   for (const entry of await fs.readdir(credentialsDir)) {
-    const dir = join(credentialsDir, entry);
-    try {
-      const report = await wipeRunDir(fs, dir);
-      wiped++;
-      log.warn({ event: "swept_credentials", run_id: entry, files: report.removed.length }, `removed credentials left by an earlier process for run ${entry}`);
-    } catch (error) {
-      failed++;
-      log.error({ event: "sweep_failed", run_id: entry, code: isAgentError(error) ? error.code : "WIPE_FAILED" }, isAgentError(error) ? error.message : "sweep failed");
-    }
+    await wipeCredentialDir(fs, join(credentialsDir, entry), (outcome) => {
+      if (outcome.ok) {
+        wiped++;
+        log.warn({ event: "swept_credentials", run_id: entry, files: outcome.removed.length }, `removed credentials left by an earlier process for run ${entry}`);
+      } else {
+        failed++;
+        log.error({ event: "sweep_failed", run_id: entry, code: outcome.error.code }, outcome.error.message);
+      }
+    });
   }
   for (const entry of await fs.readdir(workspacesDir)) {
     await rm(join(workspacesDir, entry), { recursive: true, force: true });

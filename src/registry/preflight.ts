@@ -89,7 +89,7 @@ export class PreflightChecker {
   }
 
   /** Checks every password credential; throws PREFLIGHT_FAILED on the first refusal. */
-  async check(credentials: readonly SelectedCredential[], repositoriesByHost: ReadonlyMap<string, readonly string[]>): Promise<PreflightOutcome[]> {
+  async check(credentials: readonly SelectedCredential[], repositoriesByHost: ReadonlyMap<string, readonly string[]>, _signal?: AbortSignal): Promise<PreflightOutcome[]> {
     const outcomes: PreflightOutcome[] = [];
     const served = repositoriesServed(credentials, repositoriesByHost);
     for (const credential of credentials) outcomes.push(await this.checkShared(credential, served));

@@ -100,10 +100,11 @@ describe("logs", () => {
       expect(events).toEqual([
         "run_leased",
         "configuration_extracted",
-        "credentials_written",
-        "credentials_ready",
+        // Pre-flight checks the credentials in memory, before any file is written.
         "preflight",
         "preflight_finished",
+        "credentials_written",
+        "credentials_ready",
         "phase_started",
         "phase_finished",
         "phase_started",

@@ -8,7 +8,8 @@ import { chmodSync, chownSync, existsSync, linkSync, lstatSync, mkdirSync, mkdte
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { materializeRun } from "../../src/app/materialize-run.js";
+import { materializeRun } from "../../src/credentials/materialize.js";
+import type { AgentError } from "../../src/core/errors.js";
 import type { ErrorCode } from "../../src/core/errors.js";
 import { generatePrivateKeyPem, parsePrivateKeyPem } from "../../src/crypto/agent-key.js";
 import { sealBundle } from "../../src/crypto/sealed-bundle.js";
@@ -405,7 +406,7 @@ describe("wipe", () => {
     const before = snapshotOutside();
     const e = await refusal(wipeRunDir(realFs, runDir));
     expect(e.code).toBe("WIPE_FOREIGN_ENTRIES");
-    expect(e.details["foreign"]).toContain(rel);
+    expect((e as AgentError<"WIPE_FOREIGN_ENTRIES">).details["foreign"]).toContain(rel);
     expect(lstatSync(planted)).toBeTruthy();
     expect(snapshotOutside()).toBe(before);
     // Every credential file the agent wrote is gone, except what stands at the planted path.
@@ -427,7 +428,7 @@ describe("wipe", () => {
     const before = snapshotOutside();
     const e = await refusal(wipeRunDir(realFs, runDir));
     expect(e.code).toBe("WIPE_FOREIGN_ENTRIES");
-    expect(e.details["foreign"]).toEqual([dir]);
+    expect((e as AgentError<"WIPE_FOREIGN_ENTRIES">).details["foreign"]).toEqual([dir]);
     expect(snapshotOutside()).toBe(before);
     expect(readFileSync(join(outsideDir, "config.json"), "utf8")).toBe("outside-config");
   });
@@ -447,7 +448,7 @@ describe("wipe", () => {
     chownSync(p, 4242, 4242);
     const e = await refusal(wipeRunDir(realFs, runDir));
     expect(e.code).toBe("WIPE_FOREIGN_ENTRIES");
-    expect(e.details["foreign"]).toEqual(["containers/auth.json"]);
+    expect((e as AgentError<"WIPE_FOREIGN_ENTRIES">).details["foreign"]).toEqual(["containers/auth.json"]);
     expect(existsSync(p)).toBe(true);
     expect(existsSync(runFilePath(runDir, "dockerConfig"))).toBe(false);
   });

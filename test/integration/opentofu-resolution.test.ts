@@ -19,7 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { materializeRun, type MaterializeResult } from "../../src/app/materialize-run.js";
+import { materializeRun, type MaterializeResult } from "../../src/credentials/materialize.js";
 import { resolveOpenTofuCredential, type Resolution } from "../../src/core/opentofu-resolver.js";
 import { generatePrivateKeyPem, parsePrivateKeyPem } from "../../src/crypto/agent-key.js";
 import { sealBundle } from "../../src/crypto/sealed-bundle.js";

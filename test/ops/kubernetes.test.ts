@@ -23,7 +23,7 @@ import { Deployment } from "kubernetes-models/apps/v1";
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1";
 import { NetworkPolicy } from "kubernetes-models/networking.k8s.io/v1";
 import { RUN_FIELDS, resolveConfig } from "../../src/config/schema.js";
-import { toRunSettings } from "../../src/config/load-run-config.js";
+import { isComplete, settingsFromConfig, type AgentSettings } from "../../src/config/load-run-config.js";
 import { AGENT_BIN } from "../support/agent-process.js";
 import { runFlags } from "../support/run-flags.js";
 
@@ -147,7 +147,7 @@ function mountOf(path: string): { mount: Obj; volume: Obj; rest: string } {
 }
 
 /** The agent's effective settings: the args, then the container's OCI_CRED_AGENT_* variables, then the ConfigMap's file. */
-function agentSettings(): ReturnType<typeof toRunSettings> {
+function agentSettings(): AgentSettings {
   const configPath = String(FLAGS["config"]);
   const { volume, rest } = mountOf(configPath);
   const cmName = String(asObj(volume["configMap"])["name"]);
@@ -158,7 +158,9 @@ function agentSettings(): ReturnType<typeof toRunSettings> {
   const data = parseYamlDocs(String(text), "1.2", `${cmName}/${rest}`)[0];
   const { config, problems } = resolveConfig(RUN_FIELDS, { flags: FLAGS, env: CONTAINER_ENV, file: { path: configPath, data } });
   expect(problems).toEqual([]);
-  return toRunSettings(config);
+  const settings = settingsFromConfig(config);
+  if (!isComplete(settings)) throw new Error("the Deployment's configuration is incomplete");
+  return settings;
 }
 
 describe("Kubernetes manifests: the API schema", () => {
@@ -296,7 +298,7 @@ describe("Kubernetes manifests: wiring to the agent", () => {
       if (v["secret"] !== undefined) expect(mode & 0o007, `${String(m["name"])} files are not readable by others`).toBe(0);
     }
     // Credentials: a directory the agent creates itself (it must own it) inside a Memory emptyDir.
-    const creds = mountOf(s.credentialsDir ?? "");
+    const creds = mountOf(s.credentialsDir);
     const credVol = asObj(creds.volume["emptyDir"]);
     expect(credVol["medium"]).toBe("Memory");
     expect(credVol["sizeLimit"]).toBeDefined();

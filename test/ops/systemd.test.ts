@@ -17,7 +17,7 @@ import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, re
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { resolveRunConfig, toRunSettings } from "../../src/config/load-run-config.js";
+import { loadSettings, requireSettings, type AgentSettings } from "../../src/config/load-run-config.js";
 import { RUN_FIELDS } from "../../src/config/schema.js";
 import { AGENT_BIN } from "../support/agent-process.js";
 import { runFlags } from "../support/run-flags.js";
@@ -266,10 +266,10 @@ describe("systemd unit: wiring to the agent's configuration", () => {
   const unitEnv = environment(UNIT);
   const fileEnv = envFile(ENV_EXAMPLE);
 
-  async function settings(extraEnv: Record<string, string> = {}): Promise<ReturnType<typeof toRunSettings>> {
-    const { resolved, problems } = await resolveRunConfig(runFlags(start.args, "ExecStart="), { ...unitEnv, ...fileEnv, ...extraEnv });
-    expect(problems).toEqual([]);
-    return toRunSettings(resolved);
+  async function settings(extraEnv: Record<string, string> = {}): Promise<AgentSettings> {
+    const loaded = await loadSettings(runFlags(start.args, "ExecStart="), { ...unitEnv, ...fileEnv, ...extraEnv });
+    expect(loaded.problems).toEqual([]);
+    return requireSettings(loaded);
   }
 
   it("every ExecStart= flag is a flag of `run` with a valid value, and with the example environment file the configuration is complete", async () => {
@@ -305,7 +305,7 @@ describe("systemd unit: wiring to the agent's configuration", () => {
     const s = await settings();
     const runtime = last(UNIT, "Service", "RuntimeDirectory");
     const state = last(UNIT, "Service", "StateDirectory");
-    expect(s.credentialsDir?.startsWith(`/run/${runtime ?? "?"}/`)).toBe(true);
+    expect(s.credentialsDir.startsWith(`/run/${runtime ?? "?"}/`)).toBe(true);
     expect(last(UNIT, "Service", "RuntimeDirectoryMode")).toBe("0700");
     expect(s.workDir.startsWith(`/var/lib/${state ?? "?"}/`)).toBe(true);
     expect(last(UNIT, "Service", "StateDirectoryMode")).toBe("0700");

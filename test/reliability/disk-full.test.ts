@@ -19,8 +19,8 @@ import { mkdir, mkdtemp, open, readdir, rm, unlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { materializeRun } from "../../src/app/materialize-run.js";
-import { AgentError } from "../../src/core/errors.js";
+import { materializeRun } from "../../src/credentials/materialize.js";
+import { isAgentError } from "../../src/core/errors.js";
 import { generatePrivateKeyPem, parsePrivateKeyPem } from "../../src/crypto/agent-key.js";
 import { sealBundle } from "../../src/crypto/sealed-bundle.js";
 import type { FileSystem } from "../../src/fs/secure-fs.js";
@@ -176,7 +176,7 @@ describe("disk full while writing credentials", () => {
           fs: faulty,
         });
       } catch (error) {
-        code = error instanceof AgentError ? error.code : `foreign: ${String(error)}`;
+        code = isAgentError(error) ? error.code : `foreign: ${String(error)}`;
       }
       if (!fault.injected) {
         // Past the last file the agent writes: this one succeeded.

@@ -14,6 +14,8 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { composeAgent } from "../../app/compose-agent.js";
+import { prepareAgent } from "../../app/prepare-agent.js";
+import { loadSettings, requireSettings } from "../../config/load-run-config.js";
 import { createControlPlane } from "../../control-plane/server.js";
 import type { RunRecord } from "../../control-plane/store.js";
 import { generatePrivateKeyPem } from "../../crypto/agent-key.js";
@@ -123,29 +125,28 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
     out(realTofu ? `\nUsing OpenTofu at ${realTofu}.` : "\nNo tofu on PATH: phases run a labelled stand-in that shows what OpenTofu would resolve.");
 
     const logSink = { write: (text: string) => process.stderr.write(text) };
-    const agent = await composeAgent(
+    // The same settings pipeline as `run`: defaults come from the schema, not from a copy here.
+    const loaded = await loadSettings(
       {
-        controlPlaneUrl: url,
-        token: { file: tokenFile },
-        keySource: { kind: "file", path: keyFile },
-        workDir,
-        tofu,
-        concurrency: 1,
-        drainTimeoutMs: 30_000,
-        cancelGraceMs: 10_000,
-        runTimeoutMs: 10 * 60_000,
-        maxBundleLifetimeSeconds: 3600,
-        clockSkewSeconds: 120,
-        maxConfigBytes: 64 * 1024 * 1024,
+        control_plane_url: url,
+        token_file: tokenFile,
+        key_file: keyFile,
+        work_dir: workDir,
+        concurrency: "1",
+        drain_timeout: "30s",
+        run_timeout: "10m",
+        max_config_bytes: "64MiB",
         name: "dev-agent",
         // The sample passwords are made up: a pre-flight check would (rightly) stop the run.
         preflight: false,
-        logLevel: opts.logLevel,
-        logFormat: "pretty",
-        version: packageVersion(),
+        log_level: opts.logLevel,
+        log_format: "pretty",
+        listen: "off",
       },
-      { sink: logSink },
+      {},
     );
+    const prepared = await prepareAgent(requireSettings(loaded), realFs, process.env);
+    const agent = await composeAgent(prepared, { version: packageVersion(), env: process.env, sink: logSink, tofu });
     const { daemon } = agent;
     const daemonDone = agent.run();
 

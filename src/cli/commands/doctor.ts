@@ -1,5 +1,5 @@
 import { doctorFailed, renderDoctorReport, runDoctor } from "../../app/doctor.js";
-import { resolveRunConfig } from "../../config/load-run-config.js";
+import { loadSettings } from "../../config/load-run-config.js";
 import { AgentError } from "../../core/errors.js";
 import { readInput, writeOutput } from "../io.js";
 import { nonEmptyId } from "../options.js";
@@ -17,14 +17,13 @@ export async function doctor(flags: Record<string, string | boolean | undefined>
   if (opts.bundle !== undefined && (opts.agentId === undefined || opts.runId === undefined)) {
     throw new AgentError("INVALID_ARGUMENT", "--bundle needs --agent-id and --run-id (the ids the bundle was sealed for)", { flag: "--bundle" });
   }
-  const { resolved, problems } = await resolveRunConfig(flags, process.env);
+  const loaded = await loadSettings(flags, process.env);
   const bundle =
     opts.bundle === undefined
       ? undefined
       : { bytes: await readInput(opts.bundle, "bundle"), agentId: nonEmptyId("--agent-id", opts.agentId ?? ""), runId: nonEmptyId("--run-id", opts.runId ?? "") };
   const checks = await runDoctor({
-    resolved,
-    problems,
+    loaded,
     env: process.env,
     nowMs: () => Date.now(),
     ...(bundle === undefined ? {} : { bundle }),

@@ -1,6 +1,6 @@
 import { loadKeySource } from "../../keys/key-source.js";
 import { keySourceFrom } from "../key-option.js";
-import { materializeRun } from "../../app/materialize-run.js";
+import { materializeRun } from "../../credentials/materialize.js";
 import { AgentError } from "../../core/errors.js";
 import { discoverTofuCliConfig } from "../../fs/tofu-cli-config-sources.js";
 import { realFs } from "../../fs/secure-fs.js";
@@ -54,6 +54,9 @@ export async function materialize(opts: MaterializeOptions): Promise<number> {
     ...(base === undefined ? {} : { baseDockerConfig: base }),
     tofuCliConfigSources: await discoverTofuCliConfig(realFs, process.env),
     fs: realFs,
+    onWipe: (outcome) => {
+      if (!outcome.ok) process.stderr.write(`oci-cred-agent: error ${outcome.error.code}: ${outcome.error.message}\n`);
+    },
   });
   for (const warning of result.warnings) process.stderr.write(`oci-cred-agent: warning: ${warning}\n`);
   for (const ignored of result.ignored) {

@@ -1,22 +1,16 @@
-import { resolve } from "node:path";
 import { composeAgent } from "../../app/compose-agent.js";
-import { resolveRunConfig, throwIfProblems, toRunSettings } from "../../config/load-run-config.js";
+import { prepareAgent } from "../../app/prepare-agent.js";
+import { loadSettings, requireSettings } from "../../config/load-run-config.js";
+import { realFs } from "../../fs/secure-fs.js";
 import { packageVersion } from "../version.js";
 
 /** `run`: flags (only those given), then OCI_CRED_AGENT_* variables, then the config file. */
 export async function run(flags: Record<string, string | boolean | undefined>): Promise<number> {
-  const { resolved, problems } = await resolveRunConfig(flags, process.env);
-  throwIfProblems(problems);
-  const settings = toRunSettings(resolved);
-  const { tofuBin, ...rest } = settings;
-  const agent = await composeAgent({
-    ...rest,
-    // A path is fixed now: phases run in each run's workspace, where a relative path means nothing.
-    tofu: { file: tofuBin.includes("/") ? resolve(tofuBin) : tofuBin, argsPrefix: [] },
-    version: packageVersion(),
-  });
+  const loaded = await loadSettings(flags, process.env);
+  const prepared = await prepareAgent(requireSettings(loaded), realFs, process.env);
+  const agent = await composeAgent(prepared, { version: packageVersion(), env: process.env });
   const { daemon, log } = agent;
-  for (const w of resolved.warnings) log.warn({ event: "config_warning" }, w);
+  for (const w of loaded.resolved.warnings) log.warn({ event: "config_warning" }, w);
   const onSignal = (signal: NodeJS.Signals): void => {
     log.info({ event: "signal", signal }, `received ${signal}`);
     daemon.requestShutdown();

@@ -1,10 +1,12 @@
-import { wipeRunDir } from "../../fs/run-dir.js";
+import { wipeCredentialDir } from "../../credentials/run-credentials.js";
 import { realFs } from "../../fs/secure-fs.js";
 import { printJson } from "../io.js";
 
+/** `wipe`: a refusal (a foreign entry, a directory the agent did not create) exits 1 with its code. */
 export async function wipe(opts: { runDir: string; format: string }): Promise<number> {
-  const report = await wipeRunDir(realFs, opts.runDir);
-  if (opts.format === "json") await printJson({ run_dir: opts.runDir, removed: report.removed, absent: report.absent });
-  else process.stderr.write(report.absent ? `oci-cred-agent: ${opts.runDir} does not exist; nothing to wipe\n` : `oci-cred-agent: wiped ${opts.runDir} (${report.removed.length} files)\n`);
+  const outcome = await wipeCredentialDir(realFs, opts.runDir, () => undefined);
+  if (!outcome.ok) throw outcome.error;
+  if (opts.format === "json") await printJson({ run_dir: opts.runDir, removed: outcome.removed, absent: outcome.absent });
+  else process.stderr.write(outcome.absent ? `oci-cred-agent: ${opts.runDir} does not exist; nothing to wipe\n` : `oci-cred-agent: wiped ${opts.runDir} (${outcome.removed.length} files)\n`);
   return 0;
 }

@@ -1,0 +1,63 @@
+/**
+ * The agent's preparation, once, at start: the pool token, the keys, the base Docker config and
+ * the operator's OpenTofu CLI configuration are read and checked here, before the first lease.
+ * `run` and `dev` build the daemon from the result; `doctor` runs the same steps one by one and
+ * reports each. A broken input is a refusal with a code and a fix at start, never a surprise in
+ * the middle of a run.
+ */
+import type { AgentSettings, TokenSource } from "../config/load-run-config.js";
+import type { DockerConfigDoc } from "../core/docker-config.js";
+import { parseBaseDockerConfig } from "../core/docker-config.js";
+import { AgentError, errnoCode } from "../core/errors.js";
+import { prepareTofuCliConfig, type PreparedTofuCliConfig } from "../core/tofu-cli-config.js";
+import type { OperatorConfig } from "../credentials/operator-config.js";
+import type { FileSystem } from "../fs/secure-fs.js";
+import { discoverTofuCliConfig } from "../fs/tofu-cli-config-sources.js";
+import { readTokenFile } from "../fs/token-file.js";
+import { ReloadableKeyRing } from "../keys/key-ring.js";
+
+export interface PreparedAgent {
+  readonly settings: AgentSettings;
+  readonly token: string;
+  readonly keys: ReloadableKeyRing;
+  readonly operator: OperatorConfig;
+  /** To be logged once the logger exists (key source warnings). */
+  readonly warnings: readonly string[];
+}
+
+/** The pool token, from its file or (with a warning at config time) the environment. */
+export async function readPoolToken(fs: FileSystem, token: TokenSource): Promise<string> {
+  if ("value" in token) return token.value.trim();
+  return readTokenFile(fs, token.file, { flag: "--token-file", what: "the agent pool token" });
+}
+
+/** Reads and parses `--base-docker-config`. */
+export async function readBaseDockerConfig(fs: FileSystem, path: string): Promise<DockerConfigDoc> {
+  let text: string;
+  try {
+    text = await fs.readFile(path, "utf8");
+  } catch (error) {
+    throw new AgentError("INPUT_UNREADABLE", `cannot read the base Docker config ${path} (${errnoCode(error) ?? "error"}); fix the path given to --base-docker-config, make the file readable by the agent's user, or drop the flag`, {
+      path,
+      flag: "--base-docker-config",
+    });
+  }
+  return parseBaseDockerConfig(text, path);
+}
+
+/** Finds, reads and checks the operator's own OpenTofu CLI configuration, as OpenTofu would. */
+export async function readTofuCliConfig(fs: FileSystem, env: NodeJS.ProcessEnv): Promise<PreparedTofuCliConfig> {
+  return prepareTofuCliConfig(await discoverTofuCliConfig(fs, env));
+}
+
+export async function readOperatorConfig(fs: FileSystem, settings: Pick<AgentSettings, "baseDockerConfigFile">, env: NodeJS.ProcessEnv): Promise<OperatorConfig> {
+  const tofuCliConfig = await readTofuCliConfig(fs, env);
+  return settings.baseDockerConfigFile === undefined ? { tofuCliConfig } : { baseDockerConfig: await readBaseDockerConfig(fs, settings.baseDockerConfigFile), tofuCliConfig };
+}
+
+export async function prepareAgent(settings: AgentSettings, fs: FileSystem, env: NodeJS.ProcessEnv): Promise<PreparedAgent> {
+  const token = await readPoolToken(fs, settings.token);
+  const { ring, warnings } = await ReloadableKeyRing.open(settings.keySource, { fs, env });
+  const operator = await readOperatorConfig(fs, settings, env);
+  return { settings, token, keys: ring, operator, warnings };
+}

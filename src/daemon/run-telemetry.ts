@@ -1,0 +1,178 @@
+/**
+ * What one run tells operators and the control plane: its log lines (event names are part of the
+ * interface, docs/operations.md), its events (batched to the control plane), its phase output
+ * (shipped in chunks) and the daemon's observer hooks (metrics, readiness). The run executor
+ * says what happened; this decides how it is told. Never a secret: registries, integration ids
+ * and codes only, and phase output passes the redactor first.
+ */
+import type { Logger } from "pino";
+import type { AgentError } from "../core/errors.js";
+import { anonymousDockerHubSources } from "../core/oci-source-checks.js";
+import type { Redactor } from "../core/redactor.js";
+import type { RunCredentials, WipeOutcome, WrittenCredentials } from "../credentials/run-credentials.js";
+import type { OciSource } from "../fs/oci-sources.js";
+import type { CompleteRequest, Lease, Outcome, Phase } from "../protocol/agent-api.js";
+import type { PreflightOutcome } from "../registry/preflight.js";
+import type { ControlPlaneClient } from "./control-plane-client.js";
+import { EventBatcher } from "./event-batcher.js";
+import { LogShipper } from "./log-shipper.js";
+import type { DaemonObserver } from "./observer.js";
+import type { PhaseResult } from "./phase-runner.js";
+
+export interface RunTelemetryDeps {
+  readonly client: ControlPlaneClient;
+  readonly log: Logger;
+  readonly observer: DaemonObserver;
+  readonly redactor: Redactor;
+}
+
+const ms = (value: number): number => Number(value.toFixed(3));
+
+export class RunTelemetry {
+  readonly log: Logger;
+  readonly phases: CompleteRequest["phases"][number][] = [];
+  private readonly events: EventBatcher;
+  private readonly started = performance.now();
+
+  constructor(
+    private readonly lease: Lease,
+    private readonly deps: RunTelemetryDeps,
+  ) {
+    this.log = deps.log.child({ run_id: lease.run.id, lease_id: lease.lease_id });
+    this.events = new EventBatcher((batch) => deps.client.events(lease.lease_id, batch));
+    deps.observer.runStarted(lease.run.id);
+    this.log.info({ event: "run_leased", phases: lease.run.phases, queued_at: lease.run.queued_at }, "leased run");
+  }
+
+  configurationExtracted(extracted: { files: number; bytes: number }): void {
+    this.log.info({ event: "configuration_extracted", files: extracted.files, bytes: extracted.bytes }, "configuration extracted");
+  }
+
+  /** The scan for `oci://` sources failed: pre-flight goes on without pull scopes. */
+  sourcesUnreadable(code: string): void {
+    this.log.warn({ event: "sources_scan_failed", code }, `could not scan the configuration for oci:// sources (${code}); pre-flight checks the registries without pull scopes`);
+  }
+
+  /** OpenTofu pulls `oci://docker.io/...` anonymously, whatever credentials exist. */
+  sourcesFound(sources: readonly OciSource[]): void {
+    for (const { source: s, fix } of anonymousDockerHubSources(sources)) {
+      this.log.warn(
+        { event: "docker_hub_source", file: s.file, source: s.address, code: "DOCKER_HUB_ANONYMOUS" },
+        `${s.file}: ${s.address} is pulled anonymously by OpenTofu, whatever credentials exist; write it as ${fix}`,
+      );
+    }
+  }
+
+  credentialsOpened(credentials: RunCredentials): void {
+    for (const ig of credentials.ignored) {
+      this.log.warn({ event: "integration_ignored", integration_id: ig.integration_id, integration_name: ig.integration_name, code: ig.code }, ig.reason);
+    }
+  }
+
+  preflightPassed(outcomes: readonly PreflightOutcome[], durationMs: number): void {
+    for (const o of outcomes) {
+      this.deps.observer.preflightChecked(o.result);
+      const fields = { event: "preflight", registry: o.host, integration_id: o.integration_id, result: o.result };
+      if (o.result === "unreachable") this.log.warn(fields, `pre-flight check for ${o.host} not conclusive: ${o.detail}`);
+      else this.log.info(fields, `pre-flight check for ${o.host}: ${o.result} (${o.detail})`);
+    }
+    const unverified = outcomes.filter((o) => o.result === "unreachable").length;
+    this.log.info(
+      { event: "preflight_finished", registries: outcomes.length, unverified, duration_ms: Math.round(durationMs) },
+      unverified === 0 ? "pre-flight checks passed" : `pre-flight checks done; ${unverified} registr${unverified === 1 ? "y" : "ies"} could not be verified`,
+    );
+  }
+
+  preflightRefused(error: AgentError<"PREFLIGHT_FAILED">): void {
+    this.deps.observer.preflightChecked("refused");
+    const d = error.details;
+    this.log.error({ event: "preflight", registry: d.registry, integration_id: d.integration_id, result: "refused", status: d.status, code: error.code }, error.message);
+  }
+
+  credentialsWritten(credentials: RunCredentials, written: WrittenCredentials, durationMs: number): void {
+    const registries = credentials.registries;
+    const queuedAt = Date.parse(this.lease.run.queued_at);
+    const pickupMs = Number.isFinite(queuedAt) ? Date.now() - queuedAt : undefined;
+    if (pickupMs !== undefined) this.deps.observer.pickup(pickupMs);
+    this.deps.observer.credentialsWritten(registries.length);
+    for (const r of registries) {
+      this.log.info({ event: "credentials_written", registry: r.host, integration_id: r.integration_id, integration_name: r.integration_name }, `credentials for ${r.host} from integration ${r.integration_id}`);
+    }
+    this.log.info(
+      { event: "credentials_ready", registries: registries.length, duration_ms: ms(durationMs), pickup_ms: pickupMs ?? null, bundle_id: credentials.bundleId },
+      `credentials in place for ${registries.length} registr${registries.length === 1 ? "y" : "ies"}`,
+    );
+    for (const w of written.warnings) this.log.warn({ event: "credentials_warning" }, w);
+    this.events.push({
+      type: "credentials_written",
+      at: new Date().toISOString(),
+      pickup_ms: pickupMs ?? null,
+      registries,
+      ignored: credentials.ignored.map(({ integration_id, code }) => ({ integration_id, code })),
+    });
+  }
+
+  /** A phase starts: its output goes, redacted, to the log and to the control plane. */
+  phaseStarted(phase: Phase): PhaseOutput {
+    const plog = this.log.child({ phase });
+    plog.info({ event: "phase_started" }, `${phase} started`);
+    this.events.push({ type: "phase_started", at: new Date().toISOString(), phase });
+    const shipper = new LogShipper((p, seq, text) => this.deps.client.log(this.lease.lease_id, { phase: p, seq, text }), phase);
+    return {
+      write: (text) => {
+        const clean = this.deps.redactor.redact(text);
+        shipper.push(clean);
+        for (const line of clean.split("\n")) if (line !== "") plog.info({ event: "phase_output" }, line);
+      },
+      finished: async (result) => {
+        const shipped = await shipper.close();
+        if (shipped.failedChunks > 0) {
+          plog.warn({ event: "log_upload_failed", chunks: shipped.chunks, failed_chunks: shipped.failedChunks }, `${shipped.failedChunks} of ${shipped.chunks} chunks of ${phase} output could not be delivered to the control plane`);
+        }
+        const durationMs = Math.round(result.durationMs);
+        const ok = result.exitCode === 0 && !result.canceled;
+        this.phases.push({ name: phase, exit_code: result.exitCode, signal: result.signal, duration_ms: durationMs });
+        this.deps.observer.phaseFinished(phase, result.durationMs, ok);
+        plog.info({ event: "phase_finished", exit_code: result.exitCode, signal: result.signal, duration_ms: durationMs }, `${phase} finished`);
+        this.events.push({ type: "phase_finished", at: new Date().toISOString(), phase, exit_code: result.exitCode, signal: result.signal, duration_ms: durationMs });
+      },
+    };
+  }
+
+  /** The run's wipe listener: every wipe outcome is counted and logged, a failure as an error. */
+  readonly wiped = (outcome: WipeOutcome): void => {
+    this.deps.observer.wiped(outcome.ok);
+    if (outcome.ok) this.log.info({ event: "credentials_wiped", files: outcome.removed.length, duration_ms: ms(outcome.durationMs) }, "credentials wiped");
+    else this.log.error({ event: "wipe_failed", code: outcome.error.code }, outcome.error.message);
+  };
+
+  workspaceNotRemoved(code: string): void {
+    this.log.error({ event: "workspace_cleanup_failed", code }, "could not remove the run's workspace");
+  }
+
+  /** Something no rule expected: logged with the error, then the run ends as INTERNAL. */
+  unexpected(error: unknown): void {
+    this.log.error({ event: "run_error", err: error }, "unexpected failure");
+  }
+
+  finished(outcome: Outcome, failure: AgentError | undefined): void {
+    const durationMs = Math.round(performance.now() - this.started);
+    if (failure) {
+      this.log[outcome === "canceled" ? "warn" : "error"]({ event: "run_finished", outcome, code: failure.code, duration_ms: durationMs }, failure.message);
+    } else {
+      this.log.info({ event: "run_finished", outcome, duration_ms: durationMs }, "run succeeded");
+    }
+    this.deps.observer.runFinished(this.lease.run.id, outcome, failure?.code);
+  }
+
+  /** Delivers the pending events (before the completion, so the control plane has them all). */
+  async close(): Promise<void> {
+    const { lostEvents } = await this.events.close();
+    if (lostEvents > 0) this.log.warn({ event: "events_upload_failed", events: lostEvents }, `${lostEvents} run events could not be delivered to the control plane`);
+  }
+}
+
+export interface PhaseOutput {
+  write(text: string): void;
+  finished(result: PhaseResult): Promise<void>;
+}
