@@ -1,6 +1,7 @@
 /** Parsers for option values; each throws an INVALID_ARGUMENT that names the flag. */
 import { AgentError } from "../core/errors.js";
 import { parseDurationMs } from "../core/duration.js";
+import { parseHostPort, type HostPort } from "../core/host-port.js";
 
 export function durationSeconds(flag: string, text: string): number {
   const ms = parseDurationMs(text);
@@ -42,13 +43,12 @@ export function timestampMs(flag: string, text: string): number {
 }
 
 /** Parses HOST:PORT (IPv6 in brackets); port 0 means any free port. */
-export function hostPort(flag: string, text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
-  const port = m ? Number(m[3]) : Number.NaN;
-  if (!m || port > 65535) {
+export function hostPort(flag: string, text: string): HostPort {
+  const parsed = parseHostPort(text);
+  if (parsed === undefined) {
     throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not HOST:PORT; write it like 127.0.0.1:8080 or [::1]:8080`, { flag });
   }
-  return { host: m[1] ?? (m[2] === "" ? "127.0.0.1" : (m[2] ?? "127.0.0.1")), port };
+  return parsed;
 }
 
 /** Parses byte sizes like 256MiB, 64k, 1G or a bare number of bytes. */

@@ -6,6 +6,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { AgentError, errnoCode } from "../core/errors.js";
+import { hostPort } from "../core/host-port.js";
 import { parseKeyUri, type KeySource } from "../keys/key-source.js";
 import { RUN_FIELDS, resolveConfig, type ConfigProblem, type ResolvedConfig } from "./schema.js";
 
@@ -85,11 +86,6 @@ export function throwIfProblems(problems: readonly ConfigProblem[]): void {
     `the configuration has ${problems.length} problem${problems.length === 1 ? "" : "s"}:\n${problems.map((p) => `  - ${p.message}`).join("\n")}\n(every setting: docs/configuration.md)`,
     { fields: problems.map((p) => p.key) },
   );
-}
-
-function hostPort(text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
-  return { host: m?.[1] ?? (m?.[2] ? m[2] : "127.0.0.1"), port: Number(m?.[3] ?? "0") };
 }
 
 export function toRunSettings(resolved: ResolvedConfig): RunSettingsFromConfig {

@@ -4,6 +4,7 @@
  * docs/configuration.md, the commander options and the validation. Pure.
  */
 import { parseDurationMs } from "../core/duration.js";
+import { parseHostPort } from "../core/host-port.js";
 
 export type FieldKind = "string" | "path" | "url" | "duration" | "int" | "bool" | "size" | "listen" | "enum" | "key-uri";
 
@@ -107,7 +108,7 @@ export function parseFieldValue(spec: FieldSpec, raw: string): { ok: true; value
       return Number.isSafeInteger(n) && n > 0 ? { ok: true, value: n } : { ok: false, expected: "a size such as 256MiB or 64k" };
     }
     case "listen":
-      return text === "off" || /^(?:\[[^\]]+\]|[^:]*):\d{1,5}$/.test(text) ? { ok: true, value: text } : { ok: false, expected: "HOST:PORT (such as 127.0.0.1:9480) or off" };
+      return text === "off" || parseHostPort(text) !== undefined ? { ok: true, value: text } : { ok: false, expected: "HOST:PORT (such as 127.0.0.1:9480) or off" };
     case "enum":
       return spec.choices?.includes(text) ? { ok: true, value: text } : { ok: false, expected: `one of ${spec.choices?.join(", ") ?? ""}` };
     case "key-uri":
