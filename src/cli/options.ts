@@ -1,5 +1,6 @@
 /** Parsers for option values; each throws an INVALID_ARGUMENT that names the flag. */
 import { AgentError } from "../core/errors.js";
+import { parseByteSize } from "../core/byte-size.js";
 import { parseDurationMs } from "../core/duration.js";
 import { parseHostPort, type HostPort } from "../core/host-port.js";
 
@@ -53,11 +54,8 @@ export function hostPort(flag: string, text: string): HostPort {
 
 /** Parses byte sizes like 256MiB, 64k, 1G or a bare number of bytes. */
 export function byteSize(flag: string, text: string): number {
-  const m = /^(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$/i.exec(text.trim());
-  const unit = (m?.[2] ?? "b").toLowerCase();
-  const mult = unit.startsWith("k") ? 1024 : unit.startsWith("m") ? 1024 ** 2 : unit.startsWith("g") ? 1024 ** 3 : 1;
-  const n = m ? Number(m[1]) * mult : Number.NaN;
-  if (!Number.isSafeInteger(n) || n <= 0) {
+  const n = parseByteSize(text);
+  if (n === undefined) {
     throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not a size; write it like 256MiB or 64k`, { flag });
   }
   return n;
