@@ -8,6 +8,7 @@
  * and by the tests' stand-in tofu.
  */
 import { HclScanError, scanTopLevel } from "./hcl-top-level.js";
+import { withoutScheme } from "./registry-address.js";
 
 export interface Resolution {
   readonly source: "static" | "helper" | "none";
@@ -157,7 +158,7 @@ function ambientFiles(env: Env): string[] {
 
 /** OpenTofu's specificity: 0 no match, 2 for a host key, 2 + N for N matching path segments. */
 export function keySpecificity(key: string, host: string, repository: string): number {
-  if (key === "" || /^[a-z][a-z0-9+.-]*:\/\//i.test(key)) return 0;
+  if (key === "" || withoutScheme(key) !== key) return 0;
   const slash = key.indexOf("/");
   const keyHost = slash < 0 ? key : key.slice(0, slash);
   if (keyHost !== host) return 0;

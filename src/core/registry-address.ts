@@ -155,18 +155,26 @@ export function normalizeRegistryUrl(raw: string): NormalizeResult {
   return { ok: true, target: targetForHost(hostKey(url)) };
 }
 
+/** A URL scheme at the start of a key: `https://`, `oci://`. */
+const SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
+
+/** `key` without a leading URL scheme (`https://index.docker.io/v1/` → `index.docker.io/v1/`); the same string when it has none. */
+export function withoutScheme(key: string): string {
+  return key.replace(SCHEME, "");
+}
+
 /**
  * The deduplication identity of a key from an operator's Docker config or CLI configuration:
  * `registry` or `registry/path` (Docker Hub aliases folded), or undefined if not understood.
  */
 export function identityOfConfigKey(key: string): string | undefined {
-  const withoutScheme = key.replace(/^[a-z][a-z0-9+.-]*:\/\//i, "");
-  const slash = withoutScheme.indexOf("/");
-  const host = slash < 0 ? withoutScheme : withoutScheme.slice(0, slash);
+  const bare = withoutScheme(key);
+  const slash = bare.indexOf("/");
+  const host = slash < 0 ? bare : bare.slice(0, slash);
   const registry = registryOfConfigKey(host);
   if (registry === undefined) return undefined;
   // A scheme means a legacy Docker key such as https://index.docker.io/v1/: the path is not a scope.
-  const path = slash < 0 || withoutScheme !== key ? undefined : repositoryPath(withoutScheme.slice(slash));
+  const path = slash < 0 || bare !== key ? undefined : repositoryPath(bare.slice(slash));
   return path === undefined ? registry : `${registry}/${path}`;
 }
 
@@ -175,8 +183,7 @@ export function identityOfConfigKey(key: string): string | undefined {
  * `ghcr.io/org/repo`) to the registry it belongs to, or undefined if it cannot be understood.
  */
 export function registryOfConfigKey(key: string): string | undefined {
-  const withoutScheme = key.replace(/^[a-z][a-z0-9+.-]*:\/\//i, "");
-  const host = withoutScheme.split("/")[0] ?? "";
+  const host = withoutScheme(key).split("/")[0] ?? "";
   if (host === "") return undefined;
   try {
     const url = new URL(`https://${host}`);
