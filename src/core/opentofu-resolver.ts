@@ -8,6 +8,7 @@
  * and by the tests' stand-in tofu.
  */
 import { HclScanError, scanTopLevel } from "./hcl-top-level.js";
+import { parseOciAddress } from "./oci-address.js";
 import { withoutScheme } from "./registry-address.js";
 
 export interface Resolution {
@@ -200,10 +201,9 @@ function candidatesFromFile(path: string, text: string, host: string, repository
 }
 
 export function resolveOpenTofuCredential(address: string, env: Env, readFile: ReadFile): Resolution {
-  const m = /^oci:\/\/([^/?]+)\/([^?]+)/.exec(address);
-  if (!m?.[1] || !m[2]) return { source: "none", error: `${address} is not an oci://host/repository address` };
-  const host = m[1];
-  const repository = m[2];
+  const parsed = parseOciAddress(address);
+  if (parsed === undefined) return { source: "none", error: `${address} is not an oci://host/repository address` };
+  const { host, repository } = parsed;
 
   let defaults: DefaultCredentials = { discoverAmbient: true, files: undefined, helper: undefined };
   const candidates: Candidate[] = [];
