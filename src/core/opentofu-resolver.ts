@@ -10,6 +10,7 @@
 import { HclScanError, scanTopLevel } from "./hcl-top-level.js";
 import { parseOciAddress } from "./oci-address.js";
 import { withoutScheme } from "./registry-address.js";
+import { tofuCliConfigLocations } from "./tofu-cli-config-locations.js";
 
 export interface Resolution {
   readonly source: "static" | "helper" | "none";
@@ -136,16 +137,10 @@ function ociCredentialsBlocksFrom(text: string): OciCredentialsBlock[] {
     });
 }
 
+/** The CLI configuration file OpenTofu reads, if there is one (the configuration directory's files are not read here). */
 function cliConfigPath(env: Env, readFile: ReadFile): string | undefined {
-  const override = env["TF_CLI_CONFIG_FILE"] || env["TERRAFORM_CONFIG"];
-  if (override) return override;
-  const home = env["HOME"] ?? "";
-  for (const name of [".tofurc", ".terraformrc"]) {
-    const p = `${home}/${name}`;
-    if (readFile(p) !== undefined) return p;
-  }
-  if (env["XDG_CONFIG_HOME"]) return `${env["XDG_CONFIG_HOME"]}/opentofu/tofurc`;
-  return undefined;
+  const { file } = tofuCliConfigLocations(env, "");
+  return [...file.candidates, file.otherwise].find((path) => readFile(path) !== undefined);
 }
 
 function ambientFiles(env: Env): string[] {
