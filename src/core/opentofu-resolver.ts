@@ -10,6 +10,7 @@
 import { HclScanError, scanTopLevel } from "./hcl-top-level.js";
 import { parseOciAddress } from "./oci-address.js";
 import { withoutScheme } from "./registry-address.js";
+import { scopeSpecificity } from "./repository-scope.js";
 import { tofuCliConfigLocations } from "./tofu-cli-config-locations.js";
 
 export interface Resolution {
@@ -158,12 +159,8 @@ export function keySpecificity(key: string, host: string, repository: string): n
   const slash = key.indexOf("/");
   const keyHost = slash < 0 ? key : key.slice(0, slash);
   if (keyHost !== host) return 0;
-  if (slash < 0) return 2;
-  const keySegs = key.slice(slash + 1).split("/");
-  const repoSegs = repository.split("/");
-  if (keySegs.length > repoSegs.length || keySegs.some((s) => s === "")) return 0;
-  for (let i = 0; i < keySegs.length; i++) if (keySegs[i] !== repoSegs[i]) return 0;
-  return 2 + keySegs.length;
+  const specificity = scopeSpecificity(slash < 0 ? undefined : key.slice(slash + 1), repository);
+  return specificity === undefined ? 0 : 2 + specificity;
 }
 
 interface Candidate {
