@@ -1,10 +1,8 @@
 /**
- * Finds the operator's own OpenTofu CLI configuration the way OpenTofu does
- * (internal/command/cliconfig/cliconfig.go LoadConfig and config_unix.go), so that the run's
- * generated configuration can reproduce it: TF_CLI_CONFIG_FILE (or the legacy TERRAFORM_CONFIG)
- * alone when set; otherwise ~/.tofurc, else ~/.terraformrc (or $XDG_CONFIG_HOME/opentofu/tofurc
- * on a fresh install), plus the *.tfrc and *.tfrc.json files of the CLI config directory
- * (except credentials.tfrc.json, which OpenTofu's credentials store reads in any case).
+ * Finds the operator's own OpenTofu CLI configuration where OpenTofu looks for it
+ * (src/core/tofu-cli-config-locations.ts), so that the run's generated configuration can
+ * reproduce it: the main file, plus the *.tfrc and *.tfrc.json files of the CLI config
+ * directory (except credentials.tfrc.json, which OpenTofu's credentials store reads in any case).
  */
 import { join } from "node:path";
 import { homedir } from "node:os";
