@@ -1,7 +1,7 @@
 /** Reading inputs and writing outputs for one-shot commands: a path, or "-" for stdin/stdout. */
-import { constants } from "node:fs";
-import { open, readFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { AgentError, errnoCode } from "../core/errors.js";
+import { isAlreadyThere, openNewFile, realFs } from "../fs/secure-fs.js";
 
 export async function readStdin(): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -31,9 +31,9 @@ export async function writeOutput(pathOrDash: string, data: string): Promise<voi
   // A new file only (never overwritten, never through a symlink), readable by its owner.
   let handle;
   try {
-    handle = await open(pathOrDash, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    handle = await openNewFile(realFs, pathOrDash);
   } catch (error) {
-    if (errnoCode(error) === "EEXIST" || errnoCode(error) === "ELOOP") {
+    if (isAlreadyThere(error)) {
       throw new AgentError("OUTPUT_EXISTS", `${pathOrDash} exists already; the agent never overwrites an output: choose another path, or remove it first`, { path: pathOrDash });
     }
     throw new AgentError("OUTPUT_UNWRITABLE", `cannot create ${pathOrDash} (${errnoCode(error) ?? "error"}); check the directory`, { path: pathOrDash });

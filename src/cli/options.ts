@@ -1,6 +1,8 @@
 /** Parsers for option values; each throws an INVALID_ARGUMENT that names the flag. */
 import { AgentError } from "../core/errors.js";
+import { parseByteSize } from "../core/byte-size.js";
 import { parseDurationMs } from "../core/duration.js";
+import { parseHostPort, type HostPort } from "../core/host-port.js";
 
 export function durationSeconds(flag: string, text: string): number {
   const ms = parseDurationMs(text);
@@ -42,22 +44,18 @@ export function timestampMs(flag: string, text: string): number {
 }
 
 /** Parses HOST:PORT (IPv6 in brackets); port 0 means any free port. */
-export function hostPort(flag: string, text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
-  const port = m ? Number(m[3]) : Number.NaN;
-  if (!m || port > 65535) {
+export function hostPort(flag: string, text: string): HostPort {
+  const parsed = parseHostPort(text);
+  if (parsed === undefined) {
     throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not HOST:PORT; write it like 127.0.0.1:8080 or [::1]:8080`, { flag });
   }
-  return { host: m[1] ?? (m[2] === "" ? "127.0.0.1" : (m[2] ?? "127.0.0.1")), port };
+  return parsed;
 }
 
 /** Parses byte sizes like 256MiB, 64k, 1G or a bare number of bytes. */
 export function byteSize(flag: string, text: string): number {
-  const m = /^(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$/i.exec(text.trim());
-  const unit = (m?.[2] ?? "b").toLowerCase();
-  const mult = unit.startsWith("k") ? 1024 : unit.startsWith("m") ? 1024 ** 2 : unit.startsWith("g") ? 1024 ** 3 : 1;
-  const n = m ? Number(m[1]) * mult : Number.NaN;
-  if (!Number.isSafeInteger(n) || n <= 0) {
+  const n = parseByteSize(text);
+  if (n === undefined) {
     throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not a size; write it like 256MiB or 64k`, { flag });
   }
   return n;

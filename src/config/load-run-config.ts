@@ -8,6 +8,7 @@ import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { BackoffPolicy } from "../core/backoff.js";
 import { AgentError, errnoCode } from "../core/errors.js";
+import { hostPort } from "../core/host-port.js";
 import { parseKeyUri, type KeySource } from "../keys/key-source.js";
 import { RUN_FIELDS, resolveConfig, type ConfigProblem, type ResolvedConfig } from "./schema.js";
 
@@ -109,11 +110,6 @@ export function throwIfProblems(problems: readonly ConfigProblem[]): void {
     `the configuration has ${problems.length} problem${problems.length === 1 ? "" : "s"}:\n${problems.map((p) => `  - ${p.message}`).join("\n")}\n(every setting: docs/configuration.md)`,
     { fields: problems.map((p) => p.key) },
   );
-}
-
-function hostPort(text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
-  return { host: m?.[1] ?? (m?.[2] ? m[2] : "127.0.0.1"), port: Number(m?.[3] ?? "0") };
 }
 
 /** Turns resolved values (already validated by the schema) into the typed settings. */

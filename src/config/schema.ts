@@ -3,7 +3,9 @@
  * config file (YAML or JSON), in that order of precedence. The same table generates
  * docs/configuration.md, the commander options and the validation. Pure.
  */
+import { parseByteSize } from "../core/byte-size.js";
 import { parseDurationMs } from "../core/duration.js";
+import { parseHostPort } from "../core/host-port.js";
 
 export type FieldKind = "string" | "path" | "url" | "duration" | "int" | "bool" | "size" | "listen" | "enum" | "key-uri";
 
@@ -100,14 +102,11 @@ export function parseFieldValue(spec: FieldSpec, raw: string): { ok: true; value
       if (/^(false|0|no|off)$/i.test(text)) return { ok: true, value: false };
       return { ok: false, expected: "true or false" };
     case "size": {
-      const m = /^(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$/i.exec(text);
-      const unit = (m?.[2] ?? "b").toLowerCase();
-      const mult = unit.startsWith("k") ? 1024 : unit.startsWith("m") ? 1024 ** 2 : unit.startsWith("g") ? 1024 ** 3 : 1;
-      const n = m ? Number(m[1]) * mult : Number.NaN;
-      return Number.isSafeInteger(n) && n > 0 ? { ok: true, value: n } : { ok: false, expected: "a size such as 256MiB or 64k" };
+      const n = parseByteSize(text);
+      return n !== undefined ? { ok: true, value: n } : { ok: false, expected: "a size such as 256MiB or 64k" };
     }
     case "listen":
-      return text === "off" || /^(?:\[[^\]]+\]|[^:]*):\d{1,5}$/.test(text) ? { ok: true, value: text } : { ok: false, expected: "HOST:PORT (such as 127.0.0.1:9480) or off" };
+      return text === "off" || parseHostPort(text) !== undefined ? { ok: true, value: text } : { ok: false, expected: "HOST:PORT (such as 127.0.0.1:9480) or off" };
     case "enum":
       return spec.choices?.includes(text) ? { ok: true, value: text } : { ok: false, expected: `one of ${spec.choices?.join(", ") ?? ""}` };
     case "key-uri":

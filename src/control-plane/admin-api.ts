@@ -4,7 +4,7 @@
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
-import { CREDENTIAL_HELPER_NAME } from "../core/export-payload.js";
+import { CREDENTIAL_HELPER_NAME, ENTRY_FIELD_MAX_LENGTH } from "../core/export-payload.js";
 import { PHASES } from "../protocol/agent-api.js";
 import { HttpError, readJson, sendJson } from "./http-util.js";
 import { checkRegistryUrlForm, type RegistryProber } from "./registry-probe.js";
@@ -14,13 +14,13 @@ const MAX_ADMIN_BODY = 96 * 1024 * 1024;
 
 const integrationFields = {
   name: z.string().min(1).max(256),
-  registry_url: z.string().min(1).max(2048),
+  registry_url: z.string().min(1).max(ENTRY_FIELD_MAX_LENGTH.url),
   username: z
     .string()
     .min(1)
-    .max(4096)
+    .max(ENTRY_FIELD_MAX_LENGTH.username)
     .refine((u) => !u.includes(":"), { message: "must not contain ':'" }),
-  password: z.string().min(1).max(65536),
+  password: z.string().min(1).max(ENTRY_FIELD_MAX_LENGTH.password),
   /** In place of username and password: `docker-credential-<name>` on the agent serves the registry. */
   credential_helper: z.string().regex(CREDENTIAL_HELPER_NAME, "expected a helper name like ecr-login"),
   export_credentials: z.boolean(),

@@ -6,9 +6,9 @@
  * leases died with the process, and a run never runs twice.
  */
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
-import { constants } from "node:fs";
-import { open, readFile, rename } from "node:fs/promises";
+import { readFile, rename } from "node:fs/promises";
 import { errnoCode } from "../core/errors.js";
+import { openNewFile, realFs } from "../fs/secure-fs.js";
 import type { ControlPlaneStore, Integration, RunRecord } from "./store.js";
 
 interface SealedSecret {
@@ -31,7 +31,7 @@ async function loadOrCreateKey(path: string): Promise<Buffer> {
   } catch (error) {
     if (errnoCode(error) !== "ENOENT") throw error;
     const key = randomBytes(32);
-    const handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    const handle = await openNewFile(realFs, path);
     await handle.writeFile(key);
     await handle.sync();
     await handle.close();
@@ -88,7 +88,7 @@ export class DataFile {
       runs: [...store.runs.values()].map(({ configuration, lease: _lease, ...r }) => ({ ...r, configuration: configuration.toString("base64") })),
     };
     const tmp = `${this.path}.tmp-${randomBytes(6).toString("hex")}`;
-    const handle = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    const handle = await openNewFile(realFs, tmp);
     try {
       await handle.writeFile(JSON.stringify(data));
       await handle.sync();

@@ -6,7 +6,7 @@
  * (system CAs plus NODE_EXTRA_CA_CERTS).
  */
 import { request } from "undici";
-import { repositoryPath } from "../core/registry-address.js";
+import { checkRegistryUrl, type RegistryUrlRefusalCode } from "../core/registry-address.js";
 import { HttpError } from "./http-util.js";
 
 export interface ProbeResult {
@@ -22,31 +22,16 @@ const KNOWN_NOT_ENDPOINTS: Readonly<Record<string, string>> = {
   "www.docker.com": "https://registry-1.docker.io",
 };
 
-/** `/v2/` or `/v1/` after the host names the API, not a repository: the agent reads it as the bare endpoint. */
-const API_SUFFIX = /^\/v[12]\/?$/;
-
+/**
+ * The agent's own check of a registry URL (checkRegistryUrl: the same function, so the control
+ * plane never stores a URL the agent would refuse), answered with the admin API's codes; then
+ * the Docker Hub names that are not endpoints. Returns the URL to store and probe: the
+ * normalized host and, for a repository-scoped URL, its path.
+ */
 export function checkRegistryUrlForm(raw: string): URL {
-  let url: URL;
-  try {
-    url = new URL(raw);
-  } catch {
-    throw new HttpError(422, "REGISTRY_URL_INVALID", "registry_url is not a URL; use the registry's HTTPS endpoint, for example https://ghcr.io", { field: "registry_url" });
-  }
-  if (url.protocol !== "https:") {
-    throw new HttpError(422, "REGISTRY_URL_NOT_HTTPS", `registry_url must use https://, not ${url.protocol}//`, { field: "registry_url" });
-  }
-  if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "") {
-    throw new HttpError(422, "REGISTRY_URL_NOT_BARE", `registry_url must have no query, fragment or user information; use https://${url.host}`, { field: "registry_url" });
-  }
-  if (API_SUFFIX.test(url.pathname)) url.pathname = "/";
-  if (url.pathname !== "/" && url.pathname !== "" && repositoryPath(url.pathname) === undefined) {
-    throw new HttpError(
-      422,
-      "REGISTRY_URL_NOT_BARE",
-      `registry_url must be the bare endpoint (https://${url.host}) or a repository-scoped one (https://${url.host}/<namespace>); ${url.pathname} is not a repository path`,
-      { field: "registry_url" },
-    );
-  }
+  const checked = checkRegistryUrl(raw);
+  if (!checked.ok) throw refusal(checked.code, raw);
+  const url = new URL(`https://${checked.host}/${checked.path ?? ""}`);
   const instead = KNOWN_NOT_ENDPOINTS[url.hostname];
   if (instead !== undefined) {
     throw new HttpError(422, "REGISTRY_URL_REDIRECTS", `https://${url.host} is not a registry endpoint (it redirects to the website); use ${instead}`, {
@@ -55,6 +40,27 @@ export function checkRegistryUrlForm(raw: string): URL {
     });
   }
   return url;
+}
+
+function refusal(code: RegistryUrlRefusalCode, raw: string): HttpError {
+  if (code === "ENTRY_URL_INVALID") {
+    return new HttpError(422, "REGISTRY_URL_INVALID", "registry_url is not a URL; use the registry's HTTPS endpoint, for example https://ghcr.io", { field: "registry_url" });
+  }
+  // Every other refusal is of a URL that parses (as checkRegistryUrl parsed it): its parts make the message.
+  const url = new URL(raw.trim());
+  switch (code) {
+    case "ENTRY_NOT_HTTPS":
+      return new HttpError(422, "REGISTRY_URL_NOT_HTTPS", `registry_url must use https://, not ${url.protocol}//`, { field: "registry_url" });
+    case "ENTRY_URL_NOT_BARE":
+      return new HttpError(422, "REGISTRY_URL_NOT_BARE", `registry_url must have no query, fragment or user information; use https://${url.host}`, { field: "registry_url" });
+    case "ENTRY_URL_HAS_PATH":
+      return new HttpError(
+        422,
+        "REGISTRY_URL_NOT_BARE",
+        `registry_url must be the bare endpoint (https://${url.host}) or a repository-scoped one (https://${url.host}/<namespace>); ${url.pathname} is not a repository path`,
+        { field: "registry_url" },
+      );
+  }
 }
 
 export const probeRegistry: RegistryProber = async (url) => {

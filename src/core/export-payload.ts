@@ -11,6 +11,9 @@ import { AgentError } from "./errors.js";
 
 export const EXPORT_VERSION = 1;
 
+/** Longest value of an entry's fields; the reference control plane refuses longer ones when an integration is saved. */
+export const ENTRY_FIELD_MAX_LENGTH = { url: 2048, username: 4096, password: 65536 } as const;
+
 /** The part after `docker-credential-`: it becomes part of an executable name. */
 export const CREDENTIAL_HELPER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
@@ -58,7 +61,7 @@ function entryProblems(raw: unknown): string[] {
   };
   str("id", 1, 256, true);
   str("name", 0, 1024, false);
-  str("url", 1, 2048, true);
+  str("url", 1, ENTRY_FIELD_MAX_LENGTH.url, true);
   str("updated_at", 0, 64, false);
   if (e["credential_helper"] !== undefined) {
     const helper = e["credential_helper"];
@@ -68,8 +71,8 @@ function entryProblems(raw: unknown): string[] {
     if (e["username"] !== undefined || e["password"] !== undefined) problems.push("credential_helper: an entry has either a credential helper or a username and password, not both");
     return problems;
   }
-  str("username", 1, 4096, true);
-  str("password", 1, 65536, true);
+  str("username", 1, ENTRY_FIELD_MAX_LENGTH.username, true);
+  str("password", 1, ENTRY_FIELD_MAX_LENGTH.password, true);
   // The Docker config `auth` field is base64("username:password") and readers split it at the
   // first colon, so a colon in the username would silently shift part of it into the password.
   if (typeof e["username"] === "string" && e["username"].includes(":")) problems.push("username: must not contain ':' (Docker's auth field splits at the first colon)");

@@ -4,6 +4,7 @@
  * registry-1.docker.io: OpenTofu has no aliasing), and which repositories each registry serves
  * (the pull scopes of the pre-flight check). Pure.
  */
+import { ociAddress } from "./oci-address.js";
 import { DOCKER_HUB_ALIASES, DOCKER_HUB_KEYS, registryOfConfigKey } from "./registry-address.js";
 
 export interface SourceRef {
@@ -18,7 +19,7 @@ export function anonymousDockerHubSources<S extends SourceRef>(sources: readonly
       const host = s.host.toLowerCase();
       return DOCKER_HUB_ALIASES.has(host) && host !== DOCKER_HUB_KEYS.opentofu;
     })
-    .map((source) => ({ source, fix: `oci://${DOCKER_HUB_KEYS.opentofu}/${source.repository}` }));
+    .map((source) => ({ source, fix: ociAddress(DOCKER_HUB_KEYS.opentofu, source.repository) }));
 }
 
 /** Repositories by registry identity (`docker.io` for every Docker Hub name), each listed once. */

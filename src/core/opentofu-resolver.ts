@@ -8,6 +8,10 @@
  * and by the tests' stand-in tofu.
  */
 import { HclScanError, scanTopLevel } from "./hcl-top-level.js";
+import { parseOciAddress } from "./oci-address.js";
+import { withoutScheme } from "./registry-address.js";
+import { scopeSpecificity } from "./repository-scope.js";
+import { tofuCliConfigLocations } from "./tofu-cli-config-locations.js";
 
 export interface Resolution {
   readonly source: "static" | "helper" | "none";
@@ -134,16 +138,10 @@ function ociCredentialsBlocksFrom(text: string): OciCredentialsBlock[] {
     });
 }
 
+/** The CLI configuration file OpenTofu reads, if there is one (the configuration directory's files are not read here). */
 function cliConfigPath(env: Env, readFile: ReadFile): string | undefined {
-  const override = env["TF_CLI_CONFIG_FILE"] || env["TERRAFORM_CONFIG"];
-  if (override) return override;
-  const home = env["HOME"] ?? "";
-  for (const name of [".tofurc", ".terraformrc"]) {
-    const p = `${home}/${name}`;
-    if (readFile(p) !== undefined) return p;
-  }
-  if (env["XDG_CONFIG_HOME"]) return `${env["XDG_CONFIG_HOME"]}/opentofu/tofurc`;
-  return undefined;
+  const { file } = tofuCliConfigLocations(env, "");
+  return [...file.candidates, file.otherwise].find((path) => readFile(path) !== undefined);
 }
 
 function ambientFiles(env: Env): string[] {
@@ -157,16 +155,12 @@ function ambientFiles(env: Env): string[] {
 
 /** OpenTofu's specificity: 0 no match, 2 for a host key, 2 + N for N matching path segments. */
 export function keySpecificity(key: string, host: string, repository: string): number {
-  if (key === "" || /^[a-z][a-z0-9+.-]*:\/\//i.test(key)) return 0;
+  if (key === "" || withoutScheme(key) !== key) return 0;
   const slash = key.indexOf("/");
   const keyHost = slash < 0 ? key : key.slice(0, slash);
   if (keyHost !== host) return 0;
-  if (slash < 0) return 2;
-  const keySegs = key.slice(slash + 1).split("/");
-  const repoSegs = repository.split("/");
-  if (keySegs.length > repoSegs.length || keySegs.some((s) => s === "")) return 0;
-  for (let i = 0; i < keySegs.length; i++) if (keySegs[i] !== repoSegs[i]) return 0;
-  return 2 + keySegs.length;
+  const specificity = scopeSpecificity(slash < 0 ? undefined : key.slice(slash + 1), repository);
+  return specificity === undefined ? 0 : 2 + specificity;
 }
 
 interface Candidate {
@@ -199,10 +193,9 @@ function candidatesFromFile(path: string, text: string, host: string, repository
 }
 
 export function resolveOpenTofuCredential(address: string, env: Env, readFile: ReadFile): Resolution {
-  const m = /^oci:\/\/([^/?]+)\/([^?]+)/.exec(address);
-  if (!m?.[1] || !m[2]) return { source: "none", error: `${address} is not an oci://host/repository address` };
-  const host = m[1];
-  const repository = m[2];
+  const parsed = parseOciAddress(address);
+  if (parsed === undefined) return { source: "none", error: `${address} is not an oci://host/repository address` };
+  const { host, repository } = parsed;
 
   let defaults: DefaultCredentials = { discoverAmbient: true, files: undefined, helper: undefined };
   const candidates: Candidate[] = [];

@@ -65,6 +65,18 @@ export type NormalizeResult =
   | { readonly ok: true; readonly target: RegistryTarget }
   | { readonly ok: false; readonly code: EntryRefusalCode; readonly reason: string };
 
+/** The codes checkRegistryUrl refuses a URL with (a subset of ENTRY_REFUSAL_CODES). */
+export type RegistryUrlRefusalCode = Extract<EntryRefusalCode, "ENTRY_URL_INVALID" | "ENTRY_NOT_HTTPS" | "ENTRY_URL_NOT_BARE" | "ENTRY_URL_HAS_PATH">;
+
+/**
+ * A registry URL as the agent accepts it: `host[:port]` (lowercased, :443 dropped) and the
+ * repository path of a scoped URL, or why it is refused. The reference control plane checks
+ * integrations with the same function before it stores them.
+ */
+export type RegistryUrlCheck =
+  | { readonly ok: true; readonly host: string; readonly path: string | undefined }
+  | { readonly ok: false; readonly code: RegistryUrlRefusalCode; readonly reason: string };
+
 /** API-version suffixes people paste with an endpoint (`https://index.docker.io/v1/`). */
 const API_SUFFIX = /^\/v[12]\/?$/;
 
@@ -101,13 +113,19 @@ export function repositoryPath(pathname: string): string | undefined {
 const PLAIN_ENDPOINT = /^https:\/\/([a-z0-9][a-z0-9.-]*[a-z0-9])(?::([1-9]\d{0,4}))?\/?$/;
 
 export function normalizeRegistryUrl(raw: string): NormalizeResult {
+  const checked = checkRegistryUrl(raw);
+  return checked.ok ? { ok: true, target: targetForHost(checked.host, checked.path) } : checked;
+}
+
+/** HTTPS only, no user information, query or fragment, and no path but a repository path or an API suffix. */
+export function checkRegistryUrl(raw: string): RegistryUrlCheck {
   const plain = PLAIN_ENDPOINT.exec(raw);
   // A host whose last label is a number is an IPv4 address to the WHATWG URL parser, which
   // canonicalizes it (127.1 → 127.0.0.1, 1.2.3.4.5 → invalid): leave those to the full parse.
   if (plain?.[1] !== undefined && !plain[1].includes("..") && !plain[1].startsWith("xn--") && !plain[1].includes(".xn--") && !/(?:^|\.)(?:\d+|0x[0-9a-f]*)$/.test(plain[1])) {
     const port = plain[2];
     const portNumber = port === undefined ? 443 : Number(port);
-    if (portNumber <= 65535) return { ok: true, target: targetForHost(portNumber === 443 ? plain[1] : `${plain[1]}:${portNumber}`) };
+    if (portNumber <= 65535) return { ok: true, host: portNumber === 443 ? plain[1] : `${plain[1]}:${portNumber}`, path: undefined };
   }
   let url: URL;
   try {
@@ -150,9 +168,17 @@ export function normalizeRegistryUrl(raw: string): NormalizeResult {
         reason: `the registry URL's path is not a repository path (lowercase letters, digits and single separators per segment); use https://${hostKey(url)} or https://${hostKey(url)}/<namespace>`,
       };
     }
-    return { ok: true, target: targetForHost(hostKey(url), path) };
+    return { ok: true, host: hostKey(url), path };
   }
-  return { ok: true, target: targetForHost(hostKey(url)) };
+  return { ok: true, host: hostKey(url), path: undefined };
+}
+
+/** A URL scheme at the start of a key: `https://`, `oci://`. */
+const SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
+
+/** `key` without a leading URL scheme (`https://index.docker.io/v1/` → `index.docker.io/v1/`); the same string when it has none. */
+export function withoutScheme(key: string): string {
+  return key.replace(SCHEME, "");
 }
 
 /**
@@ -160,13 +186,13 @@ export function normalizeRegistryUrl(raw: string): NormalizeResult {
  * `registry` or `registry/path` (Docker Hub aliases folded), or undefined if not understood.
  */
 export function identityOfConfigKey(key: string): string | undefined {
-  const withoutScheme = key.replace(/^[a-z][a-z0-9+.-]*:\/\//i, "");
-  const slash = withoutScheme.indexOf("/");
-  const host = slash < 0 ? withoutScheme : withoutScheme.slice(0, slash);
+  const bare = withoutScheme(key);
+  const slash = bare.indexOf("/");
+  const host = slash < 0 ? bare : bare.slice(0, slash);
   const registry = registryOfConfigKey(host);
   if (registry === undefined) return undefined;
   // A scheme means a legacy Docker key such as https://index.docker.io/v1/: the path is not a scope.
-  const path = slash < 0 || withoutScheme !== key ? undefined : repositoryPath(withoutScheme.slice(slash));
+  const path = slash < 0 || bare !== key ? undefined : repositoryPath(bare.slice(slash));
   return path === undefined ? registry : `${registry}/${path}`;
 }
 
@@ -175,8 +201,7 @@ export function identityOfConfigKey(key: string): string | undefined {
  * `ghcr.io/org/repo`) to the registry it belongs to, or undefined if it cannot be understood.
  */
 export function registryOfConfigKey(key: string): string | undefined {
-  const withoutScheme = key.replace(/^[a-z][a-z0-9+.-]*:\/\//i, "");
-  const host = withoutScheme.split("/")[0] ?? "";
+  const host = withoutScheme(key).split("/")[0] ?? "";
   if (host === "") return undefined;
   try {
     const url = new URL(`https://${host}`);

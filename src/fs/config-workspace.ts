@@ -5,14 +5,13 @@
  * created last so nothing is ever written through one.
  */
 import { createHash } from "node:crypto";
-import { constants } from "node:fs";
-import { mkdir, open, rm, symlink } from "node:fs/promises";
+import { mkdir, rm, symlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { gunzip } from "node:zlib";
 import { AgentError } from "../core/errors.js";
 import { parseTar, type ArchiveLimits } from "../core/tar-archive.js";
-import { makePrivateDir, realFs } from "./secure-fs.js";
+import { makePrivateDir, openNewFile, realFs } from "./secure-fs.js";
 
 const gunzipAsync = promisify(gunzip);
 
@@ -51,7 +50,7 @@ export async function extractConfiguration(archive: Uint8Array, dir: string, lim
         await mkdir(target, { recursive: true, mode: 0o755 });
       } else if (entry.type === "file") {
         await mkdir(dirname(target), { recursive: true, mode: 0o755 });
-        const handle = await open(target, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, (entry.mode & 0o755) | 0o600);
+        const handle = await openNewFile(realFs, target, (entry.mode & 0o755) | 0o600);
         try {
           await handle.writeFile(entry.data);
         } finally {

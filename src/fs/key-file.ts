@@ -6,7 +6,7 @@
  */
 import { constants } from "node:fs";
 import { AgentError, errnoCode } from "../core/errors.js";
-import { currentUid, SECRET_FILE_MODE, type FileSystem } from "./secure-fs.js";
+import { currentUid, isAlreadyThere, openNewFile, type FileSystem } from "./secure-fs.js";
 
 /**
  * A key that root provisions for the agent: owned by root, writable by nobody else, nothing for
@@ -79,10 +79,10 @@ export async function readProtectedKeyFile(fs: FileSystem, path: string): Promis
 export async function createKeyFile(fs: FileSystem, path: string, pem: string): Promise<void> {
   let handle;
   try {
-    handle = await fs.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, SECRET_FILE_MODE);
+    handle = await openNewFile(fs, path);
   } catch (error) {
     const code = errnoCode(error);
-    if (code === "EEXIST" || code === "ELOOP") {
+    if (isAlreadyThere(error)) {
       throw new AgentError("KEY_FILE_EXISTS", `${path} exists already; keygen never overwrites a key. Choose another --key-file, or remove the old key if it is retired`, { path });
     }
     if (code === "ENOENT") {

@@ -5,6 +5,7 @@
  */
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { parseOciAddress } from "../core/oci-address.js";
 
 export interface OciSource {
   /** Path relative to the configuration directory. */
@@ -15,11 +16,6 @@ export interface OciSource {
 }
 
 const SOURCE = /"source"\s*:\s*"(oci:\/\/[^"]+)"|source\s*=\s*"(oci:\/\/[^"]+)"/g;
-
-export function parseOciAddress(address: string): { host: string; repository: string } | undefined {
-  const m = /^oci:\/\/([^/?#]+)\/([^?#]+)/.exec(address);
-  return m?.[1] && m[2] ? { host: m[1], repository: m[2].replace(/\/+$/, "") } : undefined;
-}
 
 export async function findOciSources(dir: string): Promise<OciSource[]> {
   const out: OciSource[] = [];

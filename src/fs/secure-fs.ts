@@ -49,6 +49,21 @@ export function isTempNameFor(entry: string, name: string): boolean {
   return entry.startsWith(`.${name}.tmp-`) && TEMP_SUFFIX.test(entry);
 }
 
+/**
+ * Creates `path` and opens it for writing: a new file only (O_CREAT|O_EXCL: never one that is
+ * there already), never through a symbolic link (O_NOFOLLOW), mode 0600 unless given (the
+ * umask applies). Anything already at `path` fails it: see isAlreadyThere.
+ */
+export function openNewFile(fs: Pick<FileSystem, "open">, path: string, mode: number = SECRET_FILE_MODE): Promise<nodeFs.FileHandle> {
+  return fs.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+}
+
+/** Whether openNewFile failed because something is at the path already: a file, a directory, or a symbolic link (even a dangling one). */
+export function isAlreadyThere(error: unknown): boolean {
+  const code = errnoCode(error);
+  return code === "EEXIST" || code === "ELOOP";
+}
+
 async function fsyncDir(fs: FileSystem, dir: string): Promise<void> {
   const handle = await fs.open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
@@ -77,11 +92,7 @@ export async function writeSecretFileAtomic(fs: FileSystem, dir: string, name: s
   const tempPath = join(dir, tempNameFor(name));
   let created = false;
   try {
-    const handle = await fs.open(
-      tempPath,
-      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-      SECRET_FILE_MODE,
-    );
+    const handle = await openNewFile(fs, tempPath);
     created = true;
     try {
       await handle.writeFile(data);

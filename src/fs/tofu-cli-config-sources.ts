@@ -1,15 +1,14 @@
 /**
- * Finds the operator's own OpenTofu CLI configuration the way OpenTofu does
- * (internal/command/cliconfig/cliconfig.go LoadConfig and config_unix.go), so that the run's
- * generated configuration can reproduce it: TF_CLI_CONFIG_FILE (or the legacy TERRAFORM_CONFIG)
- * alone when set; otherwise ~/.tofurc, else ~/.terraformrc (or $XDG_CONFIG_HOME/opentofu/tofurc
- * on a fresh install), plus the *.tfrc and *.tfrc.json files of the CLI config directory
- * (except credentials.tfrc.json, which OpenTofu's credentials store reads in any case).
+ * Finds the operator's own OpenTofu CLI configuration where OpenTofu looks for it
+ * (src/core/tofu-cli-config-locations.ts), so that the run's generated configuration can
+ * reproduce it: the main file, plus the *.tfrc and *.tfrc.json files of the CLI config
+ * directory (except credentials.tfrc.json, which OpenTofu's credentials store reads in any case).
  */
 import { join } from "node:path";
 import { homedir } from "node:os";
 import { AgentError, errnoCode } from "../core/errors.js";
 import type { OperatorCliConfigSource } from "../core/tofu-cli-config.js";
+import { tofuCliConfigLocations, type FirstExisting } from "../core/tofu-cli-config-locations.js";
 import type { FileSystem } from "./secure-fs.js";
 
 async function readIfExists(fs: FileSystem, path: string): Promise<OperatorCliConfigSource | undefined> {
@@ -34,27 +33,20 @@ async function exists(fs: FileSystem, path: string): Promise<boolean> {
   }
 }
 
-export async function discoverTofuCliConfig(fs: FileSystem, env: NodeJS.ProcessEnv): Promise<OperatorCliConfigSource[]> {
-  const override = env["TF_CLI_CONFIG_FILE"] || env["TERRAFORM_CONFIG"];
-  if (override) {
-    const source = await readIfExists(fs, override);
-    return source === undefined ? [] : [source];
-  }
-  const home = env["HOME"] || homedir();
-  const xdg = env["XDG_CONFIG_HOME"];
-  const tofurc = join(home, ".tofurc");
-  const legacy = join(home, ".terraformrc");
-  let mainPath = tofurc;
-  if (!(await exists(fs, tofurc))) {
-    if (await exists(fs, legacy)) mainPath = legacy;
-    else if (xdg) mainPath = join(xdg, "opentofu", "tofurc");
-  }
-  const sources: OperatorCliConfigSource[] = [];
-  const main = await readIfExists(fs, mainPath);
-  if (main) sources.push(main);
+/** The first of `where.candidates` that exists, else `where.otherwise`. */
+async function firstExisting(fs: FileSystem, where: FirstExisting): Promise<string> {
+  for (const path of where.candidates) if (await exists(fs, path)) return path;
+  return where.otherwise;
+}
 
-  let configDir = join(home, ".terraform.d");
-  if (xdg && !(await exists(fs, configDir))) configDir = join(xdg, "opentofu");
+export async function discoverTofuCliConfig(fs: FileSystem, env: NodeJS.ProcessEnv): Promise<OperatorCliConfigSource[]> {
+  const locations = tofuCliConfigLocations(env, homedir());
+  const sources: OperatorCliConfigSource[] = [];
+  const main = await readIfExists(fs, await firstExisting(fs, locations.file));
+  if (main) sources.push(main);
+  if (locations.dir === undefined) return sources;
+
+  const configDir = await firstExisting(fs, locations.dir);
   const entries = await fs.readdir(configDir).then(
     (names) => names.sort(),
     () => [] as string[],

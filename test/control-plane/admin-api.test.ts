@@ -16,6 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ENTRY_FIELD_MAX_LENGTH } from "../../src/core/export-payload.js";
 import { tarGz } from "../support/control-plane-harness.js";
 import { makeTlsMaterial, startHtpasswdRegistry, type LocalRegistry } from "../support/registry-fixture.js";
 import { freePort } from "../support/free-port.js";
@@ -216,6 +217,17 @@ describe("admin API: registry_url validation", () => {
     expect(a.status).toBe(422);
     expect(errorOf(a)).toMatchObject({ code: "REGISTRY_URL_NOT_BARE", field: "registry_url" });
     expect(errorOf(a).message).toContain(`https://${registry.host}`);
+  });
+
+  it.each([
+    ["registry_url", (u: string) => ({ registry_url: `${u}/${"a".repeat(ENTRY_FIELD_MAX_LENGTH.url)}` })],
+    ["username", () => ({ username: "u".repeat(ENTRY_FIELD_MAX_LENGTH.username + 1) })],
+    ["password", () => ({ password: "p".repeat(ENTRY_FIELD_MAX_LENGTH.password + 1) })],
+  ])("refuses a %s longer than an agent accepts in an export entry", async (field, make) => {
+    const a = await admin("POST", "/integrations", { name: `long ${field}`, registry_url: registry.url, ...creds, ...make(registry.url) });
+    expect(a.status).toBe(422);
+    expect(errorOf(a)).toMatchObject({ code: "BODY_INVALID" });
+    expect(errorOf(a).message).toContain(`${field}:`);
   });
 
   it("refuses https://docker.io, naming https://registry-1.docker.io", async () => {
