@@ -197,8 +197,8 @@ export async function loadKeySource(source: KeySource, ctx: KeySourceContext): P
       }
       if (text === null) {
         throw new AgentError(
-          "KEY_FILE_NOT_FOUND",
-          `the keyring has no entry for service ${JSON.stringify(source.service)}, account ${JSON.stringify(source.account)}; create it with \`oci-cred-agent keygen --key ${describeKeySource(source)}\``,
+          "KEY_KEYRING_ENTRY_NOT_FOUND",
+          `the keyring has no entry for service ${JSON.stringify(source.service)}, account ${JSON.stringify(source.account)}; create it with \`oci-cred-agent keygen --key ${describeKeySource(source)}\` (as the agent's user), or check the --key value`,
           { source: describeKeySource(source) },
         );
       }
@@ -207,7 +207,11 @@ export async function loadKeySource(source: KeySource, ctx: KeySourceContext): P
     case "env": {
       const text = ctx.env[source.name];
       if (text === undefined || text === "") {
-        throw new AgentError("KEY_FILE_NOT_FOUND", `the environment variable ${source.name} is not set; put the agent's PEM private key in it, or use --key file:PATH`, { source: describeKeySource(source) });
+        throw new AgentError(
+          "KEY_ENV_NOT_SET",
+          `the environment variable ${source.name} (--key env:${source.name}) is ${text === undefined ? "not set" : "empty"}; set it to the agent's PEM private key (what \`oci-cred-agent keygen\` writes), or use --key file:PATH`,
+          { source: describeKeySource(source) },
+        );
       }
       warnings.push(`the private key comes from the environment variable ${source.name}: environment variables leak into child processes and crash dumps; prefer file:, systemd-credential: or keyring:. The variable is removed from the environment of runs`);
       return { keys: dedupe(await parseKeyBundle(text, describeKeySource(source))), warnings };
