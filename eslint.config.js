@@ -34,6 +34,24 @@ export default tseslint.config(
     rules: { "no-console": "off", "@typescript-eslint/no-non-null-assertion": "off" },
   },
   {
+    // A skipped test is a check that did not happen, and `.only` skips every other test: neither
+    // may land. The summary line counts skips (test/support/summary-reporter.ts) in case one does.
+    files: ["test/**"],
+    rules: {
+      "no-restricted-syntax": [
+        "error",
+        ...["MemberExpression[object.name=/^(it|test|describe|suite)$/]", "MemberExpression[object.object.name=/^(it|test|describe|suite)$/]"].map((selector) => ({
+          selector: `${selector}[property.name=/^(skip|skipIf|runIf|todo|only)$/]`,
+          message: "Tests never skip (skip, skipIf, runIf, todo) and never narrow the run (only): make the test run everywhere, or delete it.",
+        })),
+        {
+          selector: "CallExpression[callee.type='MemberExpression'][callee.property.name='skip'][callee.object.name!=/^(it|test|describe|suite)$/][callee.object.object.name!=/^(it|test|describe|suite)$/]",
+          message: "Tests never skip themselves (ctx.skip()): make the test run everywhere, or delete it.",
+        },
+      ],
+    },
+  },
+  {
     files: ["**/*.js", "**/*.mjs"],
     ...tseslint.configs.disableTypeChecked,
     languageOptions: { ...tseslint.configs.disableTypeChecked.languageOptions, globals: globals.node },

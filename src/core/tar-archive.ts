@@ -137,7 +137,11 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
     const path = safeRelativePath(rawName);
     if (path === "") continue; // the archive's own root ("./")
     if (entries.length >= limits.maxEntries) {
-      throw new AgentError("ARCHIVE_TOO_LARGE", `the configuration archive has more than ${limits.maxEntries} entries; raise --max-config-entries or slim the configuration`);
+      throw new AgentError(
+        "ARCHIVE_TOO_LARGE",
+        `the configuration archive has more than ${limits.maxEntries} entries, a fixed limit no setting raises; send only the configuration itself (leave out .terraform/, .git/ and other generated files), or split it into smaller configurations`,
+        { limit: limits.maxEntries },
+      );
     }
     if (seen.has(path)) throw new AgentError("ARCHIVE_UNSAFE_PATH", `archive entry ${JSON.stringify(path)} appears twice; refusing to let one entry replace another`, { entry: path });
     const parents = path.split("/");
@@ -160,7 +164,7 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
     if (type === "0" || type === "\0" || type === "7") {
       total += size;
       if (total > limits.maxBytes) {
-        throw new AgentError("ARCHIVE_TOO_LARGE", `the configuration archive expands past ${limits.maxBytes} bytes; raise --max-config-bytes or slim the configuration`, { limit: limits.maxBytes });
+        throw new AgentError("ARCHIVE_TOO_LARGE", `the configuration archive expands past ${limits.maxBytes} bytes; raise --max-config-bytes (max_config_bytes in the config file), or leave .terraform/, .git/ and other generated files out of the configuration`, { limit: limits.maxBytes });
       }
       files.set(path, { data, mode });
       entries.push({ type: "file", path, mode, data });
@@ -185,7 +189,7 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
       }
       total += source.data.byteLength;
       if (total > limits.maxBytes) {
-        throw new AgentError("ARCHIVE_TOO_LARGE", `the configuration archive expands past ${limits.maxBytes} bytes; raise --max-config-bytes or slim the configuration`, { limit: limits.maxBytes });
+        throw new AgentError("ARCHIVE_TOO_LARGE", `the configuration archive expands past ${limits.maxBytes} bytes; raise --max-config-bytes (max_config_bytes in the config file), or leave .terraform/, .git/ and other generated files out of the configuration`, { limit: limits.maxBytes });
       }
       files.set(path, source);
       entries.push({ type: "file", path, mode: source.mode, data: source.data });

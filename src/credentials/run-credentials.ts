@@ -24,7 +24,7 @@ import type { AgentPrivateKey } from "../crypto/agent-key.js";
 import { openBundle } from "../crypto/sealed-bundle.js";
 import { findExecutable } from "../fs/executables.js";
 import { createRunDir, runFilePath, wipeRunDir, writeRunFile } from "../fs/run-dir.js";
-import type { FileSystem } from "../fs/secure-fs.js";
+import { withLeftover, type FileSystem } from "../fs/secure-fs.js";
 import type { PreflightChecker, PreflightOutcome } from "../registry/preflight.js";
 import type { OperatorConfig } from "./operator-config.js";
 
@@ -59,7 +59,7 @@ export async function wipeCredentialDir(fs: FileSystem, runDir: string, listener
 /** A write's own error, extended with the cleanup's failure when what was written could not be removed. */
 function withCleanup(error: unknown, wiped: WipeOutcome): unknown {
   if (wiped.ok || !isAgentError(error)) return error;
-  return new AgentError(error.code, `${error.message}; removing the partly written files failed too: ${wiped.error.message}`, error.details, { cause: error });
+  return withLeftover(error, wiped.runDir, wiped.error, `it may hold credentials; ${wiped.error.message}`);
 }
 
 export interface OpenRequest {

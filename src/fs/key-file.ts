@@ -6,7 +6,7 @@
  */
 import { constants } from "node:fs";
 import { AgentError, errnoCode } from "../core/errors.js";
-import { currentUid, isAlreadyThere, openNewFile, type FileSystem } from "./secure-fs.js";
+import { currentUid, isAlreadyThere, openNewFile, removeFailedWrite, withLeftover, type FileSystem } from "./secure-fs.js";
 
 /**
  * A key that root provisions for the agent: owned by root, writable by nobody else, nothing for
@@ -75,7 +75,21 @@ export async function readProtectedKeyFile(fs: FileSystem, path: string): Promis
   }
 }
 
-/** Creates a new key file with mode 0600; never overwrites. */
+function keyWriteFailed(path: string, error: unknown): AgentError {
+  const code = errnoCode(error) ?? "unknown error";
+  const hint =
+    code === "ENOSPC" || code === "EDQUOT"
+      ? "the file system is full; free space, then run keygen again"
+      : code === "EACCES" || code === "EPERM" || code === "EROFS"
+        ? "the agent's user may not write there; choose a directory it owns (mode 0700), then run keygen again"
+        : "check the directory's file system, then run keygen again";
+  return new AgentError("KEY_FILE_WRITE_FAILED", `writing the new key file ${path} failed (${code}); ${hint}`, { path, errno: code }, { cause: error });
+}
+
+/**
+ * Creates a new key file with mode 0600; never overwrites. A write that fails removes the
+ * partly written key; when that removal fails too, the error names the file to delete.
+ */
 export async function createKeyFile(fs: FileSystem, path: string, pem: string): Promise<void> {
   let handle;
   try {
@@ -88,15 +102,27 @@ export async function createKeyFile(fs: FileSystem, path: string, pem: string): 
     if (code === "ENOENT") {
       throw new AgentError("INVALID_ARGUMENT", `the directory for ${path} does not exist; create it (mode 0700) first`, { path });
     }
-    throw new AgentError("INPUT_UNREADABLE", `cannot create ${path} (${code ?? "error"})`, { path });
+    throw keyWriteFailed(path, error);
   }
+  let writeError: unknown;
   try {
     await handle.writeFile(pem);
     await handle.sync();
   } catch (error) {
-    await handle.close();
-    await fs.unlink(path).catch(() => undefined);
-    throw new AgentError("RUN_DIR_WRITE_FAILED", `writing ${path} failed (${errnoCode(error) ?? "error"})`, { path });
+    writeError = error;
   }
-  await handle.close();
+  try {
+    await handle.close();
+  } catch (error) {
+    // Some file systems (NFS) report a lost write only at close. After a failed write, the
+    // write's own error is the one to report.
+    writeError ??= error;
+  }
+  if (writeError === undefined) return;
+  const failure = keyWriteFailed(path, writeError);
+  const cleanup = await removeFailedWrite(fs, path);
+  if (cleanup !== undefined) {
+    throw withLeftover(failure, path, cleanup, `it may hold the private key, whole or in part; delete it (rm ${path}) before running keygen again`);
+  }
+  throw failure;
 }

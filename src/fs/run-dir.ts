@@ -13,8 +13,8 @@
  */
 import type { Stats } from "node:fs";
 import { join, resolve } from "node:path";
-import { AgentError, errnoCode } from "../core/errors.js";
-import { currentUid, isTempNameFor, lstatIfExists, makePrivateDir, writeSecretFileAtomic, type FileSystem } from "./secure-fs.js";
+import { AgentError, errnoCode, isAgentError } from "../core/errors.js";
+import { currentUid, isTempNameFor, lstatIfExists, makePrivateDir, withLeftover, writeFailed, writeSecretFileAtomic, type FileSystem } from "./secure-fs.js";
 
 export const MARKER_NAME = ".oci-cred-agent-run.json";
 
@@ -38,7 +38,10 @@ export interface RunDirMeta {
   readonly createdAt: string;
 }
 
-/** Creates the run directory, its marker and its subdirectories. */
+/**
+ * Creates the run directory, its marker and its subdirectories. On a failure it wipes what it
+ * created; when that wipe fails too, the error names the directory left behind.
+ */
 export async function createRunDir(fs: FileSystem, runDirPath: string, meta: RunDirMeta): Promise<{ created: boolean }> {
   // A trailing "/" or "/." makes lstat follow a symlink at the last component: normalize first.
   const runDir = resolve(runDirPath);
@@ -52,7 +55,17 @@ export async function createRunDir(fs: FileSystem, runDirPath: string, meta: Run
     );
     for (const dir of LAYOUT_DIRS) await makePrivateDir(fs, join(runDir, dir), false);
   } catch (error) {
-    await wipeRunDir(fs, runDir).catch(() => undefined);
+    try {
+      await wipeRunDir(fs, runDir);
+    } catch (wipeError) {
+      // The creation's failure stays the error; the directory it leaves behind is named in it.
+      throw withLeftover(
+        isAgentError(error) ? error : writeFailed(runDir, error),
+        runDir,
+        wipeError,
+        `no credential was written into it yet; inspect it, then remove it or run \`oci-cred-agent wipe --run-dir ${runDir}\``,
+      );
+    }
     throw error;
   }
   return { created };

@@ -13,11 +13,11 @@ import { constants, type Stats } from "node:fs";
 import * as nodeFs from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { AgentError, errnoCode } from "../core/errors.js";
+import { AgentError, errnoCode, isAgentError } from "../core/errors.js";
 
 export type FileSystem = Pick<
   typeof nodeFs,
-  "mkdir" | "lstat" | "open" | "rename" | "unlink" | "rmdir" | "readdir" | "chmod" | "stat" | "readFile"
+  "mkdir" | "lstat" | "open" | "rename" | "unlink" | "rmdir" | "readdir" | "chmod" | "stat" | "readFile" | "realpath"
 >;
 
 export const realFs: FileSystem = nodeFs;
@@ -73,7 +73,7 @@ async function fsyncDir(fs: FileSystem, dir: string): Promise<void> {
   }
 }
 
-function writeFailed(path: string, error: unknown): AgentError {
+export function writeFailed(path: string, error: unknown): AgentError {
   const code = errnoCode(error) ?? "unknown error";
   const hint =
     code === "ENOSPC" || code === "EDQUOT"
@@ -83,9 +83,49 @@ function writeFailed(path: string, error: unknown): AgentError {
 }
 
 /**
+ * Removes a file the agent created when the write that followed failed. Resolves with undefined
+ * once the file is gone, else with why it is not (its errno): the caller must not let that
+ * leftover vanish, see `withLeftover`.
+ */
+export async function removeFailedWrite(fs: FileSystem, path: string): Promise<string | undefined> {
+  try {
+    await fs.unlink(path);
+    return undefined;
+  } catch (error) {
+    const code = errnoCode(error);
+    return code === "ENOENT" ? undefined : (code ?? "unknown error");
+  }
+}
+
+function describeCleanupFailure(error: unknown): string {
+  if (typeof error === "string") return error;
+  if (isAgentError(error)) {
+    const errno = errnoCode(error.cause);
+    return errno === undefined ? error.code : `${error.code}, ${errno}`;
+  }
+  return errnoCode(error) ?? "unknown error";
+}
+
+/**
+ * The failure of a write whose cleanup failed too. The write's failure stays the error (same
+ * code, its message first, itself as the cause); the message goes on to name the leftover and
+ * what to do about it, and details gain `leftover` (the path) and `cleanup_error` (why it was
+ * not removed: an errno, or the code of the wipe that refused).
+ */
+export function withLeftover(failure: AgentError, leftover: string, cleanupError: unknown, whatToDo: string): AgentError {
+  const why = describeCleanupFailure(cleanupError);
+  return new AgentError(
+    failure.code,
+    `${failure.message}. Removing ${leftover} afterwards failed too (${why}): ${whatToDo}`,
+    { ...failure.details, leftover, cleanup_error: why },
+    { cause: failure },
+  );
+}
+
+/**
  * Writes `data` to dir/name: a fresh temporary file (O_CREAT|O_EXCL|O_NOFOLLOW, 0600), fsync,
  * then rename over nothing (anything already at dir/name is refused), then fsync the directory.
- * On any failure the temporary file is removed.
+ * On any failure the temporary file is removed; when that fails too, the error names it.
  */
 export async function writeSecretFileAtomic(fs: FileSystem, dir: string, name: string, data: string | Uint8Array): Promise<void> {
   const finalPath = join(dir, name);
@@ -112,9 +152,15 @@ export async function writeSecretFileAtomic(fs: FileSystem, dir: string, name: s
     created = false;
     await fsyncDir(fs, dir);
   } catch (error) {
-    if (created) await fs.unlink(tempPath).catch(() => undefined);
-    if (error instanceof AgentError) throw error;
-    throw writeFailed(finalPath, error);
+    const failure = isAgentError(error) ? error : writeFailed(finalPath, error);
+    const cleanup = created ? await removeFailedWrite(fs, tempPath) : undefined;
+    if (cleanup === undefined) throw failure;
+    throw withLeftover(
+      failure,
+      tempPath,
+      cleanup,
+      "it may hold part of a credential; delete it, or run `oci-cred-agent wipe --run-dir <run directory>`, which removes the agent's temporary files",
+    );
   }
 }
 

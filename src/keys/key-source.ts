@@ -12,7 +12,6 @@
  * The control plane seals to the newest key; bundles sealed to an older key still open until
  * that key is removed.
  */
-import { realpath } from "node:fs/promises";
 import { join } from "node:path";
 import { AgentError, errnoCode } from "../core/errors.js";
 import { parsePrivateKeyPem, type AgentPrivateKey } from "../crypto/agent-key.js";
@@ -99,9 +98,23 @@ function dedupe(keys: readonly AgentPrivateKey[]): AgentPrivateKey[] {
 
 const KEY_FILE_NAME = /\.(key|pem)$/;
 
+/**
+ * Where a key directory's symlink leads; undefined when it leads nowhere (a dangling link or a
+ * loop). Any other failure (EACCES, EIO) is refused as such, not taken for a bad link.
+ */
+async function linkTarget(fs: FileSystem, path: string): Promise<string | undefined> {
+  try {
+    return await fs.realpath(path);
+  } catch (error) {
+    const code = errnoCode(error);
+    if (code === "ENOENT" || code === "ENOTDIR" || code === "ELOOP") return undefined;
+    throw new AgentError("INPUT_UNREADABLE", `cannot follow the key link ${path} (${code ?? "error"}); check the key directory's owner and mode`, { path }, { cause: error });
+  }
+}
+
 /** Reads every key file of a directory (a key directory or a Kubernetes Secret volume). */
 async function loadKeyDirectory(fs: FileSystem, dir: string): Promise<AgentPrivateKey[]> {
-  const realDir = await realpath(dir);
+  const realDir = await fs.realpath(dir);
   const found: { mtimeMs: number; name: string; keys: AgentPrivateKey[] }[] = [];
   for (const name of (await fs.readdir(dir)).sort()) {
     if (name.startsWith(".") || !KEY_FILE_NAME.test(name)) continue;
@@ -110,8 +123,11 @@ async function loadKeyDirectory(fs: FileSystem, dir: string): Promise<AgentPriva
     if (st.isSymbolicLink()) {
       // Kubernetes Secret volumes expose each key as a link into ..data/ inside the volume;
       // follow such a link only when its target stays inside the directory.
-      const target = await realpath(path).catch(() => undefined);
-      if (target === undefined || !target.startsWith(`${realDir}/`)) {
+      const target = await linkTarget(fs, path);
+      if (target === undefined) {
+        throw new AgentError("KEY_FILE_SYMLINK", `${path} is a symbolic link that leads nowhere (its target is missing, or it loops); replace it with the key file, inside ${dir}`, { path });
+      }
+      if (!target.startsWith(`${realDir}/`)) {
         throw new AgentError("KEY_FILE_SYMLINK", `${path} is a symbolic link that leaves the key directory ${dir}; keep key files inside it`, { path });
       }
       path = target;
@@ -197,8 +213,8 @@ export async function loadKeySource(source: KeySource, ctx: KeySourceContext): P
       }
       if (text === null) {
         throw new AgentError(
-          "KEY_FILE_NOT_FOUND",
-          `the keyring has no entry for service ${JSON.stringify(source.service)}, account ${JSON.stringify(source.account)}; create it with \`oci-cred-agent keygen --key ${describeKeySource(source)}\``,
+          "KEY_KEYRING_ENTRY_NOT_FOUND",
+          `the keyring has no entry for service ${JSON.stringify(source.service)}, account ${JSON.stringify(source.account)}; create it with \`oci-cred-agent keygen --key ${describeKeySource(source)}\` (as the agent's user), or check the --key value`,
           { source: describeKeySource(source) },
         );
       }
@@ -207,7 +223,11 @@ export async function loadKeySource(source: KeySource, ctx: KeySourceContext): P
     case "env": {
       const text = ctx.env[source.name];
       if (text === undefined || text === "") {
-        throw new AgentError("KEY_FILE_NOT_FOUND", `the environment variable ${source.name} is not set; put the agent's PEM private key in it, or use --key file:PATH`, { source: describeKeySource(source) });
+        throw new AgentError(
+          "KEY_ENV_NOT_SET",
+          `the environment variable ${source.name} (--key env:${source.name}) is ${text === undefined ? "not set" : "empty"}; set it to the agent's PEM private key (what \`oci-cred-agent keygen\` writes), or use --key file:PATH`,
+          { source: describeKeySource(source) },
+        );
       }
       warnings.push(`the private key comes from the environment variable ${source.name}: environment variables leak into child processes and crash dumps; prefer file:, systemd-credential: or keyring:. The variable is removed from the environment of runs`);
       return { keys: dedupe(await parseKeyBundle(text, describeKeySource(source))), warnings };

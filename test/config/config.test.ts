@@ -4,13 +4,15 @@
  * was expected and where to fix it. Pure schema tests plus the real CLI.
  */
 import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RUN_FIELDS, resolveConfig } from "../../src/config/schema.js";
+import { describeConfig, RUN_FIELDS, resolveConfig, type FieldSpec } from "../../src/config/schema.js";
 import { AGENT_BIN } from "../support/agent-process.js";
+import { leakForms } from "../support/leak-forms.js";
 
 const execFileAsync = promisify(execFile);
 let dir: string;
@@ -59,11 +61,30 @@ describe("the configuration schema", () => {
     expect(text).toContain("OCI_CRED_AGENT_DRAIN_TIMEOUT");
     expect(text).toContain('unknown setting "colour"');
     expect(text).toMatch(/log_level: "loud" from log_level in agent\.yaml is not one of fatal, error/);
+    // A secret's bad value is reported by its name and source, never shown: the token made only
+    // of blanks is refused as "(value hidden)", not quoted.
+    const secret = resolveConfig(RUN_FIELDS, { flags: {}, env: { OCI_CRED_AGENT_TOKEN: " \t " } }).problems.find((p) => p.key === "token");
+    expect(secret?.message).toBe("token: (value hidden) from OCI_CRED_AGENT_TOKEN is not a non-empty value; set OCI_CRED_AGENT_TOKEN");
   });
 
   it("hides a secret's value in errors and warns when the token comes from the environment", () => {
     const { config } = resolveConfig(RUN_FIELDS, { flags: {}, env: { OCI_CRED_AGENT_TOKEN: "tok-SECRET-value" } });
     expect(config.warnings.join(" ")).toContain("leak into child processes");
+    expect(config.warnings.join(" ")).not.toContain("tok-SECRET-value");
+    expect(describeConfig(RUN_FIELDS, config).find((r) => r.key === "token")).toEqual({ key: "token", value: "[REDACTED]", source: "env" });
+    // The schema hides any secret field's invalid value, whatever its kind and source: a secret
+    // setting that must be a number, given a real-looking secret by mistake, from each source.
+    const pin: FieldSpec = { key: "unlock_pin", flag: "--unlock-pin", env: "OCI_CRED_AGENT_UNLOCK_PIN", kind: "int", description: "a secret number", secret: true };
+    for (const inputs of [
+      { flags: { unlock_pin: "pin-SECRET-flag" }, env: {} },
+      { flags: {}, env: { OCI_CRED_AGENT_UNLOCK_PIN: "pin-SECRET-env" } },
+      { flags: {}, env: {}, file: { path: "agent.yaml", data: { unlock_pin: "pin-SECRET-file" } } },
+    ]) {
+      const { problems } = resolveConfig([pin], inputs);
+      expect(problems).toHaveLength(1);
+      expect(problems[0]?.message).toMatch(/^unlock_pin: \(value hidden\) from (--unlock-pin|OCI_CRED_AGENT_UNLOCK_PIN|unlock_pin in agent\.yaml) is not a whole number/);
+      expect(JSON.stringify(problems)).not.toContain("SECRET");
+    }
   });
 });
 
@@ -108,6 +129,49 @@ describe("the CLI", () => {
     expect(r.stdout).toContain("https://[REDACTED]@cp.example.com");
     expect(r.stdout).toContain("carries user information");
     expect(r.code).toBe(1);
+  });
+
+  it("never shows a control_plane_url's user:password@, neither in run's CONFIG_INVALID nor in config print (text or JSON)", async () => {
+    const password = `pw-SECRET-${randomBytes(6).toString("hex")}`;
+    const url = `https://robot:${password}@cp.example.com`;
+    const file = join(dir, "userinfo.yaml");
+    await writeFile(file, `control_plane_url: ${url}\nwork_dir: /w\nkey_file: /k\ntoken_file: /t\n`);
+    const runs = [
+      await cli(["run", "--work-dir", "/w", "--key-file", "/k", "--token-file", "/t"], { OCI_CRED_AGENT_CONTROL_PLANE_URL: url }),
+      await cli(["run", "--config", file]),
+      await cli(["run", "--control-plane-url", url, "--work-dir", "/w", "--key-file", "/k", "--token-file", "/t"]),
+    ];
+    for (const r of runs) {
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain("error CONFIG_INVALID");
+      expect(r.stderr).toContain("control_plane_url carries user information (user:password@)");
+    }
+    const printed = [await cli(["config", "print", "--format", "json", "--config", file]), await cli(["config", "print", "--config", file])];
+    const json = JSON.parse(printed[0]?.stdout ?? "") as { settings: { key: string; value: unknown }[]; problems: string[] };
+    expect(json.settings.find((x) => x.key === "control_plane_url")?.value).toBe("https://[REDACTED]@cp.example.com");
+    expect(json.problems.join(" ")).toContain("carries user information");
+    expect(printed[1]?.stdout).toMatch(/^control_plane_url +https:\/\/\[REDACTED\]@cp\.example\.com +\(file\)$/m);
+    for (const r of [...runs, ...printed]) {
+      for (const form of leakForms(password, "robot")) expect(r.stdout + r.stderr).not.toContain(form);
+      expect(r.stdout + r.stderr).not.toContain("robot:");
+    }
+  });
+
+  it("refuses token: in the config file with CONFIG_INVALID naming the key (the token is env-only), never quoting its value", async () => {
+    const token = `tok-SECRET-${randomBytes(6).toString("hex")}`;
+    const file = join(dir, "token.yaml");
+    // Everything else is valid: if token: were ignored, run would go on to read the key file.
+    await writeFile(file, `control_plane_url: https://cp.example.com\nwork_dir: ${join(dir, "w")}\nkey_file: ${join(dir, "absent.key")}\ntoken_file: ${join(dir, "t")}\ntoken: ${token}\n`);
+    const r = await cli(["run", "--config", file]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("error CONFIG_INVALID: the configuration has 1 problem:");
+    expect(r.stderr).toContain(`${file} has an unknown setting "token"`);
+    const printed = await cli(["config", "print", "--format", "json", "--config", file]);
+    expect(printed.code).toBe(1);
+    const json = JSON.parse(printed.stdout) as { settings: { key: string; value: unknown; source: string }[]; problems: string[] };
+    expect(json.problems).toEqual([`${file} has an unknown setting "token"; known settings are listed in docs/configuration.md`]);
+    expect(json.settings.find((x) => x.key === "token")).toEqual({ key: "token", value: null, source: "unset" });
+    for (const out of [r, printed]) for (const form of leakForms(token, "")) expect(out.stdout + out.stderr).not.toContain(form);
   });
 
   it("--token is not a flag: a command line is visible to every user", async () => {

@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { createHash, createPublicKey, generateKeyPairSync } from "node:crypto";
-import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -8,6 +8,7 @@ import type { ErrorCode } from "../../src/core/errors.js";
 import { generatePrivateKeyPem, kidOf, parsePrivateKeyPem, parsePublicKeyDoc, publicKeyDoc, publicKeyOfPem } from "../../src/crypto/agent-key.js";
 import { createKeyFile, readProtectedKeyFile } from "../../src/fs/key-file.js";
 import { realFs } from "../../src/fs/secure-fs.js";
+import { ownedByAnotherUser } from "../support/foreign-owner.js";
 import { refusal, refusalSync } from "../support/refusal.js";
 
 let dir: string;
@@ -163,10 +164,10 @@ describe("key files: loading refuses what OpenSSH refuses", () => {
     expect(e.message).not.toContain("PRIVATE KEY-----");
   });
 
-  it.runIf(process.getuid?.() === 0)("refuses a file owned by another user with KEY_FILE_WRONG_OWNER (as root, via chown)", async () => {
+  it("refuses a file owned by another user with KEY_FILE_WRONG_OWNER (as root via chown, else as lstat reports it)", async () => {
     const path = keyFile("foreign.key");
-    chownSync(path, 4242, 4242);
-    const e = await refusal(readProtectedKeyFile(realFs, path));
+    const fs = ownedByAnotherUser(path);
+    const e = await refusal(readProtectedKeyFile(fs, path));
     expect(e.code).toBe("KEY_FILE_WRONG_OWNER");
     expect(e.message).toContain("uid 4242");
     expect(e.message).toContain(`chown $(id -u) ${path}`);

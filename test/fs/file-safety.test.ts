@@ -4,7 +4,7 @@
  * the agent writes or removes. Each refusal must name its code and leave everything outside the
  * run directory exactly as it was.
  */
-import { chmodSync, chownSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -15,9 +15,9 @@ import { generatePrivateKeyPem, parsePrivateKeyPem } from "../../src/crypto/agen
 import { sealBundle } from "../../src/crypto/sealed-bundle.js";
 import { MARKER_NAME, RUN_FILES, createRunDir, runFilePath, wipeRunDir, writeRunFile, type RunFileId } from "../../src/fs/run-dir.js";
 import { isTempNameFor, makePrivateDir, realFs, tempNameFor, writeSecretFileAtomic, type FileSystem } from "../../src/fs/secure-fs.js";
+import { ownedByAnotherUser } from "../support/foreign-owner.js";
 import { refusal } from "../support/refusal.js";
 
-const IS_ROOT = process.getuid?.() === 0;
 const META = { runId: "run-1", agentId: "agent-1", createdAt: "2026-11-22T10:00:00.000Z" };
 
 let base: string;
@@ -148,10 +148,10 @@ describe("the run directory", () => {
     expect(existsSync(join(outside, "empty", MARKER_NAME))).toBe(false);
   });
 
-  it.runIf(IS_ROOT)("is refused when it is an empty directory owned by another user", async () => {
+  it("is refused when it is an empty directory owned by another user", async () => {
     mkdirSync(runDir);
-    chownSync(runDir, 4242, 4242);
-    const e = await refusal(createRunDir(realFs, runDir, META));
+    const fs = ownedByAnotherUser(runDir);
+    const e = await refusal(createRunDir(fs, runDir, META));
     expect(e.code).toBe("RUN_DIR_UNSAFE");
     expect(e.message).toContain("uid 4242");
     expect(readdirSync(runDir)).toEqual([]);
@@ -379,10 +379,10 @@ describe("wipe", () => {
     expect(lstatSync(runDir)).toBeTruthy();
   });
 
-  it.runIf(IS_ROOT)("refuses a run directory owned by another user", async () => {
+  it("refuses a run directory owned by another user", async () => {
     await materializeAll();
-    chownSync(runDir, 4242, 4242);
-    const e = await refusal(wipeRunDir(realFs, runDir));
+    const fs = ownedByAnotherUser(runDir);
+    const e = await refusal(wipeRunDir(fs, runDir));
     expect(e.code).toBe("WIPE_NOT_AGENT_DIR");
     expect(existsSync(runFilePath(runDir, "dockerConfig"))).toBe(true);
   });
@@ -442,11 +442,11 @@ describe("wipe", () => {
     expect(lstatSync(outsideFile).nlink).toBe(1);
   });
 
-  it.runIf(IS_ROOT)("leaves a file of another user at an agent path and reports it", async () => {
+  it("leaves a file of another user at an agent path and reports it", async () => {
     await materializeAll();
     const p = runFilePath(runDir, "containersAuth");
-    chownSync(p, 4242, 4242);
-    const e = await refusal(wipeRunDir(realFs, runDir));
+    const fs = ownedByAnotherUser(p);
+    const e = await refusal(wipeRunDir(fs, runDir));
     expect(e.code).toBe("WIPE_FOREIGN_ENTRIES");
     expect((e as AgentError<"WIPE_FOREIGN_ENTRIES">).details["foreign"]).toEqual(["containers/auth.json"]);
     expect(existsSync(p)).toBe(true);

@@ -75,6 +75,7 @@ describe("keyring: (a real Secret Service)", () => {
       "$A keygen --key $K > first.json",
       "if $A keygen --key $K 2> refused.txt; then echo 'second keygen should have been refused'; exit 1; fi",
       "$A keygen --rotate --key $K > second.json",
+      "if $A pubkey --key keyring:oci-cred-agent-test/absent 2> absent.txt; then echo 'pubkey of an absent entry should have been refused'; exit 1; fi",
       "$A pubkey --all --key $K > all.json",
       `printf '%s' '{"version":1,"registries":[{"id":"int-1","url":"https://ghcr.io","username":"octocat","password":"${CANARY}"}]}' > export.json`,
       "$A seal --public-key first.json --agent-id agent-1 --run-id r1 --in export.json --out old.bundle",
@@ -88,6 +89,10 @@ describe("keyring: (a real Secret Service)", () => {
     const r = spawnSync("dbus-run-session", ["--", "bash", "t.sh"], { cwd: work, encoding: "utf8", timeout: 60_000 });
     expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0);
     expect(await readFile(join(work, "refused.txt"), "utf8")).toContain("KEY_FILE_EXISTS");
+    const absent = await readFile(join(work, "absent.txt"), "utf8");
+    expect(absent).toContain("error KEY_KEYRING_ENTRY_NOT_FOUND");
+    expect(absent).toContain('service "oci-cred-agent-test", account "absent"');
+    expect(absent).toContain("keygen --key keyring:oci-cred-agent-test/absent");
     const first = JSON.parse(await readFile(join(work, "first.json"), "utf8")) as { kid: string };
     const second = JSON.parse(await readFile(join(work, "second.json"), "utf8")) as { kid: string };
     const all = JSON.parse(await readFile(join(work, "all.json"), "utf8")) as { kid: string }[];
@@ -129,6 +134,16 @@ describe("systemd-credential: and env:", () => {
     const body = pem.split("\n")[1] ?? "";
     expect(body.length).toBeGreaterThan(10);
     expect(r.stdout + r.stderr).not.toContain(body);
+  });
+
+  it("refuses env:NAME when the variable is unset or empty with KEY_ENV_NOT_SET, naming it and the fix", async () => {
+    const unset = await cli(["pubkey", "--key", "env:OCA_TEST_NO_SUCH_KEY"], { OCA_TEST_NO_SUCH_KEY: undefined });
+    expect(unset.code).toBe(1);
+    expect(unset.stderr).toContain("error KEY_ENV_NOT_SET: the environment variable OCA_TEST_NO_SUCH_KEY (--key env:OCA_TEST_NO_SUCH_KEY) is not set");
+    expect(unset.stderr).toContain("--key file:PATH");
+    const empty = await cli(["pubkey", "--key", "env:OCA_TEST_EMPTY_KEY"], { OCA_TEST_EMPTY_KEY: "" });
+    expect(empty.code).toBe(1);
+    expect(empty.stderr).toContain("error KEY_ENV_NOT_SET: the environment variable OCA_TEST_EMPTY_KEY (--key env:OCA_TEST_EMPTY_KEY) is empty");
   });
 });
 

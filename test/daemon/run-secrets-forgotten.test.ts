@@ -1,0 +1,113 @@
+/**
+ * A run's secrets leave the redactor when the run ends: during the run the password (and its
+ * other forms) is masked wherever it appears, even in tofu's own output; after the run the
+ * redactor holds exactly what it held before (the agent's token), so it neither grows with
+ * every run nor keeps an old run's secrets. In process, through the composition root
+ * (src/app/compose-agent.ts composeAgent: its `redactor`, `daemon` and `run()`), against the
+ * reference control plane on loopback with the stand-in tofu.
+ */
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { composeAgent } from "../../src/app/compose-agent.js";
+import { prepareAgent } from "../../src/app/prepare-agent.js";
+import { loadSettings, requireSettings } from "../../src/config/load-run-config.js";
+import { realFs } from "../../src/fs/secure-fs.js";
+import { REDACTED } from "../../src/core/redactor.js";
+import { AGENT_BIN, FAKE_TOFU, type LogLine } from "../support/agent-process.js";
+import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
+import { leakForms } from "../support/leak-forms.js";
+
+const CANARY = `CANARY-${randomBytes(6).toString("hex")}`;
+const HOST = "forget.canary.test";
+const MAIN_TF = `module "m" {\n  source = "oci://${HOST}/team/mod?tag=1"\n}\n`;
+
+let h: Harness;
+let dir: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "oca-forget-"));
+  h = await startControlPlane();
+  await h.createIntegration({ name: "forget", registry_url: `https://${HOST}`, username: "robot", password: CANARY, export_credentials: true });
+});
+
+afterAll(async () => {
+  await h.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** Collects the agent's JSON log lines; `next` resolves at the first (or an earlier) line that matches. */
+function logCollector(): { sink: { write(text: string): void }; lines: LogLine[]; raw: () => string; next(match: (l: LogLine) => boolean): Promise<LogLine> } {
+  const lines: LogLine[] = [];
+  const waiters: { match: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
+  let raw = "";
+  return {
+    lines,
+    raw: () => raw,
+    sink: {
+      write(text) {
+        raw += text;
+        for (const part of text.split("\n").filter(Boolean)) {
+          const line = JSON.parse(part) as LogLine;
+          lines.push(line);
+          for (const w of [...waiters]) if (w.match(line)) waiters.splice(waiters.indexOf(w), 1)[0]?.resolve(line);
+        }
+      },
+    },
+    next(match) {
+      const found = lines.find(match);
+      return found ? Promise.resolve(found) : new Promise((resolve) => waiters.push({ match, resolve }));
+    },
+  };
+}
+
+describe("after a run", () => {
+  it("the redactor no longer holds the run's secrets, and holds what it held before", async () => {
+    const keyFile = join(dir, "agent.key");
+    const tokenFile = join(dir, "agent.token");
+    execFileSync(AGENT_BIN, ["keygen", "--key-file", keyFile]);
+    await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
+    const log = logCollector();
+    const env = { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: dir };
+    const loaded = await loadSettings(
+      {
+        control_plane_url: h.url,
+        token_file: tokenFile,
+        key_file: keyFile,
+        work_dir: await mkdtemp(join(dir, "work-")),
+        tofu_bin: FAKE_TOFU,
+        cancel_grace: "1s",
+        run_timeout: "60s",
+        preflight: false,
+        log_format: "json",
+        listen: "off",
+      },
+      env,
+    );
+    const agent = await composeAgent(await prepareAgent(requireSettings(loaded), realFs, env), { version: "test", sink: log.sink, env });
+    const ended = agent.run();
+    try {
+      await log.next((l) => l["event"] === "registered");
+      const before = { size: agent.redactor.size, longest: agent.redactor.longest };
+      expect(before).toEqual({ size: 1, longest: h.agentToken.length });
+      expect(agent.redactor.redact(CANARY)).toBe(CANARY);
+
+      const runId = await h.createRun({ "main.tf": MAIN_TF, "fake-tofu.json": JSON.stringify({ echo_secret_phase: "plan" }) }, ["init", "plan"]);
+      expect((await h.waitForStatus(runId, ["succeeded", "failed", "canceled"])).status).toBe("succeeded");
+      // During the run the password was in the redactor: tofu printed it, the log shows it masked.
+      const leak = await log.next((l) => l["run_id"] === runId && typeof l["msg"] === "string" && l["msg"].startsWith("leaked password"));
+      expect(leak["msg"]).toContain(REDACTED);
+    } finally {
+      agent.daemon.requestShutdown();
+      expect((await ended).code).toBe(0);
+    }
+    // Once the run is over (run() returned after draining it), only the token is left.
+    expect({ size: agent.redactor.size, longest: agent.redactor.longest }).toEqual({ size: 1, longest: h.agentToken.length });
+    expect(agent.redactor.redact(`x ${CANARY} y`)).toBe(`x ${CANARY} y`);
+    expect(agent.redactor.redact(`x ${h.agentToken} y`)).toBe(`x ${REDACTED} y`);
+    for (const form of leakForms(CANARY, "robot")) expect(log.raw()).not.toContain(form);
+  });
+});
