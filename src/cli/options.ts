@@ -50,37 +50,3 @@ export function hostPort(flag: string, text: string): { host: string; port: numb
   }
   return { host: m[1] ?? (m[2] === "" ? "127.0.0.1" : (m[2] ?? "127.0.0.1")), port };
 }
-
-/** Parses byte sizes like 256MiB, 64k, 1G or a bare number of bytes. */
-export function byteSize(flag: string, text: string): number {
-  const m = /^(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$/i.exec(text.trim());
-  const unit = (m?.[2] ?? "b").toLowerCase();
-  const mult = unit.startsWith("k") ? 1024 : unit.startsWith("m") ? 1024 ** 2 : unit.startsWith("g") ? 1024 ** 3 : 1;
-  const n = m ? Number(m[1]) * mult : Number.NaN;
-  if (!Number.isSafeInteger(n) || n <= 0) {
-    throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not a size; write it like 256MiB or 64k`, { flag });
-  }
-  return n;
-}
-
-const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]", "::1"]);
-
-/** An https:// URL, or http:// to a loopback address (or anywhere with the explicit opt-in). */
-export function controlPlaneUrl(flag: string, text: string, allowInsecure: boolean): string {
-  let url: URL;
-  try {
-    url = new URL(text);
-  } catch {
-    throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not a URL; write it like https://cp.example.com`, { flag });
-  }
-  if (url.protocol === "https:") return url.href.replace(/\/+$/, "");
-  if (url.protocol === "http:") {
-    if (LOOPBACK_HOSTS.has(url.hostname) || url.hostname.startsWith("127.") || allowInsecure) return url.href.replace(/\/+$/, "");
-    throw new AgentError(
-      "INVALID_ARGUMENT",
-      `${flag} ${url.origin} is plain http to a non-loopback host: tokens and bundles would cross the network unprotected. Use https://, or pass --allow-insecure-control-plane if you really mean it`,
-      { flag },
-    );
-  }
-  throw new AgentError("INVALID_ARGUMENT", `${flag} must be an https:// URL (or http:// on loopback)`, { flag });
-}
