@@ -3,7 +3,7 @@
  * base64 `auth`, JSON-escaped) is replaced, wherever it appears in a line of text. Key-path
  * redaction alone misses secrets that tools print. Pure.
  */
-export const REDACTED = "[REDACTED]";
+const REDACTED = "[REDACTED]";
 
 function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");

@@ -16,7 +16,7 @@ export interface OciSource {
 
 const SOURCE = /"source"\s*:\s*"(oci:\/\/[^"]+)"|source\s*=\s*"(oci:\/\/[^"]+)"/g;
 
-export function parseOciAddress(address: string): { host: string; repository: string } | undefined {
+function parseOciAddress(address: string): { host: string; repository: string } | undefined {
   const m = /^oci:\/\/([^/?#]+)\/([^?#]+)/.exec(address);
   return m?.[1] && m[2] ? { host: m[1], repository: m[2].replace(/\/+$/, "") } : undefined;
 }
