@@ -5,7 +5,16 @@
  * reported and a non-zero exit. The real tree is never touched.
  */
 import { spawnSync } from "node:child_process";
-import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -55,7 +64,10 @@ function project(files: Record<string, string>, copySrc = false): string {
  */
 function runLayers(cwd: string): { status: number | null; report: string; violations: Violation[] } {
   const ci = spawnSync(process.execPath, [DEPCRUISE, ...layersScriptArgs()], { cwd, encoding: "utf8" });
-  const json = spawnSync(process.execPath, [DEPCRUISE, ...layersScriptArgs(), "--output-type", "json"], { cwd, encoding: "utf8" });
+  const json = spawnSync(process.execPath, [DEPCRUISE, ...layersScriptArgs(), "--output-type", "json"], {
+    cwd,
+    encoding: "utf8",
+  });
   expect(json.stderr).toBe("");
   const result = JSON.parse(json.stdout) as {
     summary: { violations: { rule: { name: string }; from: string; to: string }[] };
