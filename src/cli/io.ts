@@ -3,7 +3,7 @@ import { readFile } from "node:fs/promises";
 import { AgentError, errnoCode } from "../core/errors.js";
 import { isAlreadyThere, openNewFile, realFs } from "../fs/secure-fs.js";
 
-export async function readStdin(): Promise<Buffer> {
+async function readStdin(): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);

@@ -57,7 +57,10 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .option("--key <uri>", "file:PATH (a file, or a directory of keys), or keyring:SERVICE/ACCOUNT")
     .option("--rotate", "add a new key beside the existing ones (a key directory or keyring entry)")
     .action((opts: { keyFile?: string; key?: string; rotate?: boolean }) => {
-      setAction(async () => (await import("./commands/keygen.js")).keygen(opts));
+      setAction(async () => {
+        const { keygen } = await import("./commands/keygen.js");
+        return keygen(opts);
+      });
     });
 
   program
@@ -67,7 +70,10 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .option("--key <uri>", "file:PATH, systemd-credential:NAME, keyring:SERVICE/ACCOUNT or env:NAME")
     .option("--all", "print every key of the source, oldest first, as a JSON array")
     .action((opts: { keyFile?: string; key?: string; all?: boolean }) => {
-      setAction(async () => (await import("./commands/pubkey.js")).pubkey(opts));
+      setAction(async () => {
+        const { pubkey } = await import("./commands/pubkey.js");
+        return pubkey(opts);
+      });
     });
 
   program
@@ -81,7 +87,10 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .requiredOption("--in <file|->", "the plaintext credential export (docs/protocol.md)")
     .requiredOption("--out <file|->", "where to write the sealed bundle")
     .action((opts: SealOptions) => {
-      setAction(async () => (await import("./commands/seal.js")).seal(opts));
+      setAction(async () => {
+        const { seal } = await import("./commands/seal.js");
+        return seal(opts);
+      });
     });
 
   program
@@ -99,7 +108,10 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .option("--clock-skew <duration>", "how far in the future a bundle's issue time may be", "2m")
     .option("--max-bundle-bytes <n>", "refuse bundles larger than this many bytes (default: 16 MiB)")
     .action((opts: MaterializeOptions) => {
-      setAction(async () => (await import("./commands/materialize.js")).materialize(opts));
+      setAction(async () => {
+        const { materialize } = await import("./commands/materialize.js");
+        return materialize(opts);
+      });
     });
 
   program
@@ -108,14 +120,20 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .requiredOption("--run-dir <dir>", "the run directory")
     .addOption(new Option("--format <format>", "output format").choices(["text", "json"]).default("text"))
     .action((opts: { runDir: string; format: string }) => {
-      setAction(async () => (await import("./commands/wipe.js")).wipe(opts));
+      setAction(async () => {
+        const { wipe } = await import("./commands/wipe.js");
+        return wipe(opts);
+      });
     });
 
   const runCommand = program
     .command("run")
     .description("the daemon: register with the control plane, lease runs, put their credentials in place, run tofu, wipe on every ending");
   addRunOptions(runCommand).action((_opts: unknown, cmd: Command) => {
-    setAction(async () => (await import("./commands/run.js")).run(givenFlags(cmd)));
+    setAction(async () => {
+      const { run } = await import("./commands/run.js");
+      return run(givenFlags(cmd));
+    });
   });
 
   const config = program.command("config").description("inspect the daemon's configuration");
@@ -124,7 +142,10 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .action((_opts: unknown, cmd: Command) => {
       const flags = givenFlags(cmd);
       const format = cmd.opts<{ format: string }>().format;
-      setAction(async () => (await import("./commands/config-print.js")).configPrint(flags, format));
+      setAction(async () => {
+        const { configPrint } = await import("./commands/config-print.js");
+        return configPrint(flags, format);
+      });
     });
 
   addRunOptions(
@@ -139,7 +160,10 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .addOption(new Option("--format <format>", "output format").choices(["text", "json"]).default("text"))
     .action((opts: DoctorOptions, cmd: Command) => {
       const flags = givenFlags(cmd);
-      setAction(async () => (await import("./commands/doctor.js")).doctor(flags, opts));
+      setAction(async () => {
+        const { doctor } = await import("./commands/doctor.js");
+        return doctor(flags, opts);
+      });
     });
 
   program
@@ -154,7 +178,10 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .option("--poll-wait <duration>", "how long a lease request is held open", "30s")
     .option("--bundle-ttl <duration>", "how long a sealed bundle stays valid", "10m")
     .action((opts: ControlPlaneCommandOptions) => {
-      setAction(async () => (await import("./commands/control-plane.js")).controlPlane(opts));
+      setAction(async () => {
+        const { controlPlane } = await import("./commands/control-plane.js");
+        return controlPlane(opts);
+      });
     });
 
   program
@@ -164,7 +191,10 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .option("--log-level <level>", "agent log level", "info")
     .option("--offline", "do not probe the sample registries' /v2/ endpoints")
     .action((opts: { workDir?: string; logLevel: string; offline?: boolean }) => {
-      setAction(async () => (await import("./commands/dev.js")).dev(opts));
+      setAction(async () => {
+        const { dev } = await import("./commands/dev.js");
+        return dev(opts);
+      });
     });
 
   program
@@ -174,7 +204,10 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .allowUnknownOption()
     .allowExcessArguments()
     .action((phase: string) => {
-      setAction(async () => (await import("./commands/tofu-standin.js")).tofuStandin(phase));
+      setAction(async () => {
+        const { tofuStandin } = await import("./commands/tofu-standin.js");
+        return tofuStandin(phase);
+      });
     });
 
   return program;

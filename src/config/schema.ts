@@ -69,7 +69,7 @@ export const RUN_FIELDS: readonly FieldSpec[] = [
 
 export type Source = "flag" | "env" | "file" | "default";
 
-export interface ParsedValue {
+interface ParsedValue {
   readonly value: string | number | boolean;
   readonly source: Source;
 }

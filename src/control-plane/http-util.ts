@@ -14,7 +14,7 @@ export class HttpError extends Error {
   }
 }
 
-export async function readBody(req: IncomingMessage, limitBytes: number): Promise<Buffer> {
+async function readBody(req: IncomingMessage, limitBytes: number): Promise<Buffer> {
   const declared = Number(req.headers["content-length"] ?? "0");
   if (declared > limitBytes) throw new HttpError(413, "BODY_TOO_LARGE", `request body exceeds ${limitBytes} bytes`);
   const chunks: Buffer[] = [];

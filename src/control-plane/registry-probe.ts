@@ -9,7 +9,7 @@ import { request } from "undici";
 import { checkRegistryUrl, type RegistryUrlRefusalCode } from "../core/registry-address.js";
 import { HttpError } from "./http-util.js";
 
-export interface ProbeResult {
+interface ProbeResult {
   readonly warnings: string[];
 }
 

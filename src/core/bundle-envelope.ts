@@ -15,7 +15,7 @@ export const BUNDLE_TYPE = "oci-cred-agent/bundle";
 export const BUNDLE_SUITE = "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM";
 /** HPKE `info`: domain separation for this format and version. */
 export const HPKE_INFO = "oci-cred-agent bundle v1";
-export const X25519_ENC_BYTES = 32;
+const X25519_ENC_BYTES = 32;
 
 export interface BundleHeader {
   readonly typ: typeof BUNDLE_TYPE;

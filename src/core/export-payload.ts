@@ -30,7 +30,7 @@ export interface ExportedCredential {
   readonly updatedAtMs: number | undefined;
 }
 
-export interface InvalidEntry {
+interface InvalidEntry {
   readonly index: number;
   readonly id: string | undefined;
   readonly name: string | undefined;

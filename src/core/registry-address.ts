@@ -24,7 +24,7 @@ export const DOCKER_HUB_KEYS = {
   containers: "docker.io",
 } as const;
 
-export interface FamilyKeys {
+interface FamilyKeys {
   readonly opentofu: string;
   /** Undefined for a repository-scoped credential: the Docker CLI family matches hosts only. */
   readonly docker: string | undefined;

@@ -73,7 +73,7 @@ function parsePax(data: Uint8Array): Map<string, string> {
 }
 
 /** Normalizes an entry path; refuses absolute paths, "..", empty names and control characters. */
-export function safeRelativePath(raw: string): string {
+function safeRelativePath(raw: string): string {
   const unsafe = (why: string): AgentError =>
     new AgentError("ARCHIVE_UNSAFE_PATH", `archive entry ${JSON.stringify(raw.slice(0, 200))} ${why}; the configuration archive must hold only paths inside its directory`, {
       entry: raw.slice(0, 200),

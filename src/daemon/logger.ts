@@ -12,7 +12,7 @@ export interface LogSink {
   write(text: string): void;
 }
 
-export const stdoutSink: LogSink = {
+const stdoutSink: LogSink = {
   write(text) {
     process.stdout.write(text);
   },

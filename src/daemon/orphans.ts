@@ -14,7 +14,7 @@ import { readdir, readFile, readlink } from "node:fs/promises";
 import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "pino";
 
-export interface OrphanProcess {
+interface OrphanProcess {
   readonly pid: number;
   readonly pgid: number;
   readonly runId: string;
@@ -42,7 +42,7 @@ export function startedForRun(environ: string, credentialsDir: string, runId: st
   return environ.split("\0").some((entry) => entry.startsWith(expected));
 }
 
-export async function findOrphans(workspacesDir: string, credentialsDir: string, procDir = "/proc"): Promise<OrphanProcess[]> {
+async function findOrphans(workspacesDir: string, credentialsDir: string, procDir = "/proc"): Promise<OrphanProcess[]> {
   let names: string[];
   try {
     names = await readdir(procDir);

@@ -15,7 +15,7 @@ export interface TofuCommand {
   readonly argsPrefix: readonly string[];
 }
 
-export function tofuArgs(phase: Phase, planned: boolean): string[] {
+function tofuArgs(phase: Phase, planned: boolean): string[] {
   switch (phase) {
     case "init":
       return ["init", "-input=false", "-no-color"];

@@ -13,7 +13,7 @@ import { stopOrphans } from "./orphans.js";
 import { currentUid, PRIVATE_DIR_MODE, type FileSystem } from "../fs/secure-fs.js";
 
 /** Creates (or accepts) a directory of the agent's own: a real directory, owned by it, mode 0700. */
-export async function ensureAgentDir(fs: FileSystem, path: string): Promise<void> {
+async function ensureAgentDir(fs: FileSystem, path: string): Promise<void> {
   await fs.mkdir(path, { recursive: true, mode: PRIVATE_DIR_MODE });
   const st = await fs.lstat(path);
   if (st.isSymbolicLink() || !st.isDirectory() || st.uid !== currentUid()) {

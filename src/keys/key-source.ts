@@ -71,7 +71,7 @@ export function describeKeySource(source: KeySource): string {
 const PEM_BLOCK = /-----BEGIN PRIVATE KEY-----[\s\S]*?-----END PRIVATE KEY-----/g;
 
 /** Parses one or more PEM private keys from a text; the order is kept (last = newest). */
-export async function parseKeyBundle(text: string, where: string): Promise<AgentPrivateKey[]> {
+async function parseKeyBundle(text: string, where: string): Promise<AgentPrivateKey[]> {
   const blocks = text.match(PEM_BLOCK) ?? [];
   if (blocks.length === 0) {
     throw new AgentError("KEY_FILE_INVALID", `${where} holds no PEM private key; create one with \`oci-cred-agent keygen\``, { source: where });

@@ -11,7 +11,7 @@ export const ADMIN_API_PREFIX = "/api/admin/v1";
 export const PHASES = ["init", "plan", "apply"] as const;
 export type Phase = (typeof PHASES)[number];
 
-export const publicKeyDocSchema = z.object({
+const publicKeyDocSchema = z.object({
   kid: z.string().min(1).max(128),
   public_key: z.string().min(1).max(128),
 });
@@ -38,15 +38,14 @@ export const leaseRequestSchema = z.object({
   max: z.number().int().positive().max(1000),
   wait_seconds: z.number().min(0).max(300),
 });
-export type LeaseRequest = z.infer<typeof leaseRequestSchema>;
 
 /** Configuration archives up to this size travel inside the lease. */
 export const MAX_INLINE_CONFIGURATION_BYTES = 256 * 1024;
 
 /** Run ids become directory names on the agent: a conservative alphabet, never "." or "..". */
-export const RUN_ID_PATTERN = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$/;
+const RUN_ID_PATTERN = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$/;
 
-export const leaseSchema = z.object({
+const leaseSchema = z.object({
   lease_id: z.string().min(1).max(256),
   expires_at: z.string().max(64),
   run: z.object({
@@ -72,7 +71,7 @@ export const heartbeatResponseSchema = z.object({
 });
 export type HeartbeatResponse = z.infer<typeof heartbeatResponseSchema>;
 
-export const runEventSchema = z.looseObject({
+const runEventSchema = z.looseObject({
   type: z.string().min(1).max(64),
   at: z.string().max(64),
 });
@@ -88,7 +87,7 @@ export const logChunkRequestSchema = z.object({
 });
 export type LogChunk = z.infer<typeof logChunkRequestSchema>;
 
-export const OUTCOMES = ["succeeded", "failed", "canceled"] as const;
+const OUTCOMES = ["succeeded", "failed", "canceled"] as const;
 export type Outcome = (typeof OUTCOMES)[number];
 
 export const completeRequestSchema = z.object({
@@ -100,5 +99,3 @@ export const completeRequestSchema = z.object({
   credentials_wiped: z.boolean(),
 });
 export type CompleteRequest = z.infer<typeof completeRequestSchema>;
-
-export const apiErrorSchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) });

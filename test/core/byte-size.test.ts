@@ -1,10 +1,9 @@
 /**
  * Byte sizes have one parser (src/core/byte-size.ts), used by the `size` settings
- * (max_config_bytes) and by option parsing (src/cli/options.ts byteSize); both copies it
- * replaced took exactly the same inputs, and the table holds them.
+ * (max_config_bytes); the option parser it replaced (cli/options.ts byteSize, since removed as
+ * unused) took exactly the same inputs, and the table holds them.
  */
 import { describe, expect, it } from "vitest";
-import { byteSize } from "../../src/cli/options.js";
 import { parseFieldValue, RUN_FIELDS } from "../../src/config/schema.js";
 import { parseByteSize } from "../../src/core/byte-size.js";
 
@@ -46,11 +45,6 @@ describe("parseByteSize", () => {
 });
 
 describe("every size caller applies parseByteSize", () => {
-  it.each(CASES)("option %j", (text, expected) => {
-    if (expected === undefined) expect(() => byteSize("--max-config-bytes", text)).toThrow(`--max-config-bytes ${JSON.stringify(text)} is not a size; write it like 256MiB or 64k`);
-    else expect(byteSize("--max-config-bytes", text)).toBe(expected);
-  });
-
   it.each(CASES)("setting %j", (text, expected) => {
     if (SIZE === undefined) throw new Error("RUN_FIELDS has no size field");
     expect(parseFieldValue(SIZE, text)).toEqual(expected === undefined ? { ok: false, expected: "a size such as 256MiB or 64k" } : { ok: true, value: expected });

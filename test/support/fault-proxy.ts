@@ -9,7 +9,7 @@ import { EventEmitter } from "node:events";
 import { request as httpRequest, createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 
-export type FaultMode =
+type FaultMode =
   | { readonly kind: "pass" }
   | { readonly kind: "status"; readonly status: number; readonly headers?: Readonly<Record<string, string>>; readonly body?: string }
   /** Destroy the connection as soon as the request arrives. */
@@ -25,7 +25,7 @@ export type FaultMode =
   /** Forward after holding the request for `ms` (a slow control plane). */
   | { readonly kind: "delay"; readonly ms: number };
 
-export interface ProxiedRequest {
+interface ProxiedRequest {
   readonly at: number;
   readonly method: string;
   readonly path: string;

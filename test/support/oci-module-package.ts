@@ -19,13 +19,13 @@ import { crc32, deflateRawSync, inflateRawSync } from "node:zlib";
 
 const execFileAsync = promisify(execFile);
 
-export const MODULE_PACKAGE_ARTIFACT_TYPE = "application/vnd.opentofu.modulepkg";
-export const MODULE_PACKAGE_LAYER_TYPE = "archive/zip";
-export const OCI_EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json";
-export const OCI_MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json";
-export const OCI_INDEX_TYPE = "application/vnd.oci.image.index.v1+json";
+const MODULE_PACKAGE_ARTIFACT_TYPE = "application/vnd.opentofu.modulepkg";
+const MODULE_PACKAGE_LAYER_TYPE = "archive/zip";
+const OCI_EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json";
+const OCI_MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX_TYPE = "application/vnd.oci.image.index.v1+json";
 
-export interface Descriptor {
+interface Descriptor {
   readonly mediaType: string;
   readonly digest: string;
   readonly size: number;
@@ -47,7 +47,7 @@ function digestOf(data: Uint8Array): string {
 }
 
 /** A zip archive of `files` (name → content), deflated, with a fixed 1980-01-01 timestamp. */
-export function makeZip(files: Readonly<Record<string, string | Uint8Array>>): Buffer {
+function makeZip(files: Readonly<Record<string, string | Uint8Array>>): Buffer {
   const locals: Buffer[] = [];
   const centrals: Buffer[] = [];
   let offset = 0;
@@ -130,7 +130,7 @@ export function readZip(zip: Buffer): Record<string, string> {
 }
 
 /** The default module: one main.tf with an output, so a test can tell packages apart by `marker`. */
-export function moduleFiles(marker: string): Record<string, string> {
+function moduleFiles(marker: string): Record<string, string> {
   return {
     "main.tf": `output "marker" {\n  value = ${JSON.stringify(marker)}\n}\n`,
     "versions.tf": 'terraform {\n  required_version = ">= 1.10"\n}\n',

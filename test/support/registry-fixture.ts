@@ -33,10 +33,10 @@ import { freePort } from "./free-port.js";
 
 const execFileAsync = promisify(execFile);
 
-export type RegistryAction = "pull" | "push";
+type RegistryAction = "pull" | "push";
 
 /** One ACL line of a token-mode user: repositories matching `pattern` (`*` is any text). */
-export interface AclRule {
+interface AclRule {
   readonly pattern: string;
   readonly actions: readonly RegistryAction[];
 }
@@ -46,7 +46,7 @@ export interface TokenUser {
   readonly acl: readonly AclRule[];
 }
 
-export interface TokenRequestRecord {
+interface TokenRequestRecord {
   /** The Basic username presented, or undefined for an anonymous request. */
   readonly user: string | undefined;
   /** Whether the Basic credentials were valid (a token was issued). */

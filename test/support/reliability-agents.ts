@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { AGENT_BIN, FAKE_TOFU, startAgent, type AgentProcess, type LogLine } from "./agent-process.js";
 import type { Harness } from "./control-plane-harness.js";
 
-export const CANARY_HOST = "registry.canary.test";
+const CANARY_HOST = "registry.canary.test";
 export const MAIN_TF = `module "net" {\n  source = "oci://${CANARY_HOST}/acme/net?tag=1.0.0"\n}\n`;
 
 export interface Canary {

@@ -5,7 +5,7 @@ import { printJson, writeOutput } from "../io.js";
 const KIND = new Map(RUN_FIELDS.map((f) => [f.key, f.kind]));
 
 /** Durations and sizes as people write them (the JSON output keeps milliseconds and bytes). */
-export function humanValue(kind: FieldKind | undefined, value: string | number | boolean): string {
+function humanValue(kind: FieldKind | undefined, value: string | number | boolean): string {
   if (typeof value !== "number") return String(value);
   if (kind === "duration") {
     for (const [unit, ms] of [["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) if (value % ms === 0) return `${value / ms}${unit}`;
