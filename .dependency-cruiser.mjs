@@ -17,9 +17,11 @@ const LAYERS = {
   config: ["core", "keys"],
   registry: ["core", "http"],
   credentials: ["core", "crypto", "fs", "keys", "registry", "http"],
-  daemon: ["core", "protocol", "crypto", "http", "fs", "keys", "registry", "credentials"],
+  // config: the typed settings the daemon runs with (AgentSettings), nothing that reads them.
+  daemon: ["core", "protocol", "crypto", "http", "fs", "keys", "config", "registry", "credentials"],
   ops: ["core", "protocol", "daemon"],
-  "control-plane": ["core", "protocol", "crypto", "http", "registry"],
+  // fs: the data file is written with the same exclusive create as the agent's files.
+  "control-plane": ["core", "protocol", "crypto", "http", "fs", "registry"],
   app: [
     "core",
     "protocol",

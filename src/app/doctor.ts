@@ -24,7 +24,7 @@ import { PreflightChecker } from "../registry/preflight.js";
 import { readBaseDockerConfig, readPoolToken, readTofuCliConfig } from "./prepare-agent.js";
 import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
 
-export type CheckStatus = "ok" | "warn" | "fail" | "skip";
+type CheckStatus = "ok" | "warn" | "fail" | "skip";
 
 export interface DoctorCheck {
   readonly check: string;

@@ -50,7 +50,7 @@ export async function readTofuCliConfig(fs: FileSystem, env: NodeJS.ProcessEnv):
   return prepareTofuCliConfig(await discoverTofuCliConfig(fs, env));
 }
 
-export async function readOperatorConfig(fs: FileSystem, settings: Pick<AgentSettings, "baseDockerConfigFile">, env: NodeJS.ProcessEnv): Promise<OperatorConfig> {
+async function readOperatorConfig(fs: FileSystem, settings: Pick<AgentSettings, "baseDockerConfigFile">, env: NodeJS.ProcessEnv): Promise<OperatorConfig> {
   const tofuCliConfig = await readTofuCliConfig(fs, env);
   return settings.baseDockerConfigFile === undefined ? { tofuCliConfig } : { baseDockerConfig: await readBaseDockerConfig(fs, settings.baseDockerConfigFile), tofuCliConfig };
 }

@@ -61,7 +61,7 @@ export interface LoadedSettings {
 
 const LOOPBACK = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])$/;
 
-export async function readConfigFile(path: string): Promise<unknown> {
+async function readConfigFile(path: string): Promise<unknown> {
   let text: string;
   try {
     text = await readFile(path, "utf8");
@@ -103,7 +103,7 @@ export async function resolveRunConfig(flags: Record<string, string | boolean | 
   return { resolved: config, problems };
 }
 
-export function throwIfProblems(problems: readonly ConfigProblem[]): void {
+function throwIfProblems(problems: readonly ConfigProblem[]): void {
   if (problems.length === 0) return;
   throw new AgentError(
     "CONFIG_INVALID",

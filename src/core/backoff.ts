@@ -8,8 +8,6 @@ export interface BackoffPolicy {
   readonly capMs: number;
 }
 
-export const DEFAULT_BACKOFF: BackoffPolicy = { baseMs: 1000, capMs: 60_000 };
-
 export function backoffDelayMs(policy: BackoffPolicy, attempt: number, random: () => number, retryAfterMs?: number): number {
   if (retryAfterMs !== undefined && Number.isFinite(retryAfterMs) && retryAfterMs >= 0) {
     // Spread clients that were all told the same Retry-After over a little extra time.

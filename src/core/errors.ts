@@ -93,7 +93,7 @@ export type ErrorCode = keyof typeof ERROR_CODES;
  * log fields), typed per code. Every other code carries free-form, non-secret details for logs
  * and JSON output only: nothing may branch on them.
  */
-export interface ErrorDetailsByCode {
+interface ErrorDetailsByCode {
   CONTROL_PLANE_UNAVAILABLE: {
     readonly kind: "network" | "timeout" | "too_large" | "throttled" | "server_error";
     readonly status?: number;

@@ -10,7 +10,7 @@ export interface HostPort {
 }
 
 /** The host an empty HOST (`:8080`) stands for. */
-export const DEFAULT_LISTEN_HOST = "127.0.0.1";
+const DEFAULT_LISTEN_HOST = "127.0.0.1";
 
 /**
  * Parses HOST:PORT: an IPv6 host in brackets (`[::1]:8080`, returned without them), an empty

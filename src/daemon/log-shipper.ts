@@ -8,7 +8,7 @@
 import { MAX_LOG_CHUNK_BYTES, type Phase } from "../protocol/agent-api.js";
 
 /** At most this much of a phase's output waits to be sent to the control plane. */
-export const MAX_QUEUED_LOG_BYTES = 4 * 1024 * 1024;
+const MAX_QUEUED_LOG_BYTES = 4 * 1024 * 1024;
 
 /** How long output waits to fill a chunk before it is sent anyway. */
 const FLUSH_AFTER_MS = 250;

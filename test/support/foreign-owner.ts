@@ -7,7 +7,7 @@ import { chownSync, type Stats } from "node:fs";
 import { resolve } from "node:path";
 import { realFs, type FileSystem } from "../../src/fs/secure-fs.js";
 
-export const FOREIGN_UID = 4242;
+const FOREIGN_UID = 4242;
 
 function withOwner(st: Stats): Stats {
   return Object.assign(Object.create(Object.getPrototypeOf(st) as object) as Stats, st, { uid: FOREIGN_UID, gid: FOREIGN_UID });
