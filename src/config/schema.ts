@@ -134,6 +134,20 @@ export interface ConfigProblem {
   readonly message: string;
 }
 
+/** A URL's user information (user:password@) replaced, so that it is never shown or logged. */
+function withoutUserInfo(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, "$1[REDACTED]@");
+}
+
+/** A refused value as an error may show it: never a secret, never a URL's user information. */
+function shownValue(spec: FieldSpec, raw: string): string {
+  if (spec.secret) return "(value hidden)";
+  const text = spec.kind === "url" ? withoutUserInfo(raw) : raw;
+  // A URL too broken to find its user information in may still hold one: hide it whole.
+  if (spec.kind === "url" && text.replace("[REDACTED]@", "").includes("@")) return "(value hidden: it may hold user information)";
+  return JSON.stringify(text.length > 200 ? `${text.slice(0, 200)}...` : text);
+}
+
 function describeSource(spec: FieldSpec, source: Source, filePath: string | undefined): string {
   if (source === "flag") return spec.flag;
   if (source === "env") return spec.env;
@@ -160,8 +174,11 @@ export function resolveConfig(fields: readonly FieldSpec[], inputs: ConfigInputs
       problems.push({ key: "config", message: `${inputs.file.path} must hold a mapping of settings (key: value), not ${Array.isArray(data) ? "a list" : typeof data}` });
     } else fileData = data as Record<string, unknown>;
     for (const key of Object.keys(fileData)) {
-      if (!known.has(key) || fields.find((s) => s.key === key)?.notInFile) {
+      const spec = fields.find((s) => s.key === key);
+      if (spec === undefined) {
         problems.push({ key, message: `${inputs.file.path} has an unknown setting ${JSON.stringify(key)}; known settings are listed in docs/configuration.md` });
+      } else if (spec.notInFile) {
+        problems.push({ key, message: `${key} in ${inputs.file.path} is not read from a config file${spec.secret ? " (its value is not shown)" : ""}: remove it there and ${fixHint(spec)}` });
       }
     }
   }
@@ -193,7 +210,7 @@ export function resolveConfig(fields: readonly FieldSpec[], inputs: ConfigInputs
     }
     const parsed = parseFieldValue(spec, raw);
     if (!parsed.ok) {
-      const shown = spec.secret ? "(value hidden)" : JSON.stringify(raw.length > 200 ? `${raw.slice(0, 200)}...` : raw);
+      const shown = shownValue(spec, raw);
       problems.push({ key: spec.key, message: `${spec.key}: ${shown} from ${describeSource(spec, source, inputs.file?.path)} is not ${parsed.expected}; ${fixHint(spec)}` });
       continue;
     }
@@ -212,7 +229,7 @@ export function describeConfig(fields: readonly FieldSpec[], config: ResolvedCon
     if (v === undefined) return { key: spec.key, value: null, source: "unset" };
     if (spec.secret) return { key: spec.key, value: "[REDACTED]", source: v.source };
     // A URL may carry user information (refused by `run`, but print must not show it either).
-    const value = spec.kind === "url" && typeof v.value === "string" ? v.value.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, "$1[REDACTED]@") : v.value;
+    const value = spec.kind === "url" && typeof v.value === "string" ? withoutUserInfo(v.value) : v.value;
     return { key: spec.key, value, source: v.source };
   });
 }

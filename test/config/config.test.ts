@@ -157,6 +157,25 @@ describe("the CLI", () => {
     }
   });
 
+  it.each([
+    ["a scheme that is not http(s)", (pw: string) => `ftp://robot:${pw}@cp.example.com`],
+    ["a host that is not a host", (pw: string) => `https://robot:${pw}@cp example.com`],
+    ["no scheme at all", (pw: string) => `robot:${pw}@cp.example.com`],
+  ])("never shows the user information of an invalid control_plane_url (%s) in CONFIG_INVALID or config print", async (_what, make) => {
+    const password = `pw-SECRET-${randomBytes(6).toString("hex")}`;
+    const url = make(password);
+    const results = [
+      await cli(["run", "--work-dir", "/w", "--key-file", "/k", "--token-file", "/t"], { OCI_CRED_AGENT_CONTROL_PLANE_URL: url }),
+      await cli(["config", "print"], { OCI_CRED_AGENT_CONTROL_PLANE_URL: url }),
+      await cli(["config", "print", "--format", "json", "--control-plane-url", url]),
+    ];
+    expect(results[0]?.stderr).toContain("error CONFIG_INVALID");
+    expect(results[0]?.stderr).toContain("control_plane_url:");
+    for (const r of results) {
+      for (const form of leakForms(password, "robot")) expect(r.stdout + r.stderr).not.toContain(form);
+    }
+  });
+
   it("refuses token: in the config file with CONFIG_INVALID naming the key (the token is env-only), never quoting its value", async () => {
     const token = `tok-SECRET-${randomBytes(6).toString("hex")}`;
     const file = join(dir, "token.yaml");
@@ -165,11 +184,11 @@ describe("the CLI", () => {
     const r = await cli(["run", "--config", file]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("error CONFIG_INVALID: the configuration has 1 problem:");
-    expect(r.stderr).toContain(`${file} has an unknown setting "token"`);
+    expect(r.stderr).toContain(`token in ${file} is not read from a config file (its value is not shown): remove it there and set OCI_CRED_AGENT_TOKEN`);
     const printed = await cli(["config", "print", "--format", "json", "--config", file]);
     expect(printed.code).toBe(1);
     const json = JSON.parse(printed.stdout) as { settings: { key: string; value: unknown; source: string }[]; problems: string[] };
-    expect(json.problems).toEqual([`${file} has an unknown setting "token"; known settings are listed in docs/configuration.md`]);
+    expect(json.problems).toEqual([`token in ${file} is not read from a config file (its value is not shown): remove it there and set OCI_CRED_AGENT_TOKEN`]);
     expect(json.settings.find((x) => x.key === "token")).toEqual({ key: "token", value: null, source: "unset" });
     for (const out of [r, printed]) for (const form of leakForms(token, "")) expect(out.stdout + out.stderr).not.toContain(form);
   });
