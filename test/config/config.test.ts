@@ -199,3 +199,31 @@ describe("the CLI", () => {
     expect(r.stderr).toContain("unknown option '--token'");
   });
 });
+
+describe("preparation at start", () => {
+  it("a --base-docker-config that does not exist is INPUT_UNREADABLE naming the flag, not INTERNAL, before anything connects", async () => {
+    const keyFile = join(dir, "prep.key");
+    const tokenFile = join(dir, "prep.token");
+    await cli(["keygen", "--key-file", keyFile]);
+    await writeFile(tokenFile, "prep-token-value", { mode: 0o600 });
+    const missing = join(dir, "no-such-base.json");
+    // Nothing listens on the control plane URL: the refusal must come first.
+    const r = await cli(["run", "--control-plane-url", "http://127.0.0.1:9", "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", join(dir, "prep-work"), "--base-docker-config", missing, "--listen", "off"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`error INPUT_UNREADABLE: cannot read the base Docker config ${missing} (ENOENT)`);
+    expect(r.stderr).toContain("--base-docker-config");
+    expect(r.stderr).not.toContain("INTERNAL");
+  });
+
+  it("an operator CLI configuration with oci_default_credentials is refused at start (TOFU_CLI_CONFIG_CONFLICT), not in every run", async () => {
+    const keyFile = join(dir, "prep2.key");
+    const tokenFile = join(dir, "prep2.token");
+    await cli(["keygen", "--key-file", keyFile]);
+    await writeFile(tokenFile, "prep-token-value", { mode: 0o600 });
+    const tofurc = join(dir, "operator.tfrc");
+    await writeFile(tofurc, 'oci_default_credentials {\n  docker_style_config_files = ["/x"]\n}\n');
+    const r = await cli(["run", "--control-plane-url", "http://127.0.0.1:9", "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", join(dir, "prep2-work"), "--listen", "off"], { TF_CLI_CONFIG_FILE: tofurc });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`error TOFU_CLI_CONFIG_CONFLICT: the OpenTofu CLI configuration ${tofurc}:1 has an oci_default_credentials block`);
+  });
+});

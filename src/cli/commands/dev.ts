@@ -14,6 +14,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { composeAgent } from "../../app/compose-agent.js";
+import { errnoCode } from "../../core/errors.js";
 import { prepareAgent } from "../../app/prepare-agent.js";
 import { loadSettings, requireSettings } from "../../config/load-run-config.js";
 import { createControlPlane } from "../../control-plane/server.js";
@@ -60,7 +61,13 @@ async function tarGz(dir: string): Promise<Buffer> {
 }
 
 async function filesUnder(root: string): Promise<string[]> {
-  const entries = await readdir(root, { withFileTypes: true, recursive: true }).catch(() => []);
+  let entries;
+  try {
+    entries = await readdir(root, { withFileTypes: true, recursive: true });
+  } catch (error) {
+    if (errnoCode(error) === "ENOENT") return [];
+    throw error;
+  }
   return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name));
 }
 
