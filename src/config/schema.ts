@@ -165,7 +165,6 @@ export function resolveConfig(fields: readonly FieldSpec[], inputs: ConfigInputs
   const problems: ConfigProblem[] = [];
   const warnings: string[] = [];
   const values = new Map<string, ParsedValue>();
-  const known = new Set(fields.map((s) => s.key));
   let fileData: Record<string, unknown> = {};
   if (inputs.file) {
     const data = inputs.file.data;
