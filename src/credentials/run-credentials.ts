@@ -18,10 +18,8 @@ import { selectCredentials, type IgnoredEntry, type SelectedCredential } from ".
 import { encodeAuth, renderRegistryFiles } from "../core/docker-config.js";
 import { AgentError, errnoCode, isAgentError } from "../core/errors.js";
 import { parseExport } from "../core/export-payload.js";
-import type { ReplayCache } from "../core/replay-cache.js";
 import { renderPreparedTofuCliConfig } from "../core/tofu-cli-config.js";
-import type { AgentPrivateKey } from "../crypto/agent-key.js";
-import { openBundle } from "../crypto/sealed-bundle.js";
+import { openBundle, type OpenOptions } from "../crypto/sealed-bundle.js";
 import { findExecutable } from "../fs/executables.js";
 import { createRunDir, runFilePath, wipeRunDir, writeRunFile } from "../fs/run-dir.js";
 import { withLeftover, type FileSystem } from "../fs/secure-fs.js";
@@ -62,17 +60,9 @@ function withCleanup(error: unknown, wiped: WipeOutcome): unknown {
   return withLeftover(error, wiped.runDir, wiped.error, `it may hold credentials; ${wiped.error.message}`);
 }
 
-export interface OpenRequest {
+/** The bundle and how to open it (keys, ids, clock, limits: sealed-bundle.ts), and who hears of the wipe. */
+export interface OpenRequest extends OpenOptions {
   readonly bundle: Uint8Array;
-  readonly keys: ReadonlyMap<string, AgentPrivateKey>;
-  readonly agentId: string;
-  readonly runId: string;
-  readonly nowMs: number;
-  readonly maxLifetimeSeconds: number;
-  readonly clockSkewSeconds: number;
-  readonly maxBundleBytes?: number;
-  /** Omitted only by one-shot commands, whose process opens one bundle and exits. */
-  readonly replayCache?: ReplayCache;
   /** Told the outcome of the wipe: after a failed write, and at the end of the run. */
   readonly onWipe: WipeListener;
 }
@@ -152,16 +142,7 @@ export class RunCredentials {
 
   /** Opens a sealed bundle and selects its credentials (one per registry and path); writes nothing. */
   static async open(request: OpenRequest): Promise<RunCredentials> {
-    const opened = await openBundle(request.bundle, {
-      keys: request.keys,
-      agentId: request.agentId,
-      runId: request.runId,
-      nowMs: request.nowMs,
-      maxLifetimeSeconds: request.maxLifetimeSeconds,
-      clockSkewSeconds: request.clockSkewSeconds,
-      ...(request.maxBundleBytes === undefined ? {} : { maxBytes: request.maxBundleBytes }),
-      ...(request.replayCache === undefined ? {} : { replayCache: request.replayCache }),
-    });
+    const opened = await openBundle(request.bundle, request);
     let exported;
     try {
       exported = parseExport(new TextDecoder().decode(opened.plaintext));

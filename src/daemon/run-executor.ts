@@ -80,7 +80,7 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
       nowMs: Date.now(),
       maxLifetimeSeconds: settings.maxBundleLifetimeSeconds,
       clockSkewSeconds: settings.clockSkewSeconds,
-      maxBundleBytes: resources.maxBundleBytes,
+      maxBytes: resources.maxBundleBytes,
       replayCache: resources.replayCache,
       onWipe: telemetry.wiped,
     });

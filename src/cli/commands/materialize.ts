@@ -50,7 +50,7 @@ export async function materialize(opts: MaterializeOptions): Promise<number> {
     nowMs: Date.now(),
     maxLifetimeSeconds,
     clockSkewSeconds,
-    ...(maxBundleBytes === undefined ? {} : { maxBundleBytes }),
+    ...(maxBundleBytes === undefined ? {} : { maxBytes: maxBundleBytes }),
     ...(base === undefined ? {} : { baseDockerConfig: base }),
     tofuCliConfigSources: await discoverTofuCliConfig(realFs, process.env),
     fs: realFs,
