@@ -26,7 +26,7 @@ import { ReloadableKeyRing } from "../keys/key-ring.js";
 import { describeKeySource } from "../keys/key-source.js";
 import { watchForChanges, type Watcher } from "./change-watcher.js";
 import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
-import { PreflightChecker } from "../daemon/preflight.js";
+import { PreflightChecker } from "../registry/preflight.js";
 
 export interface AgentConfig extends Omit<RunSettingsFromConfig, "tofuBin" | "retry"> {
   readonly tofu: TofuCommand;

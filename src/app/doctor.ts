@@ -15,7 +15,7 @@ import { parseKeyUri, loadKeySource, describeKeySource } from "../keys/key-sourc
 import { realFs } from "../fs/secure-fs.js";
 import { findOciSources } from "../fs/oci-sources.js";
 import { findExecutable } from "../fs/executables.js";
-import { PreflightChecker } from "../daemon/preflight.js";
+import { PreflightChecker } from "../registry/preflight.js";
 import { anonymousDockerHubSources, repositoriesByRegistry } from "../core/oci-source-checks.js";
 import { defaultHelperExists, openExport } from "./materialize-run.js";
 import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";

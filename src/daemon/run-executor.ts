@@ -22,7 +22,7 @@ import { MAX_LOG_CHUNK_BYTES, type CompleteRequest, type Lease, type Outcome, ty
 import type { ControlPlaneClient } from "./control-plane-client.js";
 import type { DaemonObserver } from "./observer.js";
 import { runPhase, type TofuCommand } from "./phase-runner.js";
-import type { PreflightChecker } from "./preflight.js";
+import type { PreflightChecker } from "../registry/preflight.js";
 import { findOciSources } from "../fs/oci-sources.js";
 import { anonymousDockerHubSources, repositoriesByRegistry } from "../core/oci-source-checks.js";
 import type { SelectedCredential } from "../core/credential-selection.js";

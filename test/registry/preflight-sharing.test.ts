@@ -10,7 +10,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net";
 import { Agent } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { PreflightChecker, UNREACHABLE_MEMORY_MS } from "../../src/daemon/preflight.js";
+import { PreflightChecker, UNREACHABLE_MEMORY_MS } from "../../src/registry/preflight.js";
 import { targetForHost } from "../../src/core/registry-address.js";
 import type { SelectedCredential } from "../../src/core/credential-selection.js";
 import { isAgentError } from "../../src/core/errors.js";
