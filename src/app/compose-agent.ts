@@ -141,7 +141,7 @@ export async function composeAgent(
         maxBundleBytes: 64 * 1024 * 1024,
         preflight: config.preflight,
       },
-      preflight: new PreflightChecker({ cacheMs: 5 * 60_000, timeoutMs: 10_000, now: () => Date.now(), dispatcher: registryDispatcher(env) }),
+      preflight: new PreflightChecker({ cacheMs: 5 * 60_000, requestTimeoutMs: 10_000, checkTimeoutMs: 30_000, maxBodyBytes: 256 * 1024, now: () => Date.now(), dispatcher: registryDispatcher(env) }),
     },
   });
   let reloading: Promise<void> = Promise.resolve();

@@ -217,7 +217,7 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
             checks.push({ check: "credentials", status: "fail", detail: `docker-credential-${helper} (integration ${c.entry.id}, ${c.target.host}) is not on PATH; install it`, code: "CREDENTIAL_HELPER_NOT_FOUND" });
           }
         }
-        const checker = new PreflightChecker({ cacheMs: 0, timeoutMs: 10_000, now: inputs.nowMs, dispatcher: registryDispatcher(inputs.env) });
+        const checker = new PreflightChecker({ cacheMs: 0, requestTimeoutMs: 10_000, checkTimeoutMs: 30_000, maxBodyBytes: 256 * 1024, now: inputs.nowMs, dispatcher: registryDispatcher(inputs.env) });
         // Every credential, so that a refusal does not hide the others' results.
         for (const o of await checker.checkEach(selection.selected, repositoriesByRegistry(sources))) {
           if (o instanceof AgentError) {
