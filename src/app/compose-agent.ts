@@ -21,7 +21,7 @@ import { describeKeySource } from "../keys/key-source.js";
 import { AgentStatus, combineObservers } from "../ops/agent-status.js";
 import { startHealthServer, type HealthServer } from "../ops/health-server.js";
 import { AgentMetrics } from "../ops/metrics.js";
-import { PreflightChecker } from "../registry/preflight.js";
+import { PREFLIGHT_LIMITS, PreflightChecker } from "../registry/preflight.js";
 import { watchForChanges, type Watcher } from "./change-watcher.js";
 import type { PreparedAgent } from "./prepare-agent.js";
 import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
@@ -100,7 +100,7 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
       baseEnv: runBaseEnv(env, settings.keySource.kind === "env" ? settings.keySource.name : undefined),
       archiveLimits: { ...DEFAULT_ARCHIVE_LIMITS, maxBytes: settings.maxConfigBytes },
       maxBundleBytes: MAX_BUNDLE_BYTES,
-      ...(settings.preflight ? { preflight: new PreflightChecker({ cacheMs: PREFLIGHT_CACHE_MS, timeoutMs: 10_000, now: () => Date.now(), dispatcher: registryDispatcher(env) }) } : {}),
+      ...(settings.preflight ? { preflight: new PreflightChecker({ cacheMs: PREFLIGHT_CACHE_MS, ...PREFLIGHT_LIMITS, now: () => Date.now(), dispatcher: registryDispatcher(env) }) } : {}),
     },
   });
   let reloading: Promise<void> = Promise.resolve();

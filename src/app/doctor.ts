@@ -20,7 +20,7 @@ import { realFs } from "../fs/secure-fs.js";
 import { describeKeySource, loadKeySource } from "../keys/key-source.js";
 import type { KeyRing } from "../keys/key-ring.js";
 import { AGENT_API_PREFIX } from "../protocol/agent-api.js";
-import { PreflightChecker } from "../registry/preflight.js";
+import { PREFLIGHT_LIMITS, PreflightChecker } from "../registry/preflight.js";
 import { readBaseDockerConfig, readPoolToken, readTofuCliConfig } from "./prepare-agent.js";
 import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
 
@@ -233,7 +233,7 @@ async function checkBundle(
     for (const ig of credentials.ignored) checks.push({ check: "credentials", status: "warn", detail: `integration ${ig.integration_id ?? "(no id)"} ignored: ${ig.reason}`, code: ig.code });
     const missing = await missingHelpersError(credentials.selected, defaultHelperExists);
     if (missing !== undefined) checks.push(failure("credentials", missing));
-    const checker = new PreflightChecker({ cacheMs: 0, timeoutMs: 10_000, now: inputs.nowMs, dispatcher: registryDispatcher(inputs.env) });
+    const checker = new PreflightChecker({ cacheMs: 0, ...PREFLIGHT_LIMITS, now: inputs.nowMs, dispatcher: registryDispatcher(inputs.env) });
     // Every credential, so that a refusal does not hide the others' results.
     for (const o of await checker.checkEach(credentials.selected, repositoriesByRegistry(sources))) {
       if (o instanceof AgentError) {

@@ -8,10 +8,11 @@
  *   CONTROL_PLANE_REJECTED      other 4xx: a bug on one side; do not retry the same request
  *   CONTROL_PLANE_BAD_RESPONSE  an answer that is not the agent API
  */
-import { Agent, type Dispatcher, request } from "undici";
+import { Agent, type Dispatcher } from "undici";
 import type { z } from "zod";
 import { parseRetryAfterMs } from "../core/backoff.js";
-import { AgentError, errnoCode } from "../core/errors.js";
+import { AgentError } from "../core/errors.js";
+import { boundedRequest, BoundedRequestError, type BoundedResponse } from "../http/bounded-request.js";
 import {
   AGENT_API_PREFIX,
   heartbeatResponseSchema,
@@ -65,57 +66,40 @@ export class ControlPlaneClient {
   ): Promise<{ status: number; bytes: Buffer }> {
     const timeout = opts.timeoutMs ?? this.options.requestTimeoutMs ?? 30_000;
     const url = `${this.base}${AGENT_API_PREFIX}${path}`;
-    // undici's headersTimeout and bodyTimeout bound the gaps between bytes, not the whole
-    // exchange: a body that drips a byte every few seconds would hold the call forever. The
-    // deadline bounds the exchange as a whole.
-    const deadline = AbortSignal.timeout(timeout);
-    const signal = opts.signal ? AbortSignal.any([opts.signal, deadline]) : deadline;
-    const timedOut = (): AgentError =>
-      new AgentError("CONTROL_PLANE_UNAVAILABLE", `the control plane did not finish answering ${method} ${path} within ${Math.round(timeout / 1000)} s; retrying with backoff`, { kind: "timeout" });
-    let res: Dispatcher.ResponseData;
+    const limit = opts.maxBytes ?? this.options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE;
+    // The deadline bounds the exchange as a whole (a body that drips a byte every few seconds
+    // would otherwise hold the call forever), and at most `limit` bytes are read.
+    let res: BoundedResponse;
     try {
-      res = await request(url, {
+      res = await boundedRequest(url, {
         method,
         dispatcher: this.dispatcher,
         headers: { authorization: `Bearer ${this.options.token}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        headersTimeout: timeout,
-        bodyTimeout: timeout,
-        signal,
+        timeoutMs: timeout,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        maxBodyBytes: limit,
       });
     } catch (error) {
-      if (opts.signal?.aborted) throw error;
-      if (deadline.aborted) throw timedOut();
-      throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `cannot reach the control plane at ${this.base} (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")}); retrying with backoff`, {
-        errno: errnoCode(error) ?? null,
-        kind: "network",
-      });
-    }
-    const limit = opts.maxBytes ?? this.options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE;
-    const declared = Number(res.headers["content-length"] ?? "-1");
-    if (declared > limit) {
-      res.body.destroy();
-      throw new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's answer to ${method} ${path} is ${declared} bytes, over the limit of ${limit}`, { kind: "too_large" });
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    try {
-      for await (const chunk of res.body) {
-        size += (chunk as Buffer).byteLength;
-        if (size > limit) {
-          res.body.destroy();
-          throw new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's answer to ${method} ${path} exceeds ${limit} bytes`, { kind: "too_large" });
-        }
-        chunks.push(chunk as Buffer);
+      // Anything else is the caller's abort, rethrown as is.
+      if (!(error instanceof BoundedRequestError)) throw error;
+      switch (error.kind) {
+        case "timeout":
+          throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `the control plane did not finish answering ${method} ${path} within ${Math.round(timeout / 1000)} s; retrying with backoff`, { kind: "timeout" });
+        case "too_large":
+          throw error.details.declaredBytes !== undefined
+            ? new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's answer to ${method} ${path} is ${error.details.declaredBytes} bytes, over the limit of ${limit}`, { kind: "too_large" })
+            : new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's answer to ${method} ${path} exceeds ${limit} bytes`, { kind: "too_large" });
+        case "network":
+          throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `cannot reach the control plane at ${this.base} (${error.details.label}); retrying with backoff`, {
+            errno: error.details.errno ?? null,
+            kind: "network",
+          });
+        case "cut_off":
+          throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `the control plane's answer to ${method} ${path} was cut off (${error.details.label})`, { kind: "network" });
       }
-    } catch (error) {
-      if (error instanceof AgentError) throw error;
-      if (opts.signal?.aborted) throw error;
-      if (deadline.aborted) throw timedOut();
-      throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `the control plane's answer to ${method} ${path} was cut off (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")})`, { kind: "network" });
     }
-    const bytes = Buffer.concat(chunks);
-    const status = res.statusCode;
+    const { status, bytes } = res;
     if (status >= 200 && status < 300) return { status, bytes };
     const apiMessage = this.errorMessage(bytes);
     if (status === 401 || status === 403) {
@@ -182,8 +166,9 @@ export class ControlPlaneClient {
     return this.parse(bytes, leaseResponseSchema, "lease answer").leases;
   }
 
-  async configuration(leaseId: string, maxBytes: number): Promise<Buffer> {
-    const { bytes } = await this.call("GET", `/leases/${encodeURIComponent(leaseId)}/configuration`, undefined, { maxBytes, leaseRoute: true, timeoutMs: 120_000 });
+  /** The run's configuration archive; `signal` (the run's end) stops the download. */
+  async configuration(leaseId: string, maxBytes: number, signal: AbortSignal): Promise<Buffer> {
+    const { bytes } = await this.call("GET", `/leases/${encodeURIComponent(leaseId)}/configuration`, undefined, { maxBytes, leaseRoute: true, timeoutMs: 120_000, signal });
     return bytes;
   }
 

@@ -70,7 +70,7 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
   let forgetSecrets: (() => void) | undefined;
   let failure: AgentError | undefined;
   try {
-    telemetry.configurationExtracted(await workspace.prepare(lease, client, resources.archiveLimits));
+    telemetry.configurationExtracted(await workspace.prepare(lease, client, resources.archiveLimits, ending.signal));
     ending.throwIfEnded();
     credentials = await RunCredentials.open({
       bundle: Buffer.from(lease.bundle, "utf8"),
@@ -119,7 +119,9 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
       if (phase === "plan") planned = true;
     }
   } catch (error) {
-    failure = isAgentError(error) ? error : new AgentError("INTERNAL", `unexpected failure while running: ${error instanceof Error ? error.name : "error"}`);
+    // A step stopped by the run's end may reject with its own abort error: the end's reason is the failure.
+    const ended: unknown = ending.signal.aborted ? ending.signal.reason : undefined;
+    failure = isAgentError(error) ? error : isAgentError(ended) ? ended : new AgentError("INTERNAL", `unexpected failure while running: ${error instanceof Error ? error.name : "error"}`);
     if (failure.code === "INTERNAL") telemetry.unexpected(error);
   } finally {
     ending.dispose();
