@@ -3,10 +3,13 @@
  * and a probe of GET /v2/ that does not follow redirects. A redirect is refused with the
  * endpoint to use instead; an answer that is not a registry's (neither 200 nor 401) is refused;
  * an endpoint that cannot be reached is accepted with a warning. TLS trust is Node's default
- * (system CAs plus NODE_EXTRA_CA_CERTS).
+ * (system CAs plus NODE_EXTRA_CA_CERTS). The probe is bounded as a whole (an admin request must
+ * not wait on an endpoint that drips its answer): a deadline for headers and body together, and
+ * at most 64 KiB of the answer read.
  */
-import { request } from "undici";
+import type { Dispatcher } from "undici";
 import { checkRegistryUrl, type RegistryUrlRefusalCode } from "../core/registry-address.js";
+import { boundedRequest, BoundedRequestError, headerValue } from "../http/bounded-request.js";
 import { HttpError } from "./http-util.js";
 
 interface ProbeResult {
@@ -63,24 +66,39 @@ function refusal(code: RegistryUrlRefusalCode, raw: string): HttpError {
   }
 }
 
-export const probeRegistry: RegistryProber = async (url) => {
+export interface ProbeBounds {
+  /** The deadline of the whole exchange, headers and body (10 s). */
+  readonly timeoutMs?: number;
+  /** The most answer bytes read; a /v2/ answer is tiny, and only its status and headers count (64 KiB). */
+  readonly maxBodyBytes?: number;
+  /** Node's global dispatcher unless given (tests give one that trusts their CA). */
+  readonly dispatcher?: Dispatcher;
+}
+
+const PROBE_TIMEOUT_MS = 10_000;
+const PROBE_MAX_BODY_BYTES = 64 * 1024;
+
+export async function probeRegistry(url: URL, bounds: ProbeBounds = {}): Promise<ProbeResult> {
   const target = new URL("/v2/", url);
   let status: number;
   let location: string | undefined;
   let apiVersion: string | undefined;
   let contentType: string;
   try {
-    const res = await request(target, { method: "GET", headersTimeout: 5000, bodyTimeout: 5000 });
-    status = res.statusCode;
-    const loc = res.headers["location"];
-    location = Array.isArray(loc) ? loc[0] : loc;
-    const version = res.headers["docker-distribution-api-version"];
-    apiVersion = Array.isArray(version) ? version[0] : version;
-    const type = res.headers["content-type"];
-    contentType = (Array.isArray(type) ? type[0] : type) ?? "";
-    await res.body.dump();
+    const res = await boundedRequest(target, {
+      method: "GET",
+      timeoutMs: bounds.timeoutMs ?? PROBE_TIMEOUT_MS,
+      maxBodyBytes: bounds.maxBodyBytes ?? PROBE_MAX_BODY_BYTES,
+      consume: "dump",
+      ...(bounds.dispatcher ? { dispatcher: bounds.dispatcher } : {}),
+    });
+    status = res.status;
+    location = headerValue(res.headers, "location");
+    apiVersion = headerValue(res.headers, "docker-distribution-api-version");
+    contentType = headerValue(res.headers, "content-type") ?? "";
   } catch (error) {
-    const why = error instanceof Error ? (("code" in error && typeof error.code === "string" ? error.code : error.name)) : "error";
+    // timeout, or the network error's code (ECONNREFUSED, ENOTFOUND, a TLS error).
+    const why = error instanceof BoundedRequestError ? error.details.label : "error";
     return { warnings: [`could not reach ${target.href} to verify the endpoint (${why}); saved unverified`] };
   }
   if (status >= 300 && status < 400) {
@@ -113,4 +131,4 @@ export const probeRegistry: RegistryProber = async (url) => {
     );
   }
   return { warnings: [] };
-};
+}
