@@ -16,8 +16,19 @@ export default tseslint.config(
       "@typescript-eslint/no-misused-promises": "error",
       "@typescript-eslint/restrict-template-expressions": ["error", { allowNumber: true, allowBoolean: true }],
       "@typescript-eslint/consistent-type-imports": "error",
-      "@typescript-eslint/no-confusing-void-expression": ["error", { ignoreVoidReturningFunctions: true, ignoreArrowShorthand: true }],
-      "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_", destructuredArrayIgnorePattern: "^_", ignoreRestSiblings: true }],
+      "@typescript-eslint/no-confusing-void-expression": [
+        "error",
+        { ignoreVoidReturningFunctions: true, ignoreArrowShorthand: true },
+      ],
+      "@typescript-eslint/no-unused-vars": [
+        "error",
+        {
+          argsIgnorePattern: "^_",
+          varsIgnorePattern: "^_",
+          destructuredArrayIgnorePattern: "^_",
+          ignoreRestSiblings: true,
+        },
+      ],
       "no-console": "error",
       "no-restricted-properties": [
         "error",
@@ -40,12 +51,17 @@ export default tseslint.config(
     rules: {
       "no-restricted-syntax": [
         "error",
-        ...["MemberExpression[object.name=/^(it|test|describe|suite)$/]", "MemberExpression[object.object.name=/^(it|test|describe|suite)$/]"].map((selector) => ({
+        ...[
+          "MemberExpression[object.name=/^(it|test|describe|suite)$/]",
+          "MemberExpression[object.object.name=/^(it|test|describe|suite)$/]",
+        ].map((selector) => ({
           selector: `${selector}[property.name=/^(skip|skipIf|runIf|todo|only)$/]`,
-          message: "Tests never skip (skip, skipIf, runIf, todo) and never narrow the run (only): make the test run everywhere, or delete it.",
+          message:
+            "Tests never skip (skip, skipIf, runIf, todo) and never narrow the run (only): make the test run everywhere, or delete it.",
         })),
         {
-          selector: "CallExpression[callee.type='MemberExpression'][callee.property.name='skip'][callee.object.name!=/^(it|test|describe|suite)$/][callee.object.object.name!=/^(it|test|describe|suite)$/]",
+          selector:
+            "CallExpression[callee.type='MemberExpression'][callee.property.name='skip'][callee.object.name!=/^(it|test|describe|suite)$/][callee.object.object.name!=/^(it|test|describe|suite)$/]",
           message: "Tests never skip themselves (ctx.skip()): make the test run everywhere, or delete it.",
         },
       ],

@@ -15,7 +15,16 @@ import { fileURLToPath } from "node:url";
 import type { ControlPlane } from "../src/control-plane/server.js";
 import type { RunRecord } from "../src/control-plane/store.js";
 import type { AgentPrivateKey } from "../src/crypto/agent-key.js";
-import { createControlPlane, generatePrivateKeyPem, materializeRun, parsePrivateKeyPem, publicKeyDoc, realFs, sealBundle, wipeRunDir } from "./support/shipped.js";
+import {
+  createControlPlane,
+  generatePrivateKeyPem,
+  materializeRun,
+  parsePrivateKeyPem,
+  publicKeyDoc,
+  realFs,
+  sealBundle,
+  wipeRunDir,
+} from "./support/shipped.js";
 import { startLocalRegistry } from "./support/local-registry.js";
 
 const quick = process.argv.includes("--quick");
@@ -25,8 +34,34 @@ const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const AGENT_BIN = join(ROOT, "bin", "oci-cred-agent");
 const TMPFS = "/dev/shm";
 const SIZES = quick
-  ? { pickup: 200, pickupDisk: 100, polled: 8, c1: 100, c8: 300, c64: 600, floor: 300, scaleReps: 2, memoryRuns: 1000, versionReps: 5, firstLeaseReps: 3, loginReps: 2 }
-  : { pickup: 1000, pickupDisk: 300, polled: 20, c1: 300, c8: 1500, c64: 4000, floor: 2000, scaleReps: 5, memoryRuns: 10_000, versionReps: 15, firstLeaseReps: 5, loginReps: 5 };
+  ? {
+      pickup: 200,
+      pickupDisk: 100,
+      polled: 8,
+      c1: 100,
+      c8: 300,
+      c64: 600,
+      floor: 300,
+      scaleReps: 2,
+      memoryRuns: 1000,
+      versionReps: 5,
+      firstLeaseReps: 3,
+      loginReps: 2,
+    }
+  : {
+      pickup: 1000,
+      pickupDisk: 300,
+      polled: 20,
+      c1: 300,
+      c8: 1500,
+      c64: 4000,
+      floor: 2000,
+      scaleReps: 5,
+      memoryRuns: 10_000,
+      versionReps: 15,
+      firstLeaseReps: 5,
+      loginReps: 5,
+    };
 
 // ---------- small helpers ----------
 
@@ -53,11 +88,28 @@ interface AgentProc {
 function startAgent(cpUrl: string, dir: string, extra: string[]): AgentProc {
   const child = spawn(
     AGENT_BIN,
-    ["run", "--control-plane-url", cpUrl, "--token-file", join(dir, "token"), "--key-file", join(dir, "agent.key"), "--log-format", "json", "--listen", "off", "--tofu-bin", "/bin/true", "--no-preflight", ...extra],
+    [
+      "run",
+      "--control-plane-url",
+      cpUrl,
+      "--token-file",
+      join(dir, "token"),
+      "--key-file",
+      join(dir, "agent.key"),
+      "--log-format",
+      "json",
+      "--listen",
+      "off",
+      "--tofu-bin",
+      "/bin/true",
+      "--no-preflight",
+      ...extra,
+    ],
     { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, HOME: dir } },
   );
   const lines: Record<string, unknown>[] = [];
-  const waiters: { pred: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }[] = [];
+  const waiters: { pred: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }[] =
+    [];
   createInterface({ input: child.stdout }).on("line", (text) => {
     let l: Record<string, unknown>;
     try {
@@ -67,10 +119,11 @@ function startAgent(cpUrl: string, dir: string, extra: string[]): AgentProc {
     }
     const e = l["event"];
     if (e === "credentials_ready" || e === "credentials_wiped" || e === "registered") lines.push(l);
-    for (const w of [...waiters]) if (w.pred(l)) {
-      waiters.splice(waiters.indexOf(w), 1);
-      w.resolve(l);
-    }
+    for (const w of [...waiters])
+      if (w.pred(l)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(l);
+      }
   });
   child.stderr.resume();
   return {
@@ -112,11 +165,24 @@ async function main(): Promise<void> {
   const adminToken = randomBytes(24).toString("base64url");
   const agentToken = randomBytes(24).toString("base64url");
   await writeFile(join(dir, "token"), agentToken, { mode: 0o600 });
-  const cp = await createControlPlane({ adminToken, agentToken, leaseTtlSeconds: 120, agentApi: { heartbeatIntervalSeconds: 30, pollWaitSeconds: 30 }, probe: () => Promise.resolve({ warnings: [] }) });
+  const cp = await createControlPlane({
+    adminToken,
+    agentToken,
+    leaseTtlSeconds: 120,
+    agentApi: { heartbeatIntervalSeconds: 30, pollWaitSeconds: 30 },
+    probe: () => Promise.resolve({ warnings: [] }),
+  });
   const { url } = await cp.listen("127.0.0.1", 0);
   cp.store.integrations.set("int-bench", {
-    id: "int-bench", name: "bench", registry_url: "https://registry.bench.test", username: "bench", password: `bench-${randomBytes(8).toString("hex")}`,
-    credential_helper: null, export_credentials: true, created_at: new Date().toISOString(), updated_at: new Date().toISOString(),
+    id: "int-bench",
+    name: "bench",
+    registry_url: "https://registry.bench.test",
+    username: "bench",
+    password: `bench-${randomBytes(8).toString("hex")}`,
+    credential_helper: null,
+    export_credentials: true,
+    created_at: new Date().toISOString(),
+    updated_at: new Date().toISOString(),
   });
   const cfg = join(dir, "cfg");
   await mkdir(cfg);
@@ -150,7 +216,10 @@ async function main(): Promise<void> {
   results["startup_ms"] = { version: round(median(versionMs)), first_lease: round(median(firstLeaseMs)) };
 
   // ---------- 1. pickup latency (tmpfs, then disk) and 5. memory ----------
-  async function pickupSeries(workDir: string, n: number): Promise<{ pickups: number[]; materialize: number[]; wipe: number[]; agent: AgentProc }> {
+  async function pickupSeries(
+    workDir: string,
+    n: number,
+  ): Promise<{ pickups: number[]; materialize: number[]; wipe: number[]; agent: AgentProc }> {
     const agent = startAgent(url, dir, ["--work-dir", workDir, "--concurrency", "1"]);
     await agent.waitFor((l) => l["event"] === "registered");
     for (let i = 0; i < n; i++) {
@@ -168,18 +237,37 @@ async function main(): Promise<void> {
   }
   const tmpfsSeries = await pickupSeries(join(shmDir, "pickup"), SIZES.pickup);
   await tmpfsSeries.agent.stop();
-  results["pickup_ms"] = { p50: percentile(tmpfsSeries.pickups, 50), p99: percentile(tmpfsSeries.pickups, 99), max: Math.max(...tmpfsSeries.pickups), runs: tmpfsSeries.pickups.length, resolution_ms: 1 };
+  results["pickup_ms"] = {
+    p50: percentile(tmpfsSeries.pickups, 50),
+    p99: percentile(tmpfsSeries.pickups, 99),
+    max: Math.max(...tmpfsSeries.pickups),
+    runs: tmpfsSeries.pickups.length,
+    resolution_ms: 1,
+  };
   const diskSeries = await pickupSeries(join(dir, "pickup-disk"), SIZES.pickupDisk);
   await diskSeries.agent.stop();
-  results["pickup_disk_ms"] = { p50: percentile(diskSeries.pickups, 50), p99: percentile(diskSeries.pickups, 99), max: Math.max(...diskSeries.pickups), runs: diskSeries.pickups.length };
-  results["materialize_in_daemon_ms"] = { tmpfs_mean: round(mean(tmpfsSeries.materialize), 3), disk_mean: round(mean(diskSeries.materialize), 3) };
+  results["pickup_disk_ms"] = {
+    p50: percentile(diskSeries.pickups, 50),
+    p99: percentile(diskSeries.pickups, 99),
+    max: Math.max(...diskSeries.pickups),
+    runs: diskSeries.pickups.length,
+  };
+  results["materialize_in_daemon_ms"] = {
+    tmpfs_mean: round(mean(tmpfsSeries.materialize), 3),
+    disk_mean: round(mean(diskSeries.materialize), 3),
+  };
 
   // The alternative: a client that polls every 3 s (GitLab Runner's check_interval default).
   const pollerKey = await parsePrivateKeyPem(generatePrivateKeyPem(), "poller");
   const reg = await fetch(`${url}/api/agent/v1/agents`, {
     method: "POST",
     headers: { authorization: `Bearer ${agentToken}`, "content-type": "application/json" },
-    body: JSON.stringify({ name: "interval-poller", version: "bench", concurrency: 64, public_keys: [publicKeyDoc(pollerKey.publicKey)] }),
+    body: JSON.stringify({
+      name: "interval-poller",
+      version: "bench",
+      concurrency: 64,
+      public_keys: [publicKeyDoc(pollerKey.publicKey)],
+    }),
   });
   const pollerId = ((await reg.json()) as { agent_id: string }).agent_id;
   const polled: number[] = [];
@@ -219,7 +307,11 @@ async function main(): Promise<void> {
   // ---------- 2. throughput at concurrency 1, 8, 64 (and memory after many runs) ----------
   const throughput: Record<string, number> = {};
   const daemonStepMs: number[] = [];
-  for (const [label, c, n] of [["c1", 1, SIZES.c1], ["c8", 8, SIZES.c8], ["c64", 64, SIZES.c64]] as const) {
+  for (const [label, c, n] of [
+    ["c1", 1, SIZES.c1],
+    ["c8", 8, SIZES.c8],
+    ["c64", 64, SIZES.c64],
+  ] as const) {
     const agent = startAgent(url, dir, ["--work-dir", join(shmDir, `tp-${label}`), "--concurrency", String(c)]);
     await agent.waitFor((l) => l["event"] === "registered");
     const ids = new Set<string>();
@@ -270,15 +362,50 @@ async function main(): Promise<void> {
   // ---------- 3. floor: open, write and wipe in a tight loop in one process ----------
   const ring = new Map<string, AgentPrivateKey>([[agentKey.kid, agentKey]]);
   const bundles: Buffer[] = [];
-  const plaintext = Buffer.from(JSON.stringify({ version: 1, registries: [{ id: "int-bench", name: "bench", url: "https://registry.bench.test", username: "bench", password: "floor-password" }] }));
+  const plaintext = Buffer.from(
+    JSON.stringify({
+      version: 1,
+      registries: [
+        {
+          id: "int-bench",
+          name: "bench",
+          url: "https://registry.bench.test",
+          username: "bench",
+          password: "floor-password",
+        },
+      ],
+    }),
+  );
   for (let i = 0; i < SIZES.floor; i++) {
-    bundles.push(Buffer.from(await sealBundle({ recipient: { kid: agentKey.kid, publicKey: agentKey.publicKey }, agentId: "a", runId: `floor-${i}`, plaintext, issuedAtMs: Date.now(), ttlSeconds: 600 })));
+    bundles.push(
+      Buffer.from(
+        await sealBundle({
+          recipient: { kid: agentKey.kid, publicKey: agentKey.publicKey },
+          agentId: "a",
+          runId: `floor-${i}`,
+          plaintext,
+          issuedAtMs: Date.now(),
+          ttlSeconds: 600,
+        }),
+      ),
+    );
   }
   const floorRoot = await mkdtemp(join(shmDir, "floor-"));
   const tf0 = performance.now();
   for (let i = 0; i < SIZES.floor; i++) {
     const runDir = join(floorRoot, `floor-${i}`);
-    await materializeRun({ bundle: bundles[i] ?? Buffer.alloc(0), keys: ring, agentId: "a", runId: `floor-${i}`, runDir, nowMs: Date.now(), maxLifetimeSeconds: 3600, clockSkewSeconds: 120, tofuCliConfigSources: [], fs: realFs });
+    await materializeRun({
+      bundle: bundles[i] ?? Buffer.alloc(0),
+      keys: ring,
+      agentId: "a",
+      runId: `floor-${i}`,
+      runDir,
+      nowMs: Date.now(),
+      maxLifetimeSeconds: 3600,
+      clockSkewSeconds: 120,
+      tofuCliConfigSources: [],
+      fs: realFs,
+    });
     await wipeRunDir(realFs, runDir);
   }
   const floorMsPerRun = (performance.now() - tf0) / SIZES.floor;
@@ -290,18 +417,45 @@ async function main(): Promise<void> {
   const materializeMs: Record<string, number> = {};
   const materializeBytes: Record<string, number> = {};
   for (const n of [1, 10, 100, 1000, 10_000]) {
-    const registries = Array.from({ length: n }, (_, i) => ({ id: `int-${i}`, name: `r${i}`, url: `https://reg-${i}.bench.test`, username: `user${i}`, password: `pw-${i}-${randomBytes(6).toString("hex")}` }));
+    const registries = Array.from({ length: n }, (_, i) => ({
+      id: `int-${i}`,
+      name: `r${i}`,
+      url: `https://reg-${i}.bench.test`,
+      username: `user${i}`,
+      password: `pw-${i}-${randomBytes(6).toString("hex")}`,
+    }));
     const pt = Buffer.from(JSON.stringify({ version: 1, registries }));
     const times: number[] = [];
     for (let rep = 0; rep < SIZES.scaleReps; rep++) {
       const runId = `scale-${n}-${rep}`;
-      const bundle = Buffer.from(await sealBundle({ recipient: { kid: agentKey.kid, publicKey: agentKey.publicKey }, agentId: "a", runId, plaintext: pt, issuedAtMs: Date.now(), ttlSeconds: 600 }));
+      const bundle = Buffer.from(
+        await sealBundle({
+          recipient: { kid: agentKey.kid, publicKey: agentKey.publicKey },
+          agentId: "a",
+          runId,
+          plaintext: pt,
+          issuedAtMs: Date.now(),
+          ttlSeconds: 600,
+        }),
+      );
       const runDir = join(floorRoot, runId);
       const t0 = performance.now();
-      await materializeRun({ bundle, keys: ring, agentId: "a", runId, runDir, nowMs: Date.now(), maxLifetimeSeconds: 3600, clockSkewSeconds: 120, tofuCliConfigSources: [], fs: realFs });
+      await materializeRun({
+        bundle,
+        keys: ring,
+        agentId: "a",
+        runId,
+        runDir,
+        nowMs: Date.now(),
+        maxLifetimeSeconds: 3600,
+        clockSkewSeconds: 120,
+        tofuCliConfigSources: [],
+        fs: realFs,
+      });
       times.push(performance.now() - t0);
       let bytes = 0;
-      for (const e of await readdir(runDir, { recursive: true, withFileTypes: true })) if (e.isFile()) bytes += (await stat(join(e.parentPath, e.name))).size;
+      for (const e of await readdir(runDir, { recursive: true, withFileTypes: true }))
+        if (e.isFile()) bytes += (await stat(join(e.parentPath, e.name))).size;
       materializeBytes[String(n)] = bytes;
       await wipeRunDir(realFs, runDir);
     }
@@ -322,7 +476,21 @@ async function main(): Promise<void> {
       const authfile = join(shmDir, `hook-${rep}.json`);
       const t0 = performance.now();
       for (const [i, r] of registries.entries()) {
-        const res = spawnSync("skopeo", ["login", "--authfile", authfile, "--cert-dir", certDir, "--username", `robot${i}`, "--password-stdin", r.host], { input: `hook-pw-${i}` });
+        const res = spawnSync(
+          "skopeo",
+          [
+            "login",
+            "--authfile",
+            authfile,
+            "--cert-dir",
+            certDir,
+            "--username",
+            `robot${i}`,
+            "--password-stdin",
+            r.host,
+          ],
+          { input: `hook-pw-${i}` },
+        );
         if (res.status !== 0) throw new Error(`skopeo login failed: ${res.stderr.toString()}`);
       }
       loginMs.push(performance.now() - t0);
@@ -331,14 +499,53 @@ async function main(): Promise<void> {
     const pubFile = join(dir, "pub.json");
     await writeFile(pubFile, JSON.stringify(publicKeyDoc(agentKey.publicKey)));
     const sameExport = join(dir, "same.json");
-    await writeFile(sameExport, JSON.stringify({ version: 1, registries: registries.map((r, i) => ({ id: `int-${i}`, url: `https://${r.host}`, username: `robot${i}`, password: `hook-pw-${i}` })) }));
+    await writeFile(
+      sameExport,
+      JSON.stringify({
+        version: 1,
+        registries: registries.map((r, i) => ({
+          id: `int-${i}`,
+          url: `https://${r.host}`,
+          username: `robot${i}`,
+          password: `hook-pw-${i}`,
+        })),
+      }),
+    );
     const cliMs: number[] = [];
     for (let rep = 0; rep < SIZES.loginReps; rep++) {
       const bundleFile = join(dir, `same-${rep}.bundle`);
-      execFileSync(AGENT_BIN, ["seal", "--public-key", pubFile, "--agent-id", "a", "--run-id", `same-${rep}`, "--in", sameExport, "--out", bundleFile]);
+      execFileSync(AGENT_BIN, [
+        "seal",
+        "--public-key",
+        pubFile,
+        "--agent-id",
+        "a",
+        "--run-id",
+        `same-${rep}`,
+        "--in",
+        sameExport,
+        "--out",
+        bundleFile,
+      ]);
       const runDir = join(shmDir, `same-${rep}`);
       const t0 = performance.now();
-      execFileSync(AGENT_BIN, ["materialize", "--key-file", join(dir, "agent.key"), "--agent-id", "a", "--run-id", `same-${rep}`, "--bundle", bundleFile, "--run-dir", runDir], { env: { ...process.env, HOME: dir } });
+      execFileSync(
+        AGENT_BIN,
+        [
+          "materialize",
+          "--key-file",
+          join(dir, "agent.key"),
+          "--agent-id",
+          "a",
+          "--run-id",
+          `same-${rep}`,
+          "--bundle",
+          bundleFile,
+          "--run-dir",
+          runDir,
+        ],
+        { env: { ...process.env, HOME: dir } },
+      );
       cliMs.push(performance.now() - t0);
       execFileSync(AGENT_BIN, ["wipe", "--run-dir", runDir]);
     }
@@ -379,15 +586,47 @@ function printTable(r: Record<string, unknown>): void {
     return typeof v === "number" || typeof v === "string" || typeof v === "boolean" ? String(v) : "-";
   };
   const rows: [string, string, string][] = [
-    ["pickup latency, tmpfs (ms)", `p50 ${g("pickup_ms.p50")}  p99 ${g("pickup_ms.p99")}  max ${g("pickup_ms.max")}`, `${g("pickup_ms.runs")} runs`],
-    ["pickup latency, disk (ms)", `p50 ${g("pickup_disk_ms.p50")}  p99 ${g("pickup_disk_ms.p99")}  max ${g("pickup_disk_ms.max")}`, `${g("pickup_disk_ms.runs")} runs`],
-    ["3 s interval poller pickup (ms)", `p50 ${g("interval_poll_pickup_ms.p50")}`, `x${g("pickup_speedup_vs_interval_poll")} slower than long-poll p50`],
-    ["throughput (runs/s)", `c1 ${g("throughput_runs_per_s.c1")}  c8 ${g("throughput_runs_per_s.c8")}  c64 ${g("throughput_runs_per_s.c64")}`, "lease, open, write, 3 phases (/bin/true), wipe, complete"],
-    ["floor: open+write+wipe in-process", `${g("floor_runs_per_s")} runs/s (${g("floor_ms_per_run")} ms)`, `daemon/floor ratio ${g("overhead_ratio")}`],
-    ["materialize 1/10/100/1k/10k registries (ms)", `${g("materialize_ms.1")} / ${g("materialize_ms.10")} / ${g("materialize_ms.100")} / ${g("materialize_ms.1000")} / ${g("materialize_ms.10000")}`, `10k/1k ratio ${g("materialize_10000_over_1000")}`],
-    ["RSS (MB)", `idle ${g("rss_mb.idle")}  after ${g("rss_mb.runs")} runs ${g("rss_mb.after_10k_runs")}`, `growth ${g("rss_mb.growth")}, of which after the first tenth ${g("rss_mb.growth_after_first_tenth")}`],
+    [
+      "pickup latency, tmpfs (ms)",
+      `p50 ${g("pickup_ms.p50")}  p99 ${g("pickup_ms.p99")}  max ${g("pickup_ms.max")}`,
+      `${g("pickup_ms.runs")} runs`,
+    ],
+    [
+      "pickup latency, disk (ms)",
+      `p50 ${g("pickup_disk_ms.p50")}  p99 ${g("pickup_disk_ms.p99")}  max ${g("pickup_disk_ms.max")}`,
+      `${g("pickup_disk_ms.runs")} runs`,
+    ],
+    [
+      "3 s interval poller pickup (ms)",
+      `p50 ${g("interval_poll_pickup_ms.p50")}`,
+      `x${g("pickup_speedup_vs_interval_poll")} slower than long-poll p50`,
+    ],
+    [
+      "throughput (runs/s)",
+      `c1 ${g("throughput_runs_per_s.c1")}  c8 ${g("throughput_runs_per_s.c8")}  c64 ${g("throughput_runs_per_s.c64")}`,
+      "lease, open, write, 3 phases (/bin/true), wipe, complete",
+    ],
+    [
+      "floor: open+write+wipe in-process",
+      `${g("floor_runs_per_s")} runs/s (${g("floor_ms_per_run")} ms)`,
+      `daemon/floor ratio ${g("overhead_ratio")}`,
+    ],
+    [
+      "materialize 1/10/100/1k/10k registries (ms)",
+      `${g("materialize_ms.1")} / ${g("materialize_ms.10")} / ${g("materialize_ms.100")} / ${g("materialize_ms.1000")} / ${g("materialize_ms.10000")}`,
+      `10k/1k ratio ${g("materialize_10000_over_1000")}`,
+    ],
+    [
+      "RSS (MB)",
+      `idle ${g("rss_mb.idle")}  after ${g("rss_mb.runs")} runs ${g("rss_mb.after_10k_runs")}`,
+      `growth ${g("rss_mb.growth")}, of which after the first tenth ${g("rss_mb.growth_after_first_tenth")}`,
+    ],
     ["start-up (ms)", `--version ${g("startup_ms.version")}  first lease ${g("startup_ms.first_lease")}`, ""],
-    ["skopeo login hook vs materialize (ms)", `${g("login_hook_ms")} vs ${g("materialize_same_registries_ms")}`, `${g("login_hook_registries")} local TLS registries, whole commands`],
+    [
+      "skopeo login hook vs materialize (ms)",
+      `${g("login_hook_ms")} vs ${g("materialize_same_registries_ms")}`,
+      `${g("login_hook_registries")} local TLS registries, whole commands`,
+    ],
   ];
   const w0 = Math.max(...rows.map((x) => x[0].length));
   const w1 = Math.max(...rows.map((x) => x[1].length));

@@ -2,7 +2,6 @@ import { ERROR_CODES } from "../src/core/errors.js";
 import { ENTRY_REFUSAL_CODES } from "../src/core/registry-address.js";
 import { RUN_FIELDS } from "../src/config/schema.js";
 
-
 export function renderErrorsDoc(): string {
   const rows = Object.entries(ERROR_CODES).map(([code, meaning]) => `| \`${code}\` | ${meaning} |`);
   const entryRows = Object.entries(ENTRY_REFUSAL_CODES).map(([code, meaning]) => `| \`${code}\` | ${meaning} |`);

@@ -35,12 +35,20 @@ function seed(label: string): Buffer {
 
 export function privateKeyPemFromRaw(raw: Uint8Array): string {
   const der = Buffer.concat([X25519_PKCS8_PREFIX, raw]);
-  return createPrivateKey({ key: der, format: "der", type: "pkcs8" }).export({ type: "pkcs8", format: "pem" }).toString();
+  return createPrivateKey({ key: der, format: "der", type: "pkcs8" })
+    .export({ type: "pkcs8", format: "pem" })
+    .toString();
 }
 
 export interface BundleVector {
   readonly description: string;
-  readonly hpke: { readonly mode: "base"; readonly kem_id: number; readonly kdf_id: number; readonly aead_id: number; readonly info: string };
+  readonly hpke: {
+    readonly mode: "base";
+    readonly kem_id: number;
+    readonly kdf_id: number;
+    readonly aead_id: number;
+    readonly info: string;
+  };
   readonly private_key_pem: string;
   readonly public_key: { readonly kid: string; readonly public_key: string };
   readonly agent_id: string;
@@ -84,14 +92,24 @@ export async function makeVector(): Promise<BundleVector> {
         password: "ghp_not-a-real-token:with:colons-é-🔑",
         updated_at: "2026-11-20T10:00:00Z",
       },
-      { id: "int-0b12", name: "Docker Hub", url: "https://index.docker.io/v1/", username: "hubuser", password: "dckr_pat_\"quoted\"\\" },
+      {
+        id: "int-0b12",
+        name: "Docker Hub",
+        url: "https://index.docker.io/v1/",
+        username: "hubuser",
+        password: 'dckr_pat_"quoted"\\',
+      },
     ],
   });
   const plaintextBytes = new TextEncoder().encode(plaintext);
 
   const protectedB64 = encodeHeader(header);
   const recipientPublicKey = await suite.kem.deserializePublicKey(publicKey);
-  const sender = await suite.createSenderContext({ recipientPublicKey, info: new TextEncoder().encode(HPKE_INFO), ekm: ikmE });
+  const sender = await suite.createSenderContext({
+    recipientPublicKey,
+    info: new TextEncoder().encode(HPKE_INFO),
+    ekm: ikmE,
+  });
   const ciphertext = await sender.seal(plaintextBytes, new TextEncoder().encode(protectedB64));
   const bundle = serializeEnvelope(protectedB64, new Uint8Array(sender.enc), new Uint8Array(ciphertext));
 

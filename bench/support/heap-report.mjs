@@ -4,5 +4,7 @@ process.on("SIGUSR2", () => {
   globalThis.gc();
   globalThis.gc();
   const m = process.memoryUsage();
-  process.stderr.write(`heap used ${(m.heapUsed / 1048576).toFixed(2)} MB (total ${(m.heapTotal / 1048576).toFixed(1)}), rss ${(m.rss / 1048576).toFixed(1)} MB\n`);
+  process.stderr.write(
+    `heap used ${(m.heapUsed / 1048576).toFixed(2)} MB (total ${(m.heapTotal / 1048576).toFixed(1)}), rss ${(m.rss / 1048576).toFixed(1)} MB\n`,
+  );
 });

@@ -35,10 +35,63 @@ export async function startLocalRegistry(user: string, password: string): Promis
   const dir = await mkdtemp(join(tmpdir(), "oca-registry-"));
   const certDir = join(dir, "certs");
   execFileSync("mkdir", ["-p", certDir, join(dir, "data")]);
-  execFileSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench-ca", "-keyout", join(dir, "ca.key"), "-out", join(certDir, "ca.crt")], { stdio: "ignore" });
-  execFileSync("openssl", ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", join(dir, "server.key"), "-out", join(dir, "server.csr")], { stdio: "ignore" });
+  execFileSync(
+    "openssl",
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "2",
+      "-subj",
+      "/CN=bench-ca",
+      "-keyout",
+      join(dir, "ca.key"),
+      "-out",
+      join(certDir, "ca.crt"),
+    ],
+    { stdio: "ignore" },
+  );
+  execFileSync(
+    "openssl",
+    [
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-subj",
+      "/CN=127.0.0.1",
+      "-keyout",
+      join(dir, "server.key"),
+      "-out",
+      join(dir, "server.csr"),
+    ],
+    { stdio: "ignore" },
+  );
   await writeFile(join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
-  execFileSync("openssl", ["x509", "-req", "-in", join(dir, "server.csr"), "-CA", join(certDir, "ca.crt"), "-CAkey", join(dir, "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", join(dir, "san.ext"), "-out", join(dir, "server.crt")], { stdio: "ignore" });
+  execFileSync(
+    "openssl",
+    [
+      "x509",
+      "-req",
+      "-in",
+      join(dir, "server.csr"),
+      "-CA",
+      join(certDir, "ca.crt"),
+      "-CAkey",
+      join(dir, "ca.key"),
+      "-CAcreateserial",
+      "-days",
+      "2",
+      "-extfile",
+      join(dir, "san.ext"),
+      "-out",
+      join(dir, "server.crt"),
+    ],
+    { stdio: "ignore" },
+  );
   const htpasswd = execFileSync("htpasswd", ["-Bbn", user, password], { encoding: "utf8" });
   await writeFile(join(dir, "htpasswd"), htpasswd);
   const caPem = execFileSync("cat", [join(certDir, "ca.crt")], { encoding: "utf8" });

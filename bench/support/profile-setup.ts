@@ -24,9 +24,25 @@ export async function profileSetup(tmpPrefix: string): Promise<ProfileSetup> {
   await writeFile(join(dir, "agent.key"), generatePrivateKeyPem(), { mode: 0o600 });
   const agentToken = randomBytes(24).toString("base64url");
   await writeFile(join(dir, "token"), agentToken, { mode: 0o600 });
-  const cp = await createControlPlane({ adminToken: "x".repeat(20), agentToken, leaseTtlSeconds: 120, agentApi: { heartbeatIntervalSeconds: 30 }, probe: () => Promise.resolve({ warnings: [] }) });
+  const cp = await createControlPlane({
+    adminToken: "x".repeat(20),
+    agentToken,
+    leaseTtlSeconds: 120,
+    agentApi: { heartbeatIntervalSeconds: 30 },
+    probe: () => Promise.resolve({ warnings: [] }),
+  });
   const { url } = await cp.listen("127.0.0.1", 0);
-  cp.store.integrations.set("i", { id: "i", name: "b", registry_url: "https://r.test", username: "u", password: "p", credential_helper: null, export_credentials: true, created_at: "", updated_at: "" });
+  cp.store.integrations.set("i", {
+    id: "i",
+    name: "b",
+    registry_url: "https://r.test",
+    username: "u",
+    password: "p",
+    credential_helper: null,
+    export_credentials: true,
+    created_at: "",
+    updated_at: "",
+  });
   await mkdir(join(dir, "cfg"));
   await writeFile(join(dir, "cfg", "main.tf"), "# x\n");
   const archive = execFileSync("tar", ["czf", "-", "-C", join(dir, "cfg"), "."]);
@@ -35,9 +51,24 @@ export async function profileSetup(tmpPrefix: string): Promise<ProfileSetup> {
     cp,
     archive,
     runArgs: (concurrency, workDirPrefix, logLevel) => [
-      "run", "--control-plane-url", url, "--token-file", join(dir, "token"), "--key-file", join(dir, "agent.key"),
-      "--work-dir", join("/dev/shm", `${workDirPrefix}${Date.now()}`), "--tofu-bin", "/bin/true", "--concurrency", String(concurrency),
-      "--listen", "off", "--no-preflight", "--log-level", logLevel,
+      "run",
+      "--control-plane-url",
+      url,
+      "--token-file",
+      join(dir, "token"),
+      "--key-file",
+      join(dir, "agent.key"),
+      "--work-dir",
+      join("/dev/shm", `${workDirPrefix}${Date.now()}`),
+      "--tofu-bin",
+      "/bin/true",
+      "--concurrency",
+      String(concurrency),
+      "--listen",
+      "off",
+      "--no-preflight",
+      "--log-level",
+      logLevel,
     ],
   };
 }

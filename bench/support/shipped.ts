@@ -21,7 +21,9 @@ const dist = (path: string): string => new URL(`../../dist/${path}`, import.meta
 
 export const { materializeRun } = (await import(dist("credentials/materialize.js"))) as MaterializeRun;
 export const { createControlPlane } = (await import(dist("control-plane/server.js"))) as Server;
-export const { generatePrivateKeyPem, parsePrivateKeyPem, publicKeyDoc } = (await import(dist("crypto/agent-key.js"))) as AgentKey;
+export const { generatePrivateKeyPem, parsePrivateKeyPem, publicKeyDoc } = (await import(
+  dist("crypto/agent-key.js")
+)) as AgentKey;
 export const { sealBundle } = (await import(dist("crypto/sealed-bundle.js"))) as SealedBundle;
 export const { wipeRunDir } = (await import(dist("fs/run-dir.js"))) as RunDir;
 export const { realFs } = (await import(dist("fs/secure-fs.js"))) as SecureFs;

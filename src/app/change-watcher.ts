@@ -12,7 +12,11 @@ export interface Watcher {
   close(): Promise<void>;
 }
 
-export async function watchForChanges(paths: readonly string[], onChange: () => void, debounceMs = 150): Promise<Watcher> {
+export async function watchForChanges(
+  paths: readonly string[],
+  onChange: () => void,
+  debounceMs = 150,
+): Promise<Watcher> {
   const folders = new Set<string>();
   for (const p of paths) {
     const isDir = await stat(p).then(
@@ -27,7 +31,11 @@ export async function watchForChanges(paths: readonly string[], onChange: () => 
     if (timer) clearTimeout(timer);
     timer = setTimeout(onChange, debounceMs);
   });
-  await new Promise<void>((resolve) => watcher.once("ready", () => { resolve(); }));
+  await new Promise<void>((resolve) =>
+    watcher.once("ready", () => {
+      resolve();
+    }),
+  );
   return {
     async close() {
       if (timer) clearTimeout(timer);

@@ -49,7 +49,8 @@ export interface ComposeOptions {
 }
 
 /** Environment variables that belong to the agent and never reach a run. */
-const AGENT_ONLY_ENV = /^(OCI_CRED_AGENT_|DOCKER_CONFIG$|REGISTRY_AUTH_FILE$|TF_CLI_CONFIG_FILE$|TERRAFORM_CONFIG$|CREDENTIALS_DIRECTORY$)/;
+const AGENT_ONLY_ENV =
+  /^(OCI_CRED_AGENT_|DOCKER_CONFIG$|REGISTRY_AUTH_FILE$|TF_CLI_CONFIG_FILE$|TERRAFORM_CONFIG$|CREDENTIALS_DIRECTORY$)/;
 
 /** How long a credential that a registry accepted is not checked again. */
 const PREFLIGHT_CACHE_MS = 5 * 60_000;
@@ -63,7 +64,11 @@ const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
  */
 export function runBaseEnv(env: NodeJS.ProcessEnv, alsoRemove?: string): NodeJS.ProcessEnv {
   const launcherArena = env["OCI_CRED_AGENT_LAUNCHER_SET_MALLOC_ARENA_MAX"] === "1";
-  return Object.fromEntries(Object.entries(env).filter(([k]) => !AGENT_ONLY_ENV.test(k) && k !== alsoRemove && !(launcherArena && k === "MALLOC_ARENA_MAX")));
+  return Object.fromEntries(
+    Object.entries(env).filter(
+      ([k]) => !AGENT_ONLY_ENV.test(k) && k !== alsoRemove && !(launcherArena && k === "MALLOC_ARENA_MAX"),
+    ),
+  );
 }
 
 export async function composeAgent(prepared: PreparedAgent, options: ComposeOptions): Promise<ComposedAgent> {
@@ -71,14 +76,26 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
   const env = options.env;
   const redactor = new Redactor();
   redactor.add([prepared.token]);
-  const log = await createLogger({ level: settings.logLevel, format: settings.logFormat ?? (process.stdout.isTTY ? "pretty" : "json"), redactor, ...(options.sink ? { sink: options.sink } : {}) });
+  const log = await createLogger({
+    level: settings.logLevel,
+    format: settings.logFormat ?? (process.stdout.isTTY ? "pretty" : "json"),
+    redactor,
+    ...(options.sink ? { sink: options.sink } : {}),
+  });
   for (const w of prepared.warnings) log.warn({ event: "key_source_warning" }, w);
-  log.info({ event: "keys_loaded", source: describeKeySource(settings.keySource), kids: ring.kids() }, `loaded ${ring.kids().length} key(s)`);
+  log.info(
+    { event: "keys_loaded", source: describeKeySource(settings.keySource), kids: ring.kids() },
+    `loaded ${ring.kids().length} key(s)`,
+  );
   const status = new AgentStatus(() => Date.now(), 2 * 60_000);
   const metrics = new AgentMetrics(options.version);
   const observer = combineObservers(status, metrics, options.observer ?? noopObserver);
   observer.keysLoaded(ring.kids().length);
-  const client = new ControlPlaneClient({ baseUrl: settings.controlPlaneUrl, token: prepared.token, dispatcher: await controlPlaneDispatcher(env, settings.caFile) });
+  const client = new ControlPlaneClient({
+    baseUrl: settings.controlPlaneUrl,
+    token: prepared.token,
+    dispatcher: await controlPlaneDispatcher(env, settings.caFile),
+  });
   const daemon = new AgentDaemon({
     client,
     log,
@@ -100,7 +117,16 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
       baseEnv: runBaseEnv(env, settings.keySource.kind === "env" ? settings.keySource.name : undefined),
       archiveLimits: { ...DEFAULT_ARCHIVE_LIMITS, maxBytes: settings.maxConfigBytes },
       maxBundleBytes: MAX_BUNDLE_BYTES,
-      ...(settings.preflight ? { preflight: new PreflightChecker({ cacheMs: PREFLIGHT_CACHE_MS, ...PREFLIGHT_LIMITS, now: () => Date.now(), dispatcher: registryDispatcher(env) }) } : {}),
+      ...(settings.preflight
+        ? {
+            preflight: new PreflightChecker({
+              cacheMs: PREFLIGHT_CACHE_MS,
+              ...PREFLIGHT_LIMITS,
+              now: () => Date.now(),
+              dispatcher: registryDispatcher(env),
+            }),
+          }
+        : {}),
     },
   });
   let reloading: Promise<void> = Promise.resolve();
@@ -116,14 +142,32 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
         const registeredNow = await daemon.updateKeys().then(
           () => true,
           (error: unknown) => {
-            log.warn({ event: "key_registration_failed", code: error instanceof AgentError ? error.code : "INTERNAL" }, "could not send the new public keys to the control plane; they are sent again at the next registration");
+            log.warn(
+              { event: "key_registration_failed", code: error instanceof AgentError ? error.code : "INTERNAL" },
+              "could not send the new public keys to the control plane; they are sent again at the next registration",
+            );
             return false;
           },
         );
-        log.info({ event: "keys_reloaded", reason, kids: ring.kids(), added: change.added, removed: change.removed, registered: registeredNow }, "keys reloaded");
+        log.info(
+          {
+            event: "keys_reloaded",
+            reason,
+            kids: ring.kids(),
+            added: change.added,
+            removed: change.removed,
+            registered: registeredNow,
+          },
+          "keys reloaded",
+        );
       } catch (error) {
         log.error(
-          { event: "key_reload_failed", reason, code: error instanceof AgentError ? error.code : "INTERNAL", kids: ring.kids() },
+          {
+            event: "key_reload_failed",
+            reason,
+            code: error instanceof AgentError ? error.code : "INTERNAL",
+            kids: ring.kids(),
+          },
           `key reload failed, keeping the keys in use: ${error instanceof AgentError ? error.message : "unexpected error"}`,
         );
       }
@@ -133,11 +177,17 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
   const source = settings.keySource;
   const watched = [
     ...(source.kind === "file" ? [source.path] : []),
-    ...(source.kind === "systemd-credential" && env["CREDENTIALS_DIRECTORY"] ? [join(env["CREDENTIALS_DIRECTORY"], source.name)] : []),
+    ...(source.kind === "systemd-credential" && env["CREDENTIALS_DIRECTORY"]
+      ? [join(env["CREDENTIALS_DIRECTORY"], source.name)]
+      : []),
   ];
-  const watcher: Watcher | undefined = watched.length > 0 ? await watchForChanges(watched, () => void reloadKeys("file change")) : undefined;
+  const watcher: Watcher | undefined =
+    watched.length > 0 ? await watchForChanges(watched, () => void reloadKeys("file change")) : undefined;
 
-  const health = settings.listen === undefined ? undefined : await startHealthServer(settings.listen.host, settings.listen.port, status, metrics);
+  const health =
+    settings.listen === undefined
+      ? undefined
+      : await startHealthServer(settings.listen.host, settings.listen.port, status, metrics);
   if (health) log.info({ event: "listening", url: health.url }, `health and metrics at ${health.url}`);
   return {
     daemon,

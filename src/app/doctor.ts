@@ -47,18 +47,28 @@ const RAMFS_MAGIC = 0x858458f6;
 
 function failure(check: string, error: unknown): DoctorCheck {
   if (isAgentError(error)) return { check, status: "fail", detail: error.message, code: error.code };
-  return { check, status: "fail", detail: `unexpected failure (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")})`, code: "INTERNAL" };
+  return {
+    check,
+    status: "fail",
+    detail: `unexpected failure (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")})`,
+    code: "INTERNAL",
+  };
 }
-
 
 async function checkDirectory(check: string, dir: string, wantTmpfs: boolean): Promise<DoctorCheck> {
   let path = resolve(dir);
   let exists = true;
   try {
     const st = await stat(path);
-    if (!st.isDirectory()) return { check, status: "fail", detail: `${path} exists but is not a directory`, code: "RUN_DIR_UNSAFE" };
+    if (!st.isDirectory())
+      return { check, status: "fail", detail: `${path} exists but is not a directory`, code: "RUN_DIR_UNSAFE" };
     if (typeof process.getuid === "function" && st.uid !== process.getuid()) {
-      return { check, status: "fail", detail: `${path} is owned by uid ${st.uid}, not by the agent's user (uid ${process.getuid()}); chown it`, code: "RUN_DIR_UNSAFE" };
+      return {
+        check,
+        status: "fail",
+        detail: `${path} is owned by uid ${st.uid}, not by the agent's user (uid ${process.getuid()}); chown it`,
+        code: "RUN_DIR_UNSAFE",
+      };
     }
   } catch {
     exists = false;
@@ -77,12 +87,18 @@ async function checkDirectory(check: string, dir: string, wantTmpfs: boolean): P
   try {
     await access(path, constants.W_OK | constants.X_OK);
   } catch {
-    return { check, status: "fail", detail: `${path} is not writable by the agent's user; create it and chown it to that user`, code: "RUN_DIR_UNSAFE" };
+    return {
+      check,
+      status: "fail",
+      detail: `${path} is not writable by the agent's user; create it and chown it to that user`,
+      code: "RUN_DIR_UNSAFE",
+    };
   }
   const created = exists ? "" : ` (does not exist yet; the agent creates it in ${path})`;
   if (!wantTmpfs) return { check, status: "ok", detail: `${resolve(dir)}${created}` };
   const fsType = (await statfs(path)).type;
-  if (fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC) return { check, status: "ok", detail: `${resolve(dir)} on tmpfs${created}` };
+  if (fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC)
+    return { check, status: "ok", detail: `${resolve(dir)} on tmpfs${created}` };
   return {
     check,
     status: "warn",
@@ -90,25 +106,61 @@ async function checkDirectory(check: string, dir: string, wantTmpfs: boolean): P
   };
 }
 
-async function checkControlPlane(url: string, token: string, dispatcher: Dispatcher, nowMs: () => number, skewLimitMs: number): Promise<DoctorCheck[]> {
+async function checkControlPlane(
+  url: string,
+  token: string,
+  dispatcher: Dispatcher,
+  nowMs: () => number,
+  skewLimitMs: number,
+): Promise<DoctorCheck[]> {
   const sentAt = nowMs();
   let res: Dispatcher.ResponseData;
   try {
-    res = await request(`${url.replace(/\/+$/, "")}${AGENT_API_PREFIX}/ping`, { dispatcher, headers: { authorization: `Bearer ${token}` }, headersTimeout: 10_000, bodyTimeout: 10_000 });
+    res = await request(`${url.replace(/\/+$/, "")}${AGENT_API_PREFIX}/ping`, {
+      dispatcher,
+      headers: { authorization: `Bearer ${token}` },
+      headersTimeout: 10_000,
+      bodyTimeout: 10_000,
+    });
   } catch (error) {
-    return [{ check: "control plane", status: "fail", detail: `cannot reach ${url} (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")}); check the URL, DNS, firewalls, HTTPS_PROXY/NO_PROXY and --ca-file`, code: "CONTROL_PLANE_UNAVAILABLE" }];
+    return [
+      {
+        check: "control plane",
+        status: "fail",
+        detail: `cannot reach ${url} (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")}); check the URL, DNS, firewalls, HTTPS_PROXY/NO_PROXY and --ca-file`,
+        code: "CONTROL_PLANE_UNAVAILABLE",
+      },
+    ];
   }
   await res.body.dump();
   const receivedAt = nowMs();
   const out: DoctorCheck[] = [];
   if (res.statusCode === 401 || res.statusCode === 403) {
-    out.push({ check: "control plane", status: "fail", detail: `${url} refused the agent token (HTTP ${res.statusCode}); put a valid pool token in --token-file`, code: "CONTROL_PLANE_UNAUTHORIZED" });
+    out.push({
+      check: "control plane",
+      status: "fail",
+      detail: `${url} refused the agent token (HTTP ${res.statusCode}); put a valid pool token in --token-file`,
+      code: "CONTROL_PLANE_UNAUTHORIZED",
+    });
   } else if (res.statusCode === 404) {
-    out.push({ check: "control plane", status: "warn", detail: `${url} answers, but has no agent API v1 ping (HTTP 404); is --control-plane-url the agent API's base URL?` });
+    out.push({
+      check: "control plane",
+      status: "warn",
+      detail: `${url} answers, but has no agent API v1 ping (HTTP 404); is --control-plane-url the agent API's base URL?`,
+    });
   } else if (res.statusCode >= 200 && res.statusCode < 300) {
-    out.push({ check: "control plane", status: "ok", detail: `${url} accepts the agent token (${receivedAt - sentAt} ms)` });
+    out.push({
+      check: "control plane",
+      status: "ok",
+      detail: `${url} accepts the agent token (${receivedAt - sentAt} ms)`,
+    });
   } else {
-    out.push({ check: "control plane", status: "fail", detail: `${url} answered HTTP ${res.statusCode}`, code: "CONTROL_PLANE_UNAVAILABLE" });
+    out.push({
+      check: "control plane",
+      status: "fail",
+      detail: `${url} answered HTTP ${res.statusCode}`,
+      code: "CONTROL_PLANE_UNAVAILABLE",
+    });
   }
   const dateHeader = res.headers["date"];
   const serverMs = typeof dateHeader === "string" ? Date.parse(dateHeader) : Number.NaN;
@@ -119,8 +171,15 @@ async function checkControlPlane(url: string, token: string, dispatcher: Dispatc
     const skew = Math.round((sentAt + receivedAt) / 2 - (serverMs + 500));
     const abs = Math.abs(skew);
     const detail = `this host's clock is ${abs < 1000 ? "within a second of" : `${(abs / 1000).toFixed(1)} s ${skew > 0 ? "ahead of" : "behind"}`} the control plane's`;
-    if (abs > skewLimitMs) out.push({ check: "clock skew", status: "fail", detail: `${detail}, past --clock-skew (${skewLimitMs / 1000} s): bundles will be refused as not yet valid or expired; run NTP (chrony, systemd-timesyncd)`, code: "BUNDLE_NOT_YET_VALID" });
-    else if (abs > 10_000) out.push({ check: "clock skew", status: "warn", detail: `${detail}; run NTP (chrony, systemd-timesyncd)` });
+    if (abs > skewLimitMs)
+      out.push({
+        check: "clock skew",
+        status: "fail",
+        detail: `${detail}, past --clock-skew (${skewLimitMs / 1000} s): bundles will be refused as not yet valid or expired; run NTP (chrony, systemd-timesyncd)`,
+        code: "BUNDLE_NOT_YET_VALID",
+      });
+    else if (abs > 10_000)
+      out.push({ check: "clock skew", status: "warn", detail: `${detail}; run NTP (chrony, systemd-timesyncd)` });
     else out.push({ check: "clock skew", status: "ok", detail });
   }
   return out;
@@ -131,7 +190,8 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
   const checks: DoctorCheck[] = [];
   const { problems, draft: settings } = inputs.loaded;
   if (problems.length === 0) checks.push({ check: "configuration", status: "ok", detail: "valid" });
-  for (const p of problems) checks.push({ check: "configuration", status: "fail", detail: p.message, code: "CONFIG_INVALID" });
+  for (const p of problems)
+    checks.push({ check: "configuration", status: "fail", detail: p.message, code: "CONFIG_INVALID" });
 
   // Keys
   let keys: KeyRing | undefined;
@@ -140,7 +200,11 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
     try {
       const loaded = await loadKeySource(settings.keySource, { fs: realFs, env: inputs.env });
       keys = new Map(loaded.keys.map((k) => [k.kid, k]));
-      checks.push({ check: "keys", status: "ok", detail: `${loaded.keys.length} key(s) from ${describeKeySource(settings.keySource)}; newest kid ${loaded.keys.at(-1)?.kid ?? "?"}` });
+      checks.push({
+        check: "keys",
+        status: "ok",
+        detail: `${loaded.keys.length} key(s) from ${describeKeySource(settings.keySource)}; newest kid ${loaded.keys.at(-1)?.kid ?? "?"}`,
+      });
       for (const w of loaded.warnings) checks.push({ check: "keys", status: "warn", detail: w });
     } catch (error) {
       checks.push(failure("keys", error));
@@ -153,10 +217,20 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
   else {
     try {
       token = await readPoolToken(realFs, settings.token);
-      if ("value" in settings.token) checks.push({ check: "token", status: "warn", detail: "the token comes from the environment; prefer --token-file" });
+      if ("value" in settings.token)
+        checks.push({
+          check: "token",
+          status: "warn",
+          detail: "the token comes from the environment; prefer --token-file",
+        });
       else {
         const mode = (await stat(settings.token.file)).mode & 0o777;
-        if ((mode & 0o077) !== 0) checks.push({ check: "token", status: "warn", detail: `${settings.token.file} is readable by group or others (mode ${mode.toString(8)}); chmod 600 it` });
+        if ((mode & 0o077) !== 0)
+          checks.push({
+            check: "token",
+            status: "warn",
+            detail: `${settings.token.file} is readable by group or others (mode ${mode.toString(8)}); chmod 600 it`,
+          });
         else checks.push({ check: "token", status: "ok", detail: `${settings.token.file} (mode ${mode.toString(8)})` });
       }
     } catch (error) {
@@ -176,7 +250,11 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
   try {
     const cli = await readTofuCliConfig(realFs, inputs.env);
     const files = cli.kind === "json" ? [cli.path] : cli.sources.map((f) => f.path);
-    checks.push({ check: "tofu CLI config", status: "ok", detail: files.length === 0 ? "none (OpenTofu's defaults)" : files.join(", ") });
+    checks.push({
+      check: "tofu CLI config",
+      status: "ok",
+      detail: files.length === 0 ? "none (OpenTofu's defaults)" : files.join(", "),
+    });
     for (const w of cli.warnings) checks.push({ check: "tofu CLI config", status: "warn", detail: w });
   } catch (error) {
     checks.push(failure("tofu CLI config", error));
@@ -190,30 +268,67 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
 
   // tofu
   const tofuPath = await findExecutable(settings.tofuBin, inputs.env);
-  checks.push(tofuPath ? { check: "tofu", status: "ok", detail: tofuPath } : { check: "tofu", status: "fail", detail: `${settings.tofuBin} is not on PATH; install OpenTofu or set --tofu-bin`, code: "TOFU_NOT_FOUND" });
+  checks.push(
+    tofuPath
+      ? { check: "tofu", status: "ok", detail: tofuPath }
+      : {
+          check: "tofu",
+          status: "fail",
+          detail: `${settings.tofuBin} is not on PATH; install OpenTofu or set --tofu-bin`,
+          code: "TOFU_NOT_FOUND",
+        },
+  );
 
   // Control plane and clock
   const url = settings.controlPlaneUrl;
   if (url !== undefined && token !== undefined) {
     try {
-      checks.push(...(await checkControlPlane(url, token, await controlPlaneDispatcher(inputs.env, settings.caFile), inputs.nowMs, settings.clockSkewSeconds * 1000)));
+      checks.push(
+        ...(await checkControlPlane(
+          url,
+          token,
+          await controlPlaneDispatcher(inputs.env, settings.caFile),
+          inputs.nowMs,
+          settings.clockSkewSeconds * 1000,
+        )),
+      );
     } catch (error) {
       checks.push(failure("control plane", error));
     }
   } else if (url !== undefined) {
-    checks.push({ check: "control plane", status: "skip", detail: "not checked: no usable token (see the token check)" });
+    checks.push({
+      check: "control plane",
+      status: "skip",
+      detail: "not checked: no usable token (see the token check)",
+    });
   } else checks.push({ check: "control plane", status: "skip", detail: "no control_plane_url configured" });
 
   // Configuration sources
   const sources = inputs.configurationDir === undefined ? [] : await findOciSources(inputs.configurationDir);
   for (const { source: s, fix } of anonymousDockerHubSources(sources)) {
-    checks.push({ check: "sources", status: "warn", detail: `${s.file}: ${s.address} is pulled anonymously by OpenTofu; write ${fix}`, code: "DOCKER_HUB_ANONYMOUS" });
+    checks.push({
+      check: "sources",
+      status: "warn",
+      detail: `${s.file}: ${s.address} is pulled anonymously by OpenTofu; write ${fix}`,
+      code: "DOCKER_HUB_ANONYMOUS",
+    });
   }
 
   // Credentials of a bundle: opened and checked as a run's are, before anything is written.
   if (inputs.bundle !== undefined) {
-    if (keys === undefined) checks.push({ check: "credentials", status: "skip", detail: "no usable key to open the bundle with" });
-    else checks.push(...(await checkBundle(inputs.bundle, keys, settings.maxBundleLifetimeSeconds, settings.clockSkewSeconds, sources, inputs)));
+    if (keys === undefined)
+      checks.push({ check: "credentials", status: "skip", detail: "no usable key to open the bundle with" });
+    else
+      checks.push(
+        ...(await checkBundle(
+          inputs.bundle,
+          keys,
+          settings.maxBundleLifetimeSeconds,
+          settings.clockSkewSeconds,
+          sources,
+          inputs,
+        )),
+      );
   }
   return checks;
 }
@@ -229,11 +344,31 @@ async function checkBundle(
   const checks: DoctorCheck[] = [];
   let credentials: RunCredentials | undefined;
   try {
-    credentials = await RunCredentials.open({ bundle: bundle.bytes, keys, agentId: bundle.agentId, runId: bundle.runId, nowMs: inputs.nowMs(), maxLifetimeSeconds, clockSkewSeconds, onWipe: () => undefined /* doctor never writes */ });
-    for (const ig of credentials.ignored) checks.push({ check: "credentials", status: "warn", detail: `integration ${ig.integration_id ?? "(no id)"} ignored: ${ig.reason}`, code: ig.code });
+    credentials = await RunCredentials.open({
+      bundle: bundle.bytes,
+      keys,
+      agentId: bundle.agentId,
+      runId: bundle.runId,
+      nowMs: inputs.nowMs(),
+      maxLifetimeSeconds,
+      clockSkewSeconds,
+      onWipe: () => undefined /* doctor never writes */,
+    });
+    for (const ig of credentials.ignored)
+      checks.push({
+        check: "credentials",
+        status: "warn",
+        detail: `integration ${ig.integration_id ?? "(no id)"} ignored: ${ig.reason}`,
+        code: ig.code,
+      });
     const missing = await missingHelpersError(credentials.selected, defaultHelperExists);
     if (missing !== undefined) checks.push(failure("credentials", missing));
-    const checker = new PreflightChecker({ cacheMs: 0, ...PREFLIGHT_LIMITS, now: inputs.nowMs, dispatcher: registryDispatcher(inputs.env) });
+    const checker = new PreflightChecker({
+      cacheMs: 0,
+      ...PREFLIGHT_LIMITS,
+      now: inputs.nowMs,
+      dispatcher: registryDispatcher(inputs.env),
+    });
     // Every credential, so that a refusal does not hide the others' results.
     for (const o of await checker.checkEach(credentials.selected, repositoriesByRegistry(sources))) {
       if (o instanceof AgentError) {
@@ -241,7 +376,11 @@ async function checkBundle(
         continue;
       }
       const status: CheckStatus = o.result === "unreachable" ? "warn" : o.result === "skipped" ? "skip" : "ok";
-      checks.push({ check: "credentials", status, detail: `integration ${o.integration_id} for ${o.host}: ${o.result} (${o.detail})` });
+      checks.push({
+        check: "credentials",
+        status,
+        detail: `integration ${o.integration_id} for ${o.host}: ${o.result} (${o.detail})`,
+      });
     }
   } catch (error) {
     checks.push(failure("credentials", error));
@@ -256,14 +395,21 @@ const MARK: Record<CheckStatus, string> = { ok: "ok  ", warn: "WARN", fail: "FAI
 /** The readable report. Pure. */
 export function renderDoctorReport(checks: readonly DoctorCheck[]): string {
   const width = Math.max(...checks.map((c) => c.check.length));
-  const lines = checks.map((c) => `${MARK[c.status]}  ${c.check.padEnd(width)}  ${c.detail}${c.code && c.status !== "ok" ? ` [${c.code}]` : ""}`);
+  const lines = checks.map(
+    (c) =>
+      `${MARK[c.status]}  ${c.check.padEnd(width)}  ${c.detail}${c.code && c.status !== "ok" ? ` [${c.code}]` : ""}`,
+  );
   const failed = checks.filter((c) => c.status === "fail").length;
   const warned = checks.filter((c) => c.status === "warn").length;
-  lines.push("", failed === 0 ? `all checks passed${warned > 0 ? ` (${warned} warning${warned === 1 ? "" : "s"})` : ""}` : `${failed} check${failed === 1 ? "" : "s"} failed, ${warned} warning${warned === 1 ? "" : "s"}`);
+  lines.push(
+    "",
+    failed === 0
+      ? `all checks passed${warned > 0 ? ` (${warned} warning${warned === 1 ? "" : "s"})` : ""}`
+      : `${failed} check${failed === 1 ? "" : "s"} failed, ${warned} warning${warned === 1 ? "" : "s"}`,
+  );
   return `${lines.join("\n")}\n`;
 }
 
 export function doctorFailed(checks: readonly DoctorCheck[]): boolean {
   return checks.some((c) => c.status === "fail");
 }
-

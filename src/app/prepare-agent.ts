@@ -37,10 +37,14 @@ export async function readBaseDockerConfig(fs: FileSystem, path: string): Promis
   try {
     text = await fs.readFile(path, "utf8");
   } catch (error) {
-    throw new AgentError("INPUT_UNREADABLE", `cannot read the base Docker config ${path} (${errnoCode(error) ?? "error"}); fix the path given to --base-docker-config, make the file readable by the agent's user, or drop the flag`, {
-      path,
-      flag: "--base-docker-config",
-    });
+    throw new AgentError(
+      "INPUT_UNREADABLE",
+      `cannot read the base Docker config ${path} (${errnoCode(error) ?? "error"}); fix the path given to --base-docker-config, make the file readable by the agent's user, or drop the flag`,
+      {
+        path,
+        flag: "--base-docker-config",
+      },
+    );
   }
   return parseBaseDockerConfig(text, path);
 }
@@ -50,12 +54,22 @@ export async function readTofuCliConfig(fs: FileSystem, env: NodeJS.ProcessEnv):
   return prepareTofuCliConfig(await discoverTofuCliConfig(fs, env));
 }
 
-async function readOperatorConfig(fs: FileSystem, settings: Pick<AgentSettings, "baseDockerConfigFile">, env: NodeJS.ProcessEnv): Promise<OperatorConfig> {
+async function readOperatorConfig(
+  fs: FileSystem,
+  settings: Pick<AgentSettings, "baseDockerConfigFile">,
+  env: NodeJS.ProcessEnv,
+): Promise<OperatorConfig> {
   const tofuCliConfig = await readTofuCliConfig(fs, env);
-  return settings.baseDockerConfigFile === undefined ? { tofuCliConfig } : { baseDockerConfig: await readBaseDockerConfig(fs, settings.baseDockerConfigFile), tofuCliConfig };
+  return settings.baseDockerConfigFile === undefined
+    ? { tofuCliConfig }
+    : { baseDockerConfig: await readBaseDockerConfig(fs, settings.baseDockerConfigFile), tofuCliConfig };
 }
 
-export async function prepareAgent(settings: AgentSettings, fs: FileSystem, env: NodeJS.ProcessEnv): Promise<PreparedAgent> {
+export async function prepareAgent(
+  settings: AgentSettings,
+  fs: FileSystem,
+  env: NodeJS.ProcessEnv,
+): Promise<PreparedAgent> {
   const token = await readPoolToken(fs, settings.token);
   const { ring, warnings } = await ReloadableKeyRing.open(settings.keySource, { fs, env });
   const operator = await readOperatorConfig(fs, settings, env);

@@ -14,7 +14,11 @@ export async function readInput(pathOrDash: string, what: string): Promise<Buffe
   try {
     return await readFile(pathOrDash);
   } catch (error) {
-    throw new AgentError("INPUT_UNREADABLE", `cannot read ${what} ${pathOrDash} (${errnoCode(error) ?? "error"}); check the path`, { path: pathOrDash });
+    throw new AgentError(
+      "INPUT_UNREADABLE",
+      `cannot read ${what} ${pathOrDash} (${errnoCode(error) ?? "error"}); check the path`,
+      { path: pathOrDash },
+    );
   }
 }
 
@@ -34,9 +38,17 @@ export async function writeOutput(pathOrDash: string, data: string): Promise<voi
     handle = await openNewFile(realFs, pathOrDash);
   } catch (error) {
     if (isAlreadyThere(error)) {
-      throw new AgentError("OUTPUT_EXISTS", `${pathOrDash} exists already; the agent never overwrites an output: choose another path, or remove it first`, { path: pathOrDash });
+      throw new AgentError(
+        "OUTPUT_EXISTS",
+        `${pathOrDash} exists already; the agent never overwrites an output: choose another path, or remove it first`,
+        { path: pathOrDash },
+      );
     }
-    throw new AgentError("OUTPUT_UNWRITABLE", `cannot create ${pathOrDash} (${errnoCode(error) ?? "error"}); check the directory`, { path: pathOrDash });
+    throw new AgentError(
+      "OUTPUT_UNWRITABLE",
+      `cannot create ${pathOrDash} (${errnoCode(error) ?? "error"}); check the directory`,
+      { path: pathOrDash },
+    );
   }
   try {
     await handle.writeFile(data);

@@ -13,5 +13,9 @@ export function keySourceFrom(opts: KeyOptions): KeySource {
   }
   if (opts.keyFile !== undefined) return { kind: "file", path: opts.keyFile };
   if (opts.key !== undefined) return parseKeyUri(opts.key);
-  throw new AgentError("INVALID_ARGUMENT", "the private key is missing: pass --key-file PATH or --key URI (file:, systemd-credential:, keyring:, env:)", { flag: "--key" });
+  throw new AgentError(
+    "INVALID_ARGUMENT",
+    "the private key is missing: pass --key-file PATH or --key URI (file:, systemd-credential:, keyring:, env:)",
+    { flag: "--key" },
+  );
 }

@@ -13,7 +13,6 @@ import type { ControlPlaneCommandOptions } from "./commands/control-plane.js";
 import { packageVersion } from "./version.js";
 import { RUN_FIELDS } from "../config/schema.js";
 
-
 type Action = () => Promise<number>;
 
 /** The run settings as commander options, without defaults: the config layer applies those. */
@@ -52,7 +51,9 @@ function buildProgram(setAction: (action: Action) => void): Command {
 
   program
     .command("keygen")
-    .description("create a new X25519 private key (a file of mode 0600, never overwritten, or a keyring entry) and print its public key as JSON")
+    .description(
+      "create a new X25519 private key (a file of mode 0600, never overwritten, or a keyring entry) and print its public key as JSON",
+    )
     .option("--key-file <path>", "where to create the private key")
     .option("--key <uri>", "file:PATH (a file, or a directory of keys), or keyring:SERVICE/ACCOUNT")
     .option("--rotate", "add a new key beside the existing ones (a key directory or keyring entry)")
@@ -95,14 +96,22 @@ function buildProgram(setAction: (action: Action) => void): Command {
 
   program
     .command("materialize")
-    .description("open a sealed bundle and write the run's registry credentials into a new run directory; print the environment tofu needs")
+    .description(
+      "open a sealed bundle and write the run's registry credentials into a new run directory; print the environment tofu needs",
+    )
     .option("--key-file <path>", "the agent's private key file")
     .option("--key <uri>", "file:PATH, systemd-credential:NAME, keyring:SERVICE/ACCOUNT or env:NAME")
     .requiredOption("--agent-id <id>", "this agent's id")
     .requiredOption("--run-id <id>", "the run being prepared")
     .requiredOption("--bundle <file|->", "the sealed bundle")
-    .requiredOption("--run-dir <dir>", "the run's credential directory: must not exist yet (or be empty); its parent must exist")
-    .option("--base-docker-config <file>", "an operator Docker config to merge (its other registries, credHelpers and credsStore are kept)")
+    .requiredOption(
+      "--run-dir <dir>",
+      "the run's credential directory: must not exist yet (or be empty); its parent must exist",
+    )
+    .option(
+      "--base-docker-config <file>",
+      "an operator Docker config to merge (its other registries, credHelpers and credsStore are kept)",
+    )
     .addOption(new Option("--format <format>", "output format").choices(["env", "json"]).default("env"))
     .option("--max-bundle-lifetime <duration>", "refuse bundles valid for longer than this", "1h")
     .option("--clock-skew <duration>", "how far in the future a bundle's issue time may be", "2m")
@@ -128,7 +137,9 @@ function buildProgram(setAction: (action: Action) => void): Command {
 
   const runCommand = program
     .command("run")
-    .description("the daemon: register with the control plane, lease runs, put their credentials in place, run tofu, wipe on every ending");
+    .description(
+      "the daemon: register with the control plane, lease runs, put their credentials in place, run tofu, wipe on every ending",
+    );
   addRunOptions(runCommand).action((_opts: unknown, cmd: Command) => {
     setAction(async () => {
       const { run } = await import("./commands/run.js");
@@ -137,7 +148,11 @@ function buildProgram(setAction: (action: Action) => void): Command {
   });
 
   const config = program.command("config").description("inspect the daemon's configuration");
-  addRunOptions(config.command("print").description("print the effective configuration of `run` and where each value came from (secrets redacted)"))
+  addRunOptions(
+    config
+      .command("print")
+      .description("print the effective configuration of `run` and where each value came from (secrets redacted)"),
+  )
     .addOption(new Option("--format <format>", "output format").choices(["text", "json"]).default("text"))
     .action((_opts: unknown, cmd: Command) => {
       const flags = givenFlags(cmd);
@@ -151,7 +166,9 @@ function buildProgram(setAction: (action: Action) => void): Command {
   addRunOptions(
     program
       .command("doctor")
-      .description("check this host against the configuration `run` would use: keys, token, directories, tofu, control plane and clock skew; with --bundle, the pre-flight credential checks"),
+      .description(
+        "check this host against the configuration `run` would use: keys, token, directories, tofu, control plane and clock skew; with --bundle, the pre-flight credential checks",
+      ),
   )
     .option("--bundle <file|->", "a sealed bundle whose credentials to check against their registries (as before init)")
     .option("--agent-id <id>", "the agent id the bundle was sealed for")
@@ -186,7 +203,9 @@ function buildProgram(setAction: (action: Action) => void): Command {
 
   program
     .command("dev")
-    .description("see the whole flow on one machine: reference control plane, sample integrations, one agent, one run, a summary")
+    .description(
+      "see the whole flow on one machine: reference control plane, sample integrations, one agent, one run, a summary",
+    )
     .option("--work-dir <dir>", "the agent's working directory (default: a temporary one, removed afterwards)")
     .option("--log-level <level>", "agent log level", "info")
     .option("--offline", "do not probe the sample registries' /v2/ endpoints")
@@ -232,7 +251,11 @@ async function main(argv: readonly string[]): Promise<number> {
     await program.parseAsync(argv);
   } catch (error) {
     if (error instanceof CommanderError) {
-      return error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help" ? 0 : 2;
+      return error.code === "commander.helpDisplayed" ||
+        error.code === "commander.version" ||
+        error.code === "commander.help"
+        ? 0
+        : 2;
     }
     throw error;
   }
@@ -247,8 +270,11 @@ async function main(argv: readonly string[]): Promise<number> {
       process.stderr.write(`oci-cred-agent: error ${error.code}: ${error.message}\n`);
       return 1;
     }
-    process.stderr.write(`oci-cred-agent: error INTERNAL: unexpected failure (${describeUnexpected(error)}); please report it\n`);
-    if (process.env["OCI_CRED_AGENT_DEBUG"] === "1" && error instanceof Error) process.stderr.write(`${error.stack ?? ""}\n`);
+    process.stderr.write(
+      `oci-cred-agent: error INTERNAL: unexpected failure (${describeUnexpected(error)}); please report it\n`,
+    );
+    if (process.env["OCI_CRED_AGENT_DEBUG"] === "1" && error instanceof Error)
+      process.stderr.write(`${error.stack ?? ""}\n`);
     return 1;
   }
 }

@@ -6,7 +6,11 @@ import { parseHostPort, type HostPort } from "../core/host-port.js";
 export function durationSeconds(flag: string, text: string): number {
   const ms = parseDurationMs(text);
   if (ms === undefined || ms <= 0) {
-    throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not a duration; write it like 30s, 10m or 1h`, { flag });
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      `${flag} ${JSON.stringify(text)} is not a duration; write it like 30s, 10m or 1h`,
+      { flag },
+    );
   }
   return ms / 1000;
 }
@@ -14,7 +18,9 @@ export function durationSeconds(flag: string, text: string): number {
 export function positiveInt(flag: string, text: string): number {
   const n = Number(text);
   if (!Number.isInteger(n) || n <= 0) {
-    throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not a positive whole number`, { flag });
+    throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not a positive whole number`, {
+      flag,
+    });
   }
   return n;
 }
@@ -37,7 +43,11 @@ export function nonEmptyId(flag: string, text: string): string {
 export function timestampMs(flag: string, text: string): number {
   const ms = Date.parse(text);
   if (!Number.isFinite(ms)) {
-    throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not a timestamp; write it like 2026-11-22T10:00:00Z`, { flag });
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      `${flag} ${JSON.stringify(text)} is not a timestamp; write it like 2026-11-22T10:00:00Z`,
+      { flag },
+    );
   }
   return ms;
 }
@@ -46,7 +56,11 @@ export function timestampMs(flag: string, text: string): number {
 export function hostPort(flag: string, text: string): HostPort {
   const parsed = parseHostPort(text);
   if (parsed === undefined) {
-    throw new AgentError("INVALID_ARGUMENT", `${flag} ${JSON.stringify(text)} is not HOST:PORT; write it like 127.0.0.1:8080 or [::1]:8080`, { flag });
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      `${flag} ${JSON.stringify(text)} is not HOST:PORT; write it like 127.0.0.1:8080 or [::1]:8080`,
+      { flag },
+    );
   }
   return parsed;
 }

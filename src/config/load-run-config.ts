@@ -66,32 +66,63 @@ async function readConfigFile(path: string): Promise<unknown> {
   try {
     text = await readFile(path, "utf8");
   } catch (error) {
-    throw new AgentError("CONFIG_INVALID", `cannot read the config file ${path} (${errnoCode(error) ?? "error"}); check --config / OCI_CRED_AGENT_CONFIG`, { path });
+    throw new AgentError(
+      "CONFIG_INVALID",
+      `cannot read the config file ${path} (${errnoCode(error) ?? "error"}); check --config / OCI_CRED_AGENT_CONFIG`,
+      { path },
+    );
   }
   // YAML is loaded only when a config file is used: the parser costs memory every agent would pay.
   const { parse: parseYaml } = await import("yaml");
   try {
     return parseYaml(text) as unknown;
   } catch (error) {
-    const where = error instanceof Error && "linePos" in error && Array.isArray(error.linePos) ? ` at line ${String((error.linePos[0] as { line?: number } | undefined)?.line ?? "?")}` : "";
-    throw new AgentError("CONFIG_INVALID", `the config file ${path} is not valid YAML or JSON${where}; fix its syntax`, { path });
+    const where =
+      error instanceof Error && "linePos" in error && Array.isArray(error.linePos)
+        ? ` at line ${String((error.linePos[0] as { line?: number } | undefined)?.line ?? "?")}`
+        : "";
+    throw new AgentError(
+      "CONFIG_INVALID",
+      `the config file ${path} is not valid YAML or JSON${where}; fix its syntax`,
+      { path },
+    );
   }
 }
 
-export async function resolveRunConfig(flags: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv): Promise<{ resolved: ResolvedConfig; problems: ConfigProblem[] }> {
+export async function resolveRunConfig(
+  flags: Record<string, string | boolean | undefined>,
+  env: NodeJS.ProcessEnv,
+): Promise<{ resolved: ResolvedConfig; problems: ConfigProblem[] }> {
   const configPath = typeof flags["config"] === "string" ? flags["config"] : env["OCI_CRED_AGENT_CONFIG"] || undefined;
   const file = configPath === undefined ? undefined : { path: configPath, data: await readConfigFile(configPath) };
   const { config, problems } = resolveConfig(RUN_FIELDS, { flags, env, ...(file ? { file } : {}) });
   const v = (key: string): string | number | boolean | undefined => config.values.get(key)?.value;
 
-  if (v("key") !== undefined && v("key_file") !== undefined) problems.push({ key: "key", message: "key and key_file are both set; set only one (key_file PATH is key file:PATH)" });
-  if (v("key") === undefined && v("key_file") === undefined) problems.push({ key: "key", message: "the private key is missing: set --key / OCI_CRED_AGENT_KEY / key, or --key-file / OCI_CRED_AGENT_KEY_FILE / key_file" });
-  if (v("token") === undefined && v("token_file") === undefined) problems.push({ key: "token_file", message: "the agent pool token is missing: set --token-file / OCI_CRED_AGENT_TOKEN_FILE / token_file" });
+  if (v("key") !== undefined && v("key_file") !== undefined)
+    problems.push({
+      key: "key",
+      message: "key and key_file are both set; set only one (key_file PATH is key file:PATH)",
+    });
+  if (v("key") === undefined && v("key_file") === undefined)
+    problems.push({
+      key: "key",
+      message:
+        "the private key is missing: set --key / OCI_CRED_AGENT_KEY / key, or --key-file / OCI_CRED_AGENT_KEY_FILE / key_file",
+    });
+  if (v("token") === undefined && v("token_file") === undefined)
+    problems.push({
+      key: "token_file",
+      message: "the agent pool token is missing: set --token-file / OCI_CRED_AGENT_TOKEN_FILE / token_file",
+    });
   const url = v("control_plane_url");
   if (typeof url === "string") {
     const u = new URL(url);
     if (u.username !== "" || u.password !== "") {
-      problems.push({ key: "control_plane_url", message: "control_plane_url carries user information (user:password@); it would be shown and logged: remove it and put the pool token in --token-file" });
+      problems.push({
+        key: "control_plane_url",
+        message:
+          "control_plane_url carries user information (user:password@); it would be shown and logged: remove it and put the pool token in --token-file",
+      });
     }
     if (u.protocol === "http:" && !LOOPBACK.test(u.hostname) && v("allow_insecure_control_plane") !== true) {
       problems.push({
@@ -120,7 +151,8 @@ export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
     return x === undefined ? undefined : String(x);
   };
   const num = (key: string): number => Number(get(key));
-  const optional = <K extends string, T>(key: K, value: T | undefined): { [P in K]?: T } => (value === undefined ? {} : ({ [key]: value } as { [P in K]: T }));
+  const optional = <K extends string, T>(key: K, value: T | undefined): { [P in K]?: T } =>
+    value === undefined ? {} : ({ [key]: value } as { [P in K]: T });
   const tokenFile = str("token_file");
   const tokenValue = str("token");
   const keyUri = str("key") ?? (str("key_file") === undefined ? undefined : `file:${str("key_file") ?? ""}`);
@@ -131,7 +163,10 @@ export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
   const logFormat = str("log_format");
   return {
     ...optional("controlPlaneUrl", str("control_plane_url")?.replace(/\/+$/, "")),
-    ...optional("token", tokenFile !== undefined ? { file: tokenFile } : tokenValue !== undefined ? { value: tokenValue } : undefined),
+    ...optional(
+      "token",
+      tokenFile !== undefined ? { file: tokenFile } : tokenValue !== undefined ? { value: tokenValue } : undefined,
+    ),
     ...optional("keySource", keyUri === undefined ? undefined : parseKeyUri(keyUri)),
     ...optional("workDir", workDir),
     ...optional("credentialsDir", credentialsDir === undefined ? undefined : resolve(credentialsDir)),
@@ -171,15 +206,21 @@ export function isComplete(draft: SettingsDraft): draft is AgentSettings {
  * The settings pipeline: flags (only those given), then OCI_CRED_AGENT_* variables, then the
  * config file, then defaults; every problem at once; the typed settings when there is none.
  */
-export async function loadSettings(flags: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv): Promise<LoadedSettings> {
+export async function loadSettings(
+  flags: Record<string, string | boolean | undefined>,
+  env: NodeJS.ProcessEnv,
+): Promise<LoadedSettings> {
   const { resolved, problems } = await resolveRunConfig(flags, env);
   const draft = settingsFromConfig(resolved);
-  return problems.length === 0 && isComplete(draft) ? { resolved, problems, draft, settings: draft } : { resolved, problems, draft };
+  return problems.length === 0 && isComplete(draft)
+    ? { resolved, problems, draft, settings: draft }
+    : { resolved, problems, draft };
 }
 
 /** The settings, or CONFIG_INVALID listing every problem. */
 export function requireSettings(loaded: LoadedSettings): AgentSettings {
   throwIfProblems(loaded.problems);
-  if (loaded.settings === undefined) throw new AgentError("INTERNAL", "the configuration resolved without problems but is incomplete; please report it");
+  if (loaded.settings === undefined)
+    throw new AgentError("INTERNAL", "the configuration resolved without problems but is incomplete; please report it");
   return loaded.settings;
 }

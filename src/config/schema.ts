@@ -7,7 +7,8 @@ import { parseByteSize } from "../core/byte-size.js";
 import { parseDurationMs } from "../core/duration.js";
 import { parseHostPort } from "../core/host-port.js";
 
-export type FieldKind = "string" | "path" | "url" | "duration" | "int" | "bool" | "size" | "listen" | "enum" | "key-uri";
+export type FieldKind =
+  "string" | "path" | "url" | "duration" | "int" | "bool" | "size" | "listen" | "enum" | "key-uri";
 
 export interface FieldSpec {
   /** Key in the config file (snake_case). */
@@ -39,19 +40,40 @@ const f = (key: string, kind: FieldKind, description: string, extra: Partial<Fie
 });
 
 export const RUN_FIELDS: readonly FieldSpec[] = [
-  f("config", "path", "YAML or JSON file with any of these settings (keys as in the first column)", { notInFile: true }),
+  f("config", "path", "YAML or JSON file with any of these settings (keys as in the first column)", {
+    notInFile: true,
+  }),
   f("control_plane_url", "url", "the control plane's base URL: https://, or http:// on loopback", { required: true }),
-  f("allow_insecure_control_plane", "bool", "accept a plain http:// control plane URL that is not loopback", { default: "false" }),
+  f("allow_insecure_control_plane", "bool", "accept a plain http:// control plane URL that is not loopback", {
+    default: "false",
+  }),
   f("token_file", "path", "file holding the agent pool token (preferred over token)"),
-  f("token", "string", "the agent pool token itself, from the environment only (never a flag: command lines are visible to every user), with a warning (it leaks into child processes and crash dumps)", { secret: true, notInFile: true, noFlag: true }),
-  f("key", "key-uri", "where the private key(s) live: file:PATH (a key file or a directory of key files), systemd-credential:NAME, keyring:SERVICE/ACCOUNT or env:NAME"),
+  f(
+    "token",
+    "string",
+    "the agent pool token itself, from the environment only (never a flag: command lines are visible to every user), with a warning (it leaks into child processes and crash dumps)",
+    { secret: true, notInFile: true, noFlag: true },
+  ),
+  f(
+    "key",
+    "key-uri",
+    "where the private key(s) live: file:PATH (a key file or a directory of key files), systemd-credential:NAME, keyring:SERVICE/ACCOUNT or env:NAME",
+  ),
   f("key_file", "path", "shorthand for --key file:PATH"),
-  f("work_dir", "path", "the agent's working directory (workspaces, and credentials unless credentials_dir)", { required: true }),
+  f("work_dir", "path", "the agent's working directory (workspaces, and credentials unless credentials_dir)", {
+    required: true,
+  }),
   f("credentials_dir", "path", "where run credential directories go; put it on tmpfs (default <work_dir>/credentials)"),
-  f("ca_file", "path", "extra CA certificates (PEM) to trust for the control plane, besides the system's and NODE_EXTRA_CA_CERTS"),
+  f(
+    "ca_file",
+    "path",
+    "extra CA certificates (PEM) to trust for the control plane, besides the system's and NODE_EXTRA_CA_CERTS",
+  ),
   f("tofu_bin", "string", "the tofu executable", { default: "tofu" }),
   f("concurrency", "int", "runs at once", { default: "1", min: 1, max: 1024 }),
-  f("drain_timeout", "duration", "on SIGTERM, how long running runs may finish before they are canceled", { default: "5m" }),
+  f("drain_timeout", "duration", "on SIGTERM, how long running runs may finish before they are canceled", {
+    default: "5m",
+  }),
   f("cancel_grace", "duration", "after SIGTERM to tofu, how long before SIGKILL", { default: "10s" }),
   f("run_timeout", "duration", "cancel a run that takes longer", { default: "2h" }),
   f("max_bundle_lifetime", "duration", "refuse bundles valid for longer than this", { default: "1h" }),
@@ -59,10 +81,20 @@ export const RUN_FIELDS: readonly FieldSpec[] = [
   f("max_config_bytes", "size", "refuse configuration archives that expand past this", { default: "256MiB" }),
   f("base_docker_config", "path", "an operator Docker config merged into every run's"),
   f("name", "string", "the agent's name at the control plane (default host-pid)"),
-  f("log_level", "enum", "log level", { default: "info", choices: ["fatal", "error", "warn", "info", "debug", "trace"] }),
-  f("log_format", "enum", "json lines, or pretty text (default: pretty on a terminal)", { choices: ["json", "pretty"] }),
+  f("log_level", "enum", "log level", {
+    default: "info",
+    choices: ["fatal", "error", "warn", "info", "debug", "trace"],
+  }),
+  f("log_format", "enum", "json lines, or pretty text (default: pretty on a terminal)", {
+    choices: ["json", "pretty"],
+  }),
   f("listen", "listen", "serve /healthz, /readyz and /metrics here (HOST:PORT, or off)", { default: "127.0.0.1:9480" }),
-  f("preflight", "bool", "check each exported credential against its registry before init (GET /v2/, then Basic or a pull-scoped token) and stop the run early on a refusal; the flag --no-preflight (or false) turns it off", { default: "true", flag: "--no-preflight" }),
+  f(
+    "preflight",
+    "bool",
+    "check each exported credential against its registry before init (GET /v2/, then Basic or a pull-scoped token) and stop the run early on a refusal; the flag --no-preflight (or false) turns it off",
+    { default: "true", flag: "--no-preflight" },
+  ),
   f("retry_base", "duration", "first retry delay after a control-plane failure (full jitter)", { default: "1s" }),
   f("retry_max", "duration", "longest retry delay (a Retry-After is capped to it too)", { default: "60s" }),
 ];
@@ -75,7 +107,10 @@ interface ParsedValue {
 }
 
 /** Checks one raw value; returns the parsed value or what was expected. */
-export function parseFieldValue(spec: FieldSpec, raw: string): { ok: true; value: string | number | boolean } | { ok: false; expected: string } {
+export function parseFieldValue(
+  spec: FieldSpec,
+  raw: string,
+): { ok: true; value: string | number | boolean } | { ok: false; expected: string } {
   const text = raw.trim();
   switch (spec.kind) {
     case "string":
@@ -84,18 +119,25 @@ export function parseFieldValue(spec: FieldSpec, raw: string): { ok: true; value
     case "url":
       try {
         const u = new URL(text);
-        return u.protocol === "https:" || u.protocol === "http:" ? { ok: true, value: text } : { ok: false, expected: "an https:// URL" };
+        return u.protocol === "https:" || u.protocol === "http:"
+          ? { ok: true, value: text }
+          : { ok: false, expected: "an https:// URL" };
       } catch {
         return { ok: false, expected: "an https:// URL such as https://cp.example.com" };
       }
     case "duration": {
       const ms = parseDurationMs(text);
-      return ms !== undefined && ms > 0 ? { ok: true, value: ms } : { ok: false, expected: "a duration such as 30s, 10m or 1h" };
+      return ms !== undefined && ms > 0
+        ? { ok: true, value: ms }
+        : { ok: false, expected: "a duration such as 30s, 10m or 1h" };
     }
     case "int": {
       const n = Number(text);
-      const inRange = Number.isInteger(n) && n >= (spec.min ?? Number.MIN_SAFE_INTEGER) && n <= (spec.max ?? Number.MAX_SAFE_INTEGER);
-      return inRange ? { ok: true, value: n } : { ok: false, expected: `a whole number from ${spec.min ?? "-∞"} to ${spec.max ?? "∞"}` };
+      const inRange =
+        Number.isInteger(n) && n >= (spec.min ?? Number.MIN_SAFE_INTEGER) && n <= (spec.max ?? Number.MAX_SAFE_INTEGER);
+      return inRange
+        ? { ok: true, value: n }
+        : { ok: false, expected: `a whole number from ${spec.min ?? "-∞"} to ${spec.max ?? "∞"}` };
     }
     case "bool":
       if (/^(true|1|yes|on)$/i.test(text)) return { ok: true, value: true };
@@ -106,9 +148,13 @@ export function parseFieldValue(spec: FieldSpec, raw: string): { ok: true; value
       return n !== undefined ? { ok: true, value: n } : { ok: false, expected: "a size such as 256MiB or 64k" };
     }
     case "listen":
-      return text === "off" || parseHostPort(text) !== undefined ? { ok: true, value: text } : { ok: false, expected: "HOST:PORT (such as 127.0.0.1:9480) or off" };
+      return text === "off" || parseHostPort(text) !== undefined
+        ? { ok: true, value: text }
+        : { ok: false, expected: "HOST:PORT (such as 127.0.0.1:9480) or off" };
     case "enum":
-      return spec.choices?.includes(text) ? { ok: true, value: text } : { ok: false, expected: `one of ${spec.choices?.join(", ") ?? ""}` };
+      return spec.choices?.includes(text)
+        ? { ok: true, value: text }
+        : { ok: false, expected: `one of ${spec.choices?.join(", ") ?? ""}` };
     case "key-uri":
       return /^(file:.+|systemd-credential:[^/]+|keyring:[^/]+\/.+|env:[A-Za-z_][A-Za-z0-9_]*)$/.test(text)
         ? { ok: true, value: text }
@@ -144,7 +190,8 @@ function shownValue(spec: FieldSpec, raw: string): string {
   if (spec.secret) return "(value hidden)";
   const text = spec.kind === "url" ? withoutUserInfo(raw) : raw;
   // A URL too broken to find its user information in may still hold one: hide it whole.
-  if (spec.kind === "url" && text.replace("[REDACTED]@", "").includes("@")) return "(value hidden: it may hold user information)";
+  if (spec.kind === "url" && text.replace("[REDACTED]@", "").includes("@"))
+    return "(value hidden: it may hold user information)";
   return JSON.stringify(text.length > 200 ? `${text.slice(0, 200)}...` : text);
 }
 
@@ -161,7 +208,10 @@ function fixHint(spec: FieldSpec): string {
 }
 
 /** Resolves every field from flags, environment, file and defaults; collects every problem at once. */
-export function resolveConfig(fields: readonly FieldSpec[], inputs: ConfigInputs): { config: ResolvedConfig; problems: ConfigProblem[] } {
+export function resolveConfig(
+  fields: readonly FieldSpec[],
+  inputs: ConfigInputs,
+): { config: ResolvedConfig; problems: ConfigProblem[] } {
   const problems: ConfigProblem[] = [];
   const warnings: string[] = [];
   const values = new Map<string, ParsedValue>();
@@ -170,14 +220,23 @@ export function resolveConfig(fields: readonly FieldSpec[], inputs: ConfigInputs
     const data = inputs.file.data;
     if (data === null || data === undefined) fileData = {};
     else if (typeof data !== "object" || Array.isArray(data)) {
-      problems.push({ key: "config", message: `${inputs.file.path} must hold a mapping of settings (key: value), not ${Array.isArray(data) ? "a list" : typeof data}` });
+      problems.push({
+        key: "config",
+        message: `${inputs.file.path} must hold a mapping of settings (key: value), not ${Array.isArray(data) ? "a list" : typeof data}`,
+      });
     } else fileData = data as Record<string, unknown>;
     for (const key of Object.keys(fileData)) {
       const spec = fields.find((s) => s.key === key);
       if (spec === undefined) {
-        problems.push({ key, message: `${inputs.file.path} has an unknown setting ${JSON.stringify(key)}; known settings are listed in docs/configuration.md` });
+        problems.push({
+          key,
+          message: `${inputs.file.path} has an unknown setting ${JSON.stringify(key)}; known settings are listed in docs/configuration.md`,
+        });
       } else if (spec.notInFile) {
-        problems.push({ key, message: `${key} in ${inputs.file.path} is not read from a config file${spec.secret ? " (its value is not shown)" : ""}: remove it there and ${fixHint(spec)}` });
+        problems.push({
+          key,
+          message: `${key} in ${inputs.file.path} is not read from a config file${spec.secret ? " (its value is not shown)" : ""}: remove it there and ${fixHint(spec)}`,
+        });
       }
     }
   }
@@ -195,7 +254,10 @@ export function resolveConfig(fields: readonly FieldSpec[], inputs: ConfigInputs
       source = "env";
     } else if (fromFile !== undefined && fromFile !== null) {
       if (typeof fromFile !== "string" && typeof fromFile !== "number" && typeof fromFile !== "boolean") {
-        problems.push({ key: spec.key, message: `${spec.key} in ${inputs.file?.path ?? "the config file"} must be a single value, not a ${Array.isArray(fromFile) ? "list" : typeof fromFile === "object" ? "mapping" : typeof fromFile}` });
+        problems.push({
+          key: spec.key,
+          message: `${spec.key} in ${inputs.file?.path ?? "the config file"} must be a single value, not a ${Array.isArray(fromFile) ? "list" : typeof fromFile === "object" ? "mapping" : typeof fromFile}`,
+        });
         continue;
       }
       raw = String(fromFile);
@@ -210,19 +272,27 @@ export function resolveConfig(fields: readonly FieldSpec[], inputs: ConfigInputs
     const parsed = parseFieldValue(spec, raw);
     if (!parsed.ok) {
       const shown = shownValue(spec, raw);
-      problems.push({ key: spec.key, message: `${spec.key}: ${shown} from ${describeSource(spec, source, inputs.file?.path)} is not ${parsed.expected}; ${fixHint(spec)}` });
+      problems.push({
+        key: spec.key,
+        message: `${spec.key}: ${shown} from ${describeSource(spec, source, inputs.file?.path)} is not ${parsed.expected}; ${fixHint(spec)}`,
+      });
       continue;
     }
     values.set(spec.key, { value: parsed.value, source });
     if (spec.key === "token" && source === "env") {
-      warnings.push(`the agent token comes from ${spec.env}: environment variables leak into child processes and crash dumps; prefer --token-file`);
+      warnings.push(
+        `the agent token comes from ${spec.env}: environment variables leak into child processes and crash dumps; prefer --token-file`,
+      );
     }
   }
   return { config: { values, warnings }, problems };
 }
 
 /** The effective configuration with the source of each value, secrets redacted (`config print`). */
-export function describeConfig(fields: readonly FieldSpec[], config: ResolvedConfig): { key: string; value: string | number | boolean | null; source: Source | "unset" }[] {
+export function describeConfig(
+  fields: readonly FieldSpec[],
+  config: ResolvedConfig,
+): { key: string; value: string | number | boolean | null; source: Source | "unset" }[] {
   return fields.map((spec) => {
     const v = config.values.get(spec.key);
     if (v === undefined) return { key: spec.key, value: null, source: "unset" };

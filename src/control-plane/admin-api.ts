@@ -34,9 +34,15 @@ const createIntegrationSchema = z
     credential_helper: integrationFields.credential_helper.optional(),
     export_credentials: integrationFields.export_credentials.default(false),
   })
-  .refine((b) => (b.credential_helper === undefined ? b.username !== undefined && b.password !== undefined : b.username === undefined && b.password === undefined), {
-    message: "give username and password, or credential_helper instead of both",
-  });
+  .refine(
+    (b) =>
+      b.credential_helper === undefined
+        ? b.username !== undefined && b.password !== undefined
+        : b.username === undefined && b.password === undefined,
+    {
+      message: "give username and password, or credential_helper instead of both",
+    },
+  );
 
 const patchIntegrationSchema = z.strictObject(integrationFields).partial();
 
@@ -68,11 +74,17 @@ export class AdminApi {
     const method = req.method ?? "GET";
     const [collection, id, action] = path;
     if (collection === "integrations") {
-      if (id === undefined && method === "GET") { sendJson(res, 200, { integrations: [...this.store.integrations.values()].map(publicIntegration) }); return; }
+      if (id === undefined && method === "GET") {
+        sendJson(res, 200, { integrations: [...this.store.integrations.values()].map(publicIntegration) });
+        return;
+      }
       if (id === undefined && method === "POST") return this.createIntegration(req, res);
       const integration = id === undefined ? undefined : this.store.integrations.get(id);
       if (!integration) throw new HttpError(404, "NOT_FOUND", `no integration ${id ?? ""}`);
-      if (action === undefined && method === "GET") { sendJson(res, 200, publicIntegration(integration)); return; }
+      if (action === undefined && method === "GET") {
+        sendJson(res, 200, publicIntegration(integration));
+        return;
+      }
       if (action === undefined && method === "PATCH") return this.patchIntegration(req, res, integration);
       if (action === undefined && method === "DELETE") {
         this.store.integrations.delete(integration.id);
@@ -83,13 +95,22 @@ export class AdminApi {
     }
     if (collection === "runs") {
       if (id === undefined && method === "POST") return this.createRun(req, res);
-      if (id === undefined && method === "GET") { sendJson(res, 200, { runs: [...this.store.runs.values()].map((r) => ({ id: r.id, status: r.status, queued_at: r.queued_at })) }); return; }
+      if (id === undefined && method === "GET") {
+        sendJson(res, 200, {
+          runs: [...this.store.runs.values()].map((r) => ({ id: r.id, status: r.status, queued_at: r.queued_at })),
+        });
+        return;
+      }
       const run = id === undefined ? undefined : this.store.runs.get(id);
       if (!run) throw new HttpError(404, "NOT_FOUND", `no run ${id ?? ""}`);
-      if (action === undefined && method === "GET") { sendJson(res, 200, runView(run)); return; }
+      if (action === undefined && method === "GET") {
+        sendJson(res, 200, runView(run));
+        return;
+      }
       if (action === "cancel" && method === "POST") {
         this.store.cancelRun(run);
-        sendJson(res, 202, runView(run)); return;
+        sendJson(res, 202, runView(run));
+        return;
       }
     }
     throw new HttpError(404, "NOT_FOUND", `no admin route ${method} /${path.join("/")}`);
@@ -139,16 +160,29 @@ export class AdminApi {
     const body = await readJson(req, patchIntegrationSchema, 1024 * 1024);
     // The same rule as POST, on the integration as it would be after the change.
     if (body.credential_helper !== undefined && (body.username !== undefined || body.password !== undefined)) {
-      throw new HttpError(422, "BODY_INVALID", "the request body is invalid: give username and password, or credential_helper instead of both");
+      throw new HttpError(
+        422,
+        "BODY_INVALID",
+        "the request body is invalid: give username and password, or credential_helper instead of both",
+      );
     }
-    const toPassword = body.credential_helper === undefined && (body.username !== undefined || body.password !== undefined);
+    const toPassword =
+      body.credential_helper === undefined && (body.username !== undefined || body.password !== undefined);
     const helperAfter = body.credential_helper ?? (toPassword ? null : integration.credential_helper);
     for (const field of ["username", "password"] as const) {
       if (helperAfter === null && (body[field] ?? integration[field]) === "") {
-        throw new HttpError(422, "BODY_INVALID", "the request body is invalid: an integration without credential_helper needs username and password; give both to replace the credential helper", { fields: [field] });
+        throw new HttpError(
+          422,
+          "BODY_INVALID",
+          "the request body is invalid: an integration without credential_helper needs username and password; give both to replace the credential helper",
+          { fields: [field] },
+        );
       }
     }
-    AdminApi.checkHelperUrl(body.registry_url === undefined ? integration.registry_url : checkRegistryUrlForm(body.registry_url).href, helperAfter);
+    AdminApi.checkHelperUrl(
+      body.registry_url === undefined ? integration.registry_url : checkRegistryUrlForm(body.registry_url).href,
+      helperAfter,
+    );
     let warnings: string[] = [];
     if (body.registry_url !== undefined) {
       const checked = await this.validateUrl(body.registry_url);
@@ -172,13 +206,20 @@ export class AdminApi {
   private async createRun(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJson(req, createRunSchema, MAX_ADMIN_BODY);
     if (!/^[A-Za-z0-9+/]*={0,2}$/.test(body.configuration_tar_gz_base64)) {
-      throw new HttpError(422, "BODY_INVALID", "configuration_tar_gz_base64 is not base64", { field: "configuration_tar_gz_base64" });
+      throw new HttpError(422, "BODY_INVALID", "configuration_tar_gz_base64 is not base64", {
+        field: "configuration_tar_gz_base64",
+      });
     }
     const configuration = Buffer.from(body.configuration_tar_gz_base64, "base64");
     if (configuration.byteLength < 2 || configuration[0] !== 0x1f || configuration[1] !== 0x8b) {
-      throw new HttpError(422, "BODY_INVALID", "configuration_tar_gz_base64 is not a gzip archive (tar.gz of the configuration directory)", {
-        field: "configuration_tar_gz_base64",
-      });
+      throw new HttpError(
+        422,
+        "BODY_INVALID",
+        "configuration_tar_gz_base64 is not a gzip archive (tar.gz of the configuration directory)",
+        {
+          field: "configuration_tar_gz_base64",
+        },
+      );
     }
     const run = this.store.createRun(configuration, body.phases);
     sendJson(res, 201, { id: run.id, status: run.status });

@@ -51,7 +51,12 @@ export class AgentApi {
     }
     if (collection === "leases" && id !== undefined) {
       const run = this.store.runForLease(id);
-      if (!run) throw new HttpError(409, "LEASE_LOST", `lease ${id} is no longer held (expired, completed or unknown); abort the run and wipe its credentials`);
+      if (!run)
+        throw new HttpError(
+          409,
+          "LEASE_LOST",
+          `lease ${id} is no longer held (expired, completed or unknown); abort the run and wipe its credentials`,
+        );
       if (action === "configuration" && method === "GET") {
         res.writeHead(200, { "content-type": "application/gzip", "content-length": run.configuration.byteLength });
         res.end(run.configuration);
@@ -59,7 +64,11 @@ export class AgentApi {
       }
       if (action === "heartbeat" && method === "POST") {
         const lease = this.store.heartbeat(run);
-        sendJson(res, 200, { expires_at: this.store.iso(lease?.expires_at_ms), cancel_requested: lease?.cancel_requested ?? false }); return;
+        sendJson(res, 200, {
+          expires_at: this.store.iso(lease?.expires_at_ms),
+          cancel_requested: lease?.cancel_requested ?? false,
+        });
+        return;
       }
       if (action === "events" && method === "POST") {
         const body = await readJson(req, eventsRequestSchema, MAX_AGENT_BODY);
@@ -70,16 +79,24 @@ export class AgentApi {
       if (action === "logs" && method === "POST") {
         const body = await readJson(req, logChunkRequestSchema, MAX_AGENT_BODY);
         const used = run.logs.reduce((n, l) => n + l.text.length, 0);
-        if (used + body.text.length <= this.settings.maxLogBytesPerRun) run.logs.push({ phase: body.phase, seq: body.seq, text: body.text });
+        if (used + body.text.length <= this.settings.maxLogBytesPerRun)
+          run.logs.push({ phase: body.phase, seq: body.seq, text: body.text });
         res.writeHead(204).end();
         return;
       }
       if (action === "complete" && method === "POST") {
         const body = await readJson(req, completeRequestSchema, MAX_AGENT_BODY);
-        for (const p of body.phases) this.store.event(run, "phase_result", { phase: p.name, exit_code: p.exit_code, signal: p.signal, duration_ms: p.duration_ms });
+        for (const p of body.phases)
+          this.store.event(run, "phase_result", {
+            phase: p.name,
+            exit_code: p.exit_code,
+            signal: p.signal,
+            duration_ms: p.duration_ms,
+          });
         this.store.event(run, "credentials_wiped", { wiped: body.credentials_wiped });
         this.store.finish(run, body.outcome, body.error);
-        sendJson(res, 200, { id: run.id, status: run.status }); return;
+        sendJson(res, 200, { id: run.id, status: run.status });
+        return;
       }
     }
     throw new HttpError(404, "NOT_FOUND", `no agent route ${method} /${path.join("/")}`);
@@ -91,7 +108,11 @@ export class AgentApi {
       try {
         parsePublicKeyDoc(JSON.stringify(k), "public_keys entry");
       } catch {
-        throw new HttpError(422, "PUBLIC_KEY_INVALID", `public key ${k.kid} is not a valid X25519 key document (kid must be its RFC 7638 thumbprint)`);
+        throw new HttpError(
+          422,
+          "PUBLIC_KEY_INVALID",
+          `public key ${k.kid} is not a valid X25519 key document (kid must be its RFC 7638 thumbprint)`,
+        );
       }
       return k;
     });
@@ -136,19 +157,33 @@ export class AgentApi {
       abort.abort();
     };
     res.on("close", onClose);
-    const runs = await this.store.waitForRuns(agent.id, body.max, Math.min(body.wait_seconds, 300) * 1000, abort.signal);
+    const runs = await this.store.waitForRuns(
+      agent.id,
+      body.max,
+      Math.min(body.wait_seconds, 300) * 1000,
+      abort.signal,
+    );
     res.off("close", onClose);
     const leases: Lease[] = [];
     for (const run of runs) {
       try {
         leases.push(this.store.toLeasePayload(run, await this.sealFor(run, agent)));
       } catch (error) {
-        this.store.failLease(run, "SEAL_FAILED", `the control plane could not seal credentials for agent ${agent.id}: ${error instanceof Error ? error.message : "error"}`);
+        this.store.failLease(
+          run,
+          "SEAL_FAILED",
+          `the control plane could not seal credentials for agent ${agent.id}: ${error instanceof Error ? error.message : "error"}`,
+        );
       }
     }
     if (res.destroyed) {
       // The agent went away while we waited: those runs must not be left leased to nobody.
-      for (const run of runs) if (run.status === "running") this.store.finish(run, "failed", { code: "LEASE_UNDELIVERED", message: "the agent disconnected before the lease reached it" });
+      for (const run of runs)
+        if (run.status === "running")
+          this.store.finish(run, "failed", {
+            code: "LEASE_UNDELIVERED",
+            message: "the agent disconnected before the lease reached it",
+          });
       return;
     }
     sendJson(res, 200, { leases });
@@ -161,7 +196,12 @@ export class AgentApi {
     const recipient = parsePublicKeyDoc(JSON.stringify(newest), "agent key");
     const all = [...this.store.integrations.values()];
     for (const i of all.filter((x) => !x.export_credentials)) {
-      this.store.event(run, "integration_left_out", { integration_id: i.id, integration_name: i.name, code: "EXPORT_OFF", reason: "export_credentials is off" });
+      this.store.event(run, "integration_left_out", {
+        integration_id: i.id,
+        integration_name: i.name,
+        code: "EXPORT_OFF",
+        reason: "export_credentials is off",
+      });
     }
     const candidates: ExportedCredential[] = all
       .filter((i) => i.export_credentials)
@@ -176,14 +216,21 @@ export class AgentApi {
       }));
     const selection = selectCredentials({ entries: candidates, invalid: [] });
     for (const ig of selection.ignored) {
-      this.store.event(run, "integration_left_out", { integration_id: ig.integration_id, integration_name: ig.integration_name, code: ig.code, reason: ig.reason });
+      this.store.event(run, "integration_left_out", {
+        integration_id: ig.integration_id,
+        integration_name: ig.integration_name,
+        code: ig.code,
+        reason: ig.reason,
+      });
     }
     const plaintext = JSON.stringify({
       version: EXPORT_VERSION,
       registries: selection.selected.map(({ entry }) => {
         const source = this.store.integrations.get(entry.id);
         const when = { id: entry.id, name: entry.name, url: entry.url, updated_at: source?.updated_at };
-        return entry.credentialHelper !== undefined ? { ...when, credential_helper: entry.credentialHelper } : { ...when, username: entry.username, password: entry.password };
+        return entry.credentialHelper !== undefined
+          ? { ...when, credential_helper: entry.credentialHelper }
+          : { ...when, username: entry.username, password: entry.password };
       }),
     });
     const bytes = Buffer.from(plaintext, "utf8");

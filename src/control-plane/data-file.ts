@@ -76,7 +76,10 @@ export class DataFile {
       const run: RunRecord = { ...r, configuration: Buffer.from(r.configuration, "base64"), lease: undefined };
       store.runs.set(run.id, run);
       if (run.status === "running" || run.status === "queued") {
-        store.finish(run, "failed", { code: "CONTROL_PLANE_RESTARTED", message: "the control plane restarted while the run was queued or running" });
+        store.finish(run, "failed", {
+          code: "CONTROL_PLANE_RESTARTED",
+          message: "the control plane restarted while the run was queued or running",
+        });
       }
     }
   }
@@ -85,7 +88,10 @@ export class DataFile {
     const data: DataFileV1 = {
       version: 1,
       integrations: [...store.integrations.values()].map((i) => ({ ...i, password: seal(this.key, i.password) })),
-      runs: [...store.runs.values()].map(({ configuration, lease: _lease, ...r }) => ({ ...r, configuration: configuration.toString("base64") })),
+      runs: [...store.runs.values()].map(({ configuration, lease: _lease, ...r }) => ({
+        ...r,
+        configuration: configuration.toString("base64"),
+      })),
     };
     const tmp = `${this.path}.tmp-${randomBytes(6).toString("hex")}`;
     const handle = await openNewFile(realFs, tmp);

@@ -37,25 +37,42 @@ export function checkRegistryUrlForm(raw: string): URL {
   const url = new URL(`https://${checked.host}/${checked.path ?? ""}`);
   const instead = KNOWN_NOT_ENDPOINTS[url.hostname];
   if (instead !== undefined) {
-    throw new HttpError(422, "REGISTRY_URL_REDIRECTS", `https://${url.host} is not a registry endpoint (it redirects to the website); use ${instead}`, {
-      field: "registry_url",
-      use_instead: instead,
-    });
+    throw new HttpError(
+      422,
+      "REGISTRY_URL_REDIRECTS",
+      `https://${url.host} is not a registry endpoint (it redirects to the website); use ${instead}`,
+      {
+        field: "registry_url",
+        use_instead: instead,
+      },
+    );
   }
   return url;
 }
 
 function refusal(code: RegistryUrlRefusalCode, raw: string): HttpError {
   if (code === "ENTRY_URL_INVALID") {
-    return new HttpError(422, "REGISTRY_URL_INVALID", "registry_url is not a URL; use the registry's HTTPS endpoint, for example https://ghcr.io", { field: "registry_url" });
+    return new HttpError(
+      422,
+      "REGISTRY_URL_INVALID",
+      "registry_url is not a URL; use the registry's HTTPS endpoint, for example https://ghcr.io",
+      { field: "registry_url" },
+    );
   }
   // Every other refusal is of a URL that parses (as checkRegistryUrl parsed it): its parts make the message.
   const url = new URL(raw.trim());
   switch (code) {
     case "ENTRY_NOT_HTTPS":
-      return new HttpError(422, "REGISTRY_URL_NOT_HTTPS", `registry_url must use https://, not ${url.protocol}//`, { field: "registry_url" });
+      return new HttpError(422, "REGISTRY_URL_NOT_HTTPS", `registry_url must use https://, not ${url.protocol}//`, {
+        field: "registry_url",
+      });
     case "ENTRY_URL_NOT_BARE":
-      return new HttpError(422, "REGISTRY_URL_NOT_BARE", `registry_url must have no query, fragment or user information; use https://${url.host}`, { field: "registry_url" });
+      return new HttpError(
+        422,
+        "REGISTRY_URL_NOT_BARE",
+        `registry_url must have no query, fragment or user information; use https://${url.host}`,
+        { field: "registry_url" },
+      );
     case "ENTRY_URL_HAS_PATH":
       return new HttpError(
         422,
@@ -110,15 +127,25 @@ export async function probeRegistry(url: URL, bounds: ProbeBounds = {}): Promise
         // keep the generic advice
       }
     }
-    throw new HttpError(422, "REGISTRY_URL_REDIRECTS", `${target.href} redirects (HTTP ${status}); the registry URL must be the exact endpoint, not one that redirects. Use ${instead}`, {
-      field: "registry_url",
-      use_instead: instead,
-    });
+    throw new HttpError(
+      422,
+      "REGISTRY_URL_REDIRECTS",
+      `${target.href} redirects (HTTP ${status}); the registry URL must be the exact endpoint, not one that redirects. Use ${instead}`,
+      {
+        field: "registry_url",
+        use_instead: instead,
+      },
+    );
   }
   if (status !== 200 && status !== 401) {
-    throw new HttpError(422, "REGISTRY_URL_NOT_A_REGISTRY", `${target.href} answered HTTP ${status}; a Docker Registry HTTP API V2 endpoint answers 200 or 401. Check the URL`, {
-      field: "registry_url",
-    });
+    throw new HttpError(
+      422,
+      "REGISTRY_URL_NOT_A_REGISTRY",
+      `${target.href} answered HTTP ${status}; a Docker Registry HTTP API V2 endpoint answers 200 or 401. Check the URL`,
+      {
+        field: "registry_url",
+      },
+    );
   }
   // A website (an SPA or a catch-all page) answers 200 to any path; a registry's /v2/ answers
   // JSON ({}) and, in practice, Docker-Distribution-API-Version: registry/2.0.

@@ -67,14 +67,22 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
   async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://control-plane.invalid");
     const path = url.pathname;
-    if (path === "/healthz") { sendJson(res, 200, { status: "ok" }); return; }
+    if (path === "/healthz") {
+      sendJson(res, 200, { status: "ok" });
+      return;
+    }
     if (path.startsWith(`${ADMIN_API_PREFIX}/`)) {
-      if (!bearerMatches(req, options.adminToken)) throw new HttpError(401, "UNAUTHORIZED", "the admin API needs Authorization: Bearer <admin token>");
+      if (!bearerMatches(req, options.adminToken))
+        throw new HttpError(401, "UNAUTHORIZED", "the admin API needs Authorization: Bearer <admin token>");
       return admin.handle(req, res, segments(path.slice(ADMIN_API_PREFIX.length + 1)));
     }
     if (path.startsWith(`${AGENT_API_PREFIX}/`)) {
       if (!bearerMatches(req, options.agentToken)) {
-        throw new HttpError(401, "UNAUTHORIZED", "the agent API needs Authorization: Bearer <agent pool token>; the token was missing, wrong or revoked");
+        throw new HttpError(
+          401,
+          "UNAUTHORIZED",
+          "the agent API needs Authorization: Bearer <agent pool token>; the token was missing, wrong or revoked",
+        );
       }
       return agent.handle(req, res, segments(path.slice(AGENT_API_PREFIX.length + 1)));
     }
@@ -115,7 +123,11 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
     async close() {
       store.close();
       server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => { resolve(); }));
+      await new Promise<void>((resolve) =>
+        server.close(() => {
+          resolve();
+        }),
+      );
       await saving;
       if (dataFile) await dataFile.save(store);
     },

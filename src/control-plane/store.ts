@@ -5,7 +5,13 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
-import { MAX_INLINE_CONFIGURATION_BYTES, type Lease, type Outcome, type Phase, type RunEvent } from "../protocol/agent-api.js";
+import {
+  MAX_INLINE_CONFIGURATION_BYTES,
+  type Lease,
+  type Outcome,
+  type Phase,
+  type RunEvent,
+} from "../protocol/agent-api.js";
 
 export interface Integration {
   id: string;
@@ -201,7 +207,12 @@ export class ControlPlaneStore extends EventEmitter {
   }
 
   private lease(run: RunRecord, agentId: string): RunRecord {
-    const lease: LeaseRecord = { id: newId("lease"), agent_id: agentId, expires_at_ms: this.clock.now() + this.leaseTtlMs, cancel_requested: false };
+    const lease: LeaseRecord = {
+      id: newId("lease"),
+      agent_id: agentId,
+      expires_at_ms: this.clock.now() + this.leaseTtlMs,
+      cancel_requested: false,
+    };
     run.lease = lease;
     this.leaseIndex.set(lease.id, run.id);
     this.armLeaseTimer(run);
@@ -278,7 +289,9 @@ export class ControlPlaneStore extends EventEmitter {
         configuration: {
           sha256: run.configuration_sha256,
           size_bytes: run.configuration.byteLength,
-          ...(run.configuration.byteLength <= MAX_INLINE_CONFIGURATION_BYTES ? { inline_base64: run.configuration.toString("base64") } : {}),
+          ...(run.configuration.byteLength <= MAX_INLINE_CONFIGURATION_BYTES
+            ? { inline_base64: run.configuration.toString("base64") }
+            : {}),
         },
       },
       bundle,

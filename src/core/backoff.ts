@@ -8,7 +8,12 @@ export interface BackoffPolicy {
   readonly capMs: number;
 }
 
-export function backoffDelayMs(policy: BackoffPolicy, attempt: number, random: () => number, retryAfterMs?: number): number {
+export function backoffDelayMs(
+  policy: BackoffPolicy,
+  attempt: number,
+  random: () => number,
+  retryAfterMs?: number,
+): number {
   if (retryAfterMs !== undefined && Number.isFinite(retryAfterMs) && retryAfterMs >= 0) {
     // Spread clients that were all told the same Retry-After over a little extra time.
     return Math.min(policy.capMs, retryAfterMs + random() * Math.min(policy.baseMs, retryAfterMs * 0.1 + 1));

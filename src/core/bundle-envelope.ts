@@ -71,7 +71,10 @@ export function b64urlEncode(bytes: Uint8Array): string {
 export function b64urlDecodeStrict(text: string, what: string): Uint8Array {
   const bytes = B64URL.test(text) ? Buffer.from(text, "base64url") : undefined;
   if (bytes === undefined || bytes.toString("base64url") !== text) {
-    throw new AgentError("BUNDLE_MALFORMED", `the bundle's ${what} is not canonical base64url; the bundle was damaged in transit or altered`);
+    throw new AgentError(
+      "BUNDLE_MALFORMED",
+      `the bundle's ${what} is not canonical base64url; the bundle was damaged in transit or altered`,
+    );
   }
   return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
@@ -138,7 +141,9 @@ export function decodeEnvelope(bytes: Uint8Array, maxBytes: number = DEFAULT_MAX
   }
   const parsed = headerSchema.safeParse(headerJson);
   if (!parsed.success) {
-    throw malformed(`header: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(header)"} ${i.message}`).join("; ")}`);
+    throw malformed(
+      `header: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(header)"} ${i.message}`).join("; ")}`,
+    );
   }
   const header = parsed.data;
   if (header.suite !== BUNDLE_SUITE) {
@@ -149,7 +154,8 @@ export function decodeEnvelope(bytes: Uint8Array, maxBytes: number = DEFAULT_MAX
     );
   }
   const encBytes = b64urlDecodeStrict(enc, "encapsulated key");
-  if (encBytes.byteLength !== X25519_ENC_BYTES) throw malformed(`the encapsulated key is ${encBytes.byteLength} bytes, expected ${X25519_ENC_BYTES}`);
+  if (encBytes.byteLength !== X25519_ENC_BYTES)
+    throw malformed(`the encapsulated key is ${encBytes.byteLength} bytes, expected ${X25519_ENC_BYTES}`);
   return { header, protectedB64, enc: encBytes, ciphertext: b64urlDecodeStrict(ciphertext, "ciphertext") };
 }
 

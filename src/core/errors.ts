@@ -53,7 +53,8 @@ export const ERROR_CODES = {
   // Credential checks before init
   CREDENTIAL_HELPER_NOT_FOUND: "an exported entry names a docker-credential-<name> helper that is not on PATH",
   PREFLIGHT_FAILED: "a registry refused an exported credential in the check before tofu init",
-  DOCKER_HUB_ANONYMOUS: "warning: an oci://docker.io/... source, which OpenTofu pulls anonymously; write oci://registry-1.docker.io/...",
+  DOCKER_HUB_ANONYMOUS:
+    "warning: an oci://docker.io/... source, which OpenTofu pulls anonymously; write oci://registry-1.docker.io/...",
 
   // Run directory
   RUN_DIR_PARENT_MISSING: "the run directory's parent does not exist",
@@ -105,12 +106,19 @@ interface ErrorDetailsByCode {
   CONTROL_PLANE_BAD_RESPONSE: { readonly kind: "bad_response" | "too_large"; readonly fields?: readonly string[] };
   CONTROL_PLANE_UNAUTHORIZED: { readonly status: number };
   LEASE_LOST: { readonly status?: number };
-  PREFLIGHT_FAILED: { readonly integration_id: string; readonly registry: string; readonly status: number; readonly repository?: string };
+  PREFLIGHT_FAILED: {
+    readonly integration_id: string;
+    readonly registry: string;
+    readonly status: number;
+    readonly repository?: string;
+  };
   PHASE_FAILED: { readonly phase: string; readonly exit_code: number | null };
 }
 
 /** Details of `C`: typed where control flow reads them, free-form (for logs) elsewhere. */
-export type ErrorDetails<C extends ErrorCode> = C extends keyof ErrorDetailsByCode ? ErrorDetailsByCode[C] : Readonly<Record<string, unknown>>;
+export type ErrorDetails<C extends ErrorCode> = C extends keyof ErrorDetailsByCode
+  ? ErrorDetailsByCode[C]
+  : Readonly<Record<string, unknown>>;
 
 /** Details are required for the codes whose details are typed and have a required field. */
 type DetailsArgs<C extends ErrorCode> = [C] extends [keyof ErrorDetailsByCode]

@@ -68,14 +68,16 @@ function entryProblems(raw: unknown): string[] {
     if (typeof helper !== "string" || !CREDENTIAL_HELPER_NAME.test(helper)) {
       problems.push("credential_helper: expected a helper name like ecr-login (letters, digits, '.', '_', '-')");
     }
-    if (e["username"] !== undefined || e["password"] !== undefined) problems.push("credential_helper: an entry has either a credential helper or a username and password, not both");
+    if (e["username"] !== undefined || e["password"] !== undefined)
+      problems.push("credential_helper: an entry has either a credential helper or a username and password, not both");
     return problems;
   }
   str("username", 1, ENTRY_FIELD_MAX_LENGTH.username, true);
   str("password", 1, ENTRY_FIELD_MAX_LENGTH.password, true);
   // The Docker config `auth` field is base64("username:password") and readers split it at the
   // first colon, so a colon in the username would silently shift part of it into the password.
-  if (typeof e["username"] === "string" && e["username"].includes(":")) problems.push("username: must not contain ':' (Docker's auth field splits at the first colon)");
+  if (typeof e["username"] === "string" && e["username"].includes(":"))
+    problems.push("username: must not contain ':' (Docker's auth field splits at the first colon)");
   return problems;
 }
 
@@ -129,7 +131,15 @@ export function parseExport(text: string): ParsedExport {
       invalid.push({ index, id: safeString(obj["id"], 256), name: safeString(obj["name"], 1024), problems });
       return;
     }
-    const e = raw as { id: string; name?: string; url: string; username?: string; password?: string; credential_helper?: string; updated_at?: string };
+    const e = raw as {
+      id: string;
+      name?: string;
+      url: string;
+      username?: string;
+      password?: string;
+      credential_helper?: string;
+      updated_at?: string;
+    };
     const updated = e.updated_at === undefined ? Number.NaN : Date.parse(e.updated_at);
     entries.push({
       id: e.id,

@@ -143,7 +143,13 @@ function skipValue(text: string, i: number): number {
   if (c === "<" && text[j + 1] === "<") return skipHeredoc(text, j);
   // A bare value (number, bool, identifier) ends at the line's end or at a comment, which may
   // span lines (/* ... */) and is left to skipTrivia.
-  while (j < text.length && text[j] !== "\n" && text[j] !== "#" && !(text[j] === "/" && (text[j + 1] === "/" || text[j + 1] === "*"))) j++;
+  while (
+    j < text.length &&
+    text[j] !== "\n" &&
+    text[j] !== "#" &&
+    !(text[j] === "/" && (text[j + 1] === "/" || text[j + 1] === "*"))
+  )
+    j++;
   return j;
 }
 

@@ -28,7 +28,10 @@ export function parseHostPort(text: string): HostPort | undefined {
 export function hostPort(text: string): HostPort {
   const parsed = parseHostPort(text);
   if (parsed === undefined) {
-    throw new AgentError("INVALID_ARGUMENT", `${JSON.stringify(text)} is not HOST:PORT; write it like 127.0.0.1:8080 or [::1]:8080`);
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      `${JSON.stringify(text)} is not HOST:PORT; write it like 127.0.0.1:8080 or [::1]:8080`,
+    );
   }
   return parsed;
 }

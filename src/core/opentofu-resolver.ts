@@ -51,7 +51,11 @@ function readBodyAttributes(body: string): Map<string, string | boolean | string
     const [, name, raw] = m;
     if (name === undefined || raw === undefined) continue;
     if (raw === "true" || raw === "false") out.set(name, raw === "true");
-    else if (raw.startsWith("[")) out.set(name, [...raw.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((x) => JSON.parse(`"${x[1] ?? ""}"`) as string));
+    else if (raw.startsWith("["))
+      out.set(
+        name,
+        [...raw.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((x) => JSON.parse(`"${x[1] ?? ""}"`) as string),
+      );
     else out.set(name, JSON.parse(raw) as string);
   }
   return out;
@@ -65,13 +69,16 @@ function defaultCredentialsFrom(text: string, path: string): DefaultCredentials 
     } catch {
       return { error: `${path} is not valid JSON` };
     }
-    const block = (doc as Record<string, unknown> | null)?.["oci_default_credentials"] as Record<string, unknown> | undefined;
+    const block = (doc as Record<string, unknown> | null)?.["oci_default_credentials"] as
+      Record<string, unknown> | undefined;
     if (block === undefined) return undefined;
     const files = block["docker_style_config_files"];
     const helper = block["docker_credentials_helper"];
     return {
       discoverAmbient: block["discover_ambient_credentials"] !== false,
-      files: Array.isArray(files) ? files.filter((x): x is string => typeof x === "string").map((f) => joinPath(dirnameOf(path), f)) : undefined,
+      files: Array.isArray(files)
+        ? files.filter((x): x is string => typeof x === "string").map((f) => joinPath(dirnameOf(path), f))
+        : undefined,
       helper: typeof helper === "string" ? helper : undefined,
     };
   }
@@ -121,7 +128,12 @@ function ociCredentialsBlocksFrom(text: string): OciCredentialsBlock[] {
     return Object.entries(raw as Record<string, unknown>).flatMap(([label, body]) =>
       (Array.isArray(body) ? body : [body])
         .filter((b): b is Record<string, unknown> => typeof b === "object" && b !== null)
-        .map((b) => ({ label, username: str(b["username"]), password: str(b["password"]), helper: str(b["docker_credentials_helper"]) })),
+        .map((b) => ({
+          label,
+          username: str(b["username"]),
+          password: str(b["password"]),
+          helper: str(b["docker_credentials_helper"]),
+        })),
     );
   }
   let items;
@@ -134,7 +146,12 @@ function ociCredentialsBlocksFrom(text: string): OciCredentialsBlock[] {
     .filter((i) => i.name === "oci_credentials" && i.kind === "block" && i.labels[0] !== undefined)
     .map((i) => {
       const attrs = readBodyAttributes(text.slice(text.indexOf("{", i.start) + 1, i.end - 1));
-      return { label: i.labels[0] ?? "", username: str(attrs.get("username")), password: str(attrs.get("password")), helper: str(attrs.get("docker_credentials_helper")) };
+      return {
+        label: i.labels[0] ?? "",
+        username: str(attrs.get("username")),
+        password: str(attrs.get("password")),
+        helper: str(attrs.get("docker_credentials_helper")),
+      };
     });
 }
 
@@ -170,7 +187,11 @@ interface Candidate {
 }
 
 function candidatesFromFile(path: string, text: string, host: string, repository: string, order: number): Candidate[] {
-  const doc = JSON.parse(text) as { auths?: Record<string, { auth?: unknown } | null>; credHelpers?: Record<string, unknown>; credsStore?: unknown };
+  const doc = JSON.parse(text) as {
+    auths?: Record<string, { auth?: unknown } | null>;
+    credHelpers?: Record<string, unknown>;
+    credsStore?: unknown;
+  };
   const out: Candidate[] = [];
   for (const [key, entry] of Object.entries(doc.auths ?? {})) {
     const specificity = keySpecificity(key, host, repository);
@@ -182,13 +203,30 @@ function candidatesFromFile(path: string, text: string, host: string, repository
       order,
       resolution:
         colon < 0
-          ? { source: "none", file: path, key, error: `auth for ${JSON.stringify(key)} in ${path} is not base64 username:password` }
-          : { source: "static", username: decoded.slice(0, colon), password: decoded.slice(colon + 1), file: path, key },
+          ? {
+              source: "none",
+              file: path,
+              key,
+              error: `auth for ${JSON.stringify(key)} in ${path} is not base64 username:password`,
+            }
+          : {
+              source: "static",
+              username: decoded.slice(0, colon),
+              password: decoded.slice(colon + 1),
+              file: path,
+              key,
+            },
     });
   }
   const helper = doc.credHelpers?.[host];
-  if (typeof helper === "string" && helper !== "") out.push({ specificity: 2, order: order + 0.5, resolution: { source: "helper", helper, file: path, key: host } });
-  if (typeof doc.credsStore === "string" && doc.credsStore !== "") out.push({ specificity: 1, order: order + 0.5, resolution: { source: "helper", helper: doc.credsStore, file: path, key: "(credsStore)" } });
+  if (typeof helper === "string" && helper !== "")
+    out.push({ specificity: 2, order: order + 0.5, resolution: { source: "helper", helper, file: path, key: host } });
+  if (typeof doc.credsStore === "string" && doc.credsStore !== "")
+    out.push({
+      specificity: 1,
+      order: order + 0.5,
+      resolution: { source: "helper", helper: doc.credsStore, file: path, key: "(credsStore)" },
+    });
   return out;
 }
 
@@ -214,8 +252,19 @@ export function resolveOpenTofuCredential(address: string, env: Env, readFile: R
           block.helper !== undefined
             ? { source: "helper", helper: block.helper, file: configPath, key: block.label }
             : block.username !== undefined && block.password !== undefined
-              ? { source: "static", username: block.username, password: block.password, file: configPath, key: block.label }
-              : { source: "none", file: configPath, key: block.label, error: `oci_credentials "${block.label}" in ${configPath} has neither username and password nor docker_credentials_helper` };
+              ? {
+                  source: "static",
+                  username: block.username,
+                  password: block.password,
+                  file: configPath,
+                  key: block.label,
+                }
+              : {
+                  source: "none",
+                  file: configPath,
+                  key: block.label,
+                  error: `oci_credentials "${block.label}" in ${configPath} has neither username and password nor docker_credentials_helper`,
+                };
         candidates.push({ specificity, order: -2, resolution });
       }
     }
@@ -225,7 +274,11 @@ export function resolveOpenTofuCredential(address: string, env: Env, readFile: R
     if (defaults.files !== undefined) {
       for (const [i, path] of defaults.files.entries()) {
         const text = readFile(path);
-        if (text === undefined) return { source: "none", error: `docker_style_config_files names ${path}, which does not exist (tofu init fails)` };
+        if (text === undefined)
+          return {
+            source: "none",
+            error: `docker_style_config_files names ${path}, which does not exist (tofu init fails)`,
+          };
         try {
           candidates.push(...candidatesFromFile(path, text, host, repository, i));
         } catch {
@@ -241,14 +294,22 @@ export function resolveOpenTofuCredential(address: string, env: Env, readFile: R
           found.push(...candidatesFromFile(path, text, host, repository, i));
         } catch {
           // One ambient file that fails to parse drops every ambient file.
-          return { source: "none", error: `the ambient file ${path} does not parse, so OpenTofu ignores every ambient credentials file` };
+          return {
+            source: "none",
+            error: `the ambient file ${path} does not parse, so OpenTofu ignores every ambient credentials file`,
+          };
         }
       }
       candidates.push(...found);
     }
   }
   // The configured global helper has the lowest specificity but comes before the files on a tie.
-  if (defaults.helper !== undefined) candidates.push({ specificity: 1, order: -1, resolution: { source: "helper", helper: defaults.helper, key: "(docker_credentials_helper)" } });
+  if (defaults.helper !== undefined)
+    candidates.push({
+      specificity: 1,
+      order: -1,
+      resolution: { source: "helper", helper: defaults.helper, key: "(docker_credentials_helper)" },
+    });
   if (candidates.length === 0) return { source: "none" };
   candidates.sort((a, b) => b.specificity - a.specificity || a.order - b.order);
   return candidates[0]?.resolution ?? { source: "none" };

@@ -66,7 +66,10 @@ export type NormalizeResult =
   | { readonly ok: false; readonly code: EntryRefusalCode; readonly reason: string };
 
 /** The codes checkRegistryUrl refuses a URL with (a subset of ENTRY_REFUSAL_CODES). */
-export type RegistryUrlRefusalCode = Extract<EntryRefusalCode, "ENTRY_URL_INVALID" | "ENTRY_NOT_HTTPS" | "ENTRY_URL_NOT_BARE" | "ENTRY_URL_HAS_PATH">;
+export type RegistryUrlRefusalCode = Extract<
+  EntryRefusalCode,
+  "ENTRY_URL_INVALID" | "ENTRY_NOT_HTTPS" | "ENTRY_URL_NOT_BARE" | "ENTRY_URL_HAS_PATH"
+>;
 
 /**
  * A registry URL as the agent accepts it: `host[:port]` (lowercased, :443 dropped) and the
@@ -92,14 +95,24 @@ export function targetForHost(host: string, path?: string): RegistryTarget {
   const hostKey = hub ? DOCKER_HUB_KEYS.opentofu : lower;
   const registryHost = hub ? "docker.io" : lower;
   if (path === undefined) {
-    return { registry: registryHost, hostKey, host: hostKey, path: undefined, keys: hub ? DOCKER_HUB_KEYS : { opentofu: lower, docker: lower, containers: lower } };
+    return {
+      registry: registryHost,
+      hostKey,
+      host: hostKey,
+      path: undefined,
+      keys: hub ? DOCKER_HUB_KEYS : { opentofu: lower, docker: lower, containers: lower },
+    };
   }
   return {
     registry: `${registryHost}/${path}`,
     hostKey,
     host: `${hostKey}/${path}`,
     path,
-    keys: { opentofu: `${hostKey}/${path}`, docker: undefined, containers: `${hub ? DOCKER_HUB_KEYS.containers : lower}/${path}` },
+    keys: {
+      opentofu: `${hostKey}/${path}`,
+      docker: undefined,
+      containers: `${hub ? DOCKER_HUB_KEYS.containers : lower}/${path}`,
+    },
   };
 }
 
@@ -122,10 +135,17 @@ export function checkRegistryUrl(raw: string): RegistryUrlCheck {
   const plain = PLAIN_ENDPOINT.exec(raw);
   // A host whose last label is a number is an IPv4 address to the WHATWG URL parser, which
   // canonicalizes it (127.1 → 127.0.0.1, 1.2.3.4.5 → invalid): leave those to the full parse.
-  if (plain?.[1] !== undefined && !plain[1].includes("..") && !plain[1].startsWith("xn--") && !plain[1].includes(".xn--") && !/(?:^|\.)(?:\d+|0x[0-9a-f]*)$/.test(plain[1])) {
+  if (
+    plain?.[1] !== undefined &&
+    !plain[1].includes("..") &&
+    !plain[1].startsWith("xn--") &&
+    !plain[1].includes(".xn--") &&
+    !/(?:^|\.)(?:\d+|0x[0-9a-f]*)$/.test(plain[1])
+  ) {
     const port = plain[2];
     const portNumber = port === undefined ? 443 : Number(port);
-    if (portNumber <= 65535) return { ok: true, host: portNumber === 443 ? plain[1] : `${plain[1]}:${portNumber}`, path: undefined };
+    if (portNumber <= 65535)
+      return { ok: true, host: portNumber === 443 ? plain[1] : `${plain[1]}:${portNumber}`, path: undefined };
   }
   let url: URL;
   try {

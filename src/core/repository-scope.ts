@@ -21,7 +21,11 @@ export function scopeSpecificity(scope: string | undefined, repository: string):
 }
 
 /** The candidate whose scope covers `repository` most specifically (the first on a tie), or undefined if none covers it. */
-export function mostSpecificScope<T>(candidates: Iterable<T>, scopeOf: (candidate: T) => string | undefined, repository: string): T | undefined {
+export function mostSpecificScope<T>(
+  candidates: Iterable<T>,
+  scopeOf: (candidate: T) => string | undefined,
+  repository: string,
+): T | undefined {
   let best: T | undefined;
   let bestSpecificity = -1;
   for (const candidate of candidates) {

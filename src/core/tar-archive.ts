@@ -45,7 +45,10 @@ function octal(buf: Uint8Array, start: number, length: number, what: string): nu
 }
 
 function invalid(detail: string): AgentError {
-  return new AgentError("ARCHIVE_INVALID", `the configuration archive is not a valid tar archive (${detail}); the control plane must send a tar.gz of the configuration directory`);
+  return new AgentError(
+    "ARCHIVE_INVALID",
+    `the configuration archive is not a valid tar archive (${detail}); the control plane must send a tar.gz of the configuration directory`,
+  );
 }
 
 function checksumOk(header: Uint8Array): boolean {
@@ -75,9 +78,13 @@ function parsePax(data: Uint8Array): Map<string, string> {
 /** Normalizes an entry path; refuses absolute paths, "..", empty names and control characters. */
 function safeRelativePath(raw: string): string {
   const unsafe = (why: string): AgentError =>
-    new AgentError("ARCHIVE_UNSAFE_PATH", `archive entry ${JSON.stringify(raw.slice(0, 200))} ${why}; the configuration archive must hold only paths inside its directory`, {
-      entry: raw.slice(0, 200),
-    });
+    new AgentError(
+      "ARCHIVE_UNSAFE_PATH",
+      `archive entry ${JSON.stringify(raw.slice(0, 200))} ${why}; the configuration archive must hold only paths inside its directory`,
+      {
+        entry: raw.slice(0, 200),
+      },
+    );
   if (raw.startsWith("/")) throw unsafe("is an absolute path");
   for (const ch of raw) if (ch.charCodeAt(0) < 0x20) throw unsafe("contains a control character");
   const parts = raw.split("/").filter((p) => p !== "" && p !== ".");
@@ -127,7 +134,8 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
     }
 
     const prefix = field(header, 345, 155);
-    const headerName = prefix !== "" && field(header, 257, 5) === "ustar" ? `${prefix}/${field(header, 0, 100)}` : field(header, 0, 100);
+    const headerName =
+      prefix !== "" && field(header, 257, 5) === "ustar" ? `${prefix}/${field(header, 0, 100)}` : field(header, 0, 100);
     const rawName = pax.get("path") ?? longName ?? headerName;
     const rawLink = pax.get("linkpath") ?? longLink ?? field(header, 157, 100);
     pax = new Map();
@@ -143,20 +151,37 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
         { limit: limits.maxEntries },
       );
     }
-    if (seen.has(path)) throw new AgentError("ARCHIVE_UNSAFE_PATH", `archive entry ${JSON.stringify(path)} appears twice; refusing to let one entry replace another`, { entry: path });
+    if (seen.has(path))
+      throw new AgentError(
+        "ARCHIVE_UNSAFE_PATH",
+        `archive entry ${JSON.stringify(path)} appears twice; refusing to let one entry replace another`,
+        { entry: path },
+      );
     const parents = path.split("/");
     for (let i = 1; i < parents.length; i++) {
       const parent = parents.slice(0, i).join("/");
       if (symlinks.has(parent)) {
-        throw new AgentError("ARCHIVE_UNSAFE_LINK", `archive entry ${JSON.stringify(path)} passes through the symlink ${JSON.stringify(parent)}; refusing to write through links`, { entry: path });
+        throw new AgentError(
+          "ARCHIVE_UNSAFE_LINK",
+          `archive entry ${JSON.stringify(path)} passes through the symlink ${JSON.stringify(parent)}; refusing to write through links`,
+          { entry: path },
+        );
       }
       if (files.has(parent)) {
-        throw new AgentError("ARCHIVE_UNSAFE_PATH", `archive entry ${JSON.stringify(path)} lies beneath ${JSON.stringify(parent)}, which the archive holds as a file`, { entry: path });
+        throw new AgentError(
+          "ARCHIVE_UNSAFE_PATH",
+          `archive entry ${JSON.stringify(path)} lies beneath ${JSON.stringify(parent)}, which the archive holds as a file`,
+          { entry: path },
+        );
       }
       implicitDirs.add(parent);
     }
     if (implicitDirs.has(path) && type !== "5") {
-      throw new AgentError("ARCHIVE_UNSAFE_PATH", `archive entry ${JSON.stringify(path)} is not a directory, but earlier entries lie beneath it; refusing to let one entry replace another`, { entry: path });
+      throw new AgentError(
+        "ARCHIVE_UNSAFE_PATH",
+        `archive entry ${JSON.stringify(path)} is not a directory, but earlier entries lie beneath it; refusing to let one entry replace another`,
+        { entry: path },
+      );
     }
     seen.add(path);
     const mode = octal(header, 100, 8, "mode") & 0o777;
@@ -164,7 +189,11 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
     if (type === "0" || type === "\0" || type === "7") {
       total += size;
       if (total > limits.maxBytes) {
-        throw new AgentError("ARCHIVE_TOO_LARGE", `the configuration archive expands past ${limits.maxBytes} bytes; raise --max-config-bytes (max_config_bytes in the config file), or leave .terraform/, .git/ and other generated files out of the configuration`, { limit: limits.maxBytes });
+        throw new AgentError(
+          "ARCHIVE_TOO_LARGE",
+          `the configuration archive expands past ${limits.maxBytes} bytes; raise --max-config-bytes (max_config_bytes in the config file), or leave .terraform/, .git/ and other generated files out of the configuration`,
+          { limit: limits.maxBytes },
+        );
       }
       files.set(path, { data, mode });
       entries.push({ type: "file", path, mode, data });
@@ -172,11 +201,19 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
       entries.push({ type: "dir", path, mode });
     } else if (type === "2") {
       if (rawLink.startsWith("/")) {
-        throw new AgentError("ARCHIVE_UNSAFE_LINK", `symlink ${JSON.stringify(path)} points to the absolute path ${JSON.stringify(rawLink.slice(0, 200))}; links must stay inside the configuration`, { entry: path });
+        throw new AgentError(
+          "ARCHIVE_UNSAFE_LINK",
+          `symlink ${JSON.stringify(path)} points to the absolute path ${JSON.stringify(rawLink.slice(0, 200))}; links must stay inside the configuration`,
+          { entry: path },
+        );
       }
       const resolved = posix.normalize(posix.join(posix.dirname(path), rawLink));
       if (resolved === ".." || resolved.startsWith("../")) {
-        throw new AgentError("ARCHIVE_UNSAFE_LINK", `symlink ${JSON.stringify(path)} points outside the configuration directory (${JSON.stringify(rawLink.slice(0, 200))})`, { entry: path });
+        throw new AgentError(
+          "ARCHIVE_UNSAFE_LINK",
+          `symlink ${JSON.stringify(path)} points outside the configuration directory (${JSON.stringify(rawLink.slice(0, 200))})`,
+          { entry: path },
+        );
       }
       symlinks.add(path);
       symlinkTargets.set(path, rawLink);
@@ -185,17 +222,29 @@ export function parseTar(tar: Uint8Array, limits: ArchiveLimits): ArchiveEntry[]
       const target = safeRelativePath(rawLink);
       const source = files.get(target);
       if (source === undefined) {
-        throw new AgentError("ARCHIVE_UNSAFE_LINK", `hardlink ${JSON.stringify(path)} names ${JSON.stringify(rawLink.slice(0, 200))}, which is not an earlier file of the archive`, { entry: path });
+        throw new AgentError(
+          "ARCHIVE_UNSAFE_LINK",
+          `hardlink ${JSON.stringify(path)} names ${JSON.stringify(rawLink.slice(0, 200))}, which is not an earlier file of the archive`,
+          { entry: path },
+        );
       }
       total += source.data.byteLength;
       if (total > limits.maxBytes) {
-        throw new AgentError("ARCHIVE_TOO_LARGE", `the configuration archive expands past ${limits.maxBytes} bytes; raise --max-config-bytes (max_config_bytes in the config file), or leave .terraform/, .git/ and other generated files out of the configuration`, { limit: limits.maxBytes });
+        throw new AgentError(
+          "ARCHIVE_TOO_LARGE",
+          `the configuration archive expands past ${limits.maxBytes} bytes; raise --max-config-bytes (max_config_bytes in the config file), or leave .terraform/, .git/ and other generated files out of the configuration`,
+          { limit: limits.maxBytes },
+        );
       }
       files.set(path, source);
       entries.push({ type: "file", path, mode: source.mode, data: source.data });
     } else {
       const kinds: Record<string, string> = { "3": "character device", "4": "block device", "6": "FIFO" };
-      throw new AgentError("ARCHIVE_ENTRY_UNSUPPORTED", `archive entry ${JSON.stringify(path)} is a ${kinds[type] ?? `type '${type}' entry`}; a configuration holds only files, directories and links`, { entry: path });
+      throw new AgentError(
+        "ARCHIVE_ENTRY_UNSUPPORTED",
+        `archive entry ${JSON.stringify(path)} is a ${kinds[type] ?? `type '${type}' entry`}; a configuration holds only files, directories and links`,
+        { entry: path },
+      );
     }
   }
   // Each target was checked on its own above; resolved the way the kernel does, through the

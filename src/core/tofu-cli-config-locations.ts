@@ -32,7 +32,10 @@ export function tofuCliConfigLocations(env: Env, defaultHome: string): TofuCliCo
   const tofurc = posix.join(home, ".tofurc");
   const configDir = posix.join(home, ".terraform.d");
   return {
-    file: { candidates: [tofurc, posix.join(home, ".terraformrc")], otherwise: xdg ? posix.join(xdg, "opentofu", "tofurc") : tofurc },
+    file: {
+      candidates: [tofurc, posix.join(home, ".terraformrc")],
+      otherwise: xdg ? posix.join(xdg, "opentofu", "tofurc") : tofurc,
+    },
     dir: { candidates: [configDir], otherwise: xdg ? posix.join(xdg, "opentofu") : configDir },
   };
 }

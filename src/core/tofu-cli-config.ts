@@ -76,10 +76,19 @@ interface OciCredentialsBlock {
 export type PreparedTofuCliConfig =
   | {
       readonly kind: "hcl";
-      readonly sources: readonly { readonly path: string; readonly text: string; readonly ociCredentials: readonly OciCredentialsBlock[] }[];
+      readonly sources: readonly {
+        readonly path: string;
+        readonly text: string;
+        readonly ociCredentials: readonly OciCredentialsBlock[];
+      }[];
       readonly warnings: readonly string[];
     }
-  | { readonly kind: "json"; readonly path: string; readonly doc: Readonly<Record<string, unknown>>; readonly warnings: readonly string[] };
+  | {
+      readonly kind: "json";
+      readonly path: string;
+      readonly doc: Readonly<Record<string, unknown>>;
+      readonly warnings: readonly string[];
+    };
 
 function prepareHcl(sources: readonly OperatorCliConfigSource[]): PreparedTofuCliConfig {
   const warnings: string[] = [];
@@ -107,7 +116,13 @@ function prepareHcl(sources: readonly OperatorCliConfigSource[]): PreparedTofuCl
       if (item.name === "oci_default_credentials") throw conflict(source.path, lineOf(source.text, item.start));
       if (item.name === "oci_credentials" && item.kind === "block") {
         const label = item.labels[0] ?? "";
-        ociCredentials.push({ label, registry: identityOfConfigKey(label), start: item.start, end: item.end, line: lineOf(source.text, item.start) });
+        ociCredentials.push({
+          label,
+          registry: identityOfConfigKey(label),
+          start: item.start,
+          end: item.end,
+          line: lineOf(source.text, item.start),
+        });
       }
     }
     prepared.push({ path: source.path, text: source.text, ociCredentials });
@@ -127,13 +142,18 @@ function prepareJson(main: OperatorCliConfigSource, rest: readonly OperatorCliCo
     );
   }
   if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
-    throw new AgentError("TOFU_CLI_CONFIG_INVALID", `the OpenTofu CLI configuration ${main.path} is not a JSON object`, {
-      path: main.path,
-    });
+    throw new AgentError(
+      "TOFU_CLI_CONFIG_INVALID",
+      `the OpenTofu CLI configuration ${main.path} is not a JSON object`,
+      {
+        path: main.path,
+      },
+    );
   }
   if ("oci_default_credentials" in doc) throw conflict(main.path, undefined);
   const warnings = rest.map(
-    (other) => `the CLI configuration ${other.path} cannot be combined with the JSON file ${main.path}; it is not part of the run's CLI configuration`,
+    (other) =>
+      `the CLI configuration ${other.path} cannot be combined with the JSON file ${main.path}; it is not part of the run's CLI configuration`,
   );
   return { kind: "json", path: main.path, doc: doc as Record<string, unknown>, warnings };
 }
@@ -144,7 +164,11 @@ export function prepareTofuCliConfig(sources: readonly OperatorCliConfigSource[]
   return main !== undefined && isJson(main.text) ? prepareJson(main, rest) : prepareHcl(sources);
 }
 
-function renderHcl(prepared: Extract<PreparedTofuCliConfig, { kind: "hcl" }>, input: RunCliConfigInput, warnings: string[]): string {
+function renderHcl(
+  prepared: Extract<PreparedTofuCliConfig, { kind: "hcl" }>,
+  input: RunCliConfigInput,
+  warnings: string[],
+): string {
   const parts: string[] = [];
   for (const source of prepared.sources) {
     let text = source.text;
@@ -166,7 +190,11 @@ function renderHcl(prepared: Extract<PreparedTofuCliConfig, { kind: "hcl" }>, in
   return [...parts, block].join("\n");
 }
 
-function renderJson(prepared: Extract<PreparedTofuCliConfig, { kind: "json" }>, input: RunCliConfigInput, warnings: string[]): string {
+function renderJson(
+  prepared: Extract<PreparedTofuCliConfig, { kind: "json" }>,
+  input: RunCliConfigInput,
+  warnings: string[],
+): string {
   const obj = { ...prepared.doc };
   // HCL's JSON syntax writes labelled blocks as an object keyed by label, or a list of such objects.
   const cut = (labelled: Record<string, unknown>): Record<string, unknown> => {
@@ -174,17 +202,23 @@ function renderJson(prepared: Extract<PreparedTofuCliConfig, { kind: "json" }>, 
     for (const [label, value] of Object.entries(labelled)) {
       const registry = identityOfConfigKey(label);
       if (registry !== undefined && exportedFor(input, registry)) {
-        warnings.push(`oci_credentials "${label}" in ${prepared.path} is left out of this run's CLI configuration because the run exports credentials for ${registry}`);
+        warnings.push(
+          `oci_credentials "${label}" in ${prepared.path} is left out of this run's CLI configuration because the run exports credentials for ${registry}`,
+        );
       } else {
         kept[label] = value;
       }
     }
     return kept;
   };
-  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+  const isObject = (v: unknown): v is Record<string, unknown> =>
+    typeof v === "object" && v !== null && !Array.isArray(v);
   const oci = obj["oci_credentials"];
   if (isObject(oci)) obj["oci_credentials"] = cut(oci);
-  else if (Array.isArray(oci)) obj["oci_credentials"] = (oci as unknown[]).map((item) => (isObject(item) ? cut(item) : item)).filter((item) => !isObject(item) || Object.keys(item).length > 0);
+  else if (Array.isArray(oci))
+    obj["oci_credentials"] = (oci as unknown[])
+      .map((item) => (isObject(item) ? cut(item) : item))
+      .filter((item) => !isObject(item) || Object.keys(item).length > 0);
   obj["oci_default_credentials"] = {
     discover_ambient_credentials: true,
     docker_style_config_files: [input.dockerConfigPath],
@@ -196,7 +230,10 @@ function renderJson(prepared: Extract<PreparedTofuCliConfig, { kind: "json" }>, 
 export type RunCliConfigInput = Omit<TofuCliConfigInput, "sources">;
 
 /** Renders one run's CLI configuration from the prepared operator configuration. Pure. */
-export function renderPreparedTofuCliConfig(prepared: PreparedTofuCliConfig, input: RunCliConfigInput): RenderedTofuCliConfig {
+export function renderPreparedTofuCliConfig(
+  prepared: PreparedTofuCliConfig,
+  input: RunCliConfigInput,
+): RenderedTofuCliConfig {
   const warnings = [...prepared.warnings];
   const text = prepared.kind === "json" ? renderJson(prepared, input, warnings) : renderHcl(prepared, input, warnings);
   return { text, warnings };

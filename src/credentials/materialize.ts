@@ -33,5 +33,10 @@ export async function materializeRun(request: MaterializeRequest): Promise<Mater
     operator,
     ...(request.helperExists === undefined ? {} : { helperExists: request.helperExists }),
   });
-  return { ...written, registries: credentials.registries, ignored: credentials.ignored, bundleId: credentials.bundleId };
+  return {
+    ...written,
+    registries: credentials.registries,
+    ignored: credentials.ignored,
+    bundleId: credentials.bundleId,
+  };
 }

@@ -4,7 +4,11 @@
  * a one-shot command runs), never per run. Pure: texts in, parsed documents out.
  */
 import { parseBaseDockerConfig, type DockerConfigDoc } from "../core/docker-config.js";
-import { prepareTofuCliConfig, type OperatorCliConfigSource, type PreparedTofuCliConfig } from "../core/tofu-cli-config.js";
+import {
+  prepareTofuCliConfig,
+  type OperatorCliConfigSource,
+  type PreparedTofuCliConfig,
+} from "../core/tofu-cli-config.js";
 
 export interface OperatorConfig {
   readonly baseDockerConfig?: DockerConfigDoc;
@@ -22,5 +26,8 @@ export function prepareOperatorConfig(texts: OperatorConfigTexts): OperatorConfi
   const tofuCliConfig = prepareTofuCliConfig(texts.tofuCliConfigSources);
   return texts.baseDockerConfig === undefined
     ? { tofuCliConfig }
-    : { baseDockerConfig: parseBaseDockerConfig(texts.baseDockerConfig.text, texts.baseDockerConfig.path), tofuCliConfig };
+    : {
+        baseDockerConfig: parseBaseDockerConfig(texts.baseDockerConfig.text, texts.baseDockerConfig.path),
+        tofuCliConfig,
+      };
 }

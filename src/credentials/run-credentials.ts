@@ -28,7 +28,13 @@ import type { OperatorConfig } from "./operator-config.js";
 
 /** What a wipe did: the files it removed, or the refusal that kept it from finishing. */
 export type WipeOutcome =
-  | { readonly ok: true; readonly runDir: string; /** Paths removed, relative to the run directory. */ readonly removed: readonly string[]; readonly absent: boolean; readonly durationMs: number }
+  | {
+      readonly ok: true;
+      readonly runDir: string;
+      /** Paths removed, relative to the run directory. */ readonly removed: readonly string[];
+      readonly absent: boolean;
+      readonly durationMs: number;
+    }
   | { readonly ok: false; readonly runDir: string; readonly error: AgentError };
 
 /** Where every wipe outcome goes (the daemon logs and counts it; a command prints it). */
@@ -43,11 +49,22 @@ export async function wipeCredentialDir(fs: FileSystem, runDir: string, listener
   let outcome: WipeOutcome;
   try {
     const report = await wipeRunDir(fs, runDir);
-    outcome = { ok: true, runDir, removed: report.removed, absent: report.absent, durationMs: performance.now() - started };
+    outcome = {
+      ok: true,
+      runDir,
+      removed: report.removed,
+      absent: report.absent,
+      durationMs: performance.now() - started,
+    };
   } catch (error) {
     const agentError = isAgentError(error)
       ? error
-      : new AgentError("WIPE_FAILED", `removing ${runDir} failed (${errnoCode(error) ?? "unexpected error"}); check the file system and run \`oci-cred-agent wipe --run-dir ${runDir}\``, { path: runDir }, { cause: error });
+      : new AgentError(
+          "WIPE_FAILED",
+          `removing ${runDir} failed (${errnoCode(error) ?? "unexpected error"}); check the file system and run \`oci-cred-agent wipe --run-dir ${runDir}\``,
+          { path: runDir },
+          { cause: error },
+        );
     outcome = { ok: false, runDir, error: agentError };
   }
   listener(outcome);
@@ -97,12 +114,19 @@ export async function defaultHelperExists(name: string): Promise<boolean> {
 }
 
 /** The refusal for exported helpers that are not on PATH, or undefined when all are there. */
-export async function missingHelpersError(selected: readonly SelectedCredential[], helperExists: (name: string) => Promise<boolean>): Promise<AgentError | undefined> {
-  const helpers = [...new Set(selected.flatMap((s) => (s.entry.credentialHelper === undefined ? [] : [s.entry.credentialHelper])))];
+export async function missingHelpersError(
+  selected: readonly SelectedCredential[],
+  helperExists: (name: string) => Promise<boolean>,
+): Promise<AgentError | undefined> {
+  const helpers = [
+    ...new Set(selected.flatMap((s) => (s.entry.credentialHelper === undefined ? [] : [s.entry.credentialHelper]))),
+  ];
   const missing: string[] = [];
   for (const h of helpers) if (!(await helperExists(h))) missing.push(h);
   if (missing.length === 0) return undefined;
-  const users = selected.filter((s) => s.entry.credentialHelper !== undefined && missing.includes(s.entry.credentialHelper));
+  const users = selected.filter(
+    (s) => s.entry.credentialHelper !== undefined && missing.includes(s.entry.credentialHelper),
+  );
   return new AgentError(
     "CREDENTIAL_HELPER_NOT_FOUND",
     `${missing.map((m) => `docker-credential-${m}`).join(", ")} ${missing.length === 1 ? "is" : "are"} not on PATH, but ${users.map((u) => `integration ${u.entry.id} (${u.target.host})`).join(", ")} ${users.length === 1 ? "needs" : "need"} it; install the helper on the agent host (and in its PATH). The run stops here rather than fall back to other credentials`,
@@ -150,7 +174,14 @@ export class RunCredentials {
       opened.plaintext.fill(0);
     }
     const selection = selectCredentials(exported);
-    return new RunCredentials(selection.selected, selection.ignored, opened.header.bundle_id, request.agentId, request.runId, request.onWipe);
+    return new RunCredentials(
+      selection.selected,
+      selection.ignored,
+      opened.header.bundle_id,
+      request.agentId,
+      request.runId,
+      request.onWipe,
+    );
   }
 
   /** The selected credentials, secrets included: for pre-flight and resolution only, never printed. */
@@ -160,7 +191,11 @@ export class RunCredentials {
 
   /** One line per registry: which integration serves it (no secret). */
   get registries(): readonly MaterializedRegistry[] {
-    return this.selectedCredentials.map((s) => ({ host: s.target.host, integration_id: s.entry.id, integration_name: s.entry.name ?? null }));
+    return this.selectedCredentials.map((s) => ({
+      host: s.target.host,
+      integration_id: s.entry.id,
+      integration_name: s.entry.name ?? null,
+    }));
   }
 
   /** The secrets in every form they may take in output, for value-based redaction. */
@@ -172,7 +207,11 @@ export class RunCredentials {
    * Pre-flight, before anything is written: throws PREFLIGHT_FAILED on the first refusal, or the
    * signal's reason as soon as it aborts.
    */
-  check(checker: PreflightChecker, repositoriesByHost: ReadonlyMap<string, readonly string[]>, signal: AbortSignal): Promise<PreflightOutcome[]> {
+  check(
+    checker: PreflightChecker,
+    repositoriesByHost: ReadonlyMap<string, readonly string[]>,
+    signal: AbortSignal,
+  ): Promise<PreflightOutcome[]> {
     return checker.check(this.selectedCredentials, repositoriesByHost, signal);
   }
 
@@ -182,7 +221,10 @@ export class RunCredentials {
    */
   async write(request: WriteRequest): Promise<WrittenCredentials> {
     if (this.written !== undefined || this.wiping !== undefined) {
-      throw new AgentError("INTERNAL", "a run's credentials are written once; open the bundle again for another run directory");
+      throw new AgentError(
+        "INTERNAL",
+        "a run's credentials are written once; open the bundle again for another run directory",
+      );
     }
     const runDir = resolve(request.runDir);
     const selected = this.selectedCredentials;
@@ -198,12 +240,19 @@ export class RunCredentials {
     const warnings = [
       ...(await this.baseHelperWarnings(request, registryFiles.overridden, helperExists)),
       ...(await this.scopedWarnings()),
-      ...registryFiles.overridden.map((o) => `the base Docker config's ${o.kind} entry ${JSON.stringify(o.key)} is replaced by the exported credential for that registry`),
+      ...registryFiles.overridden.map(
+        (o) =>
+          `the base Docker config's ${o.kind} entry ${JSON.stringify(o.key)} is replaced by the exported credential for that registry`,
+      ),
       ...tofu.warnings,
     ];
 
     // createRunDir cleans up after itself; from here on, this object owns the directory.
-    await createRunDir(request.fs, runDir, { runId: this.runId, agentId: this.agentId, createdAt: new Date().toISOString() });
+    await createRunDir(request.fs, runDir, {
+      runId: this.runId,
+      agentId: this.agentId,
+      createdAt: new Date().toISOString(),
+    });
     this.written = { runDir, fs: request.fs };
     try {
       await writeRunFile(request.fs, runDir, "dockerConfig", registryFiles.dockerConfig);
@@ -247,15 +296,23 @@ export class RunCredentials {
   }
 
   /** The operator's own helpers stay in the file OpenTofu reads; a missing one makes init fail for the registries it serves. */
-  private async baseHelperWarnings(request: WriteRequest, overridden: readonly { readonly key: string }[], helperExists: (name: string) => Promise<boolean>): Promise<string[]> {
+  private async baseHelperWarnings(
+    request: WriteRequest,
+    overridden: readonly { readonly key: string }[],
+    helperExists: (name: string) => Promise<boolean>,
+  ): Promise<string[]> {
     const base = request.operator.baseDockerConfig;
     const baseHelpers = new Map<string, string>();
-    for (const [key, name] of Object.entries(base?.credHelpers ?? {})) if (name !== "" && !overridden.some((o) => o.key === key)) baseHelpers.set(name, key);
-    if (base?.credsStore !== undefined && base.credsStore !== "") baseHelpers.set(base.credsStore, "credsStore (every registry not exported)");
+    for (const [key, name] of Object.entries(base?.credHelpers ?? {}))
+      if (name !== "" && !overridden.some((o) => o.key === key)) baseHelpers.set(name, key);
+    if (base?.credsStore !== undefined && base.credsStore !== "")
+      baseHelpers.set(base.credsStore, "credsStore (every registry not exported)");
     const warnings: string[] = [];
     for (const [name, servedBy] of baseHelpers) {
       if (!(await helperExists(name))) {
-        warnings.push(`the base Docker config names docker-credential-${name} for ${servedBy}, but it is not on PATH: tofu init will fail for those registries; install it or remove it from --base-docker-config`);
+        warnings.push(
+          `the base Docker config names docker-credential-${name} for ${servedBy}, but it is not on PATH: tofu init will fail for those registries; install it or remove it from --base-docker-config`,
+        );
       }
     }
     return warnings;

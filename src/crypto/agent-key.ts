@@ -72,7 +72,9 @@ export function publicKeyOfPem(pem: string, source: string): Uint8Array {
   try {
     return rawParts(createPrivateKey({ key: pem, format: "pem" })).x;
   } catch {
-    throw new AgentError("KEY_FILE_INVALID", `${source} does not hold an X25519 private key in PKCS#8 PEM form`, { source });
+    throw new AgentError("KEY_FILE_INVALID", `${source} does not hold an X25519 private key in PKCS#8 PEM form`, {
+      source,
+    });
   }
 }
 
@@ -91,7 +93,8 @@ export function parsePublicKeyDoc(text: string, source: string): RecipientPublic
     throw fail("not JSON");
   }
   const { kid, public_key: publicKeyText } = (doc ?? {}) as Record<string, unknown>;
-  if (typeof kid !== "string" || typeof publicKeyText !== "string") throw fail('expected string fields "kid" and "public_key"');
+  if (typeof kid !== "string" || typeof publicKeyText !== "string")
+    throw fail('expected string fields "kid" and "public_key"');
   let publicKey: Uint8Array;
   try {
     publicKey = b64urlDecodeStrict(publicKeyText, "public key");

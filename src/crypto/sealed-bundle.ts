@@ -98,7 +98,11 @@ export async function openBundle(bytes: Uint8Array, options: OpenOptions): Promi
   }
   let plaintext: ArrayBuffer;
   try {
-    const recipient = await suite.createRecipientContext({ recipientKey: key.privateKey, enc: envelope.enc, info: INFO });
+    const recipient = await suite.createRecipientContext({
+      recipientKey: key.privateKey,
+      enc: envelope.enc,
+      info: INFO,
+    });
     plaintext = await recipient.open(envelope.ciphertext, ASCII.encode(envelope.protectedB64));
   } catch {
     throw new AgentError(

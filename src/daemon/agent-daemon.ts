@@ -45,10 +45,20 @@ export class AgentDaemon {
     this.shutdownRequests++;
     const { log } = this.options;
     if (this.shutdownRequests === 1) {
-      log.info({ event: "shutdown_requested", active_runs: this.active.size, drain_timeout_ms: this.options.settings.drainTimeoutMs }, "shutting down: no new runs; draining");
+      log.info(
+        {
+          event: "shutdown_requested",
+          active_runs: this.active.size,
+          drain_timeout_ms: this.options.settings.drainTimeoutMs,
+        },
+        "shutting down: no new runs; draining",
+      );
       this.pollAbort.abort();
     } else if (!this.runsAbort.signal.aborted) {
-      log.warn({ event: "shutdown_forced", active_runs: this.active.size }, "second signal: canceling running runs now");
+      log.warn(
+        { event: "shutdown_forced", active_runs: this.active.size },
+        "second signal: canceling running runs now",
+      );
       this.runsAbort.abort();
     }
   }
@@ -77,13 +87,18 @@ export class AgentDaemon {
       try {
         const answer = await client.register(this.options.registration());
         observer.registered(answer.agent_id);
-        log.info({ event: "registered", agent_id: answer.agent_id, poll_wait_seconds: answer.poll_wait_seconds }, "registered with the control plane");
+        log.info(
+          { event: "registered", agent_id: answer.agent_id, poll_wait_seconds: answer.poll_wait_seconds },
+          "registered with the control plane",
+        );
         this.pollWaitSeconds = answer.poll_wait_seconds;
         this.heartbeatIntervalMs = answer.heartbeat_interval_seconds * 1000;
         return answer.agent_id;
       } catch (error) {
         if (!this.handlePollError(error, "register")) return undefined;
-        await this.sleep(backoffDelayMs(this.options.settings.retry, attempt, this.options.random ?? Math.random, retryAfterOf(error)));
+        await this.sleep(
+          backoffDelayMs(this.options.settings.retry, attempt, this.options.random ?? Math.random, retryAfterOf(error)),
+        );
       }
     }
     return undefined;
@@ -96,7 +111,14 @@ export class AgentDaemon {
   private handlePollError(error: unknown, during: string): boolean {
     const { log, observer } = this.options;
     if (isAgentError(error)) {
-      const kind = isAgentError(error, "CONTROL_PLANE_UNAVAILABLE", "CONTROL_PLANE_REJECTED", "CONTROL_PLANE_BAD_RESPONSE") ? error.details.kind : error.code;
+      const kind = isAgentError(
+        error,
+        "CONTROL_PLANE_UNAVAILABLE",
+        "CONTROL_PLANE_REJECTED",
+        "CONTROL_PLANE_BAD_RESPONSE",
+      )
+        ? error.details.kind
+        : error.code;
       observer.pollFailed(kind, error.code, error.message);
       if (error.code === "CONTROL_PLANE_UNAUTHORIZED") {
         this.fatal = error;
@@ -108,7 +130,10 @@ export class AgentDaemon {
       return true;
     }
     observer.pollFailed("internal", "INTERNAL", "unexpected error");
-    log.error({ event: "control_plane_error", code: "INTERNAL", during, err: error }, "unexpected error talking to the control plane");
+    log.error(
+      { event: "control_plane_error", code: "INTERNAL", during, err: error },
+      "unexpected error talking to the control plane",
+    );
     return true;
   }
 
@@ -146,7 +171,10 @@ export class AgentDaemon {
       } catch (error) {
         if (this.stopping()) break;
         if (isAgentError(error, "CONTROL_PLANE_REJECTED") && error.details.status === 404) {
-          this.options.log.warn({ event: "reregistering" }, "the control plane no longer knows this agent; registering again");
+          this.options.log.warn(
+            { event: "reregistering" },
+            "the control plane no longer knows this agent; registering again",
+          );
           this.options.observer.unregistered();
           const again = await this.register();
           if (again === undefined) break;
@@ -155,14 +183,29 @@ export class AgentDaemon {
           continue;
         }
         if (!this.handlePollError(error, "lease")) break;
-        await this.sleep(backoffDelayMs(this.options.settings.retry, attempt++, this.options.random ?? Math.random, retryAfterOf(error)));
+        await this.sleep(
+          backoffDelayMs(
+            this.options.settings.retry,
+            attempt++,
+            this.options.random ?? Math.random,
+            retryAfterOf(error),
+          ),
+        );
       }
     }
   }
 
   private start(lease: Lease, agentId: string): void {
     const { client, log, observer, settings, runs } = this.options;
-    const context = { agentId, client, log, observer, settings, heartbeatIntervalMs: this.heartbeatIntervalMs, resources: runs };
+    const context = {
+      agentId,
+      client,
+      log,
+      observer,
+      settings,
+      heartbeatIntervalMs: this.heartbeatIntervalMs,
+      resources: runs,
+    };
     const promise = executeRun(lease, context, this.runsAbort.signal)
       .catch((error: unknown) => {
         this.options.log.error({ event: "run_error", run_id: lease.run.id, err: error }, "run failed unexpectedly");
@@ -176,7 +219,10 @@ export class AgentDaemon {
     if (this.active.size === 0) return;
     const timer = setTimeout(() => {
       if (this.active.size > 0) {
-        this.options.log.warn({ event: "drain_timeout", active_runs: this.active.size }, "drain timeout reached: canceling running runs");
+        this.options.log.warn(
+          { event: "drain_timeout", active_runs: this.active.size },
+          "drain timeout reached: canceling running runs",
+        );
         this.runsAbort.abort();
       }
     }, this.options.settings.drainTimeoutMs);

@@ -74,7 +74,10 @@ export class ControlPlaneClient {
       res = await boundedRequest(url, {
         method,
         dispatcher: this.dispatcher,
-        headers: { authorization: `Bearer ${this.options.token}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+        headers: {
+          authorization: `Bearer ${this.options.token}`,
+          ...(body === undefined ? {} : { "content-type": "application/json" }),
+        },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
         timeoutMs: timeout,
         ...(opts.signal ? { signal: opts.signal } : {}),
@@ -85,18 +88,38 @@ export class ControlPlaneClient {
       if (!(error instanceof BoundedRequestError)) throw error;
       switch (error.kind) {
         case "timeout":
-          throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `the control plane did not finish answering ${method} ${path} within ${Math.round(timeout / 1000)} s; retrying with backoff`, { kind: "timeout" });
+          throw new AgentError(
+            "CONTROL_PLANE_UNAVAILABLE",
+            `the control plane did not finish answering ${method} ${path} within ${Math.round(timeout / 1000)} s; retrying with backoff`,
+            { kind: "timeout" },
+          );
         case "too_large":
           throw error.details.declaredBytes !== undefined
-            ? new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's answer to ${method} ${path} is ${error.details.declaredBytes} bytes, over the limit of ${limit}`, { kind: "too_large" })
-            : new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's answer to ${method} ${path} exceeds ${limit} bytes`, { kind: "too_large" });
+            ? new AgentError(
+                "CONTROL_PLANE_BAD_RESPONSE",
+                `the control plane's answer to ${method} ${path} is ${error.details.declaredBytes} bytes, over the limit of ${limit}`,
+                { kind: "too_large" },
+              )
+            : new AgentError(
+                "CONTROL_PLANE_BAD_RESPONSE",
+                `the control plane's answer to ${method} ${path} exceeds ${limit} bytes`,
+                { kind: "too_large" },
+              );
         case "network":
-          throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `cannot reach the control plane at ${this.base} (${error.details.label}); retrying with backoff`, {
-            errno: error.details.errno ?? null,
-            kind: "network",
-          });
+          throw new AgentError(
+            "CONTROL_PLANE_UNAVAILABLE",
+            `cannot reach the control plane at ${this.base} (${error.details.label}); retrying with backoff`,
+            {
+              errno: error.details.errno ?? null,
+              kind: "network",
+            },
+          );
         case "cut_off":
-          throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `the control plane's answer to ${method} ${path} was cut off (${error.details.label})`, { kind: "network" });
+          throw new AgentError(
+            "CONTROL_PLANE_UNAVAILABLE",
+            `the control plane's answer to ${method} ${path} was cut off (${error.details.label})`,
+            { kind: "network" },
+          );
       }
     }
     const { status, bytes } = res;
@@ -110,17 +133,29 @@ export class ControlPlaneClient {
       );
     }
     if (status === 409 || (status === 404 && opts.leaseRoute === true)) {
-      throw new AgentError("LEASE_LOST", `the control plane no longer holds this lease (HTTP ${status}${apiMessage}); the run is aborted and its credentials wiped`, { status });
+      throw new AgentError(
+        "LEASE_LOST",
+        `the control plane no longer holds this lease (HTTP ${status}${apiMessage}); the run is aborted and its credentials wiped`,
+        { status },
+      );
     }
     if (status === 429 || status >= 500) {
       const retryAfter = parseRetryAfterMs(res.headers["retry-after"] as string | undefined, Date.now());
-      throw new AgentError("CONTROL_PLANE_UNAVAILABLE", `the control plane answered HTTP ${status}${apiMessage}; retrying with backoff`, {
-        status,
-        kind: status === 429 ? "throttled" : "server_error",
-        ...(retryAfter === undefined ? {} : { retry_after_ms: retryAfter }),
-      });
+      throw new AgentError(
+        "CONTROL_PLANE_UNAVAILABLE",
+        `the control plane answered HTTP ${status}${apiMessage}; retrying with backoff`,
+        {
+          status,
+          kind: status === 429 ? "throttled" : "server_error",
+          ...(retryAfter === undefined ? {} : { retry_after_ms: retryAfter }),
+        },
+      );
     }
-    throw new AgentError("CONTROL_PLANE_REJECTED", `the control plane rejected ${method} ${path} with HTTP ${status}${apiMessage}`, { status, kind: "rejected" });
+    throw new AgentError(
+      "CONTROL_PLANE_REJECTED",
+      `the control plane rejected ${method} ${path} with HTTP ${status}${apiMessage}`,
+      { status, kind: "rejected" },
+    );
   }
 
   private errorMessage(bytes: Buffer): string {
@@ -139,12 +174,20 @@ export class ControlPlaneClient {
     try {
       json = JSON.parse(bytes.toString("utf8"));
     } catch {
-      throw new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's ${what} is not JSON; is --control-plane-url the agent API's base URL?`, { kind: "bad_response" });
+      throw new AgentError(
+        "CONTROL_PLANE_BAD_RESPONSE",
+        `the control plane's ${what} is not JSON; is --control-plane-url the agent API's base URL?`,
+        { kind: "bad_response" },
+      );
     }
     const parsed = schema.safeParse(json);
     if (!parsed.success) {
       const fields = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`);
-      throw new AgentError("CONTROL_PLANE_BAD_RESPONSE", `the control plane's ${what} does not follow the agent API v1 (${fields.join("; ")})`, { kind: "bad_response", fields });
+      throw new AgentError(
+        "CONTROL_PLANE_BAD_RESPONSE",
+        `the control plane's ${what} does not follow the agent API v1 (${fields.join("; ")})`,
+        { kind: "bad_response", fields },
+      );
     }
     return parsed.data;
   }
@@ -155,37 +198,68 @@ export class ControlPlaneClient {
   }
 
   async updateKeys(agentId: string, publicKeys: RegisterRequest["public_keys"]): Promise<void> {
-    await this.call("PUT", `/agents/${encodeURIComponent(agentId)}/keys`, { public_keys: publicKeys }, { maxBytes: SMALL_ANSWER_BYTES });
+    await this.call(
+      "PUT",
+      `/agents/${encodeURIComponent(agentId)}/keys`,
+      { public_keys: publicKeys },
+      { maxBytes: SMALL_ANSWER_BYTES },
+    );
   }
 
   async lease(agentId: string, max: number, waitSeconds: number, signal: AbortSignal): Promise<Lease[]> {
-    const { bytes } = await this.call("POST", `/agents/${encodeURIComponent(agentId)}/leases`, { max, wait_seconds: waitSeconds }, {
-      timeoutMs: waitSeconds * 1000 + 15_000,
-      signal,
-    });
+    const { bytes } = await this.call(
+      "POST",
+      `/agents/${encodeURIComponent(agentId)}/leases`,
+      { max, wait_seconds: waitSeconds },
+      {
+        timeoutMs: waitSeconds * 1000 + 15_000,
+        signal,
+      },
+    );
     return this.parse(bytes, leaseResponseSchema, "lease answer").leases;
   }
 
   /** The run's configuration archive; `signal` (the run's end) stops the download. */
   async configuration(leaseId: string, maxBytes: number, signal: AbortSignal): Promise<Buffer> {
-    const { bytes } = await this.call("GET", `/leases/${encodeURIComponent(leaseId)}/configuration`, undefined, { maxBytes, leaseRoute: true, timeoutMs: 120_000, signal });
+    const { bytes } = await this.call("GET", `/leases/${encodeURIComponent(leaseId)}/configuration`, undefined, {
+      maxBytes,
+      leaseRoute: true,
+      timeoutMs: 120_000,
+      signal,
+    });
     return bytes;
   }
 
   async heartbeat(leaseId: string): Promise<HeartbeatResponse> {
-    const { bytes } = await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/heartbeat`, {}, { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES });
+    const { bytes } = await this.call(
+      "POST",
+      `/leases/${encodeURIComponent(leaseId)}/heartbeat`,
+      {},
+      { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES },
+    );
     return this.parse(bytes, heartbeatResponseSchema, "heartbeat answer");
   }
 
   async events(leaseId: string, events: RunEvent[]): Promise<void> {
-    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/events`, { events }, { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES });
+    await this.call(
+      "POST",
+      `/leases/${encodeURIComponent(leaseId)}/events`,
+      { events },
+      { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES },
+    );
   }
 
   async log(leaseId: string, chunk: LogChunk): Promise<void> {
-    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/logs`, chunk, { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES });
+    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/logs`, chunk, {
+      leaseRoute: true,
+      maxBytes: SMALL_ANSWER_BYTES,
+    });
   }
 
   async complete(leaseId: string, body: CompleteRequest): Promise<void> {
-    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/complete`, body, { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES });
+    await this.call("POST", `/leases/${encodeURIComponent(leaseId)}/complete`, body, {
+      leaseRoute: true,
+      maxBytes: SMALL_ANSWER_BYTES,
+    });
   }
 }

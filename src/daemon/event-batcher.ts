@@ -28,11 +28,10 @@ export class EventBatcher {
     if (this.pending.length === 0) return;
     const batch = this.pending;
     this.pending = [];
-    this.sending = this.sending.then(
-      () =>
-        this.send(batch).catch(() => {
-          this.lost += batch.length;
-        }),
+    this.sending = this.sending.then(() =>
+      this.send(batch).catch(() => {
+        this.lost += batch.length;
+      }),
     );
   }
 

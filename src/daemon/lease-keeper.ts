@@ -51,7 +51,10 @@ export class LeaseKeeper {
         } catch (error) {
           const retryable = isAgentError(error) && error.code === "CONTROL_PLANE_UNAVAILABLE";
           if (!retryable || now() > deadline) {
-            log.error({ event: "completion_failed", code: isAgentError(error) ? error.code : "INTERNAL" }, "could not report the run's outcome to the control plane");
+            log.error(
+              { event: "completion_failed", code: isAgentError(error) ? error.code : "INTERNAL" },
+              "could not report the run's outcome to the control plane",
+            );
             return;
           }
           await delay(backoffDelayMs(COMPLETION_BACKOFF, attempt, this.options.random ?? Math.random));
@@ -86,10 +89,17 @@ export class LeaseKeeper {
         if (hb.cancel_requested) onEnd(new AgentError("RUN_CANCELED", "the run was canceled from the control plane"));
       } catch (error) {
         if (isAgentError(error) && (error.code === "LEASE_LOST" || error.code === "CONTROL_PLANE_UNAUTHORIZED")) {
-          onEnd(error.code === "LEASE_LOST" ? error : new AgentError("LEASE_LOST", `heartbeats are refused (${error.message}); the run is aborted`));
+          onEnd(
+            error.code === "LEASE_LOST"
+              ? error
+              : new AgentError("LEASE_LOST", `heartbeats are refused (${error.message}); the run is aborted`),
+          );
           return;
         }
-        log.warn({ event: "heartbeat_failed", code: isAgentError(error) ? error.code : "INTERNAL" }, "heartbeat failed; retrying");
+        log.warn(
+          { event: "heartbeat_failed", code: isAgentError(error) ? error.code : "INTERNAL" },
+          "heartbeat failed; retrying",
+        );
         if (Number.isFinite(expiresAt) && now() >= expiresAt) {
           onEnd(new AgentError("LEASE_LOST", "heartbeats failed until the lease expired; the run is aborted"));
           return;

@@ -45,7 +45,9 @@ export class LogShipper {
   }
 
   private noteDropped(): void {
-    this.append(`[oci-cred-agent: ${this.dropped} characters of ${this.phase} output were not sent: the control plane took them more slowly than tofu printed them]\n`);
+    this.append(
+      `[oci-cred-agent: ${this.dropped} characters of ${this.phase} output were not sent: the control plane took them more slowly than tofu printed them]\n`,
+    );
     this.dropped = 0;
   }
 

@@ -18,12 +18,22 @@ const stdoutSink: LogSink = {
   },
 };
 
-export async function createLogger(options: { level: string; format: LogFormat; redactor: Redactor; sink?: LogSink }): Promise<Logger> {
+export async function createLogger(options: {
+  level: string;
+  format: LogFormat;
+  redactor: Redactor;
+  sink?: LogSink;
+}): Promise<Logger> {
   const sink = options.sink ?? stdoutSink;
   let render: (line: string) => string = (line) => line;
   if (options.format === "pretty") {
     const { prettyFactory } = await import("pino-pretty");
-    const pretty = prettyFactory({ colorize: process.stdout.isTTY, translateTime: "SYS:HH:MM:ss.l", ignore: "pid,hostname,service", singleLine: true });
+    const pretty = prettyFactory({
+      colorize: process.stdout.isTTY,
+      translateTime: "SYS:HH:MM:ss.l",
+      ignore: "pid,hostname,service",
+      singleLine: true,
+    });
     render = (line) => pretty(line);
   }
   const destination = {

@@ -32,7 +32,10 @@ export function processGroupOf(stat: string): number | undefined {
 export function runOfWorkingDirectory(cwd: string, workspacesDir: string): string | undefined {
   const prefix = `${workspacesDir.replace(/\/+$/, "")}/`;
   if (!cwd.startsWith(prefix)) return undefined;
-  const runId = cwd.slice(prefix.length).split("/")[0]?.replace(/ \(deleted\)$/, "");
+  const runId = cwd
+    .slice(prefix.length)
+    .split("/")[0]
+    ?.replace(/ \(deleted\)$/, "");
   return runId === undefined || runId === "" ? undefined : runId;
 }
 
@@ -99,12 +102,20 @@ function signalGroup(orphan: OrphanProcess, signal: NodeJS.Signals, ownGroup: nu
 const KILL_WAIT_MS = 5_000;
 
 /** Stops every orphan: SIGTERM, up to `graceMs` to exit, then SIGKILL. Returns how many were found. */
-export async function stopOrphans(workspacesDir: string, credentialsDir: string, graceMs: number, log: Logger): Promise<number> {
+export async function stopOrphans(
+  workspacesDir: string,
+  credentialsDir: string,
+  graceMs: number,
+  log: Logger,
+): Promise<number> {
   const orphans = await findOrphans(workspacesDir, credentialsDir);
   if (orphans.length === 0) return 0;
   const ownGroup = processGroupOf(await readFile("/proc/self/stat", "utf8").catch(() => ""));
   for (const o of orphans) {
-    log.warn({ event: "orphan_found", run_id: o.runId, pid: o.pid }, `tofu of run ${o.runId} (pid ${o.pid}) was left running by an earlier agent process; stopping it`);
+    log.warn(
+      { event: "orphan_found", run_id: o.runId, pid: o.pid },
+      `tofu of run ${o.runId} (pid ${o.pid}) was left running by an earlier agent process; stopping it`,
+    );
     signalGroup(o, "SIGTERM", ownGroup);
   }
   const deadline = Date.now() + graceMs;
@@ -119,8 +130,17 @@ export async function stopOrphans(workspacesDir: string, credentialsDir: string,
   const killDeadline = Date.now() + KILL_WAIT_MS;
   while (killed.size > 0 && (await anyAlive(orphans)) && Date.now() < killDeadline) await delay(20);
   for (const o of orphans) {
-    const fields = { event: "orphan_stopped", run_id: o.runId, pid: o.pid, signal: killed.has(o.pid) ? "SIGKILL" : "SIGTERM" };
-    if (await alive(o.pid)) log.error({ ...fields, event: "orphan_not_stopped" }, `the leftover tofu of run ${o.runId} (pid ${o.pid}) is still running after SIGKILL; stop it by hand`);
+    const fields = {
+      event: "orphan_stopped",
+      run_id: o.runId,
+      pid: o.pid,
+      signal: killed.has(o.pid) ? "SIGKILL" : "SIGTERM",
+    };
+    if (await alive(o.pid))
+      log.error(
+        { ...fields, event: "orphan_not_stopped" },
+        `the leftover tofu of run ${o.runId} (pid ${o.pid}) is still running after SIGKILL; stop it by hand`,
+      );
     else log.warn(fields, `stopped the leftover tofu of run ${o.runId}`);
   }
   return orphans.length;

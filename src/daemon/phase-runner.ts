@@ -22,7 +22,9 @@ function tofuArgs(phase: Phase, planned: boolean): string[] {
     case "plan":
       return ["plan", "-input=false", "-no-color", "-out=tfplan"];
     case "apply":
-      return planned ? ["apply", "-input=false", "-no-color", "-auto-approve", "tfplan"] : ["apply", "-input=false", "-no-color", "-auto-approve"];
+      return planned
+        ? ["apply", "-input=false", "-no-color", "-auto-approve", "tfplan"]
+        : ["apply", "-input=false", "-no-color", "-auto-approve"];
   }
 }
 
@@ -79,7 +81,8 @@ export class LineSplitter {
     if (this.pending.length > this.maxBytes + holdBack) {
       this.pending = this.redact(this.pending);
       const cut = this.pending.length - holdBack;
-      for (let at = 0; at < cut; at += this.maxBytes) this.emit(this.pending.slice(at, Math.min(cut, at + this.maxBytes)));
+      for (let at = 0; at < cut; at += this.maxBytes)
+        this.emit(this.pending.slice(at, Math.min(cut, at + this.maxBytes)));
       if (cut > 0) this.pending = this.pending.slice(cut);
     }
   }

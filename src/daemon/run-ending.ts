@@ -20,7 +20,12 @@ export class RunEnding {
     if (shutdown.aborted) this.onShutdown();
     shutdown.addEventListener("abort", this.onShutdown, { once: true });
     this.timeout = setTimeout(() => {
-      this.end(new AgentError("RUN_TIMEOUT", `the run exceeded --run-timeout (${Math.round(runTimeoutMs / 1000)} s) and was canceled`));
+      this.end(
+        new AgentError(
+          "RUN_TIMEOUT",
+          `the run exceeded --run-timeout (${Math.round(runTimeoutMs / 1000)} s) and was canceled`,
+        ),
+      );
     }, runTimeoutMs);
   }
 

@@ -62,9 +62,19 @@ const OUTCOME_FOR: Partial<Record<ErrorCode, Outcome>> = { RUN_CANCELED: "cancel
 export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortSignal): Promise<Outcome> {
   const { client, settings, resources } = ctx;
   const runId = lease.run.id;
-  const telemetry = new RunTelemetry(lease, { client, log: ctx.log, observer: ctx.observer, redactor: resources.redactor });
+  const telemetry = new RunTelemetry(lease, {
+    client,
+    log: ctx.log,
+    observer: ctx.observer,
+    redactor: resources.redactor,
+  });
   const ending = new RunEnding(shutdown, settings.runTimeoutMs);
-  const keeper = new LeaseKeeper(lease, { client, log: telemetry.log, heartbeatIntervalMs: ctx.heartbeatIntervalMs, onEnd: (reason) => ending.end(reason) });
+  const keeper = new LeaseKeeper(lease, {
+    client,
+    log: telemetry.log,
+    heartbeatIntervalMs: ctx.heartbeatIntervalMs,
+    onEnd: (reason) => ending.end(reason),
+  });
   const workspace = new RunWorkspace(join(settings.workspacesDir, runId));
   let credentials: RunCredentials | undefined;
   let forgetSecrets: (() => void) | undefined;
@@ -86,10 +96,20 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
     });
     forgetSecrets = resources.redactor.add(credentials.secretForms());
     telemetry.credentialsOpened(credentials);
-    await checkBeforeInit(credentials, await scanSources(workspace, telemetry), resources.preflight, telemetry, ending.signal);
+    await checkBeforeInit(
+      credentials,
+      await scanSources(workspace, telemetry),
+      resources.preflight,
+      telemetry,
+      ending.signal,
+    );
     ending.throwIfEnded();
     const writeStarted = performance.now();
-    const written = await credentials.write({ runDir: join(settings.credentialsDir, runId), fs: resources.fs, operator: resources.operator });
+    const written = await credentials.write({
+      runDir: join(settings.credentialsDir, runId),
+      fs: resources.fs,
+      operator: resources.operator,
+    });
     telemetry.credentialsWritten(credentials, written, performance.now() - writeStarted);
     const env: NodeJS.ProcessEnv = { ...resources.baseEnv, ...written.env, TF_IN_AUTOMATION: "1", TF_INPUT: "0" };
     let planned = false;
@@ -121,7 +141,14 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
   } catch (error) {
     // A step stopped by the run's end may reject with its own abort error: the end's reason is the failure.
     const ended: unknown = ending.signal.aborted ? ending.signal.reason : undefined;
-    failure = isAgentError(error) ? error : isAgentError(ended) ? ended : new AgentError("INTERNAL", `unexpected failure while running: ${error instanceof Error ? error.name : "error"}`);
+    failure = isAgentError(error)
+      ? error
+      : isAgentError(ended)
+        ? ended
+        : new AgentError(
+            "INTERNAL",
+            `unexpected failure while running: ${error instanceof Error ? error.name : "error"}`,
+          );
     if (failure.code === "INTERNAL") telemetry.unexpected(error);
   } finally {
     ending.dispose();
@@ -138,7 +165,8 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
   await telemetry.close();
   if (failure?.code === "LEASE_LOST") await keeper.release();
   else {
-    const error = failure === undefined ? {} : { error: { code: failure.code, message: failure.message.slice(0, 4000) } };
+    const error =
+      failure === undefined ? {} : { error: { code: failure.code, message: failure.message.slice(0, 4000) } };
     await keeper.complete({ outcome, ...error, phases: telemetry.phases, credentials_wiped: wiped });
   }
   return outcome;
@@ -171,7 +199,10 @@ async function checkBeforeInit(
   if (checker === undefined || credentials.selected.length === 0) return;
   const started = performance.now();
   try {
-    telemetry.preflightPassed(await credentials.check(checker, repositoriesByRegistry(sources), signal), performance.now() - started);
+    telemetry.preflightPassed(
+      await credentials.check(checker, repositoriesByRegistry(sources), signal),
+      performance.now() - started,
+    );
   } catch (error) {
     if (isAgentError(error, "PREFLIGHT_FAILED")) telemetry.preflightRefused(error);
     throw error;

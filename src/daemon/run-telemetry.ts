@@ -45,12 +45,18 @@ export class RunTelemetry {
   }
 
   configurationExtracted(extracted: { files: number; bytes: number }): void {
-    this.log.info({ event: "configuration_extracted", files: extracted.files, bytes: extracted.bytes }, "configuration extracted");
+    this.log.info(
+      { event: "configuration_extracted", files: extracted.files, bytes: extracted.bytes },
+      "configuration extracted",
+    );
   }
 
   /** The scan for `oci://` sources failed: pre-flight goes on without pull scopes. */
   sourcesUnreadable(code: string): void {
-    this.log.warn({ event: "sources_scan_failed", code }, `could not scan the configuration for oci:// sources (${code}); pre-flight checks the registries without pull scopes`);
+    this.log.warn(
+      { event: "sources_scan_failed", code },
+      `could not scan the configuration for oci:// sources (${code}); pre-flight checks the registries without pull scopes`,
+    );
   }
 
   /** OpenTofu pulls `oci://docker.io/...` anonymously, whatever credentials exist. */
@@ -65,7 +71,15 @@ export class RunTelemetry {
 
   credentialsOpened(credentials: RunCredentials): void {
     for (const ig of credentials.ignored) {
-      this.log.warn({ event: "integration_ignored", integration_id: ig.integration_id, integration_name: ig.integration_name, code: ig.code }, ig.reason);
+      this.log.warn(
+        {
+          event: "integration_ignored",
+          integration_id: ig.integration_id,
+          integration_name: ig.integration_name,
+          code: ig.code,
+        },
+        ig.reason,
+      );
     }
   }
 
@@ -73,20 +87,33 @@ export class RunTelemetry {
     for (const o of outcomes) {
       this.deps.observer.preflightChecked(o.result);
       const fields = { event: "preflight", registry: o.host, integration_id: o.integration_id, result: o.result };
-      if (o.result === "unreachable") this.log.warn(fields, `pre-flight check for ${o.host} not conclusive: ${o.detail}`);
+      if (o.result === "unreachable")
+        this.log.warn(fields, `pre-flight check for ${o.host} not conclusive: ${o.detail}`);
       else this.log.info(fields, `pre-flight check for ${o.host}: ${o.result} (${o.detail})`);
     }
     const unverified = outcomes.filter((o) => o.result === "unreachable").length;
     this.log.info(
       { event: "preflight_finished", registries: outcomes.length, unverified, duration_ms: Math.round(durationMs) },
-      unverified === 0 ? "pre-flight checks passed" : `pre-flight checks done; ${unverified} registr${unverified === 1 ? "y" : "ies"} could not be verified`,
+      unverified === 0
+        ? "pre-flight checks passed"
+        : `pre-flight checks done; ${unverified} registr${unverified === 1 ? "y" : "ies"} could not be verified`,
     );
   }
 
   preflightRefused(error: AgentError<"PREFLIGHT_FAILED">): void {
     this.deps.observer.preflightChecked("refused");
     const d = error.details;
-    this.log.error({ event: "preflight", registry: d.registry, integration_id: d.integration_id, result: "refused", status: d.status, code: error.code }, error.message);
+    this.log.error(
+      {
+        event: "preflight",
+        registry: d.registry,
+        integration_id: d.integration_id,
+        result: "refused",
+        status: d.status,
+        code: error.code,
+      },
+      error.message,
+    );
   }
 
   credentialsWritten(credentials: RunCredentials, written: WrittenCredentials, durationMs: number): void {
@@ -96,10 +123,24 @@ export class RunTelemetry {
     if (pickupMs !== undefined) this.deps.observer.pickup(pickupMs);
     this.deps.observer.credentialsWritten(registries.length);
     for (const r of registries) {
-      this.log.info({ event: "credentials_written", registry: r.host, integration_id: r.integration_id, integration_name: r.integration_name }, `credentials for ${r.host} from integration ${r.integration_id}`);
+      this.log.info(
+        {
+          event: "credentials_written",
+          registry: r.host,
+          integration_id: r.integration_id,
+          integration_name: r.integration_name,
+        },
+        `credentials for ${r.host} from integration ${r.integration_id}`,
+      );
     }
     this.log.info(
-      { event: "credentials_ready", registries: registries.length, duration_ms: ms(durationMs), pickup_ms: pickupMs ?? null, bundle_id: credentials.bundleId },
+      {
+        event: "credentials_ready",
+        registries: registries.length,
+        duration_ms: ms(durationMs),
+        pickup_ms: pickupMs ?? null,
+        bundle_id: credentials.bundleId,
+      },
       `credentials in place for ${registries.length} registr${registries.length === 1 ? "y" : "ies"}`,
     );
     for (const w of written.warnings) this.log.warn({ event: "credentials_warning" }, w);
@@ -117,7 +158,10 @@ export class RunTelemetry {
     const plog = this.log.child({ phase });
     plog.info({ event: "phase_started" }, `${phase} started`);
     this.events.push({ type: "phase_started", at: new Date().toISOString(), phase });
-    const shipper = new LogShipper((p, seq, text) => this.deps.client.log(this.lease.lease_id, { phase: p, seq, text }), phase);
+    const shipper = new LogShipper(
+      (p, seq, text) => this.deps.client.log(this.lease.lease_id, { phase: p, seq, text }),
+      phase,
+    );
     return {
       write: (text) => {
         const clean = this.deps.redactor.redact(text);
@@ -127,14 +171,27 @@ export class RunTelemetry {
       finished: async (result) => {
         const shipped = await shipper.close();
         if (shipped.failedChunks > 0) {
-          plog.warn({ event: "log_upload_failed", chunks: shipped.chunks, failed_chunks: shipped.failedChunks }, `${shipped.failedChunks} of ${shipped.chunks} chunks of ${phase} output could not be delivered to the control plane`);
+          plog.warn(
+            { event: "log_upload_failed", chunks: shipped.chunks, failed_chunks: shipped.failedChunks },
+            `${shipped.failedChunks} of ${shipped.chunks} chunks of ${phase} output could not be delivered to the control plane`,
+          );
         }
         const durationMs = Math.round(result.durationMs);
         const ok = result.exitCode === 0 && !result.canceled;
         this.phases.push({ name: phase, exit_code: result.exitCode, signal: result.signal, duration_ms: durationMs });
         this.deps.observer.phaseFinished(phase, result.durationMs, ok);
-        plog.info({ event: "phase_finished", exit_code: result.exitCode, signal: result.signal, duration_ms: durationMs }, `${phase} finished`);
-        this.events.push({ type: "phase_finished", at: new Date().toISOString(), phase, exit_code: result.exitCode, signal: result.signal, duration_ms: durationMs });
+        plog.info(
+          { event: "phase_finished", exit_code: result.exitCode, signal: result.signal, duration_ms: durationMs },
+          `${phase} finished`,
+        );
+        this.events.push({
+          type: "phase_finished",
+          at: new Date().toISOString(),
+          phase,
+          exit_code: result.exitCode,
+          signal: result.signal,
+          duration_ms: durationMs,
+        });
       },
     };
   }
@@ -142,7 +199,11 @@ export class RunTelemetry {
   /** The run's wipe listener: every wipe outcome is counted and logged, a failure as an error. */
   readonly wiped = (outcome: WipeOutcome): void => {
     this.deps.observer.wiped(outcome.ok);
-    if (outcome.ok) this.log.info({ event: "credentials_wiped", files: outcome.removed.length, duration_ms: ms(outcome.durationMs) }, "credentials wiped");
+    if (outcome.ok)
+      this.log.info(
+        { event: "credentials_wiped", files: outcome.removed.length, duration_ms: ms(outcome.durationMs) },
+        "credentials wiped",
+      );
     else this.log.error({ event: "wipe_failed", code: outcome.error.code }, outcome.error.message);
   };
 
@@ -158,7 +219,10 @@ export class RunTelemetry {
   finished(outcome: Outcome, failure: AgentError | undefined): void {
     const durationMs = Math.round(performance.now() - this.started);
     if (failure) {
-      this.log[outcome === "canceled" ? "warn" : "error"]({ event: "run_finished", outcome, code: failure.code, duration_ms: durationMs }, failure.message);
+      this.log[outcome === "canceled" ? "warn" : "error"](
+        { event: "run_finished", outcome, code: failure.code, duration_ms: durationMs },
+        failure.message,
+      );
     } else {
       this.log.info({ event: "run_finished", outcome, duration_ms: durationMs }, "run succeeded");
     }
@@ -168,7 +232,11 @@ export class RunTelemetry {
   /** Delivers the pending events (before the completion, so the control plane has them all). */
   async close(): Promise<void> {
     const { lostEvents } = await this.events.close();
-    if (lostEvents > 0) this.log.warn({ event: "events_upload_failed", events: lostEvents }, `${lostEvents} run events could not be delivered to the control plane`);
+    if (lostEvents > 0)
+      this.log.warn(
+        { event: "events_upload_failed", events: lostEvents },
+        `${lostEvents} run events could not be delivered to the control plane`,
+      );
   }
 }
 

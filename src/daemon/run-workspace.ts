@@ -17,9 +17,17 @@ export class RunWorkspace {
   constructor(readonly dir: string) {}
 
   /** Fetches, verifies and extracts the run's configuration; `signal` (the run's end) stops the download. */
-  async prepare(lease: Lease, client: ControlPlaneClient, limits: ArchiveLimits, signal: AbortSignal): Promise<{ files: number; bytes: number }> {
+  async prepare(
+    lease: Lease,
+    client: ControlPlaneClient,
+    limits: ArchiveLimits,
+    signal: AbortSignal,
+  ): Promise<{ files: number; bytes: number }> {
     const { inline_base64: inline, sha256 } = lease.run.configuration;
-    const archive = inline !== undefined ? Buffer.from(inline, "base64") : await client.configuration(lease.lease_id, limits.maxBytes + ARCHIVE_DOWNLOAD_SLACK_BYTES, signal);
+    const archive =
+      inline !== undefined
+        ? Buffer.from(inline, "base64")
+        : await client.configuration(lease.lease_id, limits.maxBytes + ARCHIVE_DOWNLOAD_SLACK_BYTES, signal);
     verifyChecksum(archive, sha256);
     return extractConfiguration(archive, this.dir, limits);
   }

@@ -17,12 +17,22 @@ async function ensureAgentDir(fs: FileSystem, path: string): Promise<void> {
   await fs.mkdir(path, { recursive: true, mode: PRIVATE_DIR_MODE });
   const st = await fs.lstat(path);
   if (st.isSymbolicLink() || !st.isDirectory() || st.uid !== currentUid()) {
-    throw new AgentError("RUN_DIR_UNSAFE", `${path} must be a directory owned by the agent's user (uid ${currentUid()}), not a link or another user's; fix --work-dir or --credentials-dir`, { path });
+    throw new AgentError(
+      "RUN_DIR_UNSAFE",
+      `${path} must be a directory owned by the agent's user (uid ${currentUid()}), not a link or another user's; fix --work-dir or --credentials-dir`,
+      { path },
+    );
   }
   await fs.chmod(path, PRIVATE_DIR_MODE);
 }
 
-export async function sweepLeftovers(fs: FileSystem, credentialsDir: string, workspacesDir: string, log: Logger, orphanGraceMs = 10_000): Promise<{ wiped: number; failed: number }> {
+export async function sweepLeftovers(
+  fs: FileSystem,
+  credentialsDir: string,
+  workspacesDir: string,
+  log: Logger,
+  orphanGraceMs = 10_000,
+): Promise<{ wiped: number; failed: number }> {
   await ensureAgentDir(fs, credentialsDir);
   await ensureAgentDir(fs, workspacesDir);
   // First the tofu processes an earlier agent process left running in those workspaces.
@@ -33,7 +43,10 @@ export async function sweepLeftovers(fs: FileSystem, credentialsDir: string, wor
     await wipeCredentialDir(fs, join(credentialsDir, entry), (outcome) => {
       if (outcome.ok) {
         wiped++;
-        log.warn({ event: "swept_credentials", run_id: entry, files: outcome.removed.length }, `removed credentials left by an earlier process for run ${entry}`);
+        log.warn(
+          { event: "swept_credentials", run_id: entry, files: outcome.removed.length },
+          `removed credentials left by an earlier process for run ${entry}`,
+        );
       } else {
         failed++;
         log.error({ event: "sweep_failed", run_id: entry, code: outcome.error.code }, outcome.error.message);
@@ -42,7 +55,10 @@ export async function sweepLeftovers(fs: FileSystem, credentialsDir: string, wor
   }
   for (const entry of await fs.readdir(workspacesDir)) {
     await rm(join(workspacesDir, entry), { recursive: true, force: true });
-    log.warn({ event: "swept_workspace", run_id: entry }, `removed the workspace left by an earlier process for run ${entry}`);
+    log.warn(
+      { event: "swept_workspace", run_id: entry },
+      `removed the workspace left by an earlier process for run ${entry}`,
+    );
   }
   return { wiped, failed };
 }

@@ -28,16 +28,30 @@ export function verifyChecksum(archive: Uint8Array, expectedSha256: string): voi
   }
 }
 
-export async function extractConfiguration(archive: Uint8Array, dir: string, limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS): Promise<{ files: number; bytes: number }> {
+export async function extractConfiguration(
+  archive: Uint8Array,
+  dir: string,
+  limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
+): Promise<{ files: number; bytes: number }> {
   let tar: Buffer;
   try {
     // Headers and padding add at most ~1 KiB per entry on top of the file bytes.
     tar = await gunzipAsync(archive, { maxOutputLength: limits.maxBytes + limits.maxEntries * 1024 + 1024 * 1024 });
   } catch (error) {
-    if (error instanceof RangeError || (error instanceof Error && "code" in error && error.code === "ERR_BUFFER_TOO_LARGE")) {
-      throw new AgentError("ARCHIVE_TOO_LARGE", `the configuration archive expands past ${limits.maxBytes} bytes; raise --max-config-bytes or slim the configuration`, { limit: limits.maxBytes });
+    if (
+      error instanceof RangeError ||
+      (error instanceof Error && "code" in error && error.code === "ERR_BUFFER_TOO_LARGE")
+    ) {
+      throw new AgentError(
+        "ARCHIVE_TOO_LARGE",
+        `the configuration archive expands past ${limits.maxBytes} bytes; raise --max-config-bytes or slim the configuration`,
+        { limit: limits.maxBytes },
+      );
     }
-    throw new AgentError("ARCHIVE_INVALID", "the configuration archive is not valid gzip; the control plane must send a tar.gz of the configuration directory");
+    throw new AgentError(
+      "ARCHIVE_INVALID",
+      "the configuration archive is not valid gzip; the control plane must send a tar.gz of the configuration directory",
+    );
   }
   const entries = parseTar(tar, limits);
   await makePrivateDir(realFs, dir, false);

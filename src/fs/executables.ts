@@ -9,7 +9,12 @@ import { delimiter, join, resolve } from "node:path";
 
 /** The path of an executable `file`, or undefined when there is none. */
 export async function findExecutable(file: string, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
-  const candidates = file.includes("/") ? [resolve(file)] : (env["PATH"] ?? "").split(delimiter).filter((d) => d !== "").map((d) => join(d, file));
+  const candidates = file.includes("/")
+    ? [resolve(file)]
+    : (env["PATH"] ?? "")
+        .split(delimiter)
+        .filter((d) => d !== "")
+        .map((d) => join(d, file));
   for (const candidate of candidates) {
     try {
       await access(candidate, constants.X_OK);

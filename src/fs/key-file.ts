@@ -6,7 +6,14 @@
  */
 import { constants } from "node:fs";
 import { AgentError, errnoCode } from "../core/errors.js";
-import { currentUid, isAlreadyThere, openNewFile, removeFailedWrite, withLeftover, type FileSystem } from "./secure-fs.js";
+import {
+  currentUid,
+  isAlreadyThere,
+  openNewFile,
+  removeFailedWrite,
+  withLeftover,
+  type FileSystem,
+} from "./secure-fs.js";
 
 /**
  * A key that root provisions for the agent: owned by root, writable by nobody else, nothing for
@@ -28,9 +35,15 @@ export async function readProtectedKeyFile(fs: FileSystem, path: string): Promis
     st = await fs.lstat(path);
   } catch (error) {
     if (errnoCode(error) === "ENOENT") {
-      throw new AgentError("KEY_FILE_NOT_FOUND", `the key file ${path} does not exist; create it with \`oci-cred-agent keygen --key-file ${path}\``, { path });
+      throw new AgentError(
+        "KEY_FILE_NOT_FOUND",
+        `the key file ${path} does not exist; create it with \`oci-cred-agent keygen --key-file ${path}\``,
+        { path },
+      );
     }
-    throw new AgentError("INPUT_UNREADABLE", `the key file ${path} cannot be read (${errnoCode(error) ?? "error"})`, { path });
+    throw new AgentError("INPUT_UNREADABLE", `the key file ${path} cannot be read (${errnoCode(error) ?? "error"})`, {
+      path,
+    });
   }
   if (st.isSymbolicLink()) {
     throw new AgentError(
@@ -40,7 +53,11 @@ export async function readProtectedKeyFile(fs: FileSystem, path: string): Promis
     );
   }
   if (!st.isFile()) {
-    throw new AgentError("KEY_FILE_NOT_REGULAR", `the key file ${path} is not a regular file; point --key-file at the key file itself`, { path });
+    throw new AgentError(
+      "KEY_FILE_NOT_REGULAR",
+      `the key file ${path} is not a regular file; point --key-file at the key file itself`,
+      { path },
+    );
   }
   const mode = st.mode & 0o777;
   const provisioned = rootProvisioned(st.uid, st.gid, mode);
@@ -62,12 +79,20 @@ export async function readProtectedKeyFile(fs: FileSystem, path: string): Promis
   try {
     handle = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
   } catch (error) {
-    throw new AgentError("INPUT_UNREADABLE", `the key file ${path} cannot be opened by uid ${currentUid()} (${errnoCode(error) ?? "error"}); check its owner, group and mode`, { path });
+    throw new AgentError(
+      "INPUT_UNREADABLE",
+      `the key file ${path} cannot be opened by uid ${currentUid()} (${errnoCode(error) ?? "error"}); check its owner, group and mode`,
+      { path },
+    );
   }
   try {
     const again = await handle.stat();
     if (again.ino !== st.ino || again.dev !== st.dev) {
-      throw new AgentError("KEY_FILE_NOT_REGULAR", `the key file ${path} was replaced while it was being read; try again`, { path });
+      throw new AgentError(
+        "KEY_FILE_NOT_REGULAR",
+        `the key file ${path} was replaced while it was being read; try again`,
+        { path },
+      );
     }
     return await handle.readFile("utf8");
   } finally {
@@ -83,7 +108,12 @@ function keyWriteFailed(path: string, error: unknown): AgentError {
       : code === "EACCES" || code === "EPERM" || code === "EROFS"
         ? "the agent's user may not write there; choose a directory it owns (mode 0700), then run keygen again"
         : "check the directory's file system, then run keygen again";
-  return new AgentError("KEY_FILE_WRITE_FAILED", `writing the new key file ${path} failed (${code}); ${hint}`, { path, errno: code }, { cause: error });
+  return new AgentError(
+    "KEY_FILE_WRITE_FAILED",
+    `writing the new key file ${path} failed (${code}); ${hint}`,
+    { path, errno: code },
+    { cause: error },
+  );
 }
 
 /**
@@ -97,10 +127,18 @@ export async function createKeyFile(fs: FileSystem, path: string, pem: string): 
   } catch (error) {
     const code = errnoCode(error);
     if (isAlreadyThere(error)) {
-      throw new AgentError("KEY_FILE_EXISTS", `${path} exists already; keygen never overwrites a key. Choose another --key-file, or remove the old key if it is retired`, { path });
+      throw new AgentError(
+        "KEY_FILE_EXISTS",
+        `${path} exists already; keygen never overwrites a key. Choose another --key-file, or remove the old key if it is retired`,
+        { path },
+      );
     }
     if (code === "ENOENT") {
-      throw new AgentError("INVALID_ARGUMENT", `the directory for ${path} does not exist; create it (mode 0700) first`, { path });
+      throw new AgentError(
+        "INVALID_ARGUMENT",
+        `the directory for ${path} does not exist; create it (mode 0700) first`,
+        { path },
+      );
     }
     throw keyWriteFailed(path, error);
   }
@@ -122,7 +160,12 @@ export async function createKeyFile(fs: FileSystem, path: string, pem: string): 
   const failure = keyWriteFailed(path, writeError);
   const cleanup = await removeFailedWrite(fs, path);
   if (cleanup !== undefined) {
-    throw withLeftover(failure, path, cleanup, `it may hold the private key, whole or in part; delete it (rm ${path}) before running keygen again`);
+    throw withLeftover(
+      failure,
+      path,
+      cleanup,
+      `it may hold the private key, whole or in part; delete it (rm ${path}) before running keygen again`,
+    );
   }
   throw failure;
 }

@@ -14,7 +14,16 @@
 import type { Stats } from "node:fs";
 import { join, resolve } from "node:path";
 import { AgentError, errnoCode, isAgentError } from "../core/errors.js";
-import { currentUid, isTempNameFor, lstatIfExists, makePrivateDir, withLeftover, writeFailed, writeSecretFileAtomic, type FileSystem } from "./secure-fs.js";
+import {
+  currentUid,
+  isTempNameFor,
+  lstatIfExists,
+  makePrivateDir,
+  withLeftover,
+  writeFailed,
+  writeSecretFileAtomic,
+  type FileSystem,
+} from "./secure-fs.js";
 
 export const MARKER_NAME = ".oci-cred-agent-run.json";
 
@@ -42,7 +51,11 @@ export interface RunDirMeta {
  * Creates the run directory, its marker and its subdirectories. On a failure it wipes what it
  * created; when that wipe fails too, the error names the directory left behind.
  */
-export async function createRunDir(fs: FileSystem, runDirPath: string, meta: RunDirMeta): Promise<{ created: boolean }> {
+export async function createRunDir(
+  fs: FileSystem,
+  runDirPath: string,
+  meta: RunDirMeta,
+): Promise<{ created: boolean }> {
   // A trailing "/" or "/." makes lstat follow a symlink at the last component: normalize first.
   const runDir = resolve(runDirPath);
   const created = await makePrivateDir(fs, runDir, true);
@@ -88,7 +101,12 @@ function isOwnedRegularFile(st: Stats): boolean {
 }
 
 function wipeFailed(path: string, error: unknown): AgentError {
-  return new AgentError("WIPE_FAILED", `removing ${path} failed (${errnoCode(error) ?? "unknown error"}); check the file system and run \`oci-cred-agent wipe\` again`, { path }, { cause: error });
+  return new AgentError(
+    "WIPE_FAILED",
+    `removing ${path} failed (${errnoCode(error) ?? "unknown error"}); check the file system and run \`oci-cred-agent wipe\` again`,
+    { path },
+    { cause: error },
+  );
 }
 
 async function removeFile(fs: FileSystem, path: string): Promise<void> {
@@ -135,7 +153,11 @@ export async function wipeRunDir(fs: FileSystem, runDirPath: string): Promise<Wi
 
   const removed: string[] = [];
   const foreign: string[] = [];
-  const known = new Set<string>([MARKER_NAME, ...LAYOUT_DIRS, ...topEntries.filter((e) => isTempNameFor(e, MARKER_NAME))]);
+  const known = new Set<string>([
+    MARKER_NAME,
+    ...LAYOUT_DIRS,
+    ...topEntries.filter((e) => isTempNameFor(e, MARKER_NAME)),
+  ]);
   for (const entry of topEntries) if (!known.has(entry)) foreign.push(entry);
   for (const entry of topEntries) {
     if (isTempNameFor(entry, MARKER_NAME)) {
@@ -155,7 +177,9 @@ export async function wipeRunDir(fs: FileSystem, runDirPath: string): Promise<Wi
       foreign.push(dir);
       continue;
     }
-    const names = Object.values(RUN_FILES).filter((f) => f.dir === dir).map((f) => f.name);
+    const names = Object.values(RUN_FILES)
+      .filter((f) => f.dir === dir)
+      .map((f) => f.name);
     let dirForeign = false;
     for (const entry of await fs.readdir(dirPath)) {
       const rel = `${dir}/${entry}`;

@@ -54,7 +54,11 @@ export function isTempNameFor(entry: string, name: string): boolean {
  * there already), never through a symbolic link (O_NOFOLLOW), mode 0600 unless given (the
  * umask applies). Anything already at `path` fails it: see isAlreadyThere.
  */
-export function openNewFile(fs: Pick<FileSystem, "open">, path: string, mode: number = SECRET_FILE_MODE): Promise<nodeFs.FileHandle> {
+export function openNewFile(
+  fs: Pick<FileSystem, "open">,
+  path: string,
+  mode: number = SECRET_FILE_MODE,
+): Promise<nodeFs.FileHandle> {
   return fs.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
 }
 
@@ -79,7 +83,12 @@ export function writeFailed(path: string, error: unknown): AgentError {
     code === "ENOSPC" || code === "EDQUOT"
       ? "the file system is full; free space (or enlarge the tmpfs) under the run directory"
       : "check the run directory's file system and permissions";
-  return new AgentError("RUN_DIR_WRITE_FAILED", `writing ${path} failed (${code}); ${hint}`, { path, errno: code }, { cause: error });
+  return new AgentError(
+    "RUN_DIR_WRITE_FAILED",
+    `writing ${path} failed (${code}); ${hint}`,
+    { path, errno: code },
+    { cause: error },
+  );
 }
 
 /**
@@ -112,7 +121,12 @@ function describeCleanupFailure(error: unknown): string {
  * what to do about it, and details gain `leftover` (the path) and `cleanup_error` (why it was
  * not removed: an errno, or the code of the wipe that refused).
  */
-export function withLeftover(failure: AgentError, leftover: string, cleanupError: unknown, whatToDo: string): AgentError {
+export function withLeftover(
+  failure: AgentError,
+  leftover: string,
+  cleanupError: unknown,
+  whatToDo: string,
+): AgentError {
   const why = describeCleanupFailure(cleanupError);
   return new AgentError(
     failure.code,
@@ -127,7 +141,12 @@ export function withLeftover(failure: AgentError, leftover: string, cleanupError
  * then rename over nothing (anything already at dir/name is refused), then fsync the directory.
  * On any failure the temporary file is removed; when that fails too, the error names it.
  */
-export async function writeSecretFileAtomic(fs: FileSystem, dir: string, name: string, data: string | Uint8Array): Promise<void> {
+export async function writeSecretFileAtomic(
+  fs: FileSystem,
+  dir: string,
+  name: string,
+  data: string | Uint8Array,
+): Promise<void> {
   const finalPath = join(dir, name);
   const tempPath = join(dir, tempNameFor(name));
   let created = false;
@@ -194,11 +213,19 @@ export async function makePrivateDir(fs: FileSystem, path: string, allowExisting
         ? `is owned by uid ${st.uid}, not the agent's uid ${currentUid()}`
         : undefined;
   if (problem !== undefined) {
-    throw new AgentError("RUN_DIR_UNSAFE", `${path} ${problem}; the run directory must be a new or empty directory of the agent's own`, { path });
+    throw new AgentError(
+      "RUN_DIR_UNSAFE",
+      `${path} ${problem}; the run directory must be a new or empty directory of the agent's own`,
+      { path },
+    );
   }
   if (!created) {
     if (!allowExistingEmpty) {
-      throw new AgentError("RUN_DIR_ENTRY_UNSAFE", `${path} exists already; the agent creates it itself. Something else writes into the run directory`, { path });
+      throw new AgentError(
+        "RUN_DIR_ENTRY_UNSAFE",
+        `${path} exists already; the agent creates it itself. Something else writes into the run directory`,
+        { path },
+      );
     }
     const entries = await fs.readdir(path);
     if (entries.length > 0) {

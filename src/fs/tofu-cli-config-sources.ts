@@ -39,7 +39,10 @@ async function firstExisting(fs: FileSystem, where: FirstExisting): Promise<stri
   return where.otherwise;
 }
 
-export async function discoverTofuCliConfig(fs: FileSystem, env: NodeJS.ProcessEnv): Promise<OperatorCliConfigSource[]> {
+export async function discoverTofuCliConfig(
+  fs: FileSystem,
+  env: NodeJS.ProcessEnv,
+): Promise<OperatorCliConfigSource[]> {
   const locations = tofuCliConfigLocations(env, homedir());
   const sources: OperatorCliConfigSource[] = [];
   const main = await readIfExists(fs, await firstExisting(fs, locations.file));

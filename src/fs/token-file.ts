@@ -19,7 +19,11 @@ export async function readTokenFile(fs: FileSystem, path: string, rule: TokenFil
   try {
     text = await fs.readFile(path, "utf8");
   } catch (error) {
-    throw new AgentError("INPUT_UNREADABLE", `cannot read ${rule.flag} ${path} (${errnoCode(error) ?? "error"}); put ${rule.what} in a file the agent's user can read and pass it with ${rule.flag}`, { path });
+    throw new AgentError(
+      "INPUT_UNREADABLE",
+      `cannot read ${rule.flag} ${path} (${errnoCode(error) ?? "error"}); put ${rule.what} in a file the agent's user can read and pass it with ${rule.flag}`,
+      { path },
+    );
   }
   const value = text.trim();
   const minLength = rule.minLength ?? 1;

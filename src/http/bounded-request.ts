@@ -89,10 +89,20 @@ export async function boundedRequest(url: string | URL, options: BoundedRequestO
   const failure = (kind: BoundedRequestFailure, error: unknown, message: string): BoundedRequestError => {
     const errno = errnoCode(error);
     const label = errno ?? (error instanceof Error ? error.name : "error");
-    return new BoundedRequestError(kind, `${message} (${label})`, { ...(errno === undefined ? {} : { errno }), label, ...bounds }, { cause: error });
+    return new BoundedRequestError(
+      kind,
+      `${message} (${label})`,
+      { ...(errno === undefined ? {} : { errno }), label, ...bounds },
+      { cause: error },
+    );
   };
   const timedOut = (error: unknown): BoundedRequestError =>
-    new BoundedRequestError("timeout", `${what} did not finish within ${secondsText(timeoutMs)}`, { label: "timeout", ...bounds }, { cause: error });
+    new BoundedRequestError(
+      "timeout",
+      `${what} did not finish within ${secondsText(timeoutMs)}`,
+      { label: "timeout", ...bounds },
+      { cause: error },
+    );
 
   let res: Dispatcher.ResponseData;
   try {
@@ -118,11 +128,15 @@ export async function boundedRequest(url: string | URL, options: BoundedRequestO
   if (declared > maxBodyBytes) {
     res.body.destroy();
     if (dump) return answer(Buffer.alloc(0));
-    throw new BoundedRequestError("too_large", `the answer to ${what} is ${declared} bytes, over the limit of ${maxBodyBytes}`, {
-      label: "too_large",
-      declaredBytes: declared,
-      ...bounds,
-    });
+    throw new BoundedRequestError(
+      "too_large",
+      `the answer to ${what} is ${declared} bytes, over the limit of ${maxBodyBytes}`,
+      {
+        label: "too_large",
+        declaredBytes: declared,
+        ...bounds,
+      },
+    );
   }
   const chunks: Buffer[] = [];
   let size = 0;
@@ -132,7 +146,10 @@ export async function boundedRequest(url: string | URL, options: BoundedRequestO
       if (size > maxBodyBytes) {
         res.body.destroy();
         if (dump) return answer(Buffer.alloc(0));
-        throw new BoundedRequestError("too_large", `the answer to ${what} exceeds ${maxBodyBytes} bytes`, { label: "too_large", ...bounds });
+        throw new BoundedRequestError("too_large", `the answer to ${what} exceeds ${maxBodyBytes} bytes`, {
+          label: "too_large",
+          ...bounds,
+        });
       }
       if (!dump) chunks.push(chunk as Buffer);
     }

@@ -19,7 +19,10 @@ export class ReloadableKeyRing {
     this.ring = new Map(keys.map((k) => [k.kid, k]));
   }
 
-  static async open(source: KeySource, ctx: KeySourceContext): Promise<{ ring: ReloadableKeyRing; warnings: readonly string[] }> {
+  static async open(
+    source: KeySource,
+    ctx: KeySourceContext,
+  ): Promise<{ ring: ReloadableKeyRing; warnings: readonly string[] }> {
     const loaded = await loadKeySource(source, ctx);
     return { ring: new ReloadableKeyRing(source, ctx, loaded.keys), warnings: loaded.warnings };
   }

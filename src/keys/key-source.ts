@@ -74,10 +74,15 @@ const PEM_BLOCK = /-----BEGIN PRIVATE KEY-----[\s\S]*?-----END PRIVATE KEY-----/
 async function parseKeyBundle(text: string, where: string): Promise<AgentPrivateKey[]> {
   const blocks = text.match(PEM_BLOCK) ?? [];
   if (blocks.length === 0) {
-    throw new AgentError("KEY_FILE_INVALID", `${where} holds no PEM private key; create one with \`oci-cred-agent keygen\``, { source: where });
+    throw new AgentError(
+      "KEY_FILE_INVALID",
+      `${where} holds no PEM private key; create one with \`oci-cred-agent keygen\``,
+      { source: where },
+    );
   }
   const keys: AgentPrivateKey[] = [];
-  for (const [i, block] of blocks.entries()) keys.push(await parsePrivateKeyPem(block, blocks.length > 1 ? `${where} (key ${i + 1})` : where));
+  for (const [i, block] of blocks.entries())
+    keys.push(await parsePrivateKeyPem(block, blocks.length > 1 ? `${where} (key ${i + 1})` : where));
   return keys;
 }
 
@@ -108,7 +113,12 @@ async function linkTarget(fs: FileSystem, path: string): Promise<string | undefi
   } catch (error) {
     const code = errnoCode(error);
     if (code === "ENOENT" || code === "ENOTDIR" || code === "ELOOP") return undefined;
-    throw new AgentError("INPUT_UNREADABLE", `cannot follow the key link ${path} (${code ?? "error"}); check the key directory's owner and mode`, { path }, { cause: error });
+    throw new AgentError(
+      "INPUT_UNREADABLE",
+      `cannot follow the key link ${path} (${code ?? "error"}); check the key directory's owner and mode`,
+      { path },
+      { cause: error },
+    );
   }
 }
 
@@ -125,10 +135,18 @@ async function loadKeyDirectory(fs: FileSystem, dir: string): Promise<AgentPriva
       // follow such a link only when its target stays inside the directory.
       const target = await linkTarget(fs, path);
       if (target === undefined) {
-        throw new AgentError("KEY_FILE_SYMLINK", `${path} is a symbolic link that leads nowhere (its target is missing, or it loops); replace it with the key file, inside ${dir}`, { path });
+        throw new AgentError(
+          "KEY_FILE_SYMLINK",
+          `${path} is a symbolic link that leads nowhere (its target is missing, or it loops); replace it with the key file, inside ${dir}`,
+          { path },
+        );
       }
       if (!target.startsWith(`${realDir}/`)) {
-        throw new AgentError("KEY_FILE_SYMLINK", `${path} is a symbolic link that leaves the key directory ${dir}; keep key files inside it`, { path });
+        throw new AgentError(
+          "KEY_FILE_SYMLINK",
+          `${path} is a symbolic link that leaves the key directory ${dir}; keep key files inside it`,
+          { path },
+        );
       }
       path = target;
     }
@@ -137,7 +155,11 @@ async function loadKeyDirectory(fs: FileSystem, dir: string): Promise<AgentPriva
     found.push({ mtimeMs, name, keys: await parseKeyBundle(text, join(dir, name)) });
   }
   if (found.length === 0) {
-    throw new AgentError("KEY_FILE_NOT_FOUND", `the key directory ${dir} holds no key file (*.key or *.pem); create one with \`oci-cred-agent keygen --key file:${dir}\``, { path: dir });
+    throw new AgentError(
+      "KEY_FILE_NOT_FOUND",
+      `the key directory ${dir} holds no key file (*.key or *.pem); create one with \`oci-cred-agent keygen --key file:${dir}\``,
+      { path: dir },
+    );
   }
   found.sort((a, b) => a.mtimeMs - b.mtimeMs || (a.name < b.name ? -1 : 1));
   return found.flatMap((f) => f.keys);
@@ -183,11 +205,17 @@ export async function loadKeySource(source: KeySource, ctx: KeySourceContext): P
         st = await ctx.fs.lstat(source.path);
       } catch (error) {
         if (errnoCode(error) === "ENOENT") {
-          throw new AgentError("KEY_FILE_NOT_FOUND", `the key file ${source.path} does not exist; create it with \`oci-cred-agent keygen --key-file ${source.path}\``, { path: source.path });
+          throw new AgentError(
+            "KEY_FILE_NOT_FOUND",
+            `the key file ${source.path} does not exist; create it with \`oci-cred-agent keygen --key-file ${source.path}\``,
+            { path: source.path },
+          );
         }
         throw error;
       }
-      const keys = st.isDirectory() ? await loadKeyDirectory(ctx.fs, source.path) : await parseKeyBundle(await readProtectedKeyFile(ctx.fs, source.path), source.path);
+      const keys = st.isDirectory()
+        ? await loadKeyDirectory(ctx.fs, source.path)
+        : await parseKeyBundle(await readProtectedKeyFile(ctx.fs, source.path), source.path);
       return { keys: dedupe(keys), warnings };
     }
     case "systemd-credential": {
@@ -229,7 +257,9 @@ export async function loadKeySource(source: KeySource, ctx: KeySourceContext): P
           { source: describeKeySource(source) },
         );
       }
-      warnings.push(`the private key comes from the environment variable ${source.name}: environment variables leak into child processes and crash dumps; prefer file:, systemd-credential: or keyring:. The variable is removed from the environment of runs`);
+      warnings.push(
+        `the private key comes from the environment variable ${source.name}: environment variables leak into child processes and crash dumps; prefer file:, systemd-credential: or keyring:. The variable is removed from the environment of runs`,
+      );
       return { keys: dedupe(await parseKeyBundle(text, describeKeySource(source))), warnings };
     }
   }

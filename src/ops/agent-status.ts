@@ -71,9 +71,14 @@ export class AgentStatus implements DaemonObserver {
   readiness(): Readiness {
     const reasons: string[] = [];
     if (this.keys === 0) reasons.push("no private key is loaded");
-    if (this.agentId === undefined) reasons.push(`not registered with the control plane${this.lastError ? ` (${this.lastError.code}: ${this.lastError.message})` : ""}`);
+    if (this.agentId === undefined)
+      reasons.push(
+        `not registered with the control plane${this.lastError ? ` (${this.lastError.code}: ${this.lastError.message})` : ""}`,
+      );
     else if (this.lastOkMs === undefined || this.now() - this.lastOkMs > this.staleAfterMs) {
-      reasons.push(`no successful poll of the control plane for ${this.lastOkMs === undefined ? "ever" : `${Math.round((this.now() - this.lastOkMs) / 1000)} s`}${this.lastError ? ` (last error ${this.lastError.code}: ${this.lastError.message})` : ""}`);
+      reasons.push(
+        `no successful poll of the control plane for ${this.lastOkMs === undefined ? "ever" : `${Math.round((this.now() - this.lastOkMs) / 1000)} s`}${this.lastError ? ` (last error ${this.lastError.code}: ${this.lastError.message})` : ""}`,
+      );
     }
     return {
       ready: reasons.length === 0,

@@ -17,7 +17,12 @@ export interface HealthServer {
 /** An event loop stalled for longer than this (p99 over the last interval) is not healthy. */
 const MAX_LOOP_DELAY_MS = 5000;
 
-export async function startHealthServer(host: string, port: number, status: AgentStatus, metrics: AgentMetrics): Promise<HealthServer> {
+export async function startHealthServer(
+  host: string,
+  port: number,
+  status: AgentStatus,
+  metrics: AgentMetrics,
+): Promise<HealthServer> {
   const loop = monitorEventLoopDelay({ resolution: 50 });
   loop.enable();
   const server: Server = createServer((req, res) => {
@@ -33,7 +38,10 @@ export async function startHealthServer(host: string, port: number, status: Agen
     if (path === "/healthz") {
       const p99 = loop.percentile(99) / 1e6;
       loop.reset();
-      json(p99 > MAX_LOOP_DELAY_MS ? 503 : 200, { status: p99 > MAX_LOOP_DELAY_MS ? "event loop stalled" : "ok", event_loop_delay_p99_ms: Math.round(p99) });
+      json(p99 > MAX_LOOP_DELAY_MS ? 503 : 200, {
+        status: p99 > MAX_LOOP_DELAY_MS ? "event loop stalled" : "ok",
+        event_loop_delay_p99_ms: Math.round(p99),
+      });
       return;
     }
     if (path === "/readyz") {

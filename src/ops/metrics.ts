@@ -8,7 +8,12 @@ import type { Outcome, Phase } from "../protocol/agent-api.js";
 
 export class AgentMetrics implements DaemonObserver {
   readonly registry = new Registry();
-  private readonly runs = new Counter({ name: "oci_cred_agent_runs_total", help: "Runs finished, by outcome.", labelNames: ["outcome"], registers: [this.registry] });
+  private readonly runs = new Counter({
+    name: "oci_cred_agent_runs_total",
+    help: "Runs finished, by outcome.",
+    labelNames: ["outcome"],
+    registers: [this.registry],
+  });
   private readonly phaseSeconds = new Histogram({
     name: "oci_cred_agent_phase_duration_seconds",
     help: "Duration of tofu phases.",
@@ -22,21 +27,52 @@ export class AgentMetrics implements DaemonObserver {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
     registers: [this.registry],
   });
-  private readonly credentials = new Counter({ name: "oci_cred_agent_credentials_written_total", help: "Registry credentials written into run directories.", registers: [this.registry] });
+  private readonly credentials = new Counter({
+    name: "oci_cred_agent_credentials_written_total",
+    help: "Registry credentials written into run directories.",
+    registers: [this.registry],
+  });
   private readonly preflight = new Counter({
     name: "oci_cred_agent_preflight_checks_total",
     help: "Pre-flight checks of exported credentials before init, by result (ok, cached, anonymous, skipped, unreachable, refused).",
     labelNames: ["result"],
     registers: [this.registry],
   });
-  private readonly wipes = new Counter({ name: "oci_cred_agent_wipes_total", help: "Credential wipes, by result (ok, failed).", labelNames: ["result"], registers: [this.registry] });
-  private readonly active = new Gauge({ name: "oci_cred_agent_active_runs", help: "Runs in progress.", registers: [this.registry] });
-  private readonly pollErrors = new Counter({ name: "oci_cred_agent_poll_errors_total", help: "Failed exchanges with the control plane, by kind.", labelNames: ["kind"], registers: [this.registry] });
-  private readonly registeredGauge = new Gauge({ name: "oci_cred_agent_registered", help: "1 when registered with the control plane.", registers: [this.registry] });
-  private readonly keys = new Gauge({ name: "oci_cred_agent_keys_loaded", help: "Private keys loaded.", registers: [this.registry] });
+  private readonly wipes = new Counter({
+    name: "oci_cred_agent_wipes_total",
+    help: "Credential wipes, by result (ok, failed).",
+    labelNames: ["result"],
+    registers: [this.registry],
+  });
+  private readonly active = new Gauge({
+    name: "oci_cred_agent_active_runs",
+    help: "Runs in progress.",
+    registers: [this.registry],
+  });
+  private readonly pollErrors = new Counter({
+    name: "oci_cred_agent_poll_errors_total",
+    help: "Failed exchanges with the control plane, by kind.",
+    labelNames: ["kind"],
+    registers: [this.registry],
+  });
+  private readonly registeredGauge = new Gauge({
+    name: "oci_cred_agent_registered",
+    help: "1 when registered with the control plane.",
+    registers: [this.registry],
+  });
+  private readonly keys = new Gauge({
+    name: "oci_cred_agent_keys_loaded",
+    help: "Private keys loaded.",
+    registers: [this.registry],
+  });
 
   constructor(version: string) {
-    new Gauge({ name: "oci_cred_agent_build_info", help: "Build information.", labelNames: ["version", "node"], registers: [this.registry] }).set({ version, node: process.version }, 1);
+    new Gauge({
+      name: "oci_cred_agent_build_info",
+      help: "Build information.",
+      labelNames: ["version", "node"],
+      registers: [this.registry],
+    }).set({ version, node: process.version }, 1);
     collectDefaultMetrics({ register: this.registry, prefix: "oci_cred_agent_" });
     for (const outcome of ["succeeded", "failed", "canceled"]) this.runs.inc({ outcome }, 0);
     for (const result of ["ok", "failed"]) this.wipes.inc({ result }, 0);

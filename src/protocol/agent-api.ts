@@ -56,7 +56,10 @@ const leaseSchema = z.object({
       sha256: z.string().regex(/^[0-9a-f]{64}$/),
       size_bytes: z.number().int().nonnegative(),
       /** The archive itself when it is small (saves a round trip); otherwise GET .../configuration. */
-      inline_base64: z.string().max(Math.ceil((MAX_INLINE_CONFIGURATION_BYTES * 4) / 3) + 4).optional(),
+      inline_base64: z
+        .string()
+        .max(Math.ceil((MAX_INLINE_CONFIGURATION_BYTES * 4) / 3) + 4)
+        .optional(),
     }),
   }),
   bundle: z.string().max(64 * 1024 * 1024),
@@ -94,7 +97,14 @@ export const completeRequestSchema = z.object({
   outcome: z.enum(OUTCOMES),
   error: z.object({ code: z.string().max(64), message: z.string().max(4096) }).optional(),
   phases: z
-    .array(z.object({ name: z.enum(PHASES), exit_code: z.number().int().nullable(), signal: z.string().max(32).nullable(), duration_ms: z.number().nonnegative() }))
+    .array(
+      z.object({
+        name: z.enum(PHASES),
+        exit_code: z.number().int().nullable(),
+        signal: z.string().max(32).nullable(),
+        duration_ms: z.number().nonnegative(),
+      }),
+    )
     .max(3),
   credentials_wiped: z.boolean(),
 });

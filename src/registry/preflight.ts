@@ -17,7 +17,13 @@ import { AgentError } from "../core/errors.js";
 import type { SelectedCredential } from "../core/credential-selection.js";
 import { encodeAuth } from "../core/docker-config.js";
 import { mostSpecificScope } from "../core/repository-scope.js";
-import { boundedRequest, BoundedRequestError, headerValue, secondsText, type BoundedResponse } from "../http/bounded-request.js";
+import {
+  boundedRequest,
+  BoundedRequestError,
+  headerValue,
+  secondsText,
+  type BoundedResponse,
+} from "../http/bounded-request.js";
 
 /** At most this many repositories are checked per credential. */
 const MAX_REPOSITORIES = 5;
@@ -39,7 +45,8 @@ function parseChallenge(header: string | undefined): Challenge | undefined {
   const m = /^\s*(Basic|Bearer)\b(.*)$/i.exec(header);
   if (!m?.[1]) return undefined;
   const params: Record<string, string> = {};
-  for (const p of (m[2] ?? "").matchAll(/([A-Za-z_]+)="([^"]*)"/g)) if (p[1] !== undefined && p[2] !== undefined) params[p[1].toLowerCase()] = p[2];
+  for (const p of (m[2] ?? "").matchAll(/([A-Za-z_]+)="([^"]*)"/g))
+    if (p[1] !== undefined && p[2] !== undefined) params[p[1].toLowerCase()] = p[2];
   return { scheme: m[1].toLowerCase() === "basic" ? "basic" : "bearer", params };
 }
 
@@ -71,10 +78,15 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): 
  * credential with the longest matching repository path wins, then the host-wide one.
  * `repositoriesByHost` is keyed by registry identity (`docker.io` for Docker Hub). Pure.
  */
-function repositoriesServed(credentials: readonly SelectedCredential[], repositoriesByHost: ReadonlyMap<string, readonly string[]>): Map<string, string[]> {
+function repositoriesServed(
+  credentials: readonly SelectedCredential[],
+  repositoriesByHost: ReadonlyMap<string, readonly string[]>,
+): Map<string, string[]> {
   const out = new Map<string, string[]>();
   for (const [registryHost, repos] of repositoriesByHost) {
-    const candidates = credentials.filter((c) => c.target.registry === registryHost || c.target.registry.startsWith(`${registryHost}/`));
+    const candidates = credentials.filter(
+      (c) => c.target.registry === registryHost || c.target.registry.startsWith(`${registryHost}/`),
+    );
     for (const repo of repos) {
       const best = mostSpecificScope(candidates, (c) => c.target.path, repo);
       if (best === undefined) continue;
@@ -90,7 +102,11 @@ function repositoriesServed(credentials: readonly SelectedCredential[], reposito
 export const UNREACHABLE_MEMORY_MS = 30_000;
 
 /** The limits the agent and doctor check with: a registry that stalls costs a run at most this long. */
-export const PREFLIGHT_LIMITS = { requestTimeoutMs: 10_000, checkTimeoutMs: 30_000, maxBodyBytes: 1024 * 1024 } as const;
+export const PREFLIGHT_LIMITS = {
+  requestTimeoutMs: 10_000,
+  checkTimeoutMs: 30_000,
+  maxBodyBytes: 1024 * 1024,
+} as const;
 
 export interface PreflightOptions {
   /** How long a success is remembered (0: never). */
@@ -113,7 +129,12 @@ export class PreflightChecker {
   constructor(private readonly options: PreflightOptions) {}
 
   /** GET within the request deadline and the check's `signal`; the body is read ("read") or dumped, up to maxBodyBytes. */
-  private get(url: string, signal: AbortSignal, authorization?: string, consume: "read" | "dump" = "dump"): Promise<BoundedResponse> {
+  private get(
+    url: string,
+    signal: AbortSignal,
+    authorization?: string,
+    consume: "read" | "dump" = "dump",
+  ): Promise<BoundedResponse> {
     return boundedRequest(url, {
       method: "GET",
       headers: authorization === undefined ? {} : { authorization },
@@ -130,7 +151,11 @@ export class PreflightChecker {
    * `signal` aborts (the run is canceled or times out, the agent stops), rejects at once with
    * its reason, even while a check shared with other runs goes on for them.
    */
-  async check(credentials: readonly SelectedCredential[], repositoriesByHost: ReadonlyMap<string, readonly string[]>, signal?: AbortSignal): Promise<PreflightOutcome[]> {
+  async check(
+    credentials: readonly SelectedCredential[],
+    repositoriesByHost: ReadonlyMap<string, readonly string[]>,
+    signal?: AbortSignal,
+  ): Promise<PreflightOutcome[]> {
     const outcomes: PreflightOutcome[] = [];
     const served = repositoriesServed(credentials, repositoriesByHost);
     for (const credential of credentials) {
@@ -170,19 +195,30 @@ export class PreflightChecker {
    * check takes no caller's signal (one run's cancel must not end it for the others); it is
    * bounded by checkTimeoutMs instead.
    */
-  private checkShared(credential: SelectedCredential, served: ReadonlyMap<string, readonly string[]>): Promise<PreflightOutcome> {
+  private checkShared(
+    credential: SelectedCredential,
+    served: ReadonlyMap<string, readonly string[]>,
+  ): Promise<PreflightOutcome> {
     const { target, entry } = credential;
     const repoKey = [...(served.get(target.registry) ?? [])].sort().join(",");
-    const key = createHash("sha256").update(`${target.registry}\0${entry.username}\0${entry.password}\0${entry.credentialHelper ?? ""}\0${repoKey}`).digest("hex");
+    const key = createHash("sha256")
+      .update(`${target.registry}\0${entry.username}\0${entry.password}\0${entry.credentialHelper ?? ""}\0${repoKey}`)
+      .digest("hex");
     const now = this.options.now();
     const unreachable = this.unreachable.get(key);
     if (unreachable !== undefined && unreachable.until > now) {
-      return Promise.resolve({ host: target.host, integration_id: entry.id, result: "unreachable", detail: `${unreachable.detail} (remembered for ${Math.round(UNREACHABLE_MEMORY_MS / 1000)} s)` });
+      return Promise.resolve({
+        host: target.host,
+        integration_id: entry.id,
+        result: "unreachable",
+        detail: `${unreachable.detail} (remembered for ${Math.round(UNREACHABLE_MEMORY_MS / 1000)} s)`,
+      });
     }
     const inflight = this.inflight.get(key);
     if (inflight !== undefined) return inflight;
     const promise = this.checkOne(credential, served, key).then((outcome) => {
-      if (outcome.result === "unreachable") this.unreachable.set(key, { until: this.options.now() + UNREACHABLE_MEMORY_MS, detail: outcome.detail });
+      if (outcome.result === "unreachable")
+        this.unreachable.set(key, { until: this.options.now() + UNREACHABLE_MEMORY_MS, detail: outcome.detail });
       return outcome;
     });
     this.inflight.set(key, promise);
@@ -195,7 +231,11 @@ export class PreflightChecker {
     return promise;
   }
 
-  private async checkOne({ target, entry }: SelectedCredential, served: ReadonlyMap<string, readonly string[]>, cacheKey: string): Promise<PreflightOutcome> {
+  private async checkOne(
+    { target, entry }: SelectedCredential,
+    served: ReadonlyMap<string, readonly string[]>,
+    cacheKey: string,
+  ): Promise<PreflightOutcome> {
     const base = { host: target.host, integration_id: entry.id };
     if (entry.credentialHelper !== undefined) {
       return { ...base, result: "skipped", detail: `served by docker-credential-${entry.credentialHelper}` };
@@ -216,9 +256,14 @@ export class PreflightChecker {
       if (first.status === 200) {
         return { ...base, result: "anonymous", detail: "the registry answers /v2/ without credentials" };
       }
-      const challenge = first.status === 401 ? parseChallenge(headerValue(first.headers, "www-authenticate")) : undefined;
+      const challenge =
+        first.status === 401 ? parseChallenge(headerValue(first.headers, "www-authenticate")) : undefined;
       if (challenge === undefined) {
-        return { ...base, result: "unreachable", detail: `${step} answered HTTP ${first.status} without an auth challenge; not verified` };
+        return {
+          ...base,
+          result: "unreachable",
+          detail: `${step} answered HTTP ${first.status} without an auth challenge; not verified`,
+        };
       }
       const scoped = (served.get(target.registry) ?? []).slice(0, MAX_REPOSITORIES);
       let status: number;
@@ -233,7 +278,11 @@ export class PreflightChecker {
         const url = new URL(realm);
         // The credential goes to the token service: only over TLS, whatever the challenge asks.
         if (url.protocol !== "https:") {
-          return { ...base, result: "unreachable", detail: `the registry's token service ${url.origin} is not https; the credential was not sent, so it is not verified` };
+          return {
+            ...base,
+            result: "unreachable",
+            detail: `the registry's token service ${url.origin} is not https; the credential was not sent, so it is not verified`,
+          };
         }
         if (challenge.params["service"] !== undefined) url.searchParams.set("service", challenge.params["service"]);
         for (const repo of scoped) url.searchParams.append("scope", `repository:${repo}:pull`);
@@ -243,7 +292,12 @@ export class PreflightChecker {
         status = res.status;
         if (status >= 200 && status < 300) {
           const body = tokenAnswer(res.bytes);
-          const token = typeof body.token === "string" ? body.token : typeof body.access_token === "string" ? body.access_token : undefined;
+          const token =
+            typeof body.token === "string"
+              ? body.token
+              : typeof body.access_token === "string"
+                ? body.access_token
+                : undefined;
           if (token !== undefined) authorization = `Bearer ${token}`;
         }
       }
@@ -262,7 +316,11 @@ export class PreflightChecker {
           }
         }
         this.cache.set(cacheKey, this.options.now() + this.options.cacheMs);
-        return { ...base, result: "ok", detail: `${step}${scoped.length > 0 ? `; pull access to ${scoped.join(", ")}` : ""}` };
+        return {
+          ...base,
+          result: "ok",
+          detail: `${step}${scoped.length > 0 ? `; pull access to ${scoped.join(", ")}` : ""}`,
+        };
       }
       if (status === 401 || status === 403) {
         const fix =
@@ -280,10 +338,18 @@ export class PreflightChecker {
       if (error instanceof AgentError) throw error;
       let why: string;
       if (deadline.aborted) why = `the check timed out after ${secondsText(checkTimeoutMs)}`;
-      else if (error instanceof BoundedRequestError && error.kind === "timeout") why = `timed out after ${secondsText(requestTimeoutMs)}`;
-      else if (error instanceof BoundedRequestError && error.kind === "too_large") why = `its answer is over ${maxBodyBytes} bytes`;
+      else if (error instanceof BoundedRequestError && error.kind === "timeout")
+        why = `timed out after ${secondsText(requestTimeoutMs)}`;
+      else if (error instanceof BoundedRequestError && error.kind === "too_large")
+        why = `its answer is over ${maxBodyBytes} bytes`;
       else if (error instanceof BoundedRequestError) why = error.details.label;
-      else why = error instanceof Error && "code" in error && typeof error.code === "string" ? error.code : error instanceof Error ? error.name : "error";
+      else
+        why =
+          error instanceof Error && "code" in error && typeof error.code === "string"
+            ? error.code
+            : error instanceof Error
+              ? error.name
+              : "error";
       return { ...base, result: "unreachable", detail: `${step} failed (${why}); not verified, tofu init will tell` };
     }
   }

@@ -45,10 +45,15 @@ describe("npm run bench -- --quick", () => {
     dir = await mkdtemp(join(tmpdir(), "oca-bench-"));
     const out = join(dir, "results.json");
     const stdout = await new Promise<string>((resolve, reject) => {
-      execFile(join(ROOT, "node_modules", ".bin", "tsx"), ["bench/run-bench.ts", "--quick", "--out", out], { cwd: ROOT, encoding: "utf8", maxBuffer: 16 * 1024 * 1024 }, (error, so, se) => {
-        if (error) reject(new Error(`bench failed: ${error.message}\n${se.slice(-2000)}`));
-        else resolve(so);
-      });
+      execFile(
+        join(ROOT, "node_modules", ".bin", "tsx"),
+        ["bench/run-bench.ts", "--quick", "--out", out],
+        { cwd: ROOT, encoding: "utf8", maxBuffer: 16 * 1024 * 1024 },
+        (error, so, se) => {
+          if (error) reject(new Error(`bench failed: ${error.message}\n${se.slice(-2000)}`));
+          else resolve(so);
+        },
+      );
     });
     const results = JSON.parse(await readFile(out, "utf8")) as Record<string, unknown>;
     for (const path of REQUIRED) {
@@ -58,6 +63,15 @@ describe("npm run bench -- --quick", () => {
     }
     expect((results["machine"] as { quick?: unknown }).quick).toBe(true);
     // The table names each measurement.
-    for (const label of ["pickup latency", "throughput", "floor", "materialize", "RSS", "start-up", "skopeo login hook"]) expect(stdout).toContain(label);
+    for (const label of [
+      "pickup latency",
+      "throughput",
+      "floor",
+      "materialize",
+      "RSS",
+      "start-up",
+      "skopeo login hook",
+    ])
+      expect(stdout).toContain(label);
   }, 300_000);
 });

@@ -35,7 +35,10 @@ async function runVitest(name: string, files: Record<string, string>): Promise<s
   for (const [file, text] of Object.entries(files)) await writeFile(join(root, file), text);
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("VITEST")));
   try {
-    const { stdout } = await execFileAsync(VITEST, ["run", "--root", root, "--globals", "--reporter", REPORTER], { env, cwd: root });
+    const { stdout } = await execFileAsync(VITEST, ["run", "--root", root, "--globals", "--reporter", REPORTER], {
+      env,
+      cwd: root,
+    });
     return stdout;
   } catch (error) {
     return (error as { stdout?: string }).stdout ?? "";
@@ -70,7 +73,8 @@ describe("the summary line", () => {
         'it.todo("todo");',
         'it("skips itself", (ctx) => { ctx.skip(); });',
       ].join("\n"),
-      "b.test.js": 'describe("hook", () => {\n  beforeAll(() => { throw new Error("hook"); });\n  it("one", () => {});\n  it("two", () => {});\n});\n',
+      "b.test.js":
+        'describe("hook", () => {\n  beforeAll(() => { throw new Error("hook"); });\n  it("one", () => {});\n  it("two", () => {});\n});\n',
       "c.test.js": 'throw new Error("does not load");\n',
       "d.test.js": 'afterAll(() => { throw new Error("after"); });\nit("passes", () => {});\n',
       "e.test.js": 'it("leaves a rejection behind", () => { void Promise.reject(new Error("unhandled")); });\n',
@@ -86,7 +90,10 @@ describe("the summary line", () => {
   });
 
   it("counts a test that never finished (pending) as failed", () => {
-    const test = (state: string): unknown => ({ result: () => ({ state }), parent: { type: "module", errors: () => [] } });
+    const test = (state: string): unknown => ({
+      result: () => ({ state }),
+      parent: { type: "module", errors: () => [] },
+    });
     const mod = { state: () => "failed", children: { allTests: () => [test("passed"), test("pending")] } };
     const summary = summarize([mod as unknown as TestModule], []);
     expect(summary).toEqual({ passed: 1, failed: 1, skipped: 0 });

@@ -26,14 +26,19 @@ describe("oci-cred-agent dev", () => {
     const workDir = join(dir, "work");
     // PATH without any tofu: only the directory of the node running these tests, and the basics.
     const path = [dirname(process.execPath), "/usr/bin", "/bin"].join(":");
-    const { stdout, stderr } = await execFileAsync(AGENT_BIN, ["dev", "--offline", "--work-dir", workDir], { env: { PATH: path, HOME: dir }, timeout: 60_000 });
+    const { stdout, stderr } = await execFileAsync(AGENT_BIN, ["dev", "--offline", "--work-dir", workDir], {
+      env: { PATH: path, HOME: dir },
+      timeout: 60_000,
+    });
     expect(stdout).toMatch(/Summary of run run-\S+: SUCCEEDED/);
     expect(stdout).toContain("No tofu on PATH");
     expect(stdout).toMatch(/ghcr\.io\s+<- int-\S+ \(GHCR \(platform team\)\)/);
     expect(stdout).toMatch(/registry-1\.docker\.io\s+<- int-\S+ \(Docker Hub\)/);
     expect(stdout).toMatch(/GHCR \(old token\)\): DUPLICATE_REGISTRY/);
     expect(stdout).toMatch(/GitLab \(export off\)\): EXPORT_OFF/);
-    expect(stdout).toMatch(/oci:\/\/ghcr\.io\/acme\/modules\/network\?tag=1\.4\.0 -> credential of user acme-platform \(key "ghcr\.io" in \S+\/docker\/config\.json\)/);
+    expect(stdout).toMatch(
+      /oci:\/\/ghcr\.io\/acme\/modules\/network\?tag=1\.4\.0 -> credential of user acme-platform \(key "ghcr\.io" in \S+\/docker\/config\.json\)/,
+    );
     expect(stdout).toMatch(/oci:\/\/registry\.gitlab\.com\/\S+ -> no credential/);
     expect(stdout).toMatch(/oci:\/\/docker\.io\/\S+ -> no credential.*registry-1\.docker\.io/);
     expect(stdout).toContain(`Files left under ${workDir}: 0`);

@@ -4,7 +4,18 @@
  * stdout or stderr, in any form.
  */
 import { execFile } from "node:child_process";
-import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -41,10 +52,15 @@ function env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
 
 function run(args: string[], options: { input?: string; env?: Record<string, string> } = {}): Promise<Result> {
   return new Promise((resolve) => {
-    const child = execFile(AGENT_BIN, args, { env: env(options.env), encoding: "utf8", timeout: 20_000 }, (error, stdout, stderr) => {
-      const code = error === null ? 0 : typeof error.code === "number" ? error.code : null;
-      resolve({ code, stdout, stderr });
-    });
+    const child = execFile(
+      AGENT_BIN,
+      args,
+      { env: env(options.env), encoding: "utf8", timeout: 20_000 },
+      (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === "number" ? error.code : null;
+        resolve({ code, stdout, stderr });
+      },
+    );
     child.stdin?.end(options.input ?? "");
   });
 }
@@ -59,18 +75,46 @@ function expectNoSecret(r: Result): void {
 const EXPORT = {
   version: 1,
   registries: [
-    { id: "int-ghcr", name: "GHCR prod", url: "https://ghcr.io", username: "octocat", password: CANARY, updated_at: "2026-11-20T10:00:00Z" },
-    { id: "int-ghcr-old", name: "GHCR old", url: "https://GHCR.io/", username: "octocat", password: CANARY, updated_at: "2026-01-01T00:00:00Z" },
+    {
+      id: "int-ghcr",
+      name: "GHCR prod",
+      url: "https://ghcr.io",
+      username: "octocat",
+      password: CANARY,
+      updated_at: "2026-11-20T10:00:00Z",
+    },
+    {
+      id: "int-ghcr-old",
+      name: "GHCR old",
+      url: "https://GHCR.io/",
+      username: "octocat",
+      password: CANARY,
+      updated_at: "2026-01-01T00:00:00Z",
+    },
     { id: "int-hub", name: "Docker Hub", url: "https://index.docker.io/v1/", username: "hubuser", password: CANARY },
     { id: "int-http", name: "Plain HTTP", url: "http://insecure.example.com", username: "u", password: CANARY },
   ],
 };
 
-async function seal(opts: { agentId?: string; runId?: string; ttl?: string; issuedAt?: string; plaintext?: string; out?: string } = {}): Promise<string> {
+async function seal(
+  opts: { agentId?: string; runId?: string; ttl?: string; issuedAt?: string; plaintext?: string; out?: string } = {},
+): Promise<string> {
   const out = opts.out ?? join(dir, `bundle-${Math.random().toString(16).slice(2)}.json`);
   const inFile = join(dir, `in-${Math.random().toString(16).slice(2)}.json`);
   writeFileSync(inFile, opts.plaintext ?? JSON.stringify(EXPORT), { mode: 0o600 });
-  const args = ["seal", "--public-key", pubFile, "--agent-id", opts.agentId ?? "agent-1", "--run-id", opts.runId ?? "run-42", "--in", inFile, "--out", out];
+  const args = [
+    "seal",
+    "--public-key",
+    pubFile,
+    "--agent-id",
+    opts.agentId ?? "agent-1",
+    "--run-id",
+    opts.runId ?? "run-42",
+    "--in",
+    inFile,
+    "--out",
+    out,
+  ];
   if (opts.ttl !== undefined) args.push("--ttl", opts.ttl);
   if (opts.issuedAt !== undefined) args.push("--issued-at", opts.issuedAt);
   const r = await run(args);
@@ -82,13 +126,33 @@ async function seal(opts: { agentId?: string; runId?: string; ttl?: string; issu
 /** Seals any plaintext with the library, as a control plane that does not check its export would. */
 async function sealUnchecked(plaintext: string): Promise<string> {
   const out = join(dir, `unchecked-${Math.random().toString(16).slice(2)}.json`);
-  const bundle = await sealBundle({ recipient: parsePublicKeyDoc(readFileSync(pubFile, "utf8"), pubFile), agentId: "agent-1", runId: "run-42", plaintext: Buffer.from(plaintext, "utf8"), issuedAtMs: Date.now(), ttlSeconds: 600 });
+  const bundle = await sealBundle({
+    recipient: parsePublicKeyDoc(readFileSync(pubFile, "utf8"), pubFile),
+    agentId: "agent-1",
+    runId: "run-42",
+    plaintext: Buffer.from(plaintext, "utf8"),
+    issuedAtMs: Date.now(),
+    ttlSeconds: 600,
+  });
   writeFileSync(out, bundle);
   return out;
 }
 
 function materializeArgs(runDir: string, bundle: string, extra: string[] = []): string[] {
-  return ["materialize", "--key-file", keyFile, "--agent-id", "agent-1", "--run-id", "run-42", "--bundle", bundle, "--run-dir", runDir, ...extra];
+  return [
+    "materialize",
+    "--key-file",
+    keyFile,
+    "--agent-id",
+    "agent-1",
+    "--run-id",
+    "run-42",
+    "--bundle",
+    bundle,
+    "--run-dir",
+    runDir,
+    ...extra,
+  ];
 }
 
 beforeAll(async () => {
@@ -122,7 +186,9 @@ describe("--help", () => {
     expect(top.code).toBe(0);
     const commands = commandsIn(top.stdout);
     // The one-shot commands of issue 2 are all there.
-    expect(commands).toEqual(expect.arrayContaining(["keygen", "pubkey", "seal", "materialize", "wipe", "run", "config"]));
+    expect(commands).toEqual(
+      expect.arrayContaining(["keygen", "pubkey", "seal", "materialize", "wipe", "run", "config"]),
+    );
     const queue = commands.map((c) => [c]);
     const seen: string[] = [];
     while (queue.length > 0) {
@@ -200,16 +266,22 @@ describe("seal → materialize → wipe", () => {
     for (const f of ["docker/config.json", "containers/auth.json", "tofu/cli.tfrc", ".oci-cred-agent-run.json"]) {
       expect(lstatSync(join(runDir, f)).mode & 0o777).toBe(0o600);
     }
-    const docker = JSON.parse(readFileSync(join(runDir, "docker/config.json"), "utf8")) as { auths: Record<string, { auth: string }> };
+    const docker = JSON.parse(readFileSync(join(runDir, "docker/config.json"), "utf8")) as {
+      auths: Record<string, { auth: string }>;
+    };
     const ghcr = Buffer.from(`octocat:${CANARY}`, "utf8").toString("base64");
     expect(docker.auths).toEqual({
       "ghcr.io": { auth: ghcr },
       "https://index.docker.io/v1/": { auth: Buffer.from(`hubuser:${CANARY}`, "utf8").toString("base64") },
       "registry-1.docker.io": { auth: Buffer.from(`hubuser:${CANARY}`, "utf8").toString("base64") },
     });
-    const containers = JSON.parse(readFileSync(join(runDir, "containers/auth.json"), "utf8")) as { auths: Record<string, unknown> };
+    const containers = JSON.parse(readFileSync(join(runDir, "containers/auth.json"), "utf8")) as {
+      auths: Record<string, unknown>;
+    };
     expect(Object.keys(containers.auths).sort()).toEqual(["docker.io", "ghcr.io"]);
-    expect(readFileSync(join(runDir, "tofu/cli.tfrc"), "utf8")).toContain(`docker_style_config_files    = ["${runDir}/docker/config.json"]`);
+    expect(readFileSync(join(runDir, "tofu/cli.tfrc"), "utf8")).toContain(
+      `docker_style_config_files    = ["${runDir}/docker/config.json"]`,
+    );
 
     const w = await run(["wipe", "--run-dir", runDir]);
     expect(w.code).toBe(0);
@@ -244,8 +316,18 @@ describe("seal → materialize → wipe", () => {
     ]);
     expect(ignored).toEqual(
       expect.arrayContaining([
-        { integration_id: "int-http", integration_name: "Plain HTTP", code: "ENTRY_NOT_HTTPS", reason: expect.stringContaining("https://") as unknown },
-        { integration_id: "int-ghcr-old", integration_name: "GHCR old", code: "DUPLICATE_REGISTRY", reason: expect.stringContaining("int-ghcr") as unknown },
+        {
+          integration_id: "int-http",
+          integration_name: "Plain HTTP",
+          code: "ENTRY_NOT_HTTPS",
+          reason: expect.stringContaining("https://") as unknown,
+        },
+        {
+          integration_id: "int-ghcr-old",
+          integration_name: "GHCR old",
+          code: "DUPLICATE_REGISTRY",
+          reason: expect.stringContaining("int-ghcr") as unknown,
+        },
       ]),
     );
     expect(out["warnings"]).toEqual([]);
@@ -254,17 +336,25 @@ describe("seal → materialize → wipe", () => {
   });
 
   it("the env output is safe to eval in sh, even for a run directory with quotes and spaces", async () => {
-    const runDir = join(dir, "it's a \"run\" $dir");
+    const runDir = join(dir, 'it\'s a "run" $dir');
     const r = await run(materializeArgs(runDir, bundleFile));
     expect(r.code).toBe(0);
     const shell = await new Promise<string>((resolve, reject) => {
-      const child = execFile("sh", ["-c", 'eval "$(cat)"; printf "%s\\n%s\\n%s" "$DOCKER_CONFIG" "$REGISTRY_AUTH_FILE" "$TF_CLI_CONFIG_FILE"'], (error, stdout) => {
-        if (error) reject(new Error(error.message));
-        else resolve(stdout);
-      });
+      const child = execFile(
+        "sh",
+        ["-c", 'eval "$(cat)"; printf "%s\\n%s\\n%s" "$DOCKER_CONFIG" "$REGISTRY_AUTH_FILE" "$TF_CLI_CONFIG_FILE"'],
+        (error, stdout) => {
+          if (error) reject(new Error(error.message));
+          else resolve(stdout);
+        },
+      );
       child.stdin?.end(r.stdout);
     });
-    expect(shell.split("\n")).toEqual([join(runDir, "docker"), join(runDir, "containers/auth.json"), join(runDir, "tofu/cli.tfrc")]);
+    expect(shell.split("\n")).toEqual([
+      join(runDir, "docker"),
+      join(runDir, "containers/auth.json"),
+      join(runDir, "tofu/cli.tfrc"),
+    ]);
     expect(existsSync(join(runDir, "docker", "config.json"))).toBe(true);
     expect((await run(["wipe", "--run-dir", runDir])).code).toBe(0);
     expect(existsSync(runDir)).toBe(false);
@@ -272,17 +362,27 @@ describe("seal → materialize → wipe", () => {
 
   it("an entry without a name is reported with integration_name null", async () => {
     const runDir = join(dir, "run-no-name");
-    const b = await seal({ plaintext: JSON.stringify({ version: 1, registries: [{ id: "anon", url: "https://quay.io", username: "u", password: CANARY }] }) });
+    const b = await seal({
+      plaintext: JSON.stringify({
+        version: 1,
+        registries: [{ id: "anon", url: "https://quay.io", username: "u", password: CANARY }],
+      }),
+    });
     const r = await run(materializeArgs(runDir, b, ["--format", "json"]));
     expect(r.code).toBe(0);
     expectNoSecret(r);
-    expect((JSON.parse(r.stdout) as { registries: unknown }).registries).toEqual([{ host: "quay.io", integration_id: "anon", integration_name: null }]);
+    expect((JSON.parse(r.stdout) as { registries: unknown }).registries).toEqual([
+      { host: "quay.io", integration_id: "anon", integration_name: null },
+    ]);
     expect((await run(["wipe", "--run-dir", runDir])).code).toBe(0);
   });
 
   it("seal reads the plaintext from stdin with --in -, and the bundle holds no plaintext", async () => {
     const out = join(dir, "stdin-bundle.json");
-    const r = await run(["seal", "--public-key", pubFile, "--agent-id", "agent-1", "--run-id", "run-42", "--in", "-", "--out", out], { input: JSON.stringify(EXPORT) });
+    const r = await run(
+      ["seal", "--public-key", pubFile, "--agent-id", "agent-1", "--run-id", "run-42", "--in", "-", "--out", out],
+      { input: JSON.stringify(EXPORT) },
+    );
     expect(r).toMatchObject({ code: 0, stdout: "", stderr: "" });
     const bundle = readFileSync(out, "utf8");
     for (const form of CANARY_FORMS) expect(bundle).not.toContain(form);
@@ -309,7 +409,19 @@ describe("seal checks what it seals, and never overwrites", () => {
     const out = join(dir, `refused-${code}.json`);
     const inFile = join(dir, `refused-${code}.in`);
     writeFileSync(inFile, plaintext, { mode: 0o600 });
-    const r = await run(["seal", "--public-key", pubFile, "--agent-id", "agent-1", "--run-id", "run-42", "--in", inFile, "--out", out]);
+    const r = await run([
+      "seal",
+      "--public-key",
+      pubFile,
+      "--agent-id",
+      "agent-1",
+      "--run-id",
+      "run-42",
+      "--in",
+      inFile,
+      "--out",
+      out,
+    ]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(code);
     expect(existsSync(out)).toBe(false);
@@ -318,10 +430,38 @@ describe("seal checks what it seals, and never overwrites", () => {
 
   it("refuses an --out that exists or is a symlink (OUTPUT_EXISTS), and writes a new one 0600", async () => {
     const out = join(dir, "sealed-once.json");
-    expect((await run(["seal", "--public-key", pubFile, "--agent-id", "agent-1", "--run-id", "run-42", "--in", exportFile, "--out", out])).code).toBe(0);
+    expect(
+      (
+        await run([
+          "seal",
+          "--public-key",
+          pubFile,
+          "--agent-id",
+          "agent-1",
+          "--run-id",
+          "run-42",
+          "--in",
+          exportFile,
+          "--out",
+          out,
+        ])
+      ).code,
+    ).toBe(0);
     expect(lstatSync(out).mode & 0o777).toBe(0o600);
     const before = readFileSync(out, "utf8");
-    const again = await run(["seal", "--public-key", pubFile, "--agent-id", "agent-1", "--run-id", "run-42", "--in", exportFile, "--out", out]);
+    const again = await run([
+      "seal",
+      "--public-key",
+      pubFile,
+      "--agent-id",
+      "agent-1",
+      "--run-id",
+      "run-42",
+      "--in",
+      exportFile,
+      "--out",
+      out,
+    ]);
     expect(again.code).toBe(1);
     expect(again.stderr).toContain("OUTPUT_EXISTS");
     expect(readFileSync(out, "utf8")).toBe(before);
@@ -329,7 +469,19 @@ describe("seal checks what it seals, and never overwrites", () => {
     writeFileSync(target, "untouched");
     const link = join(dir, "out-link.json");
     symlinkSync(target, link);
-    const viaLink = await run(["seal", "--public-key", pubFile, "--agent-id", "agent-1", "--run-id", "run-42", "--in", exportFile, "--out", link]);
+    const viaLink = await run([
+      "seal",
+      "--public-key",
+      pubFile,
+      "--agent-id",
+      "agent-1",
+      "--run-id",
+      "run-42",
+      "--in",
+      exportFile,
+      "--out",
+      link,
+    ]);
     expect(viaLink.stderr).toContain("OUTPUT_EXISTS");
     expect(readFileSync(target, "utf8")).toBe("untouched");
   });
@@ -340,8 +492,26 @@ describe("repository-scoped entries", () => {
     const bin = join(dir, "scoped-bin");
     mkdirSync(bin, { recursive: true });
     writeFileSync(join(bin, "oras"), "#!/bin/sh\nexit 0\n", { mode: 0o755 });
-    const scoped = await seal({ runId: "run-scoped", plaintext: JSON.stringify({ version: 1, registries: [{ id: "int-a", url: "https://ghcr.io/org-a", username: "a", password: CANARY }] }) });
-    const args = (runDir: string): string[] => ["materialize", "--key-file", keyFile, "--agent-id", "agent-1", "--run-id", "run-scoped", "--bundle", scoped, "--run-dir", runDir];
+    const scoped = await seal({
+      runId: "run-scoped",
+      plaintext: JSON.stringify({
+        version: 1,
+        registries: [{ id: "int-a", url: "https://ghcr.io/org-a", username: "a", password: CANARY }],
+      }),
+    });
+    const args = (runDir: string): string[] => [
+      "materialize",
+      "--key-file",
+      keyFile,
+      "--agent-id",
+      "agent-1",
+      "--run-id",
+      "run-scoped",
+      "--bundle",
+      scoped,
+      "--run-dir",
+      runDir,
+    ];
     // Only the fake oras and the system's directories (no docker, crane, helm or regctl there).
     const withOras = await run(args(join(dir, "run-scoped-1")), { env: { PATH: `${bin}:/usr/bin:/bin` } });
     expect(withOras.code).toBe(0);
@@ -350,7 +520,8 @@ describe("repository-scoped entries", () => {
     expectNoSecret(withOras);
     const without = await run(args(join(dir, "run-scoped-2")), { env: { PATH: "/usr/bin:/bin" } });
     expect(without.stderr).toContain("(none of docker, oras, crane, helm, regctl is on PATH here)");
-    for (const d of ["run-scoped-1", "run-scoped-2"]) expect((await run(["wipe", "--run-dir", join(dir, d)])).code).toBe(0);
+    for (const d of ["run-scoped-1", "run-scoped-2"])
+      expect((await run(["wipe", "--run-dir", join(dir, d)])).code).toBe(0);
   });
 });
 
@@ -360,9 +531,17 @@ describe("operator helpers in the base Docker config", () => {
     mkdirSync(bin, { recursive: true });
     writeFileSync(join(bin, "docker-credential-present"), "#!/bin/sh\nexit 0\n", { mode: 0o755 });
     const base = join(dir, "base-helpers.json");
-    writeFileSync(base, JSON.stringify({ credHelpers: { "quay.io": "present", "gcr.io": "gcloud-absent", "ghcr.io": "overridden-absent" }, credsStore: "store-absent" }));
+    writeFileSync(
+      base,
+      JSON.stringify({
+        credHelpers: { "quay.io": "present", "gcr.io": "gcloud-absent", "ghcr.io": "overridden-absent" },
+        credsStore: "store-absent",
+      }),
+    );
     const runDir = join(dir, "run-base-helpers");
-    const r = await run(materializeArgs(runDir, bundleFile, ["--base-docker-config", base]), { env: { PATH: `${bin}:${process.env["PATH"] ?? ""}` } });
+    const r = await run(materializeArgs(runDir, bundleFile, ["--base-docker-config", base]), {
+      env: { PATH: `${bin}:${process.env["PATH"] ?? ""}` },
+    });
     expect(r.code).toBe(0);
     expect(r.stderr).toContain("docker-credential-gcloud-absent for gcr.io, but it is not on PATH");
     expect(r.stderr).toContain("docker-credential-store-absent for credsStore");
@@ -376,11 +555,46 @@ describe("operator helpers in the base Docker config", () => {
 describe("materialize refusals: exit 1, the code on stderr, nothing in the run directory, no secret", () => {
   type Case = { args: (runDir: string) => string[]; env?: Record<string, string> };
   const cases: [string, () => Case | Promise<Case>, string][] = [
-    ["a bundle for another agent", async () => { const b = await seal({ agentId: "agent-2" }); return { args: (d) => materializeArgs(d, b) }; }, "BUNDLE_WRONG_AGENT"],
-    ["a bundle for another run", async () => { const b = await seal({ runId: "run-43" }); return { args: (d) => materializeArgs(d, b) }; }, "BUNDLE_WRONG_RUN"],
-    ["an expired bundle", async () => { const b = await seal({ issuedAt: "2020-01-01T00:00:00Z", ttl: "10m" }); return { args: (d) => materializeArgs(d, b) }; }, "BUNDLE_EXPIRED"],
-    ["a bundle valid for too long", async () => { const b = await seal({ ttl: "2h" }); return { args: (d) => materializeArgs(d, b) }; }, "BUNDLE_LIFETIME_TOO_LONG"],
-    ["a bundle issued in the future", async () => { const b = await seal({ issuedAt: new Date(Date.now() + 3_600_000).toISOString(), ttl: "10m" }); return { args: (d) => materializeArgs(d, b) }; }, "BUNDLE_NOT_YET_VALID"],
+    [
+      "a bundle for another agent",
+      async () => {
+        const b = await seal({ agentId: "agent-2" });
+        return { args: (d) => materializeArgs(d, b) };
+      },
+      "BUNDLE_WRONG_AGENT",
+    ],
+    [
+      "a bundle for another run",
+      async () => {
+        const b = await seal({ runId: "run-43" });
+        return { args: (d) => materializeArgs(d, b) };
+      },
+      "BUNDLE_WRONG_RUN",
+    ],
+    [
+      "an expired bundle",
+      async () => {
+        const b = await seal({ issuedAt: "2020-01-01T00:00:00Z", ttl: "10m" });
+        return { args: (d) => materializeArgs(d, b) };
+      },
+      "BUNDLE_EXPIRED",
+    ],
+    [
+      "a bundle valid for too long",
+      async () => {
+        const b = await seal({ ttl: "2h" });
+        return { args: (d) => materializeArgs(d, b) };
+      },
+      "BUNDLE_LIFETIME_TOO_LONG",
+    ],
+    [
+      "a bundle issued in the future",
+      async () => {
+        const b = await seal({ issuedAt: new Date(Date.now() + 3_600_000).toISOString(), ttl: "10m" });
+        return { args: (d) => materializeArgs(d, b) };
+      },
+      "BUNDLE_NOT_YET_VALID",
+    ],
     [
       "a tampered bundle",
       () => {
@@ -394,8 +608,20 @@ describe("materialize refusals: exit 1, the code on stderr, nothing in the run d
       },
       "BUNDLE_DECRYPT_FAILED",
     ],
-    ["a bundle that is not a bundle", () => { const t = join(dir, "junk.json"); writeFileSync(t, "junk"); return { args: (d) => materializeArgs(d, t) }; }, "BUNDLE_MALFORMED"],
-    ["a bundle over --max-bundle-bytes", () => ({ args: (d) => materializeArgs(d, bundleFile, ["--max-bundle-bytes", "100"]) }), "BUNDLE_TOO_LARGE"],
+    [
+      "a bundle that is not a bundle",
+      () => {
+        const t = join(dir, "junk.json");
+        writeFileSync(t, "junk");
+        return { args: (d) => materializeArgs(d, t) };
+      },
+      "BUNDLE_MALFORMED",
+    ],
+    [
+      "a bundle over --max-bundle-bytes",
+      () => ({ args: (d) => materializeArgs(d, bundleFile, ["--max-bundle-bytes", "100"]) }),
+      "BUNDLE_TOO_LARGE",
+    ],
     [
       "a bundle sealed to another key",
       async () => {
@@ -406,17 +632,47 @@ describe("materialize refusals: exit 1, the code on stderr, nothing in the run d
         const inFile = join(dir, "other-in.json");
         writeFileSync(inFile, JSON.stringify(EXPORT));
         const out = join(dir, "other-bundle.json");
-        await run(["seal", "--public-key", otherPub, "--agent-id", "agent-1", "--run-id", "run-42", "--in", inFile, "--out", out]);
+        await run([
+          "seal",
+          "--public-key",
+          otherPub,
+          "--agent-id",
+          "agent-1",
+          "--run-id",
+          "run-42",
+          "--in",
+          inFile,
+          "--out",
+          out,
+        ]);
         return { args: (d) => materializeArgs(d, out) };
       },
       "BUNDLE_UNKNOWN_KEY",
     ],
     // `seal` refuses these itself (see below), so a control plane that does not check is stood in for by the library.
-    ["an export of version 2", async () => { const b = await sealUnchecked('{"version":2,"registries":[]}'); return { args: (d) => materializeArgs(d, b) }; }, "PAYLOAD_VERSION_UNSUPPORTED"],
-    ["an export that is not JSON", async () => { const b = await sealUnchecked(`not json ${CANARY}`); return { args: (d) => materializeArgs(d, b) }; }, "PAYLOAD_INVALID"],
+    [
+      "an export of version 2",
+      async () => {
+        const b = await sealUnchecked('{"version":2,"registries":[]}');
+        return { args: (d) => materializeArgs(d, b) };
+      },
+      "PAYLOAD_VERSION_UNSUPPORTED",
+    ],
+    [
+      "an export that is not JSON",
+      async () => {
+        const b = await sealUnchecked(`not json ${CANARY}`);
+        return { args: (d) => materializeArgs(d, b) };
+      },
+      "PAYLOAD_INVALID",
+    ],
     [
       "an invalid base Docker config",
-      () => { const f = join(dir, "base-bad.json"); writeFileSync(f, '{"auths": []}'); return { args: (d) => materializeArgs(d, bundleFile, ["--base-docker-config", f]) }; },
+      () => {
+        const f = join(dir, "base-bad.json");
+        writeFileSync(f, '{"auths": []}');
+        return { args: (d) => materializeArgs(d, bundleFile, ["--base-docker-config", f]) };
+      },
       "BASE_DOCKER_CONFIG_INVALID",
     ],
     [
@@ -432,7 +688,7 @@ describe("materialize refusals: exit 1, the code on stderr, nothing in the run d
       "an operator CLI configuration that does not parse",
       () => {
         const f = join(dir, "broken.tfrc");
-        writeFileSync(f, 'provider_installation {\n  direct {}\n');
+        writeFileSync(f, "provider_installation {\n  direct {}\n");
         return { args: (d) => materializeArgs(d, bundleFile), env: { TF_CLI_CONFIG_FILE: f } };
       },
       "TOFU_CLI_CONFIG_INVALID",
@@ -441,7 +697,17 @@ describe("materialize refusals: exit 1, the code on stderr, nothing in the run d
       "a credential helper that is not on PATH",
       async () => {
         const b = await seal({
-          plaintext: JSON.stringify({ version: 1, registries: [{ id: "ecr", url: "https://123.dkr.ecr.eu-west-1.amazonaws.com", credential_helper: "oci-cred-agent-test-missing" }, EXPORT.registries[0]] }),
+          plaintext: JSON.stringify({
+            version: 1,
+            registries: [
+              {
+                id: "ecr",
+                url: "https://123.dkr.ecr.eu-west-1.amazonaws.com",
+                credential_helper: "oci-cred-agent-test-missing",
+              },
+              EXPORT.registries[0],
+            ],
+          }),
         });
         return { args: (d) => materializeArgs(d, b) };
       },
@@ -453,24 +719,47 @@ describe("materialize refusals: exit 1, the code on stderr, nothing in the run d
         const loose = join(dir, "group.key");
         writeFileSync(loose, readFileSync(keyFile));
         chmodSync(loose, 0o640);
-        return { args: (d) => [...materializeArgs(d, bundleFile).filter((a) => a !== keyFile && a !== "--key-file"), "--key-file", loose] };
+        return {
+          args: (d) => [
+            ...materializeArgs(d, bundleFile).filter((a) => a !== keyFile && a !== "--key-file"),
+            "--key-file",
+            loose,
+          ],
+        };
       },
       "KEY_FILE_PERMISSIONS",
     ],
-    ["a missing key file", () => ({ args: (d) => [...materializeArgs(d, bundleFile).filter((a) => a !== keyFile && a !== "--key-file"), "--key-file", join(dir, "nope.key")] }), "KEY_FILE_NOT_FOUND"],
-    ["a missing parent directory", () => ({ args: (d) => materializeArgs(join(d, "deeper", "run"), bundleFile) }), "RUN_DIR_PARENT_MISSING"],
+    [
+      "a missing key file",
+      () => ({
+        args: (d) => [
+          ...materializeArgs(d, bundleFile).filter((a) => a !== keyFile && a !== "--key-file"),
+          "--key-file",
+          join(dir, "nope.key"),
+        ],
+      }),
+      "KEY_FILE_NOT_FOUND",
+    ],
+    [
+      "a missing parent directory",
+      () => ({ args: (d) => materializeArgs(join(d, "deeper", "run"), bundleFile) }),
+      "RUN_DIR_PARENT_MISSING",
+    ],
   ];
 
-  it.each(cases.map(([name, make, code]) => [`${name} → ${code}`, make, code] as const))("%s", async (_title, make, code) => {
-    const { args, env: extraEnv } = await make();
-    const runDir = join(dir, `refused-${code}-${Math.random().toString(16).slice(2)}`);
-    const r = await run(args(runDir), extraEnv === undefined ? {} : { env: extraEnv });
-    expect(r.code).toBe(1);
-    expect(r.stdout).toBe("");
-    expect(r.stderr).toMatch(new RegExp(`^oci-cred-agent: error ${code}: .+`, "m"));
-    expectNoSecret(r);
-    expect(existsSync(runDir)).toBe(false);
-  });
+  it.each(cases.map(([name, make, code]) => [`${name} → ${code}`, make, code] as const))(
+    "%s",
+    async (_title, make, code) => {
+      const { args, env: extraEnv } = await make();
+      const runDir = join(dir, `refused-${code}-${Math.random().toString(16).slice(2)}`);
+      const r = await run(args(runDir), extraEnv === undefined ? {} : { env: extraEnv });
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe("");
+      expect(r.stderr).toMatch(new RegExp(`^oci-cred-agent: error ${code}: .+`, "m"));
+      expectNoSecret(r);
+      expect(existsSync(runDir)).toBe(false);
+    },
+  );
 
   it("a refusal leaves a pre-created empty run directory empty", async () => {
     const runDir = join(dir, "pre-created");

@@ -17,7 +17,10 @@ import { leakForms } from "../support/leak-forms.js";
 const execFileAsync = promisify(execFile);
 let dir: string;
 
-async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+async function cli(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("OCI_CRED_AGENT_")));
   try {
     const { stdout, stderr } = await execFileAsync(AGENT_BIN, args, { env: { ...clean, ...env } });
@@ -40,7 +43,15 @@ describe("the configuration schema", () => {
     const { config, problems } = resolveConfig(RUN_FIELDS, {
       flags: { concurrency: "8" },
       env: { OCI_CRED_AGENT_CONCURRENCY: "4", OCI_CRED_AGENT_DRAIN_TIMEOUT: "90s" },
-      file: { path: "agent.yaml", data: { concurrency: 2, drain_timeout: "1m", work_dir: "/var/lib/a", control_plane_url: "https://cp.example.com" } },
+      file: {
+        path: "agent.yaml",
+        data: {
+          concurrency: 2,
+          drain_timeout: "1m",
+          work_dir: "/var/lib/a",
+          control_plane_url: "https://cp.example.com",
+        },
+      },
     });
     expect(problems).toEqual([]);
     expect(config.values.get("concurrency")).toEqual({ value: 8, source: "flag" });
@@ -56,25 +67,48 @@ describe("the configuration schema", () => {
       file: { path: "agent.yaml", data: { listen: "everywhere", colour: "blue", log_level: "loud" } },
     });
     const text = problems.map((p) => p.message).join("\n");
-    expect(problems.map((p) => p.key).sort()).toEqual(["colour", "concurrency", "control_plane_url", "drain_timeout", "listen", "log_level", "work_dir"]);
+    expect(problems.map((p) => p.key).sort()).toEqual([
+      "colour",
+      "concurrency",
+      "control_plane_url",
+      "drain_timeout",
+      "listen",
+      "log_level",
+      "work_dir",
+    ]);
     expect(text).toContain('concurrency: "many" from --concurrency is not a whole number from 1 to 1024');
     expect(text).toContain("OCI_CRED_AGENT_DRAIN_TIMEOUT");
     expect(text).toContain('unknown setting "colour"');
     expect(text).toMatch(/log_level: "loud" from log_level in agent\.yaml is not one of fatal, error/);
     // A secret's bad value is reported by its name and source, never shown: the token made only
     // of blanks is refused as "(value hidden)", not quoted.
-    const secret = resolveConfig(RUN_FIELDS, { flags: {}, env: { OCI_CRED_AGENT_TOKEN: " \t " } }).problems.find((p) => p.key === "token");
-    expect(secret?.message).toBe("token: (value hidden) from OCI_CRED_AGENT_TOKEN is not a non-empty value; set OCI_CRED_AGENT_TOKEN");
+    const secret = resolveConfig(RUN_FIELDS, { flags: {}, env: { OCI_CRED_AGENT_TOKEN: " \t " } }).problems.find(
+      (p) => p.key === "token",
+    );
+    expect(secret?.message).toBe(
+      "token: (value hidden) from OCI_CRED_AGENT_TOKEN is not a non-empty value; set OCI_CRED_AGENT_TOKEN",
+    );
   });
 
   it("hides a secret's value in errors and warns when the token comes from the environment", () => {
     const { config } = resolveConfig(RUN_FIELDS, { flags: {}, env: { OCI_CRED_AGENT_TOKEN: "tok-SECRET-value" } });
     expect(config.warnings.join(" ")).toContain("leak into child processes");
     expect(config.warnings.join(" ")).not.toContain("tok-SECRET-value");
-    expect(describeConfig(RUN_FIELDS, config).find((r) => r.key === "token")).toEqual({ key: "token", value: "[REDACTED]", source: "env" });
+    expect(describeConfig(RUN_FIELDS, config).find((r) => r.key === "token")).toEqual({
+      key: "token",
+      value: "[REDACTED]",
+      source: "env",
+    });
     // The schema hides any secret field's invalid value, whatever its kind and source: a secret
     // setting that must be a number, given a real-looking secret by mistake, from each source.
-    const pin: FieldSpec = { key: "unlock_pin", flag: "--unlock-pin", env: "OCI_CRED_AGENT_UNLOCK_PIN", kind: "int", description: "a secret number", secret: true };
+    const pin: FieldSpec = {
+      key: "unlock_pin",
+      flag: "--unlock-pin",
+      env: "OCI_CRED_AGENT_UNLOCK_PIN",
+      kind: "int",
+      description: "a secret number",
+      secret: true,
+    };
     for (const inputs of [
       { flags: { unlock_pin: "pin-SECRET-flag" }, env: {} },
       { flags: {}, env: { OCI_CRED_AGENT_UNLOCK_PIN: "pin-SECRET-env" } },
@@ -82,7 +116,9 @@ describe("the configuration schema", () => {
     ]) {
       const { problems } = resolveConfig([pin], inputs);
       expect(problems).toHaveLength(1);
-      expect(problems[0]?.message).toMatch(/^unlock_pin: \(value hidden\) from (--unlock-pin|OCI_CRED_AGENT_UNLOCK_PIN|unlock_pin in agent\.yaml) is not a whole number/);
+      expect(problems[0]?.message).toMatch(
+        /^unlock_pin: \(value hidden\) from (--unlock-pin|OCI_CRED_AGENT_UNLOCK_PIN|unlock_pin in agent\.yaml) is not a whole number/,
+      );
       expect(JSON.stringify(problems)).not.toContain("SECRET");
     }
   });
@@ -92,10 +128,24 @@ describe("the CLI", () => {
   it("refuses invalid configuration with one CONFIG_INVALID message naming every bad field", async () => {
     const file = join(dir, "agent.yaml");
     await writeFile(file, "listen: everywhere\nretry_max: -3\nunknown_thing: 1\n");
-    const r = await cli(["run", "--config", file, "--concurrency", "0", "--control-plane-url", "http://cp.example.com"], { OCI_CRED_AGENT_CANCEL_GRACE: "later" });
+    const r = await cli(
+      ["run", "--config", file, "--concurrency", "0", "--control-plane-url", "http://cp.example.com"],
+      { OCI_CRED_AGENT_CANCEL_GRACE: "later" },
+    );
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("error CONFIG_INVALID");
-    for (const needle of ["listen", "retry_max", "unknown_thing", "concurrency", "cancel_grace", "OCI_CRED_AGENT_CANCEL_GRACE", "work_dir is required", "private key is missing", "token is missing", "plain http"]) {
+    for (const needle of [
+      "listen",
+      "retry_max",
+      "unknown_thing",
+      "concurrency",
+      "cancel_grace",
+      "OCI_CRED_AGENT_CANCEL_GRACE",
+      "work_dir is required",
+      "private key is missing",
+      "token is missing",
+      "plain http",
+    ]) {
       expect(r.stderr).toContain(needle);
     }
   });
@@ -103,13 +153,30 @@ describe("the CLI", () => {
   it("config print shows the effective configuration and each source, secrets redacted", async () => {
     const file = join(dir, "print.json");
     await writeFile(file, JSON.stringify({ work_dir: "/srv/agent", concurrency: 3 }));
-    const r = await cli(["config", "print", "--format", "json", "--config", file, "--control-plane-url", "https://cp.example.com", "--key-file", "/k"], {
-      OCI_CRED_AGENT_TOKEN: "tok-SECRET-print",
-      OCI_CRED_AGENT_LOG_LEVEL: "debug",
-    });
+    const r = await cli(
+      [
+        "config",
+        "print",
+        "--format",
+        "json",
+        "--config",
+        file,
+        "--control-plane-url",
+        "https://cp.example.com",
+        "--key-file",
+        "/k",
+      ],
+      {
+        OCI_CRED_AGENT_TOKEN: "tok-SECRET-print",
+        OCI_CRED_AGENT_LOG_LEVEL: "debug",
+      },
+    );
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).not.toContain("tok-SECRET-print");
-    const out = JSON.parse(r.stdout) as { settings: { key: string; value: unknown; source: string }[]; warnings: string[] };
+    const out = JSON.parse(r.stdout) as {
+      settings: { key: string; value: unknown; source: string }[];
+      warnings: string[];
+    };
     const by = Object.fromEntries(out.settings.map((s) => [s.key, s]));
     expect(by["work_dir"]).toEqual({ key: "work_dir", value: "/srv/agent", source: "file" });
     expect(by["concurrency"]).toEqual({ key: "concurrency", value: 3, source: "file" });
@@ -121,7 +188,20 @@ describe("the CLI", () => {
   });
 
   it("config print's text shows durations and sizes as people write them, and masks user information in a URL", async () => {
-    const r = await cli(["config", "print", "--control-plane-url", "https://robot:pw-SECRET-url@cp.example.com", "--key-file", "/k", "--work-dir", "/w", "--token-file", "/t", "--drain-timeout", "90s"]);
+    const r = await cli([
+      "config",
+      "print",
+      "--control-plane-url",
+      "https://robot:pw-SECRET-url@cp.example.com",
+      "--key-file",
+      "/k",
+      "--work-dir",
+      "/w",
+      "--token-file",
+      "/t",
+      "--drain-timeout",
+      "90s",
+    ]);
     expect(r.stdout).toMatch(/^drain_timeout +90s +\(flag\)$/m);
     expect(r.stdout).toMatch(/^run_timeout +2h +\(default\)$/m);
     expect(r.stdout).toMatch(/^max_config_bytes +256MiB +\(default\)$/m);
@@ -137,7 +217,9 @@ describe("the CLI", () => {
     const file = join(dir, "userinfo.yaml");
     await writeFile(file, `control_plane_url: ${url}\nwork_dir: /w\nkey_file: /k\ntoken_file: /t\n`);
     const runs = [
-      await cli(["run", "--work-dir", "/w", "--key-file", "/k", "--token-file", "/t"], { OCI_CRED_AGENT_CONTROL_PLANE_URL: url }),
+      await cli(["run", "--work-dir", "/w", "--key-file", "/k", "--token-file", "/t"], {
+        OCI_CRED_AGENT_CONTROL_PLANE_URL: url,
+      }),
       await cli(["run", "--config", file]),
       await cli(["run", "--control-plane-url", url, "--work-dir", "/w", "--key-file", "/k", "--token-file", "/t"]),
     ];
@@ -146,8 +228,14 @@ describe("the CLI", () => {
       expect(r.stderr).toContain("error CONFIG_INVALID");
       expect(r.stderr).toContain("control_plane_url carries user information (user:password@)");
     }
-    const printed = [await cli(["config", "print", "--format", "json", "--config", file]), await cli(["config", "print", "--config", file])];
-    const json = JSON.parse(printed[0]?.stdout ?? "") as { settings: { key: string; value: unknown }[]; problems: string[] };
+    const printed = [
+      await cli(["config", "print", "--format", "json", "--config", file]),
+      await cli(["config", "print", "--config", file]),
+    ];
+    const json = JSON.parse(printed[0]?.stdout ?? "") as {
+      settings: { key: string; value: unknown }[];
+      problems: string[];
+    };
     expect(json.settings.find((x) => x.key === "control_plane_url")?.value).toBe("https://[REDACTED]@cp.example.com");
     expect(json.problems.join(" ")).toContain("carries user information");
     expect(printed[1]?.stdout).toMatch(/^control_plane_url +https:\/\/\[REDACTED\]@cp\.example\.com +\(file\)$/m);
@@ -161,36 +249,52 @@ describe("the CLI", () => {
     ["a scheme that is not http(s)", (pw: string) => `ftp://robot:${pw}@cp.example.com`],
     ["a host that is not a host", (pw: string) => `https://robot:${pw}@cp example.com`],
     ["no scheme at all", (pw: string) => `robot:${pw}@cp.example.com`],
-  ])("never shows the user information of an invalid control_plane_url (%s) in CONFIG_INVALID or config print", async (_what, make) => {
-    const password = `pw-SECRET-${randomBytes(6).toString("hex")}`;
-    const url = make(password);
-    const results = [
-      await cli(["run", "--work-dir", "/w", "--key-file", "/k", "--token-file", "/t"], { OCI_CRED_AGENT_CONTROL_PLANE_URL: url }),
-      await cli(["config", "print"], { OCI_CRED_AGENT_CONTROL_PLANE_URL: url }),
-      await cli(["config", "print", "--format", "json", "--control-plane-url", url]),
-    ];
-    expect(results[0]?.stderr).toContain("error CONFIG_INVALID");
-    expect(results[0]?.stderr).toContain("control_plane_url:");
-    for (const r of results) {
-      for (const form of leakForms(password, "robot")) expect(r.stdout + r.stderr).not.toContain(form);
-    }
-  });
+  ])(
+    "never shows the user information of an invalid control_plane_url (%s) in CONFIG_INVALID or config print",
+    async (_what, make) => {
+      const password = `pw-SECRET-${randomBytes(6).toString("hex")}`;
+      const url = make(password);
+      const results = [
+        await cli(["run", "--work-dir", "/w", "--key-file", "/k", "--token-file", "/t"], {
+          OCI_CRED_AGENT_CONTROL_PLANE_URL: url,
+        }),
+        await cli(["config", "print"], { OCI_CRED_AGENT_CONTROL_PLANE_URL: url }),
+        await cli(["config", "print", "--format", "json", "--control-plane-url", url]),
+      ];
+      expect(results[0]?.stderr).toContain("error CONFIG_INVALID");
+      expect(results[0]?.stderr).toContain("control_plane_url:");
+      for (const r of results) {
+        for (const form of leakForms(password, "robot")) expect(r.stdout + r.stderr).not.toContain(form);
+      }
+    },
+  );
 
   it("refuses token: in the config file with CONFIG_INVALID naming the key (the token is env-only), never quoting its value", async () => {
     const token = `tok-SECRET-${randomBytes(6).toString("hex")}`;
     const file = join(dir, "token.yaml");
     // Everything else is valid: if token: were ignored, run would go on to read the key file.
-    await writeFile(file, `control_plane_url: https://cp.example.com\nwork_dir: ${join(dir, "w")}\nkey_file: ${join(dir, "absent.key")}\ntoken_file: ${join(dir, "t")}\ntoken: ${token}\n`);
+    await writeFile(
+      file,
+      `control_plane_url: https://cp.example.com\nwork_dir: ${join(dir, "w")}\nkey_file: ${join(dir, "absent.key")}\ntoken_file: ${join(dir, "t")}\ntoken: ${token}\n`,
+    );
     const r = await cli(["run", "--config", file]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("error CONFIG_INVALID: the configuration has 1 problem:");
-    expect(r.stderr).toContain(`token in ${file} is not read from a config file (its value is not shown): remove it there and set OCI_CRED_AGENT_TOKEN`);
+    expect(r.stderr).toContain(
+      `token in ${file} is not read from a config file (its value is not shown): remove it there and set OCI_CRED_AGENT_TOKEN`,
+    );
     const printed = await cli(["config", "print", "--format", "json", "--config", file]);
     expect(printed.code).toBe(1);
-    const json = JSON.parse(printed.stdout) as { settings: { key: string; value: unknown; source: string }[]; problems: string[] };
-    expect(json.problems).toEqual([`token in ${file} is not read from a config file (its value is not shown): remove it there and set OCI_CRED_AGENT_TOKEN`]);
+    const json = JSON.parse(printed.stdout) as {
+      settings: { key: string; value: unknown; source: string }[];
+      problems: string[];
+    };
+    expect(json.problems).toEqual([
+      `token in ${file} is not read from a config file (its value is not shown): remove it there and set OCI_CRED_AGENT_TOKEN`,
+    ]);
     expect(json.settings.find((x) => x.key === "token")).toEqual({ key: "token", value: null, source: "unset" });
-    for (const out of [r, printed]) for (const form of leakForms(token, "")) expect(out.stdout + out.stderr).not.toContain(form);
+    for (const out of [r, printed])
+      for (const form of leakForms(token, "")) expect(out.stdout + out.stderr).not.toContain(form);
   });
 
   it("--token is not a flag: a command line is visible to every user", async () => {
@@ -208,7 +312,21 @@ describe("preparation at start", () => {
     await writeFile(tokenFile, "prep-token-value", { mode: 0o600 });
     const missing = join(dir, "no-such-base.json");
     // Nothing listens on the control plane URL: the refusal must come first.
-    const r = await cli(["run", "--control-plane-url", "http://127.0.0.1:9", "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", join(dir, "prep-work"), "--base-docker-config", missing, "--listen", "off"]);
+    const r = await cli([
+      "run",
+      "--control-plane-url",
+      "http://127.0.0.1:9",
+      "--token-file",
+      tokenFile,
+      "--key-file",
+      keyFile,
+      "--work-dir",
+      join(dir, "prep-work"),
+      "--base-docker-config",
+      missing,
+      "--listen",
+      "off",
+    ]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`error INPUT_UNREADABLE: cannot read the base Docker config ${missing} (ENOENT)`);
     expect(r.stderr).toContain("--base-docker-config");
@@ -222,8 +340,25 @@ describe("preparation at start", () => {
     await writeFile(tokenFile, "prep-token-value", { mode: 0o600 });
     const tofurc = join(dir, "operator.tfrc");
     await writeFile(tofurc, 'oci_default_credentials {\n  docker_style_config_files = ["/x"]\n}\n');
-    const r = await cli(["run", "--control-plane-url", "http://127.0.0.1:9", "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", join(dir, "prep2-work"), "--listen", "off"], { TF_CLI_CONFIG_FILE: tofurc });
+    const r = await cli(
+      [
+        "run",
+        "--control-plane-url",
+        "http://127.0.0.1:9",
+        "--token-file",
+        tokenFile,
+        "--key-file",
+        keyFile,
+        "--work-dir",
+        join(dir, "prep2-work"),
+        "--listen",
+        "off",
+      ],
+      { TF_CLI_CONFIG_FILE: tofurc },
+    );
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain(`error TOFU_CLI_CONFIG_CONFLICT: the OpenTofu CLI configuration ${tofurc}:1 has an oci_default_credentials block`);
+    expect(r.stderr).toContain(
+      `error TOFU_CLI_CONFIG_CONFLICT: the OpenTofu CLI configuration ${tofurc}:1 has an oci_default_credentials block`,
+    );
   });
 });

@@ -27,13 +27,12 @@ const BIN = fileURLToPath(new URL("../../bin/oci-cred-agent", import.meta.url));
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}:pw"with\\odd/</x>`;
 const CANARY2 = `CANARY2-${randomBytes(6).toString("hex")}"second\\one`;
 
-
 function expectNoLeak(text: string, where: string, secrets: readonly { secret: string; username: string }[]): void {
   for (const { secret, username } of secrets) {
-    for (const form of leakForms(secret, username)) expect(text.includes(form), `${where} contains a form of the password: ${form}`).toBe(false);
+    for (const form of leakForms(secret, username))
+      expect(text.includes(form), `${where} contains a form of the password: ${form}`).toBe(false);
   }
 }
-
 
 interface CliControlPlane extends SpawnedControlPlane {
   readonly adminToken: string;
@@ -45,7 +44,10 @@ async function startCliControlPlane(dir: string, env: Record<string, string>): P
   const agentToken = randomBytes(24).toString("base64url");
   await writeFile(join(dir, "admin.token"), `${adminToken}\n`, { mode: 0o600 });
   await writeFile(join(dir, "agent.token"), `${agentToken}\n`, { mode: 0o600 });
-  const spawned = await spawnCliControlPlane(["--admin-token-file", join(dir, "admin.token"), "--agent-token-file", join(dir, "agent.token")], env);
+  const spawned = await spawnCliControlPlane(
+    ["--admin-token-file", join(dir, "admin.token"), "--agent-token-file", join(dir, "agent.token")],
+    env,
+  );
   return Object.assign(spawned, { adminToken, agentToken });
 }
 
@@ -67,24 +69,40 @@ let websitePort: number;
 /** Every answer any test got, raw, for the leak check at the end. */
 const answers: { where: string; text: string }[] = [];
 
-async function call(method: string, path: string, body?: unknown, token: string | null = cp.adminToken): Promise<Answer> {
+async function call(
+  method: string,
+  path: string,
+  body?: unknown,
+  token: string | null = cp.adminToken,
+): Promise<Answer> {
   const headers: Record<string, string> = {};
   if (token !== null) headers["authorization"] = `Bearer ${token}`;
   if (body !== undefined) headers["content-type"] = "application/json";
-  const res = await fetch(`${cp.url}${path}`, { method, headers, ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) }) });
+  const res = await fetch(`${cp.url}${path}`, {
+    method,
+    headers,
+    ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) }),
+  });
   const text = await res.text();
   answers.push({ where: `${method} ${path} (${res.status})`, text });
   return { status: res.status, text, json: text === "" ? {} : (JSON.parse(text) as Record<string, unknown>) };
 }
 
-const admin = (method: string, path: string, body?: unknown): Promise<Answer> => call(method, `/api/admin/v1${path}`, body);
+const admin = (method: string, path: string, body?: unknown): Promise<Answer> =>
+  call(method, `/api/admin/v1${path}`, body);
 
 function errorOf(a: Answer): { code: string; message: string } & Record<string, unknown> {
   return a.json["error"] as { code: string; message: string } & Record<string, unknown>;
 }
 
-async function httpsServer(tls: { serverCertFile: string; serverKeyFile: string }, handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<number> {
-  const server = createHttpsServer({ cert: await readFile(tls.serverCertFile), key: await readFile(tls.serverKeyFile) }, handler);
+async function httpsServer(
+  tls: { serverCertFile: string; serverKeyFile: string },
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<number> {
+  const server = createHttpsServer(
+    { cert: await readFile(tls.serverCertFile), key: await readFile(tls.serverKeyFile) },
+    handler,
+  );
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
   servers.push(server);
@@ -98,7 +116,12 @@ beforeAll(async () => {
   // A registry-like endpoint: /v2/ answers 401 with a Bearer challenge, as GHCR does.
   scopedRegistryPort = await httpsServer(tls, (req, res) => {
     probedPaths.push(req.url ?? "");
-    res.writeHead(401, { "docker-distribution-api-version": "registry/2.0", "www-authenticate": 'Bearer realm="https://127.0.0.1/token"' }).end("{}");
+    res
+      .writeHead(401, {
+        "docker-distribution-api-version": "registry/2.0",
+        "www-authenticate": 'Bearer realm="https://127.0.0.1/token"',
+      })
+      .end("{}");
   });
   redirectingPort = await httpsServer(tls, (_req, res) => {
     res.writeHead(301, { location: `https://127.0.0.1:${scopedRegistryPort}/v2/` }).end();
@@ -129,10 +152,23 @@ describe("admin API: integrations", () => {
   let id: string;
 
   it("POST answers 201 with an id, has_password and no password field", async () => {
-    const a = await admin("POST", "/integrations", { name: "local registry", registry_url: registry.url, username: "alice", password: CANARY, export_credentials: true });
+    const a = await admin("POST", "/integrations", {
+      name: "local registry",
+      registry_url: registry.url,
+      username: "alice",
+      password: CANARY,
+      export_credentials: true,
+    });
     expect(a.status).toBe(201);
     expect(a.json["id"]).toMatch(/^int-/);
-    expect(a.json).toMatchObject({ name: "local registry", registry_url: registry.url, username: "alice", export_credentials: true, has_password: true, credential_helper: null });
+    expect(a.json).toMatchObject({
+      name: "local registry",
+      registry_url: registry.url,
+      username: "alice",
+      export_credentials: true,
+      has_password: true,
+      credential_helper: null,
+    });
     expect(a.json).not.toHaveProperty("password");
     expect(a.text).not.toContain(CANARY);
     // A real registry answered its /v2/ (401 here): accepted without warnings.
@@ -156,12 +192,21 @@ describe("admin API: integrations", () => {
   it("PATCH changes any subset of the fields and answers without the password", async () => {
     const renamed = await admin("PATCH", `/integrations/${id}`, { name: "renamed", export_credentials: false });
     expect(renamed.status).toBe(200);
-    expect(renamed.json).toMatchObject({ id, name: "renamed", export_credentials: false, username: "alice", has_password: true });
+    expect(renamed.json).toMatchObject({
+      id,
+      name: "renamed",
+      export_credentials: false,
+      username: "alice",
+      has_password: true,
+    });
     const repassed = await admin("PATCH", `/integrations/${id}`, { password: CANARY2 });
     expect(repassed.status).toBe(200);
     expect(repassed.json).toMatchObject({ id, name: "renamed", has_password: true });
     expect(repassed.json).not.toHaveProperty("password");
-    expect((await admin("GET", `/integrations/${id}`)).json).toMatchObject({ name: "renamed", export_credentials: false });
+    expect((await admin("GET", `/integrations/${id}`)).json).toMatchObject({
+      name: "renamed",
+      export_credentials: false,
+    });
   });
 
   it("PATCH with an invalid field is refused and changes nothing", async () => {
@@ -171,11 +216,20 @@ describe("admin API: integrations", () => {
     const http = await admin("PATCH", `/integrations/${id}`, { registry_url: "http://127.0.0.1:5000" });
     expect(http.status).toBe(422);
     expect(errorOf(http).code).toBe("REGISTRY_URL_NOT_HTTPS");
-    expect((await admin("GET", `/integrations/${id}`)).json).toMatchObject({ username: "alice", registry_url: registry.url });
+    expect((await admin("GET", `/integrations/${id}`)).json).toMatchObject({
+      username: "alice",
+      registry_url: registry.url,
+    });
   });
 
   it("DELETE answers 204; the integration is gone from GET and the list", async () => {
-    const made = await admin("POST", "/integrations", { name: "to delete", registry_url: registry.url, username: "bob", password: CANARY, export_credentials: true });
+    const made = await admin("POST", "/integrations", {
+      name: "to delete",
+      registry_url: registry.url,
+      username: "bob",
+      password: CANARY,
+      export_credentials: true,
+    });
     expect(made.status).toBe(201);
     const gone = made.json["id"] as string;
     const del = await admin("DELETE", `/integrations/${gone}`);
@@ -224,7 +278,12 @@ describe("admin API: registry_url validation", () => {
     ["username", () => ({ username: "u".repeat(ENTRY_FIELD_MAX_LENGTH.username + 1) })],
     ["password", () => ({ password: "p".repeat(ENTRY_FIELD_MAX_LENGTH.password + 1) })],
   ])("refuses a %s longer than an agent accepts in an export entry", async (field, make) => {
-    const a = await admin("POST", "/integrations", { name: `long ${field}`, registry_url: registry.url, ...creds, ...make(registry.url) });
+    const a = await admin("POST", "/integrations", {
+      name: `long ${field}`,
+      registry_url: registry.url,
+      ...creds,
+      ...make(registry.url),
+    });
     expect(a.status).toBe(422);
     expect(errorOf(a)).toMatchObject({ code: "BODY_INVALID" });
     expect(errorOf(a).message).toContain(`${field}:`);
@@ -268,7 +327,6 @@ describe("admin API: registry_url validation", () => {
     expect(errorOf(a).code).toBe("REGISTRY_URL_NOT_A_REGISTRY");
   });
 
-
   it("refuses credential_helper on a repository-scoped URL (credHelpers is keyed by host)", async () => {
     const a = await create(`${registry.url}/org-a`, { credential_helper: "gcr", export_credentials: true });
     expect(a.status).toBe(422);
@@ -285,11 +343,19 @@ describe("admin API: registry_url validation", () => {
   it("PATCH keeps the rule of POST: credential_helper with a password is refused; a password needs a username", async () => {
     const made = await create(registry.url, { credential_helper: "ecr-login", export_credentials: true });
     const hid = made.json["id"] as string;
-    const both = await admin("PATCH", `/integrations/${hid}`, { credential_helper: "gcr", username: "u", password: CANARY });
+    const both = await admin("PATCH", `/integrations/${hid}`, {
+      credential_helper: "gcr",
+      username: "u",
+      password: CANARY,
+    });
     expect(both.status).toBe(422);
     const noUser = await admin("PATCH", `/integrations/${hid}`, { password: CANARY });
     expect(noUser.status).toBe(422);
-    expect((await admin("GET", `/integrations/${hid}`)).json).toMatchObject({ credential_helper: "ecr-login", has_password: false, username: "" });
+    expect((await admin("GET", `/integrations/${hid}`)).json).toMatchObject({
+      credential_helper: "ecr-login",
+      has_password: false,
+      username: "",
+    });
     const switched = await admin("PATCH", `/integrations/${hid}`, { username: "u", password: CANARY });
     expect(switched.status).toBe(200);
     expect(switched.json).toMatchObject({ credential_helper: null, has_password: true, username: "u" });
@@ -340,17 +406,29 @@ describe("tokens", () => {
       const a = await call("GET", "/api/admin/v1/integrations", undefined, token);
       expect(a.status, `token ${String(token)}`).toBe(401);
       expect(errorOf(a).code).toBe("UNAUTHORIZED");
-      expect(a.text).not.toContain("integrations\":");
+      expect(a.text).not.toContain('integrations":');
     }
-    const basic = await fetch(`${cp.url}/api/admin/v1/integrations`, { headers: { authorization: `Basic ${Buffer.from(`admin:${cp.adminToken}`).toString("base64")}` } });
+    const basic = await fetch(`${cp.url}/api/admin/v1/integrations`, {
+      headers: { authorization: `Basic ${Buffer.from(`admin:${cp.adminToken}`).toString("base64")}` },
+    });
     expect(basic.status).toBe(401);
-    const post = await call("POST", "/api/admin/v1/integrations", { name: "x", registry_url: registry.url, username: "u", password: "p", export_credentials: true }, cp.agentToken);
+    const post = await call(
+      "POST",
+      "/api/admin/v1/integrations",
+      { name: "x", registry_url: registry.url, username: "u", password: "p", export_credentials: true },
+      cp.agentToken,
+    );
     expect(post.status).toBe(401);
   });
 
   it("an admin token, a missing or a garbage Authorization cannot register or lease on the agent API (401)", async () => {
     for (const token of [cp.adminToken, null, "garbage"]) {
-      const reg = await call("POST", "/api/agent/v1/agents", { name: "a", version: "1", concurrency: 1, public_keys: [{ kid: "k", public_key: "x" }] }, token);
+      const reg = await call(
+        "POST",
+        "/api/agent/v1/agents",
+        { name: "a", version: "1", concurrency: 1, public_keys: [{ kid: "k", public_key: "x" }] },
+        token,
+      );
       expect(reg.status, `token ${String(token)}`).toBe(401);
       expect(errorOf(reg).code).toBe("UNAUTHORIZED");
       const lease = await call("POST", "/api/agent/v1/agents/agent-x/leases", { max: 1, wait_seconds: 0 }, token);
@@ -369,7 +447,10 @@ describe("admin API: runs", () => {
   });
 
   it("POST answers 201 {id}; GET shows it queued with its events; cancel makes it canceled", async () => {
-    const made = await admin("POST", "/runs", { configuration_tar_gz_base64: archive.toString("base64"), phases: ["init", "plan"] });
+    const made = await admin("POST", "/runs", {
+      configuration_tar_gz_base64: archive.toString("base64"),
+      phases: ["init", "plan"],
+    });
     expect(made.status).toBe(201);
     const id = made.json["id"] as string;
     expect(id).toMatch(/^run-[A-Za-z0-9._-]+$/);
@@ -377,7 +458,9 @@ describe("admin API: runs", () => {
     expect(got.status).toBe(200);
     expect(got.json).toMatchObject({ id, status: "queued", phases: ["init", "plan"] });
     expect((got.json["events"] as { type: string }[]).map((e) => e.type)).toEqual(["queued"]);
-    expect(((await admin("GET", "/runs")).json["runs"] as { id: string; status: string }[]).find((r) => r.id === id)?.status).toBe("queued");
+    expect(
+      ((await admin("GET", "/runs")).json["runs"] as { id: string; status: string }[]).find((r) => r.id === id)?.status,
+    ).toBe("queued");
 
     const canceled = await admin("POST", `/runs/${id}/cancel`);
     expect(canceled.status).toBe(202);
@@ -385,9 +468,19 @@ describe("admin API: runs", () => {
     expect(after.json["status"]).toBe("canceled");
     expect((after.json["events"] as { type: string }[]).map((e) => e.type)).toEqual(["queued", "canceled"]);
     // A canceled run is never leased.
-    const reg = await call("POST", "/api/agent/v1/agents", { name: "n", version: "1", concurrency: 1, public_keys: [JSON.parse(await pubkeyDoc()) as unknown] }, cp.agentToken);
+    const reg = await call(
+      "POST",
+      "/api/agent/v1/agents",
+      { name: "n", version: "1", concurrency: 1, public_keys: [JSON.parse(await pubkeyDoc()) as unknown] },
+      cp.agentToken,
+    );
     expect(reg.status).toBe(201);
-    const lease = await call("POST", `/api/agent/v1/agents/${reg.json["agent_id"] as string}/leases`, { max: 5, wait_seconds: 0 }, cp.agentToken);
+    const lease = await call(
+      "POST",
+      `/api/agent/v1/agents/${reg.json["agent_id"] as string}/leases`,
+      { max: 5, wait_seconds: 0 },
+      cp.agentToken,
+    );
     expect(lease.json).toEqual({ leases: [] });
   });
 
@@ -400,12 +493,28 @@ describe("admin API: runs", () => {
   });
 
   it.each([
-    ["configuration that is not base64", { configuration_tar_gz_base64: "not base64 at all!", phases: ["init"] }, /configuration_tar_gz_base64 is not base64/],
-    ["configuration that is not gzip", { configuration_tar_gz_base64: Buffer.from("plain text").toString("base64"), phases: ["init"] }, /not a gzip archive/],
+    [
+      "configuration that is not base64",
+      { configuration_tar_gz_base64: "not base64 at all!", phases: ["init"] },
+      /configuration_tar_gz_base64 is not base64/,
+    ],
+    [
+      "configuration that is not gzip",
+      { configuration_tar_gz_base64: Buffer.from("plain text").toString("base64"), phases: ["init"] },
+      /not a gzip archive/,
+    ],
     ["a missing configuration", { phases: ["init"] }, /configuration_tar_gz_base64/],
-    ["an unknown phase", { configuration_tar_gz_base64: "H4sIAAAAAAAAAwMAAAAAAAAAAAA=", phases: ["init", "destroy"] }, /phases/],
+    [
+      "an unknown phase",
+      { configuration_tar_gz_base64: "H4sIAAAAAAAAAwMAAAAAAAAAAAA=", phases: ["init", "destroy"] },
+      /phases/,
+    ],
     ["no phases", { configuration_tar_gz_base64: "H4sIAAAAAAAAAwMAAAAAAAAAAAA=", phases: [] }, /phases/],
-    ["phases that are not a list", { configuration_tar_gz_base64: "H4sIAAAAAAAAAwMAAAAAAAAAAAA=", phases: "init" }, /phases/],
+    [
+      "phases that are not a list",
+      { configuration_tar_gz_base64: "H4sIAAAAAAAAAwMAAAAAAAAAAAA=", phases: "init" },
+      /phases/,
+    ],
   ])("refuses %s with 422 and a message naming the field", async (_what, body, message) => {
     const before = ((await admin("GET", "/runs")).json["runs"] as unknown[]).length;
     const a = await admin("POST", "/runs", body);

@@ -27,7 +27,6 @@ const CANARY_A = `CANARY-A-${randomBytes(6).toString("hex")}"older`;
 const CANARY_OFF = `CANARY-OFF-${randomBytes(6).toString("hex")}\\off`;
 const CANARY_SCOPED = `CANARY-S-${randomBytes(6).toString("hex")}'scoped`;
 
-
 interface Answer {
   status: number;
   text: string;
@@ -64,17 +63,27 @@ async function call(method: string, path: string, body: unknown, token: string |
   const headers: Record<string, string> = {};
   if (token !== null) headers["authorization"] = `Bearer ${token}`;
   if (body !== undefined) headers["content-type"] = "application/json";
-  const res = await fetch(`${url}${path}`, { method, headers, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+  const res = await fetch(`${url}${path}`, {
+    method,
+    headers,
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
   const text = await res.text();
-  const json = text === "" || !(res.headers.get("content-type") ?? "").includes("json") ? {} : (JSON.parse(text) as Record<string, unknown>);
+  const json =
+    text === "" || !(res.headers.get("content-type") ?? "").includes("json")
+      ? {}
+      : (JSON.parse(text) as Record<string, unknown>);
   let recorded = text;
-  for (const lease of (json["leases"] as { bundle: string }[] | undefined) ?? []) recorded = recorded.replace(JSON.stringify(lease.bundle), "\"<bundle>\"");
+  for (const lease of (json["leases"] as { bundle: string }[] | undefined) ?? [])
+    recorded = recorded.replace(JSON.stringify(lease.bundle), '"<bundle>"');
   answers.push({ where: `${method} ${path} (${res.status})`, text: recorded });
   return { status: res.status, text, json, headers: res.headers };
 }
 
-const agentCall = (method: string, path: string, body?: unknown): Promise<Answer> => call(method, `/api/agent/v1${path}`, body, agentToken);
-const adminCall = (method: string, path: string, body?: unknown): Promise<Answer> => call(method, `/api/admin/v1${path}`, body, adminToken);
+const agentCall = (method: string, path: string, body?: unknown): Promise<Answer> =>
+  call(method, `/api/agent/v1${path}`, body, agentToken);
+const adminCall = (method: string, path: string, body?: unknown): Promise<Answer> =>
+  call(method, `/api/admin/v1${path}`, body, adminToken);
 
 function errorOf(a: Answer): { code: string; message: string } {
   return a.json["error"] as { code: string; message: string };
@@ -86,7 +95,12 @@ async function register(): Promise<Registered> {
   const { stdout: shown } = await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" });
   const doc = JSON.parse(shown) as { kid: string; public_key: string };
   expect(JSON.parse(made)).toEqual(doc);
-  const reg = await agentCall("POST", "/agents", { name: "third-party", version: "9.9.9", concurrency: 2, public_keys: [doc] });
+  const reg = await agentCall("POST", "/agents", {
+    name: "third-party",
+    version: "9.9.9",
+    concurrency: 2,
+    public_keys: [doc],
+  });
   expect(reg.status).toBe(201);
   const key = await parsePrivateKeyPem(await readFile(keyFile, "utf8"), keyFile);
   expect(key.kid).toBe(doc.kid);
@@ -106,7 +120,11 @@ async function createRun(phases: string[] = ["init", "plan", "apply"]): Promise<
   return { id: a.json["id"] as string, archive };
 }
 
-async function openLeaseBundle(agent: Registered, runId: string, bundle: string): Promise<{ version: number; registries: ExportEntry[] }> {
+async function openLeaseBundle(
+  agent: Registered,
+  runId: string,
+  bundle: string,
+): Promise<{ version: number; registries: ExportEntry[] }> {
   const opened = await openBundle(Buffer.from(bundle, "utf8"), {
     keys: agent.keys,
     agentId: agent.agentId,
@@ -181,17 +199,31 @@ describe("agent API", () => {
   it("registers an agent with the key from `keygen`/`pubkey` and answers the timings", async () => {
     const keyFile = join(dir, "reg.key");
     await execFileAsync(BIN, ["keygen", "--key-file", keyFile]);
-    const doc = JSON.parse((await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout) as unknown;
+    const doc = JSON.parse(
+      (await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout,
+    ) as unknown;
     const a = await agentCall("POST", "/agents", { name: "n", version: "1.0.0", concurrency: 1, public_keys: [doc] });
     expect(a.status).toBe(201);
-    expect(a.json).toEqual({ agent_id: expect.stringMatching(/^agent-/) as unknown, poll_wait_seconds: 2, heartbeat_interval_seconds: 1, lease_ttl_seconds: 60 });
+    expect(a.json).toEqual({
+      agent_id: expect.stringMatching(/^agent-/) as unknown,
+      poll_wait_seconds: 2,
+      heartbeat_interval_seconds: 1,
+      lease_ttl_seconds: 60,
+    });
   });
 
   it("refuses a public key whose kid is not its thumbprint (422 PUBLIC_KEY_INVALID)", async () => {
     const keyFile = join(dir, "bad.key");
     await execFileAsync(BIN, ["keygen", "--key-file", keyFile]);
-    const doc = JSON.parse((await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout) as { kid: string; public_key: string };
-    const a = await agentCall("POST", "/agents", { name: "n", version: "1", concurrency: 1, public_keys: [{ ...doc, kid: `x${doc.kid.slice(1)}` }] });
+    const doc = JSON.parse(
+      (await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout,
+    ) as { kid: string; public_key: string };
+    const a = await agentCall("POST", "/agents", {
+      name: "n",
+      version: "1",
+      concurrency: 1,
+      public_keys: [{ ...doc, kid: `x${doc.kid.slice(1)}` }],
+    });
     expect(a.status).toBe(422);
     expect(errorOf(a).code).toBe("PUBLIC_KEY_INVALID");
   });
@@ -240,11 +272,17 @@ describe("agent API", () => {
       expect(lease.lease_id).toMatch(/^lease-/);
       expect(lease.run.configuration.size_bytes).toBe(run.archive.byteLength);
       expect(Buffer.from(lease.run.configuration.inline_base64 ?? "", "base64").equals(run.archive)).toBe(true);
-      const config = await fetch(`${url}/api/agent/v1/leases/${lease.lease_id}/configuration`, { headers: { authorization: `Bearer ${agentToken}` } });
+      const config = await fetch(`${url}/api/agent/v1/leases/${lease.lease_id}/configuration`, {
+        headers: { authorization: `Bearer ${agentToken}` },
+      });
       expect(config.headers.get("content-type")).toBe("application/gzip");
       expect(Buffer.from(await config.arrayBuffer()).equals(run.archive)).toBe(true);
       expect((await adminCall("GET", `/runs/${run.id}`)).json["status"]).toBe("running");
-      const done = await agentCall("POST", `/leases/${lease.lease_id}/complete`, { outcome: "succeeded", phases: [], credentials_wiped: true });
+      const done = await agentCall("POST", `/leases/${lease.lease_id}/complete`, {
+        outcome: "succeeded",
+        phases: [],
+        credentials_wiped: true,
+      });
       expect(done.status).toBe(200);
     } finally {
       cp.store.waitForRuns = original;
@@ -259,12 +297,41 @@ describe("the sealed bundle and the run's events", () => {
   beforeAll(async () => {
     const x = "https://registry-x.example.test";
     const y = "https://registry-y.example.test";
-    const older = await createIntegration({ name: "X older", registry_url: x, username: "ann", password: CANARY_A, export_credentials: true });
+    const older = await createIntegration({
+      name: "X older",
+      registry_url: x,
+      username: "ann",
+      password: CANARY_A,
+      export_credentials: true,
+    });
     skewMs += 5000;
-    const newer = await createIntegration({ name: "X newer", registry_url: `${x}/`, username: "bea", password: CANARY_B, export_credentials: true });
-    const off = await createIntegration({ name: "Y export off", registry_url: y, username: "cid", password: CANARY_OFF, export_credentials: false });
-    const scoped = await createIntegration({ name: "Y org-a", registry_url: `${y}/org-a`, username: "dee", password: CANARY_SCOPED, export_credentials: true });
-    const helper = await createIntegration({ name: "ECR", registry_url: "https://123.dkr.ecr.example.test", credential_helper: "ecr-login", export_credentials: true });
+    const newer = await createIntegration({
+      name: "X newer",
+      registry_url: `${x}/`,
+      username: "bea",
+      password: CANARY_B,
+      export_credentials: true,
+    });
+    const off = await createIntegration({
+      name: "Y export off",
+      registry_url: y,
+      username: "cid",
+      password: CANARY_OFF,
+      export_credentials: false,
+    });
+    const scoped = await createIntegration({
+      name: "Y org-a",
+      registry_url: `${y}/org-a`,
+      username: "dee",
+      password: CANARY_SCOPED,
+      export_credentials: true,
+    });
+    const helper = await createIntegration({
+      name: "ECR",
+      registry_url: "https://123.dkr.ecr.example.test",
+      credential_helper: "ecr-login",
+      export_credentials: true,
+    });
     // A helper on a repository path cannot be exported (credHelpers is keyed by host). Put in
     // the store directly, as an older data file could hold it, whatever the admin API accepts.
     const scopedHelper = "int-scoped-helper";
@@ -301,24 +368,47 @@ describe("the sealed bundle and the run's events", () => {
       password: CANARY_B,
       updated_at: expect.any(String) as unknown,
     });
-    expect(byId.get(ids.scoped)).toMatchObject({ url: "https://registry-y.example.test/org-a", username: "dee", password: CANARY_SCOPED });
-    expect(byId.get(ids.helper)).toEqual({ id: ids.helper, name: "ECR", url: "https://123.dkr.ecr.example.test", credential_helper: "ecr-login", updated_at: expect.any(String) as unknown });
+    expect(byId.get(ids.scoped)).toMatchObject({
+      url: "https://registry-y.example.test/org-a",
+      username: "dee",
+      password: CANARY_SCOPED,
+    });
+    expect(byId.get(ids.helper)).toEqual({
+      id: ids.helper,
+      name: "ECR",
+      url: "https://123.dkr.ecr.example.test",
+      credential_helper: "ecr-login",
+      updated_at: expect.any(String) as unknown,
+    });
 
     const events = (await adminCall("GET", `/runs/${run.id}`)).json["events"] as Record<string, unknown>[];
     const leftOut = events.filter((e) => e["type"] === "integration_left_out");
     expect(leftOut.map((e) => e["integration_id"]).sort()).toEqual([ids.older, ids.off, ids.scopedHelper].sort());
     const why = new Map(leftOut.map((e) => [e["integration_id"], e]));
-    expect(why.get(ids.off)).toMatchObject({ integration_name: "Y export off", code: "EXPORT_OFF", reason: expect.stringMatching(/export/) as unknown });
+    expect(why.get(ids.off)).toMatchObject({
+      integration_name: "Y export off",
+      code: "EXPORT_OFF",
+      reason: expect.stringMatching(/export/) as unknown,
+    });
     expect(why.get(ids.older)).toMatchObject({ integration_name: "X older", code: "DUPLICATE_REGISTRY" });
     expect(why.get(ids.older)?.["reason"]).toContain(ids.newer);
     expect(why.get(ids.older)?.["reason"]).toMatch(/updated more recently/);
-    expect(why.get(ids.scopedHelper)).toMatchObject({ code: "ENTRY_INVALID", reason: expect.stringMatching(/credential helpers serve a whole registry host/) as unknown });
-    await agentCall("POST", `/leases/${lease.lease_id}/complete`, { outcome: "succeeded", phases: [], credentials_wiped: true });
+    expect(why.get(ids.scopedHelper)).toMatchObject({
+      code: "ENTRY_INVALID",
+      reason: expect.stringMatching(/credential helpers serve a whole registry host/) as unknown,
+    });
+    await agentCall("POST", `/leases/${lease.lease_id}/complete`, {
+      outcome: "succeeded",
+      phases: [],
+      credentials_wiped: true,
+    });
   });
 
   it("follows the integrations' changes: an update makes the other one newer, export off leaves it out", async () => {
     skewMs += 5000;
-    expect((await adminCall("PATCH", `/integrations/${ids.older}`, { password: `${CANARY_A}-rotated` })).status).toBe(200);
+    expect((await adminCall("PATCH", `/integrations/${ids.older}`, { password: `${CANARY_A}-rotated` })).status).toBe(
+      200,
+    );
     expect((await adminCall("PATCH", `/integrations/${ids.scoped}`, { export_credentials: false })).status).toBe(200);
     const run = await createRun();
     const lease = await leaseOne(agent);
@@ -326,30 +416,48 @@ describe("the sealed bundle and the run's events", () => {
     expect(plain.registries.map((r) => r.id).sort()).toEqual([ids.older, ids.helper].sort());
     expect(plain.registries.find((r) => r.id === ids.older)?.password).toBe(`${CANARY_A}-rotated`);
     const events = (await adminCall("GET", `/runs/${run.id}`)).json["events"] as Record<string, unknown>[];
-    const codes = new Map(events.filter((e) => e["type"] === "integration_left_out").map((e) => [e["integration_id"], e["code"]]));
+    const codes = new Map(
+      events.filter((e) => e["type"] === "integration_left_out").map((e) => [e["integration_id"], e["code"]]),
+    );
     expect(codes.get(ids.newer)).toBe("DUPLICATE_REGISTRY");
     expect(codes.get(ids.scoped)).toBe("EXPORT_OFF");
-    await agentCall("POST", `/leases/${lease.lease_id}/complete`, { outcome: "succeeded", phases: [], credentials_wiped: true });
+    await agentCall("POST", `/leases/${lease.lease_id}/complete`, {
+      outcome: "succeeded",
+      phases: [],
+      credentials_wiped: true,
+    });
   });
 
   it("is sealed to the agent's newest key after PUT /agents/{id}/keys", async () => {
     const other = await register();
     const keyFile = join(dir, "rotated.key");
     await execFileAsync(BIN, ["keygen", "--key-file", keyFile]);
-    const doc = JSON.parse((await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout) as { kid: string; public_key: string };
+    const doc = JSON.parse(
+      (await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout,
+    ) as { kid: string; public_key: string };
     const [oldKid] = [...other.keys.keys()];
-    const oldDoc = { kid: oldKid, public_key: Buffer.from((other.keys.get(oldKid ?? "") as AgentPrivateKey).publicKey).toString("base64url") };
+    const oldDoc = {
+      kid: oldKid,
+      public_key: Buffer.from((other.keys.get(oldKid ?? "") as AgentPrivateKey).publicKey).toString("base64url"),
+    };
     const put = await agentCall("PUT", `/agents/${other.agentId}/keys`, { public_keys: [oldDoc, doc] });
     expect(put.status).toBe(200);
     const newKey = await parsePrivateKeyPem(await readFile(keyFile, "utf8"), keyFile);
     const run = await createRun();
     const lease = await leaseOne(other);
-    const header = JSON.parse(Buffer.from((JSON.parse(lease.bundle) as { protected: string }).protected, "base64url").toString("utf8")) as { kid: string };
+    const header = JSON.parse(
+      Buffer.from((JSON.parse(lease.bundle) as { protected: string }).protected, "base64url").toString("utf8"),
+    ) as { kid: string };
     expect(header.kid).toBe(doc.kid);
     const both = new Map([...other.keys, [newKey.kid, newKey]]);
     const plain = await openLeaseBundle({ agentId: other.agentId, keys: both }, run.id, lease.bundle);
     expect(plain.version).toBe(1);
-    await agentCall("POST", `/leases/${lease.lease_id}/complete`, { outcome: "failed", error: { code: "X", message: "m" }, phases: [], credentials_wiped: true });
+    await agentCall("POST", `/leases/${lease.lease_id}/complete`, {
+      outcome: "failed",
+      error: { code: "X", message: "m" },
+      phases: [],
+      credentials_wiped: true,
+    });
   });
 });
 
@@ -376,14 +484,35 @@ describe("lease life", () => {
     expect((await adminCall("POST", `/runs/${run.id}/cancel`)).status).toBe(202);
     const again = await agentCall("POST", `/leases/${lease.lease_id}/heartbeat`, {});
     expect(again.json["cancel_requested"]).toBe(true);
-    expect((await agentCall("POST", `/leases/${lease.lease_id}/events`, { events: [{ type: "phase_started", at: new Date().toISOString(), phase: "init" }] })).status).toBe(204);
-    expect((await agentCall("POST", `/leases/${lease.lease_id}/logs`, { phase: "init", seq: 0, text: "Initializing...\n" })).status).toBe(204);
-    const done = await agentCall("POST", `/leases/${lease.lease_id}/complete`, { outcome: "canceled", phases: [{ name: "init", exit_code: null, signal: "SIGTERM", duration_ms: 5 }], credentials_wiped: true });
+    expect(
+      (
+        await agentCall("POST", `/leases/${lease.lease_id}/events`, {
+          events: [{ type: "phase_started", at: new Date().toISOString(), phase: "init" }],
+        })
+      ).status,
+    ).toBe(204);
+    expect(
+      (await agentCall("POST", `/leases/${lease.lease_id}/logs`, { phase: "init", seq: 0, text: "Initializing...\n" }))
+        .status,
+    ).toBe(204);
+    const done = await agentCall("POST", `/leases/${lease.lease_id}/complete`, {
+      outcome: "canceled",
+      phases: [{ name: "init", exit_code: null, signal: "SIGTERM", duration_ms: 5 }],
+      credentials_wiped: true,
+    });
     expect(done.status).toBe(200);
     const view = (await adminCall("GET", `/runs/${run.id}`)).json;
     expect(view["status"]).toBe("canceled");
     expect((view["events"] as { type: string }[]).map((e) => e.type)).toEqual(
-      expect.arrayContaining(["queued", "leased", "cancel_requested", "phase_started", "phase_result", "credentials_wiped", "completed"]),
+      expect.arrayContaining([
+        "queued",
+        "leased",
+        "cancel_requested",
+        "phase_started",
+        "phase_result",
+        "credentials_wiped",
+        "completed",
+      ]),
     );
     expect(view["logs"]).toEqual([{ phase: "init", seq: 0, text: "Initializing...\n" }]);
   });
@@ -392,7 +521,11 @@ describe("lease life", () => {
     const run = await createRun();
     const lease = await leaseOne(agent);
     expect(lease.run.id).toBe(run.id);
-    const done = await agentCall("POST", `/leases/${lease.lease_id}/complete`, { outcome: "succeeded", phases: [{ name: "init", exit_code: 0, signal: null, duration_ms: 1 }], credentials_wiped: true });
+    const done = await agentCall("POST", `/leases/${lease.lease_id}/complete`, {
+      outcome: "succeeded",
+      phases: [{ name: "init", exit_code: 0, signal: null, duration_ms: 1 }],
+      credentials_wiped: true,
+    });
     expect(done.status).toBe(200);
     expect(done.json).toEqual({ id: run.id, status: "succeeded" });
     for (const [path, body] of [
@@ -411,27 +544,51 @@ describe("lease life", () => {
   });
 
   it("a lease that is not heartbeated expires: the run fails LEASE_EXPIRED and is never leased again", async () => {
-    const short = await createControlPlane({ adminToken, agentToken, leaseTtlSeconds: 0.3, probe: () => Promise.resolve({ warnings: [] }) });
+    const short = await createControlPlane({
+      adminToken,
+      agentToken,
+      leaseTtlSeconds: 0.3,
+      probe: () => Promise.resolve({ warnings: [] }),
+    });
     try {
       const base = (await short.listen("127.0.0.1", 0)).url;
       const keyFile = join(dir, "short.key");
       await execFileAsync(BIN, ["keygen", "--key-file", keyFile]);
-      const doc = JSON.parse((await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout) as unknown;
+      const doc = JSON.parse(
+        (await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout,
+      ) as unknown;
       const post = async (path: string, body: unknown, token: string): Promise<Record<string, unknown>> => {
-        const res = await fetch(`${base}${path}`, { method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "application/json" }, body: JSON.stringify(body) });
+        const res = await fetch(`${base}${path}`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: JSON.stringify(body),
+        });
         return { status: res.status, ...(JSON.parse(await res.text()) as Record<string, unknown>) };
       };
-      const agentId = (await post("/api/agent/v1/agents", { name: "s", version: "1", concurrency: 1, public_keys: [doc] }, agentToken))["agent_id"] as string;
+      const agentId = (
+        await post("/api/agent/v1/agents", { name: "s", version: "1", concurrency: 1, public_keys: [doc] }, agentToken)
+      )["agent_id"] as string;
       const archive = await tarGz({ "main.tf": "\n" });
-      const runId = (await post("/api/admin/v1/runs", { configuration_tar_gz_base64: archive.toString("base64"), phases: ["init"] }, adminToken))["id"] as string;
-      const leases = (await post(`/api/agent/v1/agents/${agentId}/leases`, { max: 1, wait_seconds: 0 }, agentToken))["leases"] as LeaseJson[];
+      const runId = (
+        await post(
+          "/api/admin/v1/runs",
+          { configuration_tar_gz_base64: archive.toString("base64"), phases: ["init"] },
+          adminToken,
+        )
+      )["id"] as string;
+      const leases = (await post(`/api/agent/v1/agents/${agentId}/leases`, { max: 1, wait_seconds: 0 }, agentToken))[
+        "leases"
+      ] as LeaseJson[];
       expect(leases.map((l) => l.run.id)).toEqual([runId]);
       const run = await waitForStatus(short, runId, ["failed", "succeeded", "canceled"]);
       expect(run.status).toBe("failed");
       expect(run.error?.code).toBe("LEASE_EXPIRED");
       const hb = await post(`/api/agent/v1/leases/${leases[0]?.lease_id ?? ""}/heartbeat`, {}, agentToken);
       expect(hb["status"]).toBe(409);
-      expect(await post(`/api/agent/v1/agents/${agentId}/leases`, { max: 5, wait_seconds: 0 }, agentToken)).toEqual({ status: 200, leases: [] });
+      expect(await post(`/api/agent/v1/agents/${agentId}/leases`, { max: 5, wait_seconds: 0 }, agentToken)).toEqual({
+        status: 200,
+        leases: [],
+      });
     } finally {
       await short.close();
     }
@@ -442,7 +599,8 @@ describe("no agent or admin answer carries a password", () => {
   it("lists, gets, patches, runs, events and lease answers (bundle aside) hold no form of any password", async () => {
     const list = await adminCall("GET", "/integrations");
     for (const i of list.json["integrations"] as { id: string }[]) await adminCall("GET", `/integrations/${i.id}`);
-    for (const r of (await adminCall("GET", "/runs")).json["runs"] as { id: string }[]) await adminCall("GET", `/runs/${r.id}`);
+    for (const r of (await adminCall("GET", "/runs")).json["runs"] as { id: string }[])
+      await adminCall("GET", `/runs/${r.id}`);
     expect(answers.some((a) => a.text.includes("<bundle>"))).toBe(true);
     expect(answers.length).toBeGreaterThan(50);
     const secrets: [string, string][] = [

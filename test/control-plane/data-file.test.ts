@@ -24,8 +24,6 @@ const BIN = fileURLToPath(new URL("../../bin/oci-cred-agent", import.meta.url));
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}:pw"with\\odd/</x>`;
 const USER = "octocat";
 
-
-
 let dir: string;
 let dataFile: string;
 const adminToken = randomBytes(24).toString("base64url");
@@ -33,16 +31,31 @@ const agentToken = randomBytes(24).toString("base64url");
 const running: CliControlPlane[] = [];
 
 async function startCliControlPlane(): Promise<CliControlPlane> {
-  const cp = await spawnCliControlPlane(["--admin-token-file", join(dir, "admin.token"), "--agent-token-file", join(dir, "agent.token"), "--data-file", dataFile]);
+  const cp = await spawnCliControlPlane([
+    "--admin-token-file",
+    join(dir, "admin.token"),
+    "--agent-token-file",
+    join(dir, "agent.token"),
+    "--data-file",
+    dataFile,
+  ]);
   running.push(cp);
   return cp;
 }
 
-async function api(cp: CliControlPlane, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown>; text: string }> {
+async function api(
+  cp: CliControlPlane,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; json: Record<string, unknown>; text: string }> {
   const token = path.startsWith("/api/admin/") ? adminToken : agentToken;
   const res = await fetch(`${cp.url}${path}`, {
     method,
-    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+    headers: {
+      authorization: `Bearer ${token}`,
+      ...(body === undefined ? {} : { "content-type": "application/json" }),
+    },
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
   });
   const text = await res.text();
@@ -71,19 +84,41 @@ describe("--data-file", () => {
   it("the first process saves its state on SIGTERM, with the password encrypted and the files mode 0600", async () => {
     const first = await startCliControlPlane();
     unreachable = `https://127.0.0.1:${await freePort()}`;
-    const made = await api(first, "POST", "/api/admin/v1/integrations", { name: "kept", registry_url: unreachable, username: USER, password: CANARY, export_credentials: true });
+    const made = await api(first, "POST", "/api/admin/v1/integrations", {
+      name: "kept",
+      registry_url: unreachable,
+      username: USER,
+      password: CANARY,
+      export_credentials: true,
+    });
     expect(made.status).toBe(201);
     const { warnings: _w, ...rest } = made.json;
     kept = rest;
-    const h = await api(first, "POST", "/api/admin/v1/integrations", { name: "helper", registry_url: "https://127.0.0.1:1", credential_helper: "ecr-login", export_credentials: true });
+    const h = await api(first, "POST", "/api/admin/v1/integrations", {
+      name: "helper",
+      registry_url: "https://127.0.0.1:1",
+      credential_helper: "ecr-login",
+      export_credentials: true,
+    });
     expect(h.status).toBe(201);
     const { warnings: _w2, ...hrest } = h.json;
     helper = hrest;
-    const gone = await api(first, "POST", "/api/admin/v1/integrations", { name: "deleted", registry_url: unreachable, username: "x", password: `${CANARY}-deleted`, export_credentials: true });
+    const gone = await api(first, "POST", "/api/admin/v1/integrations", {
+      name: "deleted",
+      registry_url: unreachable,
+      username: "x",
+      password: `${CANARY}-deleted`,
+      export_credentials: true,
+    });
     deleted = gone.json["id"] as string;
     expect((await api(first, "DELETE", `/api/admin/v1/integrations/${deleted}`)).status).toBe(204);
     const archive = await tarGz({ "main.tf": "\n" });
-    queuedRun = (await api(first, "POST", "/api/admin/v1/runs", { configuration_tar_gz_base64: archive.toString("base64"), phases: ["init"] })).json["id"] as string;
+    queuedRun = (
+      await api(first, "POST", "/api/admin/v1/runs", {
+        configuration_tar_gz_base64: archive.toString("base64"),
+        phases: ["init"],
+      })
+    ).json["id"] as string;
 
     expect(await first.stop()).toBe(0);
     expect(first.output()).not.toContain(CANARY);
@@ -97,10 +132,14 @@ describe("--data-file", () => {
     expect(text).toContain(queuedRun);
     // ...and holds no form of any password.
     for (const secret of [CANARY, `${CANARY}-deleted`]) {
-      for (const form of leakForms(secret, USER)) expect(text.includes(form), `the data file holds ${form}`).toBe(false);
+      for (const form of leakForms(secret, USER))
+        expect(text.includes(form), `the data file holds ${form}`).toBe(false);
     }
     // No temporary file is left beside it.
-    expect((await readdir(dir)).filter((n) => n.startsWith("state.json")).sort()).toEqual(["state.json", "state.json.key"]);
+    expect((await readdir(dir)).filter((n) => n.startsWith("state.json")).sort()).toEqual([
+      "state.json",
+      "state.json.key",
+    ]);
   });
 
   it("a restarted process serves the same integrations; the queued run failed CONTROL_PLANE_RESTARTED", async () => {
@@ -111,7 +150,13 @@ describe("--data-file", () => {
     expect(items.map((i) => i["id"]).sort()).toEqual([kept["id"], helper["id"]].sort());
     expect(items.find((i) => i["id"] === kept["id"])).toEqual(kept);
     expect(items.find((i) => i["id"] === helper["id"])).toEqual(helper);
-    expect(kept).toMatchObject({ name: "kept", registry_url: unreachable, username: USER, has_password: true, export_credentials: true });
+    expect(kept).toMatchObject({
+      name: "kept",
+      registry_url: unreachable,
+      username: USER,
+      has_password: true,
+      export_credentials: true,
+    });
     expect(list.text).not.toContain(CANARY);
 
     const run = await api(second, "GET", `/api/admin/v1/runs/${queuedRun}`);
@@ -122,12 +167,24 @@ describe("--data-file", () => {
     const second = running[running.length - 1] as CliControlPlane;
     const keyFile = join(dir, "agent.key");
     await execFileAsync(BIN, ["keygen", "--key-file", keyFile]);
-    const doc = JSON.parse((await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout) as unknown;
-    const reg = await api(second, "POST", "/api/agent/v1/agents", { name: "a", version: "1", concurrency: 1, public_keys: [doc] });
+    const doc = JSON.parse(
+      (await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout,
+    ) as unknown;
+    const reg = await api(second, "POST", "/api/agent/v1/agents", {
+      name: "a",
+      version: "1",
+      concurrency: 1,
+      public_keys: [doc],
+    });
     expect(reg.status).toBe(201);
     const agentId = reg.json["agent_id"] as string;
     const archive = await tarGz({ "main.tf": "\n" });
-    const runId = (await api(second, "POST", "/api/admin/v1/runs", { configuration_tar_gz_base64: archive.toString("base64"), phases: ["init"] })).json["id"] as string;
+    const runId = (
+      await api(second, "POST", "/api/admin/v1/runs", {
+        configuration_tar_gz_base64: archive.toString("base64"),
+        phases: ["init"],
+      })
+    ).json["id"] as string;
     // The failed run from before the restart is not leased again: only the new one.
     const leased = await api(second, "POST", `/api/agent/v1/agents/${agentId}/leases`, { max: 5, wait_seconds: 5 });
     const leases = leased.json["leases"] as { lease_id: string; run: { id: string }; bundle: string }[];
@@ -141,7 +198,9 @@ describe("--data-file", () => {
       maxLifetimeSeconds: 3600,
       clockSkewSeconds: 120,
     });
-    const plain = JSON.parse(Buffer.from(opened.plaintext).toString("utf8")) as { registries: Record<string, unknown>[] };
+    const plain = JSON.parse(Buffer.from(opened.plaintext).toString("utf8")) as {
+      registries: Record<string, unknown>[];
+    };
     expect(plain.registries.find((r) => r["id"] === kept["id"])).toMatchObject({ username: USER, password: CANARY });
     expect(plain.registries.find((r) => r["id"] === helper["id"])).toMatchObject({ credential_helper: "ecr-login" });
     expect(plain.registries.map((r) => r["id"])).not.toContain(deleted);

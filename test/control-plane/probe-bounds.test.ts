@@ -21,12 +21,17 @@ let dispatcher: Agent;
 const servers: Server[] = [];
 
 /** An HTTPS endpoint; resolves to its URL and, per request, whether the client hung up before the end. */
-async function endpoint(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ url: URL; hungUp: Promise<boolean>[] }> {
+async function endpoint(
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<{ url: URL; hungUp: Promise<boolean>[] }> {
   const hungUp: Promise<boolean>[] = [];
-  const server = createServer({ cert: await readFile(tls.serverCertFile), key: await readFile(tls.serverKeyFile) }, (req, res) => {
-    hungUp.push(once(res, "close").then(() => !res.writableFinished));
-    handler(req, res);
-  });
+  const server = createServer(
+    { cert: await readFile(tls.serverCertFile), key: await readFile(tls.serverKeyFile) },
+    (req, res) => {
+      hungUp.push(once(res, "close").then(() => !res.writableFinished));
+      handler(req, res);
+    },
+  );
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
   servers.push(server);
@@ -60,7 +65,11 @@ describe("registry probe bounds", () => {
     [
       "answers 401 and drips its body",
       (_req: IncomingMessage, res: ServerResponse) => {
-        res.writeHead(401, { "www-authenticate": 'Bearer realm="https://127.0.0.1/token"', "docker-distribution-api-version": "registry/2.0", "content-length": "5000" });
+        res.writeHead(401, {
+          "www-authenticate": 'Bearer realm="https://127.0.0.1/token"',
+          "docker-distribution-api-version": "registry/2.0",
+          "content-length": "5000",
+        });
         drip(res);
       },
     ],
@@ -68,13 +77,18 @@ describe("registry probe bounds", () => {
     const { url } = await endpoint(handler);
     const from = Date.now();
     const result = await probeRegistry(url, { timeoutMs: 400, dispatcher });
-    expect(result.warnings).toEqual([`could not reach ${url.origin}/v2/ to verify the endpoint (timeout); saved unverified`]);
+    expect(result.warnings).toEqual([
+      `could not reach ${url.origin}/v2/ to verify the endpoint (timeout); saved unverified`,
+    ]);
     expect(Date.now() - from).toBeLessThan(5_000);
   });
 
   it("reads an endless /v2/ answer only up to the byte limit, then judges it by status and headers", async () => {
     const { url, hungUp } = await endpoint((_req, res) => {
-      res.writeHead(401, { "www-authenticate": 'Bearer realm="https://127.0.0.1/token"', "docker-distribution-api-version": "registry/2.0" });
+      res.writeHead(401, {
+        "www-authenticate": 'Bearer realm="https://127.0.0.1/token"',
+        "docker-distribution-api-version": "registry/2.0",
+      });
       const chunk = Buffer.alloc(64 * 1024, " ");
       const pump = (): void => {
         while (!res.destroyed && res.write(chunk));

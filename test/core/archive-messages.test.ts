@@ -46,32 +46,82 @@ function nonOctalSize(): Buffer {
 const file = (name: string, data = "x"): { name: string; data: string } => ({ name, data });
 
 type Produce = () => unknown;
-const parse = (bytes: Buffer): Produce => () => parseTar(bytes, LIMITS);
+const parse =
+  (bytes: Buffer): Produce =>
+  () =>
+    parseTar(bytes, LIMITS);
 
 const CASES: [string, ErrorCode, Produce][] = [
   ["a header checksum mismatch", "ARCHIVE_INVALID", parse(withByte(tar([file("a")]), 0, 0x62))],
   ["a size field that is not octal", "ARCHIVE_INVALID", parse(nonOctalSize())],
   ["a truncated entry", "ARCHIVE_INVALID", parse(tar([{ name: "a", data: "x", declaredSize: 4096 }]))],
-  ["a malformed pax header", "ARCHIVE_INVALID", parse(tar([{ name: "a", data: "x", pax: { path: "a" } }]).fill(0x78, 512, 513))],
-  ["bytes that are not gzip", "ARCHIVE_INVALID", () => extractConfiguration(Buffer.from("not gzip"), join(dir, "w1"), LIMITS)],
+  [
+    "a malformed pax header",
+    "ARCHIVE_INVALID",
+    parse(tar([{ name: "a", data: "x", pax: { path: "a" } }]).fill(0x78, 512, 513)),
+  ],
+  [
+    "bytes that are not gzip",
+    "ARCHIVE_INVALID",
+    () => extractConfiguration(Buffer.from("not gzip"), join(dir, "w1"), LIMITS),
+  ],
   ["more entries than the fixed limit", "ARCHIVE_TOO_LARGE", parse(tar([file("a"), file("b"), file("c"), file("d")]))],
-  ["files past the size limit", "ARCHIVE_TOO_LARGE", parse(tar([file("a", "a".repeat(1000)), file("b", "b".repeat(100))]))],
-  ["hardlinks past the size limit", "ARCHIVE_TOO_LARGE", parse(tar([file("a", "a".repeat(600)), { name: "b", type: "1", linkname: "a" }]))],
-  ["a gzip bomb past the size limit", "ARCHIVE_TOO_LARGE", () => extractConfiguration(gzipSync(tar([{ name: "z", data: new Uint8Array(64 * 1024) }])), join(dir, "w2"), LIMITS)],
+  [
+    "files past the size limit",
+    "ARCHIVE_TOO_LARGE",
+    parse(tar([file("a", "a".repeat(1000)), file("b", "b".repeat(100))])),
+  ],
+  [
+    "hardlinks past the size limit",
+    "ARCHIVE_TOO_LARGE",
+    parse(tar([file("a", "a".repeat(600)), { name: "b", type: "1", linkname: "a" }])),
+  ],
+  [
+    "a gzip bomb past the size limit",
+    "ARCHIVE_TOO_LARGE",
+    () =>
+      extractConfiguration(gzipSync(tar([{ name: "z", data: new Uint8Array(64 * 1024) }])), join(dir, "w2"), LIMITS),
+  ],
   ["an absolute path", "ARCHIVE_UNSAFE_PATH", parse(tar([file("/etc/x")]))],
   ["a control character", "ARCHIVE_UNSAFE_PATH", parse(tar([file("a\u0001b")]))],
   ["'..'", "ARCHIVE_UNSAFE_PATH", parse(tar([file("../x")]))],
   ["a path twice", "ARCHIVE_UNSAFE_PATH", parse(tar([file("a"), file("a")]))],
   ["a path beneath a file", "ARCHIVE_UNSAFE_PATH", parse(tar([file("a"), file("a/b")]))],
   ["a file where a directory's entries lie", "ARCHIVE_UNSAFE_PATH", parse(tar([file("a/b"), file("a")]))],
-  ["an entry through a symlink", "ARCHIVE_UNSAFE_LINK", parse(tar([{ name: "l", type: "2", linkname: "d" }, file("l/x")]))],
+  [
+    "an entry through a symlink",
+    "ARCHIVE_UNSAFE_LINK",
+    parse(tar([{ name: "l", type: "2", linkname: "d" }, file("l/x")])),
+  ],
   ["a symlink to an absolute path", "ARCHIVE_UNSAFE_LINK", parse(tar([{ name: "l", type: "2", linkname: "/etc" }]))],
   ["a symlink outside", "ARCHIVE_UNSAFE_LINK", parse(tar([{ name: "l", type: "2", linkname: "../x" }]))],
   ["a hardlink to no earlier file", "ARCHIVE_UNSAFE_LINK", parse(tar([{ name: "h", type: "1", linkname: "nothing" }]))],
-  ["a symlink loop", "ARCHIVE_UNSAFE_LINK", parse(tar([{ name: "a", type: "2", linkname: "b/x" }, { name: "b", type: "2", linkname: "a/y" }]))],
-  ["a symlink outside through another symlink", "ARCHIVE_UNSAFE_LINK", parse(tar([{ name: "d/up", type: "2", linkname: ".." }, { name: "l", type: "2", linkname: "d/up/.." }]))],
+  [
+    "a symlink loop",
+    "ARCHIVE_UNSAFE_LINK",
+    parse(
+      tar([
+        { name: "a", type: "2", linkname: "b/x" },
+        { name: "b", type: "2", linkname: "a/y" },
+      ]),
+    ),
+  ],
+  [
+    "a symlink outside through another symlink",
+    "ARCHIVE_UNSAFE_LINK",
+    parse(
+      tar([
+        { name: "d/up", type: "2", linkname: ".." },
+        { name: "l", type: "2", linkname: "d/up/.." },
+      ]),
+    ),
+  ],
   ["a FIFO", "ARCHIVE_ENTRY_UNSUPPORTED", parse(tar([{ name: "p", type: "6" }]))],
-  ["a checksum the lease did not announce", "ARCHIVE_CHECKSUM_MISMATCH", () => verifyChecksum(tarGzOf([file("a")]), "0".repeat(64))],
+  [
+    "a checksum the lease did not announce",
+    "ARCHIVE_CHECKSUM_MISMATCH",
+    () => verifyChecksum(tarGzOf([file("a")]), "0".repeat(64)),
+  ],
 ];
 
 async function refusalOf(produce: Produce): Promise<AgentError> {
@@ -98,7 +148,9 @@ describe("archive refusals", () => {
     const e = await refusalOf(produce);
     expect(e.code).toBe(code);
     for (const flag of e.message.match(/--[a-z][a-z-]*/g) ?? []) {
-      expect(schemaFlags.has(flag), `${flag} in "${e.message}" is a setting of src/config/schema.ts RUN_FIELDS`).toBe(true);
+      expect(schemaFlags.has(flag), `${flag} in "${e.message}" is a setting of src/config/schema.ts RUN_FIELDS`).toBe(
+        true,
+      );
       expect(help.has(flag), `${flag} in "${e.message}" is listed by \`oci-cred-agent run --help\``).toBe(true);
     }
   });

@@ -47,6 +47,8 @@ describe("parseByteSize", () => {
 describe("every size caller applies parseByteSize", () => {
   it.each(CASES)("setting %j", (text, expected) => {
     if (SIZE === undefined) throw new Error("RUN_FIELDS has no size field");
-    expect(parseFieldValue(SIZE, text)).toEqual(expected === undefined ? { ok: false, expected: "a size such as 256MiB or 64k" } : { ok: true, value: expected });
+    expect(parseFieldValue(SIZE, text)).toEqual(
+      expected === undefined ? { ok: false, expected: "a size such as 256MiB or 64k" } : { ok: true, value: expected },
+    );
   });
 });

@@ -13,7 +13,15 @@ function entry(id: string, url: string, extra: Raw = {}): Raw {
 }
 
 function cred(id: string, updatedAtMs?: number): ExportedCredential {
-  return { id, name: undefined, url: "https://x.io", username: "u", password: "p", credentialHelper: undefined, updatedAtMs };
+  return {
+    id,
+    name: undefined,
+    url: "https://x.io",
+    username: "u",
+    password: "p",
+    credentialHelper: undefined,
+    updatedAtMs,
+  };
 }
 
 describe("preferOver", () => {
@@ -69,7 +77,12 @@ describe("selectCredentials: one credential per registry", () => {
       "int-1",
       ["int-2"],
     ],
-    ["missing updated_at everywhere: smaller id", [entry("z", "https://ghcr.io"), entry("m", "https://ghcr.io/")], "m", ["z"]],
+    [
+      "missing updated_at everywhere: smaller id",
+      [entry("z", "https://ghcr.io"), entry("m", "https://ghcr.io/")],
+      "m",
+      ["z"],
+    ],
     [
       "missing updated_at is oldest",
       [entry("a", "https://ghcr.io"), entry("z", "https://ghcr.io", { updated_at: "1970-01-01T00:00:00Z" })],
@@ -78,13 +91,20 @@ describe("selectCredentials: one credential per registry", () => {
     ],
     [
       "unparseable updated_at counts as missing",
-      [entry("a", "https://ghcr.io", { updated_at: "yesterday" }), entry("z", "https://ghcr.io", { updated_at: "2020-01-01T00:00:00Z" })],
+      [
+        entry("a", "https://ghcr.io", { updated_at: "yesterday" }),
+        entry("z", "https://ghcr.io", { updated_at: "2020-01-01T00:00:00Z" }),
+      ],
       "z",
       ["a"],
     ],
     [
       "case, port 443 and trailing slash are the same registry",
-      [entry("c", "https://GHCR.io:443/"), entry("b", "https://ghcr.io/v2/"), entry("a", "https://ghcr.io", { updated_at: "2026-01-01T00:00:00Z" })],
+      [
+        entry("c", "https://GHCR.io:443/"),
+        entry("b", "https://ghcr.io/v2/"),
+        entry("a", "https://ghcr.io", { updated_at: "2026-01-01T00:00:00Z" }),
+      ],
       "a",
       ["c", "b"],
     ],
@@ -112,7 +132,10 @@ describe("selectCredentials: one credential per registry", () => {
   });
 
   it("explains whether recency or id decided", () => {
-    const recency = select([entry("a", "https://ghcr.io", { updated_at: "2026-01-01T00:00:00Z" }), entry("b", "https://ghcr.io")]);
+    const recency = select([
+      entry("a", "https://ghcr.io", { updated_at: "2026-01-01T00:00:00Z" }),
+      entry("b", "https://ghcr.io"),
+    ]);
     expect(recency.ignored[0]?.reason).toContain("updated more recently");
     const tie = select([entry("b", "https://ghcr.io"), entry("a", "https://ghcr.io")]);
     expect(tie.ignored[0]?.reason).toContain("same updated_at");
@@ -163,8 +186,18 @@ describe("selectCredentials: ignored entries and their reasons", () => {
     ["URL with a fragment", entry("x", "https://ghcr.io#a"), "ENTRY_URL_NOT_BARE", /fragment/],
     ["not a URL", entry("x", "ghcr.io"), "ENTRY_URL_INVALID", /not a URL/],
     ["bad path", entry("x", "https://ghcr.io/UPPER"), "ENTRY_URL_HAS_PATH", /repository path/],
-    ["missing password", { id: "x", name: "name-x", url: "https://ghcr.io", username: "u" }, "ENTRY_INVALID", /password: required/],
-    ["colon in username", entry("x", "https://ghcr.io", { username: "a:b" }), "ENTRY_INVALID", /username: must not contain ':'/],
+    [
+      "missing password",
+      { id: "x", name: "name-x", url: "https://ghcr.io", username: "u" },
+      "ENTRY_INVALID",
+      /password: required/,
+    ],
+    [
+      "colon in username",
+      entry("x", "https://ghcr.io", { username: "a:b" }),
+      "ENTRY_INVALID",
+      /username: must not contain ':'/,
+    ],
   ])("%s → %s", (_name, raw, code, reason) => {
     const { selected, ignored } = select([raw, entry("ok", "https://quay.io")]);
     expect(selected.map((s) => s.entry.id)).toEqual(["ok"]);
@@ -175,7 +208,14 @@ describe("selectCredentials: ignored entries and their reasons", () => {
 
   it("an entry without an id is reported with null id and name", () => {
     const { ignored } = select([{ url: "https://ghcr.io", username: "u", password: "p" }]);
-    expect(ignored).toEqual([{ integration_id: null, integration_name: null, code: "ENTRY_INVALID", reason: expect.stringContaining("registries[0]") as unknown }]);
+    expect(ignored).toEqual([
+      {
+        integration_id: null,
+        integration_name: null,
+        code: "ENTRY_INVALID",
+        reason: expect.stringContaining("registries[0]") as unknown,
+      },
+    ]);
   });
 
   it("an invalid entry does not compete for its registry", () => {
@@ -188,7 +228,7 @@ describe("selectCredentials: ignored entries and their reasons", () => {
   });
 
   it("never puts a password into a reason", () => {
-    const canary = "CANARY-pw-7f3a:!\"{}";
+    const canary = 'CANARY-pw-7f3a:!"{}';
     const { ignored } = select([
       entry("a", "https://ghcr.io", { password: canary }),
       entry("b", "https://ghcr.io", { password: canary, updated_at: "2026-01-01T00:00:00Z" }),
@@ -204,21 +244,38 @@ describe("selectCredentials: ignored entries and their reasons", () => {
 describe("selectCredentials: credential helpers", () => {
   it("a helper entry and a password entry compete for the same registry", () => {
     const { selected, ignored } = select([
-      { id: "helper", url: "https://123.dkr.ecr.eu-west-1.amazonaws.com", credential_helper: "ecr-login", updated_at: "2026-02-01T00:00:00Z" },
+      {
+        id: "helper",
+        url: "https://123.dkr.ecr.eu-west-1.amazonaws.com",
+        credential_helper: "ecr-login",
+        updated_at: "2026-02-01T00:00:00Z",
+      },
       entry("pw", "https://123.dkr.ecr.eu-west-1.amazonaws.com", { updated_at: "2026-01-01T00:00:00Z" }),
     ]);
     expect(selected).toHaveLength(1);
-    expect(selected[0]?.entry).toMatchObject({ id: "helper", credentialHelper: "ecr-login", username: "", password: "" });
+    expect(selected[0]?.entry).toMatchObject({
+      id: "helper",
+      credentialHelper: "ecr-login",
+      username: "",
+      password: "",
+    });
     expect(ignored).toMatchObject([{ integration_id: "pw", code: "DUPLICATE_REGISTRY" }]);
   });
 
   it("a password entry carries no helper", () => {
     const { selected } = select([entry("pw", "https://ghcr.io")]);
-    expect(selected[0]?.entry).toMatchObject({ id: "pw", credentialHelper: undefined, username: "user-pw", password: "pw-pw" });
+    expect(selected[0]?.entry).toMatchObject({
+      id: "pw",
+      credentialHelper: undefined,
+      username: "user-pw",
+      password: "pw-pw",
+    });
   });
 
   it("a helper for a repository-scoped URL is refused", () => {
-    const { selected, ignored } = select([{ id: "h", name: "scoped", url: "https://ghcr.io/org-a", credential_helper: "ecr-login" }]);
+    const { selected, ignored } = select([
+      { id: "h", name: "scoped", url: "https://ghcr.io/org-a", credential_helper: "ecr-login" },
+    ]);
     expect(selected).toEqual([]);
     expect(ignored).toHaveLength(1);
     expect(ignored[0]).toMatchObject({ integration_id: "h", integration_name: "scoped", code: "ENTRY_INVALID" });

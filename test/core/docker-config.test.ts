@@ -1,6 +1,11 @@
 import { describe, expect, it } from "vitest";
 import { selectCredentials, type SelectedCredential } from "../../src/core/credential-selection.js";
-import { encodeAuth, parseBaseDockerConfig, renderRegistryFiles, type DockerConfigDoc } from "../../src/core/docker-config.js";
+import {
+  encodeAuth,
+  parseBaseDockerConfig,
+  renderRegistryFiles,
+  type DockerConfigDoc,
+} from "../../src/core/docker-config.js";
 import { AgentError } from "../../src/core/errors.js";
 import { parseExport } from "../../src/core/export-payload.js";
 
@@ -27,7 +32,12 @@ function render(registries: Raw[], base?: DockerConfigDoc) {
   const out = renderRegistryFiles(selected(registries), base);
   expect(out.dockerConfig.endsWith("}\n")).toBe(true);
   expect(out.containersAuth.endsWith("}\n")).toBe(true);
-  return { docker: JSON.parse(out.dockerConfig) as Doc, containers: JSON.parse(out.containersAuth) as Doc, overridden: out.overridden, raw: out };
+  return {
+    docker: JSON.parse(out.dockerConfig) as Doc,
+    containers: JSON.parse(out.containersAuth) as Doc,
+    overridden: out.overridden,
+    raw: out,
+  };
 }
 
 function b64(s: string): string {
@@ -88,7 +98,7 @@ describe("renderRegistryFiles: keys per family", () => {
   });
 
   it("keeps the password JSON-escaped in the file text and intact after parsing", () => {
-    const password = "a\"b\\c\n{}:€";
+    const password = 'a"b\\c\n{}:€';
     const { docker, raw } = render([pw("a", "https://ghcr.io", "u", password)]);
     expect(Buffer.from(docker.auths["ghcr.io"]?.auth ?? "", "base64").toString("utf8")).toBe(`u:${password}`);
     // Only the base64 form is written: never the raw password.
@@ -99,7 +109,9 @@ describe("renderRegistryFiles: keys per family", () => {
 
 describe("renderRegistryFiles: credential helpers", () => {
   it("writes credHelpers for a helper entry in every family, and no auths for it", () => {
-    const { docker, containers } = render([{ id: "e", url: "https://123.dkr.ecr.us-east-1.amazonaws.com", credential_helper: "ecr-login" }]);
+    const { docker, containers } = render([
+      { id: "e", url: "https://123.dkr.ecr.us-east-1.amazonaws.com", credential_helper: "ecr-login" },
+    ]);
     expect(docker.auths).toEqual({});
     expect(docker.credHelpers).toEqual({ "123.dkr.ecr.us-east-1.amazonaws.com": "ecr-login" });
     expect(containers.auths).toEqual({});
@@ -123,8 +135,14 @@ describe("renderRegistryFiles: credential helpers", () => {
   });
 
   it("a helper export replaces the base's auths for that host", () => {
-    const base = parseBaseDockerConfig(JSON.stringify({ auths: { "ecr.example.com": { auth: b64("old:old") } } }), "base.json");
-    const { docker, containers, overridden } = render([{ id: "e", url: "https://ecr.example.com", credential_helper: "ecr-login" }], base);
+    const base = parseBaseDockerConfig(
+      JSON.stringify({ auths: { "ecr.example.com": { auth: b64("old:old") } } }),
+      "base.json",
+    );
+    const { docker, containers, overridden } = render(
+      [{ id: "e", url: "https://ecr.example.com", credential_helper: "ecr-login" }],
+      base,
+    );
     expect(docker.auths).toEqual({});
     expect(containers.auths).toEqual({});
     expect(overridden).toEqual([{ key: "ecr.example.com", kind: "auths" }]);
@@ -150,7 +168,10 @@ describe("renderRegistryFiles: merging the operator's base config", () => {
 
   it("keeps other registries, drops every base entry of an exported host (aliases and schemes included)", () => {
     const base = parseBaseDockerConfig(baseText, "base.json");
-    const { docker, containers, overridden } = render([pw("g", "https://ghcr.io"), pw("d", "https://registry-1.docker.io")], base);
+    const { docker, containers, overridden } = render(
+      [pw("g", "https://ghcr.io"), pw("d", "https://registry-1.docker.io")],
+      base,
+    );
     const exported = { auth: b64("user-g:pw-g") };
     const hub = { auth: b64("user-d:pw-d") };
     expect(docker.auths).toEqual({
@@ -189,7 +210,14 @@ describe("renderRegistryFiles: merging the operator's base config", () => {
 
   it("a scoped export replaces only the same scope, not the host's other entries", () => {
     const base = parseBaseDockerConfig(
-      JSON.stringify({ auths: { "ghcr.io": { auth: b64("host:host") }, "ghcr.io/org-a": { auth: b64("old:old") }, "ghcr.io/org-b": { auth: b64("b:b") } }, credHelpers: { "ghcr.io": "osxkeychain" } }),
+      JSON.stringify({
+        auths: {
+          "ghcr.io": { auth: b64("host:host") },
+          "ghcr.io/org-a": { auth: b64("old:old") },
+          "ghcr.io/org-b": { auth: b64("b:b") },
+        },
+        credHelpers: { "ghcr.io": "osxkeychain" },
+      }),
       "base.json",
     );
     const { docker, containers, overridden } = render([pw("s", "https://ghcr.io/org-a")], base);
@@ -204,8 +232,14 @@ describe("renderRegistryFiles: merging the operator's base config", () => {
   });
 
   it("with a credsStore, adds an empty credHelpers entry per exported Docker key (docker file only)", () => {
-    const base = parseBaseDockerConfig(JSON.stringify({ auths: { "quay.io": {} }, credsStore: "desktop" }), "base.json");
-    const { docker, containers } = render([pw("g", "https://ghcr.io"), pw("d", "https://docker.io"), pw("p", "https://r.example.com:5000")], base);
+    const base = parseBaseDockerConfig(
+      JSON.stringify({ auths: { "quay.io": {} }, credsStore: "desktop" }),
+      "base.json",
+    );
+    const { docker, containers } = render(
+      [pw("g", "https://ghcr.io"), pw("d", "https://docker.io"), pw("p", "https://r.example.com:5000")],
+      base,
+    );
     expect(docker.credsStore).toBe("desktop");
     expect(docker.credHelpers).toEqual({ "ghcr.io": "", "https://index.docker.io/v1/": "", "r.example.com:5000": "" });
     expect(docker.auths["quay.io"]).toEqual({});
@@ -228,10 +262,19 @@ describe("renderRegistryFiles: merging the operator's base config", () => {
   });
 
   it("renders the base's other registries when nothing is exported", () => {
-    const base = parseBaseDockerConfig(JSON.stringify({ auths: { "quay.io": { auth: otherAuth } }, credHelpers: { "gcr.io": "gcloud" } }), "b");
+    const base = parseBaseDockerConfig(
+      JSON.stringify({ auths: { "quay.io": { auth: otherAuth } }, credHelpers: { "gcr.io": "gcloud" } }),
+      "b",
+    );
     const out = renderRegistryFiles([], base);
-    expect(JSON.parse(out.dockerConfig)).toEqual({ auths: { "quay.io": { auth: otherAuth } }, credHelpers: { "gcr.io": "gcloud" } });
-    expect(JSON.parse(out.containersAuth)).toEqual({ auths: { "quay.io": { auth: otherAuth } }, credHelpers: { "gcr.io": "gcloud" } });
+    expect(JSON.parse(out.dockerConfig)).toEqual({
+      auths: { "quay.io": { auth: otherAuth } },
+      credHelpers: { "gcr.io": "gcloud" },
+    });
+    expect(JSON.parse(out.containersAuth)).toEqual({
+      auths: { "quay.io": { auth: otherAuth } },
+      credHelpers: { "gcr.io": "gcloud" },
+    });
     expect(out.overridden).toEqual([]);
   });
 
@@ -244,7 +287,10 @@ describe("renderRegistryFiles: merging the operator's base config", () => {
 
 describe("parseBaseDockerConfig", () => {
   it("accepts what Docker writes", () => {
-    const doc = parseBaseDockerConfig('{"auths":{"ghcr.io":{"auth":"dTpw"}},"credsStore":"desktop","currentContext":"x"}', "c");
+    const doc = parseBaseDockerConfig(
+      '{"auths":{"ghcr.io":{"auth":"dTpw"}},"credsStore":"desktop","currentContext":"x"}',
+      "c",
+    );
     expect(doc.auths?.["ghcr.io"]?.auth).toBe("dTpw");
     expect(doc.credsStore).toBe("desktop");
     expect((doc as Record<string, unknown>)["currentContext"]).toBe("x");

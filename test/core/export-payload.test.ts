@@ -8,7 +8,14 @@ function one(entry: unknown) {
   return parseExport(JSON.stringify({ version: 1, registries: [entry] }));
 }
 
-const GOOD = { id: "int-7f3a", name: "GHCR prod", url: "https://ghcr.io", username: "octocat", password: "ghp_x", updated_at: "2026-11-20T10:00:00Z" };
+const GOOD = {
+  id: "int-7f3a",
+  name: "GHCR prod",
+  url: "https://ghcr.io",
+  username: "octocat",
+  password: "ghp_x",
+  updated_at: "2026-11-20T10:00:00Z",
+};
 
 describe("parseExport: the top level", () => {
   it("reads the documented example", () => {
@@ -88,7 +95,9 @@ describe("parseExport: passwords", () => {
 
   it("a username may hold unicode but not a colon", () => {
     expect(one({ ...GOOD, username: "ünï-€" }).entries[0]?.username).toBe("ünï-€");
-    expect(one({ ...GOOD, username: "a:b" }).invalid[0]?.problems).toEqual([expect.stringContaining("username: must not contain ':'")]);
+    expect(one({ ...GOOD, username: "a:b" }).invalid[0]?.problems).toEqual([
+      expect.stringContaining("username: must not contain ':'"),
+    ]);
   });
 });
 
@@ -115,7 +124,11 @@ describe("parseExport: malformed entries are reported, not fatal", () => {
     ["name a number", { ...GOOD, name: 5 }, ["name: expected a string"]],
     ["name too long", { ...GOOD, name: "n".repeat(1025) }, ["name: longer than 1024 characters"]],
     ["updated_at a number", { ...GOOD, updated_at: 1_700_000_000 }, ["updated_at: expected a string"]],
-    ["several problems at once", { id: 1, url: 2 }, ["id: expected a string", "url: expected a string", "username: required string", "password: required string"]],
+    [
+      "several problems at once",
+      { id: 1, url: 2 },
+      ["id: expected a string", "url: expected a string", "username: required string", "password: required string"],
+    ],
   ])("%s", (_name, entry, problems) => {
     const parsed = one(entry);
     expect(parsed.entries).toEqual([]);
@@ -126,7 +139,14 @@ describe("parseExport: malformed entries are reported, not fatal", () => {
 
   it("reports the id and name of a bad entry when they are usable, with its index", () => {
     const parsed = parseExport(
-      JSON.stringify({ version: 1, registries: [GOOD, { id: "bad", name: "Bad one", url: "https://x.io", username: "u" }, { id: "i".repeat(300), url: 1 }] }),
+      JSON.stringify({
+        version: 1,
+        registries: [
+          GOOD,
+          { id: "bad", name: "Bad one", url: "https://x.io", username: "u" },
+          { id: "i".repeat(300), url: 1 },
+        ],
+      }),
     );
     expect(parsed.entries.map((e) => e.id)).toEqual(["int-7f3a"]);
     expect(parsed.invalid.map((i) => [i.index, i.id, i.name])).toEqual([
@@ -177,12 +197,14 @@ describe("parseExport: credential helper entries", () => {
     ["a leading dot", ".hidden"],
     ["too long", "h".repeat(129)],
   ])("refuses a helper name with %s", (_name, helper) => {
-    expect(one({ id: "e", url: "https://x.io", credential_helper: helper }).invalid[0]?.problems[0]).toMatch(/^credential_helper: expected a helper name/);
+    expect(one({ id: "e", url: "https://x.io", credential_helper: helper }).invalid[0]?.problems[0]).toMatch(
+      /^credential_helper: expected a helper name/,
+    );
   });
 
   it("refuses a helper together with a password", () => {
-    expect(one({ id: "e", url: "https://x.io", credential_helper: "x", username: "u", password: "p" }).invalid[0]?.problems).toEqual([
-      "credential_helper: an entry has either a credential helper or a username and password, not both",
-    ]);
+    expect(
+      one({ id: "e", url: "https://x.io", credential_helper: "x", username: "u", password: "p" }).invalid[0]?.problems,
+    ).toEqual(["credential_helper: an entry has either a credential helper or a username and password, not both"]);
   });
 });

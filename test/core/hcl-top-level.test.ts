@@ -9,16 +9,32 @@ describe("scanTopLevel: items and their spans", () => {
   it.each<[string, string, [string, string[], string, string][]]>([
     ["empty file", "", []],
     ["only comments", "# a\n// b\n/* c {\n} */\n", []],
-    ["an attribute", 'plugin_cache_dir = "/var/cache"\n', [["plugin_cache_dir", [], "attribute", 'plugin_cache_dir = "/var/cache"']]],
-    ["a boolean attribute", "disable_checkpoint = true\n", [["disable_checkpoint", [], "attribute", "disable_checkpoint = true"]]],
-    ["a block without labels", "provider_installation {\n  direct {}\n}\n", [["provider_installation", [], "block", "provider_installation {\n  direct {}\n}"]]],
+    [
+      "an attribute",
+      'plugin_cache_dir = "/var/cache"\n',
+      [["plugin_cache_dir", [], "attribute", 'plugin_cache_dir = "/var/cache"']],
+    ],
+    [
+      "a boolean attribute",
+      "disable_checkpoint = true\n",
+      [["disable_checkpoint", [], "attribute", "disable_checkpoint = true"]],
+    ],
+    [
+      "a block without labels",
+      "provider_installation {\n  direct {}\n}\n",
+      [["provider_installation", [], "block", "provider_installation {\n  direct {}\n}"]],
+    ],
     [
       "a block with quoted labels",
       'oci_credentials "ghcr.io/org-a" {\n  username = "u"\n}\n',
       [["oci_credentials", ["ghcr.io/org-a"], "block", 'oci_credentials "ghcr.io/org-a" {\n  username = "u"\n}']],
     ],
     ["labels with escapes are unquoted", 'x "a\\"b" {}', [["x", ['a"b'], "block", 'x "a\\"b" {}']]],
-    ["an unquoted label", "credentials app.terraform.io {}", [["credentials", ["app.terraform.io"], "block", "credentials app.terraform.io {}"]]],
+    [
+      "an unquoted label",
+      "credentials app.terraform.io {}",
+      [["credentials", ["app.terraform.io"], "block", "credentials app.terraform.io {}"]],
+    ],
     [
       "braces inside strings do not count",
       'a { b = "}}}" c = "{" }\nd = 1',
@@ -68,8 +84,22 @@ describe("scanTopLevel: items and their spans", () => {
         ["j", [], "attribute", "j = { k = [1] }"],
       ],
     ],
-    ["a trailing comment after a value", "a = 1 # { not a block\nb {}", [["a", [], "attribute", "a = 1 "], ["b", [], "block", "b {}"]]],
-    ["CRLF line endings", "a = 1\r\nb {\r\n}\r\n", [["a", [], "attribute", "a = 1\r"], ["b", [], "block", "b {\r\n}"]]],
+    [
+      "a trailing comment after a value",
+      "a = 1 # { not a block\nb {}",
+      [
+        ["a", [], "attribute", "a = 1 "],
+        ["b", [], "block", "b {}"],
+      ],
+    ],
+    [
+      "CRLF line endings",
+      "a = 1\r\nb {\r\n}\r\n",
+      [
+        ["a", [], "attribute", "a = 1\r"],
+        ["b", [], "block", "b {\r\n}"],
+      ],
+    ],
     [
       "an oci_default_credentials inside a string is not a block",
       'comment = "oci_default_credentials { }"\n',

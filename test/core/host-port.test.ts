@@ -56,7 +56,9 @@ describe("every HOST:PORT caller applies parseHostPort", () => {
       }
       expect(caught).toBeInstanceOf(AgentError);
       expect(caught).toMatchObject({ code: "INVALID_ARGUMENT", details: { flag: "--listen" } });
-      expect((caught as Error).message).toBe(`--listen ${JSON.stringify(text)} is not HOST:PORT; write it like 127.0.0.1:8080 or [::1]:8080`);
+      expect((caught as Error).message).toBe(
+        `--listen ${JSON.stringify(text)} is not HOST:PORT; write it like 127.0.0.1:8080 or [::1]:8080`,
+      );
     } else {
       expect(flagHostPort("--listen", text)).toEqual(expected);
     }

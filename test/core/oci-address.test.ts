@@ -55,15 +55,26 @@ describe("OpenTofu's lookup parses the address with parseOciAddress", () => {
 
   it.each(OCI_ADDRESS_CASES)("%j", (address, expected) => {
     if (expected === undefined) {
-      expect(resolveOpenTofuCredential(address, { HOME: "/home/op" }, () => undefined)).toEqual({ source: "none", error: `${address} is not an oci://host/repository address` });
+      expect(resolveOpenTofuCredential(address, { HOME: "/home/op" }, () => undefined)).toEqual({
+        source: "none",
+        error: `${address} is not an oci://host/repository address`,
+      });
       return;
     }
     // A key scoped to exactly the parsed repository wins over the host-wide one only if the
     // lookup saw that repository.
     const files: Record<string, string> = {
-      [CONFIG]: JSON.stringify({ auths: { [expected.host]: { auth: auth("host") }, [`${expected.host}/${expected.repository}`]: { auth: auth("scoped") } } }),
+      [CONFIG]: JSON.stringify({
+        auths: {
+          [expected.host]: { auth: auth("host") },
+          [`${expected.host}/${expected.repository}`]: { auth: auth("scoped") },
+        },
+      }),
     };
-    expect(resolveOpenTofuCredential(address, { HOME: "/home/op" }, (p) => files[p])).toMatchObject({ source: "static", username: "scoped" });
+    expect(resolveOpenTofuCredential(address, { HOME: "/home/op" }, (p) => files[p])).toMatchObject({
+      source: "static",
+      username: "scoped",
+    });
   });
 });
 

@@ -52,35 +52,56 @@ describe("resolveOpenTofuCredential: lookup rules", () => {
   it.each<[string, Files, Record<string, string>, string, Record<string, unknown>]>([
     [
       "the most specific path wins within one file",
-      { [CLI]: cliWithFiles(FILE), [FILE]: dockerFile({ "ghcr.io": auth("host", "h"), "ghcr.io/org": auth("org", "o"), "ghcr.io/org/mod": auth("mod", "m") }) },
+      {
+        [CLI]: cliWithFiles(FILE),
+        [FILE]: dockerFile({
+          "ghcr.io": auth("host", "h"),
+          "ghcr.io/org": auth("org", "o"),
+          "ghcr.io/org/mod": auth("mod", "m"),
+        }),
+      },
       { TF_CLI_CONFIG_FILE: CLI },
       "oci://ghcr.io/org/mod?tag=1",
       { source: "static", username: "mod", password: "m", key: "ghcr.io/org/mod" },
     ],
     [
       "a scope that does not match falls back to the host key",
-      { [CLI]: cliWithFiles(FILE), [FILE]: dockerFile({ "ghcr.io": auth("host", "h"), "ghcr.io/other": auth("o", "o") }) },
+      {
+        [CLI]: cliWithFiles(FILE),
+        [FILE]: dockerFile({ "ghcr.io": auth("host", "h"), "ghcr.io/other": auth("o", "o") }),
+      },
       { TF_CLI_CONFIG_FILE: CLI },
       "oci://ghcr.io/org/mod",
       { source: "static", username: "host", key: "ghcr.io" },
     ],
     [
       "a more specific key in a later file beats a host key in an earlier file",
-      { [CLI]: cliWithFiles("/a.json", "/b.json"), "/a.json": dockerFile({ "ghcr.io": auth("a", "a") }), "/b.json": dockerFile({ "ghcr.io/org": auth("b", "b") }) },
+      {
+        [CLI]: cliWithFiles("/a.json", "/b.json"),
+        "/a.json": dockerFile({ "ghcr.io": auth("a", "a") }),
+        "/b.json": dockerFile({ "ghcr.io/org": auth("b", "b") }),
+      },
       { TF_CLI_CONFIG_FILE: CLI },
       "oci://ghcr.io/org/mod",
       { source: "static", username: "b", file: "/b.json" },
     ],
     [
       "on a tie the earlier file wins",
-      { [CLI]: cliWithFiles("/a.json", "/b.json"), "/a.json": dockerFile({ "ghcr.io": auth("a", "a") }), "/b.json": dockerFile({ "ghcr.io": auth("b", "b") }) },
+      {
+        [CLI]: cliWithFiles("/a.json", "/b.json"),
+        "/a.json": dockerFile({ "ghcr.io": auth("a", "a") }),
+        "/b.json": dockerFile({ "ghcr.io": auth("b", "b") }),
+      },
       { TF_CLI_CONFIG_FILE: CLI },
       "oci://ghcr.io/org/mod",
       { source: "static", username: "a", file: "/a.json" },
     ],
     [
       "inside one file, auths beats credHelpers for the same host",
-      { [CLI]: cliWithFiles(FILE), [FILE]: dockerFile({ "ghcr.io": auth("a", "a") }, { credHelpers: { "ghcr.io": "osxkeychain" } }) },
+      {
+        [CLI]: cliWithFiles(FILE),
+        [FILE]: dockerFile({ "ghcr.io": auth("a", "a") }, { credHelpers: { "ghcr.io": "osxkeychain" } }),
+      },
       { TF_CLI_CONFIG_FILE: CLI },
       "oci://ghcr.io/org/mod",
       { source: "static", username: "a" },
@@ -94,7 +115,10 @@ describe("resolveOpenTofuCredential: lookup rules", () => {
     ],
     [
       "an empty credHelpers name is skipped; credsStore is the global fallback below auths",
-      { [CLI]: cliWithFiles(FILE), [FILE]: dockerFile({ "ghcr.io": auth("a", "a") }, { credHelpers: { "ghcr.io": "" }, credsStore: "desktop" }) },
+      {
+        [CLI]: cliWithFiles(FILE),
+        [FILE]: dockerFile({ "ghcr.io": auth("a", "a") }, { credHelpers: { "ghcr.io": "" }, credsStore: "desktop" }),
+      },
       { TF_CLI_CONFIG_FILE: CLI },
       "oci://ghcr.io/org/mod",
       { source: "static", username: "a" },
@@ -115,7 +139,13 @@ describe("resolveOpenTofuCredential: lookup rules", () => {
     ],
     [
       "Docker Hub: oci://docker.io never gets the registry-1.docker.io credential",
-      { [CLI]: cliWithFiles(FILE), [FILE]: dockerFile({ "registry-1.docker.io": auth("hub", "h"), "https://index.docker.io/v1/": auth("hub", "h") }) },
+      {
+        [CLI]: cliWithFiles(FILE),
+        [FILE]: dockerFile({
+          "registry-1.docker.io": auth("hub", "h"),
+          "https://index.docker.io/v1/": auth("hub", "h"),
+        }),
+      },
       { TF_CLI_CONFIG_FILE: CLI },
       "oci://docker.io/ns/mod",
       { source: "none" },
@@ -143,7 +173,15 @@ describe("resolveOpenTofuCredential: lookup rules", () => {
     ],
     [
       "null, {} and empty auth entries are skipped",
-      { [CLI]: cliWithFiles(FILE), [FILE]: dockerFile({ "ghcr.io/org/mod": null, "ghcr.io/org": {}, "ghcr.io/org/mod/x": "", "ghcr.io": auth("host", "h") }) },
+      {
+        [CLI]: cliWithFiles(FILE),
+        [FILE]: dockerFile({
+          "ghcr.io/org/mod": null,
+          "ghcr.io/org": {},
+          "ghcr.io/org/mod/x": "",
+          "ghcr.io": auth("host", "h"),
+        }),
+      },
       { TF_CLI_CONFIG_FILE: CLI },
       "oci://ghcr.io/org/mod",
       { source: "static", username: "host" },
@@ -157,7 +195,10 @@ describe("resolveOpenTofuCredential: lookup rules", () => {
     ],
     [
       "relative docker_style_config_files resolve against the CLI config's folder",
-      { [CLI]: cliWithFiles("../docker/config.json"), "/run/r/tofu/../docker/config.json": dockerFile({ "ghcr.io": auth("rel", "r") }) },
+      {
+        [CLI]: cliWithFiles("../docker/config.json"),
+        "/run/r/tofu/../docker/config.json": dockerFile({ "ghcr.io": auth("rel", "r") }),
+      },
       { TF_CLI_CONFIG_FILE: CLI },
       "oci://ghcr.io/org/mod",
       { source: "static", username: "rel" },
@@ -178,7 +219,11 @@ describe("resolveOpenTofuCredential: lookup rules", () => {
     ],
     [
       "named files replace the ambient search",
-      { [CLI]: cliWithFiles(FILE), [FILE]: dockerFile({}), [`${HOME}/.docker/config.json`]: dockerFile({ "ghcr.io": auth("ambient", "a") }) },
+      {
+        [CLI]: cliWithFiles(FILE),
+        [FILE]: dockerFile({}),
+        [`${HOME}/.docker/config.json`]: dockerFile({ "ghcr.io": auth("ambient", "a") }),
+      },
       { TF_CLI_CONFIG_FILE: CLI, HOME },
       "oci://ghcr.io/org/mod",
       { source: "none" },
@@ -212,21 +257,30 @@ describe("resolveOpenTofuCredential: lookup rules", () => {
     ],
     [
       "one ambient file that does not parse drops every ambient file",
-      { [`${HOME}/.config/containers/auth.json`]: dockerFile({ "ghcr.io": auth("good", "g") }), [`${HOME}/.dockercfg`]: "not json" },
+      {
+        [`${HOME}/.config/containers/auth.json`]: dockerFile({ "ghcr.io": auth("good", "g") }),
+        [`${HOME}/.dockercfg`]: "not json",
+      },
       { HOME },
       "oci://ghcr.io/org/mod",
       { source: "none", error: expect.stringContaining("ignores every ambient") as unknown },
     ],
     [
       "discover_ambient_credentials = false reads no file",
-      { [CLI]: "oci_default_credentials {\n  discover_ambient_credentials = false\n}\n", [`${HOME}/.docker/config.json`]: dockerFile({ "ghcr.io": auth("a", "a") }) },
+      {
+        [CLI]: "oci_default_credentials {\n  discover_ambient_credentials = false\n}\n",
+        [`${HOME}/.docker/config.json`]: dockerFile({ "ghcr.io": auth("a", "a") }),
+      },
       { TF_CLI_CONFIG_FILE: CLI, HOME },
       "oci://ghcr.io/org/mod",
       { source: "none" },
     ],
     [
       "a global docker_credentials_helper is the fallback",
-      { [CLI]: 'oci_default_credentials {\n  docker_credentials_helper = "pass"\n}\n', [`${HOME}/.docker/config.json`]: dockerFile({ "quay.io": auth("q", "q") }) },
+      {
+        [CLI]: 'oci_default_credentials {\n  docker_credentials_helper = "pass"\n}\n',
+        [`${HOME}/.docker/config.json`]: dockerFile({ "quay.io": auth("q", "q") }),
+      },
       { TF_CLI_CONFIG_FILE: CLI, HOME },
       "oci://ghcr.io/org/mod",
       { source: "helper", helper: "pass" },
@@ -240,7 +294,10 @@ describe("resolveOpenTofuCredential: lookup rules", () => {
     ],
     [
       "a JSON CLI configuration",
-      { [CLI]: JSON.stringify({ oci_default_credentials: { docker_style_config_files: [FILE] } }), [FILE]: dockerFile({ "ghcr.io": auth("json", "j") }) },
+      {
+        [CLI]: JSON.stringify({ oci_default_credentials: { docker_style_config_files: [FILE] } }),
+        [FILE]: dockerFile({ "ghcr.io": auth("json", "j") }),
+      },
       { TF_CLI_CONFIG_FILE: CLI },
       "oci://ghcr.io/org/mod",
       { source: "static", username: "json" },
@@ -252,7 +309,13 @@ describe("resolveOpenTofuCredential: lookup rules", () => {
       "oci://ghcr.io/org/mod",
       { source: "none", error: expect.stringContaining("more than one") as unknown },
     ],
-    ["not an oci address", {}, {}, "https://ghcr.io/org/mod", { source: "none", error: expect.stringContaining("not an oci://") as unknown }],
+    [
+      "not an oci address",
+      {},
+      {},
+      "https://ghcr.io/org/mod",
+      { source: "none", error: expect.stringContaining("not an oci://") as unknown },
+    ],
   ])("%s", (_name, files, env, address, expected) => {
     expect(resolveOpenTofuCredential(address, env, reader(files))).toMatchObject(expected);
   });
@@ -264,22 +327,70 @@ describe("resolveOpenTofuCredential: oci_credentials blocks come first", () => {
   const defaults = cliWithFiles(FILE);
 
   it.each<[string, string, string, Record<string, unknown>]>([
-    ["a block beats a file entry of the same specificity", block("ghcr.io", '  username = "blk"\n  password = "b:k"') + defaults, "oci://ghcr.io/other/mod", { source: "static", username: "blk", password: "b:k" }],
-    ["a more specific file entry beats a host block", block("ghcr.io", '  username = "blk"\n  password = "b"') + defaults, "oci://ghcr.io/org/mod", { source: "static", username: "file-org" }],
-    ["a scoped block beats a host entry in a file", block("ghcr.io/other", '  username = "scoped"\n  password = "s"') + defaults, "oci://ghcr.io/other/mod", { source: "static", username: "scoped" }],
-    ["a block with a helper", block("quay.io", '  docker_credentials_helper = "pass"') + defaults, "oci://quay.io/x/y", { source: "helper", helper: "pass" }],
-    ["a block still applies without ambient discovery", `${block("quay.io", '  username = "q"\n  password = "q"')}oci_default_credentials {\n  discover_ambient_credentials = false\n}\n`, "oci://quay.io/x/y", { source: "static", username: "q" }],
-    ["a block for another host does not apply", block("quay.io", '  username = "q"\n  password = "q"') + defaults, "oci://ghcr.io/x/y", { source: "static", username: "file" }],
+    [
+      "a block beats a file entry of the same specificity",
+      block("ghcr.io", '  username = "blk"\n  password = "b:k"') + defaults,
+      "oci://ghcr.io/other/mod",
+      { source: "static", username: "blk", password: "b:k" },
+    ],
+    [
+      "a more specific file entry beats a host block",
+      block("ghcr.io", '  username = "blk"\n  password = "b"') + defaults,
+      "oci://ghcr.io/org/mod",
+      { source: "static", username: "file-org" },
+    ],
+    [
+      "a scoped block beats a host entry in a file",
+      block("ghcr.io/other", '  username = "scoped"\n  password = "s"') + defaults,
+      "oci://ghcr.io/other/mod",
+      { source: "static", username: "scoped" },
+    ],
+    [
+      "a block with a helper",
+      block("quay.io", '  docker_credentials_helper = "pass"') + defaults,
+      "oci://quay.io/x/y",
+      { source: "helper", helper: "pass" },
+    ],
+    [
+      "a block still applies without ambient discovery",
+      `${block("quay.io", '  username = "q"\n  password = "q"')}oci_default_credentials {\n  discover_ambient_credentials = false\n}\n`,
+      "oci://quay.io/x/y",
+      { source: "static", username: "q" },
+    ],
+    [
+      "a block for another host does not apply",
+      block("quay.io", '  username = "q"\n  password = "q"') + defaults,
+      "oci://ghcr.io/x/y",
+      { source: "static", username: "file" },
+    ],
   ])("%s", (_name, cli, address, expected) => {
-    expect(resolveOpenTofuCredential(address, { TF_CLI_CONFIG_FILE: CLI }, reader({ [CLI]: cli, [FILE]: docker }))).toMatchObject(expected);
+    expect(
+      resolveOpenTofuCredential(address, { TF_CLI_CONFIG_FILE: CLI }, reader({ [CLI]: cli, [FILE]: docker })),
+    ).toMatchObject(expected);
   });
 
   it("the agent's configuration cuts an operator block for an exported registry, so the export wins", () => {
     const operator = block("ghcr.io", '  username = "stale"\n  password = "stale"');
     const withoutCut = operator + cliWithFiles(FILE);
-    expect(resolveOpenTofuCredential("oci://ghcr.io/x/y", { TF_CLI_CONFIG_FILE: CLI }, reader({ [CLI]: withoutCut, [FILE]: docker }))).toMatchObject({ username: "stale" });
-    const rendered = renderTofuCliConfig({ sources: [{ path: `${HOME}/.tofurc`, text: operator }], dockerConfigPath: FILE, exportedRegistries: new Set(["ghcr.io"]) });
-    expect(resolveOpenTofuCredential("oci://ghcr.io/x/y", { TF_CLI_CONFIG_FILE: CLI }, reader({ [CLI]: rendered.text, [FILE]: docker }))).toMatchObject({ username: "file" });
+    expect(
+      resolveOpenTofuCredential(
+        "oci://ghcr.io/x/y",
+        { TF_CLI_CONFIG_FILE: CLI },
+        reader({ [CLI]: withoutCut, [FILE]: docker }),
+      ),
+    ).toMatchObject({ username: "stale" });
+    const rendered = renderTofuCliConfig({
+      sources: [{ path: `${HOME}/.tofurc`, text: operator }],
+      dockerConfigPath: FILE,
+      exportedRegistries: new Set(["ghcr.io"]),
+    });
+    expect(
+      resolveOpenTofuCredential(
+        "oci://ghcr.io/x/y",
+        { TF_CLI_CONFIG_FILE: CLI },
+        reader({ [CLI]: rendered.text, [FILE]: docker }),
+      ),
+    ).toMatchObject({ username: "file" });
   });
 });
 
@@ -330,28 +441,51 @@ describe("the agent's rendered files resolve to the winning credential", () => {
       credHelpers: { "gcr.io": "gcloud" },
     });
     const env = { TF_CLI_CONFIG_FILE: cliPath, HOME };
-    expect(resolveOpenTofuCredential("oci://quay.io/x/y", env, reader(files))).toMatchObject({ source: "static", username: "ops", password: "ops-pw" });
-    expect(resolveOpenTofuCredential("oci://gcr.io/x/y", env, reader(files))).toMatchObject({ source: "helper", helper: "gcloud" });
+    expect(resolveOpenTofuCredential("oci://quay.io/x/y", env, reader(files))).toMatchObject({
+      source: "static",
+      username: "ops",
+      password: "ops-pw",
+    });
+    expect(resolveOpenTofuCredential("oci://gcr.io/x/y", env, reader(files))).toMatchObject({
+      source: "helper",
+      helper: "gcloud",
+    });
     expect(resolveOpenTofuCredential("oci://ghcr.io/x/y", env, reader(files))).toMatchObject({ username: "new" });
   });
 
   it("with a base credsStore, exported hosts still resolve to the export (empty helper skipped)", () => {
     const files = materializeInMemory(registries, { credsStore: "desktop" });
     const env = { TF_CLI_CONFIG_FILE: cliPath, HOME };
-    expect(resolveOpenTofuCredential("oci://ghcr.io/x/y", env, reader(files))).toMatchObject({ source: "static", username: "new" });
-    expect(resolveOpenTofuCredential("oci://quay.io/x/y", env, reader(files))).toMatchObject({ source: "helper", helper: "desktop" });
+    expect(resolveOpenTofuCredential("oci://ghcr.io/x/y", env, reader(files))).toMatchObject({
+      source: "static",
+      username: "new",
+    });
+    expect(resolveOpenTofuCredential("oci://quay.io/x/y", env, reader(files))).toMatchObject({
+      source: "helper",
+      helper: "desktop",
+    });
   });
 
   it("the operator's CLI configuration stays in the generated one and still parses", () => {
-    const files = materializeInMemory(registries, undefined, 'plugin_cache_dir = "/var/cache/tofu"\n# oci_default_credentials {}\n');
+    const files = materializeInMemory(
+      registries,
+      undefined,
+      'plugin_cache_dir = "/var/cache/tofu"\n# oci_default_credentials {}\n',
+    );
     expect(files[cliPath]).toContain('plugin_cache_dir = "/var/cache/tofu"');
-    expect(resolveOpenTofuCredential("oci://ghcr.io/x/y", { TF_CLI_CONFIG_FILE: cliPath, HOME }, reader(files))).toMatchObject({ username: "new" });
+    expect(
+      resolveOpenTofuCredential("oci://ghcr.io/x/y", { TF_CLI_CONFIG_FILE: cliPath, HOME }, reader(files)),
+    ).toMatchObject({ username: "new" });
   });
 
   it("after wipe (files gone) tofu fails loudly instead of pulling with host credentials", () => {
     const files = materializeInMemory(registries);
     const afterWipe: Files = { [`${HOME}/.docker/config.json`]: dockerFile({ "ghcr.io": auth("host", "h") }) };
-    const stillPointed = resolveOpenTofuCredential("oci://ghcr.io/x/y", { TF_CLI_CONFIG_FILE: cliPath, HOME }, reader({ [cliPath]: files[cliPath] ?? "" , ...afterWipe }));
+    const stillPointed = resolveOpenTofuCredential(
+      "oci://ghcr.io/x/y",
+      { TF_CLI_CONFIG_FILE: cliPath, HOME },
+      reader({ [cliPath]: files[cliPath] ?? "", ...afterWipe }),
+    );
     expect(stillPointed).toMatchObject({ source: "none", error: expect.stringContaining(dockerPath) as unknown });
   });
 });

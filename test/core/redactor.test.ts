@@ -15,14 +15,20 @@ describe("the redactor", () => {
     ["a suffix of the longer secret", "SUFFIX", "hunter2-SUFFIX"],
   ];
 
-  it.each(cases)("masks a longer secret whole when a shorter one is %s, in either order of adding", (_name, short, long) => {
-    for (const order of [[short, long], [long, short]]) {
-      const r = new Redactor();
-      for (const s of order) r.add([s]);
-      const out = r.redact(`a ${long} b ${short} c`);
-      expect(out).toBe(`a ${REDACTED} b ${REDACTED} c`);
-    }
-  });
+  it.each(cases)(
+    "masks a longer secret whole when a shorter one is %s, in either order of adding",
+    (_name, short, long) => {
+      for (const order of [
+        [short, long],
+        [long, short],
+      ]) {
+        const r = new Redactor();
+        for (const s of order) r.add([s]);
+        const out = r.redact(`a ${long} b ${short} c`);
+        expect(out).toBe(`a ${REDACTED} b ${REDACTED} c`);
+      }
+    },
+  );
 
   it("masks a longer secret whole when it arrives after the pattern was built for the shorter one", () => {
     const r = new Redactor();

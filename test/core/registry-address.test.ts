@@ -119,7 +119,11 @@ describe("normalizeRegistryUrl: repository-scoped paths", () => {
   it("a Docker Hub scope keys OpenTofu on registry-1.docker.io and containers on docker.io", () => {
     const t = ok("https://index.docker.io/myorg");
     expect(t.registry).toBe("docker.io/myorg");
-    expect(t.keys).toEqual({ opentofu: "registry-1.docker.io/myorg", docker: undefined, containers: "docker.io/myorg" });
+    expect(t.keys).toEqual({
+      opentofu: "registry-1.docker.io/myorg",
+      docker: undefined,
+      containers: "docker.io/myorg",
+    });
     expect(ok("https://docker.io/myorg").registry).toBe(t.registry);
     expect(ok("https://registry-1.docker.io/myorg/").registry).toBe(t.registry);
   });

@@ -7,7 +7,11 @@
 import { describe, expect, it } from "vitest";
 import { HttpError } from "../../src/control-plane/http-util.js";
 import { checkRegistryUrlForm } from "../../src/control-plane/registry-probe.js";
-import { checkRegistryUrl, normalizeRegistryUrl, type RegistryUrlRefusalCode } from "../../src/core/registry-address.js";
+import {
+  checkRegistryUrl,
+  normalizeRegistryUrl,
+  type RegistryUrlRefusalCode,
+} from "../../src/core/registry-address.js";
 
 type Expected = { host: string; path?: string } | RegistryUrlRefusalCode;
 
@@ -93,15 +97,30 @@ describe("the control plane's checkRegistryUrlForm applies checkRegistryUrl", ()
   it.each<[string, string]>([
     ["registry_url is not a URL; use the registry's HTTPS endpoint, for example https://ghcr.io", "ghcr.io"],
     ["registry_url must use https://, not http://", "http://127.0.0.1:5000"],
-    ["registry_url must have no query, fragment or user information; use https://ghcr.io", "https://alice:secret@GHCR.io"],
-    ["registry_url must have no query, fragment or user information; use https://ghcr.io:5000", "https://ghcr.io:5000/?tenant=1"],
-    ["registry_url must be the bare endpoint (https://ghcr.io) or a repository-scoped one (https://ghcr.io/<namespace>); /Org-A is not a repository path", "https://ghcr.io/Org-A"],
+    [
+      "registry_url must have no query, fragment or user information; use https://ghcr.io",
+      "https://alice:secret@GHCR.io",
+    ],
+    [
+      "registry_url must have no query, fragment or user information; use https://ghcr.io:5000",
+      "https://ghcr.io:5000/?tenant=1",
+    ],
+    [
+      "registry_url must be the bare endpoint (https://ghcr.io) or a repository-scoped one (https://ghcr.io/<namespace>); /Org-A is not a repository path",
+      "https://ghcr.io/Org-A",
+    ],
   ])("keeps its message: %s", (message, raw) => {
     expect(refusalOf(() => checkRegistryUrlForm(raw)).message).toBe(message);
   });
 
-  it.each(["https://docker.io", "https://DOCKER.IO/v2/", "https://hub.docker.com", "https://www.docker.com:443"])("refuses %j, which the agent accepts, as not an endpoint", (raw) => {
-    expect(checkRegistryUrl(raw).ok).toBe(true);
-    expect(refusalOf(() => checkRegistryUrlForm(raw))).toMatchObject({ code: "REGISTRY_URL_REDIRECTS", extra: { use_instead: "https://registry-1.docker.io" } });
-  });
+  it.each(["https://docker.io", "https://DOCKER.IO/v2/", "https://hub.docker.com", "https://www.docker.com:443"])(
+    "refuses %j, which the agent accepts, as not an endpoint",
+    (raw) => {
+      expect(checkRegistryUrl(raw).ok).toBe(true);
+      expect(refusalOf(() => checkRegistryUrlForm(raw))).toMatchObject({
+        code: "REGISTRY_URL_REDIRECTS",
+        extra: { use_instead: "https://registry-1.docker.io" },
+      });
+    },
+  );
 });

@@ -57,10 +57,23 @@ describe("mostSpecificScope", () => {
     ["whatever the order", [TEAM, ORG, HOST], "org/team/mod", "team"],
     ["a shorter scope when the longer does not cover the repository", [HOST, TEAM, ORG], "org/other/mod", "org"],
     ["the host-wide credential when no scope covers it", [ORG, HOST, TEAM], "else/mod", "host"],
-    ["a prefix of characters is not a prefix of segments", [HOST, { id: "te", path: "org/te" }], "org/team/mod", "host"],
+    [
+      "a prefix of characters is not a prefix of segments",
+      [HOST, { id: "te", path: "org/te" }],
+      "org/team/mod",
+      "host",
+    ],
     ["none when nothing covers it", [ORG, TEAM, OTHER], "else/mod", undefined],
     ["none from no candidates", [], "org/mod", undefined],
-    ["the first on a tie", [{ id: "first", path: "org" }, { id: "second", path: "org" }], "org/mod", "first"],
+    [
+      "the first on a tie",
+      [
+        { id: "first", path: "org" },
+        { id: "second", path: "org" },
+      ],
+      "org/mod",
+      "first",
+    ],
   ])("%s", (_what, candidates, repository, expected) => {
     expect(mostSpecificScope(candidates, pathOf, repository)?.id).toBe(expected);
   });

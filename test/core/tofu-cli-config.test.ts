@@ -1,6 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { scanTopLevel } from "../../src/core/hcl-top-level.js";
-import { renderTofuCliConfig, type OperatorCliConfigSource, type RenderedTofuCliConfig } from "../../src/core/tofu-cli-config.js";
+import {
+  renderTofuCliConfig,
+  type OperatorCliConfigSource,
+  type RenderedTofuCliConfig,
+} from "../../src/core/tofu-cli-config.js";
 import { refusalSync as refusal } from "../support/refusal.js";
 
 const DOCKER_PATH = "/run/oci-cred-agent/run-1/docker/config.json";
@@ -8,7 +12,6 @@ const DOCKER_PATH = "/run/oci-cred-agent/run-1/docker/config.json";
 function render(sources: OperatorCliConfigSource[], exported: string[] = []): RenderedTofuCliConfig {
   return renderTofuCliConfig({ sources, dockerConfigPath: DOCKER_PATH, exportedRegistries: new Set(exported) });
 }
-
 
 const AGENT_BLOCK = `oci_default_credentials {\n  discover_ambient_credentials = true\n  docker_style_config_files    = [${JSON.stringify(DOCKER_PATH)}]\n}\n`;
 
@@ -38,7 +41,12 @@ describe("renderTofuCliConfig (HCL)", () => {
     expect(text).toContain(`# --- from /home/op/.tofurc ---\n${OPERATOR}`);
     expect(text.indexOf(OPERATOR)).toBeLessThan(text.indexOf("oci_default_credentials {"));
     expect(text.endsWith(AGENT_BLOCK)).toBe(true);
-    expect(scanTopLevel(text).map((i) => i.name)).toEqual(["plugin_cache_dir", "credentials", "provider_installation", "oci_default_credentials"]);
+    expect(scanTopLevel(text).map((i) => i.name)).toEqual([
+      "plugin_cache_dir",
+      "credentials",
+      "provider_installation",
+      "oci_default_credentials",
+    ]);
   });
 
   it("adds a newline after a file that does not end with one", () => {
@@ -81,12 +89,21 @@ describe("renderTofuCliConfig (HCL)", () => {
     if (cut) {
       expect(text).not.toContain("op-pw");
       expect(text).toContain(`# (oci_credentials "${label}" left out by oci-cred-agent)`);
-      expect(names).toEqual([["a", undefined], ["b", undefined], ["oci_default_credentials", undefined]]);
+      expect(names).toEqual([
+        ["a", undefined],
+        ["b", undefined],
+        ["oci_default_credentials", undefined],
+      ]);
       expect(warnings).toHaveLength(1);
       expect(warnings[0]).toContain(`oci_credentials "${label}" in /home/op/.tofurc:2`);
     } else {
       expect(text).toContain(block);
-      expect(names).toEqual([["a", undefined], ["oci_credentials", label], ["b", undefined], ["oci_default_credentials", undefined]]);
+      expect(names).toEqual([
+        ["a", undefined],
+        ["oci_credentials", label],
+        ["b", undefined],
+        ["oci_default_credentials", undefined],
+      ]);
       expect(warnings).toEqual([]);
     }
   });
@@ -106,7 +123,11 @@ describe("renderTofuCliConfig (HCL)", () => {
   });
 
   it.each<[string, OperatorCliConfigSource[], string]>([
-    ["in the main file", [{ path: "/home/op/.tofurc", text: 'a = 1\noci_default_credentials {\n  docker_credentials_helper = "x"\n}\n' }], "/home/op/.tofurc:2"],
+    [
+      "in the main file",
+      [{ path: "/home/op/.tofurc", text: 'a = 1\noci_default_credentials {\n  docker_credentials_helper = "x"\n}\n' }],
+      "/home/op/.tofurc:2",
+    ],
     [
       "in a CLI config directory file",
       [
@@ -125,7 +146,8 @@ describe("renderTofuCliConfig (HCL)", () => {
   });
 
   it("does not mistake decoys for an oci_default_credentials block", () => {
-    const source = '# oci_default_credentials {}\nx = "oci_default_credentials {}"\ny = <<EOT\noci_default_credentials {}\nEOT\n';
+    const source =
+      '# oci_default_credentials {}\nx = "oci_default_credentials {}"\ny = <<EOT\noci_default_credentials {}\nEOT\n';
     const { text } = render([{ path: "/c", text: source }]);
     expect(scanTopLevel(text).filter((i) => i.name === "oci_default_credentials")).toHaveLength(1);
   });
@@ -155,7 +177,10 @@ describe("renderTofuCliConfig (JSON main file)", () => {
     const main = {
       plugin_cache_dir: "/p",
       credentials: { "app.terraform.io": { token: "t" } },
-      oci_credentials: { "ghcr.io": { username: "g", password: "g-pw" }, "quay.io": { username: "q", password: "q-pw" } },
+      oci_credentials: {
+        "ghcr.io": { username: "g", password: "g-pw" },
+        "quay.io": { username: "q", password: "q-pw" },
+      },
     };
     const { text, warnings } = render([{ path: "/home/op/.tofurc", text: JSON.stringify(main) }], ["ghcr.io"]);
     expect(JSON.parse(text)).toEqual({
@@ -169,10 +194,15 @@ describe("renderTofuCliConfig (JSON main file)", () => {
 
   it("cuts exported oci_credentials written in the list form of HCL's JSON syntax too", () => {
     const main = {
-      oci_credentials: [{ "ghcr.io": { username: "g", password: "g-pw" } }, { "quay.io": { username: "q", password: "q-pw" }, "GHCR.io/org": { username: "o", password: "o-pw" } }],
+      oci_credentials: [
+        { "ghcr.io": { username: "g", password: "g-pw" } },
+        { "quay.io": { username: "q", password: "q-pw" }, "GHCR.io/org": { username: "o", password: "o-pw" } },
+      ],
     };
     const { text, warnings } = render([{ path: "/home/op/.tofurc", text: JSON.stringify(main) }], ["ghcr.io"]);
-    expect((JSON.parse(text) as { oci_credentials: unknown }).oci_credentials).toEqual([{ "quay.io": { username: "q", password: "q-pw" } }]);
+    expect((JSON.parse(text) as { oci_credentials: unknown }).oci_credentials).toEqual([
+      { "quay.io": { username: "q", password: "q-pw" } },
+    ]);
     expect(warnings).toHaveLength(2);
     expect(text).not.toContain("g-pw");
     expect(text).not.toContain("o-pw");
@@ -183,7 +213,9 @@ describe("renderTofuCliConfig (JSON main file)", () => {
       { path: "/m.json", text: "{}" },
       { path: "/d/x.tfrc", text: "a = 1" },
     ]);
-    expect(JSON.parse(text)).toEqual({ oci_default_credentials: { discover_ambient_credentials: true, docker_style_config_files: [DOCKER_PATH] } });
+    expect(JSON.parse(text)).toEqual({
+      oci_default_credentials: { discover_ambient_credentials: true, docker_style_config_files: [DOCKER_PATH] },
+    });
     expect(warnings).toEqual([expect.stringContaining("/d/x.tfrc cannot be combined")]);
   });
 

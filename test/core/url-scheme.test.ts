@@ -32,12 +32,15 @@ describe("withoutScheme", () => {
 });
 
 describe("every scheme-aware caller applies withoutScheme", () => {
-  it.each(CASES.filter(([key, bare]) => key !== bare))("%j: OpenTofu never matches it; the identity is its host's", (key, bare) => {
-    const host = bare.split("/")[0] ?? "";
-    expect(keySpecificity(key, host, "org/mod")).toBe(0);
-    expect(keySpecificity(host, host, "org/mod")).toBe(2);
-    expect(registryOfConfigKey(key)).toBe(registryOfConfigKey(host));
-    // A scheme makes the key a legacy host key: its path is not a repository scope.
-    expect(identityOfConfigKey(key)).toBe(registryOfConfigKey(host));
-  });
+  it.each(CASES.filter(([key, bare]) => key !== bare))(
+    "%j: OpenTofu never matches it; the identity is its host's",
+    (key, bare) => {
+      const host = bare.split("/")[0] ?? "";
+      expect(keySpecificity(key, host, "org/mod")).toBe(0);
+      expect(keySpecificity(host, host, "org/mod")).toBe(2);
+      expect(registryOfConfigKey(key)).toBe(registryOfConfigKey(host));
+      // A scheme makes the key a legacy host key: its path is not a repository scope.
+      expect(identityOfConfigKey(key)).toBe(registryOfConfigKey(host));
+    },
+  );
 });

@@ -1,11 +1,27 @@
 import { execFileSync } from "node:child_process";
 import { createHash, createPublicKey, generateKeyPairSync } from "node:crypto";
-import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ErrorCode } from "../../src/core/errors.js";
-import { generatePrivateKeyPem, kidOf, parsePrivateKeyPem, parsePublicKeyDoc, publicKeyDoc, publicKeyOfPem } from "../../src/crypto/agent-key.js";
+import {
+  generatePrivateKeyPem,
+  kidOf,
+  parsePrivateKeyPem,
+  parsePublicKeyDoc,
+  publicKeyDoc,
+  publicKeyOfPem,
+} from "../../src/crypto/agent-key.js";
 import { createKeyFile, readProtectedKeyFile } from "../../src/fs/key-file.js";
 import { realFs } from "../../src/fs/secure-fs.js";
 import { ownedByAnotherUser } from "../support/foreign-owner.js";
@@ -23,14 +39,14 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-
-
 describe("key id and public key document", () => {
   it("kid is the RFC 7638 thumbprint computed from Node's own JWK export", () => {
     const { publicKey } = generateKeyPairSync("x25519");
     const jwk = publicKey.export({ format: "jwk" });
     // RFC 7638: required members only, lexicographic order, no whitespace.
-    const thumbprint = createHash("sha256").update(JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x })).digest("base64url");
+    const thumbprint = createHash("sha256")
+      .update(JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x }))
+      .digest("base64url");
     const raw = new Uint8Array(Buffer.from(jwk.x ?? "", "base64url"));
     expect(kidOf(raw)).toBe(thumbprint);
     expect(publicKeyDoc(raw)).toEqual({ kid: thumbprint, public_key: jwk.x });
@@ -60,8 +76,17 @@ describe("key id and public key document", () => {
 
   it.each<[string, () => string]>([
     ["garbage", () => "not a key"],
-    ["an Ed25519 key", () => generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }).toString()],
-    ["an EC P-256 key", () => generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ type: "pkcs8", format: "pem" }).toString()],
+    [
+      "an Ed25519 key",
+      () => generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }).toString(),
+    ],
+    [
+      "an EC P-256 key",
+      () =>
+        generateKeyPairSync("ec", { namedCurve: "P-256" })
+          .privateKey.export({ type: "pkcs8", format: "pem" })
+          .toString(),
+    ],
     ["a public key", () => generateKeyPairSync("x25519").publicKey.export({ type: "spki", format: "pem" }).toString()],
   ])("refuses %s with KEY_FILE_INVALID and says how to make one", async (_name, make) => {
     const e = await refusal(parsePrivateKeyPem(make(), "/etc/agent.key"));
@@ -76,9 +101,25 @@ describe("key id and public key document", () => {
     ["missing kid", (d) => JSON.stringify({ public_key: d.public_key }), /"kid" and "public_key"/],
     ["a number for public_key", (d) => JSON.stringify({ kid: d.kid, public_key: 5 }), /"kid" and "public_key"/],
     // Another last character: "A" unless the kid already ends with one (1 in 64 keys).
-    ["a kid that does not match", (d) => JSON.stringify({ kid: `${d.kid.slice(0, -1)}${d.kid.endsWith("A") ? "B" : "A"}`, public_key: d.public_key }), /kid does not match/],
-    ["a short key", () => { const x = Buffer.alloc(31).toString("base64url"); return JSON.stringify({ kid: kidOf(new Uint8Array(31)), public_key: x }); }, /31 bytes/],
-    ["padded base64", (d) => JSON.stringify({ kid: d.kid, public_key: Buffer.from(d.public_key, "base64url").toString("base64") }), /base64url/],
+    [
+      "a kid that does not match",
+      (d) =>
+        JSON.stringify({ kid: `${d.kid.slice(0, -1)}${d.kid.endsWith("A") ? "B" : "A"}`, public_key: d.public_key }),
+      /kid does not match/,
+    ],
+    [
+      "a short key",
+      () => {
+        const x = Buffer.alloc(31).toString("base64url");
+        return JSON.stringify({ kid: kidOf(new Uint8Array(31)), public_key: x });
+      },
+      /31 bytes/,
+    ],
+    [
+      "padded base64",
+      (d) => JSON.stringify({ kid: d.kid, public_key: Buffer.from(d.public_key, "base64url").toString("base64") }),
+      /base64url/,
+    ],
     ["null", () => "null", /"kid" and "public_key"/],
   ])("parsePublicKeyDoc refuses %s with PUBLIC_KEY_INVALID", (_name, make, message) => {
     const doc = publicKeyDoc(publicKeyOfPem(pem, "k"));
@@ -91,7 +132,10 @@ describe("key id and public key document", () => {
 
   it("parsePublicKeyDoc accepts what publicKeyDoc prints", () => {
     const publicKey = publicKeyOfPem(pem, "k");
-    expect(parsePublicKeyDoc(JSON.stringify(publicKeyDoc(publicKey)), "x")).toEqual({ kid: kidOf(publicKey), publicKey });
+    expect(parsePublicKeyDoc(JSON.stringify(publicKeyDoc(publicKey)), "x")).toEqual({
+      kid: kidOf(publicKey),
+      publicKey,
+    });
   });
 });
 
@@ -150,7 +194,12 @@ describe("key files: loading refuses what OpenSSH refuses", () => {
       "KEY_FILE_NOT_REGULAR",
       /not a regular file/,
     ],
-    ["group-readable (0640)", () => keyFile("g.key", 0o640), "KEY_FILE_PERMISSIONS", /UNPROTECTED PRIVATE KEY FILE.*0640.*chmod 600/],
+    [
+      "group-readable (0640)",
+      () => keyFile("g.key", 0o640),
+      "KEY_FILE_PERMISSIONS",
+      /UNPROTECTED PRIVATE KEY FILE.*0640.*chmod 600/,
+    ],
     ["other-readable (0604)", () => keyFile("o.key", 0o604), "KEY_FILE_PERMISSIONS", /0604.*chmod 600/],
     ["group-writable (0620)", () => keyFile("gw.key", 0o620), "KEY_FILE_PERMISSIONS", /0620/],
     ["world-executable (0601)", () => keyFile("x.key", 0o601), "KEY_FILE_PERMISSIONS", /0601/],

@@ -2,10 +2,15 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { BUNDLE_SUITE, encodeHeader, serializeEnvelope, type BundleHeader } from "../../src/core/bundle-envelope.js";
 import { type AgentError, type ErrorCode, isAgentError } from "../../src/core/errors.js";
 import { ReplayCache } from "../../src/core/replay-cache.js";
-import { generatePrivateKeyPem, parsePrivateKeyPem, type AgentPrivateKey, type RecipientPublicKey } from "../../src/crypto/agent-key.js";
+import {
+  generatePrivateKeyPem,
+  parsePrivateKeyPem,
+  type AgentPrivateKey,
+  type RecipientPublicKey,
+} from "../../src/crypto/agent-key.js";
 import { openBundle, sealBundle, type OpenOptions } from "../../src/crypto/sealed-bundle.js";
 
-const CANARY = "CANARY-pw-4b1d:\"é";
+const CANARY = 'CANARY-pw-4b1d:"é';
 const PLAINTEXT = JSON.stringify({
   version: 1,
   registries: [{ id: "int-1", url: "https://ghcr.io", username: "octocat", password: CANARY }],
@@ -35,7 +40,17 @@ function opts(overrides: Partial<OpenOptions> = {}): OpenOptions {
   };
 }
 
-async function seal(overrides: { agentId?: string; runId?: string; issuedAtMs?: number; ttlSeconds?: number; bundleId?: string; to?: RecipientPublicKey; plaintext?: string } = {}): Promise<string> {
+async function seal(
+  overrides: {
+    agentId?: string;
+    runId?: string;
+    issuedAtMs?: number;
+    ttlSeconds?: number;
+    bundleId?: string;
+    to?: RecipientPublicKey;
+    plaintext?: string;
+  } = {},
+): Promise<string> {
   return sealBundle({
     recipient: overrides.to ?? recipient,
     agentId: overrides.agentId ?? "agent-1",
@@ -116,7 +131,9 @@ describe("seal and open", () => {
 
   it("writes the canonical envelope: three fields in order, no whitespace, no plaintext", async () => {
     const bundle = await seal();
-    expect(bundle).toMatch(/^\{"protected":"[A-Za-z0-9_-]+","enc":"[A-Za-z0-9_-]{43}","ciphertext":"[A-Za-z0-9_-]+"\}$/);
+    expect(bundle).toMatch(
+      /^\{"protected":"[A-Za-z0-9_-]+","enc":"[A-Za-z0-9_-]{43}","ciphertext":"[A-Za-z0-9_-]+"\}$/,
+    );
     expect(bundle).not.toContain("CANARY");
     expect(Buffer.from(parts(bundle).enc, "base64url")).toHaveLength(32);
     // AES-256-GCM: ciphertext = plaintext length + 16-byte tag.
@@ -137,7 +154,17 @@ describe("seal and open", () => {
 
   it("opens with any of several keys (rotation) by kid", async () => {
     const bundle = await seal({ to: { kid: other.kid, publicKey: other.publicKey } });
-    expect(await open(bundle, opts({ keys: new Map([[key.kid, key], [other.kid, other]]) }))).toBe(PLAINTEXT);
+    expect(
+      await open(
+        bundle,
+        opts({
+          keys: new Map([
+            [key.kid, key],
+            [other.kid, other],
+          ]),
+        }),
+      ),
+    ).toBe(PLAINTEXT);
   });
 
   it("floors iat to seconds and keeps ttl at least 1 s", async () => {
@@ -155,15 +182,55 @@ describe("seal and open", () => {
 
 describe("open: every refusal has its own code", () => {
   it.each<[string, () => Promise<[string, OpenOptions?]>, ErrorCode, RegExp]>([
-    ["another agent", async () => [await seal({ agentId: "agent-2" })], "BUNDLE_WRONG_AGENT", /agent "agent-2".*--agent-id/],
+    [
+      "another agent",
+      async () => [await seal({ agentId: "agent-2" })],
+      "BUNDLE_WRONG_AGENT",
+      /agent "agent-2".*--agent-id/,
+    ],
     ["another run", async () => [await seal({ runId: "run-43" })], "BUNDLE_WRONG_RUN", /run "run-43"/],
-    ["expired", async () => [await seal({ issuedAtMs: NOW - 700_000, ttlSeconds: 600 })], "BUNDLE_EXPIRED", /expired.*NTP/],
-    ["expired exactly at exp", async () => [await seal({ issuedAtMs: NOW - 600_000, ttlSeconds: 600 })], "BUNDLE_EXPIRED", /expired/],
-    ["lifetime over the maximum", async () => [await seal({ ttlSeconds: 3601 })], "BUNDLE_LIFETIME_TOO_LONG", /3601 s.*at most 3600 s.*--ttl/],
-    ["lifetime over a lowered maximum", async () => [await seal({ ttlSeconds: 600 }), opts({ maxLifetimeSeconds: 599 })], "BUNDLE_LIFETIME_TOO_LONG", /at most 599/],
-    ["issued beyond the clock skew", async () => [await seal({ issuedAtMs: NOW + 121_000 })], "BUNDLE_NOT_YET_VALID", /NTP/],
-    ["issued beyond a zero skew", async () => [await seal({ issuedAtMs: NOW + 1000 }), opts({ clockSkewSeconds: 0 })], "BUNDLE_NOT_YET_VALID", /issued/],
-    ["an unknown key id", async () => [await seal({ to: { kid: other.kid, publicKey: other.publicKey } })], "BUNDLE_UNKNOWN_KEY", /re-register/],
+    [
+      "expired",
+      async () => [await seal({ issuedAtMs: NOW - 700_000, ttlSeconds: 600 })],
+      "BUNDLE_EXPIRED",
+      /expired.*NTP/,
+    ],
+    [
+      "expired exactly at exp",
+      async () => [await seal({ issuedAtMs: NOW - 600_000, ttlSeconds: 600 })],
+      "BUNDLE_EXPIRED",
+      /expired/,
+    ],
+    [
+      "lifetime over the maximum",
+      async () => [await seal({ ttlSeconds: 3601 })],
+      "BUNDLE_LIFETIME_TOO_LONG",
+      /3601 s.*at most 3600 s.*--ttl/,
+    ],
+    [
+      "lifetime over a lowered maximum",
+      async () => [await seal({ ttlSeconds: 600 }), opts({ maxLifetimeSeconds: 599 })],
+      "BUNDLE_LIFETIME_TOO_LONG",
+      /at most 599/,
+    ],
+    [
+      "issued beyond the clock skew",
+      async () => [await seal({ issuedAtMs: NOW + 121_000 })],
+      "BUNDLE_NOT_YET_VALID",
+      /NTP/,
+    ],
+    [
+      "issued beyond a zero skew",
+      async () => [await seal({ issuedAtMs: NOW + 1000 }), opts({ clockSkewSeconds: 0 })],
+      "BUNDLE_NOT_YET_VALID",
+      /issued/,
+    ],
+    [
+      "an unknown key id",
+      async () => [await seal({ to: { kid: other.kid, publicKey: other.publicKey } })],
+      "BUNDLE_UNKNOWN_KEY",
+      /re-register/,
+    ],
     ["no key at all", async () => [await seal(), opts({ keys: new Map() })], "BUNDLE_UNKNOWN_KEY", /no key/],
     [
       "sealed to another key under this key's id",
@@ -171,7 +238,15 @@ describe("open: every refusal has its own code", () => {
       "BUNDLE_DECRYPT_FAILED",
       /failed authentication/,
     ],
-    ["over --max-bundle-bytes", async () => { const b = await seal(); return [b, opts({ maxBytes: b.length - 1 })]; }, "BUNDLE_TOO_LARGE", /limit of \d+.*--max-bundle-bytes/],
+    [
+      "over --max-bundle-bytes",
+      async () => {
+        const b = await seal();
+        return [b, opts({ maxBytes: b.length - 1 })];
+      },
+      "BUNDLE_TOO_LARGE",
+      /limit of \d+.*--max-bundle-bytes/,
+    ],
   ])("%s → %s", async (_name, make, code, message) => {
     const [bundle, o] = await make();
     const e = await refusal(bundle, o);
@@ -196,13 +271,26 @@ describe("open: every refusal has its own code", () => {
 
   it("checks in the documented order", async () => {
     // wrong agent + wrong run + expired + unknown key → the agent check comes first
-    const all = await seal({ agentId: "x", runId: "y", issuedAtMs: NOW - 7_200_000, to: { kid: other.kid, publicKey: other.publicKey } });
+    const all = await seal({
+      agentId: "x",
+      runId: "y",
+      issuedAtMs: NOW - 7_200_000,
+      to: { kid: other.kid, publicKey: other.publicKey },
+    });
     expect((await refusal(all)).code).toBe("BUNDLE_WRONG_AGENT");
     expect((await refusal(await seal({ runId: "y", issuedAtMs: NOW - 7_200_000 }))).code).toBe("BUNDLE_WRONG_RUN");
     // lifetime before expiry, expiry before issue time, issue time before key id
-    expect((await refusal(await seal({ ttlSeconds: 7200, issuedAtMs: NOW - 8_000_000 }))).code).toBe("BUNDLE_LIFETIME_TOO_LONG");
-    expect((await refusal(await seal({ issuedAtMs: NOW - 700_000, to: { kid: other.kid, publicKey: other.publicKey } }))).code).toBe("BUNDLE_EXPIRED");
-    expect((await refusal(await seal({ issuedAtMs: NOW + 600_000, to: { kid: other.kid, publicKey: other.publicKey } }))).code).toBe("BUNDLE_NOT_YET_VALID");
+    expect((await refusal(await seal({ ttlSeconds: 7200, issuedAtMs: NOW - 8_000_000 }))).code).toBe(
+      "BUNDLE_LIFETIME_TOO_LONG",
+    );
+    expect(
+      (await refusal(await seal({ issuedAtMs: NOW - 700_000, to: { kid: other.kid, publicKey: other.publicKey } })))
+        .code,
+    ).toBe("BUNDLE_EXPIRED");
+    expect(
+      (await refusal(await seal({ issuedAtMs: NOW + 600_000, to: { kid: other.kid, publicKey: other.publicKey } })))
+        .code,
+    ).toBe("BUNDLE_NOT_YET_VALID");
     // version and suite before agent; size before everything
     const b = await seal({ agentId: "x" });
     expect((await refusal(withHeader(b, (h) => ({ ...h, v: 2 })))).code).toBe("BUNDLE_VERSION_UNSUPPORTED");
@@ -235,8 +323,26 @@ describe("open: tampering", () => {
     const encLen = Buffer.from(parts(bundle).enc, "base64url").length;
     const ctLen = Buffer.from(parts(bundle).ciphertext, "base64url").length;
     const codes = new Set<string>();
-    for (let i = 0; i < encLen; i++) codes.add((await refusal(withBytes(bundle, "enc", (b) => { b[i] = (b[i] ?? 0) ^ 0x01; }))).code);
-    for (let i = 0; i < ctLen; i++) codes.add((await refusal(withBytes(bundle, "ciphertext", (b) => { b[i] = (b[i] ?? 0) ^ 0x80; }))).code);
+    for (let i = 0; i < encLen; i++)
+      codes.add(
+        (
+          await refusal(
+            withBytes(bundle, "enc", (b) => {
+              b[i] = (b[i] ?? 0) ^ 0x01;
+            }),
+          )
+        ).code,
+      );
+    for (let i = 0; i < ctLen; i++)
+      codes.add(
+        (
+          await refusal(
+            withBytes(bundle, "ciphertext", (b) => {
+              b[i] = (b[i] ?? 0) ^ 0x80;
+            }),
+          )
+        ).code,
+      );
     expect([...codes]).toEqual(["BUNDLE_DECRYPT_FAILED"]);
   });
 
@@ -249,13 +355,17 @@ describe("open: tampering", () => {
     const bundle = await seal();
     const p = parts(bundle);
     const ct = change(Buffer.from(p.ciphertext, "base64url"));
-    expect((await refusal(JSON.stringify({ ...p, ciphertext: ct.toString("base64url") }))).code).toBe("BUNDLE_DECRYPT_FAILED");
+    expect((await refusal(JSON.stringify({ ...p, ciphertext: ct.toString("base64url") }))).code).toBe(
+      "BUNDLE_DECRYPT_FAILED",
+    );
   });
 
   it("a tampered bundle does not burn its bundle id in the replay cache", async () => {
     const cache = new ReplayCache();
     const bundle = await seal();
-    const tampered = withBytes(bundle, "ciphertext", (b) => { b[0] = (b[0] ?? 0) ^ 1; });
+    const tampered = withBytes(bundle, "ciphertext", (b) => {
+      b[0] = (b[0] ?? 0) ^ 1;
+    });
     expect((await refusal(tampered, opts({ replayCache: cache }))).code).toBe("BUNDLE_DECRYPT_FAILED");
     expect(await open(bundle, opts({ replayCache: cache }))).toBe(PLAINTEXT);
   });
@@ -268,27 +378,101 @@ describe("open: malformed, unknown version, suite or type", () => {
     ["a JSON array", () => "[]", "BUNDLE_MALFORMED"],
     ["whitespace inside", (b) => b.replace('","enc"', '", "enc"'), "BUNDLE_MALFORMED"],
     ["pretty-printed", (b) => JSON.stringify(JSON.parse(b), null, 2), "BUNDLE_MALFORMED"],
-    ["keys in another order", (b) => { const p = parts(b); return JSON.stringify({ enc: p.enc, protected: p.protected, ciphertext: p.ciphertext }); }, "BUNDLE_MALFORMED"],
+    [
+      "keys in another order",
+      (b) => {
+        const p = parts(b);
+        return JSON.stringify({ enc: p.enc, protected: p.protected, ciphertext: p.ciphertext });
+      },
+      "BUNDLE_MALFORMED",
+    ],
     ["an extra field", (b) => `${b.slice(0, -1)},"x":"y"}`, "BUNDLE_MALFORMED"],
-    ["a missing field", (b) => { const p = parts(b); return JSON.stringify({ protected: p.protected, enc: p.enc }); }, "BUNDLE_MALFORMED"],
-    ["a number for a field", (b) => { const p = parts(b); return JSON.stringify({ protected: p.protected, enc: 5, ciphertext: p.ciphertext }); }, "BUNDLE_MALFORMED"],
+    [
+      "a missing field",
+      (b) => {
+        const p = parts(b);
+        return JSON.stringify({ protected: p.protected, enc: p.enc });
+      },
+      "BUNDLE_MALFORMED",
+    ],
+    [
+      "a number for a field",
+      (b) => {
+        const p = parts(b);
+        return JSON.stringify({ protected: p.protected, enc: 5, ciphertext: p.ciphertext });
+      },
+      "BUNDLE_MALFORMED",
+    ],
     ["two trailing newlines", (b) => `${b}\n\n`, "BUNDLE_MALFORMED"],
     ["a trailing CRLF", (b) => `${b}\r\n`, "BUNDLE_MALFORMED"],
     ["a leading space", (b) => ` ${b}`, "BUNDLE_MALFORMED"],
-    ["padded base64 in ciphertext", (b) => { const p = parts(b); return JSON.stringify({ ...p, ciphertext: Buffer.from(p.ciphertext, "base64url").toString("base64") }); }, "BUNDLE_MALFORMED"],
-    ["a non-base64url character", (b) => { const p = parts(b); return JSON.stringify({ ...p, enc: `${p.enc.slice(0, -1)}+` }); }, "BUNDLE_MALFORMED"],
-    ["a short enc", (b) => { const p = parts(b); return JSON.stringify({ ...p, enc: Buffer.alloc(31).toString("base64url") }); }, "BUNDLE_MALFORMED"],
-    ["a protected header that is not JSON", (b) => { const p = parts(b); return JSON.stringify({ ...p, protected: Buffer.from("nope").toString("base64url") }); }, "BUNDLE_MALFORMED"],
+    [
+      "padded base64 in ciphertext",
+      (b) => {
+        const p = parts(b);
+        return JSON.stringify({ ...p, ciphertext: Buffer.from(p.ciphertext, "base64url").toString("base64") });
+      },
+      "BUNDLE_MALFORMED",
+    ],
+    [
+      "a non-base64url character",
+      (b) => {
+        const p = parts(b);
+        return JSON.stringify({ ...p, enc: `${p.enc.slice(0, -1)}+` });
+      },
+      "BUNDLE_MALFORMED",
+    ],
+    [
+      "a short enc",
+      (b) => {
+        const p = parts(b);
+        return JSON.stringify({ ...p, enc: Buffer.alloc(31).toString("base64url") });
+      },
+      "BUNDLE_MALFORMED",
+    ],
+    [
+      "a protected header that is not JSON",
+      (b) => {
+        const p = parts(b);
+        return JSON.stringify({ ...p, protected: Buffer.from("nope").toString("base64url") });
+      },
+      "BUNDLE_MALFORMED",
+    ],
     ["an unknown typ", (b) => withHeader(b, (h) => ({ ...h, typ: "jwe" })), "BUNDLE_MALFORMED"],
     ["an extra header field", (b) => withHeader(b, (h) => ({ ...h, alg: "none" })), "BUNDLE_MALFORMED"],
-    ["a missing header field", (b) => withHeader(b, (h) => { const { bundle_id: _drop, ...rest } = h; return rest; }), "BUNDLE_MALFORMED"],
+    [
+      "a missing header field",
+      (b) =>
+        withHeader(b, (h) => {
+          const { bundle_id: _drop, ...rest } = h;
+          return rest;
+        }),
+      "BUNDLE_MALFORMED",
+    ],
     ["a short bundle_id", (b) => withHeader(b, (h) => ({ ...h, bundle_id: "short" })), "BUNDLE_MALFORMED"],
     ["a string iat", (b) => withHeader(b, (h) => ({ ...h, iat: String(h["iat"]) })), "BUNDLE_MALFORMED"],
     ["version 2", (b) => withHeader(b, (h) => ({ ...h, v: 2 })), "BUNDLE_VERSION_UNSUPPORTED"],
     ["version 0", (b) => withHeader(b, (h) => ({ ...h, v: 0 })), "BUNDLE_VERSION_UNSUPPORTED"],
-    ["version 2 with an otherwise unknown header", () => serializeEnvelope(Buffer.from('{"v":2,"future":true}').toString("base64url"), new Uint8Array(32), new Uint8Array(16)), "BUNDLE_VERSION_UNSUPPORTED"],
-    ["another suite", (b) => withHeader(b, (h) => ({ ...h, suite: "DHKEM(P-256,HKDF-SHA256)/HKDF-SHA256/AES-128-GCM" })), "BUNDLE_SUITE_UNSUPPORTED"],
-    ["the suite in lower case", (b) => withHeader(b, (h) => ({ ...h, suite: BUNDLE_SUITE.toLowerCase() })), "BUNDLE_SUITE_UNSUPPORTED"],
+    [
+      "version 2 with an otherwise unknown header",
+      () =>
+        serializeEnvelope(
+          Buffer.from('{"v":2,"future":true}').toString("base64url"),
+          new Uint8Array(32),
+          new Uint8Array(16),
+        ),
+      "BUNDLE_VERSION_UNSUPPORTED",
+    ],
+    [
+      "another suite",
+      (b) => withHeader(b, (h) => ({ ...h, suite: "DHKEM(P-256,HKDF-SHA256)/HKDF-SHA256/AES-128-GCM" })),
+      "BUNDLE_SUITE_UNSUPPORTED",
+    ],
+    [
+      "the suite in lower case",
+      (b) => withHeader(b, (h) => ({ ...h, suite: BUNDLE_SUITE.toLowerCase() })),
+      "BUNDLE_SUITE_UNSUPPORTED",
+    ],
   ])("%s → %s", async (_name, change, code) => {
     expect((await refusal(change(await seal()))).code).toBe(code);
   });
@@ -326,7 +510,9 @@ describe("open: replay", () => {
     expect(e.code).toBe("BUNDLE_REPLAYED");
     expect(e.message).toContain(headerOf(bundle).bundle_id);
     // With a trailing newline it is still the same bundle.
-    expect((await refusal(`${bundle}\n`, opts({ replayCache: cache, nowMs: NOW + 1000 }))).code).toBe("BUNDLE_REPLAYED");
+    expect((await refusal(`${bundle}\n`, opts({ replayCache: cache, nowMs: NOW + 1000 }))).code).toBe(
+      "BUNDLE_REPLAYED",
+    );
     // Another process (another cache) opens it; another bundle opens in the same cache.
     expect(await open(bundle, opts({ replayCache: new ReplayCache() }))).toBe(PLAINTEXT);
     expect(await open(await seal(), opts({ replayCache: cache }))).toBe(PLAINTEXT);
@@ -335,7 +521,9 @@ describe("open: replay", () => {
   it("a re-sealed bundle reusing a bundle id is refused as a replay", async () => {
     const cache = new ReplayCache();
     await open(await seal({ bundleId: "fixed-bundle-id-0001" }), opts({ replayCache: cache }));
-    expect((await refusal(await seal({ bundleId: "fixed-bundle-id-0001" }), opts({ replayCache: cache }))).code).toBe("BUNDLE_REPLAYED");
+    expect((await refusal(await seal({ bundleId: "fixed-bundle-id-0001" }), opts({ replayCache: cache }))).code).toBe(
+      "BUNDLE_REPLAYED",
+    );
   });
 });
 

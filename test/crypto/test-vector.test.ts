@@ -52,9 +52,17 @@ describe("test/fixtures/bundle-vector-v1.json", () => {
         "run_id",
       ].sort(),
     );
-    expect(vector.hpke).toEqual({ mode: "base", kem_id: 0x20, kdf_id: 0x01, aead_id: 0x02, info: "oci-cred-agent bundle v1" });
+    expect(vector.hpke).toEqual({
+      mode: "base",
+      kem_id: 0x20,
+      kdf_id: 0x01,
+      aead_id: 0x02,
+      info: "oci-cred-agent bundle v1",
+    });
     expect(vector.hpke.info).toBe(HPKE_INFO);
-    expect(vector.private_key_pem).toMatch(/^-----BEGIN PRIVATE KEY-----\n[A-Za-z0-9+/=\n]+-----END PRIVATE KEY-----\n$/);
+    expect(vector.private_key_pem).toMatch(
+      /^-----BEGIN PRIVATE KEY-----\n[A-Za-z0-9+/=\n]+-----END PRIVATE KEY-----\n$/,
+    );
     expect(vector.header.iat).toBeLessThanOrEqual(vector.now);
     expect(vector.now).toBeLessThan(vector.header.exp);
   });
@@ -65,7 +73,13 @@ describe("test/fixtures/bundle-vector-v1.json", () => {
     expect(Buffer.from(opened.plaintext).equals(Buffer.from(expected))).toBe(true);
     expect(createHash("sha256").update(opened.plaintext).digest("hex")).toBe(vector.plaintext_sha256);
     expect(opened.header).toEqual(vector.header);
-    expect(opened.header).toMatchObject({ typ: "oci-cred-agent/bundle", v: 1, suite: BUNDLE_SUITE, agent_id: vector.agent_id, run_id: vector.run_id });
+    expect(opened.header).toMatchObject({
+      typ: "oci-cred-agent/bundle",
+      v: 1,
+      suite: BUNDLE_SUITE,
+      agent_id: vector.agent_id,
+      run_id: vector.run_id,
+    });
   });
 
   it("its protected header decodes to the header field, and aad is that text", () => {
@@ -82,7 +96,10 @@ describe("test/fixtures/bundle-vector-v1.json", () => {
     expect(createHash("sha256").update(thumbprintInput).digest("base64url")).toBe(vector.public_key.kid);
     expect(kidOf(publicKey)).toBe(vector.public_key.kid);
     expect(vector.header.kid).toBe(vector.public_key.kid);
-    expect(parsePublicKeyDoc(JSON.stringify(vector.public_key), "vector")).toEqual({ kid: vector.public_key.kid, publicKey });
+    expect(parsePublicKeyDoc(JSON.stringify(vector.public_key), "vector")).toEqual({
+      kid: vector.public_key.kid,
+      publicKey,
+    });
   });
 
   it("is what scripts/make-test-vector.ts makes, byte for byte", async () => {
@@ -110,6 +127,8 @@ describe("test/fixtures/bundle-vector-v1.json", () => {
   it("opens once per replay cache", async () => {
     const cache = new ReplayCache();
     await openBundle(bundleBytes(), await options({ replayCache: cache }));
-    await expect(openBundle(bundleBytes(), await options({ replayCache: cache }))).rejects.toMatchObject({ code: "BUNDLE_REPLAYED" });
+    await expect(openBundle(bundleBytes(), await options({ replayCache: cache }))).rejects.toMatchObject({
+      code: "BUNDLE_REPLAYED",
+    });
   });
 });

@@ -26,7 +26,13 @@ let dir: string;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "oca-dockerhub-"));
   h = await startControlPlane();
-  await h.createIntegration({ name: "hub", registry_url: "https://registry-1.docker.io", username: "robot", password: "not-used-here", export_credentials: true });
+  await h.createIntegration({
+    name: "hub",
+    registry_url: "https://registry-1.docker.io",
+    username: "robot",
+    password: "not-used-here",
+    export_credentials: true,
+  });
 });
 
 afterAll(async () => {
@@ -41,7 +47,21 @@ describe("a run with an oci://docker.io/... source", () => {
     execFileSync(AGENT_BIN, ["keygen", "--key-file", keyFile]);
     await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
     const workDir = await mkdtemp(join(dir, "work-"));
-    const args = ["--control-plane-url", h.url, "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--listen", "off", "--no-preflight"];
+    const args = [
+      "--control-plane-url",
+      h.url,
+      "--token-file",
+      tokenFile,
+      "--key-file",
+      keyFile,
+      "--work-dir",
+      workDir,
+      "--tofu-bin",
+      FAKE_TOFU,
+      "--listen",
+      "off",
+      "--no-preflight",
+    ];
     runFlags(["run", ...args], "the Docker Hub warning test");
     const agent = startAgent(args, { HOME: dir, TF_CLI_CONFIG_FILE: "" });
     try {
@@ -51,7 +71,12 @@ describe("a run with an oci://docker.io/... source", () => {
       await agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "run_finished");
       const warnings = agent.lines.filter((l) => l["run_id"] === runId && l["event"] === "docker_hub_source");
       expect(warnings).toHaveLength(1);
-      expect(warnings[0]).toMatchObject({ level: "warn", code: "DOCKER_HUB_ANONYMOUS", file: "main.tf", source: "oci://docker.io/library/net?tag=1.0.0" });
+      expect(warnings[0]).toMatchObject({
+        level: "warn",
+        code: "DOCKER_HUB_ANONYMOUS",
+        file: "main.tf",
+        source: "oci://docker.io/library/net?tag=1.0.0",
+      });
       expect(String(warnings[0]?.["msg"])).toContain("write it as oci://registry-1.docker.io/library/net");
       // Before init: the warning comes before the first phase starts.
       const events = agent.lines.filter((l) => l["run_id"] === runId).map((l) => l["event"]);

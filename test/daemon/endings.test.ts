@@ -30,7 +30,10 @@ interface Recorded {
   phase: string;
   cwd: string;
   env: Record<string, string | undefined>;
-  resolutions: { address: string; resolved: { username: string; password: string; key: string; file: string } | null }[];
+  resolutions: {
+    address: string;
+    resolved: { username: string; password: string; key: string; file: string } | null;
+  }[];
 }
 
 async function records(file: string): Promise<Recorded[]> {
@@ -86,7 +89,23 @@ async function newWorkDir(): Promise<{ workDir: string; recordFile: string }> {
 
 function launch(workDir: string, recordFile: string, extra: string[] = []): AgentProcess {
   return startAgent(
-    ["--control-plane-url", h.url, "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--cancel-grace", "500ms", "--listen", "127.0.0.1:0", ...extra],
+    [
+      "--control-plane-url",
+      h.url,
+      "--token-file",
+      tokenFile,
+      "--key-file",
+      keyFile,
+      "--work-dir",
+      workDir,
+      "--tofu-bin",
+      FAKE_TOFU,
+      "--cancel-grace",
+      "500ms",
+      "--listen",
+      "127.0.0.1:0",
+      ...extra,
+    ],
     { FAKE_TOFU_RECORD: recordFile, HOME: dir, TF_CLI_CONFIG_FILE: "" },
   );
 }
@@ -118,9 +137,27 @@ beforeAll(async () => {
   execFileSync(AGENT_BIN, ["keygen", "--key-file", keyFile]);
   await writeFile(tokenFile, `${h.agentToken}\n`, { mode: 0o600 });
   // The older integration for the host loses to the newer one; the export-off one never reaches a run.
-  await h.createIntegration({ name: "old", registry_url: `https://${HOST}`, username: "octocat", password: "stale-password", export_credentials: true });
-  await h.createIntegration({ name: "current", registry_url: `https://${HOST}`, username: "octocat", password: CANARY, export_credentials: true });
-  await h.createIntegration({ name: "not exported", registry_url: "https://other.canary.test", username: "x", password: "other-secret", export_credentials: false });
+  await h.createIntegration({
+    name: "old",
+    registry_url: `https://${HOST}`,
+    username: "octocat",
+    password: "stale-password",
+    export_credentials: true,
+  });
+  await h.createIntegration({
+    name: "current",
+    registry_url: `https://${HOST}`,
+    username: "octocat",
+    password: CANARY,
+    export_credentials: true,
+  });
+  await h.createIntegration({
+    name: "not exported",
+    registry_url: "https://other.canary.test",
+    username: "x",
+    password: "other-secret",
+    export_credentials: false,
+  });
 });
 
 afterAll(async () => {
@@ -159,7 +196,10 @@ describe("daemon endings", () => {
   it.each(["init", "plan", "apply"])("fails when %s exits non-zero, runs no later phase, and wipes", async (phase) => {
     const { agent, workDir, recordFile } = await startRegisteredAgent();
     try {
-      const runId = await h.createRun({ "main.tf": MAIN_TF, "fake-tofu.json": JSON.stringify({ fail: { [phase]: 3 } }) });
+      const runId = await h.createRun({
+        "main.tf": MAIN_TF,
+        "fake-tofu.json": JSON.stringify({ fail: { [phase]: 3 } }),
+      });
       const run = await h.waitForStatus(runId, ["succeeded", "failed", "canceled"]);
       expect(run.status).toBe("failed");
       expect(run.error?.code).toBe("PHASE_FAILED");
@@ -190,7 +230,10 @@ describe("daemon endings", () => {
   it("cancels from the control plane (SIGTERM, grace, SIGKILL for a tofu that ignores SIGTERM), wipes, and leases the next run", async () => {
     const { agent, workDir, recordFile } = await startRegisteredAgent();
     try {
-      const runId = await h.createRun({ "main.tf": MAIN_TF, "fake-tofu.json": JSON.stringify({ hang: "apply", ignore_sigterm: true }) });
+      const runId = await h.createRun({
+        "main.tf": MAIN_TF,
+        "fake-tofu.json": JSON.stringify({ hang: "apply", ignore_sigterm: true }),
+      });
       await agent.waitForLog(forRun(runId, "phase_output", (l) => l["msg"] === "FAKE-TOFU-READY apply"));
       const cancel = await h.admin("POST", `/runs/${runId}/cancel`);
       expect(cancel.status).toBe(202);
@@ -308,7 +351,10 @@ describe("daemon endings", () => {
     let orphanPid: number | undefined;
     try {
       // A tofu that ignores SIGTERM, so the restart has to escalate to SIGKILL.
-      const runId = await h.createRun({ "main.tf": MAIN_TF, "fake-tofu.json": JSON.stringify({ hang: "apply", ignore_sigterm: true }) });
+      const runId = await h.createRun({
+        "main.tf": MAIN_TF,
+        "fake-tofu.json": JSON.stringify({ hang: "apply", ignore_sigterm: true }),
+      });
       await first.waitForLog(forRun(runId, "phase_output", (l) => l["msg"] === "FAKE-TOFU-READY apply"));
       first.kill("SIGKILL");
       await first.exited;
@@ -346,7 +392,23 @@ describe("daemon endings", () => {
     const { workDir, recordFile } = await newWorkDir();
     const badToken = join(dir, "bad.token");
     await writeFile(badToken, "not-the-pool-token\n", { mode: 0o600 });
-    const agent = startAgent(["--control-plane-url", h.url, "--token-file", badToken, "--key-file", keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--listen", "127.0.0.1:0"], { FAKE_TOFU_RECORD: recordFile });
+    const agent = startAgent(
+      [
+        "--control-plane-url",
+        h.url,
+        "--token-file",
+        badToken,
+        "--key-file",
+        keyFile,
+        "--work-dir",
+        workDir,
+        "--tofu-bin",
+        FAKE_TOFU,
+        "--listen",
+        "127.0.0.1:0",
+      ],
+      { FAKE_TOFU_RECORD: recordFile },
+    );
     const exit = await agent.exited;
     expect(exit.code).toBe(1);
     expect(agent.output()).toContain("CONTROL_PLANE_UNAUTHORIZED");

@@ -12,7 +12,12 @@ function run(reads: string[], maxBytes: number): string[] {
   const redactor = new Redactor();
   redactor.add([SECRET]);
   const emitted: string[] = [];
-  const splitter = new LineSplitter((t) => emitted.push(redactor.redact(t)), maxBytes, (t) => redactor.redact(t), () => redactor.longest);
+  const splitter = new LineSplitter(
+    (t) => emitted.push(redactor.redact(t)),
+    maxBytes,
+    (t) => redactor.redact(t),
+    () => redactor.longest,
+  );
   for (const r of reads) splitter.push(Buffer.from(r, "utf8"));
   splitter.end();
   return emitted;
@@ -34,9 +39,15 @@ describe("LineSplitter", () => {
       const reads: string[] = [];
       for (let i = 0; i < line.length; i += size) reads.push(line.slice(i, i + size));
       const emitted = run(reads, 32);
-      for (const piece of emitted) for (let n = 4; n < SECRET.length; n++) {
-        expect(piece.includes(SECRET.slice(0, n)) && !piece.includes(SECRET.slice(0, n + 1)) && piece.endsWith(SECRET.slice(0, n)), `read size ${size}: ${piece}`).toBe(false);
-      }
+      for (const piece of emitted)
+        for (let n = 4; n < SECRET.length; n++) {
+          expect(
+            piece.includes(SECRET.slice(0, n)) &&
+              !piece.includes(SECRET.slice(0, n + 1)) &&
+              piece.endsWith(SECRET.slice(0, n)),
+            `read size ${size}: ${piece}`,
+          ).toBe(false);
+        }
       expect(emitted.join("")).toBe(line.split(SECRET).join("[REDACTED]"));
       // Pieces stay bounded: the cut size, or a whole line.
       for (const piece of emitted) expect(piece.length <= 32 || piece.endsWith("\n")).toBe(true);

@@ -15,7 +15,12 @@ import { AGENT_BIN, FAKE_TOFU, startAgent, type AgentProcess } from "../support/
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}-"quoted"\\slash`;
-const FORMS = [CANARY, JSON.stringify(CANARY).slice(1, -1), Buffer.from(`robot:${CANARY}`).toString("base64"), Buffer.from(CANARY).toString("base64")];
+const FORMS = [
+  CANARY,
+  JSON.stringify(CANARY).slice(1, -1),
+  Buffer.from(`robot:${CANARY}`).toString("base64"),
+  Buffer.from(CANARY).toString("base64"),
+];
 const HOST = "obs.canary.test";
 const MAIN_TF = `module "m" {\n  source = "oci://${HOST}/team/mod?tag=1"\n}\n`;
 
@@ -31,7 +36,13 @@ beforeAll(async () => {
   tokenFile = join(dir, "agent.token");
   execFileSync(AGENT_BIN, ["keygen", "--key-file", keyFile]);
   await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
-  await h.createIntegration({ name: "obs", registry_url: `https://${HOST}`, username: "robot", password: CANARY, export_credentials: true });
+  await h.createIntegration({
+    name: "obs",
+    registry_url: `https://${HOST}`,
+    username: "robot",
+    password: CANARY,
+    export_credentials: true,
+  });
 });
 
 afterAll(async () => {
@@ -42,7 +53,21 @@ afterAll(async () => {
 async function launch(extra: string[] = [], url = h.url): Promise<{ agent: AgentProcess; endpoint: string }> {
   const workDir = await mkdtemp(join(dir, "work-"));
   const agent = startAgent(
-    ["--control-plane-url", url, "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--listen", "127.0.0.1:0", ...extra],
+    [
+      "--control-plane-url",
+      url,
+      "--token-file",
+      tokenFile,
+      "--key-file",
+      keyFile,
+      "--work-dir",
+      workDir,
+      "--tofu-bin",
+      FAKE_TOFU,
+      "--listen",
+      "127.0.0.1:0",
+      ...extra,
+    ],
     { FAKE_TOFU_RECORD: join(workDir, "..", "record.jsonl"), HOME: dir },
   );
   const listening = await agent.waitForLog((l) => l["event"] === "listening");
@@ -71,14 +96,23 @@ describe("logs", () => {
     const { agent } = await launch(["--log-level", "trace"]);
     try {
       await agent.waitForLog((l) => l["event"] === "registered");
-      const runId = await h.createRun({ "main.tf": MAIN_TF, "fake-tofu.json": JSON.stringify({ echo_secret_phase: "plan" }) });
+      const runId = await h.createRun({
+        "main.tf": MAIN_TF,
+        "fake-tofu.json": JSON.stringify({ echo_secret_phase: "plan" }),
+      });
       expect((await h.waitForStatus(runId, ["succeeded", "failed", "canceled"])).status).toBe("succeeded");
       await agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "run_finished");
       const output = agent.output();
       for (const form of FORMS) expect(output).not.toContain(form);
-      const leak = agent.lines.find((l) => l["run_id"] === runId && typeof l["msg"] === "string" && l["msg"].startsWith("leaked password"));
+      const leak = agent.lines.find(
+        (l) => l["run_id"] === runId && typeof l["msg"] === "string" && l["msg"].startsWith("leaked password"),
+      );
       expect(leak?.["msg"]).toContain("[REDACTED]");
-      const shipped = h.cp.store.runs.get(runId)?.logs.map((l) => l.text).join("") ?? "";
+      const shipped =
+        h.cp.store.runs
+          .get(runId)
+          ?.logs.map((l) => l.text)
+          .join("") ?? "";
       expect(shipped).toContain("leaked password: [REDACTED]");
       for (const form of FORMS) expect(shipped).not.toContain(form);
       for (const form of FORMS) expect(JSON.stringify(h.cp.store.runs.get(runId)?.events)).not.toContain(form);
@@ -117,7 +151,11 @@ describe("logs", () => {
       const written = story.find((l) => l["event"] === "credentials_written");
       expect(written?.["registry"]).toBe(HOST);
       expect(typeof written?.["integration_id"]).toBe("string");
-      expect(story.filter((l) => l["event"] === "phase_finished").map((l) => l["phase"])).toEqual(["init", "plan", "apply"]);
+      expect(story.filter((l) => l["event"] === "phase_finished").map((l) => l["phase"])).toEqual([
+        "init",
+        "plan",
+        "apply",
+      ]);
       expect(story.every((l) => typeof l["level"] === "string" && typeof l["time"] === "string")).toBe(true);
     } finally {
       await stop(agent);
@@ -195,7 +233,11 @@ describe("health and metrics", () => {
 
 async function startControlPlaneOn(port: number): Promise<{ close(): Promise<void> }> {
   const { createControlPlane } = await import("../../src/control-plane/server.js");
-  const cp = await createControlPlane({ adminToken: "admin-token-for-late-start", agentToken: h.agentToken, probe: () => Promise.resolve({ warnings: [] }) });
+  const cp = await createControlPlane({
+    adminToken: "admin-token-for-late-start",
+    agentToken: h.agentToken,
+    probe: () => Promise.resolve({ warnings: [] }),
+  });
   await cp.listen("127.0.0.1", port);
   return { close: () => cp.close() };
 }

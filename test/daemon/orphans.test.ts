@@ -29,6 +29,8 @@ describe("reading /proc for orphaned tofu", () => {
     expect(startedForRun(env, "/run/oca/credentials/", "run-1")).toBe(true);
     expect(startedForRun(env, "/run/oca/credentials", "run-2")).toBe(false);
     expect(startedForRun("PATH=/usr/bin\0HOME=/root\0", "/run/oca/credentials", "run-1")).toBe(false);
-    expect(startedForRun("X=TF_CLI_CONFIG_FILE=/run/oca/credentials/run-1/\0", "/run/oca/credentials", "run-1")).toBe(false);
+    expect(startedForRun("X=TF_CLI_CONFIG_FILE=/run/oca/credentials/run-1/\0", "/run/oca/credentials", "run-1")).toBe(
+      false,
+    );
   });
 });

@@ -28,7 +28,13 @@ let dir: string;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "oca-listeners-"));
   h = await startControlPlane();
-  await h.createIntegration({ name: "l", registry_url: `https://${HOST}`, username: "robot", password: "listener-password", export_credentials: true });
+  await h.createIntegration({
+    name: "l",
+    registry_url: `https://${HOST}`,
+    username: "robot",
+    password: "listener-password",
+    export_credentials: true,
+  });
 });
 
 afterAll(async () => {
@@ -44,16 +50,32 @@ describe("the poll loop at full capacity", () => {
     await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
     const env = { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: dir };
     const loaded = await loadSettings(
-      { control_plane_url: h.url, token_file: tokenFile, key_file: keyFile, work_dir: await mkdtemp(join(dir, "work-")), tofu_bin: FAKE_TOFU, concurrency: "1", preflight: false, log_format: "json", log_level: "error", listen: "off" },
+      {
+        control_plane_url: h.url,
+        token_file: tokenFile,
+        key_file: keyFile,
+        work_dir: await mkdtemp(join(dir, "work-")),
+        tofu_bin: FAKE_TOFU,
+        concurrency: "1",
+        preflight: false,
+        log_format: "json",
+        log_level: "error",
+        listen: "off",
+      },
       env,
     );
-    const agent = await composeAgent(await prepareAgent(requireSettings(loaded), realFs, env), { version: "test", sink: { write: () => undefined }, env });
+    const agent = await composeAgent(await prepareAgent(requireSettings(loaded), realFs, env), {
+      version: "test",
+      sink: { write: () => undefined },
+      env,
+    });
     const ended = agent.run();
     try {
       // Queued before the agent frees its slot: the loop waits at capacity between runs.
       const ids: string[] = [];
       for (let i = 0; i < RUNS; i++) ids.push(await h.createRun({ "main.tf": MAIN_TF }, ["init"]));
-      for (const id of ids) expect((await h.waitForStatus(id, ["succeeded", "failed", "canceled"])).status).toBe("succeeded");
+      for (const id of ids)
+        expect((await h.waitForStatus(id, ["succeeded", "failed", "canceled"])).status).toBe("succeeded");
       expect(getEventListeners(agent.daemon["pollAbort"].signal, "abort").length).toBeLessThanOrEqual(1);
       expect(getEventListeners(agent.daemon["runsAbort"].signal, "abort")).toHaveLength(0);
     } finally {

@@ -36,22 +36,31 @@ beforeAll(async () => {
   dripping = new Promise((resolve) => (startDrip = resolve));
   let noteHangUp: (value: boolean) => void = () => undefined;
   hungUp = new Promise((resolve) => (noteHangUp = resolve));
-  registry = createServer({ cert: await readFile(tls.serverCertFile), key: await readFile(tls.serverKeyFile) }, (req: IncomingMessage, res: ServerResponse) => {
-    if (req.headers.authorization === undefined) {
-      res.writeHead(401, { "www-authenticate": 'Basic realm="stall"', "content-type": "application/json" }).end("{}");
-      return;
-    }
-    // Headers, then nothing: the agent's per-request deadline (10 s) and the check's (30 s) are far away.
-    res.once("close", () => {
-      noteHangUp(!res.writableFinished);
-    });
-    startDrip();
-  });
+  registry = createServer(
+    { cert: await readFile(tls.serverCertFile), key: await readFile(tls.serverKeyFile) },
+    (req: IncomingMessage, res: ServerResponse) => {
+      if (req.headers.authorization === undefined) {
+        res.writeHead(401, { "www-authenticate": 'Basic realm="stall"', "content-type": "application/json" }).end("{}");
+        return;
+      }
+      // Headers, then nothing: the agent's per-request deadline (10 s) and the check's (30 s) are far away.
+      res.once("close", () => {
+        noteHangUp(!res.writableFinished);
+      });
+      startDrip();
+    },
+  );
   registry.listen(0, "127.0.0.1");
   await once(registry, "listening");
   host = `127.0.0.1:${(registry.address() as AddressInfo).port}`;
   h = await startControlPlane();
-  await h.createIntegration({ name: "stalling registry", registry_url: `https://${host}`, username: "robot", password: "stall-password-123", export_credentials: true });
+  await h.createIntegration({
+    name: "stalling registry",
+    registry_url: `https://${host}`,
+    username: "robot",
+    password: "stall-password-123",
+    export_credentials: true,
+  });
 });
 
 afterAll(async () => {
@@ -74,12 +83,29 @@ describe("a stalled registry during pre-flight", () => {
     await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
     const workDir = await mkdtemp(join(dir, "work-"));
     const agent = startAgent(
-      ["--control-plane-url", h.url, "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--cancel-grace", "500ms", "--listen", "off"],
+      [
+        "--control-plane-url",
+        h.url,
+        "--token-file",
+        tokenFile,
+        "--key-file",
+        keyFile,
+        "--work-dir",
+        workDir,
+        "--tofu-bin",
+        FAKE_TOFU,
+        "--cancel-grace",
+        "500ms",
+        "--listen",
+        "off",
+      ],
       { HOME: dir, TF_CLI_CONFIG_FILE: "", NODE_EXTRA_CA_CERTS: tls.caFile },
     );
     try {
       await agent.waitForLog((l) => l["event"] === "registered");
-      const runId = await h.createRun({ "main.tf": `module "m" {\n  source = "oci://${host}/team/mod?tag=1"\n}\n` }, ["init"]);
+      const runId = await h.createRun({ "main.tf": `module "m" {\n  source = "oci://${host}/team/mod?tag=1"\n}\n` }, [
+        "init",
+      ]);
       await dripping;
       // Pre-flight is waiting on the registry: nothing of the run's credentials is on disk.
       expect(await filesUnder(join(workDir, "credentials"))).toEqual([]);

@@ -3,16 +3,19 @@ import { runBaseEnv } from "../../src/app/compose-agent.js";
 
 describe("the environment a run's tofu starts from", () => {
   it("drops what belongs to the agent: its settings, its systemd credentials directory (token, key), registry file variables", () => {
-    const env = runBaseEnv({
-      PATH: "/usr/bin",
-      HOME: "/var/lib/oci-cred-agent",
-      OCI_CRED_AGENT_TOKEN: "t",
-      CREDENTIALS_DIRECTORY: "/run/credentials/oci-cred-agent.service",
-      DOCKER_CONFIG: "/x",
-      REGISTRY_AUTH_FILE: "/y",
-      TF_CLI_CONFIG_FILE: "/z",
-      AGENT_KEY_PEM: "k",
-    }, "AGENT_KEY_PEM");
+    const env = runBaseEnv(
+      {
+        PATH: "/usr/bin",
+        HOME: "/var/lib/oci-cred-agent",
+        OCI_CRED_AGENT_TOKEN: "t",
+        CREDENTIALS_DIRECTORY: "/run/credentials/oci-cred-agent.service",
+        DOCKER_CONFIG: "/x",
+        REGISTRY_AUTH_FILE: "/y",
+        TF_CLI_CONFIG_FILE: "/z",
+        AGENT_KEY_PEM: "k",
+      },
+      "AGENT_KEY_PEM",
+    );
     expect(env).toEqual({ PATH: "/usr/bin", HOME: "/var/lib/oci-cred-agent" });
   });
 

@@ -31,7 +31,13 @@ let dir: string;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "oca-forget-"));
   h = await startControlPlane();
-  await h.createIntegration({ name: "forget", registry_url: `https://${HOST}`, username: "robot", password: CANARY, export_credentials: true });
+  await h.createIntegration({
+    name: "forget",
+    registry_url: `https://${HOST}`,
+    username: "robot",
+    password: CANARY,
+    export_credentials: true,
+  });
 });
 
 afterAll(async () => {
@@ -40,7 +46,12 @@ afterAll(async () => {
 });
 
 /** Collects the agent's JSON log lines; `next` resolves at the first (or an earlier) line that matches. */
-function logCollector(): { sink: { write(text: string): void }; lines: LogLine[]; raw: () => string; next(match: (l: LogLine) => boolean): Promise<LogLine> } {
+function logCollector(): {
+  sink: { write(text: string): void };
+  lines: LogLine[];
+  raw: () => string;
+  next(match: (l: LogLine) => boolean): Promise<LogLine>;
+} {
   const lines: LogLine[] = [];
   const waiters: { match: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
   let raw = "";
@@ -87,7 +98,11 @@ describe("after a run", () => {
       },
       env,
     );
-    const agent = await composeAgent(await prepareAgent(requireSettings(loaded), realFs, env), { version: "test", sink: log.sink, env });
+    const agent = await composeAgent(await prepareAgent(requireSettings(loaded), realFs, env), {
+      version: "test",
+      sink: log.sink,
+      env,
+    });
     const ended = agent.run();
     try {
       await log.next((l) => l["event"] === "registered");
@@ -95,17 +110,25 @@ describe("after a run", () => {
       expect(before).toEqual({ size: 1, longest: h.agentToken.length });
       expect(agent.redactor.redact(CANARY)).toBe(CANARY);
 
-      const runId = await h.createRun({ "main.tf": MAIN_TF, "fake-tofu.json": JSON.stringify({ echo_secret_phase: "plan" }) }, ["init", "plan"]);
+      const runId = await h.createRun(
+        { "main.tf": MAIN_TF, "fake-tofu.json": JSON.stringify({ echo_secret_phase: "plan" }) },
+        ["init", "plan"],
+      );
       expect((await h.waitForStatus(runId, ["succeeded", "failed", "canceled"])).status).toBe("succeeded");
       // During the run the password was in the redactor: tofu printed it, the log shows it masked.
-      const leak = await log.next((l) => l["run_id"] === runId && typeof l["msg"] === "string" && l["msg"].startsWith("leaked password"));
+      const leak = await log.next(
+        (l) => l["run_id"] === runId && typeof l["msg"] === "string" && l["msg"].startsWith("leaked password"),
+      );
       expect(leak["msg"]).toContain(REDACTED);
     } finally {
       agent.daemon.requestShutdown();
       expect((await ended).code).toBe(0);
     }
     // Once the run is over (run() returned after draining it), only the token is left.
-    expect({ size: agent.redactor.size, longest: agent.redactor.longest }).toEqual({ size: 1, longest: h.agentToken.length });
+    expect({ size: agent.redactor.size, longest: agent.redactor.longest }).toEqual({
+      size: 1,
+      longest: h.agentToken.length,
+    });
     expect(agent.redactor.redact(`x ${CANARY} y`)).toBe(`x ${CANARY} y`);
     expect(agent.redactor.redact(`x ${h.agentToken} y`)).toBe(`x ${REDACTED} y`);
     for (const form of leakForms(CANARY, "robot")) expect(log.raw()).not.toContain(form);

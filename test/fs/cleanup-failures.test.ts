@@ -57,7 +57,10 @@ function faultyFs(faults: Faults): FileSystem {
       },
     });
   }) as FileSystem["open"];
-  const failing = <K extends "unlink" | "mkdir" | "chmod" | "rmdir" | "realpath">(name: K, fault: Faults[`${K}Fails`]): FileSystem[K] =>
+  const failing = <K extends "unlink" | "mkdir" | "chmod" | "rmdir" | "realpath">(
+    name: K,
+    fault: Faults[`${K}Fails`],
+  ): FileSystem[K] =>
     (async (path: string, ...rest: unknown[]) => {
       if (fault?.match(path)) throw errnoError(fault.errno);
       return (realFs[name] as (p: string, ...r: unknown[]) => Promise<unknown>)(path, ...rest);
@@ -76,7 +79,13 @@ function faultyFs(faults: Faults): FileSystem {
 describe("a new key file whose write fails", () => {
   it("is removed, and the failure is KEY_FILE_WRITE_FAILED with a fix", async () => {
     const path = join(base, "agent.key");
-    const e = await refusal(createKeyFile(faultyFs({ writeFails: { match: (p) => p === path, errno: "ENOSPC" } }), path, generatePrivateKeyPem()));
+    const e = await refusal(
+      createKeyFile(
+        faultyFs({ writeFails: { match: (p) => p === path, errno: "ENOSPC" } }),
+        path,
+        generatePrivateKeyPem(),
+      ),
+    );
     expect(e.code).toBe("KEY_FILE_WRITE_FAILED");
     expect(e.message).toContain(path);
     expect(e.message).toMatch(/ENOSPC.*file system is full.*keygen again/);
@@ -88,7 +97,10 @@ describe("a new key file whose write fails", () => {
   it("when its removal fails too, stays KEY_FILE_WRITE_FAILED and names the file to delete", async () => {
     const path = join(base, "agent.key");
     const pem = generatePrivateKeyPem();
-    const fs = faultyFs({ writeFails: { match: (p) => p === path, errno: "EIO" }, unlinkFails: { match: (p) => p === path, errno: "EBUSY" } });
+    const fs = faultyFs({
+      writeFails: { match: (p) => p === path, errno: "EIO" },
+      unlinkFails: { match: (p) => p === path, errno: "EBUSY" },
+    });
     const e = await refusal(createKeyFile(fs, path, pem));
     expect(e.code).toBe("KEY_FILE_WRITE_FAILED");
     expect(e.message).toMatch(/^writing the new key file .* failed \(EIO\)/);
@@ -127,18 +139,31 @@ describe("a credential file whose write fails", () => {
     const dir = join(base, "run", "docker");
     writeFileSync(join(dir, "config.json"), "planted");
     const temp = (p: string): boolean => isTempNameFor(p.split("/").pop() ?? "", "config.json");
-    const e = await refusal(writeSecretFileAtomic(faultyFs({ unlinkFails: { match: temp, errno: "EPERM" } }), dir, "config.json", "SECRET-CONTENT"));
+    const e = await refusal(
+      writeSecretFileAtomic(
+        faultyFs({ unlinkFails: { match: temp, errno: "EPERM" } }),
+        dir,
+        "config.json",
+        "SECRET-CONTENT",
+      ),
+    );
     expect(e.code).toBe("RUN_DIR_ENTRY_UNSAFE");
-    expect(e.message).toMatch(/exists already .*Removing .*\.config\.json\.tmp-[0-9a-f]{16} afterwards failed too \(EPERM\)/);
+    expect(e.message).toMatch(
+      /exists already .*Removing .*\.config\.json\.tmp-[0-9a-f]{16} afterwards failed too \(EPERM\)/,
+    );
     expect(e.details).toMatchObject({ cleanup_error: "EPERM" });
-    expect(String((e.details as Readonly<Record<string, unknown>>)["leftover"])).toMatch(/\.config\.json\.tmp-[0-9a-f]{16}$/);
+    expect(String((e.details as Readonly<Record<string, unknown>>)["leftover"])).toMatch(
+      /\.config\.json\.tmp-[0-9a-f]{16}$/,
+    );
   });
 });
 
 describe("a run directory whose creation fails", () => {
   it("is wiped, and the creation's failure is thrown unchanged", async () => {
     const runDir = join(base, "run");
-    const e = await refusal(createRunDir(faultyFs({ mkdirFails: { match: (p) => p === join(runDir, "tofu"), errno: "EIO" } }), runDir, META));
+    const e = await refusal(
+      createRunDir(faultyFs({ mkdirFails: { match: (p) => p === join(runDir, "tofu"), errno: "EIO" } }), runDir, META),
+    );
     expect(e.code).toBe("RUN_DIR_WRITE_FAILED");
     expect((e.details as Readonly<Record<string, unknown>>)["leftover"]).toBeUndefined();
     expect(existsSync(runDir)).toBe(false);
@@ -146,7 +171,10 @@ describe("a run directory whose creation fails", () => {
 
   it("when the wipe fails too, stays the creation's failure and names the directory left behind", async () => {
     const runDir = join(base, "run");
-    const fs = faultyFs({ mkdirFails: { match: (p) => p === join(runDir, "tofu"), errno: "EIO" }, unlinkFails: { match: (p) => p.endsWith(MARKER_NAME), errno: "EROFS" } });
+    const fs = faultyFs({
+      mkdirFails: { match: (p) => p === join(runDir, "tofu"), errno: "EIO" },
+      unlinkFails: { match: (p) => p.endsWith(MARKER_NAME), errno: "EROFS" },
+    });
     const e = await refusal(createRunDir(fs, runDir, META));
     expect(e.code).toBe("RUN_DIR_WRITE_FAILED");
     expect(e.message).toMatch(/^writing .*tofu failed \(EIO\)/);
@@ -158,7 +186,10 @@ describe("a run directory whose creation fails", () => {
 
   it("names the directory left behind also when the creation failed with a plain system error", async () => {
     const runDir = join(base, "run");
-    const fs = faultyFs({ chmodFails: { match: (p) => p === join(runDir, "docker"), errno: "EIO" }, rmdirFails: { match: (p) => p === runDir, errno: "EBUSY" } });
+    const fs = faultyFs({
+      chmodFails: { match: (p) => p === join(runDir, "docker"), errno: "EIO" },
+      rmdirFails: { match: (p) => p === runDir, errno: "EBUSY" },
+    });
     const e = await refusal(createRunDir(fs, runDir, META));
     expect(e.code).toBe("RUN_DIR_WRITE_FAILED");
     expect(e.details).toMatchObject({ errno: "EIO", leftover: runDir, cleanup_error: "WIPE_FAILED, EBUSY" });
@@ -190,7 +221,12 @@ describe("a key directory's symbolic link", () => {
 
   it("that cannot be followed for another reason (EACCES) is refused as that, not as a bad link", async () => {
     const { dir, link } = keyDir();
-    const e = await refusal(loadKeySource({ kind: "file", path: dir }, { fs: faultyFs({ realpathFails: { match: (p) => p === link, errno: "EACCES" } }), env: {} }));
+    const e = await refusal(
+      loadKeySource(
+        { kind: "file", path: dir },
+        { fs: faultyFs({ realpathFails: { match: (p) => p === link, errno: "EACCES" } }), env: {} },
+      ),
+    );
     expect(e.code).toBe("INPUT_UNREADABLE");
     expect(e.message).toContain(`cannot follow the key link ${link} (EACCES)`);
     expect(errnoOf(e.cause)).toBe("EACCES");

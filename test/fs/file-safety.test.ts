@@ -4,7 +4,19 @@
  * the agent writes or removes. Each refusal must name its code and leave everything outside the
  * run directory exactly as it was.
  */
-import { chmodSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -13,8 +25,23 @@ import type { AgentError } from "../../src/core/errors.js";
 import type { ErrorCode } from "../../src/core/errors.js";
 import { generatePrivateKeyPem, parsePrivateKeyPem } from "../../src/crypto/agent-key.js";
 import { sealBundle } from "../../src/crypto/sealed-bundle.js";
-import { MARKER_NAME, RUN_FILES, createRunDir, runFilePath, wipeRunDir, writeRunFile, type RunFileId } from "../../src/fs/run-dir.js";
-import { isTempNameFor, makePrivateDir, realFs, tempNameFor, writeSecretFileAtomic, type FileSystem } from "../../src/fs/secure-fs.js";
+import {
+  MARKER_NAME,
+  RUN_FILES,
+  createRunDir,
+  runFilePath,
+  wipeRunDir,
+  writeRunFile,
+  type RunFileId,
+} from "../../src/fs/run-dir.js";
+import {
+  isTempNameFor,
+  makePrivateDir,
+  realFs,
+  tempNameFor,
+  writeSecretFileAtomic,
+  type FileSystem,
+} from "../../src/fs/secure-fs.js";
 import { ownedByAnotherUser } from "../support/foreign-owner.js";
 import { refusal } from "../support/refusal.js";
 
@@ -57,7 +84,6 @@ function snapshotOutside(): string {
   return out.join("\n");
 }
 
-
 function mode(path: string): number {
   return lstatSync(path).mode & 0o777;
 }
@@ -88,7 +114,13 @@ describe("modes and layout", () => {
   it("writes the marker the wipe trusts", async () => {
     await createRunDir(realFs, runDir, META);
     const marker = JSON.parse(readFileSync(join(runDir, MARKER_NAME), "utf8")) as Record<string, unknown>;
-    expect(marker).toMatchObject({ kind: "oci-cred-agent-run", version: 1, run_id: "run-1", agent_id: "agent-1", created_at: META.createdAt });
+    expect(marker).toMatchObject({
+      kind: "oci-cred-agent-run",
+      version: 1,
+      run_id: "run-1",
+      agent_id: "agent-1",
+      created_at: META.createdAt,
+    });
   });
 
   it("runFilePath names the fixed layout", () => {
@@ -132,9 +164,24 @@ describe("the run directory", () => {
       /not empty.*wipe --run-dir/,
     ],
     ["it is a regular file", () => writeFileSync(runDir, "x"), "RUN_DIR_UNSAFE", /not a directory/],
-    ["it is a symlink to an empty directory", () => symlinkSync(join(outside, "empty"), runDir), "RUN_DIR_UNSAFE", /symbolic link/],
-    ["it is a symlink to a directory with files", () => symlinkSync(outsideDir, runDir), "RUN_DIR_UNSAFE", /symbolic link/],
-    ["it is a dangling symlink", () => symlinkSync(join(outside, "nowhere"), runDir), "RUN_DIR_UNSAFE", /symbolic link/],
+    [
+      "it is a symlink to an empty directory",
+      () => symlinkSync(join(outside, "empty"), runDir),
+      "RUN_DIR_UNSAFE",
+      /symbolic link/,
+    ],
+    [
+      "it is a symlink to a directory with files",
+      () => symlinkSync(outsideDir, runDir),
+      "RUN_DIR_UNSAFE",
+      /symbolic link/,
+    ],
+    [
+      "it is a dangling symlink",
+      () => symlinkSync(join(outside, "nowhere"), runDir),
+      "RUN_DIR_UNSAFE",
+      /symbolic link/,
+    ],
   ])("is refused when %s", async (name, plant, code, message) => {
     mkdirSync(join(outside, "empty"));
     const before = snapshotOutside();
@@ -198,7 +245,11 @@ describe("something planted where the agent writes", () => {
 
   it.each(plants)("at the marker's path: %s is refused with RUN_DIR_ENTRY_UNSAFE", async (_name, plant) => {
     const before = snapshotOutside();
-    const fs = plantingFs("open", (p) => isTempNameFor(p.split("/").pop() ?? "", MARKER_NAME), () => plant(join(runDir, MARKER_NAME)));
+    const fs = plantingFs(
+      "open",
+      (p) => isTempNameFor(p.split("/").pop() ?? "", MARKER_NAME),
+      () => plant(join(runDir, MARKER_NAME)),
+    );
     const e = await refusal(createRunDir(fs, runDir, META));
     expect(e.code).toBe("RUN_DIR_ENTRY_UNSAFE");
     expect(snapshotOutside()).toBe(before);
@@ -216,20 +267,34 @@ describe("something planted where the agent writes", () => {
     expect(existsSync(runFilePath(runDir, "dockerConfig"))).toBe(false);
   });
 
-  it.each(["docker", "containers", "tofu"])("at the %s/ directory (a race): a symlink to a directory outside is refused", async (dir) => {
-    const before = snapshotOutside();
-    const fs = plantingFs("mkdir", (p) => p === join(runDir, dir), (p) => symlinkSync(outsideDir, p));
-    const e = await refusal(createRunDir(fs, runDir, META));
-    expect(e.code).toBe("RUN_DIR_UNSAFE");
-    expect(e.message).toContain("symbolic link");
-    expect(snapshotOutside()).toBe(before);
-  });
+  it.each(["docker", "containers", "tofu"])(
+    "at the %s/ directory (a race): a symlink to a directory outside is refused",
+    async (dir) => {
+      const before = snapshotOutside();
+      const fs = plantingFs(
+        "mkdir",
+        (p) => p === join(runDir, dir),
+        (p) => symlinkSync(outsideDir, p),
+      );
+      const e = await refusal(createRunDir(fs, runDir, META));
+      expect(e.code).toBe("RUN_DIR_UNSAFE");
+      expect(e.message).toContain("symbolic link");
+      expect(snapshotOutside()).toBe(before);
+    },
+  );
 
-  it.each(["docker", "containers", "tofu"])("at the %s/ directory (a race): a foreign directory is refused", async (dir) => {
-    const fs = plantingFs("mkdir", (p) => p === join(runDir, dir), (p) => mkdirSync(p));
-    const e = await refusal(createRunDir(fs, runDir, META));
-    expect(e.code).toBe("RUN_DIR_ENTRY_UNSAFE");
-  });
+  it.each(["docker", "containers", "tofu"])(
+    "at the %s/ directory (a race): a foreign directory is refused",
+    async (dir) => {
+      const fs = plantingFs(
+        "mkdir",
+        (p) => p === join(runDir, dir),
+        (p) => mkdirSync(p),
+      );
+      const e = await refusal(createRunDir(fs, runDir, META));
+      expect(e.code).toBe("RUN_DIR_ENTRY_UNSAFE");
+    },
+  );
 
   it("a run directory swapped for a symlink before its marker is written is refused", async () => {
     const before = snapshotOutside();
@@ -278,7 +343,12 @@ describe("a write that fails part-way", () => {
       recipient: { kid: key.kid, publicKey: key.publicKey },
       agentId: "agent-1",
       runId: "run-1",
-      plaintext: new TextEncoder().encode(JSON.stringify({ version: 1, registries: [{ id: "i", url: "https://ghcr.io", username: "u", password: "CANARY-pw" }] })),
+      plaintext: new TextEncoder().encode(
+        JSON.stringify({
+          version: 1,
+          registries: [{ id: "i", url: "https://ghcr.io", username: "u", password: "CANARY-pw" }],
+        }),
+      ),
       issuedAtMs: now,
       ttlSeconds: 600,
     });
@@ -308,7 +378,9 @@ describe("wipe", () => {
     await materializeAll();
     const report = await wipeRunDir(realFs, runDir);
     expect(report.absent).toBe(false);
-    expect([...report.removed].sort()).toEqual(["containers/auth.json", "docker/config.json", "tofu/cli.tfrc", MARKER_NAME].sort());
+    expect([...report.removed].sort()).toEqual(
+      ["containers/auth.json", "docker/config.json", "tofu/cli.tfrc", MARKER_NAME].sort(),
+    );
     expect(existsSync(runDir)).toBe(false);
     expect(await wipeRunDir(realFs, runDir)).toEqual({ removed: [], absent: true });
   });
@@ -322,7 +394,9 @@ describe("wipe", () => {
     ];
     for (const p of stray) writeFileSync(p, "SECRET", { mode: 0o600 });
     const report = await wipeRunDir(realFs, runDir);
-    expect(report.removed).toEqual(expect.arrayContaining(["docker/.config.json.tmp-0123456789abcdef", "tofu/.cli.tfrc.tmp-fedcba9876543210"]));
+    expect(report.removed).toEqual(
+      expect.arrayContaining(["docker/.config.json.tmp-0123456789abcdef", "tofu/.cli.tfrc.tmp-fedcba9876543210"]),
+    );
     expect(existsSync(runDir)).toBe(false);
   });
 
@@ -339,22 +413,31 @@ describe("wipe", () => {
   });
 
   it.each<[string, () => void]>([
-    ["a directory of someone else's files without the marker", () => {
-      mkdirSync(runDir);
-      writeFileSync(join(runDir, "important.txt"), "keep");
-      mkdirSync(join(runDir, "docker"));
-      writeFileSync(join(runDir, "docker", "config.json"), "keep");
-    }],
-    ["a marker that is a symlink to a file outside", () => {
-      mkdirSync(runDir);
-      symlinkSync(outsideFile, join(runDir, MARKER_NAME));
-      mkdirSync(join(runDir, "docker"));
-      writeFileSync(join(runDir, "docker", "config.json"), "keep");
-    }],
-    ["a marker that is a directory", () => {
-      mkdirSync(runDir);
-      mkdirSync(join(runDir, MARKER_NAME));
-    }],
+    [
+      "a directory of someone else's files without the marker",
+      () => {
+        mkdirSync(runDir);
+        writeFileSync(join(runDir, "important.txt"), "keep");
+        mkdirSync(join(runDir, "docker"));
+        writeFileSync(join(runDir, "docker", "config.json"), "keep");
+      },
+    ],
+    [
+      "a marker that is a symlink to a file outside",
+      () => {
+        mkdirSync(runDir);
+        symlinkSync(outsideFile, join(runDir, MARKER_NAME));
+        mkdirSync(join(runDir, "docker"));
+        writeFileSync(join(runDir, "docker", "config.json"), "keep");
+      },
+    ],
+    [
+      "a marker that is a directory",
+      () => {
+        mkdirSync(runDir);
+        mkdirSync(join(runDir, MARKER_NAME));
+      },
+    ],
   ])("refuses %s with WIPE_NOT_AGENT_DIR and removes nothing", async (_name, plant) => {
     plant();
     const before = snapshotOutside();
@@ -392,46 +475,57 @@ describe("wipe", () => {
     ["containers/auth.json", "a symlink to a file outside", (p) => symlinkSync(outsideFile, p), true],
     ["tofu/cli.tfrc", "a symlink to a file outside", (p) => symlinkSync(outsideFile, p), true],
     ["docker/config.json", "a directory", (p) => mkdirSync(p), true],
-    ["docker/.config.json.tmp-0123456789abcdef", "a symlink to a file outside", (p) => symlinkSync(outsideFile, p), true],
+    [
+      "docker/.config.json.tmp-0123456789abcdef",
+      "a symlink to a file outside",
+      (p) => symlinkSync(outsideFile, p),
+      true,
+    ],
     ["docker/notes.txt", "a foreign file beside the agent's", (p) => writeFileSync(p, "foreign"), false],
     ["extra", "a foreign entry at the top", (p) => writeFileSync(p, "foreign"), false],
     [".config.json.tmp-xyz", "a look-alike of a temporary name", (p) => writeFileSync(p, "foreign"), false],
   ];
 
-  it.each(swaps)("leaves %s when it is %s, reports WIPE_FOREIGN_ENTRIES, and removes the agent's files", async (rel, _what, plant, replacesOurs) => {
-    await materializeAll();
-    const planted = join(runDir, rel);
-    if (replacesOurs && existsSync(planted)) rmSync(planted);
-    plant(planted);
-    const before = snapshotOutside();
-    const e = await refusal(wipeRunDir(realFs, runDir));
-    expect(e.code).toBe("WIPE_FOREIGN_ENTRIES");
-    expect((e as AgentError<"WIPE_FOREIGN_ENTRIES">).details["foreign"]).toContain(rel);
-    expect(lstatSync(planted)).toBeTruthy();
-    expect(snapshotOutside()).toBe(before);
-    // Every credential file the agent wrote is gone, except what stands at the planted path.
-    for (const id of Object.keys(RUN_FILES) as RunFileId[]) {
-      const p = runFilePath(runDir, id);
-      if (p !== planted) expect(existsSync(p)).toBe(false);
-    }
-    // The marker stays, so wipe can be run again once the foreign entry is dealt with.
-    expect(existsSync(join(runDir, MARKER_NAME))).toBe(true);
-    rmSync(planted, { recursive: true });
-    await wipeRunDir(realFs, runDir);
-    expect(existsSync(runDir)).toBe(false);
-  });
+  it.each(swaps)(
+    "leaves %s when it is %s, reports WIPE_FOREIGN_ENTRIES, and removes the agent's files",
+    async (rel, _what, plant, replacesOurs) => {
+      await materializeAll();
+      const planted = join(runDir, rel);
+      if (replacesOurs && existsSync(planted)) rmSync(planted);
+      plant(planted);
+      const before = snapshotOutside();
+      const e = await refusal(wipeRunDir(realFs, runDir));
+      expect(e.code).toBe("WIPE_FOREIGN_ENTRIES");
+      expect((e as AgentError<"WIPE_FOREIGN_ENTRIES">).details["foreign"]).toContain(rel);
+      expect(lstatSync(planted)).toBeTruthy();
+      expect(snapshotOutside()).toBe(before);
+      // Every credential file the agent wrote is gone, except what stands at the planted path.
+      for (const id of Object.keys(RUN_FILES) as RunFileId[]) {
+        const p = runFilePath(runDir, id);
+        if (p !== planted) expect(existsSync(p)).toBe(false);
+      }
+      // The marker stays, so wipe can be run again once the foreign entry is dealt with.
+      expect(existsSync(join(runDir, MARKER_NAME))).toBe(true);
+      rmSync(planted, { recursive: true });
+      await wipeRunDir(realFs, runDir);
+      expect(existsSync(runDir)).toBe(false);
+    },
+  );
 
-  it.each(["docker", "containers", "tofu"])("leaves %s/ when it was swapped for a symlink to a directory outside", async (dir) => {
-    await materializeAll();
-    rmSync(join(runDir, dir), { recursive: true });
-    symlinkSync(outsideDir, join(runDir, dir));
-    const before = snapshotOutside();
-    const e = await refusal(wipeRunDir(realFs, runDir));
-    expect(e.code).toBe("WIPE_FOREIGN_ENTRIES");
-    expect((e as AgentError<"WIPE_FOREIGN_ENTRIES">).details["foreign"]).toEqual([dir]);
-    expect(snapshotOutside()).toBe(before);
-    expect(readFileSync(join(outsideDir, "config.json"), "utf8")).toBe("outside-config");
-  });
+  it.each(["docker", "containers", "tofu"])(
+    "leaves %s/ when it was swapped for a symlink to a directory outside",
+    async (dir) => {
+      await materializeAll();
+      rmSync(join(runDir, dir), { recursive: true });
+      symlinkSync(outsideDir, join(runDir, dir));
+      const before = snapshotOutside();
+      const e = await refusal(wipeRunDir(realFs, runDir));
+      expect(e.code).toBe("WIPE_FOREIGN_ENTRIES");
+      expect((e as AgentError<"WIPE_FOREIGN_ENTRIES">).details["foreign"]).toEqual([dir]);
+      expect(snapshotOutside()).toBe(before);
+      expect(readFileSync(join(outsideDir, "config.json"), "utf8")).toBe("outside-config");
+    },
+  );
 
   it("a hardlink to a file outside is unlinked from the run directory only: the outside file keeps its content", async () => {
     await materializeAll();

@@ -36,9 +36,16 @@ describe("findOciSources", () => {
         const parsed = parseOciAddress(address);
         return parsed === undefined ? [] : [{ file: "main.tf", address, ...parsed }];
       }),
-      { file: join("nested", "more.tf.json"), address: ADDRESSES[0], host: "ghcr.io", repository: "acme/modules/network" },
+      {
+        file: join("nested", "more.tf.json"),
+        address: ADDRESSES[0],
+        host: "ghcr.io",
+        repository: "acme/modules/network",
+      },
     ];
-    expect(found.sort((a, b) => a.file.localeCompare(b.file))).toEqual(expected.sort((a, b) => a.file.localeCompare(b.file)));
+    expect(found.sort((a, b) => a.file.localeCompare(b.file))).toEqual(
+      expected.sort((a, b) => a.file.localeCompare(b.file)),
+    );
     expect(found.filter((s) => s.file === "main.tf")).toHaveLength(5);
   });
 });

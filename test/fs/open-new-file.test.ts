@@ -5,7 +5,16 @@
  * directory's atomic writes, the configuration workspace and the control plane's data file
  * use it; the table runs the callers that take a caller-chosen path against it.
  */
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -58,7 +67,8 @@ async function outcome(create: (path: string) => Promise<unknown>, path: string)
 function expectNothingWritten(): void {
   expect(existsSync(join(base, "nowhere"))).toBe(false);
   if (existsSync(join(base, "target"))) expect(readFileSync(join(base, "target"), "utf8")).toBe("keep");
-  if (existsSync(join(base, "file")) && lstatSync(join(base, "file")).isFile()) expect(readFileSync(join(base, "file"), "utf8")).not.toBe("new");
+  if (existsSync(join(base, "file")) && lstatSync(join(base, "file")).isFile())
+    expect(readFileSync(join(base, "file"), "utf8")).not.toBe("new");
 }
 
 describe("openNewFile", () => {
@@ -94,7 +104,9 @@ describe("every exclusive-create caller applies openNewFile and isAlreadyThere",
     ["createKeyFile", (p) => createKeyFile(realFs, p, "new"), "KEY_FILE_EXISTS", "INVALID_ARGUMENT"],
     ["writeOutput", (p) => writeOutput(p, "new"), "OUTPUT_EXISTS", "OUTPUT_UNWRITABLE"],
   ];
-  const table = callers.flatMap(([name, create, existsCode, enoentCode]) => CASES.map(([what, prepare, expected]) => [name, what, prepare, expected, create, existsCode, enoentCode] as const));
+  const table = callers.flatMap(([name, create, existsCode, enoentCode]) =>
+    CASES.map(([what, prepare, expected]) => [name, what, prepare, expected, create, existsCode, enoentCode] as const),
+  );
 
   it.each(table)("%s at %s", async (_name, what, prepare, expected, create, existsCode, enoentCode) => {
     const path = pathFor(what);

@@ -37,12 +37,15 @@ describe("a run directory that is a symlink is refused however the path is spell
     expect(existsSync(join(real, MARKER_NAME))).toBe(true);
   });
 
-  it.each(["/", "/."])("create of link%s to an empty directory outside refuses and writes nothing there", async (suffix) => {
-    const outside = join(base, "outside");
-    mkdirSync(outside);
-    const link = join(base, "link");
-    symlinkSync(outside, link);
-    expect(await code(createRunDir(realFs, `${link}${suffix}`, META))).toBe("RUN_DIR_UNSAFE");
-    expect(readdirSync(outside)).toEqual([]);
-  });
+  it.each(["/", "/."])(
+    "create of link%s to an empty directory outside refuses and writes nothing there",
+    async (suffix) => {
+      const outside = join(base, "outside");
+      mkdirSync(outside);
+      const link = join(base, "link");
+      symlinkSync(outside, link);
+      expect(await code(createRunDir(realFs, `${link}${suffix}`, META))).toBe("RUN_DIR_UNSAFE");
+      expect(readdirSync(outside)).toEqual([]);
+    },
+  );
 });

@@ -65,12 +65,18 @@ const routes: Record<string, (req: IncomingMessage, res: ServerResponse) => void
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "oca-bounded-"));
   const tls = await makeTlsMaterial(join(dir, "tls"));
-  server = createServer({ cert: await readFile(tls.serverCertFile), key: await readFile(tls.serverKeyFile) }, (req, res) => {
-    const path = req.url ?? "";
-    arrived.push(path);
-    closed.set(path, once(res, "close").then(() => !res.writableFinished));
-    routes[path]?.(req, res);
-  });
+  server = createServer(
+    { cert: await readFile(tls.serverCertFile), key: await readFile(tls.serverKeyFile) },
+    (req, res) => {
+      const path = req.url ?? "";
+      arrived.push(path);
+      closed.set(
+        path,
+        once(res, "close").then(() => !res.writableFinished),
+      );
+      routes[path]?.(req, res);
+    },
+  );
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
   base = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -88,7 +94,10 @@ const get = (path: string, extra: Partial<BoundedRequestOptions> = {}) =>
   boundedRequest(`${base}${path}`, { method: "GET", dispatcher, timeoutMs: 10_000, maxBodyBytes: 64 * 1024, ...extra });
 
 async function failure(promise: Promise<unknown>): Promise<BoundedRequestError> {
-  const error = await promise.then(() => undefined, (e: unknown) => e);
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   expect(error).toBeInstanceOf(BoundedRequestError);
   return error as BoundedRequestError;
 }
@@ -166,7 +175,9 @@ describe("boundedRequest", () => {
     const port = (closed.address() as AddressInfo).port;
     closed.close();
     await once(closed, "close");
-    const error = await failure(boundedRequest(`https://127.0.0.1:${port}/`, { method: "GET", dispatcher, timeoutMs: 5_000, maxBodyBytes: 1024 }));
+    const error = await failure(
+      boundedRequest(`https://127.0.0.1:${port}/`, { method: "GET", dispatcher, timeoutMs: 5_000, maxBodyBytes: 1024 }),
+    );
     expect(error.kind).toBe("network");
     expect(error.details.errno).toBe("ECONNREFUSED");
   });

@@ -16,14 +16,23 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AGENT_BIN, FAKE_TOFU, startAgent, type AgentProcess, type LogLine } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
-import { startHtpasswdRegistry, startTokenRegistry, type LocalRegistry, type TokenRegistry } from "../support/registry-fixture.js";
+import {
+  startHtpasswdRegistry,
+  startTokenRegistry,
+  type LocalRegistry,
+  type TokenRegistry,
+} from "../support/registry-fixture.js";
 import { buildModulePackage, pushModulePackage } from "../support/oci-module-package.js";
 
 /**
  * Runs a command without blocking the event loop (the token server and the control plane live in
  * this process and must keep answering).
  */
-function runAsync(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ status: number | null; stdout: string; stderr: string }> {
+function runAsync(
+  cmd: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(cmd, args, { env, encoding: "utf8" }, (error, stdout, stderr) => {
       resolve({ status: error ? (typeof error.code === "number" ? error.code : 1) : 0, stdout, stderr });
@@ -65,7 +74,10 @@ interface Recorded {
 
 async function records(file: string): Promise<Recorded[]> {
   if (!existsSync(file)) return [];
-  return (await readFile(file, "utf8")).split("\n").filter(Boolean).map((l) => JSON.parse(l) as Recorded);
+  return (await readFile(file, "utf8"))
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Recorded);
 }
 
 async function expectNoCanaryUnder(root: string): Promise<void> {
@@ -85,7 +97,10 @@ interface Scenario {
 }
 
 /** A fresh control plane (integrations are per control plane) and one agent. */
-async function scenario(integrations: Record<string, unknown>[], extraArgs: string[] = []): Promise<Scenario & { ids: string[] }> {
+async function scenario(
+  integrations: Record<string, unknown>[],
+  extraArgs: string[] = [],
+): Promise<Scenario & { ids: string[] }> {
   const h = await startControlPlane();
   const ids: string[] = [];
   for (const i of integrations) ids.push((await h.createIntegration({ export_credentials: true, ...i })).id);
@@ -94,8 +109,31 @@ async function scenario(integrations: Record<string, unknown>[], extraArgs: stri
   await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
   const recordFile = `${tokenFile}.record.jsonl`;
   const agent = startAgent(
-    ["--control-plane-url", h.url, "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--listen", "127.0.0.1:0", ...extraArgs],
-    { FAKE_TOFU_RECORD: recordFile, HOME: dir, TF_CLI_CONFIG_FILE: "", NODE_EXTRA_CA_CERTS: caBundle, PATH: `${helperBin}:${process.env["PATH"] ?? ""}`, OCTEST_LOG: helperLog, OCTEST_USER: "helper-user", OCTEST_SECRET_FILE: join(dir, "helper-secret") },
+    [
+      "--control-plane-url",
+      h.url,
+      "--token-file",
+      tokenFile,
+      "--key-file",
+      keyFile,
+      "--work-dir",
+      workDir,
+      "--tofu-bin",
+      FAKE_TOFU,
+      "--listen",
+      "127.0.0.1:0",
+      ...extraArgs,
+    ],
+    {
+      FAKE_TOFU_RECORD: recordFile,
+      HOME: dir,
+      TF_CLI_CONFIG_FILE: "",
+      NODE_EXTRA_CA_CERTS: caBundle,
+      PATH: `${helperBin}:${process.env["PATH"] ?? ""}`,
+      OCTEST_LOG: helperLog,
+      OCTEST_USER: "helper-user",
+      OCTEST_SECRET_FILE: join(dir, "helper-secret"),
+    },
   );
   await agent.waitForLog((l) => l["event"] === "registered");
   return { h, agent, workDir, recordFile, ids };
@@ -133,9 +171,23 @@ beforeAll(async () => {
   });
   caBundle = join(dir, "ca-bundle.pem");
   await writeFile(caBundle, `${basic.caPem}\n${token.caPem}\n`);
-  for (const [reg, repo] of [[basic, "acme/net"], [token, "org-a/mod"], [token, "org-b/mod"], [token, "helped/mod"]] as const) {
-    const pkg = await buildModulePackage({ layoutDir: await mkdtemp(join(dir, "pkg-")), files: { "main.tf": `output "repo" {\n  value = "${repo}"\n}\n` } });
-    await pushModulePackage(pkg, { host: reg.host, repository: repo, certDir: reg.certDir, username: "pusher", password: PUSHER_PW });
+  for (const [reg, repo] of [
+    [basic, "acme/net"],
+    [token, "org-a/mod"],
+    [token, "org-b/mod"],
+    [token, "helped/mod"],
+  ] as const) {
+    const pkg = await buildModulePackage({
+      layoutDir: await mkdtemp(join(dir, "pkg-")),
+      files: { "main.tf": `output "repo" {\n  value = "${repo}"\n}\n` },
+    });
+    await pushModulePackage(pkg, {
+      host: reg.host,
+      repository: repo,
+      certDir: reg.certDir,
+      username: "pusher",
+      password: PUSHER_PW,
+    });
     digests.set(`${reg.host}/${repo}`, pkg.zipDigest);
   }
   // A credential helper as cloud registries ship them: `get` reads the server URL on stdin.
@@ -158,10 +210,15 @@ afterAll(async () => {
 
 describe("pre-flight check before init", () => {
   it("a revoked password fails the run before init, naming the integration, the registry and the answer; once fixed, the run pulls", async () => {
-    const s = await scenario([{ name: "team registry", registry_url: basic.url, username: "alice", password: ALICE_PW }]);
+    const s = await scenario([
+      { name: "team registry", registry_url: basic.url, username: "alice", password: ALICE_PW },
+    ]);
     try {
       await basic.revoke("alice");
-      const files = { "main.tf": mainTf(source(basic, "acme/net")), "fake-tofu.json": JSON.stringify({ pull: "init" }) };
+      const files = {
+        "main.tf": mainTf(source(basic, "acme/net")),
+        "fake-tofu.json": JSON.stringify({ pull: "init" }),
+      };
       const runId = await s.h.createRun(files);
       const run = await s.h.waitForStatus(runId, ["succeeded", "failed", "canceled"]);
       expect(run.status).toBe("failed");
@@ -173,7 +230,9 @@ describe("pre-flight check before init", () => {
       expect(run.error?.message).toMatch(/revoked or expired/);
       // tofu never ran: init was not reached.
       expect(await records(s.recordFile)).toEqual([]);
-      const refused = await s.agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "preflight" && l["result"] === "refused");
+      const refused = await s.agent.waitForLog(
+        (l) => l["run_id"] === runId && l["event"] === "preflight" && l["result"] === "refused",
+      );
       expect(refused["integration_id"]).toBe(s.ids[0]);
       expect(refused["registry"]).toBe(basic.host);
       await s.agent.waitForLog(forRun(runId, "credentials_wiped"));
@@ -183,7 +242,14 @@ describe("pre-flight check before init", () => {
       const next = await s.h.createRun(files);
       expect((await s.h.waitForStatus(next, ["succeeded", "failed", "canceled"])).status).toBe("succeeded");
       const init = (await records(s.recordFile)).find((r) => r.phase === "init");
-      expect(init?.pulls).toEqual([expect.objectContaining({ username: "alice", status: 200, verified: true, digest: digests.get(`${basic.host}/acme/net`) })]);
+      expect(init?.pulls).toEqual([
+        expect.objectContaining({
+          username: "alice",
+          status: 200,
+          verified: true,
+          digest: digests.get(`${basic.host}/acme/net`),
+        }),
+      ]);
       const ok = await s.agent.waitForLog((l) => l["run_id"] === next && l["event"] === "preflight");
       expect(ok["result"]).toBe("ok");
       // Operators see it in /metrics too.
@@ -198,26 +264,39 @@ describe("pre-flight check before init", () => {
   });
 
   it("a valid credential without pull access to a repository the configuration uses fails before init, naming the repository", async () => {
-    const s = await scenario([{ name: "org-a robot", registry_url: token.url, username: "org-a-robot", password: ORG_A_PW }]);
+    const s = await scenario([
+      { name: "org-a robot", registry_url: token.url, username: "org-a-robot", password: ORG_A_PW },
+    ]);
     try {
-      const runId = await s.h.createRun({ "main.tf": mainTf(source(token, "org-b/mod")), "fake-tofu.json": JSON.stringify({ pull: "init" }) });
+      const runId = await s.h.createRun({
+        "main.tf": mainTf(source(token, "org-b/mod")),
+        "fake-tofu.json": JSON.stringify({ pull: "init" }),
+      });
       const run = await s.h.waitForStatus(runId, ["succeeded", "failed", "canceled"]);
       expect(run.error?.code).toBe("PREFLIGHT_FAILED");
       expect(run.error?.message).toContain("no pull access to org-b/mod");
       expect(run.error?.message).toContain("org-a robot");
       expect(await records(s.recordFile)).toEqual([]);
       // It asked the token service for exactly that scope, with that credential.
-      expect(token.tokenRequests.some((r) => r.user === "org-a-robot" && r.scopes.includes("repository:org-b/mod:pull"))).toBe(true);
+      expect(
+        token.tokenRequests.some((r) => r.user === "org-a-robot" && r.scopes.includes("repository:org-b/mod:pull")),
+      ).toBe(true);
     } finally {
       await finish(s);
     }
   });
 
   it("--no-preflight skips the check: the revoked credential reaches init, which fails as tofu would", async () => {
-    const s = await scenario([{ name: "team registry", registry_url: basic.url, username: "alice", password: ALICE_PW }], ["--no-preflight"]);
+    const s = await scenario(
+      [{ name: "team registry", registry_url: basic.url, username: "alice", password: ALICE_PW }],
+      ["--no-preflight"],
+    );
     try {
       await basic.revoke("alice");
-      const runId = await s.h.createRun({ "main.tf": mainTf(source(basic, "acme/net")), "fake-tofu.json": JSON.stringify({ pull: "init" }) });
+      const runId = await s.h.createRun({
+        "main.tf": mainTf(source(basic, "acme/net")),
+        "fake-tofu.json": JSON.stringify({ pull: "init" }),
+      });
       const run = await s.h.waitForStatus(runId, ["succeeded", "failed", "canceled"]);
       expect(run.error?.code).toBe("PHASE_FAILED");
       const init = (await records(s.recordFile)).find((r) => r.phase === "init");
@@ -237,7 +316,10 @@ describe("repository-scoped credentials", () => {
       { name: "org b", registry_url: `${token.url}/org-b`, username: "org-b-robot", password: ORG_B_PW },
     ]);
     try {
-      const runId = await s.h.createRun({ "main.tf": mainTf(source(token, "org-a/mod"), source(token, "org-b/mod")), "fake-tofu.json": JSON.stringify({ pull: "init" }) });
+      const runId = await s.h.createRun({
+        "main.tf": mainTf(source(token, "org-a/mod"), source(token, "org-b/mod")),
+        "fake-tofu.json": JSON.stringify({ pull: "init" }),
+      });
       const run = await s.h.waitForStatus(runId, ["succeeded", "failed", "canceled"]);
       expect(run.error).toBeUndefined();
       expect(run.status).toBe("succeeded");
@@ -258,7 +340,9 @@ describe("repository-scoped credentials", () => {
       ]);
       // The Docker CLI matches hosts only: the agent says so.
       const warning = await s.agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "credentials_warning");
-      expect(String(warning["msg"])).toMatch(/the Docker CLI family matches hosts only and ignores it \((on PATH here: |none of docker)/);
+      expect(String(warning["msg"])).toMatch(
+        /the Docker CLI family matches hosts only and ignores it \((on PATH here: |none of docker)/,
+      );
     } finally {
       await finish(s);
     }
@@ -276,18 +360,55 @@ describe("repository-scoped credentials", () => {
       ],
     });
     const bundle = join(dir, "scoped.bundle");
-    execFileSync(AGENT_BIN, ["seal", "--public-key", pub, "--agent-id", "ag", "--run-id", "r-scoped", "--in", "-", "--out", bundle], { input: plaintext });
+    execFileSync(
+      AGENT_BIN,
+      ["seal", "--public-key", pub, "--agent-id", "ag", "--run-id", "r-scoped", "--in", "-", "--out", bundle],
+      { input: plaintext },
+    );
     const runDir = join(dir, "run-scoped");
     const firstRequest = token.tokenRequests.length;
-    const out = JSON.parse(execFileSync(AGENT_BIN, ["materialize", "--key-file", keyFile, "--agent-id", "ag", "--run-id", "r-scoped", "--bundle", bundle, "--run-dir", runDir, "--format", "json"], { encoding: "utf8" })) as { env: Record<string, string> };
+    const out = JSON.parse(
+      execFileSync(
+        AGENT_BIN,
+        [
+          "materialize",
+          "--key-file",
+          keyFile,
+          "--agent-id",
+          "ag",
+          "--run-id",
+          "r-scoped",
+          "--bundle",
+          bundle,
+          "--run-dir",
+          runDir,
+          "--format",
+          "json",
+        ],
+        { encoding: "utf8" },
+      ),
+    ) as { env: Record<string, string> };
     try {
       for (const repo of ["org-a/mod", "org-b/mod"]) {
-        const res = await runAsync("skopeo", ["inspect", "--raw", "--cert-dir", token.certDir, `docker://${token.host}/${repo}:1.0.0`], { PATH: process.env["PATH"] ?? "", HOME: dir, ...out.env });
+        const res = await runAsync(
+          "skopeo",
+          ["inspect", "--raw", "--cert-dir", token.certDir, `docker://${token.host}/${repo}:1.0.0`],
+          { PATH: process.env["PATH"] ?? "", HOME: dir, ...out.env },
+        );
         expect(res.stderr).toBe("");
         expect(res.status).toBe(0);
-        expect(JSON.parse(res.stdout) as { artifactType?: string }).toMatchObject({ artifactType: "application/vnd.opentofu.modulepkg" });
+        expect(JSON.parse(res.stdout) as { artifactType?: string }).toMatchObject({
+          artifactType: "application/vnd.opentofu.modulepkg",
+        });
       }
-      const users = token.tokenRequests.slice(firstRequest).filter((r) => r.scopes.some((sc) => sc.startsWith("repository:org-a/mod") || sc.startsWith("repository:org-b/mod")) && r.user !== "pusher" && r.user !== undefined);
+      const users = token.tokenRequests
+        .slice(firstRequest)
+        .filter(
+          (r) =>
+            r.scopes.some((sc) => sc.startsWith("repository:org-a/mod") || sc.startsWith("repository:org-b/mod")) &&
+            r.user !== "pusher" &&
+            r.user !== undefined,
+        );
       expect(users.some((r) => r.user === "org-a-robot" && r.scopes.includes("repository:org-a/mod:pull"))).toBe(true);
       expect(users.some((r) => r.user === "org-b-robot" && r.scopes.includes("repository:org-b/mod:pull"))).toBe(true);
       expect(users.some((r) => r.user === "org-a-robot" && r.scopes.some((sc) => sc.includes("org-b")))).toBe(false);
@@ -301,13 +422,22 @@ describe("credential helpers", () => {
   it("a helper entry resolves to the helper, which OpenTofu calls with https://HOST on stdin, and the pull succeeds", async () => {
     const s = await scenario([{ name: "cloud registry", registry_url: token.url, credential_helper: "octest" }]);
     try {
-      const runId = await s.h.createRun({ "main.tf": mainTf(source(token, "helped/mod")), "fake-tofu.json": JSON.stringify({ pull: "init" }) });
+      const runId = await s.h.createRun({
+        "main.tf": mainTf(source(token, "helped/mod")),
+        "fake-tofu.json": JSON.stringify({ pull: "init" }),
+      });
       const run = await s.h.waitForStatus(runId, ["succeeded", "failed", "canceled"]);
       expect(run.error).toBeUndefined();
       const init = (await records(s.recordFile)).find((r) => r.phase === "init");
       expect(init?.resolutions[0]?.helper).toBe("octest");
       expect(init?.resolutions[0]?.resolved).toBeNull();
-      expect(init?.pulls[0]).toMatchObject({ source: "helper", username: "helper-user", status: 200, verified: true, digest: digests.get(`${token.host}/helped/mod`) });
+      expect(init?.pulls[0]).toMatchObject({
+        source: "helper",
+        username: "helper-user",
+        status: 200,
+        verified: true,
+        digest: digests.get(`${token.host}/helped/mod`),
+      });
       expect((await readFile(helperLog, "utf8")).split("\n")).toContain(`https://${token.host}`);
       const check = await s.agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "preflight");
       expect(check["result"]).toBe("skipped");
@@ -322,7 +452,10 @@ describe("credential helpers", () => {
       { name: "org a", registry_url: `${token.url}/org-a`, username: "org-a-robot", password: ORG_A_PW },
     ]);
     try {
-      const runId = await s.h.createRun({ "main.tf": mainTf(source(token, "org-a/mod")), "fake-tofu.json": JSON.stringify({ pull: "init" }) });
+      const runId = await s.h.createRun({
+        "main.tf": mainTf(source(token, "org-a/mod")),
+        "fake-tofu.json": JSON.stringify({ pull: "init" }),
+      });
       const run = await s.h.waitForStatus(runId, ["succeeded", "failed", "canceled"]);
       expect(run.status).toBe("failed");
       expect(run.error?.code).toBe("CREDENTIAL_HELPER_NOT_FOUND");
@@ -351,16 +484,43 @@ describe("doctor", () => {
         { id: "bad", name: "stale", url: basic.url, username: "alice", password: `${ALICE_PW}-old` },
       ],
     });
-    execFileSync(AGENT_BIN, ["seal", "--public-key", pub, "--agent-id", "ag", "--run-id", "doc", "--in", "-", "--out", bundle], { input: plaintext });
+    execFileSync(
+      AGENT_BIN,
+      ["seal", "--public-key", pub, "--agent-id", "ag", "--run-id", "doc", "--in", "-", "--out", bundle],
+      { input: plaintext },
+    );
     const cfg = join(workDir, "cfg");
     await mkdir(cfg);
     await writeFile(join(cfg, "main.tf"), mainTf(source(token, "org-a/mod"), "oci://docker.io/library/net?tag=1"));
-    const args = ["doctor", "--control-plane-url", h.url, "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--bundle", bundle, "--agent-id", "ag", "--run-id", "doc", "--configuration", cfg];
+    const args = [
+      "doctor",
+      "--control-plane-url",
+      h.url,
+      "--token-file",
+      tokenFile,
+      "--key-file",
+      keyFile,
+      "--work-dir",
+      workDir,
+      "--tofu-bin",
+      FAKE_TOFU,
+      "--bundle",
+      bundle,
+      "--agent-id",
+      "ag",
+      "--run-id",
+      "doc",
+      "--configuration",
+      cfg,
+    ];
     const env = { ...process.env, NODE_EXTRA_CA_CERTS: caBundle };
     try {
       const json = await runAsync(AGENT_BIN, [...args, "--format", "json"], env);
       expect(json.status).toBe(1);
-      const report = JSON.parse(json.stdout) as { ok: boolean; checks: { check: string; status: string; detail: string; code?: string }[] };
+      const report = JSON.parse(json.stdout) as {
+        ok: boolean;
+        checks: { check: string; status: string; detail: string; code?: string }[];
+      };
       const status = (check: string): string[] => report.checks.filter((c) => c.check === check).map((c) => c.status);
       expect(report.ok).toBe(false);
       expect(status("keys")).toEqual(["ok"]);
@@ -369,9 +529,13 @@ describe("doctor", () => {
       expect(status("clock skew")).toEqual(["ok"]);
       expect(status("tofu")).toEqual(["ok"]);
       const creds = report.checks.filter((c) => c.check === "credentials");
-      expect(creds.find((c) => c.detail.includes("org-a-robot") || c.detail.includes(`${token.host}/org-a`))?.status).toBe("ok");
+      expect(
+        creds.find((c) => c.detail.includes("org-a-robot") || c.detail.includes(`${token.host}/org-a`))?.status,
+      ).toBe("ok");
       expect(creds.find((c) => c.code === "PREFLIGHT_FAILED")?.detail).toContain("stale");
-      expect(report.checks.find((c) => c.code === "DOCKER_HUB_ANONYMOUS")?.detail).toContain("oci://registry-1.docker.io/library/net");
+      expect(report.checks.find((c) => c.code === "DOCKER_HUB_ANONYMOUS")?.detail).toContain(
+        "oci://registry-1.docker.io/library/net",
+      );
 
       const text = await runAsync(AGENT_BIN, args, env);
       expect(text.status).toBe(1);
@@ -381,7 +545,25 @@ describe("doctor", () => {
 
       // A wrong token is a failed control-plane check, not a crash.
       await writeFile(tokenFile, "wrong-token", { mode: 0o600 });
-      const wrong = await runAsync(AGENT_BIN, ["doctor", "--control-plane-url", h.url, "--token-file", tokenFile, "--key-file", keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--format", "json"], env);
+      const wrong = await runAsync(
+        AGENT_BIN,
+        [
+          "doctor",
+          "--control-plane-url",
+          h.url,
+          "--token-file",
+          tokenFile,
+          "--key-file",
+          keyFile,
+          "--work-dir",
+          workDir,
+          "--tofu-bin",
+          FAKE_TOFU,
+          "--format",
+          "json",
+        ],
+        env,
+      );
       expect(wrong.status).toBe(1);
       const wr = JSON.parse(wrong.stdout) as { checks: { check: string; code?: string }[] };
       expect(wr.checks.find((c) => c.check === "control plane")?.code).toBe("CONTROL_PLANE_UNAUTHORIZED");

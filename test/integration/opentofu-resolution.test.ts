@@ -64,12 +64,25 @@ function resolve(address: string): Resolution {
 }
 
 /** `skopeo inspect --raw` with exactly these credentials; the manifest on success. */
-async function inspectWith(reg: LocalRegistry, repository: string, username: string, password: string): Promise<{ ok: boolean; text: string }> {
+async function inspectWith(
+  reg: LocalRegistry,
+  repository: string,
+  username: string,
+  password: string,
+): Promise<{ ok: boolean; text: string }> {
   const authFile = await writeAuthFile(reg.host, username, password);
   try {
     const { stdout } = await execFileAsync(
       "skopeo",
-      ["inspect", "--raw", "--authfile", authFile.path, "--cert-dir", reg.certDir, `docker://${reg.host}/${repository}:${pkg.tag}`],
+      [
+        "inspect",
+        "--raw",
+        "--authfile",
+        authFile.path,
+        "--cert-dir",
+        reg.certDir,
+        `docker://${reg.host}/${repository}:${pkg.tag}`,
+      ],
       { env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: home }, encoding: "utf8" },
     );
     return { ok: true, text: stdout };
@@ -83,7 +96,12 @@ async function inspectWith(reg: LocalRegistry, repository: string, username: str
 /** Asserts a static resolution from the run's Docker config, and returns it. */
 function expectStatic(address: string, username: string, password?: string): Resolution {
   const r = resolve(address);
-  expect({ address, source: r.source, username: r.username, error: r.error }).toEqual({ address, source: "static", username, error: undefined });
+  expect({ address, source: r.source, username: r.username, error: r.error }).toEqual({
+    address,
+    source: "static",
+    username,
+    error: undefined,
+  });
   if (password !== undefined) expect(r.password === password, `${address} resolves to the wrong password`).toBe(true);
   expect(r.file).toBe(join(result.runDir, "docker", "config.json"));
   return r;
@@ -111,7 +129,11 @@ beforeAll(async () => {
   ({ registry, tokenRegistry, pkg } = pair);
 
   // An ambient Docker config with a decoy for the exported registry: OpenTofu must not read it.
-  await writeFile(join(home, ".docker", "config.json"), JSON.stringify({ auths: { [registry.host]: { auth: b64(`alice:${DECOY_ALICE}`) } } }), { mode: 0o600 });
+  await writeFile(
+    join(home, ".docker", "config.json"),
+    JSON.stringify({ auths: { [registry.host]: { auth: b64(`alice:${DECOY_ALICE}`) } } }),
+    { mode: 0o600 },
+  );
 
   // The operator's own CLI configuration, with settings that must survive and a block for an
   // exported registry that must not (it would win over the export in OpenTofu).
@@ -153,12 +175,30 @@ beforeAll(async () => {
   const key = await parsePrivateKeyPem(pem, "test key");
   const runId = "run-resolution";
   const entries = [
-    { id: "int-local-old", url: `${registry.url}/v2/`, username: "alice", password: STALE_ALICE, updated_at: "2025-01-01T00:00:00Z" },
+    {
+      id: "int-local-old",
+      url: `${registry.url}/v2/`,
+      username: "alice",
+      password: STALE_ALICE,
+      updated_at: "2025-01-01T00:00:00Z",
+    },
     { id: "int-local", url: registry.url, username: "alice", password: ALICE, updated_at: "2026-11-01T00:00:00Z" },
     { id: "int-org-a", url: `${tokenRegistry.url}/org-a`, username: "team-a", password: TEAM_A },
     { id: "int-org-b", url: `${tokenRegistry.url}/org-b/`, username: "team-b", password: TEAM_B },
-    { id: "int-hub-old", url: "https://registry.hub.docker.com", username: "hub-old", password: "hub-old-password", updated_at: "2026-01-01T00:00:00Z" },
-    { id: "int-hub", url: "https://index.docker.io/v1/", username: "hub-user", password: "hub-password", updated_at: "2026-06-01T00:00:00Z" },
+    {
+      id: "int-hub-old",
+      url: "https://registry.hub.docker.com",
+      username: "hub-old",
+      password: "hub-old-password",
+      updated_at: "2026-01-01T00:00:00Z",
+    },
+    {
+      id: "int-hub",
+      url: "https://index.docker.io/v1/",
+      username: "hub-user",
+      password: "hub-password",
+      updated_at: "2026-06-01T00:00:00Z",
+    },
     { id: "int-ghcr", url: "https://GHCR.IO:443", username: "gh-user", password: "gh-password" },
     { id: "int-port", url: "https://Registry.Example.com:5443/", username: "port-user", password: "port-password" },
   ];
@@ -197,7 +237,8 @@ afterAll(async () => {
 describe("OpenTofu resolves each exported registry to the winning credential, and it pulls", () => {
   it("the registry's own refusals: the stale, the decoy and the CLI-block passwords fail", async () => {
     expect(await registry.probe("alice", ALICE)).toBe(200);
-    for (const wrong of [STALE_ALICE, DECOY_ALICE, CLI_BLOCK_ALICE]) expect(await registry.probe("alice", wrong)).toBe(401);
+    for (const wrong of [STALE_ALICE, DECOY_ALICE, CLI_BLOCK_ALICE])
+      expect(await registry.probe("alice", wrong)).toBe(401);
     expect((await inspectWith(registry, "modules/network", "alice", STALE_ALICE)).ok).toBe(false);
   });
 
@@ -236,12 +277,29 @@ describe("OpenTofu resolves each exported registry to the winning credential, an
     for (const repository of ["org-a/network", "ops/network"]) {
       await execFileAsync(
         "skopeo",
-        ["inspect", "--raw", "--cert-dir", tokenRegistry.certDir, `docker://${tokenRegistry.host}/${repository}:${pkg.tag}`],
-        { env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: home, REGISTRY_AUTH_FILE: result.env["REGISTRY_AUTH_FILE"] ?? "" }, encoding: "utf8" },
+        [
+          "inspect",
+          "--raw",
+          "--cert-dir",
+          tokenRegistry.certDir,
+          `docker://${tokenRegistry.host}/${repository}:${pkg.tag}`,
+        ],
+        {
+          env: {
+            PATH: process.env["PATH"] ?? "/usr/bin:/bin",
+            HOME: home,
+            REGISTRY_AUTH_FILE: result.env["REGISTRY_AUTH_FILE"] ?? "",
+          },
+          encoding: "utf8",
+        },
       );
     }
-    const granted = tokenRegistry.tokenRequests.filter((t) => t.granted.length > 0).map((t) => `${t.user ?? ""} ${t.granted.join(" ")}`);
-    expect(new Set(granted)).toEqual(new Set(["team-a repository:org-a/network:pull", "ops repository:ops/network:pull"]));
+    const granted = tokenRegistry.tokenRequests
+      .filter((t) => t.granted.length > 0)
+      .map((t) => `${t.user ?? ""} ${t.granted.join(" ")}`);
+    expect(new Set(granted)).toEqual(
+      new Set(["team-a repository:org-a/network:pull", "ops repository:ops/network:pull"]),
+    );
   });
 
   it("Docker Hub aliases, upper case and ports", () => {
@@ -251,8 +309,12 @@ describe("OpenTofu resolves each exported registry to the winning credential, an
       ["int-local-old", "DUPLICATE_REGISTRY"],
     ]);
     expectStatic("oci://registry-1.docker.io/library/module?tag=1.0.0", "hub-user", "hub-password");
-    const dockerDoc = JSON.parse(readText(join(result.runDir, "docker", "config.json")) ?? "{}") as { auths: Record<string, { auth?: string }> };
-    const containersDoc = JSON.parse(readText(result.env["REGISTRY_AUTH_FILE"] ?? "") ?? "{}") as { auths: Record<string, { auth?: string }> };
+    const dockerDoc = JSON.parse(readText(join(result.runDir, "docker", "config.json")) ?? "{}") as {
+      auths: Record<string, { auth?: string }>;
+    };
+    const containersDoc = JSON.parse(readText(result.env["REGISTRY_AUTH_FILE"] ?? "") ?? "{}") as {
+      auths: Record<string, { auth?: string }>;
+    };
     expect(dockerDoc.auths["https://index.docker.io/v1/"]?.auth).toBe(b64("hub-user:hub-password"));
     expect(containersDoc.auths["docker.io"]?.auth).toBe(b64("hub-user:hub-password"));
     // OpenTofu has no Docker Hub aliasing: docker.io finds no static entry, only the credsStore.
@@ -266,7 +328,10 @@ describe("OpenTofu resolves each exported registry to the winning credential, an
   it("the operator's helpers still apply to other registries, never to exported ones", () => {
     expect(resolve("oci://helper.example/team/module")).toMatchObject({ source: "helper", helper: "ecr-login" });
     expect(resolve("oci://unrelated.example/team/module")).toMatchObject({ source: "helper", helper: "desktop" });
-    const doc = JSON.parse(readText(join(result.runDir, "docker", "config.json")) ?? "{}") as { credsStore?: string; credHelpers?: Record<string, string> };
+    const doc = JSON.parse(readText(join(result.runDir, "docker", "config.json")) ?? "{}") as {
+      credsStore?: string;
+      credHelpers?: Record<string, string>;
+    };
     expect(doc.credsStore).toBe("desktop");
     // The Docker CLI would ask the store for an exported host unless an empty helper sends it to auths.
     expect(doc.credHelpers?.[registry.host]).toBe("");

@@ -89,7 +89,11 @@ async function psSnapshot(): Promise<string> {
  * is given, it is written only after `ps` has shown the process (it blocks reading stdin until
  * then), so at least one process-table snapshot is taken while the command holds its input.
  */
-async function agent(args: readonly string[], stdin?: string | Buffer, env: Readonly<Record<string, string>> = {}): Promise<CliRun> {
+async function agent(
+  args: readonly string[],
+  stdin?: string | Buffer,
+  env: Readonly<Record<string, string>> = {},
+): Promise<CliRun> {
   const child = spawn(AGENT_BIN, [...args], {
     env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: home, ...env },
     stdio: ["pipe", "pipe", "pipe"],
@@ -138,10 +142,17 @@ interface Entry {
   updated_at?: string;
 }
 
-async function sealExport(runId: string, registries: readonly Entry[], pub = pubFile): Promise<{ bundle: string; run: CliRun }> {
+async function sealExport(
+  runId: string,
+  registries: readonly Entry[],
+  pub = pubFile,
+): Promise<{ bundle: string; run: CliRun }> {
   const bundle = join(work, `bundle-${runId}-${randomBytes(3).toString("hex")}.json`);
   const plaintext = JSON.stringify({ version: 1, registries });
-  const run = await agent(["seal", "--public-key", pub, "--agent-id", AGENT_ID, "--run-id", runId, "--in", "-", "--out", bundle], plaintext);
+  const run = await agent(
+    ["seal", "--public-key", pub, "--agent-id", AGENT_ID, "--run-id", runId, "--in", "-", "--out", bundle],
+    plaintext,
+  );
   expect(run.code, run.stderr).toBe(0);
   expect(run.seenInPs).toBe(true);
   expectClean(run, "seal");
@@ -154,21 +165,50 @@ interface Materialized {
   readonly ignored: { integration_id: string; code: string }[];
 }
 
-async function materialize(runId: string, bundle: string, runDir: string, key = keyFile): Promise<{ run: CliRun; out: Materialized | undefined }> {
+async function materialize(
+  runId: string,
+  bundle: string,
+  runDir: string,
+  key = keyFile,
+): Promise<{ run: CliRun; out: Materialized | undefined }> {
   const run = await agent([
-    "materialize", "--key-file", key, "--agent-id", AGENT_ID, "--run-id", runId, "--bundle", bundle, "--run-dir", runDir, "--format", "json",
+    "materialize",
+    "--key-file",
+    key,
+    "--agent-id",
+    AGENT_ID,
+    "--run-id",
+    runId,
+    "--bundle",
+    bundle,
+    "--run-dir",
+    runDir,
+    "--format",
+    "json",
   ]);
   expectClean(run, "materialize");
   return { run, out: run.code === 0 ? (JSON.parse(run.stdout) as Materialized) : undefined };
 }
 
 /** skopeo with only the given environment (plus PATH and an empty HOME): pull to an OCI layout. */
-async function pull(reg: LocalRegistry, repository: string, tag: string, env: Readonly<Record<string, string>>): Promise<{ ok: boolean; stderr: string; out: string }> {
+async function pull(
+  reg: LocalRegistry,
+  repository: string,
+  tag: string,
+  env: Readonly<Record<string, string>>,
+): Promise<{ ok: boolean; stderr: string; out: string }> {
   const out = await mkdtemp(join(work, "pulled-"));
   try {
     await execFileAsync(
       "skopeo",
-      ["copy", "--quiet", "--src-cert-dir", reg.certDir, `docker://${reg.host}/${repository}:${tag}`, `oci:${out}:${tag}`],
+      [
+        "copy",
+        "--quiet",
+        "--src-cert-dir",
+        reg.certDir,
+        `docker://${reg.host}/${repository}:${tag}`,
+        `oci:${out}:${tag}`,
+      ],
       { env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: home, ...env }, encoding: "utf8" },
     );
     return { ok: true, stderr: "", out };
@@ -235,8 +275,22 @@ describe("materialize against a real registry (htpasswd)", () => {
     await mkdir(join(work, "runs"), { recursive: true, mode: 0o700 });
     const { bundle } = await sealExport(runId, [
       // The older entry for the same registry must lose; its password is wrong on purpose.
-      { id: "int-old", name: "old", url: `${registry.url}/`, username: "alice", password: CANARY_OLD, updated_at: "2026-01-01T00:00:00Z" },
-      { id: "int-local", name: "local registry", url: registry.url, username: "alice", password: CANARY_ALICE, updated_at: "2026-11-20T10:00:00Z" },
+      {
+        id: "int-old",
+        name: "old",
+        url: `${registry.url}/`,
+        username: "alice",
+        password: CANARY_OLD,
+        updated_at: "2026-01-01T00:00:00Z",
+      },
+      {
+        id: "int-local",
+        name: "local registry",
+        url: registry.url,
+        username: "alice",
+        password: CANARY_ALICE,
+        updated_at: "2026-11-20T10:00:00Z",
+      },
       { id: "int-ghcr", name: "ghcr", url: "https://ghcr.io", username: "octocat", password: CANARY_GHCR },
     ]);
     const { run, out } = await materialize(runId, bundle, runDir);
@@ -268,7 +322,9 @@ describe("materialize against a real registry (htpasswd)", () => {
     expect(sha256Digest(layout.layer)).toBe(pkg.zipDigest);
     expect(readZip(layout.layer)["main.tf"]).toContain('"1.4.0"');
     // The containers family's own file alone is enough (skopeo would also read DOCKER_CONFIG).
-    const containersOnly = await pull(registry, REPO, pkg.tag, { REGISTRY_AUTH_FILE: out.env["REGISTRY_AUTH_FILE"] ?? "" });
+    const containersOnly = await pull(registry, REPO, pkg.tag, {
+      REGISTRY_AUTH_FILE: out.env["REGISTRY_AUTH_FILE"] ?? "",
+    });
     expect([containersOnly.ok, containersOnly.stderr]).toEqual([true, ""]);
 
     // The Docker CLI family, through DOCKER_CONFIG: docker/cli's file store looks a non-Hub
@@ -280,7 +336,9 @@ describe("materialize against a real registry (htpasswd)", () => {
       credHelpers?: Record<string, string>;
       credsStore?: string;
     };
-    expect(Buffer.from(dockerConfig.auths[registry.host]?.auth ?? "", "base64").toString("utf8")).toBe(`alice:${CANARY_ALICE}`);
+    expect(Buffer.from(dockerConfig.auths[registry.host]?.auth ?? "", "base64").toString("utf8")).toBe(
+      `alice:${CANARY_ALICE}`,
+    );
     expect(dockerConfig.credsStore ?? "").toBe("");
     expect(dockerConfig.credHelpers?.[registry.host] ?? "").toBe("");
     if (existsSync("/usr/local/bin/docker") || existsSync("/usr/bin/docker")) {
@@ -336,7 +394,10 @@ describe("materialize against a real registry (htpasswd)", () => {
       // Flip one character in the middle of the ciphertext: still canonical base64url.
       const i = Math.floor(doc.ciphertext.length / 2);
       const flipped = doc.ciphertext[i] === "A" ? "B" : "A";
-      const tampered = text.replace(doc.ciphertext, `${doc.ciphertext.slice(0, i)}${flipped}${doc.ciphertext.slice(i + 1)}`);
+      const tampered = text.replace(
+        doc.ciphertext,
+        `${doc.ciphertext.slice(0, i)}${flipped}${doc.ciphertext.slice(i + 1)}`,
+      );
       expect(tampered).not.toBe(text);
       await writeFile(bundle, tampered);
       const { run } = await materialize(runId, bundle, runDir);
@@ -350,7 +411,9 @@ describe("materialize against a real registry (htpasswd)", () => {
   it("a password revoked at the registry stops the materialized credential (fixture revocation)", async () => {
     const runId = "run-revoke";
     const runDir = join(work, "runs", runId);
-    const { bundle } = await sealExport(runId, [{ id: "int-local", url: registry.url, username: "alice", password: CANARY_ALICE }]);
+    const { bundle } = await sealExport(runId, [
+      { id: "int-local", url: registry.url, username: "alice", password: CANARY_ALICE },
+    ]);
     const { run, out } = await materialize(runId, bundle, runDir);
     expect(run.code, run.stderr).toBe(0);
     if (out === undefined) throw new Error("no materialize output");
@@ -375,7 +438,10 @@ describe("materialize against a real registry (token auth, repository-scoped cre
     const { run, out } = await materialize(runId, bundle, runDir);
     expect(run.code, run.stderr).toBe(0);
     if (out === undefined) throw new Error("no materialize output");
-    expect(out.registries.map((r) => r.host).sort()).toEqual([`${tokenRegistry.host}/org-a`, `${tokenRegistry.host}/org-b`]);
+    expect(out.registries.map((r) => r.host).sort()).toEqual([
+      `${tokenRegistry.host}/org-a`,
+      `${tokenRegistry.host}/org-b`,
+    ]);
 
     // Each user may pull only its own organisation: proven at the registry first.
     expect(await tokenRegistry.probe("team-a", CANARY_ORG_A, "org-b/network")).toBe(401);
@@ -388,8 +454,12 @@ describe("materialize against a real registry (token auth, repository-scoped cre
       expect(sha256Digest((await readModulePackageLayout(pulled.out)).layer)).toBe(pkg.zipDigest);
     }
     // skopeo chose the credential by repository path: team-a for org-a, team-b for org-b.
-    const granted = tokenRegistry.tokenRequests.filter((r) => r.granted.length > 0).map((r) => `${r.user ?? ""} ${r.granted.join(" ")}`);
-    expect(new Set(granted)).toEqual(new Set(["team-a repository:org-a/network:pull", "team-b repository:org-b/network:pull"]));
+    const granted = tokenRegistry.tokenRequests
+      .filter((r) => r.granted.length > 0)
+      .map((r) => `${r.user ?? ""} ${r.granted.join(" ")}`);
+    expect(new Set(granted)).toEqual(
+      new Set(["team-a repository:org-a/network:pull", "team-b repository:org-b/network:pull"]),
+    );
     expect(tokenRegistry.tokenRequests.every((r) => r.authenticated)).toBe(true);
 
     expect((await agent(["wipe", "--run-dir", runDir])).code).toBe(0);

@@ -26,7 +26,9 @@ interface CliResult {
 
 async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
   try {
-    const { stdout, stderr } = await execFileAsync(AGENT_BIN, args, { env: { ...process.env, HOME: dir, TF_CLI_CONFIG_FILE: "", ...env } });
+    const { stdout, stderr } = await execFileAsync(AGENT_BIN, args, {
+      env: { ...process.env, HOME: dir, TF_CLI_CONFIG_FILE: "", ...env },
+    });
     return { code: 0, stdout, stderr };
   } catch (error) {
     const e = error as { code?: number; stdout?: string; stderr?: string };
@@ -36,7 +38,13 @@ async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResu
 
 async function exportFile(): Promise<string> {
   const path = join(dir, `export-${randomBytes(4).toString("hex")}.json`);
-  await writeFile(path, JSON.stringify({ version: 1, registries: [{ id: "int-1", name: "ghcr", url: "https://ghcr.io", username: "octocat", password: CANARY }] }));
+  await writeFile(
+    path,
+    JSON.stringify({
+      version: 1,
+      registries: [{ id: "int-1", name: "ghcr", url: "https://ghcr.io", username: "octocat", password: CANARY }],
+    }),
+  );
   return path;
 }
 
@@ -44,13 +52,38 @@ async function sealTo(publicKeyJson: string, runId: string): Promise<string> {
   const pub = join(dir, `pub-${randomBytes(4).toString("hex")}.json`);
   await writeFile(pub, publicKeyJson);
   const bundle = join(dir, `bundle-${randomBytes(4).toString("hex")}.json`);
-  const r = await cli(["seal", "--public-key", pub, "--agent-id", "agent-1", "--run-id", runId, "--in", await exportFile(), "--out", bundle]);
+  const r = await cli([
+    "seal",
+    "--public-key",
+    pub,
+    "--agent-id",
+    "agent-1",
+    "--run-id",
+    runId,
+    "--in",
+    await exportFile(),
+    "--out",
+    bundle,
+  ]);
   expect(r.code, r.stderr).toBe(0);
   return bundle;
 }
 
 function materializeArgs(keyArgs: string[], bundle: string, runId: string, runDir: string): string[] {
-  return ["materialize", ...keyArgs, "--agent-id", "agent-1", "--run-id", runId, "--bundle", bundle, "--run-dir", runDir, "--format", "json"];
+  return [
+    "materialize",
+    ...keyArgs,
+    "--agent-id",
+    "agent-1",
+    "--run-id",
+    runId,
+    "--bundle",
+    bundle,
+    "--run-dir",
+    runDir,
+    "--format",
+    "json",
+  ];
 }
 
 beforeAll(async () => {
@@ -114,10 +147,16 @@ describe("systemd-credential: and env:", () => {
     await copyFile(keyFile, join(creds, "agent.key"));
     await chmod(join(creds, "agent.key"), 0o400);
     const bundle = await sealTo(gen.stdout, "run-sd");
-    const r = await cli(materializeArgs(["--key", "systemd-credential:agent.key"], bundle, "run-sd", join(dir, "run-sd")), { CREDENTIALS_DIRECTORY: creds });
+    const r = await cli(
+      materializeArgs(["--key", "systemd-credential:agent.key"], bundle, "run-sd", join(dir, "run-sd")),
+      { CREDENTIALS_DIRECTORY: creds },
+    );
     expect(r.code, r.stderr).toBe(0);
     expect((JSON.parse(r.stdout) as { registries: unknown[] }).registries).toHaveLength(1);
-    const missing = await cli(materializeArgs(["--key", "systemd-credential:agent.key"], bundle, "run-sd", join(dir, "run-sd2")), { CREDENTIALS_DIRECTORY: "" });
+    const missing = await cli(
+      materializeArgs(["--key", "systemd-credential:agent.key"], bundle, "run-sd", join(dir, "run-sd2")),
+      { CREDENTIALS_DIRECTORY: "" },
+    );
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain("KEY_SOURCE_UNAVAILABLE");
     expect(missing.stderr).toContain("LoadCredential");
@@ -128,7 +167,9 @@ describe("systemd-credential: and env:", () => {
     const gen = await cli(["keygen", "--key-file", keyFile]);
     const pem = await readFile(keyFile, "utf8");
     const bundle = await sealTo(gen.stdout, "run-env");
-    const r = await cli(materializeArgs(["--key", "env:AGENT_PRIVATE_KEY"], bundle, "run-env", join(dir, "run-env")), { AGENT_PRIVATE_KEY: pem });
+    const r = await cli(materializeArgs(["--key", "env:AGENT_PRIVATE_KEY"], bundle, "run-env", join(dir, "run-env")), {
+      AGENT_PRIVATE_KEY: pem,
+    });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/warning: .*environment variable AGENT_PRIVATE_KEY/);
     const body = pem.split("\n")[1] ?? "";
@@ -139,11 +180,15 @@ describe("systemd-credential: and env:", () => {
   it("refuses env:NAME when the variable is unset or empty with KEY_ENV_NOT_SET, naming it and the fix", async () => {
     const unset = await cli(["pubkey", "--key", "env:OCA_TEST_NO_SUCH_KEY"], { OCA_TEST_NO_SUCH_KEY: undefined });
     expect(unset.code).toBe(1);
-    expect(unset.stderr).toContain("error KEY_ENV_NOT_SET: the environment variable OCA_TEST_NO_SUCH_KEY (--key env:OCA_TEST_NO_SUCH_KEY) is not set");
+    expect(unset.stderr).toContain(
+      "error KEY_ENV_NOT_SET: the environment variable OCA_TEST_NO_SUCH_KEY (--key env:OCA_TEST_NO_SUCH_KEY) is not set",
+    );
     expect(unset.stderr).toContain("--key file:PATH");
     const empty = await cli(["pubkey", "--key", "env:OCA_TEST_EMPTY_KEY"], { OCA_TEST_EMPTY_KEY: "" });
     expect(empty.code).toBe(1);
-    expect(empty.stderr).toContain("error KEY_ENV_NOT_SET: the environment variable OCA_TEST_EMPTY_KEY (--key env:OCA_TEST_EMPTY_KEY) is empty");
+    expect(empty.stderr).toContain(
+      "error KEY_ENV_NOT_SET: the environment variable OCA_TEST_EMPTY_KEY (--key env:OCA_TEST_EMPTY_KEY) is empty",
+    );
   });
 });
 
@@ -161,7 +206,10 @@ describe("rotation with a key directory", () => {
     const files = (await readdir(keyDir)).sort();
     expect(files).toHaveLength(2);
     const all = JSON.parse((await cli(["pubkey", "--all", "--key", `file:${keyDir}`])).stdout) as { kid: string }[];
-    expect(all.map((k) => k.kid)).toEqual([(JSON.parse(first.stdout) as { kid: string }).kid, (JSON.parse(second.stdout) as { kid: string }).kid]);
+    expect(all.map((k) => k.kid)).toEqual([
+      (JSON.parse(first.stdout) as { kid: string }).kid,
+      (JSON.parse(second.stdout) as { kid: string }).kid,
+    ]);
     const newest = JSON.parse((await cli(["pubkey", "--key", `file:${keyDir}`])).stdout) as { kid: string };
     expect(newest.kid).toBe((JSON.parse(second.stdout) as { kid: string }).kid);
 
@@ -173,9 +221,18 @@ describe("rotation with a key directory", () => {
     const oldFile = files.find((f) => f !== files[files.length - 1]);
     const oldKeyPem = await readFile(join(keyDir, oldFile ?? ""), "utf8");
     const pubOfOld = await cli(["pubkey", "--key", "env:OLD_KEY"], { OLD_KEY: oldKeyPem });
-    expect((JSON.parse(pubOfOld.stdout) as { kid: string }).kid).toBe((JSON.parse(first.stdout) as { kid: string }).kid);
+    expect((JSON.parse(pubOfOld.stdout) as { kid: string }).kid).toBe(
+      (JSON.parse(first.stdout) as { kid: string }).kid,
+    );
     await unlink(join(keyDir, oldFile ?? ""));
-    const gone = await cli(materializeArgs(["--key", `file:${keyDir}`], await sealTo(first.stdout, "run-rot2"), "run-rot2", join(dir, "run-rot2")));
+    const gone = await cli(
+      materializeArgs(
+        ["--key", `file:${keyDir}`],
+        await sealTo(first.stdout, "run-rot2"),
+        "run-rot2",
+        join(dir, "run-rot2"),
+      ),
+    );
     expect(gone.code).toBe(1);
     expect(gone.stderr).toContain("BUNDLE_UNKNOWN_KEY");
   });

@@ -105,11 +105,28 @@ describe("root-provisioned keys for a non-root agent", () => {
     await writeFile(keyFile, pem, { mode: 0o600 });
     await chown(keyFile, AGENT_UID, AGENT_UID);
     const rc = join(dir, "unreadable.tfrc");
-    await writeFile(rc, "plugin_cache_dir = \"/x\"\n", { mode: 0o600 });
+    await writeFile(rc, 'plugin_cache_dir = "/x"\n', { mode: 0o600 });
     const res = await new Promise<{ code: number; stderr: string }>((resolve) => {
       execFile(
         "setpriv",
-        [`--reuid=${AGENT_UID}`, `--regid=${AGENT_UID}`, "--clear-groups", "--", AGENT_BIN, "materialize", "--key-file", keyFile, "--agent-id", "a", "--run-id", "r", "--bundle", "/dev/null", "--run-dir", join(dir, "never")],
+        [
+          `--reuid=${AGENT_UID}`,
+          `--regid=${AGENT_UID}`,
+          "--clear-groups",
+          "--",
+          AGENT_BIN,
+          "materialize",
+          "--key-file",
+          keyFile,
+          "--agent-id",
+          "a",
+          "--run-id",
+          "r",
+          "--bundle",
+          "/dev/null",
+          "--run-dir",
+          join(dir, "never"),
+        ],
         { env: { PATH: process.env["PATH"] ?? "", HOME: dir, TF_CLI_CONFIG_FILE: rc }, encoding: "utf8" },
         (error, _stdout, stderr) => {
           resolve({ code: error ? (typeof error.code === "number" ? error.code : 1) : 0, stderr });

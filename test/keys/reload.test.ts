@@ -31,7 +31,13 @@ async function swapData(secretDir: string, version: string): Promise<void> {
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "oca-reload-"));
   h = await startControlPlane();
-  await h.createIntegration({ name: "r", registry_url: "https://reload.canary.test", username: "u", password: "reload-secret", export_credentials: true });
+  await h.createIntegration({
+    name: "r",
+    registry_url: "https://reload.canary.test",
+    username: "u",
+    password: "reload-secret",
+    export_credentials: true,
+  });
 });
 
 afterAll(async () => {
@@ -45,8 +51,12 @@ describe("key reload", () => {
     await mkdir(secretDir, { mode: 0o700 });
     const keyA = join(dir, "a.key");
     const keyB = join(dir, "b.key");
-    const kidA = (JSON.parse(execFileSync(AGENT_BIN, ["keygen", "--key-file", keyA], { encoding: "utf8" })) as { kid: string }).kid;
-    const kidB = (JSON.parse(execFileSync(AGENT_BIN, ["keygen", "--key-file", keyB], { encoding: "utf8" })) as { kid: string }).kid;
+    const kidA = (
+      JSON.parse(execFileSync(AGENT_BIN, ["keygen", "--key-file", keyA], { encoding: "utf8" })) as { kid: string }
+    ).kid;
+    const kidB = (
+      JSON.parse(execFileSync(AGENT_BIN, ["keygen", "--key-file", keyB], { encoding: "utf8" })) as { kid: string }
+    ).kid;
     const { readFile } = await import("node:fs/promises");
     await writeVersion(secretDir, "v1", await readFile(keyA, "utf8"));
     await symlink("..v1", join(secretDir, "..data"));
@@ -55,7 +65,23 @@ describe("key reload", () => {
     const tokenFile = join(dir, "token");
     await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
     const workDir = join(dir, "work");
-    const agent = startAgent(["--control-plane-url", h.url, "--token-file", tokenFile, "--key", `file:${secretDir}`, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--listen", "127.0.0.1:0"], { HOME: dir });
+    const agent = startAgent(
+      [
+        "--control-plane-url",
+        h.url,
+        "--token-file",
+        tokenFile,
+        "--key",
+        `file:${secretDir}`,
+        "--work-dir",
+        workDir,
+        "--tofu-bin",
+        FAKE_TOFU,
+        "--listen",
+        "127.0.0.1:0",
+      ],
+      { HOME: dir },
+    );
     try {
       const registered = await agent.waitForLog((l) => l["event"] === "registered");
       const agentId = String(registered["agent_id"]);

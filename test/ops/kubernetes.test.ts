@@ -38,12 +38,28 @@ interface Manifest {
 
 /** The model (JSON schema validator) and the API type of every kind the manifests may use. */
 const MODELS: Record<string, { make: (data: Obj) => { validate(): void }; type: string; module: string }> = {
-  "v1/ServiceAccount": { make: (d) => new ServiceAccount(d), type: "IServiceAccount", module: "kubernetes-models/v1/ServiceAccount" },
+  "v1/ServiceAccount": {
+    make: (d) => new ServiceAccount(d),
+    type: "IServiceAccount",
+    module: "kubernetes-models/v1/ServiceAccount",
+  },
   "v1/ConfigMap": { make: (d) => new ConfigMap(d), type: "IConfigMap", module: "kubernetes-models/v1/ConfigMap" },
   "v1/Service": { make: (d) => new Service(d), type: "IService", module: "kubernetes-models/v1/Service" },
-  "apps/v1/Deployment": { make: (d) => new Deployment(d), type: "IDeployment", module: "kubernetes-models/apps/v1/Deployment" },
-  "policy/v1/PodDisruptionBudget": { make: (d) => new PodDisruptionBudget(d), type: "IPodDisruptionBudget", module: "kubernetes-models/policy/v1/PodDisruptionBudget" },
-  "networking.k8s.io/v1/NetworkPolicy": { make: (d) => new NetworkPolicy(d), type: "INetworkPolicy", module: "kubernetes-models/networking.k8s.io/v1/NetworkPolicy" },
+  "apps/v1/Deployment": {
+    make: (d) => new Deployment(d),
+    type: "IDeployment",
+    module: "kubernetes-models/apps/v1/Deployment",
+  },
+  "policy/v1/PodDisruptionBudget": {
+    make: (d) => new PodDisruptionBudget(d),
+    type: "IPodDisruptionBudget",
+    module: "kubernetes-models/policy/v1/PodDisruptionBudget",
+  },
+  "networking.k8s.io/v1/NetworkPolicy": {
+    make: (d) => new NetworkPolicy(d),
+    type: "INetworkPolicy",
+    module: "kubernetes-models/networking.k8s.io/v1/NetworkPolicy",
+  },
 };
 
 const kindKey = (o: Obj): string => `${String(o["apiVersion"])}/${String(o["kind"])}`;
@@ -62,7 +78,9 @@ function parseYamlDocs(text: string, version: "1.1" | "1.2", where: string): Obj
 
 function loadManifests(): Manifest[] {
   const out: Manifest[] = [];
-  for (const file of readdirSync(DIR).filter((f) => f.endsWith(".yaml") && f !== "kustomization.yaml").sort()) {
+  for (const file of readdirSync(DIR)
+    .filter((f) => f.endsWith(".yaml") && f !== "kustomization.yaml")
+    .sort()) {
     const text = readFileSync(join(DIR, file), "utf8");
     const as11 = parseYamlDocs(text, "1.1", file);
     // kubectl reads YAML 1.1 (0440 is octal, yes/no/on/off are booleans); a manifest must mean
@@ -104,12 +122,14 @@ function typeCheck(manifests: readonly Manifest[]): string[] {
   const getSourceFile = host.getSourceFile.bind(host);
   const fileExists = host.fileExists.bind(host);
   const readFile = host.readFile.bind(host);
-  host.getSourceFile = (name, lang, onError, create) => (name === virtualFile ? ts.createSourceFile(name, source, lang) : getSourceFile(name, lang, onError, create));
+  host.getSourceFile = (name, lang, onError, create) =>
+    name === virtualFile ? ts.createSourceFile(name, source, lang) : getSourceFile(name, lang, onError, create);
   host.fileExists = (name) => name === virtualFile || fileExists(name);
   host.readFile = (name) => (name === virtualFile ? source : readFile(name));
   const program = ts.createProgram([virtualFile], options, host);
   return ts.getPreEmitDiagnostics(program).map((d) => {
-    const where = d.file && d.start !== undefined ? `line ${d.file.getLineAndCharacterOfPosition(d.start).line + 1}: ` : "";
+    const where =
+      d.file && d.start !== undefined ? `line ${d.file.getLineAndCharacterOfPosition(d.start).line + 1}: ` : "";
     return where + ts.flattenDiagnosticMessageText(d.messageText, "\n");
   });
 }
@@ -128,8 +148,6 @@ const VOLUMES = asArr(POD["volumes"]);
 const MOUNTS = asArr(AGENT["volumeMounts"]);
 const ARGS = (Array.isArray(AGENT["args"]) ? AGENT["args"] : []) as string[];
 const CONTAINER_ENV = Object.fromEntries(asArr(AGENT["env"]).map((e) => [String(e["name"]), String(e["value"])]));
-
-
 
 const FLAGS = runFlags(ARGS, "the container's args");
 
@@ -156,7 +174,11 @@ function agentSettings(): AgentSettings {
   const text = asObj(cm?.obj["data"])[rest];
   expect(typeof text, `the ConfigMap ${cmName} has the key ${rest}`).toBe("string");
   const data = parseYamlDocs(String(text), "1.2", `${cmName}/${rest}`)[0];
-  const { config, problems } = resolveConfig(RUN_FIELDS, { flags: FLAGS, env: CONTAINER_ENV, file: { path: configPath, data } });
+  const { config, problems } = resolveConfig(RUN_FIELDS, {
+    flags: FLAGS,
+    env: CONTAINER_ENV,
+    file: { path: configPath, data },
+  });
   expect(problems).toEqual([]);
   const settings = settingsFromConfig(config);
   if (!isComplete(settings)) throw new Error("the Deployment's configuration is incomplete");
@@ -170,7 +192,10 @@ describe("Kubernetes manifests: the API schema", () => {
       const model = MODELS[kindKey(m.obj)];
       expect(model, `${m.file}: ${kindKey(m.obj)} is a kind this test knows`).toBeDefined();
       expect(() => model?.make(m.obj).validate(), m.file).not.toThrow();
-      expect(asObj(m.obj["metadata"])["namespace"], `${m.file} leaves the namespace to kubectl -n / kustomize`).toBeUndefined();
+      expect(
+        asObj(m.obj["metadata"])["namespace"],
+        `${m.file} leaves the namespace to kubectl -n / kustomize`,
+      ).toBeUndefined();
     }
   });
 
@@ -193,7 +218,8 @@ describe("Kubernetes manifests: the API schema", () => {
   }, 60_000);
 
   it("kustomization.yaml lists every manifest and nothing else, sets no namespace, and names the Deployment's image", () => {
-    const k = parseYamlDocs(readFileSync(join(DIR, "kustomization.yaml"), "utf8"), "1.1", "kustomization.yaml")[0] ?? {};
+    const k =
+      parseYamlDocs(readFileSync(join(DIR, "kustomization.yaml"), "utf8"), "1.1", "kustomization.yaml")[0] ?? {};
     expect(k["kind"]).toBe("Kustomization");
     expect([...(k["resources"] as string[])].sort()).toEqual([...new Set(MANIFESTS.map((m) => m.file))].sort());
     expect(k["namespace"]).toBeUndefined();
@@ -207,7 +233,8 @@ describe("Kubernetes manifests: wiring to the agent", () => {
     const spec = asObj(DEPLOYMENT["spec"]);
     expect(Number(spec["replicas"])).toBeGreaterThanOrEqual(2);
     const podLabels = asObj(asObj(POD_TEMPLATE["metadata"])["labels"]);
-    const matches = (selector: Obj): boolean => Object.keys(selector).length > 0 && Object.entries(selector).every(([k, v]) => podLabels[k] === v);
+    const matches = (selector: Obj): boolean =>
+      Object.keys(selector).length > 0 && Object.entries(selector).every(([k, v]) => podLabels[k] === v);
     expect(matches(asObj(asObj(spec["selector"])["matchLabels"]))).toBe(true);
     const pdb = asObj(only("PodDisruptionBudget")["spec"]);
     expect(matches(asObj(asObj(pdb["selector"])["matchLabels"]))).toBe(true);
@@ -227,14 +254,19 @@ describe("Kubernetes manifests: wiring to the agent", () => {
   it("the real CLI takes the container's args: `config print` with them (the ConfigMap's file in place) reports every flag and no problem", () => {
     const configPath = String(FLAGS["config"]);
     const { volume, rest } = mountOf(configPath);
-    const cm = MANIFESTS.find((m) => m.obj["kind"] === "ConfigMap" && asObj(m.obj["metadata"])["name"] === asObj(volume["configMap"])["name"]);
+    const cm = MANIFESTS.find(
+      (m) => m.obj["kind"] === "ConfigMap" && asObj(m.obj["metadata"])["name"] === asObj(volume["configMap"])["name"],
+    );
     const dir = mkdtempSync(join(tmpdir(), "oci-cred-agent-cm-"));
     try {
       const file = join(dir, rest);
       writeFileSync(file, String(asObj(cm?.obj["data"])[rest]));
       const argv = ARGS.slice(1).map((a) => (a === `--config=${configPath}` ? `--config=${file}` : a));
       expect(argv).toContain(`--config=${file}`);
-      const r = spawnSync(AGENT_BIN, ["config", "print", "--format", "json", ...argv], { encoding: "utf8", env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...CONTAINER_ENV } });
+      const r = spawnSync(AGENT_BIN, ["config", "print", "--format", "json", ...argv], {
+        encoding: "utf8",
+        env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...CONTAINER_ENV },
+      });
       expect(r.status, r.stderr).toBe(0);
       const out = JSON.parse(r.stdout) as { settings: { key: string; source: string }[]; problems: string[] };
       expect(out.problems).toEqual([]);
@@ -264,7 +296,11 @@ describe("Kubernetes manifests: wiring to the agent", () => {
     expect(portOf(ready)).toBe(s.listen?.port);
     const svcPort = asArr(asObj(only("Service")["spec"])["ports"])[0] ?? {};
     const target = svcPort["targetPort"];
-    expect(typeof target === "number" ? target : Number(asArr(AGENT["ports"]).find((p) => p["name"] === target)?.["containerPort"])).toBe(s.listen?.port);
+    expect(
+      typeof target === "number"
+        ? target
+        : Number(asArr(AGENT["ports"]).find((p) => p["name"] === target)?.["containerPort"]),
+    ).toBe(s.listen?.port);
   });
 
   it("terminationGracePeriodSeconds exceeds the drain timeout plus the cancel grace", () => {
@@ -295,14 +331,17 @@ describe("Kubernetes manifests: wiring to the agent", () => {
       // Secret files: never writable, and not readable by others (owner root, group fsGroup).
       const mode = Number(asObj(v["secret"] ?? v["configMap"])["defaultMode"] ?? 0o644);
       expect(mode & 0o022, `${String(m["name"])} files are not writable by group or others`).toBe(0);
-      if (v["secret"] !== undefined) expect(mode & 0o007, `${String(m["name"])} files are not readable by others`).toBe(0);
+      if (v["secret"] !== undefined)
+        expect(mode & 0o007, `${String(m["name"])} files are not readable by others`).toBe(0);
     }
     // Credentials: a directory the agent creates itself (it must own it) inside a Memory emptyDir.
     const creds = mountOf(s.credentialsDir);
     const credVol = asObj(creds.volume["emptyDir"]);
     expect(credVol["medium"]).toBe("Memory");
     expect(credVol["sizeLimit"]).toBeDefined();
-    expect(creds.rest, "the credentials directory is below the mount point, so the agent creates and owns it").not.toBe("");
+    expect(creds.rest, "the credentials directory is below the mount point, so the agent creates and owns it").not.toBe(
+      "",
+    );
     expect(creds.mount["readOnly"] ?? false).toBe(false);
     // Work dir: the same, on an emptyDir with a size limit.
     const work = mountOf(s.workDir);
@@ -313,7 +352,8 @@ describe("Kubernetes manifests: wiring to the agent", () => {
     expect(mountOf(CONTAINER_ENV["TMPDIR"] ?? "/tmp").volume["emptyDir"]).toBeDefined();
     // The Secret names the docs tell operators to create.
     const doc = readFileSync(join(REPO, "docs/kubernetes.md"), "utf8");
-    for (const v of VOLUMES.filter((x) => x["secret"] !== undefined)) expect(doc).toContain(String(asObj(v["secret"])["secretName"]));
+    for (const v of VOLUMES.filter((x) => x["secret"] !== undefined))
+      expect(doc).toContain(String(asObj(v["secret"])["secretName"]));
   });
 
   it("security context: non-root with a fixed uid, read-only root, no privilege escalation, no capabilities, RuntimeDefault seccomp, no API token", () => {
@@ -340,8 +380,13 @@ describe("Kubernetes manifests: wiring to the agent", () => {
 
 describe("Dockerfile", () => {
   const text = readFileSync(join(REPO, "Dockerfile"), "utf8").replace(/\\\n/g, " ");
-  const lines = text.split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#"));
-  const args = Object.fromEntries(lines.filter((l) => l.startsWith("ARG ")).map((l) => l.slice(4).split("=", 2) as [string, string]));
+  const lines = text
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "" && !l.startsWith("#"));
+  const args = Object.fromEntries(
+    lines.filter((l) => l.startsWith("ARG ")).map((l) => l.slice(4).split("=", 2) as [string, string]),
+  );
   const expand = (s: string): string => s.replace(/\$\{(\w+)\}/g, (_, n: string) => expand(args[n] ?? ""));
   const stages: { from: string; name: string | undefined; lines: string[] }[] = [];
   for (const l of lines) {
@@ -373,7 +418,10 @@ describe("Dockerfile", () => {
   });
 
   it("runs as the Deployment's non-root uid, with the launcher as ENTRYPOINT and tofu from a build argument", () => {
-    const user = runtime.lines.filter((l) => l.startsWith("USER ")).at(-1)?.slice(5);
+    const user = runtime.lines
+      .filter((l) => l.startsWith("USER "))
+      .at(-1)
+      ?.slice(5);
     const [uid, gid] = (user ?? "").split(":");
     expect(Number(uid)).toBeGreaterThan(0);
     const pod = asObj(POD["securityContext"]);
@@ -393,7 +441,10 @@ describe("Dockerfile", () => {
   });
 
   it("copies only what exists and what .dockerignore lets into the context", () => {
-    const ignore = readFileSync(join(REPO, ".dockerignore"), "utf8").split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#"));
+    const ignore = readFileSync(join(REPO, ".dockerignore"), "utf8")
+      .split("\n")
+      .map((l) => l.trim())
+      .filter((l) => l !== "" && !l.startsWith("#"));
     expect(ignore[0], ".dockerignore is an allow-list").toBe("*");
     const allowed = new Set(ignore.filter((l) => l.startsWith("!")).map((l) => l.slice(1).replace(/\/$/, "")));
     for (const s of stages) {

@@ -14,7 +14,10 @@ describe("readiness and metrics", () => {
     expect(status.readiness().reasons).toEqual(["no private key is loaded", "not registered with the control plane"]);
     status.keysLoaded(1);
     status.pollFailed("network", "CONTROL_PLANE_UNAVAILABLE", "cannot reach the control plane");
-    expect(status.readiness()).toMatchObject({ ready: false, reasons: ["not registered with the control plane (CONTROL_PLANE_UNAVAILABLE: cannot reach the control plane)"] });
+    expect(status.readiness()).toMatchObject({
+      ready: false,
+      reasons: ["not registered with the control plane (CONTROL_PLANE_UNAVAILABLE: cannot reach the control plane)"],
+    });
     status.registered("agent-1");
     expect(status.readiness()).toMatchObject({ ready: true, agent_id: "agent-1" });
     now += 61_000;

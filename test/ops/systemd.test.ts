@@ -13,7 +13,19 @@
  *     RuntimeDirectory= (tmpfs), the token comes through LoadCredential=.
  */
 import { spawnSync } from "node:child_process";
-import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -86,7 +98,14 @@ function last(unit: Unit, section: string, key: string): string | undefined {
 
 /** systemd specifiers used in the unit, for a system service. */
 function expandSpecifiers(text: string): string {
-  const map: Record<string, string> = { d: CREDENTIALS_DIRECTORY, t: "/run", S: "/var/lib", C: "/var/cache", L: "/var/log", "%": "%" };
+  const map: Record<string, string> = {
+    d: CREDENTIALS_DIRECTORY,
+    t: "/run",
+    S: "/var/lib",
+    C: "/var/cache",
+    L: "/var/log",
+    "%": "%",
+  };
   return text.replace(/%(.)/g, (whole, c: string) => {
     const v = map[c];
     if (v === undefined) throw new Error(`unexpected specifier ${whole} in the unit`);
@@ -126,11 +145,13 @@ function envFile(text: string): Record<string, string> {
   return env;
 }
 
-
-
 function run(cmd: string, args: readonly string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(cmd, args, { encoding: "utf8", env: { ...process.env, SYSTEMD_COLORS: "0", SYSTEMD_LOG_COLOR: "0", LANG: "C.UTF-8" } });
-  if (r.error) throw new Error(`${cmd} could not run (${r.error.message}); scripts/ensure-test-deps.sh installs systemd`);
+  const r = spawnSync(cmd, args, {
+    encoding: "utf8",
+    env: { ...process.env, SYSTEMD_COLORS: "0", SYSTEMD_LOG_COLOR: "0", LANG: "C.UTF-8" },
+  });
+  if (r.error)
+    throw new Error(`${cmd} could not run (${r.error.message}); scripts/ensure-test-deps.sh installs systemd`);
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -143,7 +164,9 @@ function timespanMs(text: string): number {
   return Number(us) / 1000;
 }
 
-const HOST_UNIT_DIR = ["/usr/lib/systemd/system", "/lib/systemd/system"].find((d) => existsSync(join(d, "sysinit.target")));
+const HOST_UNIT_DIR = ["/usr/lib/systemd/system", "/lib/systemd/system"].find((d) =>
+  existsSync(join(d, "sysinit.target")),
+);
 
 /**
  * A root for `systemd-analyze verify --root`: the unit (and drop-ins) under /etc, the host's
@@ -153,7 +176,8 @@ const HOST_UNIT_DIR = ["/usr/lib/systemd/system", "/lib/systemd/system"].find((d
 function verifyRoot(unitText: string, dropIns: Record<string, string> = {}): string {
   const root = mkdtempSync(join(tmpdir(), "oci-cred-agent-unit-"));
   tempDirs.push(root);
-  if (HOST_UNIT_DIR === undefined) throw new Error("no systemd unit directory on this host; scripts/ensure-test-deps.sh installs systemd");
+  if (HOST_UNIT_DIR === undefined)
+    throw new Error("no systemd unit directory on this host; scripts/ensure-test-deps.sh installs systemd");
   cpSync(HOST_UNIT_DIR, join(root, "usr/lib/systemd/system"), { recursive: true, verbatimSymlinks: true });
   for (const dir of ["bin", "sbin", "lib"]) symlinkSync(`usr/${dir}`, join(root, dir));
   const unitDir = join(root, "etc/systemd/system");
@@ -165,7 +189,9 @@ function verifyRoot(unitText: string, dropIns: Record<string, string> = {}): str
   }
   const unit = parseUnit(unitText);
   const start = commandLine(last(unit, "Service", "ExecStart") ?? "");
-  const others = ["ExecStartPre", "ExecStartPost", "ExecReload", "ExecStop", "ExecStopPost"].flatMap((k) => all(unit, "Service", k).map((v) => commandLine(v).exe));
+  const others = ["ExecStartPre", "ExecStartPost", "ExecReload", "ExecStop", "ExecStopPost"].flatMap((k) =>
+    all(unit, "Service", k).map((v) => commandLine(v).exe),
+  );
   for (const exe of [start.exe, ...others]) {
     const source = exe === start.exe ? join(REPO, "bin/oci-cred-agent") : exe;
     if (!existsSync(source)) throw new Error(`${exe} (named by the unit) does not exist on this host`);
@@ -184,15 +210,22 @@ function verify(root: string): { status: number | null; output: string } {
 
 function security(path: string): { status: number | null; exposure: number; output: string } {
   const r = run("systemd-analyze", ["security", "--offline=yes", "--threshold=20", path]);
-  const m = new RegExp(`Overall exposure level for ${UNIT_NAME.replace(".", "\\.")}: (\\d+(?:\\.\\d+)?)`).exec(r.stdout);
+  const m = new RegExp(`Overall exposure level for ${UNIT_NAME.replace(".", "\\.")}: (\\d+(?:\\.\\d+)?)`).exec(
+    r.stdout,
+  );
   if (m?.[1] === undefined) throw new Error(`no exposure figure in:\n${r.stdout}\n${r.stderr}`);
   return { status: r.status, exposure: Number(m[1]), output: r.stdout + r.stderr };
 }
 
 /** The drop-in docs/install-systemd.md gives for LoadCredentialEncrypted= (a ```ini block naming its path). */
 function documentedCredentialDropIn(): { name: string; text: string } {
-  const m = /```ini\n# \/etc\/systemd\/system\/oci-cred-agent\.service\.d\/([\w.-]+\.conf)\n([\s\S]*?)```/.exec(INSTALL_DOC);
-  if (m?.[1] === undefined || m[2] === undefined) throw new Error("docs/install-systemd.md has no ```ini block starting with # /etc/systemd/system/oci-cred-agent.service.d/NAME.conf");
+  const m = /```ini\n# \/etc\/systemd\/system\/oci-cred-agent\.service\.d\/([\w.-]+\.conf)\n([\s\S]*?)```/.exec(
+    INSTALL_DOC,
+  );
+  if (m?.[1] === undefined || m[2] === undefined)
+    throw new Error(
+      "docs/install-systemd.md has no ```ini block starting with # /etc/systemd/system/oci-cred-agent.service.d/NAME.conf",
+    );
   return { name: m[1], text: m[2] };
 }
 
@@ -287,7 +320,8 @@ describe("systemd unit: wiring to the agent's configuration", () => {
     expect(r.status, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as { settings: { key: string; source: string }[]; problems: string[] };
     expect(out.problems).toEqual([]);
-    for (const key of Object.keys(runFlags(start.args, "ExecStart="))) expect(out.settings.find((x) => x.key === key)?.source, key).toBe("flag");
+    for (const key of Object.keys(runFlags(start.args, "ExecStart=")))
+      expect(out.settings.find((x) => x.key === key)?.source, key).toBe("flag");
     expect(out.settings.find((x) => x.key === "control_plane_url")?.source).toBe("env");
   });
 
@@ -316,7 +350,9 @@ describe("systemd unit: wiring to the agent's configuration", () => {
 
   it("the token comes from LoadCredential= through %d, never from the environment", async () => {
     const s = await settings();
-    expect("file" in s.token ? s.token.file : undefined).toMatch(new RegExp(`^${CREDENTIALS_DIRECTORY.replace(/\./g, "\\.")}/`));
+    expect("file" in s.token ? s.token.file : undefined).toMatch(
+      new RegExp(`^${CREDENTIALS_DIRECTORY.replace(/\./g, "\\.")}/`),
+    );
     const tokenName = "file" in s.token ? s.token.file.slice(CREDENTIALS_DIRECTORY.length + 1) : "";
     const loaded = all(UNIT, "Service", "LoadCredential").map((v) => v.split(":")[0]);
     expect(loaded).toContain(tokenName);
@@ -327,7 +363,9 @@ describe("systemd unit: wiring to the agent's configuration", () => {
   it("the LoadCredentialEncrypted= drop-in of the docs switches the key source to the same credential", async () => {
     const dropIn = documentedCredentialDropIn();
     const withDropIn = parseUnit(UNIT_TEXT, dropIn.text);
-    const id = all(withDropIn, "Service", "LoadCredentialEncrypted").map((v) => v.split(":")[0]).at(-1);
+    const id = all(withDropIn, "Service", "LoadCredentialEncrypted")
+      .map((v) => v.split(":")[0])
+      .at(-1);
     expect(id).toBeDefined();
     const s = await settings({ ...environment(withDropIn), ...fileEnv });
     expect(s.keySource).toEqual({ kind: "systemd-credential", name: id });
@@ -341,10 +379,14 @@ describe("systemd unit: wiring to the agent's configuration", () => {
     const known = new Set(RUN_FIELDS.map((f) => f.env));
     const mentioned = [...ENV_EXAMPLE.matchAll(/^#?(OCI_CRED_AGENT_[A-Z_]+)=/gm)].map((m) => m[1] ?? "");
     expect(mentioned.length).toBeGreaterThan(3);
-    for (const name of [...mentioned, ...Object.keys(unitEnv).filter((k) => k.startsWith("OCI_CRED_AGENT_"))]) expect(known, name).toContain(name);
+    for (const name of [...mentioned, ...Object.keys(unitEnv).filter((k) => k.startsWith("OCI_CRED_AGENT_"))])
+      expect(known, name).toContain(name);
     // A setting that ExecStart= gives as a flag would be silently shadowed in the file.
-    const flagged = new Set(Object.keys(runFlags(start.args, "ExecStart=")).map((k) => RUN_FIELDS.find((f) => f.key === k)?.env));
-    for (const name of Object.keys(fileEnv)) expect(flagged.has(name), `${name} is set by ExecStart= already`).toBe(false);
+    const flagged = new Set(
+      Object.keys(runFlags(start.args, "ExecStart=")).map((k) => RUN_FIELDS.find((f) => f.key === k)?.env),
+    );
+    for (const name of Object.keys(fileEnv))
+      expect(flagged.has(name), `${name} is set by ExecStart= already`).toBe(false);
   });
 
   it("tofu keeps what it needs: Internet sockets, the host network, writable work directory; JIT allowed", () => {

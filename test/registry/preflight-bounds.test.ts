@@ -34,7 +34,9 @@ let tls: TlsMaterial;
 let dispatcher: Agent;
 const started: TestRegistry[] = [];
 
-async function registry(handler: (req: IncomingMessage, res: ServerResponse, self: TestRegistry) => void): Promise<TestRegistry> {
+async function registry(
+  handler: (req: IncomingMessage, res: ServerResponse, self: TestRegistry) => void,
+): Promise<TestRegistry> {
   const requests: string[] = [];
   const closed = new Map<string, Promise<boolean>>();
   const server = createServer({ cert: await readFile(tls.serverCertFile), key: await readFile(tls.serverKeyFile) });
@@ -44,7 +46,11 @@ async function registry(handler: (req: IncomingMessage, res: ServerResponse, sel
   server.on("request", (req: IncomingMessage, res: ServerResponse) => {
     const request = `${req.method ?? ""} ${(req.url ?? "").replace(/\?.*$/, "")}${req.headers.authorization === undefined ? "" : " (auth)"}`;
     requests.push(request);
-    if (!closed.has(request)) closed.set(request, once(res, "close").then(() => !res.writableFinished));
+    if (!closed.has(request))
+      closed.set(
+        request,
+        once(res, "close").then(() => !res.writableFinished),
+      );
     handler(req, res, self);
   });
   started.push(self);
@@ -75,11 +81,27 @@ function endless(res: ServerResponse, first: string): void {
 
 const cred = (host: string, password: string): SelectedCredential => ({
   target: targetForHost(host),
-  entry: { id: `int-${password}`, name: undefined, url: `https://${host}`, username: "robot", password, credentialHelper: undefined, updatedAtMs: undefined },
+  entry: {
+    id: `int-${password}`,
+    name: undefined,
+    url: `https://${host}`,
+    username: "robot",
+    password,
+    credentialHelper: undefined,
+    updatedAtMs: undefined,
+  },
 });
 
 const checker = (bounds: Partial<PreflightOptions>): PreflightChecker =>
-  new PreflightChecker({ cacheMs: 60_000, requestTimeoutMs: 30_000, checkTimeoutMs: 30_000, maxBodyBytes: 64 * 1024, now: () => Date.now(), dispatcher, ...bounds });
+  new PreflightChecker({
+    cacheMs: 60_000,
+    requestTimeoutMs: 30_000,
+    checkTimeoutMs: 30_000,
+    maxBodyBytes: 64 * 1024,
+    now: () => Date.now(),
+    dispatcher,
+    ...bounds,
+  });
 
 async function settled<T>(promise: Promise<T>): Promise<{ value?: T; error?: unknown; ms: number }> {
   const from = Date.now();
@@ -119,7 +141,11 @@ afterAll(async () => {
 });
 
 describe("pre-flight against a registry that never finishes answering", () => {
-  for (const name of ["a Basic challenge whose body drips", "a Bearer challenge whose body drips", "no headers at all"]) {
+  for (const name of [
+    "a Basic challenge whose body drips",
+    "a Bearer challenge whose body drips",
+    "no headers at all",
+  ]) {
     it(`${name}: a run's signal ends its check at once, with the signal's reason`, async () => {
       const r = stallers[name]!;
       const controller = new AbortController();
@@ -135,7 +161,9 @@ describe("pre-flight against a registry that never finishes answering", () => {
 
     it(`${name}: without a signal, the check ends "unreachable" at checkTimeoutMs`, async () => {
       const r = stallers[name]!;
-      const { value, ms } = await settled(checker({ checkTimeoutMs: 500 }).check([cred(r.host, `check-${name}`)], new Map()));
+      const { value, ms } = await settled(
+        checker({ checkTimeoutMs: 500 }).check([cred(r.host, `check-${name}`)], new Map()),
+      );
       expect(value?.[0]).toMatchObject({
         result: "unreachable",
         detail: `GET https://${r.host}/v2/ failed (the check timed out after 0.5 s); not verified, tofu init will tell`,
@@ -146,7 +174,10 @@ describe("pre-flight against a registry that never finishes answering", () => {
     it(`${name}: each request ends at requestTimeoutMs`, async () => {
       const r = stallers[name]!;
       const [outcome] = await checker({ requestTimeoutMs: 300 }).check([cred(r.host, `request-${name}`)], new Map());
-      expect(outcome).toMatchObject({ result: "unreachable", detail: `GET https://${r.host}/v2/ failed (timed out after 0.3 s); not verified, tofu init will tell` });
+      expect(outcome).toMatchObject({
+        result: "unreachable",
+        detail: `GET https://${r.host}/v2/ failed (timed out after 0.3 s); not verified, tofu init will tell`,
+      });
     });
   }
 
@@ -171,7 +202,9 @@ describe("pre-flight against a registry that never finishes answering", () => {
       }
     })({ connect: { ca: tls.caPem } });
     const reason = new Error("already stopped");
-    await expect(checker({ dispatcher: counting }).check([cred(r.host, "pre-aborted")], new Map(), AbortSignal.abort(reason))).rejects.toBe(reason);
+    await expect(
+      checker({ dispatcher: counting }).check([cred(r.host, "pre-aborted")], new Map(), AbortSignal.abort(reason)),
+    ).rejects.toBe(reason);
     expect(dispatched).toBe(0);
     await counting.close();
   });
@@ -205,14 +238,20 @@ describe("a check shared by two runs", () => {
 
 describe("answers over the byte limit", () => {
   it.each([
-    ["a token answer that never ends", (res: ServerResponse) => {
-      res.writeHead(200, { "content-type": "application/json" });
-      endless(res, '{"token":"');
-    }],
-    ["a token answer that declares 1 GiB", (res: ServerResponse) => {
-      res.writeHead(200, { "content-type": "application/json", "content-length": String(1024 * 1024 * 1024) });
-      drip(res);
-    }],
+    [
+      "a token answer that never ends",
+      (res: ServerResponse) => {
+        res.writeHead(200, { "content-type": "application/json" });
+        endless(res, '{"token":"');
+      },
+    ],
+    [
+      "a token answer that declares 1 GiB",
+      (res: ServerResponse) => {
+        res.writeHead(200, { "content-type": "application/json", "content-length": String(1024 * 1024 * 1024) });
+        drip(res);
+      },
+    ],
   ])("%s leaves the credential unverified, read no further than maxBodyBytes", async (_name, answer) => {
     const r = await registry((req, res, self) => {
       if (req.url?.startsWith("/token")) answer(res);

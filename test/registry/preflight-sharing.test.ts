@@ -53,13 +53,28 @@ function toTestServer(): Agent {
 
 const cred = (host: string, password: string): SelectedCredential => ({
   target: targetForHost(host),
-  entry: { id: `int-${host}`, name: undefined, url: `https://${host}`, username: "robot", password, credentialHelper: undefined, updatedAtMs: undefined },
+  entry: {
+    id: `int-${host}`,
+    name: undefined,
+    url: `https://${host}`,
+    username: "robot",
+    password,
+    credentialHelper: undefined,
+    updatedAtMs: undefined,
+  },
 });
 
 describe("pre-flight sharing and memory", () => {
   it("runs that start together share one check; a success is then cached", async () => {
     let clock = 1_000_000;
-    const checker = new PreflightChecker({ cacheMs: 60_000, requestTimeoutMs: 2_000, checkTimeoutMs: 5_000, maxBodyBytes: 64 * 1024, now: () => clock, dispatcher: toTestServer() });
+    const checker = new PreflightChecker({
+      cacheMs: 60_000,
+      requestTimeoutMs: 2_000,
+      checkTimeoutMs: 5_000,
+      maxBodyBytes: 64 * 1024,
+      now: () => clock,
+      dispatcher: toTestServer(),
+    });
     requests = 0;
     accept = true;
     const c = cred("registry.test", "pw-1");
@@ -75,12 +90,22 @@ describe("pre-flight sharing and memory", () => {
   });
 
   it("a refusal is never remembered: the next run asks again", async () => {
-    const checker = new PreflightChecker({ cacheMs: 60_000, requestTimeoutMs: 2_000, checkTimeoutMs: 5_000, maxBodyBytes: 64 * 1024, now: () => 5_000_000, dispatcher: toTestServer() });
+    const checker = new PreflightChecker({
+      cacheMs: 60_000,
+      requestTimeoutMs: 2_000,
+      checkTimeoutMs: 5_000,
+      maxBodyBytes: 64 * 1024,
+      now: () => 5_000_000,
+      dispatcher: toTestServer(),
+    });
     accept = false;
     requests = 0;
     const c = cred("registry.test", "pw-2");
     for (let i = 0; i < 2; i++) {
-      const error = await checker.check([c], new Map()).then(() => undefined, (e: unknown) => e);
+      const error = await checker.check([c], new Map()).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(isAgentError(error) && error.code).toBe("PREFLIGHT_FAILED");
     }
     expect(requests).toBe(4);
@@ -96,7 +121,14 @@ describe("pre-flight sharing and memory", () => {
         callback(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" }), null);
       },
     });
-    const checker = new PreflightChecker({ cacheMs: 60_000, requestTimeoutMs: 2_000, checkTimeoutMs: 5_000, maxBodyBytes: 64 * 1024, now: () => clock, dispatcher: dead });
+    const checker = new PreflightChecker({
+      cacheMs: 60_000,
+      requestTimeoutMs: 2_000,
+      checkTimeoutMs: 5_000,
+      maxBodyBytes: 64 * 1024,
+      now: () => clock,
+      dispatcher: dead,
+    });
     const c = cred("dead.test", "pw-3");
     expect((await checker.check([c], new Map()))[0]?.result).toBe("unreachable");
     const first = connects;
@@ -111,7 +143,14 @@ describe("pre-flight sharing and memory", () => {
   });
 
   it("never sends a credential to a token service that is not https", async () => {
-    const checker = new PreflightChecker({ cacheMs: 60_000, requestTimeoutMs: 2_000, checkTimeoutMs: 5_000, maxBodyBytes: 64 * 1024, now: () => 20_000_000, dispatcher: toTestServer() });
+    const checker = new PreflightChecker({
+      cacheMs: 60_000,
+      requestTimeoutMs: 2_000,
+      checkTimeoutMs: 5_000,
+      maxBodyBytes: 64 * 1024,
+      now: () => 20_000_000,
+      dispatcher: toTestServer(),
+    });
     challenge = `Bearer realm="http://127.0.0.1:${port}/token",service="registry"`;
     requests = 0;
     try {

@@ -11,7 +11,14 @@
 import { randomBytes } from "node:crypto";
 import fc from "fast-check";
 import { beforeAll, describe, expect, it } from "vitest";
-import { b64urlEncode, BUNDLE_SUITE, BUNDLE_TYPE, encodeHeader, serializeEnvelope, type BundleHeader } from "../../src/core/bundle-envelope.js";
+import {
+  b64urlEncode,
+  BUNDLE_SUITE,
+  BUNDLE_TYPE,
+  encodeHeader,
+  serializeEnvelope,
+  type BundleHeader,
+} from "../../src/core/bundle-envelope.js";
 import { ERROR_CODES, isAgentError } from "../../src/core/errors.js";
 import { ReplayCache } from "../../src/core/replay-cache.js";
 import { generatePrivateKeyPem, parsePrivateKeyPem, type AgentPrivateKey } from "../../src/crypto/agent-key.js";
@@ -33,17 +40,43 @@ let keys: Map<string, AgentPrivateKey>;
 let bases: string[] = [];
 
 function options(replayCache = new ReplayCache()): OpenOptions {
-  return { keys, agentId: AGENT_ID, runId: RUN_ID, nowMs: NOW_MS, maxLifetimeSeconds: 3600, clockSkewSeconds: 120, maxBytes: 1024 * 1024, replayCache };
+  return {
+    keys,
+    agentId: AGENT_ID,
+    runId: RUN_ID,
+    nowMs: NOW_MS,
+    maxLifetimeSeconds: 3600,
+    clockSkewSeconds: 120,
+    maxBytes: 1024 * 1024,
+    replayCache,
+  };
 }
 
 function exportText(entries: number, password: string): string {
   return JSON.stringify({
     version: 1,
-    registries: Array.from({ length: entries }, (_, i) => ({ id: `int-${i}`, name: `reg ${i}`, url: `https://r${i}.example.test`, username: `u${i}`, password, updated_at: "2026-11-20T10:00:00Z" })),
+    registries: Array.from({ length: entries }, (_, i) => ({
+      id: `int-${i}`,
+      name: `reg ${i}`,
+      url: `https://r${i}.example.test`,
+      username: `u${i}`,
+      password,
+      updated_at: "2026-11-20T10:00:00Z",
+    })),
   });
 }
 
-async function seal(plaintext: string, overrides: { agentId?: string; runId?: string; ttl?: number; issuedAtMs?: number; recipient?: AgentPrivateKey; kid?: string } = {}): Promise<string> {
+async function seal(
+  plaintext: string,
+  overrides: {
+    agentId?: string;
+    runId?: string;
+    ttl?: number;
+    issuedAtMs?: number;
+    recipient?: AgentPrivateKey;
+    kid?: string;
+  } = {},
+): Promise<string> {
   const recipient = overrides.recipient ?? key;
   return sealBundle({
     recipient: { kid: overrides.kid ?? recipient.kid, publicKey: recipient.publicKey },
@@ -88,7 +121,15 @@ function headerValue(): fc.Arbitrary<unknown> {
     fc.integer(),
     fc.integer({ min: -3, max: 3 }).map((d) => Math.floor(ISSUED_AT_MS / 1000) + d),
     fc.constantFrom(0, -1, 1, 2, 1.5, Number.MAX_SAFE_INTEGER, 1e308, -0, "1", "", null, true, [], {}),
-    fc.constantFrom(AGENT_ID, RUN_ID, `${AGENT_ID} `, RUN_ID.toUpperCase(), BUNDLE_SUITE, BUNDLE_TYPE, "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-128-GCM"),
+    fc.constantFrom(
+      AGENT_ID,
+      RUN_ID,
+      `${AGENT_ID} `,
+      RUN_ID.toUpperCase(),
+      BUNDLE_SUITE,
+      BUNDLE_TYPE,
+      "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-128-GCM",
+    ),
     fc.string({ maxLength: 300 }),
     fc.string({ unit: "binary", maxLength: 40 }),
   );
@@ -96,7 +137,10 @@ function headerValue(): fc.Arbitrary<unknown> {
 
 /** Counterexamples print as their kind and text, not as a byte array. */
 function printable(c: Case): Case {
-  return Object.assign(c, { [fc.toStringMethod]: () => `${c.kind}(base ${c.base}): ${JSON.stringify(Buffer.from(c.bytes).toString("latin1").slice(0, 400))}` });
+  return Object.assign(c, {
+    [fc.toStringMethod]: () =>
+      `${c.kind}(base ${c.base}): ${JSON.stringify(Buffer.from(c.bytes).toString("latin1").slice(0, 400))}`,
+  });
 }
 
 function caseArbitrary(): fc.Arbitrary<Case> {
@@ -116,13 +160,19 @@ function caseArbitrary(): fc.Arbitrary<Case> {
     bytes[at(b, f)]! ^= 1 << bit;
     return { kind: "bit_flip", base: b, bytes };
   });
-  const multiFlip = fc.tuple(baseIdx, fc.array(fc.tuple(frac, fc.integer({ min: 1, max: 255 })), { minLength: 2, maxLength: 16 })).map(([b, flips]): Case => {
-    const bytes = baseBytes(b);
-    for (const [f, x] of flips) bytes[at(b, f)]! ^= x;
-    return { kind: "multi_byte_flip", base: b, bytes };
-  });
-  const truncate = fc.tuple(baseIdx, frac).map(([b, f]): Case => ({ kind: "truncate", base: b, bytes: baseBytes(b).subarray(0, at(b, f)) }));
-  const extend = fc.tuple(baseIdx, fc.uint8Array({ minLength: 1, maxLength: 64 })).map(([b, tail]): Case => ({ kind: "extend", base: b, bytes: Buffer.concat([baseBytes(b), tail]) }));
+  const multiFlip = fc
+    .tuple(baseIdx, fc.array(fc.tuple(frac, fc.integer({ min: 1, max: 255 })), { minLength: 2, maxLength: 16 }))
+    .map(([b, flips]): Case => {
+      const bytes = baseBytes(b);
+      for (const [f, x] of flips) bytes[at(b, f)]! ^= x;
+      return { kind: "multi_byte_flip", base: b, bytes };
+    });
+  const truncate = fc
+    .tuple(baseIdx, frac)
+    .map(([b, f]): Case => ({ kind: "truncate", base: b, bytes: baseBytes(b).subarray(0, at(b, f)) }));
+  const extend = fc
+    .tuple(baseIdx, fc.uint8Array({ minLength: 1, maxLength: 64 }))
+    .map(([b, tail]): Case => ({ kind: "extend", base: b, bytes: Buffer.concat([baseBytes(b), tail]) }));
   const insert = fc.tuple(baseIdx, frac, fc.uint8Array({ minLength: 1, maxLength: 16 })).map(([b, f, ins]): Case => {
     const bytes = baseBytes(b);
     const i = at(b, f);
@@ -162,28 +212,46 @@ function caseArbitrary(): fc.Arbitrary<Case> {
     [env[x], env[y]] = [env[y], env[x]];
     return { kind: "swap_fields", base: b, bytes: enc(JSON.stringify(env)) };
   });
-  const reshape = fc.tuple(baseIdx, fc.constantFrom("pretty", "reorder", "extra_field", "escape", "missing_field", "array", "bom", "crlf", "double_newline")).map(([b, how]): Case => {
-    const env = envelopeOf(bases[b]!);
-    const text =
-      how === "pretty"
-        ? JSON.stringify(env, null, 1)
-        : how === "reorder"
-          ? JSON.stringify({ enc: env.enc, protected: env.protected, ciphertext: env.ciphertext })
-          : how === "extra_field"
-            ? JSON.stringify({ ...env, x: 1 })
-            : how === "escape"
-              ? bases[b]!.replace(`"enc":"${env.enc.charAt(0)}`, `"enc":"\\u00${env.enc.charCodeAt(0).toString(16).padStart(2, "0")}`)
-              : how === "missing_field"
-                ? JSON.stringify({ protected: env.protected, enc: env.enc })
-                : how === "array"
-                  ? JSON.stringify([env.protected, env.enc, env.ciphertext])
-                  : how === "bom"
-                    ? `\uFEFF${bases[b]!}`
-                    : how === "crlf"
-                      ? `${bases[b]!}\r\n`
-                      : `${bases[b]!}\n\n`;
-    return { kind: `reshape_${how}`, base: b, bytes: enc(text) };
-  });
+  const reshape = fc
+    .tuple(
+      baseIdx,
+      fc.constantFrom(
+        "pretty",
+        "reorder",
+        "extra_field",
+        "escape",
+        "missing_field",
+        "array",
+        "bom",
+        "crlf",
+        "double_newline",
+      ),
+    )
+    .map(([b, how]): Case => {
+      const env = envelopeOf(bases[b]!);
+      const text =
+        how === "pretty"
+          ? JSON.stringify(env, null, 1)
+          : how === "reorder"
+            ? JSON.stringify({ enc: env.enc, protected: env.protected, ciphertext: env.ciphertext })
+            : how === "extra_field"
+              ? JSON.stringify({ ...env, x: 1 })
+              : how === "escape"
+                ? bases[b]!.replace(
+                    `"enc":"${env.enc.charAt(0)}`,
+                    `"enc":"\\u00${env.enc.charCodeAt(0).toString(16).padStart(2, "0")}`,
+                  )
+                : how === "missing_field"
+                  ? JSON.stringify({ protected: env.protected, enc: env.enc })
+                  : how === "array"
+                    ? JSON.stringify([env.protected, env.enc, env.ciphertext])
+                    : how === "bom"
+                      ? `\uFEFF${bases[b]!}`
+                      : how === "crlf"
+                        ? `${bases[b]!}\r\n`
+                        : `${bases[b]!}\n\n`;
+      return { kind: `reshape_${how}`, base: b, bytes: enc(text) };
+    });
 
   const headerMutation = fc
     .tuple(
@@ -206,7 +274,11 @@ function caseArbitrary(): fc.Arbitrary<Case> {
         next = { ...header, [field]: value };
       }
       const env = envelopeOf(bases[b]!);
-      return { kind: `header_${op}${op === "set" || op === "delete" ? `_${field}` : ""}`, base: b, bytes: enc(JSON.stringify({ protected: b64urlOfJson(next), enc: env.enc, ciphertext: env.ciphertext })) };
+      return {
+        kind: `header_${op}${op === "set" || op === "delete" ? `_${field}` : ""}`,
+        base: b,
+        bytes: enc(JSON.stringify({ protected: b64urlOfJson(next), enc: env.enc, ciphertext: env.ciphertext })),
+      };
     });
   /** A header that passes every check, so the case reaches HPKE with random or degenerate key material. */
   const forgedValidHeader = fc
@@ -214,7 +286,11 @@ function caseArbitrary(): fc.Arbitrary<Case> {
       baseIdx,
       fc.oneof(
         fc.uint8Array({ minLength: 32, maxLength: 32 }),
-        fc.constantFrom(new Uint8Array(32), new Uint8Array(32).fill(255), Uint8Array.from([1, ...new Array<number>(31).fill(0)])),
+        fc.constantFrom(
+          new Uint8Array(32),
+          new Uint8Array(32).fill(255),
+          Uint8Array.from([1, ...new Array<number>(31).fill(0)]),
+        ),
       ),
       fc.oneof(fc.uint8Array({ maxLength: 256 }), fc.constant(undefined)),
       fc.string({ minLength: 16, maxLength: 40 }),
@@ -222,33 +298,49 @@ function caseArbitrary(): fc.Arbitrary<Case> {
     .map(([b, encBytes, ct, bundleId]): Case => {
       const header: BundleHeader = { ...(headerOf(bases[b]!) as unknown as BundleHeader), bundle_id: bundleId };
       const env = envelopeOf(bases[b]!);
-      return { kind: "forged_valid_header", base: b, bytes: enc(serializeEnvelope(encodeHeader(header), encBytes, ct ?? Buffer.from(env.ciphertext, "base64url"))) };
+      return {
+        kind: "forged_valid_header",
+        base: b,
+        bytes: enc(serializeEnvelope(encodeHeader(header), encBytes, ct ?? Buffer.from(env.ciphertext, "base64url"))),
+      };
     });
-  const randomJson = fc.jsonValue().map((v): Case => ({ kind: "random_json", base: -1, bytes: enc(JSON.stringify(v)) }));
+  const randomJson = fc
+    .jsonValue()
+    .map((v): Case => ({ kind: "random_json", base: -1, bytes: enc(JSON.stringify(v)) }));
   const randomEnvelope = fc
-    .tuple(fc.oneof(fc.jsonValue(), fc.dictionary(fc.constantFrom(...HEADER_KEYS), headerValue())), fc.uint8Array({ maxLength: 40 }), fc.uint8Array({ maxLength: 120 }))
-    .map(([h, e, c]): Case => ({ kind: "random_envelope", base: -1, bytes: enc(serializeEnvelope(b64urlOfJson(h), e, c)) }));
-  const randomBytesCase = fc.uint8Array({ maxLength: 2048 }).map((u): Case => ({ kind: "random_bytes", base: -1, bytes: u }));
+    .tuple(
+      fc.oneof(fc.jsonValue(), fc.dictionary(fc.constantFrom(...HEADER_KEYS), headerValue())),
+      fc.uint8Array({ maxLength: 40 }),
+      fc.uint8Array({ maxLength: 120 }),
+    )
+    .map(([h, e, c]): Case => ({
+      kind: "random_envelope",
+      base: -1,
+      bytes: enc(serializeEnvelope(b64urlOfJson(h), e, c)),
+    }));
+  const randomBytesCase = fc
+    .uint8Array({ maxLength: 2048 })
+    .map((u): Case => ({ kind: "random_bytes", base: -1, bytes: u }));
 
   return fc
     .oneof(
-    flip,
-    bitFlip,
-    multiFlip,
-    truncate,
-    extend,
-    insert,
-    remove,
-    replaceField,
-    crossField,
-    swapFields,
-    reshape,
-    headerMutation,
-    headerMutation,
-    forgedValidHeader,
-    randomJson,
-    randomEnvelope,
-    randomBytesCase,
+      flip,
+      bitFlip,
+      multiFlip,
+      truncate,
+      extend,
+      insert,
+      remove,
+      replaceField,
+      crossField,
+      swapFields,
+      reshape,
+      headerMutation,
+      headerMutation,
+      forgedValidHeader,
+      randomJson,
+      randomEnvelope,
+      randomBytesCase,
     )
     .map(printable);
 }
@@ -353,7 +445,11 @@ describe("hostile bundles", () => {
       ["issued in the future", seal(exportText(1, "x"), { issuedAtMs: NOW_MS + 10 * 60_000 }), "BUNDLE_NOT_YET_VALID"],
       ["lifetime too long", seal(exportText(1, "x"), { ttl: 3601 }), "BUNDLE_LIFETIME_TOO_LONG"],
       ["another key", seal(exportText(1, "x"), { recipient: otherKey }), "BUNDLE_UNKNOWN_KEY"],
-      ["another key under our kid", seal(exportText(1, "x"), { recipient: otherKey, kid: key.kid }), "BUNDLE_DECRYPT_FAILED"],
+      [
+        "another key under our kid",
+        seal(exportText(1, "x"), { recipient: otherKey, kid: key.kid }),
+        "BUNDLE_DECRYPT_FAILED",
+      ],
       ["too large", `${bases[0]!}${" ".repeat(1024 * 1024)}`, "BUNDLE_TOO_LARGE"],
     ];
     const seen: Record<string, string> = {};

@@ -25,7 +25,16 @@ import { generatePrivateKeyPem, parsePrivateKeyPem } from "../../src/crypto/agen
 import { sealBundle } from "../../src/crypto/sealed-bundle.js";
 import type { FileSystem } from "../../src/fs/secure-fs.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
-import { addCanaryIntegration, agentFiles, canaryLeaks, launchAgent, MAIN_TF, newCanary, stopAgent, type Canary } from "../support/reliability-agents.js";
+import {
+  addCanaryIntegration,
+  agentFiles,
+  canaryLeaks,
+  launchAgent,
+  MAIN_TF,
+  newCanary,
+  stopAgent,
+  type Canary,
+} from "../support/reliability-agents.js";
 import { recordFigures } from "../support/reliability-figures.js";
 
 let dir: string;
@@ -121,7 +130,14 @@ describe("disk full while writing credentials", () => {
       expect(await readdir(creds)).toEqual([]);
       expect(await canaryLeaks(mnt, canary)).toEqual([]);
       expect(await canaryLeaks(join(dir, "work"), canary)).toEqual([]);
-      figures["tmpfs"] = { mounted: true, size: "256k", filler_bytes: filled, results, next_run: "succeeded", canary_leaks: 0 };
+      figures["tmpfs"] = {
+        mounted: true,
+        size: "256k",
+        filler_bytes: filled,
+        results,
+        next_run: "succeeded",
+        canary_leaks: 0,
+      };
     } finally {
       if (agent) await stopAgent(agent);
       await h?.close();
@@ -131,7 +147,10 @@ describe("disk full while writing credentials", () => {
 
   it("ENOSPC injected at the file-system edge at every write position: RUN_DIR_WRITE_FAILED, nothing left", async () => {
     const key = await parsePrivateKeyPem(generatePrivateKeyPem(), "test key");
-    const plaintext = JSON.stringify({ version: 1, registries: [{ id: "int-1", url: "https://registry.canary.test", username: "octocat", password: canary.secret }] });
+    const plaintext = JSON.stringify({
+      version: 1,
+      registries: [{ id: "int-1", url: "https://registry.canary.test", username: "octocat", password: canary.secret }],
+    });
     const results: string[] = [];
     for (let failAt = 1; ; failAt++) {
       let creates = 0;
@@ -141,7 +160,8 @@ describe("disk full while writing credentials", () => {
         ...nodeFs,
         open: (async (path: string, flags: number, mode?: number) => {
           const handle: FileHandle = await nodeFs.open(path, flags, mode);
-          if (typeof flags !== "number" || (flags & nodeFs.constants.O_CREAT) === 0 || ++creates !== failAt) return handle;
+          if (typeof flags !== "number" || (flags & nodeFs.constants.O_CREAT) === 0 || ++creates !== failAt)
+            return handle;
           fault.injected = true;
           return new Proxy(handle, {
             get(target, prop, receiver) {
@@ -149,7 +169,10 @@ describe("disk full while writing credentials", () => {
                 return async (data: string | Uint8Array) => {
                   const bytes = typeof data === "string" ? Buffer.from(data) : Buffer.from(data);
                   await target.write(bytes.subarray(0, Math.floor(bytes.length / 2)));
-                  throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC", errno: -28 });
+                  throw Object.assign(new Error("ENOSPC: no space left on device, write"), {
+                    code: "ENOSPC",
+                    errno: -28,
+                  });
                 };
               }
               const value: unknown = Reflect.get(target, prop, receiver);
@@ -160,7 +183,14 @@ describe("disk full while writing credentials", () => {
       };
       const parent = await mkdtemp(join(dir, "edge-"));
       const runDir = join(parent, "run-edge");
-      const bundle = await sealBundle({ recipient: key, agentId: "agent-edge", runId: "run-edge", plaintext: Buffer.from(plaintext), issuedAtMs: Date.now(), ttlSeconds: 60 });
+      const bundle = await sealBundle({
+        recipient: key,
+        agentId: "agent-edge",
+        runId: "run-edge",
+        plaintext: Buffer.from(plaintext),
+        issuedAtMs: Date.now(),
+        ttlSeconds: 60,
+      });
       let code: string | undefined;
       try {
         await materializeRun({

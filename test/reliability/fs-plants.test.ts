@@ -23,7 +23,17 @@ import { join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.js";
-import { addCanaryIntegration, agentFiles, canaryLeaks, launchAgent, MAIN_TF, newCanary, stopAgent, type AgentFiles, type Canary } from "../support/reliability-agents.js";
+import {
+  addCanaryIntegration,
+  agentFiles,
+  canaryLeaks,
+  launchAgent,
+  MAIN_TF,
+  newCanary,
+  stopAgent,
+  type AgentFiles,
+  type Canary,
+} from "../support/reliability-agents.js";
 import { recordFigures } from "../support/reliability-figures.js";
 
 let h: Harness;
@@ -45,7 +55,10 @@ async function snapshot(root: string): Promise<Record<string, string>> {
       else if (st.isDirectory()) {
         out[rel] = `dir:${(st.mode & 0o7777).toString(8)}`;
         await walk(p);
-      } else out[rel] = `file:${(st.mode & 0o7777).toString(8)}:${st.size}:${createHash("sha256").update(await readFile(p)).digest("hex")}`;
+      } else
+        out[rel] = `file:${(st.mode & 0o7777).toString(8)}:${st.size}:${createHash("sha256")
+          .update(await readFile(p))
+          .digest("hex")}`;
     }
   };
   await walk(root);
@@ -76,7 +89,12 @@ type Plant = (path: string) => Promise<void>;
 
 const plants: [string, "credentials" | "workspaces", Plant, string][] = [
   ["a symlink to a directory outside", "credentials", (p) => symlink(join(sentinel, "inner"), p), "RUN_DIR_UNSAFE"],
-  ["a dangling symlink to a path outside", "credentials", (p) => symlink(join(sentinel, "created-through-link"), p), "RUN_DIR_UNSAFE"],
+  [
+    "a dangling symlink to a path outside",
+    "credentials",
+    (p) => symlink(join(sentinel, "created-through-link"), p),
+    "RUN_DIR_UNSAFE",
+  ],
   ["a foreign file", "credentials", (p) => writeFile(p, "foreign\n"), "RUN_DIR_UNSAFE"],
   ["a hardlink to a file outside", "credentials", (p) => link(join(sentinel, "secret.txt"), p), "RUN_DIR_UNSAFE"],
   [
@@ -88,7 +106,12 @@ const plants: [string, "credentials" | "workspaces", Plant, string][] = [
     },
     "RUN_DIR_UNSAFE",
   ],
-  ["a FIFO", "credentials", (p) => Promise.resolve(execFileSync("mkfifo", [p])).then(() => undefined), "RUN_DIR_UNSAFE"],
+  [
+    "a FIFO",
+    "credentials",
+    (p) => Promise.resolve(execFileSync("mkfifo", [p])).then(() => undefined),
+    "RUN_DIR_UNSAFE",
+  ],
   ["a symlink to a directory outside", "workspaces", (p) => symlink(join(sentinel, "inner"), p), "RUN_DIR_UNSAFE"],
   ["a foreign file", "workspaces", (p) => writeFile(p, "foreign\n"), "RUN_DIR_UNSAFE"],
   ["a hardlink to a file outside", "workspaces", (p) => link(join(sentinel, "other.txt"), p), "RUN_DIR_UNSAFE"],
@@ -101,7 +124,13 @@ describe("planted file-system entries", () => {
     const runIds: string[] = [];
     for (let i = 0; i < plants.length; i++) runIds.push(await h.createRun({ "main.tf": MAIN_TF }, ["init"]));
     proxy.setMode({ kind: "status", status: 503 });
-    const agent = launchAgent(proxy.url, files, workDir, ["--retry-base", "100ms", "--retry-max", "500ms", "--concurrency", "4"], { FAKE_TOFU_RECORD: join(dir, "plants.jsonl") });
+    const agent = launchAgent(
+      proxy.url,
+      files,
+      workDir,
+      ["--retry-base", "100ms", "--retry-max", "500ms", "--concurrency", "4"],
+      { FAKE_TOFU_RECORD: join(dir, "plants.jsonl") },
+    );
     try {
       // Registration failing means the sweep is done: plant now.
       await agent.waitForLog((l) => l["event"] === "control_plane_error" && l["during"] === "register");
@@ -128,7 +157,13 @@ describe("planted file-system entries", () => {
       expect(await canaryLeaks(workDir, canary)).toEqual([]);
       // The planted credentials entries are left where they were (the agent removes only what it wrote).
       expect((await readdir(join(workDir, "credentials"))).sort()).toEqual(runIds.slice(0, 6).sort());
-      figures["run_paths"] = { planted: plants.length, refused: Object.values(results).filter((c) => c.startsWith("RUN_DIR")).length, outside_changed: 0, canary_leaks: 0, codes: results };
+      figures["run_paths"] = {
+        planted: plants.length,
+        refused: Object.values(results).filter((c) => c.startsWith("RUN_DIR")).length,
+        outside_changed: 0,
+        canary_leaks: 0,
+        codes: results,
+      };
     } finally {
       proxy.setMode({ kind: "pass" });
       await stopAgent(agent);

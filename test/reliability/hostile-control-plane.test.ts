@@ -112,7 +112,12 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
   if (path === "/api/agent/v1/agents" && req.method === "POST") {
     const body = JSON.parse(await readAll(req)) as { public_keys: { kid: string; public_key: string }[] };
     publicKey = body.public_keys[body.public_keys.length - 1];
-    json(res, 201, { agent_id: "agent-hostile", poll_wait_seconds: POLL_WAIT_S, heartbeat_interval_seconds: 0.2, lease_ttl_seconds: 60 });
+    json(res, 201, {
+      agent_id: "agent-hostile",
+      poll_wait_seconds: POLL_WAIT_S,
+      heartbeat_interval_seconds: 0.2,
+      lease_ttl_seconds: 60,
+    });
     return;
   }
   if (/^\/api\/agent\/v1\/agents\/[^/]+\/leases$/.test(path)) {
@@ -156,7 +161,11 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     if (hb) {
       heartbeatAnswers.delete(leaseId);
       hb(req, res);
-    } else if (action === "heartbeat") json(res, 200, { expires_at: new Date(Date.now() + 60_000).toISOString(), cancel_requested: cancelLeases.has(leaseId) });
+    } else if (action === "heartbeat")
+      json(res, 200, {
+        expires_at: new Date(Date.now() + 60_000).toISOString(),
+        cancel_requested: cancelLeases.has(leaseId),
+      });
     else if (action === "complete") {
       completions.push({ leaseId, body: JSON.parse(body) as { outcome: string; error?: { code: string } } });
       json(res, 200, {});
@@ -173,7 +182,12 @@ function nextLog(predicate: (l: LogLine) => boolean, timeoutMs = 30_000): Promis
   return agent.waitForLog((l) => agent.lines.indexOf(l) >= from && predicate(l), timeoutMs);
 }
 
-async function leaseWithBigConfiguration(runId: string, configuration: Buffer, answer: Answer | "inline", announcedSha256?: string): Promise<string> {
+async function leaseWithBigConfiguration(
+  runId: string,
+  configuration: Buffer,
+  answer: Answer | "inline",
+  announcedSha256?: string,
+): Promise<string> {
   if (!publicKey) throw new Error("agent not registered");
   const bundle = await sealBundle({
     recipient: parsePublicKeyDoc(JSON.stringify(publicKey), "agent key"),
@@ -218,7 +232,20 @@ beforeAll(async () => {
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   files = await agentFiles(dir, TOKEN);
-  agent = launchAgent(url, files, join(dir, "work"), ["--retry-base", "100ms", "--retry-max", "500ms", "--max-config-bytes", "1MiB", "--concurrency", "4", "--cancel-grace", "200ms", "--drain-timeout", "2s"]);
+  agent = launchAgent(url, files, join(dir, "work"), [
+    "--retry-base",
+    "100ms",
+    "--retry-max",
+    "500ms",
+    "--max-config-bytes",
+    "1MiB",
+    "--concurrency",
+    "4",
+    "--cancel-grace",
+    "200ms",
+    "--drain-timeout",
+    "2s",
+  ]);
   await agent.waitForLog((l) => l["event"] === "registered");
   sampler = setInterval(() => {
     const rss = rssBytes(agent.child.pid ?? 0);
@@ -232,25 +259,145 @@ afterAll(async () => {
   recordFigures("hostile-control-plane", figures);
   await stopAgent(agent);
   server.closeAllConnections();
-  await new Promise<void>((r) => server.close(() => { r(); }));
+  await new Promise<void>((r) =>
+    server.close(() => {
+      r();
+    }),
+  );
   await rm(dir, { recursive: true, force: true });
 });
 
 const RSS_BOUND = 600 * MIB;
 
 const cases: [string, Answer, string, string][] = [
-  ["malformed JSON", (_q, res) => { res.writeHead(200, { "content-type": "application/json" }).end('{"leases": [1,'); }, "CONTROL_PLANE_BAD_RESPONSE", "bad_response"],
-  ["an HTML error page with 200", (_q, res) => { res.writeHead(200, { "content-type": "text/html" }).end("<html>proxy error</html>"); }, "CONTROL_PLANE_BAD_RESPONSE", "bad_response"],
-  ["wrong types", (_q, res) => { json(res, 200, { leases: "none" }); }, "CONTROL_PLANE_BAD_RESPONSE", "bad_response"],
-  ["a lease with wrong field types", (_q, res) => { json(res, 200, { leases: [{ lease_id: 5, expires_at: null, run: [], bundle: {} }] }); }, "CONTROL_PLANE_BAD_RESPONSE", "bad_response"],
-  ["a run id that is a path", (_q, res) => { json(res, 200, { leases: [{ lease_id: "l", expires_at: "x", run: { id: "../../etc", phases: ["init"], queued_at: "x", configuration: { sha256: "0".repeat(64), size_bytes: 1 } }, bundle: "b" }] }); }, "CONTROL_PLANE_BAD_RESPONSE", "bad_response"],
-  ["a phase that is a command", (_q, res) => { json(res, 200, { leases: [{ lease_id: "l", expires_at: "x", run: { id: "r", phases: ["init; rm -rf /"], queued_at: "x", configuration: { sha256: "0".repeat(64), size_bytes: 1 } }, bundle: "b" }] }); }, "CONTROL_PLANE_BAD_RESPONSE", "bad_response"],
-  ["a million nested arrays", (_q, res) => { res.writeHead(200, { "content-type": "application/json" }).end(`{"leases":${"[".repeat(1_000_000)}${"]".repeat(1_000_000)}}`); }, "CONTROL_PLANE_BAD_RESPONSE", "bad_response"],
-  ["a 2 GB declared body", (_q, res) => { res.writeHead(200, { "content-type": "application/json", "content-length": String(2 * 1024 * MIB) }); res.write("{"); }, "CONTROL_PLANE_BAD_RESPONSE", "too_large"],
-  ["a 200 MB streamed body (no length)", (_q, res) => { stream(res, 200 * MIB, " "); }, "CONTROL_PLANE_BAD_RESPONSE", "too_large"],
-  ["a 50 MB body of junk under the limit", (_q, res) => { stream(res, 50 * MIB, "x"); }, "CONTROL_PLANE_BAD_RESPONSE", "bad_response"],
-  ["an unknown status", (_q, res) => { json(res, 418, { error: { code: "TEAPOT", message: "x".repeat(10_000) } }); }, "CONTROL_PLANE_REJECTED", "rejected"],
-  ["a 503 with a 20 MB body", (_q, res) => { res.writeHead(503, { "content-type": "text/plain" }); res.end(Buffer.alloc(20 * MIB, "e")); }, "CONTROL_PLANE_UNAVAILABLE", "server_error"],
+  [
+    "malformed JSON",
+    (_q, res) => {
+      res.writeHead(200, { "content-type": "application/json" }).end('{"leases": [1,');
+    },
+    "CONTROL_PLANE_BAD_RESPONSE",
+    "bad_response",
+  ],
+  [
+    "an HTML error page with 200",
+    (_q, res) => {
+      res.writeHead(200, { "content-type": "text/html" }).end("<html>proxy error</html>");
+    },
+    "CONTROL_PLANE_BAD_RESPONSE",
+    "bad_response",
+  ],
+  [
+    "wrong types",
+    (_q, res) => {
+      json(res, 200, { leases: "none" });
+    },
+    "CONTROL_PLANE_BAD_RESPONSE",
+    "bad_response",
+  ],
+  [
+    "a lease with wrong field types",
+    (_q, res) => {
+      json(res, 200, { leases: [{ lease_id: 5, expires_at: null, run: [], bundle: {} }] });
+    },
+    "CONTROL_PLANE_BAD_RESPONSE",
+    "bad_response",
+  ],
+  [
+    "a run id that is a path",
+    (_q, res) => {
+      json(res, 200, {
+        leases: [
+          {
+            lease_id: "l",
+            expires_at: "x",
+            run: {
+              id: "../../etc",
+              phases: ["init"],
+              queued_at: "x",
+              configuration: { sha256: "0".repeat(64), size_bytes: 1 },
+            },
+            bundle: "b",
+          },
+        ],
+      });
+    },
+    "CONTROL_PLANE_BAD_RESPONSE",
+    "bad_response",
+  ],
+  [
+    "a phase that is a command",
+    (_q, res) => {
+      json(res, 200, {
+        leases: [
+          {
+            lease_id: "l",
+            expires_at: "x",
+            run: {
+              id: "r",
+              phases: ["init; rm -rf /"],
+              queued_at: "x",
+              configuration: { sha256: "0".repeat(64), size_bytes: 1 },
+            },
+            bundle: "b",
+          },
+        ],
+      });
+    },
+    "CONTROL_PLANE_BAD_RESPONSE",
+    "bad_response",
+  ],
+  [
+    "a million nested arrays",
+    (_q, res) => {
+      res
+        .writeHead(200, { "content-type": "application/json" })
+        .end(`{"leases":${"[".repeat(1_000_000)}${"]".repeat(1_000_000)}}`);
+    },
+    "CONTROL_PLANE_BAD_RESPONSE",
+    "bad_response",
+  ],
+  [
+    "a 2 GB declared body",
+    (_q, res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": String(2 * 1024 * MIB) });
+      res.write("{");
+    },
+    "CONTROL_PLANE_BAD_RESPONSE",
+    "too_large",
+  ],
+  [
+    "a 200 MB streamed body (no length)",
+    (_q, res) => {
+      stream(res, 200 * MIB, " ");
+    },
+    "CONTROL_PLANE_BAD_RESPONSE",
+    "too_large",
+  ],
+  [
+    "a 50 MB body of junk under the limit",
+    (_q, res) => {
+      stream(res, 50 * MIB, "x");
+    },
+    "CONTROL_PLANE_BAD_RESPONSE",
+    "bad_response",
+  ],
+  [
+    "an unknown status",
+    (_q, res) => {
+      json(res, 418, { error: { code: "TEAPOT", message: "x".repeat(10_000) } });
+    },
+    "CONTROL_PLANE_REJECTED",
+    "rejected",
+  ],
+  [
+    "a 503 with a 20 MB body",
+    (_q, res) => {
+      res.writeHead(503, { "content-type": "text/plain" });
+      res.end(Buffer.alloc(20 * MIB, "e"));
+    },
+    "CONTROL_PLANE_UNAVAILABLE",
+    "server_error",
+  ],
 ];
 
 describe("a hostile control plane", () => {
@@ -285,18 +432,31 @@ describe("a hostile control plane", () => {
     expect(ms).toBeLessThan(POLL_WAIT_S * 1000 + 15_000 + 15_000);
     while (leaseRequests <= answeredRequest) await once(cpEvents, "lease", { signal: AbortSignal.timeout(30_000) });
     expect(agent.child.exitCode).toBeNull();
-    figures["a body that drips one byte per 500 ms"] = { code: line["code"], kind: line["kind"], gave_up_after_ms: ms, deadline_ms: POLL_WAIT_S * 1000 + 15_000 };
+    figures["a body that drips one byte per 500 ms"] = {
+      code: line["code"],
+      kind: line["kind"],
+      gave_up_after_ms: ms,
+      deadline_ms: POLL_WAIT_S * 1000 + 15_000,
+    };
   }, 60_000);
 
   it("fails a run whose configuration download is huge, and one whose checksum does not match, each with a code", async () => {
     const archive = await tarGz({ "main.tf": "# nothing\n" });
-    const ended = [nextLog((l) => l["run_id"] === "run-huge-config" && l["event"] === "run_finished"), nextLog((l) => l["run_id"] === "run-bad-sum" && l["event"] === "run_finished")];
+    const ended = [
+      nextLog((l) => l["run_id"] === "run-huge-config" && l["event"] === "run_finished"),
+      nextLog((l) => l["run_id"] === "run-bad-sum" && l["event"] === "run_finished"),
+    ];
     const big = await leaseWithBigConfiguration("run-huge-config", archive, (_q, res) => {
       stream(res, 300 * MIB, "z");
     });
-    const bad = await leaseWithBigConfiguration("run-bad-sum", archive, (_q, res) => {
-      res.writeHead(200, { "content-type": "application/gzip", "content-length": archive.byteLength }).end(archive);
-    }, "f".repeat(64));
+    const bad = await leaseWithBigConfiguration(
+      "run-bad-sum",
+      archive,
+      (_q, res) => {
+        res.writeHead(200, { "content-type": "application/gzip", "content-length": archive.byteLength }).end(archive);
+      },
+      "f".repeat(64),
+    );
     const finished = await Promise.all(ended);
     expect(finished[0]?.["code"]).toBe("CONTROL_PLANE_BAD_RESPONSE");
     expect(finished[1]?.["code"]).toBe("ARCHIVE_CHECKSUM_MISMATCH");
@@ -332,10 +492,14 @@ describe("a hostile control plane", () => {
     for (const l of lines) expect(l["code"]).toBe("CONTROL_PLANE_BAD_RESPONSE");
     expect(maxRss).toBeLessThan(RSS_BOUND);
     for (const id of leaseIds) cancelLeases.add(id);
-    while (completions.length < done + runIds.length) await once(cpEvents, "complete", { signal: AbortSignal.timeout(30_000) });
+    while (completions.length < done + runIds.length)
+      await once(cpEvents, "complete", { signal: AbortSignal.timeout(30_000) });
     for (const id of leaseIds) expect(completions.find((c) => c.leaseId === id)?.body.outcome).toBe("canceled");
     expect(agent.child.exitCode).toBeNull();
-    figures["huge heartbeat answers, 4 runs at once"] = { code: lines[0]?.["code"], agent_max_rss_mib_during: Math.round(maxRss / MIB) };
+    figures["huge heartbeat answers, 4 runs at once"] = {
+      code: lines[0]?.["code"],
+      agent_max_rss_mib_during: Math.round(maxRss / MIB),
+    };
     maxRss = Math.max(priorMax, maxRss);
   });
 });

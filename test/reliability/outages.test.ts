@@ -18,7 +18,17 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { AgentProcess } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { startFaultProxy, type FaultProxy } from "../support/fault-proxy.js";
-import { addCanaryIntegration, agentFiles, canaryLeaks, launchAgent, MAIN_TF, newCanary, stopAgent, type AgentFiles, type Canary } from "../support/reliability-agents.js";
+import {
+  addCanaryIntegration,
+  agentFiles,
+  canaryLeaks,
+  launchAgent,
+  MAIN_TF,
+  newCanary,
+  stopAgent,
+  type AgentFiles,
+  type Canary,
+} from "../support/reliability-agents.js";
 import { recordFigures } from "../support/reliability-figures.js";
 
 const BASE_MS = 100;
@@ -53,12 +63,21 @@ async function waitMs(ms: number): Promise<void> {
 async function recordFile(name: string): Promise<{ phase: string; cwd: string }[]> {
   const file = join(dir, `${name}.jsonl`);
   if (!existsSync(file)) return [];
-  return (await readFile(file, "utf8")).split("\n").filter(Boolean).map((l) => JSON.parse(l) as { phase: string; cwd: string });
+  return (await readFile(file, "utf8"))
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as { phase: string; cwd: string });
 }
 
 function startAgentBehindProxy(name: string, extra: string[] = []): { agent: AgentProcess; workDir: string } {
   const workDir = join(dir, `work-${name}`);
-  const agent = launchAgent(proxy.url, files, workDir, ["--retry-base", `${BASE_MS}ms`, "--retry-max", `${CAP_MS}ms`, ...extra], { FAKE_TOFU_RECORD: join(dir, `${name}.jsonl`) });
+  const agent = launchAgent(
+    proxy.url,
+    files,
+    workDir,
+    ["--retry-base", `${BASE_MS}ms`, "--retry-max", `${CAP_MS}ms`, ...extra],
+    { FAKE_TOFU_RECORD: join(dir, `${name}.jsonl`) },
+  );
   return { agent, workDir };
 }
 
@@ -115,7 +134,13 @@ describe("control-plane outages", () => {
       await agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "credentials_wiped");
       await expectRanOnceEach([runId], "five");
       expect(await canaryLeaks(workDir, canary)).toEqual([]);
-      figures["status_503"] = { window_ms: windowMs, requests: during, bound: maxRequests(windowMs), resume_ms: resumeMs, cap_ms: CAP_MS };
+      figures["status_503"] = {
+        window_ms: windowMs,
+        requests: during,
+        bound: maxRequests(windowMs),
+        resume_ms: resumeMs,
+        cap_ms: CAP_MS,
+      };
     } finally {
       proxy.setMode({ kind: "pass" });
       await stopAgent(agent);
@@ -143,7 +168,12 @@ describe("control-plane outages", () => {
       expect(first.at - healedAt).toBeLessThanOrEqual(CAP_MS + SLACK_MS);
       const runId = await h.createRun({ "main.tf": MAIN_TF }, ["init"]);
       expect((await h.waitForStatus(runId, TERMINAL)).status).toBe("succeeded");
-      figures["status_429_retry_after_1s"] = { window_ms: windowMs, requests: hits.length, min_gap_ms: Math.min(...gaps), resume_ms: first.at - healedAt };
+      figures["status_429_retry_after_1s"] = {
+        window_ms: windowMs,
+        requests: hits.length,
+        min_gap_ms: Math.min(...gaps),
+        resume_ms: first.at - healedAt,
+      };
     } finally {
       proxy.setMode({ kind: "pass" });
       await stopAgent(agent);
@@ -169,7 +199,12 @@ describe("control-plane outages", () => {
       await agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "credentials_wiped");
       await expectRanOnceEach([runId], "reset");
       expect(await canaryLeaks(workDir, canary)).toEqual([]);
-      figures["connection_reset"] = { window_ms: windowMs, requests: during, bound: maxRequests(windowMs), resume_ms: first.at - healedAt };
+      figures["connection_reset"] = {
+        window_ms: windowMs,
+        requests: during,
+        bound: maxRequests(windowMs),
+        resume_ms: first.at - healedAt,
+      };
     } finally {
       proxy.setMode({ kind: "pass" });
       await stopAgent(agent);
@@ -182,19 +217,28 @@ describe("control-plane outages", () => {
     try {
       await agent.waitForLog((l) => l["event"] === "registered");
       // A load balancer that holds long-polls and never answers, then cuts them when it recovers.
-      proxy.setMode({ kind: "stall" }, { cutInFlight: true, only: (m, p) => LEASES.test(p) && m === "POST" && p.includes("/agents/") });
+      proxy.setMode(
+        { kind: "stall" },
+        { cutInFlight: true, only: (m, p) => LEASES.test(p) && m === "POST" && p.includes("/agents/") },
+      );
       const stalled = await proxy.waitForRequest((r) => r.mode === "stall");
       runIds.push(await h.createRun({ "main.tf": MAIN_TF }, ["init"]));
       await waitMs(1000);
       // Then one that cuts every long-poll after 300 ms, dropping leases the control plane handed out.
-      proxy.setMode({ kind: "drop-after", ms: 300 }, { only: (m, p) => LEASES.test(p) && m === "POST" && p.includes("/agents/") });
+      proxy.setMode(
+        { kind: "drop-after", ms: 300 },
+        { only: (m, p) => LEASES.test(p) && m === "POST" && p.includes("/agents/") },
+      );
       for (let i = 0; i < 4; i++) {
         runIds.push(await h.createRun({ "main.tf": MAIN_TF }, ["init"]));
         await waitMs(250);
       }
       // Then one that lets the control plane hand out the lease and loses the answer: the run is
       // leased to the agent, which never hears of it; the lease expires and the run fails, once.
-      proxy.setMode({ kind: "drop-response" }, { only: (m, p) => LEASES.test(p) && m === "POST" && p.includes("/agents/") });
+      proxy.setMode(
+        { kind: "drop-response" },
+        { only: (m, p) => LEASES.test(p) && m === "POST" && p.includes("/agents/") },
+      );
       const lost: string[] = [];
       for (let i = 0; i < 2; i++) {
         const t0 = Date.now();
@@ -202,7 +246,9 @@ describe("control-plane outages", () => {
         lost.push(id);
         runIds.push(id);
         await h.waitForStatus(id, ["running", ...TERMINAL]);
-        await proxy.waitForRequest((r) => r.mode === "drop-response" && r.doneAt !== undefined && r.doneAt >= t0 && r.status === undefined);
+        await proxy.waitForRequest(
+          (r) => r.mode === "drop-response" && r.doneAt !== undefined && r.doneAt >= t0 && r.status === undefined,
+        );
       }
       const healedAt = Date.now();
       proxy.setMode({ kind: "pass" });
@@ -213,18 +259,27 @@ describe("control-plane outages", () => {
         const key = r.status === "succeeded" ? "succeeded" : `${r.status}:${r.error?.code ?? "?"}`;
         outcomes[key] = (outcomes[key] ?? 0) + 1;
         // A dropped lease is failed by the control plane, never queued again.
-        if (r.status !== "succeeded") expect(["LEASE_UNDELIVERED", "LEASE_EXPIRED", "LEASE_LOST"]).toContain(r.error?.code);
+        if (r.status !== "succeeded")
+          expect(["LEASE_UNDELIVERED", "LEASE_EXPIRED", "LEASE_LOST"]).toContain(r.error?.code);
       }
       // The last run, queued after recovery, runs; the lost leases expired and were never run.
       expect(ended[ended.length - 1]?.status).toBe("succeeded");
       for (const id of lost) {
         const r = h.cp.store.runs.get(id);
-        if (r?.events.some((e) => e.type === "leased")) expect(r.error?.code ?? r.status).toMatch(/LEASE_EXPIRED|succeeded/);
+        if (r?.events.some((e) => e.type === "leased"))
+          expect(r.error?.code ?? r.status).toMatch(/LEASE_EXPIRED|succeeded/);
       }
       await expectRanOnceEach(runIds, "drop");
-      for (const id of runIds) if (h.cp.store.runs.get(id)?.status === "succeeded") await agent.waitForLog((l) => l["run_id"] === id && l["event"] === "credentials_wiped");
+      for (const id of runIds)
+        if (h.cp.store.runs.get(id)?.status === "succeeded")
+          await agent.waitForLog((l) => l["run_id"] === id && l["event"] === "credentials_wiped");
       expect(await canaryLeaks(workDir, canary)).toEqual([]);
-      figures["stall_and_drop"] = { runs: runIds.length, outcomes, stalled_at: stalled.at > 0, resumed_within_ms: Date.now() - healedAt };
+      figures["stall_and_drop"] = {
+        runs: runIds.length,
+        outcomes,
+        stalled_at: stalled.at > 0,
+        resumed_within_ms: Date.now() - healedAt,
+      };
     } finally {
       proxy.setMode({ kind: "pass" });
       await stopAgent(agent);
@@ -236,7 +291,9 @@ describe("control-plane outages", () => {
     try {
       await agent.waitForLog((l) => l["event"] === "registered");
       const runId = await h.createRun({ "main.tf": MAIN_TF, "fake-tofu.json": JSON.stringify({ hang: "plan" }) });
-      await agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "phase_output" && l["msg"] === "FAKE-TOFU-READY plan");
+      await agent.waitForLog(
+        (l) => l["run_id"] === runId && l["event"] === "phase_output" && l["msg"] === "FAKE-TOFU-READY plan",
+      );
       proxy.setMode({ kind: "status", status: 503 }, { only: (_m, p) => p.endsWith("/heartbeat") });
       const finished = await agent.waitForLog((l) => l["run_id"] === runId && l["event"] === "run_finished", 30_000);
       expect(finished["code"]).toBe("LEASE_LOST");
@@ -250,7 +307,11 @@ describe("control-plane outages", () => {
       const next = await h.createRun({ "main.tf": MAIN_TF }, ["init"]);
       expect((await h.waitForStatus(next, TERMINAL)).status).toBe("succeeded");
       await expectRanOnceEach([runId, next], "heartbeat");
-      figures["heartbeats_5xx_until_expiry"] = { agent: finished["code"], control_plane: run.error?.code, next_run: "succeeded" };
+      figures["heartbeats_5xx_until_expiry"] = {
+        agent: finished["code"],
+        control_plane: run.error?.code,
+        next_run: "succeeded",
+      };
     } finally {
       proxy.setMode({ kind: "pass" });
       await stopAgent(agent);
@@ -300,7 +361,12 @@ describe("control-plane outages", () => {
       const up = await fetch(`${url}/readyz`);
       expect(up.status).toBe(200);
       expect(registeredMs).toBeLessThanOrEqual(CAP_MS + SLACK_MS + 1000);
-      figures["down_at_start"] = { readyz_while_down: down.status, reason: body.reasons[0], readyz_after: up.status, registered_after_ms: registeredMs };
+      figures["down_at_start"] = {
+        readyz_while_down: down.status,
+        reason: body.reasons[0],
+        readyz_after: up.status,
+        registered_after_ms: registeredMs,
+      };
     } finally {
       proxy.setMode({ kind: "pass" });
       await stopAgent(agent);

@@ -43,7 +43,10 @@ afterAll(async () => {
 describe("output flood", () => {
   it(`a tofu printing ${OUTPUT_MIB} MiB while the log endpoint is slow: agent memory stays under ${RSS_BOUND / MIB} MiB and the run completes`, async () => {
     const tofu = join(dir, "flood-tofu");
-    await writeFile(tofu, `#!/bin/sh\nyes "module.net: still creating... [10s elapsed] some provider output" | head -c ${OUTPUT_MIB * MIB}\n`);
+    await writeFile(
+      tofu,
+      `#!/bin/sh\nyes "module.net: still creating... [10s elapsed] some provider output" | head -c ${OUTPUT_MIB * MIB}\n`,
+    );
     await chmod(tofu, 0o755);
     const files = await agentFiles(dir, h.agentToken);
     proxy.setMode({ kind: "delay", ms: 50 }, { only: (m, p) => m === "POST" && p.endsWith("/logs") });
@@ -62,7 +65,12 @@ describe("output flood", () => {
           resolve("timeout");
         });
       });
-      recordFigures("output-flood", { output_mib: OUTPUT_MIB, agent_max_rss_mib: Math.round(maxRss / MIB), rss_bound_mib: RSS_BOUND / MIB, outcome: typeof outcome === "string" ? outcome : outcome.status });
+      recordFigures("output-flood", {
+        output_mib: OUTPUT_MIB,
+        agent_max_rss_mib: Math.round(maxRss / MIB),
+        rss_bound_mib: RSS_BOUND / MIB,
+        outcome: typeof outcome === "string" ? outcome : outcome.status,
+      });
       expect(typeof outcome === "string" ? outcome : outcome.status).toBe("succeeded");
       expect(maxRss).toBeLessThan(RSS_BOUND);
       // What did not fit is said, not silently lost.

@@ -71,7 +71,11 @@ export function startAgent(args: readonly string[], env: NodeJS.ProcessEnv = {})
       if (found) return Promise.resolve(found);
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => {
-          reject(new Error(`no matching log line within ${timeoutMs} ms; last lines:\n${raw.split("\n").slice(-15).join("\n")}`));
+          reject(
+            new Error(
+              `no matching log line within ${timeoutMs} ms; last lines:\n${raw.split("\n").slice(-15).join("\n")}`,
+            ),
+          );
         }, timeoutMs);
         const waiter = {
           predicate,
@@ -84,7 +88,9 @@ export function startAgent(args: readonly string[], env: NodeJS.ProcessEnv = {})
         void exited.then(() => {
           if (waiters.includes(waiter)) {
             clearTimeout(timer);
-            reject(new Error(`agent exited before a matching log line; output:\n${raw.split("\n").slice(-20).join("\n")}`));
+            reject(
+              new Error(`agent exited before a matching log line; output:\n${raw.split("\n").slice(-20).join("\n")}`),
+            );
           }
         });
       });

@@ -15,8 +15,14 @@ export interface CliControlPlane {
   stop(): Promise<number | null>;
 }
 
-export async function spawnCliControlPlane(args: readonly string[], env: Readonly<Record<string, string>> = {}): Promise<CliControlPlane> {
-  const child = spawn(AGENT_BIN, ["control-plane", "--listen", "127.0.0.1:0", ...args], { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "pipe"] });
+export async function spawnCliControlPlane(
+  args: readonly string[],
+  env: Readonly<Record<string, string>> = {},
+): Promise<CliControlPlane> {
+  const child = spawn(AGENT_BIN, ["control-plane", "--listen", "127.0.0.1:0", ...args], {
+    env: { ...process.env, ...env },
+    stdio: ["pipe", "pipe", "pipe"],
+  });
   let raw = "";
   const exited = once(child, "exit") as Promise<[number | null, NodeJS.Signals | null]>;
   const url = await new Promise<string>((resolve, reject) => {

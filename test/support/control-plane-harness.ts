@@ -32,7 +32,10 @@ export async function tarGz(files: Record<string, string>): Promise<Buffer> {
       await mkdir(dirname(join(dir, name)), { recursive: true });
       await writeFile(join(dir, name), content);
     }
-    const { stdout } = await execFileAsync("tar", ["czf", "-", "-C", dir, "."], { encoding: "buffer", maxBuffer: 64 * 1024 * 1024 });
+    const { stdout } = await execFileAsync("tar", ["czf", "-", "-C", dir, "."], {
+      encoding: "buffer",
+      maxBuffer: 64 * 1024 * 1024,
+    });
     return stdout;
   } finally {
     await rm(dir, { recursive: true, force: true });
@@ -56,7 +59,10 @@ export async function startControlPlane(options: Partial<ControlPlaneOptions> = 
   async function admin(method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
     const res = await fetch(`${url}/api/admin/v1${path}`, {
       method,
-      headers: { authorization: `Bearer ${adminToken}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      headers: {
+        authorization: `Bearer ${adminToken}`,
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+      },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     });
     const text = await res.text();
@@ -97,7 +103,11 @@ export async function startControlPlane(options: Partial<ControlPlaneOptions> = 
         };
         const timer = setTimeout(() => {
           cp.store.off("run-changed", onChange);
-          reject(new Error(`run ${runId} did not reach ${statuses.join("/")} within ${timeoutMs} ms (status ${cp.store.runs.get(runId)?.status ?? "unknown"})`));
+          reject(
+            new Error(
+              `run ${runId} did not reach ${statuses.join("/")} within ${timeoutMs} ms (status ${cp.store.runs.get(runId)?.status ?? "unknown"})`,
+            ),
+          );
         }, timeoutMs);
         cp.store.on("run-changed", onChange);
         check();

@@ -6,12 +6,23 @@
  * first request after a recovery. Waiting is event-driven (`waitForRequest`), never by polling.
  */
 import { EventEmitter } from "node:events";
-import { request as httpRequest, createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import {
+  request as httpRequest,
+  createServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 
 type FaultMode =
   | { readonly kind: "pass" }
-  | { readonly kind: "status"; readonly status: number; readonly headers?: Readonly<Record<string, string>>; readonly body?: string }
+  | {
+      readonly kind: "status";
+      readonly status: number;
+      readonly headers?: Readonly<Record<string, string>>;
+      readonly body?: string;
+    }
   /** Destroy the connection as soon as the request arrives. */
   | { readonly kind: "reset" }
   /** Close every new connection at once, before any request (the control plane is down). */
@@ -92,8 +103,13 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
         return;
       case "status": {
         req.resume();
-        const body = m.body ?? JSON.stringify({ error: { code: "INJECTED", message: `fault proxy answered ${m.status}` } });
-        res.writeHead(m.status, { "content-type": "application/json", "content-length": Buffer.byteLength(body), ...m.headers });
+        const body =
+          m.body ?? JSON.stringify({ error: { code: "INJECTED", message: `fault proxy answered ${m.status}` } });
+        res.writeHead(m.status, {
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(body),
+          ...m.headers,
+        });
         res.end(body);
         finish(rec, m.status);
         return;
@@ -106,7 +122,13 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       case "drop-after":
       case "drop-response": {
         const up = httpRequest(
-          { host: upstream.hostname, port: upstream.port, method, path, headers: { ...req.headers, host: upstream.host } },
+          {
+            host: upstream.hostname,
+            port: upstream.port,
+            method,
+            path,
+            headers: { ...req.headers, host: upstream.host },
+          },
           (upRes) => {
             if (m.kind === "drop-response") {
               upRes.resume();
@@ -195,12 +217,17 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       });
     },
     count(from, to, pathMatch) {
-      return requests.filter((r) => r.at >= from && r.at < to && (pathMatch === undefined || pathMatch.test(r.path))).length;
+      return requests.filter((r) => r.at >= from && r.at < to && (pathMatch === undefined || pathMatch.test(r.path)))
+        .length;
     },
     async close() {
       for (const cut of [...inFlight]) cut();
       for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => { resolve(); }));
+      await new Promise<void>((resolve) =>
+        server.close(() => {
+          resolve();
+        }),
+      );
     },
   };
 }

@@ -10,7 +10,10 @@ import { realFs, type FileSystem } from "../../src/fs/secure-fs.js";
 const FOREIGN_UID = 4242;
 
 function withOwner(st: Stats): Stats {
-  return Object.assign(Object.create(Object.getPrototypeOf(st) as object) as Stats, st, { uid: FOREIGN_UID, gid: FOREIGN_UID });
+  return Object.assign(Object.create(Object.getPrototypeOf(st) as object) as Stats, st, {
+    uid: FOREIGN_UID,
+    gid: FOREIGN_UID,
+  });
 }
 
 /** Makes `path` another user's (uid and gid 4242); returns the file system to give the code under test. */

@@ -4,7 +4,12 @@
  * three base64 alignments (as inside a longer encoded text).
  */
 export function leakForms(secret: string, username: string): string[] {
-  const forms = [secret, JSON.stringify(secret).slice(1, -1), encodeURIComponent(secret), Buffer.from(secret, "utf8").toString("hex")];
+  const forms = [
+    secret,
+    JSON.stringify(secret).slice(1, -1),
+    encodeURIComponent(secret),
+    Buffer.from(secret, "utf8").toString("hex"),
+  ];
   for (const text of [secret, `${username}:${secret}`]) {
     const bytes = Buffer.from(text, "utf8");
     forms.push(bytes.toString("base64").replace(/=+$/, ""), bytes.toString("base64url"));

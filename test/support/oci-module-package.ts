@@ -188,7 +188,11 @@ export async function buildModulePackage(options: {
 }
 
 /** A containers-style auth file (0600, in its own 0700 directory) for one registry key. */
-export async function writeAuthFile(key: string, username: string, password: string): Promise<{ path: string; remove(): Promise<void> }> {
+export async function writeAuthFile(
+  key: string,
+  username: string,
+  password: string,
+): Promise<{ path: string; remove(): Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), "oca-authfile-"));
   const path = join(dir, "auth.json");
   const auth = Buffer.from(`${username}:${password}`, "utf8").toString("base64");
@@ -216,9 +220,12 @@ export async function pushModulePackage(pkg: ModulePackage, target: PushTarget):
     await execFileAsync(
       "skopeo",
       [
-        "copy", "--quiet",
-        "--dest-authfile", authFile.path,
-        "--dest-cert-dir", target.certDir,
+        "copy",
+        "--quiet",
+        "--dest-authfile",
+        authFile.path,
+        "--dest-cert-dir",
+        target.certDir,
         `oci:${pkg.layoutDir}:${pkg.tag}`,
         `docker://${target.host}/${target.repository}:${pkg.tag}`,
       ],
@@ -245,7 +252,8 @@ export async function readModulePackageLayout(layoutDir: string): Promise<Pulled
   const index = JSON.parse(await readFile(join(layoutDir, "index.json"), "utf8")) as { manifests: Descriptor[] };
   const desc = index.manifests[0];
   if (desc === undefined) throw new Error(`${layoutDir}/index.json lists no manifest`);
-  const blob = (digest: string): Promise<Buffer> => readFile(join(layoutDir, "blobs", "sha256", digest.replace(/^sha256:/, "")));
+  const blob = (digest: string): Promise<Buffer> =>
+    readFile(join(layoutDir, "blobs", "sha256", digest.replace(/^sha256:/, "")));
   const manifest = JSON.parse((await blob(desc.digest)).toString("utf8")) as PulledPackage["manifest"];
   const first = manifest.layers[0];
   if (first === undefined) throw new Error("the manifest has no layer");

@@ -121,16 +121,49 @@ export async function makeTlsMaterial(dir: string): Promise<TlsMaterial> {
   const serverKeyFile = join(dir, "server.key");
   const serverCertFile = join(dir, "server.crt");
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-  await run("openssl", ["req", "-x509", ...ec, "-days", "2", "-subj", "/CN=oci-cred-agent test CA", "-keyout", caKeyFile, "-out", caFile]);
-  await run("openssl", ["req", ...ec, "-subj", "/CN=127.0.0.1", "-keyout", serverKeyFile, "-out", join(dir, "server.csr")]);
+  await run("openssl", [
+    "req",
+    "-x509",
+    ...ec,
+    "-days",
+    "2",
+    "-subj",
+    "/CN=oci-cred-agent test CA",
+    "-keyout",
+    caKeyFile,
+    "-out",
+    caFile,
+  ]);
+  await run("openssl", [
+    "req",
+    ...ec,
+    "-subj",
+    "/CN=127.0.0.1",
+    "-keyout",
+    serverKeyFile,
+    "-out",
+    join(dir, "server.csr"),
+  ]);
   await writeFile(join(dir, "server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n");
   await run("openssl", [
-    "x509", "-req", "-in", join(dir, "server.csr"), "-CA", caFile, "-CAkey", caKeyFile, "-CAcreateserial",
-    "-days", "2", "-extfile", join(dir, "server.ext"), "-out", serverCertFile,
+    "x509",
+    "-req",
+    "-in",
+    join(dir, "server.csr"),
+    "-CA",
+    caFile,
+    "-CAkey",
+    caKeyFile,
+    "-CAcreateserial",
+    "-days",
+    "2",
+    "-extfile",
+    join(dir, "server.ext"),
+    "-out",
+    serverCertFile,
   ]);
   return { dir, caPem: await readFile(caFile, "utf8"), caFile, certDir, caKeyFile, serverCertFile, serverKeyFile };
 }
-
 
 /** A bcrypt htpasswd line; the password goes through stdin (`htpasswd -niB`), never argv. */
 async function bcryptLine(username: string, password: string): Promise<string> {
@@ -155,7 +188,11 @@ interface RegistryProcess {
 }
 
 /** Starts docker-registry and polls `GET /v2/` until it answers 401 (auth on) or it exits. */
-async function startRegistryProcess(configFile: string, port: number, dispatcher: Agent): Promise<RegistryProcess | undefined> {
+async function startRegistryProcess(
+  configFile: string,
+  port: number,
+  dispatcher: Agent,
+): Promise<RegistryProcess | undefined> {
   const child = spawn("docker-registry", ["serve", configFile], { stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   child.stderr.on("data", (c: Buffer) => {
@@ -295,7 +332,12 @@ export async function startHtpasswdRegistry(users: Readonly<Record<string, strin
     };
     await writeHtpasswd();
     const dispatcher = new Agent({ connect: { ca: tls.caPem } });
-    const { port, proc } = await launch(dir, tls, dispatcher, `auth: { htpasswd: { realm: oci-cred-agent-test, path: ${htpasswdFile} } }`);
+    const { port, proc } = await launch(
+      dir,
+      tls,
+      dispatcher,
+      `auth: { htpasswd: { realm: oci-cred-agent-test, path: ${htpasswdFile} } }`,
+    );
     const probe = (username: string, password: string, repository?: string): Promise<number> =>
       probeStatus(dispatcher, port, basic(username, password), repository);
     let stopped = false;
@@ -317,7 +359,8 @@ export async function startHtpasswdRegistry(users: Readonly<Record<string, strin
         passwords.delete(username);
         lines.delete(username);
         await writeHtpasswd();
-        if (old !== undefined) await pollUntil(`revoking ${username}`, async () => (await probe(username, old)) === 401);
+        if (old !== undefined)
+          await pollUntil(`revoking ${username}`, async () => (await probe(username, old)) === 401);
       },
       async stop() {
         if (stopped) return;
@@ -335,7 +378,12 @@ export async function startHtpasswdRegistry(users: Readonly<Record<string, strin
 
 /** `*` matches any text (slashes included); everything else literally. */
 function aclMatches(pattern: string, repository: string): boolean {
-  const re = new RegExp(`^${pattern.split("*").map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join(".*")}$`);
+  const re = new RegExp(
+    `^${pattern
+      .split("*")
+      .map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
+      .join(".*")}$`,
+  );
   return re.test(repository);
 }
 
@@ -344,7 +392,14 @@ function parseScope(scope: string): { type: string; name: string; actions: strin
   const first = scope.indexOf(":");
   const last = scope.lastIndexOf(":");
   if (first <= 0 || last <= first) return undefined;
-  return { type: scope.slice(0, first), name: scope.slice(first + 1, last), actions: scope.slice(last + 1).split(",").filter((a) => a !== "") };
+  return {
+    type: scope.slice(0, first),
+    name: scope.slice(first + 1, last),
+    actions: scope
+      .slice(last + 1)
+      .split(",")
+      .filter((a) => a !== ""),
+  };
 }
 
 interface TokenSigner {
@@ -357,8 +412,33 @@ async function makeTokenSigner(tls: TlsMaterial): Promise<TokenSigner> {
   const keyFile = join(tls.dir, "token.key");
   const csr = join(tls.dir, "token.csr");
   const certFile = join(tls.dir, "token.crt");
-  await run("openssl", ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=oci-cred-agent test token issuer", "-keyout", keyFile, "-out", csr]);
-  await run("openssl", ["x509", "-req", "-in", csr, "-CA", tls.caFile, "-CAkey", tls.caKeyFile, "-CAcreateserial", "-days", "2", "-out", certFile]);
+  await run("openssl", [
+    "req",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-subj",
+    "/CN=oci-cred-agent test token issuer",
+    "-keyout",
+    keyFile,
+    "-out",
+    csr,
+  ]);
+  await run("openssl", [
+    "x509",
+    "-req",
+    "-in",
+    csr,
+    "-CA",
+    tls.caFile,
+    "-CAkey",
+    tls.caKeyFile,
+    "-CAcreateserial",
+    "-days",
+    "2",
+    "-out",
+    certFile,
+  ]);
   const pem = await readFile(certFile, "utf8");
   const b64 = pem.replace(/-----(BEGIN|END) CERTIFICATE-----/g, "").replace(/\s+/g, "");
   return { key: createPrivateKey(await readFile(keyFile, "utf8")), certDerB64: b64 };
@@ -403,12 +483,18 @@ export async function startTokenRegistry(users: Readonly<Record<string, TokenUse
         res.writeHead(404).end();
         return;
       }
-      const scopes = url.searchParams.getAll("scope").flatMap((s) => s.split(" ")).filter((s) => s !== "");
+      const scopes = url.searchParams
+        .getAll("scope")
+        .flatMap((s) => s.split(" "))
+        .filter((s) => s !== "");
       const creds = parseBasic(req.headers.authorization);
       const account = creds === undefined ? undefined : accounts.get(creds.user);
       if (creds === undefined || account?.password !== creds.password) {
         tokenRequests.push({ user: creds?.user, authenticated: false, scopes, granted: [] });
-        res.writeHead(401, { "content-type": "application/json", "www-authenticate": 'Basic realm="oci-cred-agent-test"' });
+        res.writeHead(401, {
+          "content-type": "application/json",
+          "www-authenticate": 'Basic realm="oci-cred-agent-test"',
+        });
         res.end(JSON.stringify({ errors: [{ code: "UNAUTHORIZED", message: "authentication required" }] }));
         return;
       }
@@ -416,11 +502,18 @@ export async function startTokenRegistry(users: Readonly<Record<string, TokenUse
       for (const scope of scopes) {
         const parsed = parseScope(scope);
         if (parsed?.type !== "repository") continue;
-        const allowed = new Set(account.acl.filter((r) => aclMatches(r.pattern, parsed.name)).flatMap((r) => r.actions));
+        const allowed = new Set(
+          account.acl.filter((r) => aclMatches(r.pattern, parsed.name)).flatMap((r) => r.actions),
+        );
         const actions = parsed.actions.filter((a) => allowed.has(a as RegistryAction));
         if (actions.length > 0) access.push({ type: "repository", name: parsed.name, actions });
       }
-      tokenRequests.push({ user: creds.user, authenticated: true, scopes, granted: access.map((a) => `${a.type}:${a.name}:${a.actions.join(",")}`) });
+      tokenRequests.push({
+        user: creds.user,
+        authenticated: true,
+        scopes,
+        granted: access.map((a) => `${a.type}:${a.name}:${a.actions.join(",")}`),
+      });
       const now = Math.floor(Date.now() / 1000);
       const token = signJwt(signer, {
         iss: issuer,
@@ -433,9 +526,14 @@ export async function startTokenRegistry(users: Readonly<Record<string, TokenUse
         access,
       });
       res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ token, access_token: token, expires_in: 300, issued_at: new Date(now * 1000).toISOString() }));
+      res.end(
+        JSON.stringify({ token, access_token: token, expires_in: 300, issued_at: new Date(now * 1000).toISOString() }),
+      );
     };
-    server = createHttpsServer({ cert: await readFile(tls.serverCertFile), key: await readFile(tls.serverKeyFile) }, handle);
+    server = createHttpsServer(
+      { cert: await readFile(tls.serverCertFile), key: await readFile(tls.serverKeyFile) },
+      handle,
+    );
     server.listen(0, "127.0.0.1");
     await once(server, "listening");
     const realm = `https://127.0.0.1:${(server.address() as AddressInfo).port}/token`;
@@ -451,7 +549,10 @@ export async function startTokenRegistry(users: Readonly<Record<string, TokenUse
     const probe = async (username: string, password: string, repository?: string): Promise<number> => {
       const q = new URLSearchParams({ service });
       if (repository !== undefined) q.set("scope", `repository:${repository}:pull`);
-      const res = await request(`${realm}?${q.toString()}`, { dispatcher, headers: { authorization: basic(username, password) } });
+      const res = await request(`${realm}?${q.toString()}`, {
+        dispatcher,
+        headers: { authorization: basic(username, password) },
+      });
       if (res.statusCode !== 200) {
         await res.body.dump();
         return res.statusCode;
@@ -487,9 +588,11 @@ export async function startTokenRegistry(users: Readonly<Record<string, TokenUse
         await stopProcess(proc);
         await dispatcher.close();
         tokenServer.closeAllConnections();
-        await new Promise<void>((resolve) => tokenServer.close(() => {
-          resolve();
-        }));
+        await new Promise<void>((resolve) =>
+          tokenServer.close(() => {
+            resolve();
+          }),
+        );
         await rm(dir, { recursive: true, force: true });
       },
     };

@@ -9,7 +9,13 @@ import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildModulePackage, pushModulePackage, type ModulePackage } from "./oci-module-package.js";
-import { startHtpasswdRegistry, startTokenRegistry, type LocalRegistry, type TokenRegistry, type TokenUser } from "./registry-fixture.js";
+import {
+  startHtpasswdRegistry,
+  startTokenRegistry,
+  type LocalRegistry,
+  type TokenRegistry,
+  type TokenUser,
+} from "./registry-fixture.js";
 
 export interface RegistryPair {
   readonly registry: LocalRegistry;
@@ -30,8 +36,14 @@ export async function startRegistryPair(options: {
 }): Promise<RegistryPair> {
   const [r, t, p] = await Promise.allSettled([
     startHtpasswdRegistry({ pusher: options.pusherPassword, ...options.htpasswdUsers }),
-    startTokenRegistry({ pusher: { password: options.pusherPassword, acl: [{ pattern: "*", actions: ["pull", "push"] }] }, ...options.tokenUsers }),
-    buildModulePackage({ layoutDir: join(tmpdir(), `oca-it-modpkg-${randomBytes(4).toString("hex")}`), tag: options.tag }),
+    startTokenRegistry({
+      pusher: { password: options.pusherPassword, acl: [{ pattern: "*", actions: ["pull", "push"] }] },
+      ...options.tokenUsers,
+    }),
+    buildModulePackage({
+      layoutDir: join(tmpdir(), `oca-it-modpkg-${randomBytes(4).toString("hex")}`),
+      tag: options.tag,
+    }),
   ]);
   const cleanups: (() => Promise<void>)[] = [];
   if (r.status === "fulfilled") cleanups.push(() => r.value.stop());
@@ -47,8 +59,17 @@ export async function startRegistryPair(options: {
   const pair = { registry: r.value, tokenRegistry: t.value, pkg: p.value, stop };
   const pusher = { username: "pusher", password: options.pusherPassword };
   await Promise.all([
-    ...options.htpasswdRepositories.map((repository) => pushModulePackage(pair.pkg, { host: pair.registry.host, repository, certDir: pair.registry.certDir, ...pusher })),
-    ...options.tokenRepositories.map((repository) => pushModulePackage(pair.pkg, { host: pair.tokenRegistry.host, repository, certDir: pair.tokenRegistry.certDir, ...pusher })),
+    ...options.htpasswdRepositories.map((repository) =>
+      pushModulePackage(pair.pkg, { host: pair.registry.host, repository, certDir: pair.registry.certDir, ...pusher }),
+    ),
+    ...options.tokenRepositories.map((repository) =>
+      pushModulePackage(pair.pkg, {
+        host: pair.tokenRegistry.host,
+        repository,
+        certDir: pair.tokenRegistry.certDir,
+        ...pusher,
+      }),
+    ),
   ]);
   return pair;
 }

@@ -25,7 +25,13 @@ export function newCanary(): Canary {
 }
 
 export async function addCanaryIntegration(h: Harness, canary: Canary): Promise<void> {
-  await h.createIntegration({ name: "canary", registry_url: `https://${CANARY_HOST}`, username: "octocat", password: canary.secret, export_credentials: true });
+  await h.createIntegration({
+    name: "canary",
+    registry_url: `https://${CANARY_HOST}`,
+    username: "octocat",
+    password: canary.secret,
+    export_credentials: true,
+  });
 }
 
 export interface AgentFiles {
@@ -46,7 +52,10 @@ export async function agentFiles(parent: string, token: string): Promise<AgentFi
 /** A stand-in tofu that costs one `sh`: it checks the run's Docker config exists, nothing else. */
 export async function shTofu(dir: string): Promise<string> {
   const path = join(dir, "sh-tofu");
-  await writeFile(path, '#!/bin/sh\ntest -f "$DOCKER_CONFIG/config.json" || { echo "no credentials" >&2; exit 7; }\nexit 0\n');
+  await writeFile(
+    path,
+    '#!/bin/sh\ntest -f "$DOCKER_CONFIG/config.json" || { echo "no credentials" >&2; exit 7; }\nexit 0\n',
+  );
   await chmod(path, 0o755);
   return path;
 }
@@ -56,9 +65,32 @@ export async function shTofu(dir: string): Promise<string> {
  * init is off (--no-preflight): it is not what these tests are about, and under load every run
  * would wait on DNS for the same missing host.
  */
-export function launchAgent(url: string, files: AgentFiles, workDir: string, extra: readonly string[] = [], env: NodeJS.ProcessEnv = {}): AgentProcess {
+export function launchAgent(
+  url: string,
+  files: AgentFiles,
+  workDir: string,
+  extra: readonly string[] = [],
+  env: NodeJS.ProcessEnv = {},
+): AgentProcess {
   return startAgent(
-    ["--control-plane-url", url, "--token-file", files.tokenFile, "--key-file", files.keyFile, "--work-dir", workDir, "--tofu-bin", FAKE_TOFU, "--cancel-grace", "500ms", "--listen", "127.0.0.1:0", "--no-preflight", ...extra],
+    [
+      "--control-plane-url",
+      url,
+      "--token-file",
+      files.tokenFile,
+      "--key-file",
+      files.keyFile,
+      "--work-dir",
+      workDir,
+      "--tofu-bin",
+      FAKE_TOFU,
+      "--cancel-grace",
+      "500ms",
+      "--listen",
+      "127.0.0.1:0",
+      "--no-preflight",
+      ...extra,
+    ],
     { HOME: files.dir, TF_CLI_CONFIG_FILE: "", ...env },
   );
 }

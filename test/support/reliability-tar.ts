@@ -33,7 +33,14 @@ function octal(value: number, length: number): string {
   return `${value.toString(8).padStart(length - 1, "0")}\0`;
 }
 
-function header(spec: { name: string; type: string; size: number; linkname?: string; mode?: number; prefix?: string }): Buffer {
+function header(spec: {
+  name: string;
+  type: string;
+  size: number;
+  linkname?: string;
+  mode?: number;
+  prefix?: string;
+}): Buffer {
   const h = Buffer.alloc(BLOCK);
   put(h, 0, 100, spec.name);
   put(h, 100, 8, octal(spec.mode ?? 0o644, 8));
@@ -70,7 +77,12 @@ export function tar(entries: readonly TarEntrySpec[]): Buffer {
   for (const e of entries) {
     const data = typeof e.data === "string" ? Buffer.from(e.data, "utf8") : Buffer.from(e.data ?? new Uint8Array());
     if (e.pax) {
-      const text = Buffer.from(Object.entries(e.pax).map(([k, v]) => paxRecord(k, v)).join(""), "utf8");
+      const text = Buffer.from(
+        Object.entries(e.pax)
+          .map(([k, v]) => paxRecord(k, v))
+          .join(""),
+        "utf8",
+      );
       parts.push(header({ name: "PaxHeader", type: "x", size: text.byteLength }), padded(text));
     }
     if (e.gnuLongName) {

@@ -20,7 +20,11 @@ export interface Summary {
 
 /** Whether a suite or the file above the test holds an error of its own (a failed hook). */
 function underFailedHook(test: TestCase): boolean {
-  for (let parent: TestCase["parent"] | undefined = test.parent; parent !== undefined; parent = parent.type === "suite" ? parent.parent : undefined) {
+  for (
+    let parent: TestCase["parent"] | undefined = test.parent;
+    parent !== undefined;
+    parent = parent.type === "suite" ? parent.parent : undefined
+  ) {
     if (parent.errors().length > 0) return true;
   }
   return false;

@@ -23,7 +23,8 @@ async function token(path: string, flag: string): Promise<string> {
     throw new AgentError("INPUT_UNREADABLE", `cannot read ${flag} ${path} (${errnoCode(error) ?? "error"})`, { path });
   }
   const t = text.trim();
-  if (t.length < 16 || /\s/.test(t)) throw new AgentError("INVALID_ARGUMENT", `${flag} ${path} must hold one token of at least 16 characters`, { path });
+  if (t.length < 16 || /\s/.test(t))
+    throw new AgentError("INVALID_ARGUMENT", `${flag} ${path} must hold one token of at least 16 characters`, { path });
   return t;
 }
 
@@ -31,7 +32,11 @@ export async function controlPlane(opts: ControlPlaneCommandOptions): Promise<nu
   const listen = hostPort("--listen", opts.listen);
   const adminToken = await token(opts.adminTokenFile, "--admin-token-file");
   const agentToken = await token(opts.agentTokenFile, "--agent-token-file");
-  if (adminToken === agentToken) throw new AgentError("INVALID_ARGUMENT", "the admin token and the agent token must differ; agent tokens must not reach the admin API");
+  if (adminToken === agentToken)
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      "the admin token and the agent token must differ; agent tokens must not reach the admin API",
+    );
   const cp = await createControlPlane({
     adminToken,
     agentToken,
@@ -43,11 +48,15 @@ export async function controlPlane(opts: ControlPlaneCommandOptions): Promise<nu
     },
     ...(opts.dataFile === undefined ? {} : { dataFile: await DataFile.open(opts.dataFile) }),
     onError: (error) => {
-      process.stderr.write(`oci-cred-agent control-plane: internal error: ${error instanceof Error ? error.name : "error"}\n`);
+      process.stderr.write(
+        `oci-cred-agent control-plane: internal error: ${error instanceof Error ? error.name : "error"}\n`,
+      );
     },
   });
   const { url } = await cp.listen(listen.host, listen.port);
-  process.stdout.write(`${JSON.stringify({ event: "control_plane_listening", url, admin_api: `${url}/api/admin/v1`, agent_api: `${url}/api/agent/v1` })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ event: "control_plane_listening", url, admin_api: `${url}/api/admin/v1`, agent_api: `${url}/api/agent/v1` })}\n`,
+  );
   await new Promise<void>((resolve) => {
     const stop = (): void => {
       process.off("SIGTERM", stop);

@@ -49,14 +49,26 @@ module "legacy" {
 
 const SAMPLE_INTEGRATIONS = [
   { name: "GHCR (old token)", registry_url: "https://ghcr.io", username: "acme-bot", export_credentials: true },
-  { name: "GHCR (platform team)", registry_url: "https://ghcr.io", username: "acme-platform", export_credentials: true },
+  {
+    name: "GHCR (platform team)",
+    registry_url: "https://ghcr.io",
+    username: "acme-platform",
+    export_credentials: true,
+  },
   { name: "Docker Hub", registry_url: "https://registry-1.docker.io", username: "acmeinc", export_credentials: true },
-  { name: "GitLab (export off)", registry_url: "https://registry.gitlab.com", username: "acme-deploy", export_credentials: false },
+  {
+    name: "GitLab (export off)",
+    registry_url: "https://registry.gitlab.com",
+    username: "acme-deploy",
+    export_credentials: false,
+  },
 ];
 
-
 async function tarGz(dir: string): Promise<Buffer> {
-  const { stdout } = await execFileAsync("tar", ["czf", "-", "-C", dir, "."], { encoding: "buffer", maxBuffer: 16 * 1024 * 1024 });
+  const { stdout } = await execFileAsync("tar", ["czf", "-", "-C", dir, "."], {
+    encoding: "buffer",
+    maxBuffer: 16 * 1024 * 1024,
+  });
   return stdout;
 }
 
@@ -71,7 +83,10 @@ async function filesUnder(root: string): Promise<string[]> {
   return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name));
 }
 
-function waitForEnd(store: { on(e: string, f: (r: RunRecord) => void): unknown; off(e: string, f: (r: RunRecord) => void): unknown }, runId: string): Promise<RunRecord> {
+function waitForEnd(
+  store: { on(e: string, f: (r: RunRecord) => void): unknown; off(e: string, f: (r: RunRecord) => void): unknown },
+  runId: string,
+): Promise<RunRecord> {
   return new Promise((resolveRun) => {
     const onChange = (run: RunRecord): void => {
       if (run.id === runId && (run.status === "succeeded" || run.status === "failed" || run.status === "canceled")) {
@@ -114,9 +129,14 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
   try {
     out("\nSample integrations (passwords are random and never shown):");
     for (const sample of SAMPLE_INTEGRATIONS) {
-      const created = await admin("POST", "/integrations", { ...sample, password: `sample-${randomBytes(12).toString("hex")}` });
+      const created = await admin("POST", "/integrations", {
+        ...sample,
+        password: `sample-${randomBytes(12).toString("hex")}`,
+      });
       const warnings = Array.isArray(created["warnings"]) ? (created["warnings"] as string[]) : [];
-      out(`  ${String(created["id"])}  ${sample.name.padEnd(22)} ${sample.registry_url.padEnd(30)} export ${sample.export_credentials ? "on " : "off"}${warnings.length > 0 ? `  (${warnings.join("; ")})` : ""}`);
+      out(
+        `  ${String(created["id"])}  ${sample.name.padEnd(22)} ${sample.registry_url.padEnd(30)} export ${sample.export_credentials ? "on " : "off"}${warnings.length > 0 ? `  (${warnings.join("; ")})` : ""}`,
+      );
       // Distinct updated_at values, so the later GHCR integration wins deterministically.
       await new Promise((r) => setTimeout(r, 5));
     }
@@ -128,8 +148,14 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
 
     const realTofu = await findExecutable("tofu");
     const mainJs = fileURLToPath(new URL("../main.js", import.meta.url));
-    const tofu: TofuCommand = realTofu ? { file: realTofu, argsPrefix: [] } : { file: process.execPath, argsPrefix: [mainJs, "tofu-standin"] };
-    out(realTofu ? `\nUsing OpenTofu at ${realTofu}.` : "\nNo tofu on PATH: phases run a labelled stand-in that shows what OpenTofu would resolve.");
+    const tofu: TofuCommand = realTofu
+      ? { file: realTofu, argsPrefix: [] }
+      : { file: process.execPath, argsPrefix: [mainJs, "tofu-standin"] };
+    out(
+      realTofu
+        ? `\nUsing OpenTofu at ${realTofu}.`
+        : "\nNo tofu on PATH: phases run a labelled stand-in that shows what OpenTofu would resolve.",
+    );
 
     const logSink = { write: (text: string) => process.stderr.write(text) };
     // The same settings pipeline as `run`: defaults come from the schema, not from a copy here.
@@ -166,7 +192,10 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
       if (r.status === "succeeded" || r.status === "failed" || r.status === "canceled") ended.set(r.id, r);
     };
     cp.store.on("run-changed", onChange);
-    const created = await admin("POST", "/runs", { configuration_tar_gz_base64: archive.toString("base64"), phases: ["init", "plan", "apply"] });
+    const created = await admin("POST", "/runs", {
+      configuration_tar_gz_base64: archive.toString("base64"),
+      phases: ["init", "plan", "apply"],
+    });
     const runId = String(created["id"]);
     out(`\nQueued run ${runId} (init, plan, apply). The agent's log follows on stderr.\n`);
     const finished = ended.get(runId) ?? waitForEnd(cp.store, runId);
@@ -175,19 +204,30 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
     daemon.requestShutdown();
     const exit = await daemonDone;
 
-    out(`\nSummary of run ${run.id}: ${run.status.toUpperCase()}${run.error ? ` (${run.error.code}: ${run.error.message})` : ""}`);
+    out(
+      `\nSummary of run ${run.id}: ${run.status.toUpperCase()}${run.error ? ` (${run.error.code}: ${run.error.message})` : ""}`,
+    );
     const written = run.events.find((e) => e.type === "credentials_written");
-    const registries = Array.isArray(written?.["registries"]) ? (written["registries"] as { host: string; integration_id: string; integration_name: string | null }[]) : [];
+    const registries = Array.isArray(written?.["registries"])
+      ? (written["registries"] as { host: string; integration_id: string; integration_name: string | null }[])
+      : [];
     out("  Credentials written for the run (one per registry):");
-    for (const r of registries) out(`    ${r.host.padEnd(24)} <- ${r.integration_id} (${r.integration_name ?? "unnamed"})`);
+    for (const r of registries)
+      out(`    ${r.host.padEnd(24)} <- ${r.integration_id} (${r.integration_name ?? "unnamed"})`);
     out("  Integrations left out:");
     for (const e of run.events.filter((x) => x.type === "integration_left_out")) {
-      out(`    ${String(e["integration_id"])} (${String(e["integration_name"])}): ${String(e["code"])}, ${String(e["reason"])}`);
+      out(
+        `    ${String(e["integration_id"])} (${String(e["integration_name"])}): ${String(e["code"])}, ${String(e["reason"])}`,
+      );
     }
     out("  What OpenTofu would use at init, per module source:");
-    const initLog = run.logs.filter((l) => l.phase === "init").map((l) => l.text).join("");
+    const initLog = run.logs
+      .filter((l) => l.phase === "init")
+      .map((l) => l.text)
+      .join("");
     for (const line of initLog.split("\n").filter((l) => l.includes("oci://"))) out(`    ${line}`);
-    const leftovers = (await filesUnder(join(workDir, "credentials"))).length + (await filesUnder(join(workDir, "workspaces"))).length;
+    const leftovers =
+      (await filesUnder(join(workDir, "credentials"))).length + (await filesUnder(join(workDir, "workspaces"))).length;
     out(`  Files left under ${workDir}: ${leftovers} (credentials are wiped after apply and on every other ending)`);
     if (exit.code !== 0) out(`  The agent stopped with ${exit.error.code}: ${exit.error.message}`);
     return exit.code === 0 && leftovers === 0 ? 0 : 1;

@@ -13,15 +13,26 @@ export interface DoctorOptions {
 }
 
 /** `doctor`: exit 0 when no check failed (warnings allowed), 1 otherwise. */
-export async function doctor(flags: Record<string, string | boolean | undefined>, opts: DoctorOptions): Promise<number> {
+export async function doctor(
+  flags: Record<string, string | boolean | undefined>,
+  opts: DoctorOptions,
+): Promise<number> {
   if (opts.bundle !== undefined && (opts.agentId === undefined || opts.runId === undefined)) {
-    throw new AgentError("INVALID_ARGUMENT", "--bundle needs --agent-id and --run-id (the ids the bundle was sealed for)", { flag: "--bundle" });
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      "--bundle needs --agent-id and --run-id (the ids the bundle was sealed for)",
+      { flag: "--bundle" },
+    );
   }
   const loaded = await loadSettings(flags, process.env);
   const bundle =
     opts.bundle === undefined
       ? undefined
-      : { bytes: await readInput(opts.bundle, "bundle"), agentId: nonEmptyId("--agent-id", opts.agentId ?? ""), runId: nonEmptyId("--run-id", opts.runId ?? "") };
+      : {
+          bytes: await readInput(opts.bundle, "bundle"),
+          agentId: nonEmptyId("--agent-id", opts.agentId ?? ""),
+          runId: nonEmptyId("--run-id", opts.runId ?? ""),
+        };
   const checks = await runDoctor({
     loaded,
     env: process.env,
@@ -29,6 +40,11 @@ export async function doctor(flags: Record<string, string | boolean | undefined>
     ...(bundle === undefined ? {} : { bundle }),
     ...(opts.configuration === undefined ? {} : { configurationDir: opts.configuration }),
   });
-  await writeOutput("-", opts.format === "json" ? `${JSON.stringify({ ok: !doctorFailed(checks), checks }, null, 2)}\n` : renderDoctorReport(checks));
+  await writeOutput(
+    "-",
+    opts.format === "json"
+      ? `${JSON.stringify({ ok: !doctorFailed(checks), checks }, null, 2)}\n`
+      : renderDoctorReport(checks),
+  );
   return doctorFailed(checks) ? 1 : 0;
 }

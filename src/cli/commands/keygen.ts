@@ -24,9 +24,15 @@ export async function keygen(opts: KeyOptions & { rotate?: boolean }): Promise<n
         throw error;
       });
       if (st?.isDirectory()) {
-        const existing = (await realFs.readdir(source.path)).filter((n) => /\.(key|pem)$/.test(n) && !n.startsWith("."));
+        const existing = (await realFs.readdir(source.path)).filter(
+          (n) => /\.(key|pem)$/.test(n) && !n.startsWith("."),
+        );
         if (existing.length > 0 && opts.rotate !== true) {
-          throw new AgentError("KEY_FILE_EXISTS", `${source.path} already holds ${existing.length} key file(s); pass --rotate to add a new key beside them`, { path: source.path });
+          throw new AgentError(
+            "KEY_FILE_EXISTS",
+            `${source.path} already holds ${existing.length} key file(s); pass --rotate to add a new key beside them`,
+            { path: source.path },
+          );
         }
         await createKeyFile(realFs, join(source.path, rotatedName(new Date())), pem);
       } else if (st !== undefined && opts.rotate === true) {
@@ -43,7 +49,11 @@ export async function keygen(opts: KeyOptions & { rotate?: boolean }): Promise<n
     case "keyring": {
       const existing = await readKeyringText(source);
       if (existing !== null && opts.rotate !== true) {
-        throw new AgentError("KEY_FILE_EXISTS", `${describeKeySource(source)} already holds a key; pass --rotate to add a new one beside it`, { source: describeKeySource(source) });
+        throw new AgentError(
+          "KEY_FILE_EXISTS",
+          `${describeKeySource(source)} already holds a key; pass --rotate to add a new one beside it`,
+          { source: describeKeySource(source) },
+        );
       }
       await storeInKeyring(source, existing === null ? pem : `${existing.trimEnd()}\n${pem}`);
       break;

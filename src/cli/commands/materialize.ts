@@ -28,11 +28,16 @@ function shellQuote(value: string): string {
 
 export async function materialize(opts: MaterializeOptions): Promise<number> {
   if (opts.format !== "env" && opts.format !== "json") {
-    throw new AgentError("INVALID_ARGUMENT", `--format ${JSON.stringify(opts.format)} is not supported; use env or json`, { flag: "--format" });
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      `--format ${JSON.stringify(opts.format)} is not supported; use env or json`,
+      { flag: "--format" },
+    );
   }
   const maxLifetimeSeconds = durationSeconds("--max-bundle-lifetime", opts.maxBundleLifetime);
   const clockSkewSeconds = durationSeconds("--clock-skew", opts.clockSkew);
-  const maxBundleBytes = opts.maxBundleBytes === undefined ? undefined : positiveInt("--max-bundle-bytes", opts.maxBundleBytes);
+  const maxBundleBytes =
+    opts.maxBundleBytes === undefined ? undefined : positiveInt("--max-bundle-bytes", opts.maxBundleBytes);
   const loaded = await loadKeySource(keySourceFrom(opts), { fs: realFs, env: process.env });
   for (const w of loaded.warnings) process.stderr.write(`oci-cred-agent: warning: ${w}\n`);
   const keys = new Map(loaded.keys.map((k) => [k.kid, k]));
@@ -40,7 +45,10 @@ export async function materialize(opts: MaterializeOptions): Promise<number> {
   const base =
     opts.baseDockerConfig === undefined
       ? undefined
-      : { path: opts.baseDockerConfig, text: (await readInput(opts.baseDockerConfig, "base Docker config")).toString("utf8") };
+      : {
+          path: opts.baseDockerConfig,
+          text: (await readInput(opts.baseDockerConfig, "base Docker config")).toString("utf8"),
+        };
   const result = await materializeRun({
     bundle,
     keys,
@@ -60,7 +68,9 @@ export async function materialize(opts: MaterializeOptions): Promise<number> {
   });
   for (const warning of result.warnings) process.stderr.write(`oci-cred-agent: warning: ${warning}\n`);
   for (const ignored of result.ignored) {
-    process.stderr.write(`oci-cred-agent: ignored integration ${ignored.integration_id ?? "(no id)"} [${ignored.code}]: ${ignored.reason}\n`);
+    process.stderr.write(
+      `oci-cred-agent: ignored integration ${ignored.integration_id ?? "(no id)"} [${ignored.code}]: ${ignored.reason}\n`,
+    );
   }
   if (opts.format === "json") {
     await writeOutput(
@@ -68,7 +78,12 @@ export async function materialize(opts: MaterializeOptions): Promise<number> {
       `${JSON.stringify({ env: result.env, registries: result.registries, ignored: result.ignored, warnings: result.warnings }, null, 2)}\n`,
     );
   } else {
-    await writeOutput("-", Object.entries(result.env).map(([k, v]) => `export ${k}=${shellQuote(v)}\n`).join(""));
+    await writeOutput(
+      "-",
+      Object.entries(result.env)
+        .map(([k, v]) => `export ${k}=${shellQuote(v)}\n`)
+        .join(""),
+    );
   }
   return 0;
 }

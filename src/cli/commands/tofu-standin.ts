@@ -17,18 +17,25 @@ function readOrUndefined(path: string): string | undefined {
 }
 
 export async function tofuStandin(phase: string): Promise<number> {
-  const lines = [`[stand-in for tofu ${phase}: no tofu executable was found on PATH, so oci-cred-agent shows what OpenTofu would do]`];
+  const lines = [
+    `[stand-in for tofu ${phase}: no tofu executable was found on PATH, so oci-cred-agent shows what OpenTofu would do]`,
+  ];
   for (const { file, address, host } of await findOciSources(process.cwd())) {
     const r = resolveOpenTofuCredential(address, process.env, readOrUndefined);
     if (r.source === "static") {
-      lines.push(`${file}: ${address} -> credential of user ${r.username ?? "?"} (key ${JSON.stringify(r.key)} in ${r.file ?? "?"})`);
+      lines.push(
+        `${file}: ${address} -> credential of user ${r.username ?? "?"} (key ${JSON.stringify(r.key)} in ${r.file ?? "?"})`,
+      );
     } else if (r.source === "helper") {
       lines.push(`${file}: ${address} -> credential helper docker-credential-${r.helper ?? "?"}`);
     } else {
-      const hint = host === "docker.io"
-        ? "; OpenTofu never sends credentials to docker.io: write the source as oci://registry-1.docker.io/..."
-        : "";
-      lines.push(`${file}: ${address} -> no credential: OpenTofu would pull anonymously${r.error ? ` (${r.error})` : ""}${hint}`);
+      const hint =
+        host === "docker.io"
+          ? "; OpenTofu never sends credentials to docker.io: write the source as oci://registry-1.docker.io/..."
+          : "";
+      lines.push(
+        `${file}: ${address} -> no credential: OpenTofu would pull anonymously${r.error ? ` (${r.error})` : ""}${hint}`,
+      );
     }
   }
   process.stdout.write(`${lines.join("\n")}\n`);

@@ -6,7 +6,13 @@ import { printJson } from "../io.js";
 export async function wipe(opts: { runDir: string; format: string }): Promise<number> {
   const outcome = await wipeCredentialDir(realFs, opts.runDir, () => undefined);
   if (!outcome.ok) throw outcome.error;
-  if (opts.format === "json") await printJson({ run_dir: opts.runDir, removed: outcome.removed, absent: outcome.absent });
-  else process.stderr.write(outcome.absent ? `oci-cred-agent: ${opts.runDir} does not exist; nothing to wipe\n` : `oci-cred-agent: wiped ${opts.runDir} (${outcome.removed.length} files)\n`);
+  if (opts.format === "json")
+    await printJson({ run_dir: opts.runDir, removed: outcome.removed, absent: outcome.absent });
+  else
+    process.stderr.write(
+      outcome.absent
+        ? `oci-cred-agent: ${opts.runDir} does not exist; nothing to wipe\n`
+        : `oci-cred-agent: wiped ${opts.runDir} (${outcome.removed.length} files)\n`,
+    );
   return 0;
 }
