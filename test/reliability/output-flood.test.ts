@@ -1,7 +1,7 @@
 /**
  * A tofu that floods its output (a provider or module printing in a loop) while the control
  * plane's log endpoint is slow. The output is shipped in bounded chunks, and what waits to be
- * sent is bounded too (LogShipper in src/daemon/run-executor.ts, 4 MiB): the rest is counted
+ * sent is bounded too (LogShipper in src/daemon/log-shipper.ts, 4 MiB): the rest is counted
  * and a line says so. Before that bound, the agent kept all of the output in memory and the run
  * completed only when the last chunk was sent, long after tofu exited. The test fails fast, as
  * soon as the agent's RSS passes the bound.
