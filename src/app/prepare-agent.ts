@@ -10,7 +10,7 @@ import type { DockerConfigDoc } from "../core/docker-config.js";
 import { parseBaseDockerConfig } from "../core/docker-config.js";
 import { AgentError, errnoCode } from "../core/errors.js";
 import { prepareTofuCliConfig, type PreparedTofuCliConfig } from "../core/tofu-cli-config.js";
-import type { OperatorConfig } from "../credentials/operator-config.js";
+import { prepareOperatorConfig, type OperatorConfig } from "../credentials/operator-config.js";
 import type { FileSystem } from "../fs/secure-fs.js";
 import { discoverTofuCliConfig } from "../fs/tofu-cli-config-sources.js";
 import { readTokenFile } from "../fs/token-file.js";
@@ -32,37 +32,41 @@ export async function readPoolToken(fs: FileSystem, token: TokenSource): Promise
 }
 
 /** Reads and parses `--base-docker-config`. */
-export async function readBaseDockerConfig(fs: FileSystem, path: string): Promise<DockerConfigDoc> {
-  let text: string;
+/** Reads `--base-docker-config` (its text; prepareOperatorConfig parses it). */
+async function readBaseDockerConfigText(fs: FileSystem, path: string): Promise<string> {
   try {
-    text = await fs.readFile(path, "utf8");
+    return await fs.readFile(path, "utf8");
   } catch (error) {
     throw new AgentError(
       "INPUT_UNREADABLE",
       `cannot read the base Docker config ${path} (${errnoCode(error) ?? "error"}); fix the path given to --base-docker-config, make the file readable by the agent's user, or drop the flag`,
-      {
-        path,
-        flag: "--base-docker-config",
-      },
+      { path, flag: "--base-docker-config" },
     );
   }
-  return parseBaseDockerConfig(text, path);
 }
 
-/** Finds, reads and checks the operator's own OpenTofu CLI configuration, as OpenTofu would. */
+/** Reads and parses `--base-docker-config` on its own (doctor's check). */
+export async function readBaseDockerConfig(fs: FileSystem, path: string): Promise<DockerConfigDoc> {
+  return parseBaseDockerConfig(await readBaseDockerConfigText(fs, path), path);
+}
+
+/** Finds, reads and checks the operator's own OpenTofu CLI configuration on its own (doctor's check). */
 export async function readTofuCliConfig(fs: FileSystem, env: NodeJS.ProcessEnv): Promise<PreparedTofuCliConfig> {
   return prepareTofuCliConfig(await discoverTofuCliConfig(fs, env));
 }
 
+/** Reads the operator's files and prepares them as every run builds on them. */
 async function readOperatorConfig(
   fs: FileSystem,
   settings: Pick<AgentSettings, "baseDockerConfigFile">,
   env: NodeJS.ProcessEnv,
 ): Promise<OperatorConfig> {
-  const tofuCliConfig = await readTofuCliConfig(fs, env);
-  return settings.baseDockerConfigFile === undefined
-    ? { tofuCliConfig }
-    : { baseDockerConfig: await readBaseDockerConfig(fs, settings.baseDockerConfigFile), tofuCliConfig };
+  const path = settings.baseDockerConfigFile;
+  const tofuCliConfigSources = await discoverTofuCliConfig(fs, env);
+  return prepareOperatorConfig({
+    tofuCliConfigSources,
+    ...(path === undefined ? {} : { baseDockerConfig: { path, text: await readBaseDockerConfigText(fs, path) } }),
+  });
 }
 
 export async function prepareAgent(

@@ -290,11 +290,6 @@ export class RunCredentials {
     return this.wiping;
   }
 
-  /** True once write created the run directory (until wipe removed it). */
-  get wroteFiles(): boolean {
-    return this.written !== undefined;
-  }
-
   /** The operator's own helpers stay in the file OpenTofu reads; a missing one makes init fail for the registries it serves. */
   private async baseHelperWarnings(
     request: WriteRequest,

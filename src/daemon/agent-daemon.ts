@@ -25,7 +25,6 @@ export interface DaemonOptions {
   readonly registration: () => RegisterRequest;
   /** What every run shares. */
   readonly runs: RunResources;
-  readonly random?: () => number;
 }
 
 export type DaemonExit = { readonly code: 0 } | { readonly code: 1; readonly error: AgentError };
@@ -73,7 +72,9 @@ export class AgentDaemon {
     return this.pollAbort.signal.aborted;
   }
 
-  private async sleep(ms: number): Promise<void> {
+  /** Waits before retrying the control plane: full jitter, or its Retry-After (capped); shutdown ends the wait. */
+  private async backOff(attempt: number, error: unknown): Promise<void> {
+    const ms = backoffDelayMs(this.options.settings.retry, attempt, Math.random, retryAfterOf(error));
     try {
       await delay(ms, undefined, { signal: this.pollAbort.signal });
     } catch {
@@ -96,9 +97,7 @@ export class AgentDaemon {
         return answer.agent_id;
       } catch (error) {
         if (!this.handlePollError(error, "register")) return undefined;
-        await this.sleep(
-          backoffDelayMs(this.options.settings.retry, attempt, this.options.random ?? Math.random, retryAfterOf(error)),
-        );
+        await this.backOff(attempt, error);
       }
     }
     return undefined;
@@ -183,14 +182,7 @@ export class AgentDaemon {
           continue;
         }
         if (!this.handlePollError(error, "lease")) break;
-        await this.sleep(
-          backoffDelayMs(
-            this.options.settings.retry,
-            attempt++,
-            this.options.random ?? Math.random,
-            retryAfterOf(error),
-          ),
-        );
+        await this.backOff(attempt++, error);
       }
     }
   }

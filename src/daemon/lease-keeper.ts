@@ -23,8 +23,6 @@ export interface LeaseKeeperOptions {
   readonly heartbeatIntervalMs: number;
   /** Ends the run: the control plane canceled it, or the lease is lost. */
   readonly onEnd: (reason: AgentError) => void;
-  readonly random?: () => number;
-  readonly now?: () => number;
 }
 
 export class LeaseKeeper {
@@ -41,8 +39,7 @@ export class LeaseKeeper {
   /** Reports the outcome (retrying while the control plane is unavailable), then stops heartbeating. */
   async complete(body: CompleteRequest): Promise<void> {
     const { client, log } = this.options;
-    const now = this.options.now ?? Date.now;
-    const deadline = now() + COMPLETION_DEADLINE_MS;
+    const deadline = Date.now() + COMPLETION_DEADLINE_MS;
     try {
       for (let attempt = 0; ; attempt++) {
         try {
@@ -50,14 +47,14 @@ export class LeaseKeeper {
           return;
         } catch (error) {
           const retryable = isAgentError(error) && error.code === "CONTROL_PLANE_UNAVAILABLE";
-          if (!retryable || now() > deadline) {
+          if (!retryable || Date.now() > deadline) {
             log.error(
               { event: "completion_failed", code: isAgentError(error) ? error.code : "INTERNAL" },
               "could not report the run's outcome to the control plane",
             );
             return;
           }
-          await delay(backoffDelayMs(COMPLETION_BACKOFF, attempt, this.options.random ?? Math.random));
+          await delay(backoffDelayMs(COMPLETION_BACKOFF, attempt, Math.random));
         }
       }
     } finally {
@@ -73,7 +70,6 @@ export class LeaseKeeper {
 
   private async heartbeatLoop(): Promise<void> {
     const { client, log, onEnd } = this.options;
-    const now = this.options.now ?? Date.now;
     const signal = this.stopped.signal;
     let expiresAt = Date.parse(this.lease.expires_at);
     while (!signal.aborted) {
@@ -100,7 +96,7 @@ export class LeaseKeeper {
           { event: "heartbeat_failed", code: isAgentError(error) ? error.code : "INTERNAL" },
           "heartbeat failed; retrying",
         );
-        if (Number.isFinite(expiresAt) && now() >= expiresAt) {
+        if (Number.isFinite(expiresAt) && Date.now() >= expiresAt) {
           onEnd(new AgentError("LEASE_LOST", "heartbeats failed until the lease expired; the run is aborted"));
           return;
         }

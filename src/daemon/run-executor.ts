@@ -82,6 +82,8 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
   try {
     telemetry.configurationExtracted(await workspace.prepare(lease, client, resources.archiveLimits, ending.signal));
     ending.throwIfEnded();
+    // The agent's own work on the credentials (open, then write), pre-flight's network time aside.
+    const openStarted = performance.now();
     credentials = await RunCredentials.open({
       bundle: Buffer.from(lease.bundle, "utf8"),
       keys: resources.keys(),
@@ -94,6 +96,7 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
       replayCache: resources.replayCache,
       onWipe: telemetry.wiped,
     });
+    const openMs = performance.now() - openStarted;
     forgetSecrets = resources.redactor.add(credentials.secretForms());
     telemetry.credentialsOpened(credentials);
     await checkBeforeInit(
@@ -110,7 +113,7 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
       fs: resources.fs,
       operator: resources.operator,
     });
-    telemetry.credentialsWritten(credentials, written, performance.now() - writeStarted);
+    telemetry.credentialsWritten(credentials, written, openMs + performance.now() - writeStarted);
     const env: NodeJS.ProcessEnv = { ...resources.baseEnv, ...written.env, TF_IN_AUTOMATION: "1", TF_INPUT: "0" };
     let planned = false;
     for (const phase of lease.run.phases) {
