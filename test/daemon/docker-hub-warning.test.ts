@@ -5,13 +5,13 @@
  * once per such source, and none for a source already written the way OpenTofu matches. Real
  * agent process, reference control plane on loopback, stand-in tofu; JSON log lines parsed.
  */
-import { execFileSync } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AGENT_BIN, FAKE_TOFU, startAgent } from "../support/agent-process.js";
+import { FAKE_TOFU, startAgent } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
+import { agentFiles } from "../support/reliability-agents.js";
 import { runFlags } from "../support/run-flags.js";
 
 const MAIN_TF = [
@@ -42,10 +42,7 @@ afterAll(async () => {
 
 describe("a run with an oci://docker.io/... source", () => {
   it("logs docker_hub_source with DOCKER_HUB_ANONYMOUS and the oci://registry-1.docker.io/... fix, once per such source", async () => {
-    const keyFile = join(dir, "agent.key");
-    const tokenFile = join(dir, "agent.token");
-    execFileSync(AGENT_BIN, ["keygen", "--key-file", keyFile]);
-    await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
+    const { keyFile, tokenFile } = await agentFiles(dir, h.agentToken);
     const workDir = await mkdtemp(join(dir, "work-"));
     const args = [
       "--control-plane-url",

@@ -5,14 +5,14 @@
  * Every ending is covered; after each, no byte of the canary secret remains under the work
  * directory and the run's status at the control plane is the right one.
  */
-import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AGENT_BIN, FAKE_TOFU, startAgent, type AgentProcess, type LogLine } from "../support/agent-process.js";
+import { FAKE_TOFU, startAgent, type AgentProcess, type LogLine } from "../support/agent-process.js";
+import { agentFiles } from "../support/reliability-agents.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}:pw"with\\odd`;
@@ -132,10 +132,7 @@ const forRun =
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "oca-daemon-"));
   h = await startControlPlane();
-  keyFile = join(dir, "agent.key");
-  tokenFile = join(dir, "agent.token");
-  execFileSync(AGENT_BIN, ["keygen", "--key-file", keyFile]);
-  await writeFile(tokenFile, `${h.agentToken}\n`, { mode: 0o600 });
+  ({ keyFile, tokenFile } = await agentFiles(dir, h.agentToken));
   // The older integration for the host loses to the newer one; the export-off one never reaches a run.
   await h.createIntegration({
     name: "old",

@@ -4,14 +4,14 @@
  * /healthz, /readyz and /metrics endpoints during and after a run. Real agent process, real
  * control plane over loopback, stand-in tofu (test/fixtures/fake-tofu.mjs).
  */
-import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AGENT_BIN, FAKE_TOFU, startAgent, type AgentProcess } from "../support/agent-process.js";
+import { FAKE_TOFU, startAgent, type AgentProcess } from "../support/agent-process.js";
+import { agentFiles } from "../support/reliability-agents.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}-"quoted"\\slash`;
@@ -32,10 +32,7 @@ let tokenFile: string;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "oca-obs-"));
   h = await startControlPlane();
-  keyFile = join(dir, "agent.key");
-  tokenFile = join(dir, "agent.token");
-  execFileSync(AGENT_BIN, ["keygen", "--key-file", keyFile]);
-  await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
+  ({ keyFile, tokenFile } = await agentFiles(dir, h.agentToken));
   await h.createIntegration({
     name: "obs",
     registry_url: `https://${HOST}`,

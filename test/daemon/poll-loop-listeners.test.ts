@@ -5,18 +5,15 @@
  * composition root, against the reference control plane on loopback with the stand-in tofu; the
  * listener counts are read with node:events getEventListeners.
  */
-import { execFileSync } from "node:child_process";
 import { getEventListeners } from "node:events";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { composeAgent } from "../../src/app/compose-agent.js";
-import { prepareAgent } from "../../src/app/prepare-agent.js";
-import { loadSettings, requireSettings } from "../../src/config/load-run-config.js";
-import { realFs } from "../../src/fs/secure-fs.js";
-import { AGENT_BIN, FAKE_TOFU } from "../support/agent-process.js";
+import { FAKE_TOFU } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
+import { composeInProcess } from "../support/in-process-agent.js";
+import { agentFiles } from "../support/reliability-agents.js";
 
 const HOST = "listeners.canary.test";
 const MAIN_TF = `module "m" {\n  source = "oci://${HOST}/team/mod?tag=1"\n}\n`;
@@ -44,12 +41,9 @@ afterAll(async () => {
 
 describe("the poll loop at full capacity", () => {
   it(`adds no abort listener per wait: after ${RUNS} runs at concurrency 1, one on its stop signal and none on the runs' shutdown signal`, async () => {
-    const keyFile = join(dir, "agent.key");
-    const tokenFile = join(dir, "agent.token");
-    execFileSync(AGENT_BIN, ["keygen", "--key-file", keyFile]);
-    await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
+    const { keyFile, tokenFile } = await agentFiles(dir, h.agentToken);
     const env = { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: dir };
-    const loaded = await loadSettings(
+    const agent = await composeInProcess(
       {
         control_plane_url: h.url,
         token_file: tokenFile,
@@ -58,17 +52,11 @@ describe("the poll loop at full capacity", () => {
         tofu_bin: FAKE_TOFU,
         concurrency: "1",
         preflight: false,
-        log_format: "json",
         log_level: "error",
-        listen: "off",
       },
       env,
+      { write: () => undefined },
     );
-    const agent = await composeAgent(await prepareAgent(requireSettings(loaded), realFs, env), {
-      version: "test",
-      sink: { write: () => undefined },
-      env,
-    });
     const ended = agent.run();
     try {
       // Queued before the agent frees its slot: the loop waits at capacity between runs.

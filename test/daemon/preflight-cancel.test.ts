@@ -6,17 +6,17 @@
  * heartbeats, and no credential file ever exists, because pre-flight runs before anything is
  * written. Then the agent drains at once on SIGTERM.
  */
-import { execFileSync } from "node:child_process";
 import { once } from "node:events";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AGENT_BIN, FAKE_TOFU, startAgent } from "../support/agent-process.js";
+import { FAKE_TOFU, startAgent } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
+import { agentFiles } from "../support/reliability-agents.js";
 import { makeTlsMaterial, type TlsMaterial } from "../support/registry-fixture.js";
 
 let dir: string;
@@ -77,10 +77,7 @@ async function filesUnder(root: string): Promise<string[]> {
 
 describe("a stalled registry during pre-flight", () => {
   it("a canceled run ends within the cancel grace, with no credential file ever written, and the agent hangs up on the registry", async () => {
-    const keyFile = join(dir, "agent.key");
-    const tokenFile = join(dir, "agent.token");
-    execFileSync(AGENT_BIN, ["keygen", "--key-file", keyFile]);
-    await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
+    const { keyFile, tokenFile } = await agentFiles(dir, h.agentToken);
     const workDir = await mkdtemp(join(dir, "work-"));
     const agent = startAgent(
       [

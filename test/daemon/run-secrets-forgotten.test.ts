@@ -6,20 +6,17 @@
  * (src/app/compose-agent.ts composeAgent: its `redactor`, `daemon` and `run()`), against the
  * reference control plane on loopback with the stand-in tofu.
  */
-import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { composeAgent } from "../../src/app/compose-agent.js";
-import { prepareAgent } from "../../src/app/prepare-agent.js";
-import { loadSettings, requireSettings } from "../../src/config/load-run-config.js";
-import { realFs } from "../../src/fs/secure-fs.js";
 import { REDACTED } from "../../src/core/redactor.js";
-import { AGENT_BIN, FAKE_TOFU, type LogLine } from "../support/agent-process.js";
+import { FAKE_TOFU, type LogLine } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
+import { composeInProcess } from "../support/in-process-agent.js";
 import { leakForms } from "../support/leak-forms.js";
+import { agentFiles } from "../support/reliability-agents.js";
 
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}`;
 const HOST = "forget.canary.test";
@@ -77,13 +74,10 @@ function logCollector(): {
 
 describe("after a run", () => {
   it("the redactor no longer holds the run's secrets, and holds what it held before", async () => {
-    const keyFile = join(dir, "agent.key");
-    const tokenFile = join(dir, "agent.token");
-    execFileSync(AGENT_BIN, ["keygen", "--key-file", keyFile]);
-    await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
+    const { keyFile, tokenFile } = await agentFiles(dir, h.agentToken);
     const log = logCollector();
     const env = { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: dir };
-    const loaded = await loadSettings(
+    const agent = await composeInProcess(
       {
         control_plane_url: h.url,
         token_file: tokenFile,
@@ -93,16 +87,10 @@ describe("after a run", () => {
         cancel_grace: "1s",
         run_timeout: "60s",
         preflight: false,
-        log_format: "json",
-        listen: "off",
       },
       env,
+      log.sink,
     );
-    const agent = await composeAgent(await prepareAgent(requireSettings(loaded), realFs, env), {
-      version: "test",
-      sink: log.sink,
-      env,
-    });
     const ended = agent.run();
     try {
       await log.next((l) => l["event"] === "registered");
