@@ -162,10 +162,18 @@ async function journalMark(): Promise<string> {
   return /^-- cursor: (.*)$/m.exec(out)?.[1] ?? "";
 }
 
-/** Waits (bounded) until the agent logs `event` (for `runId`, if given) after `mark`. */
+/**
+ * Waits (bounded) until the agent logs `event` (for `runId`, if given) after `mark`, or in the
+ * current boot (`"boot"`).
+ */
 async function waitForEvent(event: string, options: { after?: string; runId?: string; timeoutMs?: number } = {}) {
   const runFilter = options.runId === undefined ? "" : ` and .run_id == "${options.runId}"`;
-  const after = options.after === undefined || options.after === "" ? "" : `--after-cursor='${options.after}'`;
+  const after =
+    options.after === undefined || options.after === ""
+      ? ""
+      : options.after === "boot"
+        ? "--boot"
+        : `--after-cursor='${options.after}'`;
   await guest.run(
     `until journalctl -u oci-cred-agent -o cat --no-pager ${after} | jq -R 'fromjson? | select(.event == "${event}"${runFilter})' | grep -q .; do sleep 0.1; done`,
     { timeoutMs: options.timeoutMs ?? 60_000 },
@@ -193,7 +201,7 @@ async function leftovers(): Promise<string> {
 
 describe("docs/install-systemd.md on a booted Debian 12", () => {
   beforeAll(async () => {
-    work = mkdtempSync(join(tmpdir(), "oca-boot-"));
+    work = mkdtempSync(join(tmpdir(), "oca-boot-test-"));
     const npmVersion = execFileSync("npm", ["--version"], { encoding: "utf8" }).trim();
     const built = await hostRun(
       "bash",
@@ -297,11 +305,22 @@ describe("docs/install-systemd.md on a booted Debian 12", () => {
     await guest.run("install -d -m 0700 /etc/ref-control-plane");
     await guest.run("(umask 077; cat > /etc/ref-control-plane/admin.token)", { stdin: ADMIN_TOKEN });
     await guest.run("(umask 077; cat > /etc/ref-control-plane/agent.token)", { stdin: POOL_TOKEN });
-    await guest.run(
-      "systemd-run --unit=ref-control-plane --property=Type=exec /opt/oci-cred-agent/bin/oci-cred-agent control-plane " +
-        "--listen 127.0.0.1:8480 --admin-token-file /etc/ref-control-plane/admin.token " +
-        "--agent-token-file /etc/ref-control-plane/agent.token --lease-ttl 5s --heartbeat-interval 1s --poll-wait 5s",
-    );
+    // Enabled, with its state in a data file: it comes back, integrations and all, after a reboot.
+    await guest.run("cat > /etc/systemd/system/ref-control-plane.service && systemctl enable --now ref-control-plane", {
+      stdin: [
+        "[Unit]",
+        "Description=reference control plane of oci-cred-agent (boot test)",
+        "[Service]",
+        "Type=exec",
+        "StateDirectory=ref-control-plane",
+        "ExecStart=/opt/oci-cred-agent/bin/oci-cred-agent control-plane --listen 127.0.0.1:8480 " +
+          "--admin-token-file /etc/ref-control-plane/admin.token --agent-token-file /etc/ref-control-plane/agent.token " +
+          "--data-file /var/lib/ref-control-plane/state.json --lease-ttl 5s --heartbeat-interval 1s --poll-wait 5s",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+      ].join("\n"),
+    });
     await guest.run(`until curl -sS -o /dev/null ${CP}/ 2>/dev/null; do sleep 0.1; done`, { timeoutMs: 30_000 });
     const created = await admin("POST", "/integrations", {
       name: "boot test registry",
@@ -633,6 +652,17 @@ describe("docs/install-systemd.md on a booted Debian 12", () => {
     expect(await guest.run("find /run -maxdepth 1 -name 'oci-cred-agent-keygen.*'")).toBe("");
   }, 180_000);
 
+  it("enabled: after a reboot the agent starts on its own, registers and completes runs", async () => {
+    await guest.reboot();
+    await waitForEvent("registered", { after: "boot" });
+    expect(await guest.run("systemctl is-enabled oci-cred-agent; systemctl is-active oci-cred-agent")).toBe(
+      "enabled\nactive\n",
+    );
+    const id = await queueRun({});
+    expect((await waitForRun(id, ["succeeded", "failed", "canceled"])).status).toBe("succeeded");
+    expect(await leftovers()).toBe("");
+  }, 120_000);
+
   it("uninstalling removes the service, its files, its user and the user's sysusers entry", async () => {
     const uninstall = block("Uninstalling", "systemctl disable");
     await guest.run(uninstall.text, { timeoutMs: 60_000 });
@@ -649,8 +679,8 @@ describe("docs/install-systemd.md on a booted Debian 12", () => {
     ]) {
       await guest.run(`test ! -e ${p}`);
     }
-    // What boot does: the user does not come back.
-    await guest.run("systemd-sysusers");
+    // The user does not come back at the next boot (systemd-sysusers runs then).
+    await guest.reboot();
     expect(await guest.exec("id oci-cred-agent")).toMatchObject({ code: 1 });
     // Its removals also pass where a path never existed (an install without 5b has no drop-in
     // directory and no encrypted key).

@@ -1,18 +1,21 @@
 /**
  * A booted Debian 12 for tests: systemd as PID 1 under `systemd-nspawn -b`, on its own loopback
- * (`--private-network`), on a throw-away overlay of a cached debootstrap tree (`--volatile=overlay`:
- * every boot starts from the same fresh system and leaves the cache untouched).
+ * (`--private-network`), on an overlay of a cached debootstrap tree that this module mounts: the
+ * cache stays untouched, every test run starts from the same fresh system, and what the guest
+ * writes survives a reboot of the guest (nspawn exits with 133 and is started again).
  *
  * The host here has no systemd and no system bus, so nspawn runs with `--keep-unit
  * --register=no` and there is no machinectl: commands enter the guest with `nsenter` into its
  * PID 1's namespaces, as root, with a login-like environment. nspawn is started inside a cgroup
  * of its own, so the `payload`/`supervisor` cgroups it creates land beneath it and are removed
- * with it. Every step is bounded in time; `shutdown()` powers the guest off (never while a
- * command runs inside it: that can hang the guest's shutdown), and on any failure kills
- * everything in that cgroup and removes it, and nspawn's propagate directory.
+ * with it. Every step is bounded in time. Nothing runs inside the guest while it shuts down or
+ * reboots (that can hang it): `shutdown()` and `reboot()` kill running commands first. On any
+ * ending, everything in the cgroup is killed and the cgroups, the overlay and nspawn's propagate
+ * directory are removed; a later boot also removes what a killed test process left.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 
@@ -170,51 +173,100 @@ function findGuestInit(nspawnPid: number): number | undefined {
   return undefined;
 }
 
+/** Unmounts the guest's overlay (lazily if something still holds it) and removes its directories. */
+function unmountOverlay(stateDir: string): void {
+  const root = join(stateDir, "root");
+  if (readFileSync("/proc/self/mountinfo", "utf8").includes(` ${root} `)) {
+    try {
+      execFileSync("umount", [root]);
+    } catch {
+      execFileSync("umount", ["--lazy", root]);
+    }
+  }
+  rmSync(stateDir, { recursive: true, force: true });
+}
+
+/** A started nspawn, with the guest's init once it is there. */
+interface Machine {
+  readonly nspawn: ChildProcess;
+  readonly console: { out: () => string; err: () => string };
+}
+
 export class BootedGuest {
   private readonly running = new Set<ChildProcess>();
   private stopped = false;
+  private initPid = 0;
+  private machine: Machine | undefined;
 
   private constructor(
-    private readonly nspawn: ChildProcess,
-    private readonly initPid: number,
-    private readonly machine: string,
+    private readonly options: BootOptions,
+    private readonly name: string,
+    /** The overlay's directories: upper, work, and the merged root nspawn boots. */
+    private readonly stateDir: string,
     private readonly cgroups: readonly string[],
   ) {}
 
   /**
    * Removes what a test process that died without shutting its guest down left: its guests
-   * (named after its pid), their cgroups and nspawn's propagate directories.
+   * (named after its pid), their cgroups, overlay and nspawn's propagate directories.
    */
   private static async reapStale(): Promise<void> {
-    for (const root of cgroupRoots()) {
-      for (const name of readdirSync(root)) {
-        const pid = /^oca-boot-(\d+)$/.exec(name)?.[1];
-        if (pid === undefined || existsSync(`/proc/${pid}`)) continue;
+    const names = new Set<string>();
+    for (const root of cgroupRoots()) for (const name of readdirSync(root)) names.add(name);
+    for (const name of readdirSync(tmpdir())) names.add(name);
+    for (const name of names) {
+      const pid = /^oca-boot-(\d+)$/.exec(name)?.[1];
+      if (pid === undefined || existsSync(`/proc/${pid}`)) continue;
+      for (const root of cgroupRoots()) {
         killCgroupTree(join(root, name));
         await removeCgroupTreeWhenEmpty(join(root, name), 10_000);
-        rmSync(`/run/systemd/nspawn/propagate/${name}`, { recursive: true, force: true });
       }
+      unmountOverlay(join(tmpdir(), name));
+      rmSync(`/run/systemd/nspawn/propagate/${name}`, { recursive: true, force: true });
     }
   }
 
   static async boot(options: BootOptions): Promise<BootedGuest> {
     await BootedGuest.reapStale();
-    const machine = `oca-boot-${process.pid}`;
-    const cgroups = cgroupRoots().map((root) => join(root, machine));
+    const name = `oca-boot-${process.pid}`;
+    const stateDir = join(tmpdir(), name);
+    const cgroups = cgroupRoots().map((root) => join(root, name));
     for (const dir of cgroups) mkdirSync(dir, { recursive: true });
+    const guest = new BootedGuest(options, name, stateDir, cgroups);
+    try {
+      // A writable overlay on the cached tree: the cache stays as it is, and what the guest
+      // writes survives a reboot of the guest (but not this test).
+      for (const d of ["upper", "work", "root"]) mkdirSync(join(stateDir, d), { recursive: true });
+      execFileSync("mount", [
+        "-t",
+        "overlay",
+        "overlay",
+        "-o",
+        `lowerdir=${options.root},upperdir=${join(stateDir, "upper")},workdir=${join(stateDir, "work")}`,
+        join(stateDir, "root"),
+      ]);
+      await guest.bootMachine();
+      return guest;
+    } catch (error) {
+      await guest.destroy();
+      throw error;
+    }
+  }
+
+  /** Starts nspawn on the overlay and waits (bounded) until the guest has booted. */
+  private async bootMachine(): Promise<void> {
     const args = [
       "--quiet",
-      `--directory=${options.root}`,
-      `--machine=${machine}`,
+      `--directory=${join(this.stateDir, "root")}`,
+      `--machine=${this.name}`,
       "--keep-unit",
       "--register=no",
       "--private-network",
-      "--volatile=overlay",
       "--console=read-only",
       "--link-journal=no",
       "--resolv-conf=off",
       "--timezone=off",
-      ...options.binds.map((b) => `--bind${b.readOnly === true ? "-ro" : ""}=${b.host}:${b.guest}`),
+      ...this.options.binds.map((b) => `--bind${b.readOnly === true ? "-ro" : ""}=${b.host}:${b.guest}`),
       "--boot",
     ];
     // Into our own cgroup first, so what nspawn creates is ours to kill and remove.
@@ -225,13 +277,12 @@ export class BootedGuest {
         "-c",
         `NSPAWN_ARGS=(${args.map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ")}); ${script}`,
         "bash",
-        ...cgroups,
+        ...this.cgroups,
       ],
       { stdio: ["ignore", "pipe", "pipe"], detached: true },
     );
-    const consoleOutput = collect(nspawn);
-    const guest = { value: undefined as BootedGuest | undefined };
-    const deadline = Date.now() + (options.bootTimeoutMs ?? 90_000);
+    this.machine = { nspawn, console: collect(nspawn) };
+    const deadline = Date.now() + (this.options.bootTimeoutMs ?? 90_000);
     try {
       let initPid: number | undefined;
       while (initPid === undefined) {
@@ -240,26 +291,49 @@ export class BootedGuest {
         initPid = nspawn.pid === undefined ? undefined : findGuestInit(nspawn.pid);
         if (initPid === undefined) await delay(50);
       }
-      guest.value = new BootedGuest(nspawn, initPid, machine, cgroups);
+      this.initPid = initPid;
       // `--wait` returns once start-up has finished: "running", or "degraded" when a unit failed;
       // "offline" while PID 1 does not answer yet.
       for (;;) {
-        const state = await guest.value.exec("systemctl is-system-running --wait || true", {
+        const state = await this.exec("systemctl is-system-running --wait || true", {
           timeoutMs: Math.max(1_000, deadline - Date.now()),
         });
-        if (/^(running|degraded)$/m.test(state.stdout)) return guest.value;
+        if (/^(running|degraded)$/m.test(state.stdout)) return;
         if (Date.now() > deadline) throw new Error(`the guest did not finish booting: ${state.stdout}${state.stderr}`);
         await delay(100);
       }
     } catch (error) {
-      if (guest.value !== undefined) await guest.value.destroy();
-      else await BootedGuest.cleanUp(nspawn, machine, cgroups);
       // The guest's console says why it did not boot.
-      const consoleTail = (consoleOutput.out() + consoleOutput.err()).split("\n").slice(-40).join("\n");
+      const output = this.machine.console;
+      const consoleTail = (output.out() + output.err()).split("\n").slice(-40).join("\n");
       throw new Error(`${error instanceof Error ? error.message : String(error)}\n--- guest console\n${consoleTail}`, {
         cause: error,
       });
     }
+  }
+
+  /**
+   * Reboots the guest as `systemctl reboot` does, and waits until it has booted again. nspawn
+   * exits with 133 when its guest reboots; it is started again on the same overlay.
+   */
+  async reboot(timeoutMs = 60_000): Promise<void> {
+    const machine = this.machine;
+    if (machine === undefined || this.stopped) throw new Error("the guest is not running");
+    // Nothing may run inside the guest while it goes down.
+    await this.killCommands();
+    const exited = exitOf(machine.nspawn);
+    await this.exec("systemctl reboot");
+    await this.killCommands();
+    const timer = setTimeout(() => killGroup(machine.nspawn, "SIGKILL"), timeoutMs);
+    const code = await exited;
+    clearTimeout(timer);
+    if (code !== 133) throw new Error(`systemd-nspawn exited with ${code} on reboot, not 133`);
+    for (const dir of this.cgroups) {
+      for (const entry of readdirSync(dir, { withFileTypes: true })) {
+        if (entry.isDirectory()) await removeCgroupTreeWhenEmpty(join(dir, entry.name), 10_000);
+      }
+    }
+    await this.bootMachine();
   }
 
   private spawnInGuest(script: string, env: Readonly<Record<string, string>> | undefined): ChildProcess {
@@ -351,37 +425,40 @@ export class BootedGuest {
 
   /** Where to find it: nspawn's and the guest init's process ids, as the host sees them. */
   describe(): string {
-    return `systemd-nspawn ${this.nspawn.pid ?? "?"}, guest init ${this.initPid}`;
+    return `systemd-nspawn ${this.machine?.nspawn.pid ?? "?"}, guest init ${this.initPid}, overlay ${this.stateDir}`;
   }
 
   /** Powers the guest off (bounded); anything left is killed. Idempotent. */
   async shutdown(timeoutMs = 30_000): Promise<void> {
     if (this.stopped) return;
-    // Nothing may still run inside the guest while it shuts down.
-    for (const child of this.running) killGroup(child, "SIGKILL");
-    await Promise.all([...this.running].map((c) => exitOf(c)));
+    await this.killCommands();
     this.stopped = true;
-    if (this.nspawn.exitCode === null && this.nspawn.signalCode === null) {
+    const nspawn = this.machine?.nspawn;
+    if (nspawn !== undefined && nspawn.exitCode === null && nspawn.signalCode === null) {
       // SIGTERM to nspawn asks the guest's init for a clean poweroff.
-      killGroup(this.nspawn, "SIGTERM");
-      const timer = setTimeout(() => killGroup(this.nspawn, "SIGKILL"), timeoutMs);
-      await exitOf(this.nspawn);
+      killGroup(nspawn, "SIGTERM");
+      const timer = setTimeout(() => killGroup(nspawn, "SIGKILL"), timeoutMs);
+      await exitOf(nspawn);
       clearTimeout(timer);
     }
-    await BootedGuest.cleanUp(this.nspawn, this.machine, this.cgroups);
+    await this.destroy();
   }
 
+  private async killCommands(): Promise<void> {
+    for (const child of this.running) killGroup(child, "SIGKILL");
+    await Promise.all([...this.running].map((c) => exitOf(c)));
+  }
+
+  /** Kills whatever is left (commands, nspawn, the guest) and removes cgroups, overlay, propagate directory. */
   private async destroy(): Promise<void> {
     this.stopped = true;
-    for (const child of this.running) killGroup(child, "SIGKILL");
-    await BootedGuest.cleanUp(this.nspawn, this.machine, this.cgroups);
-  }
-
-  private static async cleanUp(nspawn: ChildProcess, machine: string, cgroups: readonly string[]): Promise<void> {
-    killGroup(nspawn, "SIGKILL");
-    for (const dir of cgroups) killCgroupTree(dir);
-    await exitOf(nspawn);
-    for (const dir of cgroups) await removeCgroupTreeWhenEmpty(dir, 10_000);
-    rmSync(`/run/systemd/nspawn/propagate/${machine}`, { recursive: true, force: true });
+    await this.killCommands();
+    const nspawn = this.machine?.nspawn;
+    if (nspawn !== undefined) killGroup(nspawn, "SIGKILL");
+    for (const dir of this.cgroups) killCgroupTree(dir);
+    if (nspawn !== undefined) await exitOf(nspawn);
+    for (const dir of this.cgroups) await removeCgroupTreeWhenEmpty(dir, 10_000);
+    unmountOverlay(this.stateDir);
+    rmSync(`/run/systemd/nspawn/propagate/${this.name}`, { recursive: true, force: true });
   }
 }
