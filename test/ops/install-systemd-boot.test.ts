@@ -201,6 +201,9 @@ async function leftovers(): Promise<string> {
 
 describe("docs/install-systemd.md on a booted Debian 12", () => {
   beforeAll(async () => {
+    if (process.getuid?.() !== 0) {
+      throw new Error("the boot test needs root (debootstrap, mount, systemd-nspawn): run npm test as root");
+    }
     work = mkdtempSync(join(tmpdir(), "oca-boot-test-"));
     const npmVersion = execFileSync("npm", ["--version"], { encoding: "utf8" }).trim();
     const built = await hostRun(
