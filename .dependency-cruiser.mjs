@@ -17,8 +17,12 @@ const LAYERS = {
   config: ["core", "keys"],
   registry: ["core", "http"],
   credentials: ["core", "crypto", "fs", "keys", "registry", "http"],
+  // How phases run: a process, the bubblewrap sandbox, or the runner over a socket.
+  execution: ["core", "protocol", "fs"],
+  // The runner: runs phases for an agent in another container; never holds a key or token.
+  runner: ["core", "protocol", "execution", "fs"],
   // config: the typed settings the daemon runs with (AgentSettings), nothing that reads them.
-  daemon: ["core", "protocol", "crypto", "http", "fs", "keys", "config", "registry", "credentials"],
+  daemon: ["core", "protocol", "crypto", "http", "fs", "keys", "config", "registry", "credentials", "execution"],
   ops: ["core", "protocol", "daemon"],
   // fs: the data file is written with the same exclusive create as the agent's files.
   "control-plane": ["core", "protocol", "crypto", "http", "fs", "registry"],
@@ -32,6 +36,8 @@ const LAYERS = {
     "config",
     "registry",
     "credentials",
+    "execution",
+    "runner",
     "daemon",
     "ops",
     "control-plane",

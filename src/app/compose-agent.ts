@@ -14,7 +14,8 @@ import { AgentDaemon } from "../daemon/agent-daemon.js";
 import { ControlPlaneClient } from "../daemon/control-plane-client.js";
 import { createLogger, type LogSink } from "../daemon/logger.js";
 import { noopObserver, type DaemonObserver } from "../daemon/observer.js";
-import type { TofuCommand } from "../daemon/phase-runner.js";
+import type { TofuCommand } from "../execution/phase-executor.js";
+import { DirectExecutor } from "../execution/direct-executor.js";
 import { DEFAULT_ARCHIVE_LIMITS } from "../fs/config-workspace.js";
 import { realFs } from "../fs/secure-fs.js";
 import { describeKeySource } from "../keys/key-source.js";
@@ -113,7 +114,7 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
       operator: prepared.operator,
       fs: realFs,
       redactor,
-      tofu: options.tofu ?? { file: settings.tofuBin, argsPrefix: [] },
+      executor: new DirectExecutor(options.tofu ?? { file: settings.tofuBin, argsPrefix: [] }),
       baseEnv: runBaseEnv(env, settings.keySource.kind === "env" ? settings.keySource.name : undefined),
       archiveLimits: { ...DEFAULT_ARCHIVE_LIMITS, maxBytes: settings.maxConfigBytes },
       maxBundleBytes: MAX_BUNDLE_BYTES,

@@ -24,7 +24,7 @@ import type { PreflightChecker } from "../registry/preflight.js";
 import type { ControlPlaneClient } from "./control-plane-client.js";
 import { LeaseKeeper } from "./lease-keeper.js";
 import type { DaemonObserver } from "./observer.js";
-import { runPhase, type TofuCommand } from "./phase-runner.js";
+import type { PhaseExecutor, RunExecution } from "../execution/phase-executor.js";
 import { RunEnding } from "./run-ending.js";
 import { RunTelemetry } from "./run-telemetry.js";
 import { RunWorkspace } from "./run-workspace.js";
@@ -37,7 +37,8 @@ export interface RunResources {
   readonly operator: OperatorConfig;
   readonly fs: FileSystem;
   readonly redactor: Redactor;
-  readonly tofu: TofuCommand;
+  /** Where and inside what each phase runs (the sandbox, the runner, or none). */
+  readonly executor: PhaseExecutor;
   /** Environment every phase starts from (the agent's, minus its own secrets). */
   readonly baseEnv: NodeJS.ProcessEnv;
   readonly archiveLimits: ArchiveLimits;
@@ -77,6 +78,7 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
   });
   const workspace = new RunWorkspace(join(settings.workspacesDir, runId));
   let credentials: RunCredentials | undefined;
+  let execution: RunExecution | undefined;
   let forgetSecrets: (() => void) | undefined;
   let failure: AgentError | undefined;
   try {
@@ -119,11 +121,14 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
     for (const phase of lease.run.phases) {
       ending.throwIfEnded();
       const output = telemetry.phaseStarted(phase);
-      const result = await runPhase({
-        command: resources.tofu,
+      execution ??= await resources.executor.openRun({
+        runId,
+        workspace: workspace.dir,
+        credentials: join(settings.credentialsDir, runId),
+      });
+      const result = await execution.runPhase({
         phase,
         planned,
-        cwd: workspace.dir,
         env,
         signal: ending.signal,
         graceMs: settings.cancelGraceMs,
@@ -157,7 +162,11 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
     ending.dispose();
   }
 
-  // Every ending comes through here: wipe first, then report.
+  // Every ending comes through here: the phases' processes and private files, then the
+  // credentials and the workspace; then report.
+  await execution?.close().catch((error: unknown) => {
+    telemetry.workspaceNotRemoved(errnoCode(error) ?? "INTERNAL");
+  });
   const wiped = credentials === undefined ? true : (await credentials.wipe()).ok;
   await workspace.remove().catch((error: unknown) => {
     telemetry.workspaceNotRemoved(errnoCode(error) ?? "INTERNAL");

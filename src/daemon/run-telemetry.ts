@@ -17,7 +17,7 @@ import type { ControlPlaneClient } from "./control-plane-client.js";
 import { EventBatcher } from "./event-batcher.js";
 import { LogShipper } from "./log-shipper.js";
 import type { DaemonObserver } from "./observer.js";
-import type { PhaseResult } from "./phase-runner.js";
+import type { PhaseResult } from "../execution/phase-executor.js";
 
 export interface RunTelemetryDeps {
   readonly client: ControlPlaneClient;

@@ -23,7 +23,7 @@ import { generatePrivateKeyPem } from "../../crypto/agent-key.js";
 import { createKeyFile } from "../../fs/key-file.js";
 import { findExecutable } from "../../fs/executables.js";
 import { realFs } from "../../fs/secure-fs.js";
-import type { TofuCommand } from "../../daemon/phase-runner.js";
+import type { TofuCommand } from "../../execution/phase-executor.js";
 import { packageVersion } from "../version.js";
 
 const execFileAsync = promisify(execFile);

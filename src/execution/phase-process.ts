@@ -1,60 +1,53 @@
 /**
- * Runs one tofu phase as a child process in its own process group, streams its output in
- * whole lines (so a secret is never split across two chunks before redaction), and cancels it
- * the way operators expect: SIGTERM to the whole group, a grace period, then SIGKILL.
+ * One phase as a child process: spawned in its own process group, its output streamed in whole
+ * lines (so a secret is never split across two chunks before redaction), and canceled the way
+ * operators expect: SIGTERM, a grace period, then SIGKILL. How the signals reach the phase's
+ * processes is the caller's `stop` (a process group directly; through the sandbox's PID
+ * namespace under bubblewrap). Every executor (direct, sandbox, the runner) uses it.
  */
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { StringDecoder } from "node:string_decoder";
-import { AgentError } from "../core/errors.js";
-import type { Phase } from "../protocol/agent-api.js";
+import type { AgentError } from "../core/errors.js";
+import type { PhaseOutputOptions, PhaseResult } from "./phase-executor.js";
 
-export interface TofuCommand {
-  /** Executable to run (`tofu`, a path, or the agent itself for the built-in stand-in). */
-  readonly file: string;
-  /** Arguments placed before the phase's own (the stand-in's subcommand name). */
-  readonly argsPrefix: readonly string[];
+/** How a phase's processes are told to stop, and killed. */
+export interface StopStrategy {
+  /** The graceful request (cancel): SIGTERM to what the phase runs. */
+  terminate(child: ChildProcess): void;
+  /** The end: nothing the phase started may survive it. */
+  kill(child: ChildProcess): void;
 }
 
-function tofuArgs(phase: Phase, planned: boolean): string[] {
-  switch (phase) {
-    case "init":
-      return ["init", "-input=false", "-no-color"];
-    case "plan":
-      return ["plan", "-input=false", "-no-color", "-out=tfplan"];
-    case "apply":
-      return planned
-        ? ["apply", "-input=false", "-no-color", "-auto-approve", "tfplan"]
-        : ["apply", "-input=false", "-no-color", "-auto-approve"];
+/** A process group, signalled as a whole (`kill(-pgid)`). */
+export const processGroupStop: StopStrategy = {
+  terminate: (child) => {
+    signalGroup(child, "SIGTERM");
+  },
+  kill: (child) => {
+    signalGroup(child, "SIGKILL");
+  },
+};
+
+export function signalGroup(child: ChildProcess, sig: NodeJS.Signals): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, sig);
+  } catch {
+    // The group is gone already.
   }
 }
 
-export interface PhaseRunOptions {
-  readonly command: TofuCommand;
-  readonly phase: Phase;
-  readonly planned: boolean;
+export interface ProcessSpec extends PhaseOutputOptions {
+  readonly file: string;
+  readonly args: readonly string[];
   readonly cwd: string;
   readonly env: NodeJS.ProcessEnv;
-  /** Aborting it cancels the phase (SIGTERM, grace, SIGKILL). */
+  /** Aborting it cancels the phase (terminate, grace, kill). */
   readonly signal: AbortSignal;
   readonly graceMs: number;
-  /** Called with whole lines of output (stdout and stderr interleaved), at most `maxLineBytes` each. */
-  readonly onOutput: (text: string) => void;
-  readonly maxLineBytes?: number;
-  /**
-   * Masks secrets. A line longer than `maxLineBytes` must be cut before its end: the splitter
-   * masks what it holds first and keeps back the last `longestSecret() - 1` characters, where an
-   * unmasked beginning of a secret that continues in the next read could be, so that no secret is
-   * ever cut in two before it is masked.
-   */
-  readonly redact?: (text: string) => string;
-  readonly longestSecret?: () => number;
-}
-
-export interface PhaseResult {
-  readonly exitCode: number | null;
-  readonly signal: NodeJS.Signals | null;
-  readonly durationMs: number;
-  readonly canceled: boolean;
+  readonly stop: StopStrategy;
+  /** What the phase is, for the error when it cannot start (the tofu executable, or the sandbox tool). */
+  readonly notFound: () => AgentError;
 }
 
 export class LineSplitter {
@@ -94,14 +87,14 @@ export class LineSplitter {
   }
 }
 
-export function runPhase(opts: PhaseRunOptions): Promise<PhaseResult> {
+export function runProcess(opts: ProcessSpec): Promise<PhaseResult> {
   const started = performance.now();
   return new Promise((resolve, reject) => {
     if (opts.signal.aborted) {
       resolve({ exitCode: null, signal: null, durationMs: 0, canceled: true });
       return;
     }
-    const child = spawn(opts.command.file, [...opts.command.argsPrefix, ...tofuArgs(opts.phase, opts.planned)], {
+    const child = spawn(opts.file, opts.args, {
       cwd: opts.cwd,
       env: opts.env,
       stdio: ["ignore", "pipe", "pipe"],
@@ -117,38 +110,24 @@ export function runPhase(opts: PhaseRunOptions): Promise<PhaseResult> {
     });
     let canceled = false;
     let killTimer: NodeJS.Timeout | undefined;
-    const signalGroup = (sig: NodeJS.Signals): void => {
-      if (child.pid === undefined) return;
-      try {
-        process.kill(-child.pid, sig);
-      } catch {
-        // The group is gone already.
-      }
-    };
     const onAbort = (): void => {
       canceled = true;
-      signalGroup("SIGTERM");
+      opts.stop.terminate(child);
       killTimer = setTimeout(() => {
-        signalGroup("SIGKILL");
+        opts.stop.kill(child);
       }, opts.graceMs);
     };
     opts.signal.addEventListener("abort", onAbort, { once: true });
-    child.once("error", (error: NodeJS.ErrnoException) => {
+    child.once("error", () => {
       opts.signal.removeEventListener("abort", onAbort);
       if (killTimer) clearTimeout(killTimer);
-      reject(
-        new AgentError(
-          "TOFU_NOT_FOUND",
-          `cannot start ${opts.command.file} (${error.code ?? "error"}); install OpenTofu or point --tofu-bin at the tofu executable`,
-          { tofu_bin: opts.command.file },
-        ),
-      );
+      reject(opts.notFound());
     });
     let exit: { code: number | null; signal: NodeJS.Signals | null } = { code: null, signal: null };
     child.once("exit", (code, signal) => {
       exit = { code, signal };
-      // Anything the phase left running in its group goes with it (and releases the pipes).
-      signalGroup("SIGKILL");
+      // Anything the phase left running goes with it (and releases the pipes).
+      opts.stop.kill(child);
     });
     child.once("close", () => {
       opts.signal.removeEventListener("abort", onAbort);

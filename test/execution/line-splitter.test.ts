@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { Redactor } from "../../src/core/redactor.js";
-import { LineSplitter } from "../../src/daemon/phase-runner.js";
+import { LineSplitter } from "../../src/execution/phase-process.js";
 
 const SECRET = "ghp_SUPERSECRETTOKEN1234";
 
