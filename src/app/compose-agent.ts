@@ -15,7 +15,7 @@ import { ControlPlaneClient } from "../daemon/control-plane-client.js";
 import { createLogger, type LogSink } from "../daemon/logger.js";
 import { noopObserver, type DaemonObserver } from "../daemon/observer.js";
 import type { TofuCommand } from "../execution/phase-executor.js";
-import { DirectExecutor } from "../execution/direct-executor.js";
+import { setUpPhaseExecutor } from "./phase-executor-setup.js";
 import { DEFAULT_ARCHIVE_LIMITS } from "../fs/config-workspace.js";
 import { realFs } from "../fs/secure-fs.js";
 import { describeKeySource } from "../keys/key-source.js";
@@ -88,6 +88,14 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
     { event: "keys_loaded", source: describeKeySource(settings.keySource), kids: ring.kids() },
     `loaded ${ring.kids().length} key(s)`,
   );
+  // Fails closed: where the sandbox cannot run, the agent does not start.
+  const executor = await setUpPhaseExecutor(settings, options.tofu ?? { file: settings.tofuBin, argsPrefix: [] }, env);
+  if (executor.isolation === "none") {
+    log.warn(
+      { event: "isolation", isolation: executor.isolation },
+      "isolation none: phases run as the agent's own children and reach everything its user can (its key, its token, other runs' credentials and workspaces); use the sandbox (the default) or the runner",
+    );
+  } else log.info({ event: "isolation", isolation: executor.isolation }, `phases run in the ${executor.isolation}`);
   const status = new AgentStatus(() => Date.now(), 2 * 60_000);
   const metrics = new AgentMetrics(options.version);
   const observer = combineObservers(status, metrics, options.observer ?? noopObserver);
@@ -114,7 +122,7 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
       operator: prepared.operator,
       fs: realFs,
       redactor,
-      executor: new DirectExecutor(options.tofu ?? { file: settings.tofuBin, argsPrefix: [] }),
+      executor,
       baseEnv: runBaseEnv(env, settings.keySource.kind === "env" ? settings.keySource.name : undefined),
       archiveLimits: { ...DEFAULT_ARCHIVE_LIMITS, maxBytes: settings.maxConfigBytes },
       maxBundleBytes: MAX_BUNDLE_BYTES,

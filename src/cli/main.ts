@@ -11,7 +11,7 @@ import type { SealOptions } from "./commands/seal.js";
 import type { DoctorOptions } from "./commands/doctor.js";
 import type { ControlPlaneCommandOptions } from "./commands/control-plane.js";
 import { packageVersion } from "./version.js";
-import { RUN_FIELDS } from "../config/schema.js";
+import { PATH_LIST_SEPARATOR, RUN_FIELDS } from "../config/schema.js";
 
 type Action = () => Promise<number>;
 
@@ -22,7 +22,12 @@ function addRunOptions(cmd: Command): Command {
     const choices = spec.choices ? ` (${spec.choices.join(", ")})` : "";
     const dflt = spec.default !== undefined ? ` [default: ${spec.default}]` : "";
     const text = `${spec.description}${choices}${dflt}; env ${spec.env}`;
-    cmd.option(spec.kind === "bool" ? spec.flag : `${spec.flag} <value>`, text);
+    if (spec.kind === "path-list") {
+      // Repeatable: each use adds a path.
+      cmd.option(`${spec.flag} <path>`, text, (value: string, previous: string | undefined) =>
+        previous === undefined ? value : `${previous}${PATH_LIST_SEPARATOR}${value}`,
+      );
+    } else cmd.option(spec.kind === "bool" ? spec.flag : `${spec.flag} <value>`, text);
   }
   return cmd;
 }

@@ -10,7 +10,7 @@ import type { BackoffPolicy } from "../core/backoff.js";
 import { AgentError, errnoCode } from "../core/errors.js";
 import { hostPort } from "../core/host-port.js";
 import { parseKeyUri, type KeySource } from "../keys/key-source.js";
-import { RUN_FIELDS, resolveConfig, type ConfigProblem, type ResolvedConfig } from "./schema.js";
+import { PATH_LIST_SEPARATOR, RUN_FIELDS, resolveConfig, type ConfigProblem, type ResolvedConfig } from "./schema.js";
 
 /** Where the pool token comes from: a file (preferred) or the environment. */
 export type TokenSource = { readonly file: string } | { readonly value: string };
@@ -31,6 +31,11 @@ export interface AgentSettings {
   readonly caFile?: string;
   /** `tofu` on PATH, or an absolute path (a relative one means nothing in a run's workspace). */
   readonly tofuBin: string;
+  /** What phases run in (docs/architecture.md, "Trust model"). */
+  readonly isolation: "sandbox" | "none";
+  /** Paths the sandbox shows besides the system's, read-only and read-write. */
+  readonly sandboxReadOnly: readonly string[];
+  readonly sandboxReadWrite: readonly string[];
   readonly concurrency: number;
   readonly drainTimeoutMs: number;
   readonly cancelGraceMs: number;
@@ -159,6 +164,7 @@ export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
   const workDir = str("work_dir") === undefined ? undefined : resolve(str("work_dir") ?? "");
   const credentialsDir = str("credentials_dir") ?? (workDir === undefined ? undefined : join(workDir, "credentials"));
   const tofuBin = str("tofu_bin") ?? "tofu";
+  const paths = (key: string): string[] => str(key)?.split(PATH_LIST_SEPARATOR) ?? [];
   const listen = str("listen") ?? "off";
   const logFormat = str("log_format");
   return {
@@ -173,6 +179,9 @@ export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
     ...optional("workspacesDir", workDir === undefined ? undefined : join(workDir, "workspaces")),
     ...optional("caFile", str("ca_file")),
     tofuBin: tofuBin.includes("/") ? resolve(tofuBin) : tofuBin,
+    isolation: str("isolation") === "none" ? "none" : "sandbox",
+    sandboxReadOnly: paths("sandbox_ro_bind"),
+    sandboxReadWrite: paths("sandbox_bind"),
     concurrency: num("concurrency"),
     drainTimeoutMs: num("drain_timeout"),
     cancelGraceMs: num("cancel_grace"),

@@ -8,7 +8,13 @@ import { parseDurationMs } from "../core/duration.js";
 import { parseHostPort } from "../core/host-port.js";
 
 export type FieldKind =
-  "string" | "path" | "url" | "duration" | "int" | "bool" | "size" | "listen" | "enum" | "key-uri";
+  "string" | "path" | "path-list" | "url" | "duration" | "int" | "bool" | "size" | "listen" | "enum" | "key-uri";
+
+/**
+ * A `path-list` value travels as one string, its absolute paths separated by newlines (a
+ * repeated flag, a YAML list, or a colon-separated environment variable become that).
+ */
+export const PATH_LIST_SEPARATOR = "\n";
 
 export interface FieldSpec {
   /** Key in the config file (snake_case). */
@@ -70,6 +76,22 @@ export const RUN_FIELDS: readonly FieldSpec[] = [
     "extra CA certificates (PEM) to trust for the control plane, besides the system's and NODE_EXTRA_CA_CERTS",
   ),
   f("tofu_bin", "string", "the tofu executable", { default: "tofu" }),
+  f(
+    "isolation",
+    "enum",
+    "what each phase runs in: sandbox (bubblewrap: new user, mount, PID, IPC and UTS namespaces; the phase sees the system read-only, its own workspace, its own credentials and the network, nothing of the agent; the agent refuses to start where it cannot be set up) or none (the phase runs as the agent's own child and can reach all the agent's user can: its key, token and other runs)",
+    { default: "sandbox", choices: ["sandbox", "none"] },
+  ),
+  f(
+    "sandbox_ro_bind",
+    "path-list",
+    "more paths the sandbox shows read-only at the same place (a plugin cache, a CA bundle, a tool directory); repeat the flag, or separate with : in the environment",
+  ),
+  f(
+    "sandbox_bind",
+    "path-list",
+    "more paths the sandbox shows read-write at the same place (a shared plugin cache); repeat the flag, or separate with : in the environment",
+  ),
   f("concurrency", "int", "runs at once", { default: "1", min: 1, max: 1024 }),
   f("drain_timeout", "duration", "on SIGTERM, how long running runs may finish before they are canceled", {
     default: "5m",
@@ -116,6 +138,12 @@ export function parseFieldValue(
     case "string":
     case "path":
       return text === "" ? { ok: false, expected: "a non-empty value" } : { ok: true, value: text };
+    case "path-list": {
+      const paths = text.split(PATH_LIST_SEPARATOR).map((p) => p.trim());
+      return paths.every((p) => p.startsWith("/") && !p.split("/").includes(".."))
+        ? { ok: true, value: paths.join(PATH_LIST_SEPARATOR) }
+        : { ok: false, expected: "absolute paths (starting with /, without ..)" };
+    }
     case "url":
       try {
         const u = new URL(text);
@@ -250,8 +278,16 @@ export function resolveConfig(
       raw = String(flag);
       source = "flag";
     } else if (env !== undefined && env !== "") {
-      raw = env;
+      raw = spec.kind === "path-list" ? env.split(":").join(PATH_LIST_SEPARATOR) : env;
       source = "env";
+    } else if (
+      spec.kind === "path-list" &&
+      Array.isArray(fromFile) &&
+      fromFile.length > 0 &&
+      fromFile.every((x) => typeof x === "string")
+    ) {
+      raw = fromFile.join(PATH_LIST_SEPARATOR);
+      source = "file";
     } else if (fromFile !== undefined && fromFile !== null) {
       if (typeof fromFile !== "string" && typeof fromFile !== "number" && typeof fromFile !== "boolean") {
         problems.push({

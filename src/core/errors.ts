@@ -83,6 +83,7 @@ export const ERROR_CODES = {
   RUN_TIMEOUT: "the run exceeded its time limit",
   PHASE_FAILED: "a tofu phase exited non-zero or was killed",
   TOFU_NOT_FOUND: "the tofu executable could not be started",
+  SANDBOX_UNAVAILABLE: "the sandbox runs are isolated in (bubblewrap, user namespaces) cannot be set up on this host",
   AGENT_SHUTDOWN: "the agent was shutting down and canceled the run",
   INTERNAL: "an unexpected failure inside the agent",
 } as const;

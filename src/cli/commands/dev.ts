@@ -150,7 +150,12 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
     const mainJs = fileURLToPath(new URL("../main.js", import.meta.url));
     const tofu: TofuCommand = realTofu
       ? { file: realTofu, argsPrefix: [] }
-      : { file: process.execPath, argsPrefix: [mainJs, "tofu-standin"] };
+      : // The stand-in is this package run by this node: the sandbox shows both, read-only.
+        {
+          file: process.execPath,
+          argsPrefix: [mainJs, "tofu-standin"],
+          needs: [process.execPath, fileURLToPath(new URL("../../../", import.meta.url))],
+        };
     out(
       realTofu
         ? `\nUsing OpenTofu at ${realTofu}.`

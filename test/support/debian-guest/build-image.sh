@@ -23,7 +23,7 @@ flock -w 900 9
 
 suite=bookworm
 mirror=http://deb.debian.org/debian
-guest_packages=(curl jq xz-utils ca-certificates procps)
+guest_packages=(curl jq xz-utils ca-certificates procps bubblewrap)
 image_key=$(printf '%s\n' 3 "$suite" "$mirror" "${guest_packages[*]}" | sha256sum | cut -c1-16)
 guest="$cache/guest-$image_key"
 if [ ! -e "$guest/complete" ]; then

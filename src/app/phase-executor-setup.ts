@@ -1,0 +1,58 @@
+/**
+ * Builds the executor the settings ask for, and checks at start that it works: the sandbox must
+ * run a trivial phase here, or the agent refuses to start (SANDBOX_UNAVAILABLE) rather than run
+ * phases unisolated. `--isolation none` is taken only when asked for, and said out loud.
+ */
+import { stat } from "node:fs/promises";
+import { join } from "node:path";
+import type { AgentSettings } from "../config/load-run-config.js";
+import { DirectExecutor } from "../execution/direct-executor.js";
+import type { PhaseExecutor, TofuCommand } from "../execution/phase-executor.js";
+import { checkSandbox, SandboxExecutor, sandboxUnavailable } from "../execution/sandbox-executor.js";
+import { AGENT_ETC_DIR, pathsToHide } from "../execution/sandbox-layout.js";
+import { findExecutable } from "../fs/executables.js";
+
+async function kindOf(path: string): Promise<"dir" | "file" | undefined> {
+  try {
+    return (await stat(path)).isDirectory() ? "dir" : "file";
+  } catch {
+    return undefined;
+  }
+}
+
+/** The agent's own files that the sandbox's view of the system would otherwise show. */
+function agentPaths(settings: AgentSettings, configFile: string | undefined): string[] {
+  const paths = [AGENT_ETC_DIR];
+  if ("file" in settings.token) paths.push(settings.token.file);
+  if (settings.keySource.kind === "file") paths.push(settings.keySource.path);
+  if (configFile !== undefined) paths.push(configFile);
+  return paths;
+}
+
+export async function setUpPhaseExecutor(
+  settings: AgentSettings,
+  tofu: TofuCommand,
+  env: NodeJS.ProcessEnv,
+  configFile?: string,
+): Promise<PhaseExecutor> {
+  if (settings.isolation === "none") return new DirectExecutor(tofu);
+  const bwrap = await findExecutable("bwrap", env);
+  if (bwrap === undefined) throw sandboxUnavailable("bubblewrap (bwrap) is not on PATH");
+  const trueBin = (await findExecutable("true", { PATH: "/usr/bin:/bin" })) ?? "/bin/true";
+  const hide: { path: string; kind: "dir" | "file" }[] = [];
+  for (const path of agentPaths(settings, configFile)) {
+    const kind = await kindOf(path);
+    if (kind !== undefined) hide.push({ path, kind });
+  }
+  const options = {
+    bwrap,
+    tofu,
+    path: env["PATH"] ?? "/usr/local/bin:/usr/bin:/bin",
+    homesDir: join(settings.workDir, "homes"),
+    readOnly: settings.sandboxReadOnly,
+    readWrite: settings.sandboxReadWrite,
+    hide: pathsToHide(hide),
+  };
+  await checkSandbox(options, trueBin);
+  return new SandboxExecutor(options);
+}
