@@ -12,7 +12,7 @@ import { posix } from "node:path";
 type Env = Readonly<Record<string, string | undefined>>;
 
 /** The first of `candidates` that exists; when none does, `otherwise` (which may not exist either). */
-export interface FirstExisting {
+interface FirstExisting {
   readonly candidates: readonly string[];
   readonly otherwise: string;
 }

@@ -10,7 +10,7 @@
 import type { DaemonObserver } from "../daemon/observer.js";
 
 /** Why the agent is not ready; stable, documented in docs/operations.md. */
-export type NotReadyReason = "no_keys" | "not_registered" | "control_plane_unreachable";
+type NotReadyReason = "no_keys" | "not_registered" | "control_plane_unreachable";
 
 export interface Readiness {
   readonly ready: boolean;
