@@ -248,7 +248,7 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
     }
   }
   try {
-    const cli = await readTofuCliConfig(realFs, inputs.env);
+    const cli = await readTofuCliConfig(realFs, settings.tofuCliConfigFile);
     const files = cli.kind === "json" ? [cli.path] : cli.sources.map((f) => f.path);
     checks.push({
       check: "tofu CLI config",

@@ -12,7 +12,7 @@ import { AgentError, errnoCode } from "../core/errors.js";
 import { prepareTofuCliConfig, type PreparedTofuCliConfig } from "../core/tofu-cli-config.js";
 import { prepareOperatorConfig, type OperatorConfig } from "../credentials/operator-config.js";
 import type { FileSystem } from "../fs/secure-fs.js";
-import { discoverTofuCliConfig } from "../fs/tofu-cli-config-sources.js";
+import { readOperatorTofuCliConfig } from "../fs/tofu-cli-config-sources.js";
 import { readTokenFile } from "../fs/token-file.js";
 import { ReloadableKeyRing } from "../keys/key-ring.js";
 
@@ -50,19 +50,18 @@ export async function readBaseDockerConfig(fs: FileSystem, path: string): Promis
   return parseBaseDockerConfig(await readBaseDockerConfigText(fs, path), path);
 }
 
-/** Finds, reads and checks the operator's own OpenTofu CLI configuration on its own (doctor's check). */
-export async function readTofuCliConfig(fs: FileSystem, env: NodeJS.ProcessEnv): Promise<PreparedTofuCliConfig> {
-  return prepareTofuCliConfig(await discoverTofuCliConfig(fs, env));
+/** Reads and checks the operator's own OpenTofu CLI configuration on its own (doctor's check). */
+export async function readTofuCliConfig(fs: FileSystem, path: string | undefined): Promise<PreparedTofuCliConfig> {
+  return prepareTofuCliConfig(await readOperatorTofuCliConfig(fs, path));
 }
 
 /** Reads the operator's files and prepares them as every run builds on them. */
 async function readOperatorConfig(
   fs: FileSystem,
-  settings: Pick<AgentSettings, "baseDockerConfigFile">,
-  env: NodeJS.ProcessEnv,
+  settings: Pick<AgentSettings, "baseDockerConfigFile" | "tofuCliConfigFile">,
 ): Promise<OperatorConfig> {
   const path = settings.baseDockerConfigFile;
-  const tofuCliConfigSources = await discoverTofuCliConfig(fs, env);
+  const tofuCliConfigSources = await readOperatorTofuCliConfig(fs, settings.tofuCliConfigFile);
   return prepareOperatorConfig({
     tofuCliConfigSources,
     ...(path === undefined ? {} : { baseDockerConfig: { path, text: await readBaseDockerConfigText(fs, path) } }),
@@ -76,6 +75,6 @@ export async function prepareAgent(
 ): Promise<PreparedAgent> {
   const token = await readPoolToken(fs, settings.token);
   const { ring, warnings } = await ReloadableKeyRing.open(settings.keySource, { fs, env });
-  const operator = await readOperatorConfig(fs, settings, env);
+  const operator = await readOperatorConfig(fs, settings);
   return { settings, token, keys: ring, operator, warnings };
 }

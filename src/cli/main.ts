@@ -117,6 +117,10 @@ function buildProgram(setAction: (action: Action) => void): Command {
       "--base-docker-config <file>",
       "an operator Docker config to merge (its other registries, credHelpers and credsStore are kept)",
     )
+    .option(
+      "--tofu-cli-config <file>",
+      "the operator's OpenTofu CLI configuration to reproduce in the run's (default: /etc/oci-cred-agent/tofu.tfrc if it exists; never ~/.tofurc or TF_CLI_CONFIG_FILE)",
+    )
     .addOption(new Option("--format <format>", "output format").choices(["env", "json"]).default("env"))
     .option("--max-bundle-lifetime <duration>", "refuse bundles valid for longer than this", "1h")
     .option("--clock-skew <duration>", "how far in the future a bundle's issue time may be", "2m")

@@ -44,6 +44,8 @@ export interface AgentSettings {
   readonly clockSkewSeconds: number;
   readonly maxConfigBytes: number;
   readonly baseDockerConfigFile?: string;
+  /** The operator's OpenTofu CLI configuration (`--tofu-cli-config`); unset: the default file, if any. */
+  readonly tofuCliConfigFile?: string;
   readonly name?: string;
   readonly logLevel: string;
   readonly logFormat?: "json" | "pretty";
@@ -190,6 +192,7 @@ export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
     clockSkewSeconds: num("clock_skew") / 1000,
     maxConfigBytes: num("max_config_bytes"),
     ...optional("baseDockerConfigFile", str("base_docker_config")),
+    ...optional("tofuCliConfigFile", str("tofu_cli_config")),
     ...optional("name", str("name")),
     logLevel: str("log_level") ?? "info",
     ...(logFormat === "json" || logFormat === "pretty" ? { logFormat } : {}),

@@ -102,6 +102,11 @@ export const RUN_FIELDS: readonly FieldSpec[] = [
   f("clock_skew", "duration", "how far in the future a bundle's issue time may be", { default: "2m" }),
   f("max_config_bytes", "size", "refuse configuration archives that expand past this", { default: "256MiB" }),
   f("base_docker_config", "path", "an operator Docker config merged into every run's"),
+  f(
+    "tofu_cli_config",
+    "path",
+    "the operator's OpenTofu CLI configuration, reproduced in every run's (default: /etc/oci-cred-agent/tofu.tfrc when it exists and the agent's user can reach it); never read from HOME, XDG_CONFIG_HOME, TF_CLI_CONFIG_FILE or ~/.terraform.d",
+  ),
   f("name", "string", "the agent's name at the control plane (default host-pid)"),
   f("log_level", "enum", "log level", {
     default: "info",

@@ -19,6 +19,7 @@ export const ERROR_CODES = {
   KEY_FILE_PERMISSIONS: "the private key file is accessible by group or others",
   KEY_FILE_INVALID: "the private key file does not hold an X25519 private key",
   KEY_FILE_WRITE_FAILED: "creating or writing a new private key file failed (keygen)",
+  KEY_ROTATION_NOT_NEWEST: "keygen --rotate: another file in the key directory sorts after the new key",
   KEY_ENV_NOT_SET: "the environment variable named by --key env:NAME is not set or is empty",
   KEY_KEYRING_ENTRY_NOT_FOUND: "the OS keyring has no entry for --key keyring:SERVICE/ACCOUNT",
   PUBLIC_KEY_INVALID: "the public key document is not what `pubkey` prints",

@@ -4,14 +4,15 @@
  * legacy TERRAFORM_CONFIG) alone when set; otherwise ~/.tofurc, else ~/.terraformrc, else
  * $XDG_CONFIG_HOME/opentofu/tofurc on a fresh install, plus the *.tfrc files of the CLI
  * configuration directory (~/.terraform.d, else $XDG_CONFIG_HOME/opentofu). Pure: the caller
- * checks which paths exist (the file-system discovery, the OpenTofu lookup's reader).
+ * checks which paths exist (the OpenTofu lookup's reader). The agent itself never reads the
+ * operator's configuration from these places (src/fs/tofu-cli-config-sources.ts says why).
  */
 import { posix } from "node:path";
 
 type Env = Readonly<Record<string, string | undefined>>;
 
 /** The first of `candidates` that exists; when none does, `otherwise` (which may not exist either). */
-export interface FirstExisting {
+interface FirstExisting {
   readonly candidates: readonly string[];
   readonly otherwise: string;
 }

@@ -17,7 +17,18 @@ import { AgentError, errnoCode, isAgentError } from "../core/errors.js";
 
 export type FileSystem = Pick<
   typeof nodeFs,
-  "mkdir" | "lstat" | "open" | "rename" | "unlink" | "rmdir" | "readdir" | "chmod" | "stat" | "readFile" | "realpath"
+  | "mkdir"
+  | "lstat"
+  | "open"
+  | "rename"
+  | "unlink"
+  | "rmdir"
+  | "readdir"
+  | "chmod"
+  | "stat"
+  | "readFile"
+  | "realpath"
+  | "access"
 >;
 
 export const realFs: FileSystem = nodeFs;

@@ -1,65 +1,61 @@
 /**
- * Finds the operator's own OpenTofu CLI configuration where OpenTofu looks for it
- * (src/core/tofu-cli-config-locations.ts), so that the run's generated configuration can
- * reproduce it: the main file, plus the *.tfrc and *.tfrc.json files of the CLI config
- * directory (except credentials.tfrc.json, which OpenTofu's credentials store reads in any case).
+ * Reads the operator's own OpenTofu CLI configuration, which every run's generated configuration
+ * reproduces (provider installation, plugin cache, `credentials` blocks). Only from an explicit
+ * path: `--tofu-cli-config`, else /etc/oci-cred-agent/tofu.tfrc when it exists. Never from where
+ * OpenTofu itself looks (TF_CLI_CONFIG_FILE, ~/.tofurc, ~/.terraformrc, $XDG_CONFIG_HOME,
+ * ~/.terraform.d): the agent's HOME is its writable state directory, which runs can write as the
+ * agent's user, and a file a run planted there would otherwise reach every later run (a provider
+ * mirror of its choosing, for one).
  */
-import { join } from "node:path";
-import { homedir } from "node:os";
 import { AgentError, errnoCode } from "../core/errors.js";
 import type { OperatorCliConfigSource } from "../core/tofu-cli-config.js";
-import { tofuCliConfigLocations, type FirstExisting } from "../core/tofu-cli-config-locations.js";
 import type { FileSystem } from "./secure-fs.js";
 
-async function readIfExists(fs: FileSystem, path: string): Promise<OperatorCliConfigSource | undefined> {
+/** Read when `--tofu-cli-config` is not set, if it exists. */
+export const DEFAULT_TOFU_CLI_CONFIG = "/etc/oci-cred-agent/tofu.tfrc";
+
+/**
+ * Whether the default file is not there for the agent: it does not exist, or a directory above
+ * it is closed to the agent's user (the systemd install keeps /etc/oci-cred-agent at 0700 for the
+ * token and settings; a file there that the agent cannot reach was not put there for it). A file
+ * the agent can see but not read is not absent: that is refused.
+ */
+async function absentForAgent(fs: FileSystem, file: string, code: string | undefined): Promise<boolean> {
+  if (code === "ENOENT" || code === "ENOTDIR") return true;
+  if (code !== "EACCES") return false;
   try {
-    return { path, text: await fs.readFile(path, "utf8") };
+    await fs.stat(file);
+    return false;
   } catch (error) {
-    if (errnoCode(error) === "ENOENT") return undefined;
+    return errnoCode(error) === "EACCES";
+  }
+}
+
+/**
+ * The operator's CLI configuration: the file `path` names (which must exist), or, when `path` is
+ * undefined, `defaultPath` if it exists. No source at all means OpenTofu's defaults.
+ */
+export async function readOperatorTofuCliConfig(
+  fs: FileSystem,
+  path: string | undefined,
+  defaultPath: string = DEFAULT_TOFU_CLI_CONFIG,
+): Promise<OperatorCliConfigSource[]> {
+  const file = path ?? defaultPath;
+  let text: string;
+  try {
+    text = await fs.readFile(file, "utf8");
+  } catch (error) {
+    const code = errnoCode(error);
+    if (path === undefined && (await absentForAgent(fs, file, code))) return [];
+    const fix =
+      path === undefined
+        ? `make it readable by the agent's user, or point --tofu-cli-config (OCI_CRED_AGENT_TOFU_CLI_CONFIG) at another file`
+        : `fix the path given to --tofu-cli-config (OCI_CRED_AGENT_TOFU_CLI_CONFIG, tofu_cli_config), make the file readable by the agent's user, or unset it`;
     throw new AgentError(
       "TOFU_CLI_CONFIG_INVALID",
-      `the operator's OpenTofu CLI configuration ${path} cannot be read (${errnoCode(error) ?? "error"}); every run's tofu would read it too: make it readable by the agent's user, or unset TF_CLI_CONFIG_FILE in the agent's environment`,
-      { path },
+      `the operator's OpenTofu CLI configuration ${file}${path === undefined ? " (the default of --tofu-cli-config)" : ""} cannot be read (${code ?? "error"}); every run's CLI configuration is built on it: ${fix}`,
+      { path: file, flag: "--tofu-cli-config" },
     );
   }
-}
-
-async function exists(fs: FileSystem, path: string): Promise<boolean> {
-  try {
-    await fs.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** The first of `where.candidates` that exists, else `where.otherwise`. */
-async function firstExisting(fs: FileSystem, where: FirstExisting): Promise<string> {
-  for (const path of where.candidates) if (await exists(fs, path)) return path;
-  return where.otherwise;
-}
-
-export async function discoverTofuCliConfig(
-  fs: FileSystem,
-  env: NodeJS.ProcessEnv,
-): Promise<OperatorCliConfigSource[]> {
-  const locations = tofuCliConfigLocations(env, homedir());
-  const sources: OperatorCliConfigSource[] = [];
-  const main = await readIfExists(fs, await firstExisting(fs, locations.file));
-  if (main) sources.push(main);
-  if (locations.dir === undefined) return sources;
-
-  const configDir = await firstExisting(fs, locations.dir);
-  const entries = await fs.readdir(configDir).then(
-    (names) => names.sort(),
-    () => [] as string[],
-  );
-  for (const entry of entries) {
-    if (!entry.endsWith(".tfrc") && !entry.endsWith(".tfrc.json")) continue;
-    // OpenTofu reads credentials.tfrc.json (from `tofu login`) on its own, override or not.
-    if (entry === "credentials.tfrc.json") continue;
-    const source = await readIfExists(fs, join(configDir, entry));
-    if (source) sources.push(source);
-  }
-  return sources;
+  return [{ path: file, text }];
 }

@@ -5,10 +5,12 @@
  *   systemd-credential:NAME  $CREDENTIALS_DIRECTORY/NAME (LoadCredential=/LoadCredentialEncrypted=)
  *   keyring:SERVICE/ACCOUNT  the OS keyring (Secret Service) through @napi-rs/keyring, loaded
  *                            only when used so hosts without it still start
- *   env:NAME                 an environment variable, with a warning; removed from the
- *                            environment that runs see
+ *   env:NAME                 an environment variable, with a warning; left out of the
+ *                            environment the agent gives runs, but a run outside the sandbox can
+ *                            still read the agent's own environment (/proc/<pid>/environ)
  * A file, credential, keyring entry or variable may hold several PEM keys, one after the other;
- * the last is the newest. In a directory, files are ordered by modification time, newest last.
+ * the last is the newest. In a directory, files are ordered by status change time, then name,
+ * newest last (key-directory.ts says why not by modification time).
  * The control plane seals to the newest key; bundles sealed to an older key still open until
  * that key is removed.
  */
@@ -17,6 +19,7 @@ import { AgentError, errnoCode } from "../core/errors.js";
 import { parsePrivateKeyPem, type AgentPrivateKey } from "../crypto/agent-key.js";
 import { readProtectedKeyFile } from "../fs/key-file.js";
 import type { FileSystem } from "../fs/secure-fs.js";
+import { listKeyFiles, writableByOthers } from "./key-directory.js";
 
 export type KeySource =
   | { readonly kind: "file"; readonly path: string }
@@ -101,68 +104,27 @@ function dedupe(keys: readonly AgentPrivateKey[]): AgentPrivateKey[] {
   return [...byKid.values()];
 }
 
-const KEY_FILE_NAME = /\.(key|pem)$/;
-
-/**
- * Where a key directory's symlink leads; undefined when it leads nowhere (a dangling link or a
- * loop). Any other failure (EACCES, EIO) is refused as such, not taken for a bad link.
- */
-async function linkTarget(fs: FileSystem, path: string): Promise<string | undefined> {
-  try {
-    return await fs.realpath(path);
-  } catch (error) {
-    const code = errnoCode(error);
-    if (code === "ENOENT" || code === "ENOTDIR" || code === "ELOOP") return undefined;
-    throw new AgentError(
-      "INPUT_UNREADABLE",
-      `cannot follow the key link ${path} (${code ?? "error"}); check the key directory's owner and mode`,
-      { path },
-      { cause: error },
-    );
-  }
-}
-
-/** Reads every key file of a directory (a key directory or a Kubernetes Secret volume). */
+/** Reads every key file of a directory (a key directory or a Kubernetes Secret volume), oldest first. */
 async function loadKeyDirectory(fs: FileSystem, dir: string): Promise<AgentPrivateKey[]> {
-  const realDir = await fs.realpath(dir);
-  const found: { mtimeMs: number; name: string; keys: AgentPrivateKey[] }[] = [];
-  for (const name of (await fs.readdir(dir)).sort()) {
-    if (name.startsWith(".") || !KEY_FILE_NAME.test(name)) continue;
-    let path = join(dir, name);
-    const st = await fs.lstat(path);
-    if (st.isSymbolicLink()) {
-      // Kubernetes Secret volumes expose each key as a link into ..data/ inside the volume;
-      // follow such a link only when its target stays inside the directory.
-      const target = await linkTarget(fs, path);
-      if (target === undefined) {
-        throw new AgentError(
-          "KEY_FILE_SYMLINK",
-          `${path} is a symbolic link that leads nowhere (its target is missing, or it loops); replace it with the key file, inside ${dir}`,
-          { path },
-        );
-      }
-      if (!target.startsWith(`${realDir}/`)) {
-        throw new AgentError(
-          "KEY_FILE_SYMLINK",
-          `${path} is a symbolic link that leaves the key directory ${dir}; keep key files inside it`,
-          { path },
-        );
-      }
-      path = target;
-    }
-    const text = await readProtectedKeyFile(fs, path);
-    const mtimeMs = (await fs.lstat(path)).mtimeMs;
-    found.push({ mtimeMs, name, keys: await parseKeyBundle(text, join(dir, name)) });
-  }
-  if (found.length === 0) {
+  const files = await listKeyFiles(fs, dir);
+  if (files.length === 0) {
     throw new AgentError(
       "KEY_FILE_NOT_FOUND",
       `the key directory ${dir} holds no key file (*.key or *.pem); create one with \`oci-cred-agent keygen --key file:${dir}\``,
       { path: dir },
     );
   }
-  found.sort((a, b) => a.mtimeMs - b.mtimeMs || (a.name < b.name ? -1 : 1));
-  return found.flatMap((f) => f.keys);
+  const keys: AgentPrivateKey[] = [];
+  for (const file of files)
+    keys.push(...(await parseKeyBundle(await readProtectedKeyFile(fs, file.path), join(dir, file.name))));
+  return keys;
+}
+
+/** The warning for a key directory that others than its owner may write; undefined when none may. */
+async function keyDirectoryWarning(fs: FileSystem, dir: string, mode: number): Promise<string | undefined> {
+  if (!(await writableByOthers(fs, dir, mode))) return undefined;
+  const who = [(mode & 0o020) !== 0 ? "its group" : "", (mode & 0o002) !== 0 ? "every user" : ""].filter(Boolean);
+  return `the key directory ${dir} has mode ${(mode & 0o7777).toString(8).padStart(4, "0")}: ${who.join(" and ")} may add, rename or remove files in it, so they can retire the agent's keys or put files there that stop it from loading them; run: chmod go-w ${dir}`;
 }
 
 export interface KeySourceContext {
@@ -213,9 +175,13 @@ export async function loadKeySource(source: KeySource, ctx: KeySourceContext): P
         }
         throw error;
       }
-      const keys = st.isDirectory()
-        ? await loadKeyDirectory(ctx.fs, source.path)
-        : await parseKeyBundle(await readProtectedKeyFile(ctx.fs, source.path), source.path);
+      if (!st.isDirectory()) {
+        const keys = await parseKeyBundle(await readProtectedKeyFile(ctx.fs, source.path), source.path);
+        return { keys: dedupe(keys), warnings };
+      }
+      const keys = await loadKeyDirectory(ctx.fs, source.path);
+      const warning = await keyDirectoryWarning(ctx.fs, source.path, st.mode);
+      if (warning !== undefined) warnings.push(warning);
       return { keys: dedupe(keys), warnings };
     }
     case "systemd-credential": {
@@ -258,7 +224,7 @@ export async function loadKeySource(source: KeySource, ctx: KeySourceContext): P
         );
       }
       warnings.push(
-        `the private key comes from the environment variable ${source.name}: environment variables leak into child processes and crash dumps; prefer file:, systemd-credential: or keyring:. The variable is removed from the environment of runs`,
+        `the private key comes from the environment variable ${source.name}: environment variables leak into child processes and crash dumps; prefer file:, systemd-credential: or keyring:. The agent leaves ${source.name} out of the environment it gives runs, but a run that is not isolated from the agent (no sandbox) can still read the agent's own environment through /proc/<agent pid>/environ; only a sandboxed run cannot`,
       );
       return { keys: dedupe(await parseKeyBundle(text, describeKeySource(source))), warnings };
     }

@@ -2,25 +2,25 @@
  * What /readyz decides from: a key is loaded, the agent is registered, and the last exchange
  * with the control plane succeeded recently. Fed by the daemon's observer hooks; the clock is
  * passed in.
+ *
+ * /readyz answers anyone who can reach --listen (in Kubernetes, the whole pod network), without
+ * authentication: it says only whether the agent is ready and why not, as stable reason codes.
+ * No agent id, no error text; the log has the details (control_plane_error, keys_loaded, ...).
  */
 import type { DaemonObserver } from "../daemon/observer.js";
 
+/** Why the agent is not ready; stable, documented in docs/operations.md. */
+type NotReadyReason = "no_keys" | "not_registered" | "control_plane_unreachable";
+
 export interface Readiness {
   readonly ready: boolean;
-  readonly reasons: readonly string[];
-  readonly agent_id: string | null;
-  readonly keys: number;
-  readonly last_poll_ok_at: string | null;
-  readonly last_poll_error: { readonly code: string; readonly message: string } | null;
-  readonly active_runs: number;
+  readonly reasons: readonly NotReadyReason[];
 }
 
 export class AgentStatus implements DaemonObserver {
-  private agentId: string | undefined;
+  private isRegistered = false;
   private keys = 0;
   private lastOkMs: number | undefined;
-  private lastError: { code: string; message: string } | undefined;
-  private active = 0;
 
   constructor(
     private readonly now: () => number,
@@ -28,29 +28,27 @@ export class AgentStatus implements DaemonObserver {
     private readonly staleAfterMs: number,
   ) {}
 
-  registered(agentId: string): void {
-    this.agentId = agentId;
+  registered(): void {
+    this.isRegistered = true;
     this.lastOkMs = this.now();
-    this.lastError = undefined;
   }
   unregistered(): void {
-    this.agentId = undefined;
+    this.isRegistered = false;
   }
   keysLoaded(count: number): void {
     this.keys = count;
   }
   pollSucceeded(): void {
     this.lastOkMs = this.now();
-    this.lastError = undefined;
   }
-  pollFailed(_kind: string, code: string, message: string): void {
-    this.lastError = { code, message };
+  pollFailed(): void {
+    // the log has what failed; readiness goes by the last success
   }
   runStarted(): void {
-    this.active++;
+    // not part of readiness
   }
   runFinished(): void {
-    this.active = Math.max(0, this.active - 1);
+    // not part of readiness
   }
   pickup(): void {
     // not part of readiness
@@ -69,26 +67,12 @@ export class AgentStatus implements DaemonObserver {
   }
 
   readiness(): Readiness {
-    const reasons: string[] = [];
-    if (this.keys === 0) reasons.push("no private key is loaded");
-    if (this.agentId === undefined)
-      reasons.push(
-        `not registered with the control plane${this.lastError ? ` (${this.lastError.code}: ${this.lastError.message})` : ""}`,
-      );
-    else if (this.lastOkMs === undefined || this.now() - this.lastOkMs > this.staleAfterMs) {
-      reasons.push(
-        `no successful poll of the control plane for ${this.lastOkMs === undefined ? "ever" : `${Math.round((this.now() - this.lastOkMs) / 1000)} s`}${this.lastError ? ` (last error ${this.lastError.code}: ${this.lastError.message})` : ""}`,
-      );
-    }
-    return {
-      ready: reasons.length === 0,
-      reasons,
-      agent_id: this.agentId ?? null,
-      keys: this.keys,
-      last_poll_ok_at: this.lastOkMs === undefined ? null : new Date(this.lastOkMs).toISOString(),
-      last_poll_error: this.lastError ?? null,
-      active_runs: this.active,
-    };
+    const reasons: NotReadyReason[] = [];
+    if (this.keys === 0) reasons.push("no_keys");
+    if (!this.isRegistered) reasons.push("not_registered");
+    else if (this.lastOkMs === undefined || this.now() - this.lastOkMs > this.staleAfterMs)
+      reasons.push("control_plane_unreachable");
+    return { ready: reasons.length === 0, reasons };
   }
 }
 

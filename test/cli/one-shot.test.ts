@@ -401,6 +401,52 @@ describe("seal → materialize → wipe", () => {
   });
 });
 
+describe("the operator's OpenTofu CLI configuration", () => {
+  /** A CLI configuration that sends provider installation to `url`. */
+  const mirror = (url: string): string => `provider_installation {\n  network_mirror {\n    url = "${url}"\n  }\n}\n`;
+
+  it("comes only from --tofu-cli-config: files planted in HOME, XDG_CONFIG_HOME or TF_CLI_CONFIG_FILE are never copied into the run's", async () => {
+    const planted = mirror("https://attacker.invalid/providers/");
+    const plantedHome = join(dir, "planted-home");
+    for (const f of [".tofurc", ".terraformrc", ".terraform.d/mirror.tfrc", "xdg/opentofu/tofurc", "elsewhere.tfrc"]) {
+      mkdirSync(join(plantedHome, f, ".."), { recursive: true });
+      writeFileSync(join(plantedHome, f), planted);
+    }
+    const ambient = {
+      HOME: plantedHome,
+      XDG_CONFIG_HOME: join(plantedHome, "xdg"),
+      TF_CLI_CONFIG_FILE: join(plantedHome, "elsewhere.tfrc"),
+    };
+
+    const bare = join(dir, "run-cli-planted");
+    const r = await run(materializeArgs(bare, bundleFile), { env: ambient });
+    expect(r.code, r.stderr).toBe(0);
+    const generated = readFileSync(join(bare, "tofu/cli.tfrc"), "utf8");
+    expect(generated).toContain("oci_default_credentials");
+    expect(generated).not.toContain("attacker.invalid");
+
+    const operatorFile = join(dir, "operator-mirror.tfrc");
+    writeFileSync(operatorFile, mirror("https://mirror.example.com/providers/"));
+    const explicit = join(dir, "run-cli-explicit");
+    const e = await run(materializeArgs(explicit, bundleFile, ["--tofu-cli-config", operatorFile]), { env: ambient });
+    expect(e.code, e.stderr).toBe(0);
+    const withOperator = readFileSync(join(explicit, "tofu/cli.tfrc"), "utf8");
+    expect(withOperator).toContain('url = "https://mirror.example.com/providers/"');
+    expect(withOperator).not.toContain("attacker.invalid");
+  });
+
+  it("a --tofu-cli-config that does not exist is refused (TOFU_CLI_CONFIG_INVALID), naming the flag", async () => {
+    const missing = join(dir, "no-such.tfrc");
+    const r = await run(materializeArgs(join(dir, "run-cli-missing"), bundleFile, ["--tofu-cli-config", missing]));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      `error TOFU_CLI_CONFIG_INVALID: the operator's OpenTofu CLI configuration ${missing} cannot be read (ENOENT)`,
+    );
+    expect(r.stderr).toContain("--tofu-cli-config");
+    expect(existsSync(join(dir, "run-cli-missing"))).toBe(false);
+  });
+});
+
 describe("seal checks what it seals, and never overwrites", () => {
   it.each([
     ["not JSON", `not json ${CANARY}`, "PAYLOAD_INVALID"],
@@ -680,7 +726,7 @@ describe("materialize refusals: exit 1, the code on stderr, nothing in the run d
       () => {
         const f = join(dir, "operator.tfrc");
         writeFileSync(f, 'oci_default_credentials {\n  docker_credentials_helper = "desktop"\n}\n');
-        return { args: (d) => materializeArgs(d, bundleFile), env: { TF_CLI_CONFIG_FILE: f } };
+        return { args: (d) => materializeArgs(d, bundleFile, ["--tofu-cli-config", f]) };
       },
       "TOFU_CLI_CONFIG_CONFLICT",
     ],
@@ -689,7 +735,7 @@ describe("materialize refusals: exit 1, the code on stderr, nothing in the run d
       () => {
         const f = join(dir, "broken.tfrc");
         writeFileSync(f, "provider_installation {\n  direct {}\n");
-        return { args: (d) => materializeArgs(d, bundleFile), env: { TF_CLI_CONFIG_FILE: f } };
+        return { args: (d) => materializeArgs(d, bundleFile, ["--tofu-cli-config", f]) };
       },
       "TOFU_CLI_CONFIG_INVALID",
     ],

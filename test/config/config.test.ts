@@ -5,13 +5,13 @@
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { describeConfig, RUN_FIELDS, resolveConfig, type FieldSpec } from "../../src/config/schema.js";
-import { AGENT_BIN } from "../support/agent-process.js";
+import { AGENT_BIN, startAgent } from "../support/agent-process.js";
 import { leakForms } from "../support/leak-forms.js";
 
 const execFileAsync = promisify(execFile);
@@ -333,32 +333,72 @@ describe("preparation at start", () => {
     expect(r.stderr).not.toContain("INTERNAL");
   });
 
-  it("an operator CLI configuration with oci_default_credentials is refused at start (TOFU_CLI_CONFIG_CONFLICT), not in every run", async () => {
+  it("the operator CLI configuration comes from --tofu-cli-config / OCI_CRED_AGENT_TOFU_CLI_CONFIG only: with oci_default_credentials it is refused at start (TOFU_CLI_CONFIG_CONFLICT); planted in HOME, XDG_CONFIG_HOME or TF_CLI_CONFIG_FILE it is not read", async () => {
     const keyFile = join(dir, "prep2.key");
     const tokenFile = join(dir, "prep2.token");
     await cli(["keygen", "--key-file", keyFile]);
     await writeFile(tokenFile, "prep-token-value", { mode: 0o600 });
+    const conflicting = 'oci_default_credentials {\n  docker_style_config_files = ["/x"]\n}\n';
     const tofurc = join(dir, "operator.tfrc");
-    await writeFile(tofurc, 'oci_default_credentials {\n  docker_style_config_files = ["/x"]\n}\n');
-    const r = await cli(
-      [
-        "run",
-        "--control-plane-url",
-        "http://127.0.0.1:9",
-        "--token-file",
-        tokenFile,
-        "--key-file",
-        keyFile,
-        "--work-dir",
-        join(dir, "prep2-work"),
-        "--listen",
-        "off",
-      ],
-      { TF_CLI_CONFIG_FILE: tofurc },
-    );
-    expect(r.code).toBe(1);
-    expect(r.stderr).toContain(
-      `error TOFU_CLI_CONFIG_CONFLICT: the OpenTofu CLI configuration ${tofurc}:1 has an oci_default_credentials block`,
-    );
+    await writeFile(tofurc, conflicting);
+    const args = [
+      "--control-plane-url",
+      "http://127.0.0.1:9",
+      "--token-file",
+      tokenFile,
+      "--key-file",
+      keyFile,
+      "--work-dir",
+      join(dir, "prep2-work"),
+      "--listen",
+      "off",
+    ];
+    const refusal = `error TOFU_CLI_CONFIG_CONFLICT: the OpenTofu CLI configuration ${tofurc}:1 has an oci_default_credentials block`;
+    const byFlag = await cli(["run", ...args, "--tofu-cli-config", tofurc]);
+    expect(byFlag.code).toBe(1);
+    expect(byFlag.stderr).toContain(refusal);
+    const byEnv = await cli(["run", ...args], { OCI_CRED_AGENT_TOFU_CLI_CONFIG: tofurc });
+    expect(byEnv.code).toBe(1);
+    expect(byEnv.stderr).toContain(refusal);
+
+    // Everywhere OpenTofu itself would look: the agent does not, so it starts and goes on to register.
+    const home = join(dir, "prep2-home");
+    for (const f of [".tofurc", ".terraformrc", ".terraform.d/planted.tfrc", "xdg/opentofu/tofurc"]) {
+      await mkdir(join(home, f, ".."), { recursive: true });
+      await writeFile(join(home, f), conflicting);
+    }
+    const agent = startAgent(args, {
+      HOME: home,
+      XDG_CONFIG_HOME: join(home, "xdg"),
+      TF_CLI_CONFIG_FILE: tofurc,
+      OCI_CRED_AGENT_TOFU_CLI_CONFIG: undefined,
+    });
+    try {
+      await agent.waitForLog((l) => l["event"] === "control_plane_error");
+    } finally {
+      agent.kill("SIGKILL");
+      await agent.exited;
+    }
+    expect(agent.output()).not.toContain("TOFU_CLI_CONFIG");
+  });
+
+  it("doctor checks the same operator CLI configuration as run: the --tofu-cli-config file, never one planted in HOME", async () => {
+    const conflicting = join(dir, "doctor-operator.tfrc");
+    await writeFile(conflicting, 'oci_default_credentials {\n  docker_style_config_files = ["/x"]\n}\n');
+    const home = join(dir, "doctor-home");
+    await mkdir(home);
+    await writeFile(join(home, ".tofurc"), 'oci_default_credentials {\n  docker_style_config_files = ["/x"]\n}\n');
+    const cliCheck = async (extra: string[]): Promise<{ status: string; detail: string; code?: string }> => {
+      const r = await cli(["doctor", "--format", "json", ...extra], { HOME: home, TF_CLI_CONFIG_FILE: conflicting });
+      const checks = (JSON.parse(r.stdout) as { checks: { check: string; status: string; detail: string }[] }).checks;
+      const found = checks.find((c) => c.check === "tofu CLI config");
+      expect(found, r.stdout).toBeDefined();
+      return found as { status: string; detail: string; code?: string };
+    };
+    expect(await cliCheck([])).toMatchObject({ status: "ok", detail: "none (OpenTofu's defaults)" });
+    expect(await cliCheck(["--tofu-cli-config", conflicting])).toMatchObject({
+      status: "fail",
+      code: "TOFU_CLI_CONFIG_CONFLICT",
+    });
   });
 });

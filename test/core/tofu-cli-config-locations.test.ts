@@ -1,9 +1,8 @@
 /**
- * Where OpenTofu finds the operator's CLI configuration is written once
- * (src/core/tofu-cli-config-locations.ts); the discovery that reproduces it in every run
- * (src/fs/tofu-cli-config-sources.ts) and OpenTofu's credential lookup
- * (src/core/opentofu-resolver.ts) both follow it: test/fs/tofu-cli-config-discovery.test.ts
- * runs both against the same files.
+ * Where OpenTofu finds its CLI configuration is written once
+ * (src/core/tofu-cli-config-locations.ts), for the model of OpenTofu's credential lookup
+ * (src/core/opentofu-resolver.ts). The agent does not read the operator's configuration from
+ * there (src/fs/tofu-cli-config-sources.ts).
  */
 import { describe, expect, it } from "vitest";
 import { tofuCliConfigLocations, type TofuCliConfigLocations } from "../../src/core/tofu-cli-config-locations.js";

@@ -9,7 +9,7 @@
  * One materialize covers: duplicates (newest wins), repository-scoped credentials on a
  * token-auth registry, Docker Hub aliases, ports, upper case, an operator base Docker config
  * (other registries, a username/password entry, credHelpers, a credsStore, stale entries for
- * exported registries) and an operator TF_CLI_CONFIG_FILE with other settings.
+ * exported registries) and an operator CLI configuration (--tofu-cli-config) with other settings.
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -24,7 +24,7 @@ import { resolveOpenTofuCredential, type Resolution } from "../../src/core/opent
 import { generatePrivateKeyPem, parsePrivateKeyPem } from "../../src/crypto/agent-key.js";
 import { sealBundle } from "../../src/crypto/sealed-bundle.js";
 import { realFs } from "../../src/fs/secure-fs.js";
-import { discoverTofuCliConfig } from "../../src/fs/tofu-cli-config-sources.js";
+import { readOperatorTofuCliConfig } from "../../src/fs/tofu-cli-config-sources.js";
 import { writeAuthFile, type ModulePackage } from "../support/oci-module-package.js";
 import type { LocalRegistry, TokenRegistry } from "../support/registry-fixture.js";
 import { startRegistryPair } from "../support/registry-pair.js";
@@ -221,7 +221,7 @@ beforeAll(async () => {
     maxLifetimeSeconds: 3600,
     clockSkewSeconds: 120,
     baseDockerConfig: { path: join(work, "base-docker-config.json"), text: baseDockerConfig },
-    tofuCliConfigSources: await discoverTofuCliConfig(realFs, operatorEnv),
+    tofuCliConfigSources: await readOperatorTofuCliConfig(realFs, operatorCliConfig),
     fs: realFs,
     helperExists: () => Promise.resolve(true),
   });

@@ -172,6 +172,9 @@ describe("systemd-credential: and env:", () => {
     });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/warning: .*environment variable AGENT_PRIVATE_KEY/);
+    // It does not promise more than the agent does: runs that are not sandboxed can read /proc.
+    expect(r.stderr).toContain("leaves AGENT_PRIVATE_KEY out of the environment it gives runs");
+    expect(r.stderr).toContain("/proc/<agent pid>/environ");
     const body = pem.split("\n")[1] ?? "";
     expect(body.length).toBeGreaterThan(10);
     expect(r.stdout + r.stderr).not.toContain(body);

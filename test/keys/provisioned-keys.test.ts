@@ -126,8 +126,10 @@ describe("root-provisioned keys for a non-root agent", () => {
           "/dev/null",
           "--run-dir",
           join(dir, "never"),
+          "--tofu-cli-config",
+          rc,
         ],
-        { env: { PATH: process.env["PATH"] ?? "", HOME: dir, TF_CLI_CONFIG_FILE: rc }, encoding: "utf8" },
+        { env: { PATH: process.env["PATH"] ?? "", HOME: dir }, encoding: "utf8" },
         (error, _stdout, stderr) => {
           resolve({ code: error ? (typeof error.code === "number" ? error.code : 1) : 0, stderr });
         },

@@ -1,32 +1,52 @@
 /**
  * What /readyz and /metrics report as the daemon's hooks fire, with a test clock: readiness
- * needs a key, a registration and a recent poll, and says why not; the registered gauge follows
- * the registration both ways.
+ * needs a key, a registration and a recent poll, and says why not in stable reason codes only
+ * (/readyz answers without authentication: no agent id, no error text); the registered gauge
+ * follows the registration both ways.
  */
 import { describe, expect, it } from "vitest";
+import type { DaemonObserver } from "../../src/daemon/observer.js";
 import { AgentStatus, combineObservers } from "../../src/ops/agent-status.js";
+import { startHealthServer } from "../../src/ops/health-server.js";
 import { AgentMetrics } from "../../src/ops/metrics.js";
 
 describe("readiness and metrics", () => {
-  it("is ready only with a key, a registration and a recent poll, and names what is missing", () => {
+  it("is ready only with a key, a registration and a recent poll, and names what is missing by code", () => {
     let now = 1_000_000;
     const status = new AgentStatus(() => now, 60_000);
-    expect(status.readiness().reasons).toEqual(["no private key is loaded", "not registered with the control plane"]);
-    status.keysLoaded(1);
-    status.pollFailed("network", "CONTROL_PLANE_UNAVAILABLE", "cannot reach the control plane");
-    expect(status.readiness()).toMatchObject({
-      ready: false,
-      reasons: ["not registered with the control plane (CONTROL_PLANE_UNAVAILABLE: cannot reach the control plane)"],
-    });
-    status.registered("agent-1");
-    expect(status.readiness()).toMatchObject({ ready: true, agent_id: "agent-1" });
+    const hooks: DaemonObserver = status;
+    expect(status.readiness()).toEqual({ ready: false, reasons: ["no_keys", "not_registered"] });
+    hooks.keysLoaded(1);
+    hooks.pollFailed("network", "CONTROL_PLANE_UNAVAILABLE", "cannot reach the control plane");
+    expect(status.readiness()).toEqual({ ready: false, reasons: ["not_registered"] });
+    hooks.registered("agent-1");
+    expect(status.readiness()).toEqual({ ready: true, reasons: [] });
     now += 61_000;
-    expect(status.readiness().ready).toBe(false);
-    expect(status.readiness().reasons[0]).toMatch(/no successful poll of the control plane for 61 s/);
-    status.pollSucceeded();
-    expect(status.readiness().ready).toBe(true);
-    status.unregistered();
-    expect(status.readiness()).toMatchObject({ ready: false, agent_id: null });
+    expect(status.readiness()).toEqual({ ready: false, reasons: ["control_plane_unreachable"] });
+    hooks.pollSucceeded();
+    expect(status.readiness()).toEqual({ ready: true, reasons: [] });
+    hooks.unregistered();
+    expect(status.readiness()).toEqual({ ready: false, reasons: ["not_registered"] });
+  });
+
+  it("/readyz shows no agent id and no error text to anyone who asks", async () => {
+    const status = new AgentStatus(() => 0, 60_000);
+    const server = await startHealthServer("127.0.0.1", 0, status, new AgentMetrics("9.9.9"));
+    try {
+      const hooks: DaemonObserver = status;
+      hooks.keysLoaded(1);
+      hooks.registered("agent-7f3a-secret-id");
+      hooks.unregistered();
+      hooks.pollFailed("rejected", "CONTROL_PLANE_UNAUTHORIZED", "the control plane refused token tok-PROBE (401)");
+      const res = await fetch(`${server.url}/readyz`);
+      const text = await res.text();
+      expect(res.status).toBe(503);
+      expect(JSON.parse(text)).toEqual({ ready: false, reasons: ["not_registered"] });
+      for (const leak of ["agent-7f3a", "CONTROL_PLANE_UNAUTHORIZED", "tok-PROBE", "401"])
+        expect(text).not.toContain(leak);
+    } finally {
+      await server.close();
+    }
   });
 
   it("counts runs, wipes and pre-flight results, and the registered gauge goes back to 0", async () => {

@@ -1,18 +1,11 @@
-import { randomBytes } from "node:crypto";
-import { join } from "node:path";
 import { AgentError, errnoCode } from "../../core/errors.js";
 import { generatePrivateKeyPem, publicKeyDoc, publicKeyOfPem } from "../../crypto/agent-key.js";
 import { createKeyFile } from "../../fs/key-file.js";
 import { realFs } from "../../fs/secure-fs.js";
+import { addKeyFile, isKeyFileName } from "../../keys/key-directory.js";
 import { describeKeySource, readKeyringText, storeInKeyring } from "../../keys/key-source.js";
 import { keySourceFrom, type KeyOptions } from "../key-option.js";
 import { printJson } from "../io.js";
-
-/** A sortable, filesystem-safe name for a new key in a key directory. */
-function rotatedName(now: Date): string {
-  // Millisecond time then a random tail: sorts by creation, never collides.
-  return `agent-${now.toISOString().replace(/[-:]/g, "")}-${randomBytes(3).toString("hex")}.key`;
-}
 
 export async function keygen(opts: KeyOptions & { rotate?: boolean }): Promise<number> {
   const source = keySourceFrom(opts);
@@ -24,9 +17,7 @@ export async function keygen(opts: KeyOptions & { rotate?: boolean }): Promise<n
         throw error;
       });
       if (st?.isDirectory()) {
-        const existing = (await realFs.readdir(source.path)).filter(
-          (n) => /\.(key|pem)$/.test(n) && !n.startsWith("."),
-        );
+        const existing = (await realFs.readdir(source.path)).filter(isKeyFileName);
         if (existing.length > 0 && opts.rotate !== true) {
           throw new AgentError(
             "KEY_FILE_EXISTS",
@@ -34,7 +25,8 @@ export async function keygen(opts: KeyOptions & { rotate?: boolean }): Promise<n
             { path: source.path },
           );
         }
-        await createKeyFile(realFs, join(source.path, rotatedName(new Date())), pem);
+        // Named by time, and checked to be the newest by the key directory's ordering rule.
+        await addKeyFile(realFs, source.path, pem, new Date());
       } else if (st !== undefined && opts.rotate === true) {
         throw new AgentError(
           "INVALID_ARGUMENT",

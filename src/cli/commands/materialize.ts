@@ -2,7 +2,7 @@ import { loadKeySource } from "../../keys/key-source.js";
 import { keySourceFrom } from "../key-option.js";
 import { materializeRun } from "../../credentials/materialize.js";
 import { AgentError } from "../../core/errors.js";
-import { discoverTofuCliConfig } from "../../fs/tofu-cli-config-sources.js";
+import { readOperatorTofuCliConfig } from "../../fs/tofu-cli-config-sources.js";
 import { realFs } from "../../fs/secure-fs.js";
 import { durationSeconds, nonEmptyId, positiveInt } from "../options.js";
 import { readInput, writeOutput } from "../io.js";
@@ -15,6 +15,7 @@ export interface MaterializeOptions {
   readonly bundle: string;
   readonly runDir: string;
   readonly baseDockerConfig?: string;
+  readonly tofuCliConfig?: string;
   readonly format: string;
   readonly maxBundleLifetime: string;
   readonly clockSkew: string;
@@ -60,7 +61,7 @@ export async function materialize(opts: MaterializeOptions): Promise<number> {
     clockSkewSeconds,
     ...(maxBundleBytes === undefined ? {} : { maxBytes: maxBundleBytes }),
     ...(base === undefined ? {} : { baseDockerConfig: base }),
-    tofuCliConfigSources: await discoverTofuCliConfig(realFs, process.env),
+    tofuCliConfigSources: await readOperatorTofuCliConfig(realFs, opts.tofuCliConfig),
     fs: realFs,
     onWipe: (outcome) => {
       if (!outcome.ok) process.stderr.write(`oci-cred-agent: error ${outcome.error.code}: ${outcome.error.message}\n`);
