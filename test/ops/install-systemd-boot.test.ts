@@ -222,7 +222,9 @@ describe("docs/install-systemd.md on a booted Debian 12", () => {
       encoding: "utf8",
     })
       .split("\0")
-      .filter(Boolean);
+      // Never node_modules, even a symlink to another tree's (a git worktree's): the build's
+      // `npm ci` would empty it through the link.
+      .filter((f) => f !== "" && !f.split("/").includes("node_modules"));
     for (const f of files) cpSync(join(REPO, f), join(checkout, f), { recursive: true, dereference: false });
     const build = block("3. The agent", "npm pack");
     const packed = await hostRun("bash", ["-euo", "pipefail", "-c", build.text], checkout, 300_000);
