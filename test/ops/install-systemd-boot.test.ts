@@ -222,7 +222,9 @@ describe("docs/install-systemd.md on a booted Debian 12", () => {
       encoding: "utf8",
     })
       .split("\0")
-      .filter(Boolean);
+      // Never node_modules, even a symlink to another tree's (a git worktree's): the build's
+      // `npm ci` would empty it through the link.
+      .filter((f) => f !== "" && !f.split("/").includes("node_modules"));
     for (const f of files) cpSync(join(REPO, f), join(checkout, f), { recursive: true, dereference: false });
     const build = block("3. The agent", "npm pack");
     const packed = await hostRun("bash", ["-euo", "pipefail", "-c", build.text], checkout, 300_000);
@@ -309,21 +311,24 @@ describe("docs/install-systemd.md on a booted Debian 12", () => {
     await guest.run("(umask 077; cat > /etc/ref-control-plane/admin.token)", { stdin: ADMIN_TOKEN });
     await guest.run("(umask 077; cat > /etc/ref-control-plane/agent.token)", { stdin: POOL_TOKEN });
     // Enabled, with its state in a data file: it comes back, integrations and all, after a reboot.
-    await guest.run("cat > /etc/systemd/system/ref-control-plane.service && systemctl enable --now ref-control-plane", {
-      stdin: [
-        "[Unit]",
-        "Description=reference control plane of oci-cred-agent (boot test)",
-        "[Service]",
-        "Type=exec",
-        "StateDirectory=ref-control-plane",
-        "ExecStart=/opt/oci-cred-agent/bin/oci-cred-agent control-plane --listen 127.0.0.1:8480 " +
-          "--admin-token-file /etc/ref-control-plane/admin.token --agent-token-file /etc/ref-control-plane/agent.token " +
-          "--data-file /var/lib/ref-control-plane/state.json --lease-ttl 5s --heartbeat-interval 1s --poll-wait 5s",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        "",
-      ].join("\n"),
-    });
+    await guest.run(
+      "cat > /etc/systemd/system/ref-control-plane.service && systemctl daemon-reload && systemctl enable --now ref-control-plane",
+      {
+        stdin: [
+          "[Unit]",
+          "Description=reference control plane of oci-cred-agent (boot test)",
+          "[Service]",
+          "Type=exec",
+          "StateDirectory=ref-control-plane",
+          "ExecStart=/opt/oci-cred-agent/bin/oci-cred-agent control-plane --listen 127.0.0.1:8480 " +
+            "--admin-token-file /etc/ref-control-plane/admin.token --agent-token-file /etc/ref-control-plane/agent.token " +
+            "--data-file /var/lib/ref-control-plane/state.json --lease-ttl 5s --heartbeat-interval 1s --poll-wait 5s",
+          "[Install]",
+          "WantedBy=multi-user.target",
+          "",
+        ].join("\n"),
+      },
+    );
     await guest.run(`until curl -sS -o /dev/null ${CP}/ 2>/dev/null; do sleep 0.1; done`, { timeoutMs: 30_000 });
     const created = await admin("POST", "/integrations", {
       name: "boot test registry",

@@ -346,6 +346,8 @@ export class BootedGuest {
     );
     this.running.add(child);
     child.once("close", () => this.running.delete(child));
+    // A command that exits without reading its stdin closes the pipe: not an error.
+    child.stdin.on("error", () => undefined);
     return child;
   }
 
