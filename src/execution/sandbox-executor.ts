@@ -140,7 +140,7 @@ export class SandboxExecutor implements PhaseExecutor {
 export function sandboxUnavailable(why: string): AgentError {
   return new AgentError(
     "SANDBOX_UNAVAILABLE",
-    `runs cannot be isolated on this host: ${why}. Install bubblewrap 0.8 or newer (apt-get install bubblewrap, dnf install bubblewrap) and allow unprivileged user namespaces (sysctl user.max_user_namespaces > 0; kernel.unprivileged_userns_clone=1 where it exists; on Ubuntu 24.04 kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap; under systemd the unit's RestrictNamespaces= must allow user mnt pid ipc uts cgroup, as the shipped unit does); in Kubernetes use the runner (--executor runner:PATH, docs/kubernetes.md); or, knowing that runs then reach everything the agent's user can, --isolation none`,
+    `runs cannot be isolated on this host: ${why}. Install bubblewrap 0.8 or newer (apt-get install bubblewrap, dnf install bubblewrap) and allow unprivileged user namespaces (sysctl user.max_user_namespaces > 0; kernel.unprivileged_userns_clone=1 where it exists; on Ubuntu 24.04 kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap; under systemd the unit's RestrictNamespaces= must allow user mnt pid ipc uts, as the shipped unit does); in Kubernetes use the runner (--executor runner:PATH, docs/kubernetes.md); or, knowing that runs then reach everything the agent's user can, --isolation none`,
     { reason: why },
   );
 }

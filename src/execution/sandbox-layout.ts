@@ -1,16 +1,15 @@
 /**
  * What a phase sees in the sandbox, as bubblewrap's arguments: an allow-list. Pure.
  *
- * The phase gets new user, mount, PID, IPC and UTS namespaces (and a cgroup one where the
- * kernel allows); the network stays, because tofu needs the registries and providers. Its root
- * is empty but for: the system's directories read-only (`/usr`, `/bin`, `/sbin`, `/lib*`,
- * `/etc`, with the agent's own configuration under `/etc` masked), DNS state of
- * systemd-resolved hosts, the tofu executable and what it needs, the run's credential directory
- * read-only, its workspace read-write, a private HOME and TMPDIR, a fresh `/proc` of its own PID
- * namespace, a minimal `/dev`, an empty `/tmp`. Nothing of the agent: not its keys, token,
- * state directory, HOME or processes, nor any other run. It runs in a new session (no
- * controlling terminal to inject input into), with no capabilities and unable to create more
- * user namespaces, and dies with the agent; when its first process exits, the kernel ends every
+ * The phase gets new user, mount, PID, IPC and UTS namespaces; the network stays, because tofu
+ * needs the registries and providers. Its root is empty and read-only but for: the system's
+ * directories read-only (`/usr`, `/bin`, `/sbin`, `/lib*`, `/etc`, with the agent's own
+ * configuration under `/etc` masked), DNS state of systemd-resolved hosts, the tofu executable
+ * and what it needs, the run's credential directory read-only, its workspace read-write, a
+ * private HOME and TMPDIR, a fresh `/proc` of its own PID namespace, a minimal `/dev`, an empty
+ * `/tmp`. Nothing of the agent: not its keys, token, state directory, HOME or processes, nor any
+ * other run. It runs in a new session (no controlling terminal to inject input into), with no
+ * capabilities, and dies with the agent; when its first process exits, the kernel ends every
  * process left in its PID namespace, whatever it did to leave its process group.
  */
 
@@ -56,7 +55,6 @@ export function bwrapArgs(layout: SandboxLayout): string[] {
     "--unshare-pid",
     "--unshare-ipc",
     "--unshare-uts",
-    "--unshare-cgroup-try",
     "--die-with-parent",
     "--new-session",
     "--cap-drop",
@@ -73,6 +71,10 @@ export function bwrapArgs(layout: SandboxLayout): string[] {
     ...pairs("--bind", layout.readWrite),
     ...pairs("--ro-bind", [layout.credentials]),
     ...pairs("--bind", [layout.workspace, layout.home, layout.tmp]),
+    // The sandbox's own root (where the mount points above were made) is read-only too: a
+    // phase writes only to its workspace, HOME, TMPDIR, /tmp and what the operator allowed.
+    "--remount-ro",
+    "/",
     "--chdir",
     layout.workspace,
     "--setenv",

@@ -472,6 +472,24 @@ describe("docs/install-systemd.md on a booted Debian 12", () => {
     expect(await guest.run(`journalctl --no-pager -o cat | grep -c -F '${CANARY}' || true`)).toBe("0\n");
   }, 180_000);
 
+  it("a hostile run under the booted unit reaches nothing of the agent's, and its escapee dies with it", async () => {
+    const id = await queueRun({ "probe-escape": "" });
+    const run = await waitForRun(id, ["succeeded", "failed", "canceled"]);
+    const output = runOutput(run);
+    expect(run.status, output).toBe("succeeded");
+    const probes = [...output.matchAll(/stand-in tofu: probe (\S+) (\S+)/g)].map((m) => `${m[1]} ${m[2]}`);
+    expect(probes.length, output).toBeGreaterThanOrEqual(3 * 9);
+    expect(
+      probes.filter((p) => !p.endsWith(" denied")),
+      output,
+    ).toEqual([]);
+    expect(output).toContain("stand-in tofu: escapee started");
+    expect(await guest.run("pgrep -f '^sleep 3600' || true")).toBe("");
+    await guest.run("test ! -e /var/lib/oci-cred-agent/planted && test ! -e /var/lib/oci-cred-agent/.tofurc");
+    expect(await guest.run("ls /var/lib/oci-cred-agent/keys | wc -l")).toBe("1\n");
+    expect(await leftovers()).toBe("");
+  }, 120_000);
+
   it("systemctl stop drains: a running run finishes, then the agent stops and its runtime directory is gone", async () => {
     const id = await queueRun({ "hold-plan": "" });
     await waitForHolding("plan");
