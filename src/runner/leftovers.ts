@@ -17,7 +17,8 @@
  * Also the two start-up checks the runner's guarantees rest on: that the PID namespace is really
  * its own, and that a phase cannot attach to the runner with ptrace.
  */
-import { lstat, readdir, readFile, readlink } from "node:fs/promises";
+import { lstatSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { setTimeout as delay } from "node:timers/promises";
 import { errnoCode } from "../core/errors.js";
 
@@ -50,20 +51,22 @@ function parseProcStat(stat: string): ProcStat | undefined {
   return { state: fields[0], ppid };
 }
 
-async function statOf(pid: number): Promise<ProcStat | undefined> {
+// /proc is read synchronously: its files are in memory, and a sweep reads hundreds of them
+// (through the thread pool, each read would cost several round trips).
+function statOf(pid: number): ProcStat | undefined {
   try {
-    return parseProcStat(await readFile(`${PROC}/${pid}/stat`, "utf8"));
+    return parseProcStat(readFileSync(`${PROC}/${pid}/stat`, "utf8"));
   } catch {
     return undefined;
   }
 }
 
 /** Processes still running (zombies only wait for their parent to reap them). */
-async function liveProcesses(): Promise<number[]> {
+function liveProcesses(): number[] {
   const pids: number[] = [];
-  for (const name of await readdir(PROC)) {
+  for (const name of readdirSync(PROC)) {
     if (!/^\d+$/.test(name)) continue;
-    const stat = await statOf(Number(name));
+    const stat = statOf(Number(name));
     if (stat !== undefined && stat.state !== "Z" && stat.state !== "X") pids.push(Number(name));
   }
   return pids;
@@ -74,7 +77,7 @@ async function waitGone(pids: readonly number[], ms: number): Promise<void> {
   for (;;) {
     let any = false;
     for (const pid of pids) {
-      const stat = await statOf(pid);
+      const stat = statOf(pid);
       if (stat !== undefined && stat.state !== "Z" && stat.state !== "X") any = true;
     }
     if (!any || Date.now() >= deadline) return;
@@ -82,12 +85,12 @@ async function waitGone(pids: readonly number[], ms: number): Promise<void> {
   }
 }
 
-async function ancestors(): Promise<Set<number>> {
+function ancestors(): Set<number> {
   const out = new Set<number>();
   let pid = process.ppid;
   while (pid > 0 && !out.has(pid)) {
     out.add(pid);
-    pid = (await statOf(pid))?.ppid ?? 0;
+    pid = statOf(pid)?.ppid ?? 0;
   }
   return out;
 }
@@ -98,18 +101,14 @@ function under(path: string, dir: string): boolean {
   return p === d || p.startsWith(`${d}/`);
 }
 
-async function isRunProcess(
-  pid: number,
-  uid: number,
-  scope: Extract<KillScope, { kind: "own-processes" }>,
-): Promise<boolean> {
+function isRunProcess(pid: number, uid: number, scope: Extract<KillScope, { kind: "own-processes" }>): boolean {
   try {
     // /proc/<pid> belongs to the process's effective uid.
-    if ((await lstat(`${PROC}/${pid}`)).uid !== uid) return false;
-    const cwd = await readlink(`${PROC}/${pid}/cwd`);
+    if (lstatSync(`${PROC}/${pid}`).uid !== uid) return false;
+    const cwd = readlinkSync(`${PROC}/${pid}/cwd`);
     if (scope.dirs.some((dir) => under(cwd, dir))) return true;
     if (scope.environMarker === undefined) return false;
-    const environ = await readFile(`${PROC}/${pid}/environ`, "latin1");
+    const environ = readFileSync(`${PROC}/${pid}/environ`, "latin1");
     return environ.split("\0").includes(scope.environMarker);
   } catch {
     return false; // gone meanwhile, or not ours to look at
@@ -122,13 +121,13 @@ export async function killLeftovers(scope: KillScope): Promise<number> {
     throw new Error("the runner's PID namespace is no longer its own (its init is gone)");
   const killed = new Set<number>();
   const self = process.pid;
-  const spared = scope.kind === "pid-namespace" ? new Set([1]) : await ancestors();
+  const spared = scope.kind === "pid-namespace" ? new Set([1]) : ancestors();
   const uid = process.getuid?.() ?? -1;
   for (let round = 0; round < MAX_ROUNDS; round++) {
     const found: number[] = [];
-    for (const pid of await liveProcesses()) {
+    for (const pid of liveProcesses()) {
       if (pid === self || spared.has(pid)) continue;
-      if (scope.kind === "pid-namespace" || (await isRunProcess(pid, uid, scope))) found.push(pid);
+      if (scope.kind === "pid-namespace" || isRunProcess(pid, uid, scope)) found.push(pid);
     }
     if (found.length === 0) break;
     for (const pid of found) killed.add(pid);
@@ -156,9 +155,9 @@ function signal(pid: number): void {
  * Whether this PID namespace is the runner's own: it is PID 1, or PID 1 is its parent (an init
  * such as tini) and nothing else runs in it. Returns the number of other processes found.
  */
-export async function otherProcessesInNamespace(): Promise<number> {
+export function otherProcessesInNamespace(): number {
   if (process.pid === 1) return 0;
-  const pids = await liveProcesses();
+  const pids = liveProcesses();
   // PID 1 must be visible (a /proc mounted with hidepid hides other users' processes) and our parent.
   if (process.ppid !== 1 || !pids.includes(1)) return Math.max(1, pids.length - 1);
   return pids.filter((pid) => pid !== 1 && pid !== process.pid).length;

@@ -147,7 +147,7 @@ export async function startRunnerServer(options: RunnerServerOptions): Promise<R
   }
   const pidNamespace = options.pidNamespace || process.pid === 1;
   if (pidNamespace) {
-    const others = await otherProcessesInNamespace();
+    const others = otherProcessesInNamespace();
     if (others > 0) {
       throw new AgentError(
         "RUNNER_PID_NAMESPACE_SHARED",
