@@ -14,6 +14,13 @@
  *     itself with another HOME, after leaving the phase's process group, is not found. On hosts
  *     the bubblewrap sandbox (its own PID namespace) is the isolation that holds.
  *
+ * Zombies: a killed leftover stays a zombie until its parent reaps it, and a leftover's parent is
+ * the namespace's PID 1. Node reaps only the children it spawned itself (libuv waits for their
+ * pids, never for -1) and cannot call waitpid(-1), so the runner is meant to run under tini (the
+ * image's ENTRYPOINT; deploy/kubernetes does), which reaps every orphan. As PID 1 itself the
+ * runner still kills everything, but the zombies stay until it exits (it warns at start,
+ * `runner_is_pid_1`); they hold a PID each, no memory.
+ *
  * Also the two start-up checks the runner's guarantees rest on: that the PID namespace is really
  * its own, and that a phase cannot attach to the runner with ptrace.
  */
