@@ -33,7 +33,9 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 
 FROM node:${NODE_VERSION}-slim AS runtime
 # tini as PID 1 reaps the zombies tofu's plugins leave when a canceled tofu is killed, and
-# passes SIGTERM to the agent only (the agent drains and stops tofu itself).
+# passes SIGTERM to the agent only (the agent drains and stops tofu itself). In the runner's
+# container (`runner`, uid 10002: a passwd entry, which ssh and git need) it reaps what the
+# runner kills after each phase.
 # ca-certificates: tofu (Go) trusts the system store for registries and provider downloads.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini ca-certificates \
@@ -41,6 +43,9 @@ RUN apt-get update \
  && groupadd --system --gid 10001 oci-cred-agent \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/oci-cred-agent --no-create-home \
       --shell /usr/sbin/nologin oci-cred-agent \
+ && groupadd --system --gid 10002 oci-cred-runner \
+ && useradd --system --uid 10002 --gid 10002 --home-dir /tmp --no-create-home \
+      --shell /usr/sbin/nologin oci-cred-runner \
  && install -d -o 10001 -g 10001 -m 0700 /var/lib/oci-cred-agent /run/oci-cred-agent
 COPY --from=tofu /usr/local/bin/tofu /usr/local/bin/tofu
 WORKDIR /opt/oci-cred-agent

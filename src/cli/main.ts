@@ -10,6 +10,7 @@ import type { MaterializeOptions } from "./commands/materialize.js";
 import type { SealOptions } from "./commands/seal.js";
 import type { DoctorOptions } from "./commands/doctor.js";
 import type { ControlPlaneCommandOptions } from "./commands/control-plane.js";
+import type { RunnerCommandOptions } from "./commands/runner.js";
 import { packageVersion } from "./version.js";
 import { PATH_LIST_SEPARATOR, RUN_FIELDS } from "../config/schema.js";
 
@@ -207,6 +208,39 @@ function buildProgram(setAction: (action: Action) => void): Command {
       setAction(async () => {
         const { controlPlane } = await import("./commands/control-plane.js");
         return controlPlane(opts);
+      });
+    });
+
+  program
+    .command("runner")
+    .description(
+      "run the phases an agent (`run --executor runner:PATH`) asks for over a Unix socket, one at a time, in a container without the key or the token; kills what each phase leaves running",
+    )
+    .requiredOption("--socket <path>", "the Unix socket to listen on (created 0660; a stale one is replaced)")
+    .option("--tofu-bin <path>", "the tofu executable [default: OCI_CRED_AGENT_TOFU_BIN, else tofu]")
+    .option(
+      "--work-dir <dir>",
+      "the agent's --work-dir: workspaces must lie under it [default: OCI_CRED_AGENT_WORK_DIR]",
+    )
+    .option(
+      "--credentials-dir <dir>",
+      "the agent's --credentials-dir: credential directories must lie under it [default: OCI_CRED_AGENT_CREDENTIALS_DIR, else <work-dir>/credentials]",
+    )
+    .option("--state-dir <dir>", "where each run's private HOME and TMPDIR go [default: $TMPDIR/oci-cred-agent-runner]")
+    .option(
+      "--pid-namespace",
+      "the runner has a PID namespace of its own (its container's, under tini): after each phase, kill every other process in it (implied as PID 1; checked at start)",
+    )
+    .option(
+      "--allow-ptrace",
+      "run even where a phase could attach to the runner with ptrace (no Yama, or ptrace_scope 0)",
+    )
+    .addOption(new Option("--log-level <level>", "log level").default("info"))
+    .addOption(new Option("--log-format <format>", "log format").choices(["json", "pretty"]).default("json"))
+    .action((opts: RunnerCommandOptions) => {
+      setAction(async () => {
+        const { runner } = await import("./commands/runner.js");
+        return runner(opts);
       });
     });
 

@@ -86,6 +86,17 @@ export const ERROR_CODES = {
   TOFU_NOT_FOUND: "the tofu executable could not be started",
   SANDBOX_UNAVAILABLE: "the sandbox runs are isolated in (bubblewrap, user namespaces) cannot be set up on this host",
   AGENT_SHUTDOWN: "the agent was shutting down and canceled the run",
+
+  // The runner (`run --executor runner:PATH` and `oci-cred-agent runner`)
+  RUNNER_UNAVAILABLE: "no runner answers on the executor's socket (runner:PATH)",
+  RUNNER_LOST: "the connection to the runner ended before the phase's result",
+  RUNNER_BUSY: "the runner is running another phase; a runner runs one phase at a time",
+  RUNNER_PATH_REFUSED: "the runner refused a workspace or credential path outside its --work-dir or --credentials-dir",
+  RUNNER_PROTOCOL_ERROR: "a runner protocol message was malformed, too long, or of another version",
+  RUNNER_SOCKET_IN_USE: "another runner answers on the --socket path, or the path is not a socket",
+  RUNNER_PID_NAMESPACE_SHARED: "--pid-namespace was given but the runner's PID namespace holds other processes",
+  RUNNER_PTRACE_UNRESTRICTED:
+    "phases could attach to the runner with ptrace (kernel.yama.ptrace_scope is 0 or Yama is missing)",
   INTERNAL: "an unexpected failure inside the agent",
 } as const;
 

@@ -23,9 +23,15 @@ export interface RunPaths {
   readonly credentials: string;
 }
 
+/** Which of the phase's output streams a piece of output came from. */
+export type OutputStream = "stdout" | "stderr";
+
 export interface PhaseOutputOptions {
-  /** Called with whole lines of output (stdout and stderr interleaved), at most `maxLineBytes` each. */
-  readonly onOutput: (text: string) => void;
+  /**
+   * Called with whole lines of output (stdout and stderr interleaved), at most `maxLineBytes`
+   * each; `stream` says which (the runner keeps the two apart so the agent can rejoin a cut line).
+   */
+  readonly onOutput: (text: string, stream: OutputStream) => void;
   readonly maxLineBytes?: number;
   /**
    * Masks secrets. A line longer than `maxLineBytes` must be cut before its end: the splitter

@@ -100,8 +100,23 @@ export function runProcess(opts: ProcessSpec): Promise<PhaseResult> {
       stdio: ["ignore", "pipe", "pipe"],
       detached: true,
     });
-    const out = new LineSplitter(opts.onOutput, opts.maxLineBytes ?? 16 * 1024, opts.redact, opts.longestSecret);
-    const err = new LineSplitter(opts.onOutput, opts.maxLineBytes ?? 16 * 1024, opts.redact, opts.longestSecret);
+    const maxLineBytes = opts.maxLineBytes ?? 16 * 1024;
+    const out = new LineSplitter(
+      (text) => {
+        opts.onOutput(text, "stdout");
+      },
+      maxLineBytes,
+      opts.redact,
+      opts.longestSecret,
+    );
+    const err = new LineSplitter(
+      (text) => {
+        opts.onOutput(text, "stderr");
+      },
+      maxLineBytes,
+      opts.redact,
+      opts.longestSecret,
+    );
     child.stdout.on("data", (c: Buffer) => {
       out.push(c);
     });

@@ -43,7 +43,7 @@ export const leaseRequestSchema = z.object({
 export const MAX_INLINE_CONFIGURATION_BYTES = 256 * 1024;
 
 /** Run ids become directory names on the agent: a conservative alphabet, never "." or "..". */
-const RUN_ID_PATTERN = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$/;
+export const RUN_ID_PATTERN = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$/;
 
 const leaseSchema = z.object({
   lease_id: z.string().min(1).max(256),

@@ -9,10 +9,25 @@
  *     /healthz and /readyz on the --listen port, the grace period exceeds drain + cancel grace,
  *     every path flag lands on the right volume (Secrets as directories, credentials in memory),
  *     and the security context is complete;
+ *   - the runner split (issue 14): a runner sidecar of another uid with no key, token or API
+ *     token, on the agent's socket, work and credentials volumes at the same paths, its args taken
+ *     by the real CLI in a PID namespace of its own; the NetworkPolicy admits only the scraper;
  *   - the Dockerfile's stages, user and entrypoint.
  */
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, posix } from "node:path";
 import ts from "typescript";
@@ -148,17 +163,34 @@ const VOLUMES = asArr(POD["volumes"]);
 const MOUNTS = asArr(AGENT["volumeMounts"]);
 const ARGS = (Array.isArray(AGENT["args"]) ? AGENT["args"] : []) as string[];
 const CONTAINER_ENV = Object.fromEntries(asArr(AGENT["env"]).map((e) => [String(e["name"]), String(e["value"])]));
+const RUNNER = asArr(POD["initContainers"]).find((c) => c["name"] === "runner") ?? {};
+const RUNNER_ARGS = (Array.isArray(RUNNER["args"]) ? RUNNER["args"] : []) as string[];
+const RUNNER_MOUNTS = asArr(RUNNER["volumeMounts"]);
 
-const FLAGS = runFlags(ARGS, "the container's args");
+/** A `--flag=value` of an argument list. */
+function argValue(args: readonly string[], flag: string): string | undefined {
+  return args.find((a) => a.startsWith(`${flag}=`))?.slice(flag.length + 1);
+}
+
+/**
+ * `run --executor runner:PATH` is checked below against the runner; it is left out of the
+ * `run` flag checks until src/config/schema.ts has the flag (then it is checked like the others).
+ */
+const EXECUTOR_IS_RUN_FLAG = RUN_FIELDS.some((f) => f.flag === "--executor");
+const RUN_ARGS = EXECUTOR_IS_RUN_FLAG ? ARGS : ARGS.filter((a) => !a.startsWith("--executor="));
+
+const FLAGS = runFlags(RUN_ARGS, "the container's args");
 
 /** The mount (and its volume) that holds a path; the deepest mount wins, as in the container. */
-function mountOf(path: string): { mount: Obj; volume: Obj; rest: string } {
-  const candidates = MOUNTS.filter((m) => {
-    const mp = String(m["mountPath"]);
-    return path === mp || path.startsWith(`${mp.replace(/\/$/, "")}/`);
-  }).sort((a, b) => String(b["mountPath"]).length - String(a["mountPath"]).length);
+function mountOf(path: string, mounts: readonly Obj[] = MOUNTS): { mount: Obj; volume: Obj; rest: string } {
+  const candidates = mounts
+    .filter((m) => {
+      const mp = String(m["mountPath"]);
+      return path === mp || path.startsWith(`${mp.replace(/\/$/, "")}/`);
+    })
+    .sort((a, b) => String(b["mountPath"]).length - String(a["mountPath"]).length);
   const mount = candidates[0];
-  if (mount === undefined) throw new Error(`${path} is on no volume mount of the agent container`);
+  if (mount === undefined) throw new Error(`${path} is on no volume mount of the container`);
   const volume = VOLUMES.find((v) => v["name"] === mount["name"]);
   if (volume === undefined) throw new Error(`the mount ${String(mount["name"])} has no volume`);
   return { mount, volume, rest: posix.relative(String(mount["mountPath"]), path) };
@@ -261,7 +293,7 @@ describe("Kubernetes manifests: wiring to the agent", () => {
     try {
       const file = join(dir, rest);
       writeFileSync(file, String(asObj(cm?.obj["data"])[rest]));
-      const argv = ARGS.slice(1).map((a) => (a === `--config=${configPath}` ? `--config=${file}` : a));
+      const argv = RUN_ARGS.slice(1).map((a) => (a === `--config=${configPath}` ? `--config=${file}` : a));
       expect(argv).toContain(`--config=${file}`);
       const r = spawnSync(AGENT_BIN, ["config", "print", "--format", "json", ...argv], {
         encoding: "utf8",
@@ -347,9 +379,15 @@ describe("Kubernetes manifests: wiring to the agent", () => {
     const work = mountOf(s.workDir);
     expect(asObj(work.volume["emptyDir"])["sizeLimit"]).toBeDefined();
     expect(work.rest).not.toBe("");
-    // With a read-only root, tofu still needs a writable HOME and /tmp.
-    expect(mountOf(CONTAINER_ENV["HOME"] ?? "/nonexistent").volume["emptyDir"]).toBeDefined();
-    expect(mountOf(CONTAINER_ENV["TMPDIR"] ?? "/tmp").volume["emptyDir"]).toBeDefined();
+    // The agent's HOME is on no volume the runner mounts (runs must not plant configuration
+    // there); its TMPDIR is an emptyDir of its own.
+    const home = CONTAINER_ENV["HOME"] ?? "";
+    expect(home).not.toBe("");
+    const homeVolume = MOUNTS.find((m) => home === m["mountPath"] || home.startsWith(`${String(m["mountPath"])}/`));
+    expect(RUNNER_MOUNTS.map((m) => m["name"])).not.toContain(homeVolume?.["name"] ?? "(none)");
+    const tmp = mountOf(CONTAINER_ENV["TMPDIR"] ?? "/tmp");
+    expect(tmp.volume["emptyDir"]).toBeDefined();
+    expect(RUNNER_MOUNTS.map((m) => m["name"])).not.toContain(tmp.mount["name"]);
     // The Secret names the docs tell operators to create.
     const doc = readFileSync(join(REPO, "docs/kubernetes.md"), "utf8");
     for (const v of VOLUMES.filter((x) => x["secret"] !== undefined))
@@ -375,6 +413,174 @@ describe("Kubernetes manifests: wiring to the agent", () => {
     expect(POD["serviceAccountName"]).toBe(asObj(sa["metadata"])["name"]);
     expect(POD["hostNetwork"] ?? false).toBe(false);
     expect(POD["hostPID"] ?? false).toBe(false);
+  });
+});
+
+describe("Kubernetes manifests: the runner split (issue 14)", () => {
+  const socket = argValue(RUNNER_ARGS, "--socket") ?? "";
+  const volumeOf = (name: unknown): Obj => VOLUMES.find((v) => v["name"] === name) ?? {};
+
+  it("the runner is a native sidecar (Kubernetes 1.29+): started before the agent, on the socket the agent's --executor names", () => {
+    expect(RUNNER["restartPolicy"]).toBe("Always");
+    expect(RUNNER["image"]).toBe(AGENT["image"]);
+    expect(RUNNER_ARGS[0]).toBe("runner");
+    expect(socket).toMatch(/^\//);
+    expect(argValue(ARGS, "--executor")).toBe(`runner:${socket}`);
+    // The socket's directory: one volume, mounted read-write at the same path in both containers.
+    const inRunner = mountOf(socket, RUNNER_MOUNTS);
+    const inAgent = mountOf(socket);
+    expect(inAgent.mount["name"]).toBe(inRunner.mount["name"]);
+    expect(inAgent.mount["mountPath"]).toBe(inRunner.mount["mountPath"]);
+    expect(inAgent.mount["readOnly"] ?? false).toBe(false);
+    expect(inRunner.mount["readOnly"] ?? false).toBe(false);
+    expect(volumeOf(inRunner.mount["name"])["emptyDir"]).toBeDefined();
+    // The agent starts once the socket is there.
+    expect(JSON.stringify(asObj(RUNNER["startupProbe"])["exec"])).toContain(socket);
+    expect(POD["shareProcessNamespace"] ?? false).toBe(false);
+  });
+
+  it("the runner holds no key, no token and no API token: no Secret or ConfigMap volume, no key or token flag or variable", () => {
+    for (const m of RUNNER_MOUNTS) {
+      const v = volumeOf(m["name"]);
+      expect(v["secret"], `${String(m["name"])} is no Secret`).toBeUndefined();
+      expect(v["configMap"], `${String(m["name"])} is no ConfigMap`).toBeUndefined();
+      expect(v["projected"], `${String(m["name"])} is no projected volume (service-account token)`).toBeUndefined();
+      expect(v["emptyDir"], `${String(m["name"])} is an emptyDir`).toBeDefined();
+    }
+    expect(POD["automountServiceAccountToken"]).toBe(false);
+    expect(RUNNER_ARGS.join(" ")).not.toMatch(/--(key|key-file|token|token-file|token-env|config)\b/);
+    for (const e of asArr(RUNNER["env"])) expect(String(e["name"])).not.toMatch(/KEY|TOKEN/);
+    expect(RUNNER["envFrom"]).toBeUndefined();
+  });
+
+  it("the runner is another non-root user than the agent, in the group the run files are shared with, with a complete security context", () => {
+    const pod = asObj(POD["securityContext"]);
+    const r = asObj(RUNNER["securityContext"]);
+    const a = asObj(AGENT["securityContext"]);
+    const runnerUid = Number(r["runAsUser"] ?? pod["runAsUser"]);
+    const agentUid = Number(a["runAsUser"] ?? pod["runAsUser"]);
+    expect(runnerUid).toBeGreaterThan(0);
+    expect(agentUid).toBeGreaterThan(0);
+    expect(runnerUid).not.toBe(agentUid);
+    // fsGroup: the volumes' group and a supplementary group of both: the runner's own group.
+    expect(pod["fsGroup"]).toBe(r["runAsGroup"]);
+    expect(r["runAsNonRoot"] ?? pod["runAsNonRoot"]).toBe(true);
+    expect(r["allowPrivilegeEscalation"]).toBe(false);
+    expect(r["readOnlyRootFilesystem"]).toBe(true);
+    expect(r["privileged"] ?? false).toBe(false);
+    expect(asObj(r["capabilities"])["drop"]).toContain("ALL");
+    expect(asObj(r["capabilities"])["add"]).toBeUndefined();
+    expect(asObj(r["seccompProfile"] ?? pod["seccompProfile"])["type"]).toBe("RuntimeDefault");
+    expect(asObj(asObj(RUNNER["resources"])["limits"])["memory"]).toBeDefined();
+  });
+
+  it("workspaces and credentials: the agent's directories, on the same volumes at the same paths; credentials in memory and read-only for the runner", () => {
+    const s = agentSettings();
+    expect(argValue(RUNNER_ARGS, "--work-dir")).toBe(s.workDir);
+    expect(argValue(RUNNER_ARGS, "--credentials-dir")).toBe(s.credentialsDir);
+    const work = { agent: mountOf(s.workDir), runner: mountOf(s.workDir, RUNNER_MOUNTS) };
+    expect(work.runner.mount["name"]).toBe(work.agent.mount["name"]);
+    expect(work.runner.mount["mountPath"]).toBe(work.agent.mount["mountPath"]);
+    expect(work.runner.mount["readOnly"] ?? false).toBe(false);
+    const creds = { agent: mountOf(s.credentialsDir), runner: mountOf(s.credentialsDir, RUNNER_MOUNTS) };
+    expect(creds.runner.mount["name"]).toBe(creds.agent.mount["name"]);
+    expect(creds.runner.mount["mountPath"]).toBe(creds.agent.mount["mountPath"]);
+    expect(creds.runner.mount["readOnly"]).toBe(true);
+    expect(asObj(volumeOf(creds.runner.mount["name"])["emptyDir"])["medium"]).toBe("Memory");
+    // Each run's private HOME and TMPDIR: an emptyDir of the runner's own.
+    const state = mountOf(argValue(RUNNER_ARGS, "--state-dir") ?? "", RUNNER_MOUNTS);
+    expect(volumeOf(state.mount["name"])["emptyDir"]).toBeDefined();
+    expect(MOUNTS.map((m) => m["name"])).not.toContain(state.mount["name"]);
+  });
+
+  it("one runner runs one run at a time: the ConfigMap's concurrency is 1", () => {
+    expect(agentSettings().concurrency).toBe(1);
+  });
+
+  it("the real CLI takes the runner's args: in a PID namespace of its own, under tini, as the runner's uid, it listens and kills namespace-wide", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "oci-cred-agent-runner-args-"));
+    let child: ReturnType<typeof spawn> | undefined;
+    try {
+      chmodSync(dir, 0o755);
+      const uid = Number(asObj(RUNNER["securityContext"])["runAsUser"]);
+      // Each of the runner's volumes becomes a directory of its user's here.
+      const remap = (value: string): string => {
+        const m = RUNNER_MOUNTS.find((x) => value === x["mountPath"] || value.startsWith(`${String(x["mountPath"])}/`));
+        return m === undefined ? value : join(dir, String(m["name"]), posix.relative(String(m["mountPath"]), value));
+      };
+      for (const m of RUNNER_MOUNTS) {
+        mkdirSync(join(dir, String(m["name"])));
+        chownSync(join(dir, String(m["name"])), uid, uid);
+      }
+      const args = RUNNER_ARGS.map((a) => {
+        const eq = a.indexOf("=");
+        return eq < 0 ? a : `${a.slice(0, eq + 1)}${remap(a.slice(eq + 1))}`;
+      });
+      // Where the kernel lets a phase ptrace the runner (no Yama, as on some CI machines) the runner
+      // refuses to start unless told to accept it; the manifest does not.
+      const yama = ((): string => {
+        try {
+          return readFileSync("/proc/sys/kernel/yama/ptrace_scope", "utf8").trim();
+        } catch {
+          return "";
+        }
+      })();
+      if (!(Number(yama) >= 1)) args.push("--allow-ptrace");
+      child = spawn(
+        "unshare",
+        [
+          "--pid",
+          "--fork",
+          "--mount-proc",
+          "--kill-child",
+          "tini",
+          "--",
+          "setpriv",
+          `--reuid=${uid}`,
+          `--regid=${uid}`,
+          "--clear-groups",
+          "--",
+          AGENT_BIN,
+          ...args,
+        ],
+        { stdio: ["ignore", "pipe", "pipe"] },
+      );
+      let out = "";
+      child.stdout?.on("data", (c: Buffer) => (out += c.toString("utf8")));
+      child.stderr?.on("data", (c: Buffer) => (out += c.toString("utf8")));
+      const listening = await new Promise<Record<string, unknown>>((resolve, reject) => {
+        child?.stdout?.on("data", () => {
+          const line = out.split("\n").find((l) => l.includes('"runner_listening"'));
+          if (line !== undefined) resolve(JSON.parse(line) as Record<string, unknown>);
+        });
+        child?.once("exit", () => {
+          reject(new Error(`the runner exited: ${out}`));
+        });
+      });
+      expect(listening["pid_namespace"]).toBe(true);
+      expect(listening["socket"]).toBe(remap(socket));
+      expect(statSync(remap(socket)).mode & 0o777).toBe(0o660);
+    } finally {
+      child?.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("the NetworkPolicy admits only what scrapes the metrics port (the label docs/kubernetes.md says to change), and the probes' port is that port", () => {
+    const spec = asObj(only("NetworkPolicy")["spec"]);
+    expect(spec["policyTypes"]).toEqual(["Ingress"]);
+    const rules = asArr(spec["ingress"]);
+    expect(rules).toHaveLength(1);
+    const rule = rules[0] ?? {};
+    expect(asArr(rule["ports"])).toEqual([{ port: agentSettings().listen?.port, protocol: "TCP" }]);
+    const from = asArr(rule["from"]);
+    expect(from.length, "a rule without `from` admits everyone").toBeGreaterThan(0);
+    for (const peer of from) {
+      expect(peer["ipBlock"]).toBeUndefined();
+      expect(Object.keys(asObj(asObj(peer["podSelector"])["matchLabels"])).length).toBeGreaterThan(0);
+    }
+    expect(asObj(asObj(from[0]?.["podSelector"])["matchLabels"])["app.kubernetes.io/name"]).toBe("prometheus");
+    expect(readFileSync(join(REPO, "docs/kubernetes.md"), "utf8")).toContain("app.kubernetes.io/name: prometheus");
   });
 });
 

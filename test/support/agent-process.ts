@@ -21,7 +21,12 @@ export interface AgentProcess {
 }
 
 export function startAgent(args: readonly string[], env: NodeJS.ProcessEnv = {}): AgentProcess {
-  const child = spawn(AGENT_BIN, ["run", "--log-format", "json", ...args], {
+  return startLogged(AGENT_BIN, ["run", "--log-format", "json", ...args], env);
+}
+
+/** Any command that logs JSON lines on stdout (the runner, or the CLI through a wrapper such as setpriv). */
+export function startLogged(file: string, args: readonly string[], env: NodeJS.ProcessEnv = {}): AgentProcess {
+  const child = spawn(file, args, {
     env: { ...process.env, ...env },
     stdio: ["pipe", "pipe", "pipe"],
   });
