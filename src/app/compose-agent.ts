@@ -89,7 +89,17 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
     `loaded ${ring.kids().length} key(s)`,
   );
   // Fails closed: where the sandbox cannot run, the agent does not start.
-  const executor = await setUpPhaseExecutor(settings, options.tofu ?? { file: settings.tofuBin, argsPrefix: [] }, env);
+  const { executor, runnerKillsNamespace } = await setUpPhaseExecutor(
+    settings,
+    options.tofu ?? { file: settings.tofuBin, argsPrefix: [] },
+    env,
+  );
+  if (runnerKillsNamespace === false) {
+    log.warn(
+      { event: "runner_without_pid_namespace" },
+      "the runner does not have a PID namespace of its own: after each phase it stops only the leftovers it can identify (same user, inside the run's directories); run it as its container's PID 1 (--pid-namespace), as deploy/kubernetes does",
+    );
+  }
   if (executor.isolation === "none") {
     log.warn(
       { event: "isolation", isolation: executor.isolation },

@@ -11,6 +11,7 @@ import type { PhaseExecutor, TofuCommand } from "../execution/phase-executor.js"
 import { checkSandbox, SandboxExecutor, sandboxUnavailable } from "../execution/sandbox-executor.js";
 import { AGENT_ETC_DIR, pathsToHide } from "../execution/sandbox-layout.js";
 import { findExecutable } from "../fs/executables.js";
+import { connectRunner, RunnerExecutor } from "../execution/runner-executor.js";
 
 async function kindOf(path: string): Promise<"dir" | "file" | undefined> {
   try {
@@ -34,8 +35,13 @@ export async function setUpPhaseExecutor(
   tofu: TofuCommand,
   env: NodeJS.ProcessEnv,
   configFile?: string,
-): Promise<PhaseExecutor> {
-  if (settings.isolation === "none") return new DirectExecutor(tofu);
+): Promise<{ executor: PhaseExecutor; runnerKillsNamespace?: boolean }> {
+  if (settings.executor.kind === "runner") {
+    // Fails closed: RUNNER_UNAVAILABLE when nothing answers at the socket.
+    const hello = await connectRunner(settings.executor.socket);
+    return { executor: new RunnerExecutor(settings.executor.socket), runnerKillsNamespace: hello.pid_namespace };
+  }
+  if (settings.isolation === "none") return { executor: new DirectExecutor(tofu) };
   const bwrap = await findExecutable("bwrap", env);
   if (bwrap === undefined) throw sandboxUnavailable("bubblewrap (bwrap) is not on PATH");
   const trueBin = (await findExecutable("true", { PATH: "/usr/bin:/bin" })) ?? "/bin/true";
@@ -54,5 +60,5 @@ export async function setUpPhaseExecutor(
     hide: pathsToHide(hide),
   };
   await checkSandbox(options, trueBin);
-  return new SandboxExecutor(options);
+  return { executor: new SandboxExecutor(options) };
 }

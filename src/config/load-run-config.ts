@@ -33,6 +33,8 @@ export interface AgentSettings {
   readonly tofuBin: string;
   /** What phases run in (docs/architecture.md, "Trust model"). */
   readonly isolation: "sandbox" | "none";
+  /** Where phases run: here, or an `oci-cred-agent runner` at a Unix socket. */
+  readonly executor: { readonly kind: "local" } | { readonly kind: "runner"; readonly socket: string };
   /** Paths the sandbox shows besides the system's, read-only and read-write. */
   readonly sandboxReadOnly: readonly string[];
   readonly sandboxReadWrite: readonly string[];
@@ -138,6 +140,29 @@ export async function resolveRunConfig(
       });
     }
   }
+  const executor = v("executor");
+  if (typeof executor === "string" && executor !== "local") {
+    const socket = executor.startsWith("runner:") ? executor.slice("runner:".length) : undefined;
+    if (socket === undefined || !socket.startsWith("/"))
+      problems.push({
+        key: "executor",
+        message: `executor ${JSON.stringify(executor)} is neither local nor runner:PATH with an absolute socket path; set --executor local or --executor runner:/run/oci-cred-agent-runner/runner.sock`,
+      });
+    else {
+      if (v("isolation") === "none")
+        problems.push({
+          key: "isolation",
+          message:
+            "isolation none and executor runner:PATH are both set: phases in the runner are isolated by the runner's container; remove --isolation none",
+        });
+      if (typeof v("concurrency") === "number" && (v("concurrency") as number) > 1)
+        problems.push({
+          key: "concurrency",
+          message:
+            "executor runner:PATH runs one run at a time (one runner, one run): set --concurrency 1 and scale out with more pods",
+        });
+    }
+  }
   return { resolved: config, problems };
 }
 
@@ -182,6 +207,9 @@ export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
     ...optional("caFile", str("ca_file")),
     tofuBin: tofuBin.includes("/") ? resolve(tofuBin) : tofuBin,
     isolation: str("isolation") === "none" ? "none" : "sandbox",
+    executor: str("executor")?.startsWith("runner:")
+      ? { kind: "runner", socket: (str("executor") ?? "").slice("runner:".length) }
+      : { kind: "local" },
     sandboxReadOnly: paths("sandbox_ro_bind"),
     sandboxReadWrite: paths("sandbox_bind"),
     concurrency: num("concurrency"),

@@ -83,6 +83,12 @@ export const RUN_FIELDS: readonly FieldSpec[] = [
     { default: "sandbox", choices: ["sandbox", "none"] },
   ),
   f(
+    "executor",
+    "string",
+    "where phases run: local (this host, in the sandbox unless isolation is none), or runner:PATH (an `oci-cred-agent runner` listening on the Unix socket PATH, in another container without the key or the token: Kubernetes pods, docs/kubernetes.md)",
+    { default: "local" },
+  ),
+  f(
     "sandbox_ro_bind",
     "path-list",
     "more paths the sandbox shows read-only at the same place (a plugin cache, a CA bundle, a tool directory); repeat the flag, or separate with : in the environment",
