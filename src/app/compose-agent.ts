@@ -108,6 +108,8 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
   } else log.info({ event: "isolation", isolation: executor.isolation }, `phases run in the ${executor.isolation}`);
   const status = new AgentStatus(() => Date.now(), 2 * 60_000);
   const metrics = new AgentMetrics(options.version);
+  status.isolationIs(executor.isolation);
+  metrics.isolationIs(executor.isolation);
   const observer = combineObservers(status, metrics, options.observer ?? noopObserver);
   observer.keysLoaded(ring.kids().length);
   const client = new ControlPlaneClient({

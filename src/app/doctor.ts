@@ -14,6 +14,7 @@ import { AgentError, errnoCode, isAgentError } from "../core/errors.js";
 import { repositoriesByRegistry } from "../core/oci-source-checks.js";
 import { anonymousDockerHubSources } from "../core/oci-source-checks.js";
 import { defaultHelperExists, missingHelpersError, RunCredentials } from "../credentials/run-credentials.js";
+import { setUpPhaseExecutor } from "./phase-executor-setup.js";
 import { findExecutable } from "../fs/executables.js";
 import { findOciSources } from "../fs/oci-sources.js";
 import { realFs } from "../fs/secure-fs.js";
@@ -278,6 +279,29 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
           code: "TOFU_NOT_FOUND",
         },
   );
+
+  // Isolation: the same set-up and start-up check as `run`.
+  if (settings.homesDir !== undefined) {
+    try {
+      const { executor } = await setUpPhaseExecutor(
+        { ...settings, homesDir: settings.homesDir },
+        { file: settings.tofuBin, argsPrefix: [] },
+        inputs.env,
+      );
+      checks.push(
+        executor.isolation === "none"
+          ? {
+              check: "isolation",
+              status: "warn",
+              detail:
+                "isolation none: phases run as the agent's children and reach everything its user can (key, token, other runs); remove --isolation none to use the sandbox",
+            }
+          : { check: "isolation", status: "ok", detail: `phases run in the ${executor.isolation}` },
+      );
+    } catch (error) {
+      checks.push(failure("isolation", error));
+    }
+  }
 
   // Control plane and clock
   const url = settings.controlPlaneUrl;

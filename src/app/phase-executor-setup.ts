@@ -4,7 +4,6 @@
  * phases unisolated. `--isolation none` is taken only when asked for, and said out loud.
  */
 import { stat } from "node:fs/promises";
-import { join } from "node:path";
 import type { AgentSettings } from "../config/load-run-config.js";
 import { DirectExecutor } from "../execution/direct-executor.js";
 import type { PhaseExecutor, TofuCommand } from "../execution/phase-executor.js";
@@ -22,16 +21,23 @@ async function kindOf(path: string): Promise<"dir" | "file" | undefined> {
 }
 
 /** The agent's own files that the sandbox's view of the system would otherwise show. */
-function agentPaths(settings: AgentSettings, configFile: string | undefined): string[] {
+/** What the executor depends on: `doctor` has these even when the configuration has problems. */
+export type ExecutorSettings = Pick<
+  AgentSettings,
+  "isolation" | "executor" | "homesDir" | "sandboxReadOnly" | "sandboxReadWrite"
+> &
+  Partial<Pick<AgentSettings, "token" | "keySource">>;
+
+function agentPaths(settings: ExecutorSettings, configFile: string | undefined): string[] {
   const paths = [AGENT_ETC_DIR];
-  if ("file" in settings.token) paths.push(settings.token.file);
-  if (settings.keySource.kind === "file") paths.push(settings.keySource.path);
+  if (settings.token !== undefined && "file" in settings.token) paths.push(settings.token.file);
+  if (settings.keySource?.kind === "file") paths.push(settings.keySource.path);
   if (configFile !== undefined) paths.push(configFile);
   return paths;
 }
 
 export async function setUpPhaseExecutor(
-  settings: AgentSettings,
+  settings: ExecutorSettings,
   tofu: TofuCommand,
   env: NodeJS.ProcessEnv,
   configFile?: string,
@@ -54,7 +60,7 @@ export async function setUpPhaseExecutor(
     bwrap,
     tofu,
     path: env["PATH"] ?? "/usr/local/bin:/usr/bin:/bin",
-    homesDir: join(settings.workDir, "homes"),
+    homesDir: settings.homesDir,
     readOnly: settings.sandboxReadOnly,
     readWrite: settings.sandboxReadWrite,
     hide: pathsToHide(hide),

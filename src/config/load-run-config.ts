@@ -28,6 +28,8 @@ export interface AgentSettings {
   readonly credentialsDir: string;
   /** Run workspaces go below it (`<workDir>/workspaces`). */
   readonly workspacesDir: string;
+  /** Runs' private HOME and TMPDIR in the sandbox go below it (`<workDir>/homes`). */
+  readonly homesDir: string;
   readonly caFile?: string;
   /** `tofu` on PATH, or an absolute path (a relative one means nothing in a run's workspace). */
   readonly tofuBin: string;
@@ -58,7 +60,7 @@ export interface AgentSettings {
 
 /** The settings a configuration with problems still yields (`doctor` checks what it can). */
 export type SettingsDraft = Omit<AgentSettings, DraftKey> & Partial<Pick<AgentSettings, DraftKey>>;
-type DraftKey = "controlPlaneUrl" | "token" | "keySource" | "workDir" | "credentialsDir" | "workspacesDir";
+type DraftKey = "controlPlaneUrl" | "token" | "keySource" | "workDir" | "credentialsDir" | "workspacesDir" | "homesDir";
 
 export interface LoadedSettings {
   readonly resolved: ResolvedConfig;
@@ -204,6 +206,7 @@ export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
     ...optional("workDir", workDir),
     ...optional("credentialsDir", credentialsDir === undefined ? undefined : resolve(credentialsDir)),
     ...optional("workspacesDir", workDir === undefined ? undefined : join(workDir, "workspaces")),
+    ...optional("homesDir", workDir === undefined ? undefined : join(workDir, "homes")),
     ...optional("caFile", str("ca_file")),
     tofuBin: tofuBin.includes("/") ? resolve(tofuBin) : tofuBin,
     isolation: str("isolation") === "none" ? "none" : "sandbox",
@@ -238,7 +241,8 @@ export function isComplete(draft: SettingsDraft): draft is AgentSettings {
     draft.keySource !== undefined &&
     draft.workDir !== undefined &&
     draft.credentialsDir !== undefined &&
-    draft.workspacesDir !== undefined
+    draft.workspacesDir !== undefined &&
+    draft.homesDir !== undefined
   );
 }
 

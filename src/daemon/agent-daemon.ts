@@ -138,7 +138,14 @@ export class AgentDaemon {
 
   async run(): Promise<DaemonExit> {
     const { log, client, runs, settings } = this.options;
-    await sweepLeftovers(runs.fs, settings.credentialsDir, settings.workspacesDir, log, settings.cancelGraceMs);
+    await sweepLeftovers(
+      runs.fs,
+      settings.credentialsDir,
+      settings.workspacesDir,
+      log,
+      settings.cancelGraceMs,
+      settings.homesDir,
+    );
     this.agentId = await this.register();
     if (this.agentId !== undefined) await this.pollLoop(this.agentId, client);
     await this.drain();

@@ -32,6 +32,7 @@ export async function sweepLeftovers(
   workspacesDir: string,
   log: Logger,
   orphanGraceMs = 10_000,
+  homesDir?: string,
 ): Promise<{ wiped: number; failed: number }> {
   await ensureAgentDir(fs, credentialsDir);
   await ensureAgentDir(fs, workspacesDir);
@@ -59,6 +60,13 @@ export async function sweepLeftovers(
       { event: "swept_workspace", run_id: entry },
       `removed the workspace left by an earlier process for run ${entry}`,
     );
+  }
+  // The sandbox's private HOME and TMPDIR of runs an earlier process did not finish (no run of
+  // this process has started yet).
+  if (homesDir !== undefined) {
+    for (const entry of await fs.readdir(homesDir).catch(() => [] as string[])) {
+      await rm(join(homesDir, entry), { recursive: true, force: true });
+    }
   }
   return { wiped, failed };
 }

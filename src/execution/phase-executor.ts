@@ -12,7 +12,7 @@
  */
 import type { Phase } from "../protocol/agent-api.js";
 
-export type Isolation = "sandbox" | "runner" | "none";
+type Isolation = "sandbox" | "runner" | "none";
 
 /** Where one run lives on disk, as the agent laid it out. */
 export interface RunPaths {

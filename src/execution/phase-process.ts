@@ -28,7 +28,7 @@ export const processGroupStop: StopStrategy = {
   },
 };
 
-export function signalGroup(child: ChildProcess, sig: NodeJS.Signals): void {
+function signalGroup(child: ChildProcess, sig: NodeJS.Signals): void {
   if (child.pid === undefined) return;
   try {
     process.kill(-child.pid, sig);

@@ -8,6 +8,7 @@
  */
 import { execFile, type ChildProcess } from "node:child_process";
 import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { constants } from "node:os";
 import { join } from "node:path";
 import { AgentError } from "../core/errors.js";
 import { findExecutable } from "../fs/executables.js";
@@ -93,6 +94,16 @@ const sandboxStop: StopStrategy = {
   },
 };
 
+/**
+ * bubblewrap exits with 128 + N when the phase's process was killed by signal N: reported as
+ * that signal, as a phase run without the sandbox would be. Pure.
+ */
+export function fromBubblewrapStatus(result: PhaseResult): PhaseResult {
+  if (result.exitCode === null || result.exitCode <= 128 || result.signal !== null) return result;
+  const name = Object.entries(constants.signals).find(([, n]) => n === (result.exitCode ?? 0) - 128)?.[0];
+  return name === undefined ? result : { ...result, exitCode: null, signal: name as NodeJS.Signals };
+}
+
 export class SandboxExecutor implements PhaseExecutor {
   readonly isolation = "sandbox";
 
@@ -130,7 +141,7 @@ export class SandboxExecutor implements PhaseExecutor {
           env: { ...request.env, HOME: home, TMPDIR: tmp },
           stop: sandboxStop,
           notFound: () => sandboxUnavailable(`cannot start ${options.bwrap}`),
-        });
+        }).then(fromBubblewrapStatus);
       },
       close: () => rm(runHome, { recursive: true, force: true }),
     };

@@ -15,18 +15,26 @@ type NotReadyReason = "no_keys" | "not_registered" | "control_plane_unreachable"
 export interface Readiness {
   readonly ready: boolean;
   readonly reasons: readonly NotReadyReason[];
+  /** What runs' phases run in: sandbox, runner, or none (said openly: none isolates nothing). */
+  readonly isolation: string;
 }
 
 export class AgentStatus implements DaemonObserver {
   private isRegistered = false;
   private keys = 0;
   private lastOkMs: number | undefined;
+  private isolation = "unknown";
 
   constructor(
     private readonly now: () => number,
     /** How old the last successful exchange may be: the long-poll wait plus a margin. */
     private readonly staleAfterMs: number,
   ) {}
+
+  /** What phases run in, once the executor is set up. */
+  isolationIs(mode: string): void {
+    this.isolation = mode;
+  }
 
   registered(): void {
     this.isRegistered = true;
@@ -72,7 +80,7 @@ export class AgentStatus implements DaemonObserver {
     if (!this.isRegistered) reasons.push("not_registered");
     else if (this.lastOkMs === undefined || this.now() - this.lastOkMs > this.staleAfterMs)
       reasons.push("control_plane_unreachable");
-    return { ready: reasons.length === 0, reasons };
+    return { ready: reasons.length === 0, reasons, isolation: this.isolation };
   }
 }
 

@@ -66,6 +66,19 @@ export class AgentMetrics implements DaemonObserver {
     registers: [this.registry],
   });
 
+  private readonly isolation = new Gauge({
+    name: "oci_cred_agent_isolation",
+    help: "1 for what runs' phases run in: mode sandbox, runner or none (none isolates nothing).",
+    labelNames: ["mode"],
+    registers: [this.registry],
+  });
+
+  /** What phases run in, once the executor is set up. */
+  isolationIs(mode: string): void {
+    this.isolation.reset();
+    this.isolation.set({ mode }, 1);
+  }
+
   constructor(version: string) {
     new Gauge({
       name: "oci_cred_agent_build_info",

@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FAKE_TOFU, startAgent, type AgentProcess, type LogLine } from "../support/agent-process.js";
 import { agentFiles } from "../support/reliability-agents.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
+import { fakeTofuRecord } from "../support/sandbox-test-env.js";
 
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}:pw"with\\odd`;
 const CANARY_FORMS = [CANARY, Buffer.from(`octocat:${CANARY}`).toString("base64"), JSON.stringify(CANARY).slice(1, -1)];
@@ -106,7 +107,7 @@ function launch(workDir: string, recordFile: string, extra: string[] = []): Agen
       "127.0.0.1:0",
       ...extra,
     ],
-    { FAKE_TOFU_RECORD: recordFile, HOME: dir, TF_CLI_CONFIG_FILE: "" },
+    { ...fakeTofuRecord(recordFile), HOME: dir, TF_CLI_CONFIG_FILE: "" },
   );
 }
 
@@ -121,6 +122,26 @@ async function stop(agent: AgentProcess): Promise<void> {
   if (agent.child.exitCode === null && agent.child.signalCode === null) {
     agent.kill("SIGTERM");
     await agent.exited;
+  }
+}
+
+/** Processes (on this host, any PID namespace) but the agent whose environment holds `entry`. */
+async function processesWithEnv(entry: string, agent: AgentProcess): Promise<number[]> {
+  const found: number[] = [];
+  for (const name of await readdir("/proc")) {
+    if (!/^\d+$/.test(name) || Number(name) === agent.child.pid) continue;
+    const environ = await readFile(`/proc/${name}/environ`, "utf8").catch(() => "");
+    if (environ.split("\0").includes(entry)) found.push(Number(name));
+  }
+  return found;
+}
+
+/** Polls `condition` until it holds (bounded): for what the kernel does on its own time. */
+async function waitUntil(condition: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
   }
 }
 
@@ -236,9 +257,8 @@ describe("daemon endings", () => {
       expect(cancel.status).toBe(202);
       const run = await h.waitForStatus(runId, ["succeeded", "failed", "canceled"]);
       expect(run.status).toBe("canceled");
-      const pid = (await records(recordFile)).find((r) => r.phase === "apply")?.pid;
-      expect(pid).toBeDefined();
-      expect(() => process.kill(pid ?? 0, 0)).toThrow();
+      // Nothing of the phase is left (the recorded pid is the sandbox's own; look for its environment).
+      expect(await processesWithEnv(`FAKE_TOFU_RECORD=${recordFile}`, agent)).toEqual([]);
       await agent.waitForLog(forRun(runId, "credentials_wiped"));
       await expectEmptyRunDirs(workDir);
       await expectNoCanaryUnder(workDir);
@@ -341,9 +361,32 @@ describe("daemon endings", () => {
     }
   });
 
-  it("after SIGKILL, the control plane fails the run when the lease expires; the restarted agent stops the orphaned tofu and sweeps the credentials", async () => {
+  it("in the sandbox, a SIGKILLed agent's running phase dies with it", async () => {
     const { workDir, recordFile } = await newWorkDir();
-    const first = launch(workDir, recordFile);
+    const agent = launch(workDir, recordFile);
+    try {
+      const runId = await h.createRun({
+        "main.tf": MAIN_TF,
+        "fake-tofu.json": JSON.stringify({ hang: "apply", ignore_sigterm: true }),
+      });
+      await agent.waitForLog(forRun(runId, "phase_output", (l) => l["msg"] === "FAKE-TOFU-READY apply"));
+      expect(await processesWithEnv(`FAKE_TOFU_RECORD=${recordFile}`, agent)).not.toEqual([]);
+      agent.kill("SIGKILL");
+      await agent.exited;
+      // bubblewrap's --die-with-parent: the kernel ends the sandbox's PID namespace.
+      await waitUntil(
+        async () => (await processesWithEnv(`FAKE_TOFU_RECORD=${recordFile}`, agent)).length === 0,
+        10_000,
+      );
+    } finally {
+      await stop(agent);
+    }
+  });
+
+  it("with --isolation none, after SIGKILL, the control plane fails the run when the lease expires; the restarted agent stops the orphaned tofu and sweeps the credentials", async () => {
+    const { workDir, recordFile } = await newWorkDir();
+    // Without the sandbox a phase outlives a killed agent: the start-up orphan stop is for that.
+    const first = launch(workDir, recordFile, ["--isolation", "none"]);
     let second: AgentProcess | undefined;
     let orphanPid: number | undefined;
     try {
@@ -365,7 +408,7 @@ describe("daemon endings", () => {
       expect(run.status).toBe("failed");
       expect(run.error?.code).toBe("LEASE_EXPIRED");
 
-      second = launch(workDir, recordFile);
+      second = launch(workDir, recordFile, ["--isolation", "none"]);
       const found = await second.waitForLog((l) => l["event"] === "orphan_found");
       expect(found).toMatchObject({ run_id: runId, pid: orphanPid });
       const stopped = await second.waitForLog((l) => l["event"] === "orphan_stopped");
@@ -404,7 +447,7 @@ describe("daemon endings", () => {
         "--listen",
         "127.0.0.1:0",
       ],
-      { FAKE_TOFU_RECORD: recordFile },
+      fakeTofuRecord(recordFile),
     );
     const exit = await agent.exited;
     expect(exit.code).toBe(1);

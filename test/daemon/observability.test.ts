@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FAKE_TOFU, startAgent, type AgentProcess } from "../support/agent-process.js";
 import { agentFiles } from "../support/reliability-agents.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
+import { fakeTofuRecord } from "../support/sandbox-test-env.js";
 
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}-"quoted"\\slash`;
 const FORMS = [
@@ -65,7 +66,7 @@ async function launch(extra: string[] = [], url = h.url): Promise<{ agent: Agent
       "127.0.0.1:0",
       ...extra,
     ],
-    { FAKE_TOFU_RECORD: join(workDir, "..", "record.jsonl"), HOME: dir },
+    { ...fakeTofuRecord(join(workDir, "..", "record.jsonl")), HOME: dir },
   );
   const listening = await agent.waitForLog((l) => l["event"] === "listening");
   return { agent, endpoint: String(listening["url"]) };
@@ -170,7 +171,7 @@ describe("health and metrics", () => {
       expect((await get(`${endpoint}/healthz`)).status).toBe(200);
       const ready = await get(`${endpoint}/readyz`);
       expect(ready.status).toBe(200);
-      expect(JSON.parse(ready.text)).toEqual({ ready: true, reasons: [] });
+      expect(JSON.parse(ready.text)).toEqual({ ready: true, reasons: [], isolation: "sandbox" });
       const during = (await get(`${endpoint}/metrics`)).text;
       expect(metricValue(during, "oci_cred_agent_active_runs")).toBe(1);
       expect(metricValue(during, "oci_cred_agent_credentials_written_total")).toBe(1);
@@ -208,7 +209,7 @@ describe("health and metrics", () => {
       const down = await get(`${endpoint}/readyz`);
       expect(down.status).toBe(503);
       // A reason code only; what failed is in the log.
-      expect(JSON.parse(down.text)).toEqual({ ready: false, reasons: ["not_registered"] });
+      expect(JSON.parse(down.text)).toEqual({ ready: false, reasons: ["not_registered"], isolation: "sandbox" });
       expect(
         agent.lines.some((l) => l["event"] === "control_plane_error" && l["code"] === "CONTROL_PLANE_UNAVAILABLE"),
       ).toBe(true);

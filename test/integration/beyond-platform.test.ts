@@ -23,6 +23,7 @@ import {
   type TokenRegistry,
 } from "../support/registry-fixture.js";
 import { buildModulePackage, pushModulePackage } from "../support/oci-module-package.js";
+import { fakeTofuRecord } from "../support/sandbox-test-env.js";
 
 /**
  * Runs a command without blocking the event loop (the token server and the control plane live in
@@ -125,7 +126,7 @@ async function scenario(
       ...extraArgs,
     ],
     {
-      FAKE_TOFU_RECORD: recordFile,
+      ...fakeTofuRecord(recordFile),
       HOME: dir,
       TF_CLI_CONFIG_FILE: "",
       NODE_EXTRA_CA_CERTS: caBundle,

@@ -15,22 +15,23 @@ describe("readiness and metrics", () => {
     let now = 1_000_000;
     const status = new AgentStatus(() => now, 60_000);
     const hooks: DaemonObserver = status;
-    expect(status.readiness()).toEqual({ ready: false, reasons: ["no_keys", "not_registered"] });
+    expect(status.readiness()).toEqual({ ready: false, reasons: ["no_keys", "not_registered"], isolation: "unknown" });
     hooks.keysLoaded(1);
     hooks.pollFailed("network", "CONTROL_PLANE_UNAVAILABLE", "cannot reach the control plane");
-    expect(status.readiness()).toEqual({ ready: false, reasons: ["not_registered"] });
+    expect(status.readiness()).toEqual({ ready: false, reasons: ["not_registered"], isolation: "unknown" });
     hooks.registered("agent-1");
-    expect(status.readiness()).toEqual({ ready: true, reasons: [] });
+    expect(status.readiness()).toEqual({ ready: true, reasons: [], isolation: "unknown" });
     now += 61_000;
-    expect(status.readiness()).toEqual({ ready: false, reasons: ["control_plane_unreachable"] });
+    expect(status.readiness()).toEqual({ ready: false, reasons: ["control_plane_unreachable"], isolation: "unknown" });
     hooks.pollSucceeded();
-    expect(status.readiness()).toEqual({ ready: true, reasons: [] });
+    expect(status.readiness()).toEqual({ ready: true, reasons: [], isolation: "unknown" });
     hooks.unregistered();
-    expect(status.readiness()).toEqual({ ready: false, reasons: ["not_registered"] });
+    expect(status.readiness()).toEqual({ ready: false, reasons: ["not_registered"], isolation: "unknown" });
   });
 
   it("/readyz shows no agent id and no error text to anyone who asks", async () => {
     const status = new AgentStatus(() => 0, 60_000);
+    status.isolationIs("sandbox");
     const server = await startHealthServer("127.0.0.1", 0, status, new AgentMetrics("9.9.9"));
     try {
       const hooks: DaemonObserver = status;
@@ -41,7 +42,7 @@ describe("readiness and metrics", () => {
       const res = await fetch(`${server.url}/readyz`);
       const text = await res.text();
       expect(res.status).toBe(503);
-      expect(JSON.parse(text)).toEqual({ ready: false, reasons: ["not_registered"] });
+      expect(JSON.parse(text)).toEqual({ ready: false, reasons: ["not_registered"], isolation: "sandbox" });
       for (const leak of ["agent-7f3a", "CONTROL_PLANE_UNAUTHORIZED", "tok-PROBE", "401"])
         expect(text).not.toContain(leak);
     } finally {

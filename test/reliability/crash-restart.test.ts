@@ -29,6 +29,7 @@ import {
   type Canary,
 } from "../support/reliability-agents.js";
 import { FULL, recordFigures } from "../support/reliability-figures.js";
+import { fakeTofuRecord } from "../support/sandbox-test-env.js";
 
 const RESTARTS = FULL ? 25 : 3;
 
@@ -69,7 +70,7 @@ describe("crash and restart", () => {
       let agent: AgentProcess | undefined;
       try {
         for (let i = 0; i <= RESTARTS; i++) {
-          agent = launchAgent(h.url, files, workDir, [], { FAKE_TOFU_RECORD: record });
+          agent = launchAgent(h.url, files, workDir, [], fakeTofuRecord(record));
           await agent.waitForLog((l) => l["event"] === "registered");
           const previous = crashed[crashed.length - 1];
           if (previous !== undefined) {

@@ -35,6 +35,7 @@ import {
   type Canary,
 } from "../support/reliability-agents.js";
 import { recordFigures } from "../support/reliability-figures.js";
+import { fakeTofuRecord } from "../support/sandbox-test-env.js";
 
 let h: Harness;
 let proxy: FaultProxy;
@@ -129,7 +130,7 @@ describe("planted file-system entries", () => {
       files,
       workDir,
       ["--retry-base", "100ms", "--retry-max", "500ms", "--concurrency", "4"],
-      { FAKE_TOFU_RECORD: join(dir, "plants.jsonl") },
+      fakeTofuRecord(join(dir, "plants.jsonl")),
     );
     try {
       // Registration failing means the sweep is done: plant now.

@@ -30,6 +30,7 @@ import {
   type Canary,
 } from "../support/reliability-agents.js";
 import { recordFigures } from "../support/reliability-figures.js";
+import { fakeTofuRecord } from "../support/sandbox-test-env.js";
 
 const BASE_MS = 100;
 const CAP_MS = 2000;
@@ -76,7 +77,7 @@ function startAgentBehindProxy(name: string, extra: string[] = []): { agent: Age
     files,
     workDir,
     ["--retry-base", `${BASE_MS}ms`, "--retry-max", `${CAP_MS}ms`, ...extra],
-    { FAKE_TOFU_RECORD: join(dir, `${name}.jsonl`) },
+    fakeTofuRecord(join(dir, `${name}.jsonl`)),
   );
   return { agent, workDir };
 }

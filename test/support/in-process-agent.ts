@@ -13,6 +13,15 @@ export async function composeInProcess(
   env: NodeJS.ProcessEnv,
   sink: { write(text: string): void },
 ): Promise<ComposedAgent> {
-  const loaded = await loadSettings({ log_format: "json", listen: "off", ...flags }, env);
-  return composeAgent(await prepareAgent(requireSettings(loaded), realFs, env), { version: "test", sink, env });
+  // The sandbox shows the checkout (the tests' node stand-in tofu) unless the test says otherwise.
+  const withSandboxBind: NodeJS.ProcessEnv = {
+    OCI_CRED_AGENT_SANDBOX_RO_BIND: process.env["OCI_CRED_AGENT_SANDBOX_RO_BIND"],
+    ...env,
+  };
+  const loaded = await loadSettings({ log_format: "json", listen: "off", ...flags }, withSandboxBind);
+  return composeAgent(await prepareAgent(requireSettings(loaded), realFs, withSandboxBind), {
+    version: "test",
+    sink,
+    env: withSandboxBind,
+  });
 }
