@@ -281,10 +281,11 @@ export async function runDoctor(inputs: DoctorInputs): Promise<DoctorCheck[]> {
   );
 
   // Isolation: the same set-up and start-up check as `run`.
-  if (settings.homesDir !== undefined) {
+  const { homesDir, workDir, workspacesDir, credentialsDir } = settings;
+  if (homesDir !== undefined && workDir !== undefined && workspacesDir !== undefined && credentialsDir !== undefined) {
     try {
       const { executor } = await setUpPhaseExecutor(
-        { ...settings, homesDir: settings.homesDir },
+        { ...settings, homesDir, workDir, workspacesDir, credentialsDir },
         { file: settings.tofuBin, argsPrefix: [] },
         inputs.env,
       );

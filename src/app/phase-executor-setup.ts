@@ -24,7 +24,14 @@ async function kindOf(path: string): Promise<"dir" | "file" | undefined> {
 /** What the executor depends on: `doctor` has these even when the configuration has problems. */
 export type ExecutorSettings = Pick<
   AgentSettings,
-  "isolation" | "executor" | "homesDir" | "sandboxReadOnly" | "sandboxReadWrite"
+  | "isolation"
+  | "executor"
+  | "homesDir"
+  | "workDir"
+  | "workspacesDir"
+  | "credentialsDir"
+  | "sandboxReadOnly"
+  | "sandboxReadWrite"
 > &
   Partial<Pick<AgentSettings, "token" | "keySource">>;
 
@@ -45,7 +52,10 @@ export async function setUpPhaseExecutor(
   if (settings.executor.kind === "runner") {
     // Fails closed: RUNNER_UNAVAILABLE when nothing answers at the socket.
     const hello = await connectRunner(settings.executor.socket);
-    return { executor: new RunnerExecutor(settings.executor.socket), runnerKillsNamespace: hello.pid_namespace };
+    return {
+      executor: new RunnerExecutor(settings.executor.socket, { shareWith: settings }),
+      runnerKillsNamespace: hello.pid_namespace,
+    };
   }
   if (settings.isolation === "none") return { executor: new DirectExecutor(tofu) };
   const bwrap = await findExecutable("bwrap", env);

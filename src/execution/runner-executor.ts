@@ -23,6 +23,7 @@ import {
 } from "../protocol/runner-api.js";
 import type { PhaseExecutor, PhaseRequest, PhaseResult, RunExecution, RunPaths } from "./phase-executor.js";
 import { LineSplitter } from "./phase-process.js";
+import { shareWithRunner, type SharedDirs } from "./share-with-runner.js";
 
 /** How long the runner may take to answer a hello or an end of run. */
 const DEFAULT_ANSWER_TIMEOUT_MS = 10_000;
@@ -34,6 +35,8 @@ export interface RunnerExecutorOptions {
   readonly answerTimeoutMs?: number;
   /** How long past `graceMs` a canceled phase's result may take before the phase is lost (default 30 s). */
   readonly cancelSlackMs?: number;
+  /** The agent's directories: each run's credentials and workspace are given to the runner's group. */
+  readonly shareWith?: SharedDirs;
 }
 
 function unavailable(socketPath: string, why: string): AgentError<"RUNNER_UNAVAILABLE"> {
@@ -207,6 +210,7 @@ export class RunnerExecutor implements PhaseExecutor {
   readonly isolation = "runner";
   private readonly answerTimeoutMs: number;
   private readonly cancelSlackMs: number;
+  private readonly shared: SharedDirs | undefined;
 
   constructor(
     readonly socketPath: string,
@@ -214,15 +218,17 @@ export class RunnerExecutor implements PhaseExecutor {
   ) {
     this.answerTimeoutMs = options.answerTimeoutMs ?? DEFAULT_ANSWER_TIMEOUT_MS;
     this.cancelSlackMs = options.cancelSlackMs ?? CANCEL_SLACK_MS;
+    this.shared = options.shareWith;
   }
 
-  openRun(paths: RunPaths): Promise<RunExecution> {
+  async openRun(paths: RunPaths): Promise<RunExecution> {
     let closing: Promise<void> | undefined;
-    return Promise.resolve({
+    if (this.shared !== undefined) await shareWithRunner(paths, this.socketPath, this.shared);
+    return {
       runPhase: (request: PhaseRequest) => this.runPhase(paths, request),
       // Kills what the run left (again) and removes its private HOME and TMPDIR in the runner.
       close: () => (closing ??= this.endRun(paths.runId)),
-    });
+    };
   }
 
   private runPhase(paths: RunPaths, request: PhaseRequest): Promise<PhaseResult> {
