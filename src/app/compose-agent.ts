@@ -49,7 +49,7 @@ export interface ComposeOptions {
   readonly tofu?: TofuCommand;
 }
 
-/** Environment variables that belong to the agent and never reach a run. */
+/** Environment variables of the agent that it leaves out of a run's environment (outside the sandbox a run can still read /proc/<agent pid>/environ). */
 const AGENT_ONLY_ENV =
   /^(OCI_CRED_AGENT_|DOCKER_CONFIG$|REGISTRY_AUTH_FILE$|TF_CLI_CONFIG_FILE$|TERRAFORM_CONFIG$|CREDENTIALS_DIRECTORY$)/;
 
