@@ -33,13 +33,13 @@ export type ExecutorSettings = Pick<
   | "sandboxReadOnly"
   | "sandboxReadWrite"
 > &
-  Partial<Pick<AgentSettings, "token" | "keySource">>;
+  Partial<Pick<AgentSettings, "token" | "keySource" | "configFile">>;
 
-function agentPaths(settings: ExecutorSettings, configFile: string | undefined): string[] {
+function agentPaths(settings: ExecutorSettings): string[] {
   const paths = [AGENT_ETC_DIR];
   if (settings.token !== undefined && "file" in settings.token) paths.push(settings.token.file);
   if (settings.keySource?.kind === "file") paths.push(settings.keySource.path);
-  if (configFile !== undefined) paths.push(configFile);
+  if (settings.configFile !== undefined) paths.push(settings.configFile);
   return paths;
 }
 
@@ -47,7 +47,6 @@ export async function setUpPhaseExecutor(
   settings: ExecutorSettings,
   tofu: TofuCommand,
   env: NodeJS.ProcessEnv,
-  configFile?: string,
 ): Promise<{ executor: PhaseExecutor; runnerKillsNamespace?: boolean }> {
   if (settings.executor.kind === "runner") {
     // Fails closed: RUNNER_UNAVAILABLE when nothing answers at the socket.
@@ -62,7 +61,7 @@ export async function setUpPhaseExecutor(
   if (bwrap === undefined) throw sandboxUnavailable("bubblewrap (bwrap) is not on PATH");
   const trueBin = (await findExecutable("true", { PATH: "/usr/bin:/bin" })) ?? "/bin/true";
   const hide: { path: string; kind: "dir" | "file" }[] = [];
-  for (const path of agentPaths(settings, configFile)) {
+  for (const path of agentPaths(settings)) {
     const kind = await kindOf(path);
     if (kind !== undefined) hide.push({ path, kind });
   }

@@ -20,6 +20,8 @@ export type TokenSource = { readonly file: string } | { readonly value: string }
  * settings object that `run`, `doctor` and `dev` build the agent from (docs/configuration.md).
  */
 export interface AgentSettings {
+  /** The config file the settings came from, if any (the sandbox hides it from runs). */
+  readonly configFile?: string;
   readonly controlPlaneUrl: string;
   readonly token: TokenSource;
   readonly keySource: KeySource;
@@ -197,6 +199,7 @@ export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
   const listen = str("listen") ?? "off";
   const logFormat = str("log_format");
   return {
+    ...optional("configFile", str("config") === undefined ? undefined : resolve(str("config") ?? "")),
     ...optional("controlPlaneUrl", str("control_plane_url")?.replace(/\/+$/, "")),
     ...optional(
       "token",

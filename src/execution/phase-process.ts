@@ -46,6 +46,8 @@ export interface ProcessSpec extends PhaseOutputOptions {
   readonly signal: AbortSignal;
   readonly graceMs: number;
   readonly stop: StopStrategy;
+  /** Open file descriptors the process gets as 3, 4, ... (the sandbox's system call filter). */
+  readonly extraFds?: readonly number[];
   /** What the phase is, for the error when it cannot start (the tofu executable, or the sandbox tool). */
   readonly notFound: () => AgentError;
 }
@@ -97,7 +99,7 @@ export function runProcess(opts: ProcessSpec): Promise<PhaseResult> {
     const child = spawn(opts.file, opts.args, {
       cwd: opts.cwd,
       env: opts.env,
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: ["ignore", "pipe", "pipe", ...(opts.extraFds ?? [])],
       detached: true,
     });
     const maxLineBytes = opts.maxLineBytes ?? 16 * 1024;
@@ -117,10 +119,11 @@ export function runProcess(opts: ProcessSpec): Promise<PhaseResult> {
       opts.redact,
       opts.longestSecret,
     );
-    child.stdout.on("data", (c: Buffer) => {
+    // Pipes, as stdio asks (0 ignored, 1 and 2 piped, then the extra descriptors).
+    child.stdout?.on("data", (c: Buffer) => {
       out.push(c);
     });
-    child.stderr.on("data", (c: Buffer) => {
+    child.stderr?.on("data", (c: Buffer) => {
       err.push(c);
     });
     let canceled = false;

@@ -6,8 +6,9 @@
  * process in it along. `checkSandbox` runs a trivial sandbox at start: where it fails, the agent
  * refuses to start (fail closed) rather than run phases unisolated.
  */
-import { execFile, type ChildProcess } from "node:child_process";
-import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { constants } from "node:os";
 import { join } from "node:path";
 import { AgentError } from "../core/errors.js";
@@ -24,6 +25,7 @@ import type {
 import { tofuArgs } from "./phase-executor.js";
 import { processGroupStop, runProcess, type StopStrategy } from "./phase-process.js";
 import { bwrapArgs } from "./sandbox-layout.js";
+import { sandboxSeccompProgram } from "./sandbox-seccomp.js";
 
 export interface SandboxOptions {
   /** The bubblewrap executable (absolute). */
@@ -104,6 +106,16 @@ export function fromBubblewrapStatus(result: PhaseResult): PhaseResult {
   return name === undefined ? result : { ...result, exitCode: null, signal: name as NodeJS.Signals };
 }
 
+/** Writes the sandbox's system call filter for this machine; SANDBOX_UNAVAILABLE where there is none. */
+async function writeSeccompFilter(path: string): Promise<void> {
+  const program = sandboxSeccompProgram(process.arch);
+  if (program === undefined)
+    throw sandboxUnavailable(
+      `the sandbox has no system call filter for the ${process.arch} architecture (x64 and arm64 only)`,
+    );
+  await writeFile(path, program, { mode: 0o600 });
+}
+
 export class SandboxExecutor implements PhaseExecutor {
   readonly isolation = "sandbox";
 
@@ -118,30 +130,40 @@ export class SandboxExecutor implements PhaseExecutor {
     await mkdir(runHome, { mode: 0o700 });
     await mkdir(home, { mode: 0o700 });
     await mkdir(tmp, { mode: 0o700 });
+    const seccomp = join(runHome, "seccomp.bpf");
+    await writeSeccompFilter(seccomp);
     // The sandbox shows tofu at its own path: find it as the phase's shell would have.
     const tofuFile = await findExecutable(options.tofu.file, { PATH: options.path });
     return {
       runPhase(request: PhaseRequest): Promise<PhaseResult> {
         if (tofuFile === undefined) return Promise.reject(tofuNotFound(options.tofu.file));
-        const args = bwrapArgs({
-          command: [tofuFile, ...options.tofu.argsPrefix, ...tofuArgs(request.phase, request.planned)],
-          workspace: paths.workspace,
-          credentials: paths.credentials,
-          home,
-          tmp,
-          readOnly: [tofuFile, ...(options.tofu.needs ?? []), ...options.readOnly],
-          readWrite: options.readWrite,
-          hide: options.hide,
-        });
-        return runProcess({
-          ...request,
-          file: options.bwrap,
-          args,
-          cwd: paths.workspace,
-          env: { ...request.env, HOME: home, TMPDIR: tmp },
-          stop: sandboxStop,
-          notFound: () => sandboxUnavailable(`cannot start ${options.bwrap}`),
-        }).then(fromBubblewrapStatus);
+        // bubblewrap reads the filter from fd 3; the child keeps its own copy of the descriptor.
+        const filterFd = openSync(seccomp, "r");
+        try {
+          const args = bwrapArgs({
+            command: [tofuFile, ...options.tofu.argsPrefix, ...tofuArgs(request.phase, request.planned)],
+            workspace: paths.workspace,
+            credentials: paths.credentials,
+            home,
+            tmp,
+            readOnly: [tofuFile, ...(options.tofu.needs ?? []), ...options.readOnly],
+            readWrite: options.readWrite,
+            hide: options.hide,
+            seccompFd: 3,
+          });
+          return runProcess({
+            ...request,
+            file: options.bwrap,
+            args,
+            cwd: paths.workspace,
+            env: { ...request.env, HOME: home, TMPDIR: tmp },
+            stop: sandboxStop,
+            extraFds: [filterFd],
+            notFound: () => sandboxUnavailable(`cannot start ${options.bwrap}`),
+          }).then(fromBubblewrapStatus);
+        } finally {
+          closeSync(filterFd);
+        }
       },
       close: () => rm(runHome, { recursive: true, force: true }),
     };
@@ -168,6 +190,8 @@ export async function checkSandbox(options: SandboxOptions, trueBin: string): Pr
     const dirs = ["workspace", "credentials", "home", "tmp"].map((d) => join(probe, d));
     for (const d of dirs) await mkdir(d, { mode: 0o700 });
     const [workspace = "", credentials = "", home = "", tmp = ""] = dirs;
+    const seccomp = join(probe, "seccomp.bpf");
+    await writeSeccompFilter(seccomp);
     const args = bwrapArgs({
       command: [trueBin],
       workspace,
@@ -177,9 +201,23 @@ export async function checkSandbox(options: SandboxOptions, trueBin: string): Pr
       readOnly: [...(options.tofu.needs ?? []), ...options.readOnly],
       readWrite: options.readWrite,
       hide: options.hide,
+      seccompFd: 3,
     });
+    const filterFd = openSync(seccomp, "r");
     await new Promise<void>((resolve, reject) => {
-      execFile(options.bwrap, args, { timeout: 10_000, env: { PATH: "/usr/bin:/bin" } }, (error, _stdout, stderr) => {
+      const child = spawn(options.bwrap, args, {
+        env: { PATH: "/usr/bin:/bin" },
+        stdio: ["ignore", "ignore", "pipe", filterFd],
+        timeout: 10_000,
+      });
+      closeSync(filterFd);
+      let stderr = "";
+      child.stderr?.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+      child.once("error", (error) => {
+        reject(sandboxUnavailable(`cannot start ${options.bwrap} (${error.message.slice(0, 200)})`));
+      });
+      child.once("close", (code, signal) => {
+        const error = code === 0 ? null : new Error(`exit ${code ?? signal ?? "?"}`);
         if (error === null) {
           resolve();
           return;

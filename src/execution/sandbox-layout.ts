@@ -46,6 +46,8 @@ export interface SandboxLayout {
   readonly readWrite: readonly string[];
   /** Agent paths inside the system's directories to mask: directories get an empty tmpfs, files /dev/null. */
   readonly hide: readonly { readonly path: string; readonly kind: "dir" | "file" }[];
+  /** The file descriptor bubblewrap reads the system call filter from (sandbox-seccomp.ts). */
+  readonly seccompFd: number;
 }
 
 export function bwrapArgs(layout: SandboxLayout): string[] {
@@ -59,6 +61,8 @@ export function bwrapArgs(layout: SandboxLayout): string[] {
     "--new-session",
     "--cap-drop",
     "ALL",
+    "--seccomp",
+    String(layout.seccompFd),
     ...pairs("--ro-bind-try", SYSTEM_DIRS),
     ...layout.hide.flatMap((h) => (h.kind === "dir" ? ["--tmpfs", h.path] : ["--ro-bind", "/dev/null", h.path])),
     "--proc",

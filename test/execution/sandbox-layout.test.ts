@@ -18,6 +18,7 @@ const layout: SandboxLayout = {
     { path: "/etc/oci-cred-agent", kind: "dir" },
     { path: "/etc/agent.token", kind: "file" },
   ],
+  seccompFd: 3,
 };
 
 /** The (option, source, destination) triples of an argument list. */
@@ -41,6 +42,7 @@ describe("bwrapArgs", () => {
     expect(args).not.toContain("--unshare-net");
     expect(args).not.toContain("--unshare-all");
     expect(args.slice(args.indexOf("--cap-drop"), args.indexOf("--cap-drop") + 2)).toEqual(["--cap-drop", "ALL"]);
+    expect(args.slice(args.indexOf("--seccomp"), args.indexOf("--seccomp") + 2)).toEqual(["--seccomp", "3"]);
   });
 
   it("shows the system read-only, the run's credentials read-only, its workspace, HOME and TMPDIR read-write, and nothing else", () => {
