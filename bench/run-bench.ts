@@ -1,9 +1,10 @@
 /**
  * `npm run bench` (`-- --quick` for smaller counts): pickup latency, throughput, floor and
- * overhead, scaling, memory, start-up, and the `skopeo login` hook users write today, all in
- * one run on this machine against the reference control plane over loopback HTTP. Prints a
- * table and writes bench/results/latest.json (or `--out FILE`). Benchmarks report figures; they
- * assert nothing.
+ * overhead, scaling, memory, start-up, the `skopeo login` hook users write today, and the three
+ * ways phases run (sandbox, runner, `--isolation none`) side by side, all in one run on this
+ * machine against the reference control plane over loopback HTTP. The agents run as shipped:
+ * phases in the sandbox unless a section says otherwise. Prints a table and writes
+ * bench/results/latest.json (or `--out FILE`). Benchmarks report figures; they assert nothing.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -47,6 +48,9 @@ const SIZES = quick
       versionReps: 5,
       firstLeaseReps: 3,
       loginReps: 2,
+      isoWarm: 5,
+      isoRuns: 60,
+      isoC64: 300,
     }
   : {
       pickup: 1000,
@@ -61,6 +65,9 @@ const SIZES = quick
       versionReps: 15,
       firstLeaseReps: 5,
       loginReps: 5,
+      isoWarm: 20,
+      isoRuns: 300,
+      isoC64: 2000,
     };
 
 // ---------- small helpers ----------
@@ -118,7 +125,14 @@ function startAgent(cpUrl: string, dir: string, extra: string[]): AgentProc {
       return;
     }
     const e = l["event"];
-    if (e === "credentials_ready" || e === "credentials_wiped" || e === "registered") lines.push(l);
+    if (
+      e === "credentials_ready" ||
+      e === "credentials_wiped" ||
+      e === "registered" ||
+      e === "phase_finished" ||
+      e === "run_finished"
+    )
+      lines.push(l);
     for (const w of [...waiters])
       if (w.pred(l)) {
         waiters.splice(waiters.indexOf(w), 1);
@@ -155,6 +169,60 @@ function waitForRuns(cp: ControlPlane, ids: Set<string>): Promise<number> {
   });
 }
 
+interface RunnerProc {
+  stop(): Promise<void>;
+}
+
+/**
+ * An `oci-cred-agent runner` on `socket`, as the benchmark's own user (the pod runs it as another
+ * user; the cost is the same). `--allow-ptrace`: the ptrace check is a start-up check that costs
+ * nothing per phase, and hosts without Yama would refuse to start it. Outside a PID namespace of
+ * its own the runner finds what a phase left running through /proc after each phase, as it does
+ * on a host; in the pod (`--pid-namespace`) it kills its namespace instead.
+ */
+async function startRunner(socket: string, workDir: string, stateDir: string, home: string): Promise<RunnerProc> {
+  const child = spawn(
+    AGENT_BIN,
+    [
+      "runner",
+      "--socket",
+      socket,
+      "--work-dir",
+      workDir,
+      "--credentials-dir",
+      join(workDir, "credentials"),
+      "--state-dir",
+      stateDir,
+      "--tofu-bin",
+      "/bin/true",
+      "--allow-ptrace",
+      "--log-format",
+      "json",
+    ],
+    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, HOME: home } },
+  );
+  let stderr = "";
+  child.stderr.on("data", (c: Buffer) => {
+    stderr = (stderr + c.toString()).slice(-2000);
+  });
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    createInterface({ input: child.stdout }).on("line", (text) => {
+      if (text.includes('"runner_listening"')) resolve();
+    });
+    void exited.then(() => {
+      reject(new Error(`the runner exited before it listened: ${stderr}`));
+    });
+  });
+  return {
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
 async function main(): Promise<void> {
   const results: Record<string, unknown> = {};
   const notes: string[] = [];
@@ -188,7 +256,8 @@ async function main(): Promise<void> {
   await mkdir(cfg);
   await writeFile(join(cfg, "main.tf"), 'module "m" {\n  source = "oci://registry.bench.test/team/mod?tag=1"\n}\n');
   const archive = execFileSync("tar", ["czf", "-", "-C", cfg, "."]);
-  const queue = (): string => cp.store.createRun(archive, ["init", "plan", "apply"]).id;
+  const queueWith = (phases: ("init" | "plan" | "apply")[]): string => cp.store.createRun(archive, phases).id;
+  const queue = (): string => queueWith(["init", "plan", "apply"]);
 
   // ---------- 6. start-up: --version, and process start to first lease request ----------
   const versionMs: number[] = [];
@@ -327,6 +396,106 @@ async function main(): Promise<void> {
     await agent.stop();
   }
   results["throughput_runs_per_s"] = throughput;
+
+  // ---------- 8. isolation: the sandbox, the runner and none, side by side ----------
+  // Each way, one agent at concurrency 1 (a runner runs one phase at a time), /bin/true as tofu:
+  //   - per run: three-phase runs queued at once, wall time per run (lease to completion);
+  //   - per phase: one-phase and three-phase runs queued alternately, so that the machine's
+  //     drift falls on both alike; what a phase adds to a run is half the difference of their
+  //     mean durations in the agent (run_finished: everything a phase costs, starting it, the
+  //     sandbox or the socket exchange and the runner's sweep for leftovers, its empty output);
+  //   - the phase's process alone, as its executor measures it (start to exit: phase_finished).
+  // Then 64 at once for the sandbox and none.
+  type Mode = "sandbox" | "runner" | "none";
+  type Phases = ("init" | "plan" | "apply")[];
+  const ONE: Phases = ["init"];
+  const THREE: Phases = ["init", "plan", "apply"];
+  const isolation: Record<string, unknown> = {};
+  const perRun: Partial<Record<Mode, number>> = {};
+  const perPhase: Partial<Record<Mode, number>> = {};
+  async function batch(shapes: readonly Phases[]): Promise<{ msPerRun: number; ids: string[] }> {
+    const ids = new Set<string>();
+    const t0 = performance.now();
+    for (const phases of shapes) ids.add(queueWith(phases));
+    const all = [...ids];
+    const t1 = await waitForRuns(cp, ids);
+    return { msPerRun: (t1 - t0) / shapes.length, ids: all };
+  }
+  const durations = (agent: AgentProc, event: string, ids: readonly string[]): number[] => {
+    const wanted = new Set(ids);
+    return agent.lines
+      .filter((l) => l["event"] === event && wanted.has(String(l["run_id"])))
+      .map((l) => Number(l["duration_ms"]));
+  };
+  for (const mode of ["none", "sandbox", "runner"] as const) {
+    const base = await mkdtemp(join(shmDir, `iso-${mode}-`));
+    const workDir = join(base, "work");
+    const socket = join(base, "runner.sock");
+    const runnerProc =
+      mode === "runner" ? await startRunner(socket, workDir, join(base, "runner-state"), dir) : undefined;
+    const modeArgs =
+      mode === "none" ? ["--isolation", "none"] : mode === "runner" ? ["--executor", `runner:${socket}`] : [];
+    try {
+      const agent = startAgent(url, dir, ["--work-dir", workDir, "--concurrency", "1", ...modeArgs]);
+      await agent.waitFor((l) => l["event"] === "registered");
+      await batch(Array.from({ length: SIZES.isoWarm }, () => THREE));
+      const three = await batch(Array.from({ length: SIZES.isoRuns }, () => THREE));
+      const mixed = await batch(Array.from({ length: 2 * SIZES.isoRuns }, (_, i) => (i % 2 === 0 ? ONE : THREE)));
+      await agent.stop();
+      const inAgentOne = mean(
+        durations(
+          agent,
+          "run_finished",
+          mixed.ids.filter((_, i) => i % 2 === 0),
+        ),
+      );
+      const inAgentThree = mean(
+        durations(
+          agent,
+          "run_finished",
+          mixed.ids.filter((_, i) => i % 2 === 1),
+        ),
+      );
+      perRun[mode] = three.msPerRun;
+      perPhase[mode] = (inAgentThree - inAgentOne) / 2;
+      isolation[mode] = {
+        ms_per_run: round(three.msPerRun),
+        c1_runs_per_s: round(1000 / three.msPerRun, 1),
+        in_agent_ms_per_run: round(inAgentThree),
+        in_agent_ms_per_one_phase_run: round(inAgentOne),
+        ms_added_per_phase: round((inAgentThree - inAgentOne) / 2),
+        phase_process_ms: round(mean(durations(agent, "phase_finished", three.ids))),
+      };
+    } finally {
+      await runnerProc?.stop();
+    }
+  }
+  for (const mode of ["none", "sandbox"] as const) {
+    const agent = startAgent(url, dir, [
+      "--work-dir",
+      join(shmDir, `iso-${mode}-c64`),
+      "--concurrency",
+      "64",
+      ...(mode === "none" ? ["--isolation", "none"] : []),
+    ]);
+    await agent.waitFor((l) => l["event"] === "registered");
+    const { msPerRun } = await batch(Array.from({ length: SIZES.isoC64 }, () => THREE));
+    (isolation[mode] as Record<string, number>)["c64_runs_per_s"] = round(1000 / msPerRun, 1);
+    await agent.stop();
+  }
+  const c64 = (mode: Mode): number => (isolation[mode] as Record<string, number>)["c64_runs_per_s"] ?? Number.NaN;
+  isolation["ratios"] = {
+    sandbox_over_none_per_run: round((perRun.sandbox ?? Number.NaN) / (perRun.none ?? Number.NaN)),
+    runner_over_none_per_run: round((perRun.runner ?? Number.NaN) / (perRun.none ?? Number.NaN)),
+    sandbox_over_none_per_phase: round((perPhase.sandbox ?? Number.NaN) / (perPhase.none ?? Number.NaN)),
+    runner_over_none_per_phase: round((perPhase.runner ?? Number.NaN) / (perPhase.none ?? Number.NaN)),
+    sandbox_over_none_c64_throughput: round(c64("sandbox") / c64("none")),
+  };
+  isolation["runs_per_shape"] = SIZES.isoRuns;
+  isolation["c64_runs"] = SIZES.isoC64;
+  isolation["runner_c64"] =
+    "not measured: a runner runs one phase at a time (RUNNER_BUSY otherwise), so an agent with a runner runs at concurrency 1 and a pool scales with pods, each an agent and its runner; 64 at once would be 64 agent-and-runner pairs (two Node processes each), which measures this machine, not the runner";
+  results["isolation"] = isolation;
 
   // ---------- 5. memory: idle after start, and after many runs ----------
   {
@@ -604,7 +773,22 @@ function printTable(r: Record<string, unknown>): void {
     [
       "throughput (runs/s)",
       `c1 ${g("throughput_runs_per_s.c1")}  c8 ${g("throughput_runs_per_s.c8")}  c64 ${g("throughput_runs_per_s.c64")}`,
-      "lease, open, write, 3 phases (/bin/true), wipe, complete",
+      "lease, open, write, 3 phases (/bin/true) in the sandbox, wipe, complete",
+    ],
+    [
+      "isolation, per run at c1 (ms)",
+      `sandbox ${g("isolation.sandbox.ms_per_run")}  runner ${g("isolation.runner.ms_per_run")}  none ${g("isolation.none.ms_per_run")}`,
+      `x${g("isolation.ratios.sandbox_over_none_per_run")} / x${g("isolation.ratios.runner_over_none_per_run")} of none; 3 phases (/bin/true)`,
+    ],
+    [
+      "isolation, added per phase (ms)",
+      `sandbox ${g("isolation.sandbox.ms_added_per_phase")}  runner ${g("isolation.runner.ms_added_per_phase")}  none ${g("isolation.none.ms_added_per_phase")}`,
+      `process alone: ${g("isolation.sandbox.phase_process_ms")} / ${g("isolation.runner.phase_process_ms")} / ${g("isolation.none.phase_process_ms")}`,
+    ],
+    [
+      "isolation, c64 (runs/s)",
+      `sandbox ${g("isolation.sandbox.c64_runs_per_s")}  none ${g("isolation.none.c64_runs_per_s")}`,
+      `x${g("isolation.ratios.sandbox_over_none_c64_throughput")}; runner: one phase at a time, c1 only`,
     ],
     [
       "floor: open+write+wipe in-process",
