@@ -50,6 +50,7 @@ const SIZES = quick
       loginReps: 2,
       isoWarm: 5,
       isoRuns: 60,
+      isoRounds: 2,
       isoC64: 300,
     }
   : {
@@ -67,6 +68,7 @@ const SIZES = quick
       loginReps: 5,
       isoWarm: 20,
       isoRuns: 300,
+      isoRounds: 6,
       isoC64: 2000,
     };
 
@@ -233,31 +235,35 @@ async function main(): Promise<void> {
   const adminToken = randomBytes(24).toString("base64url");
   const agentToken = randomBytes(24).toString("base64url");
   await writeFile(join(dir, "token"), agentToken, { mode: 0o600 });
-  const cp = await createControlPlane({
-    adminToken,
-    agentToken,
-    leaseTtlSeconds: 120,
-    agentApi: { heartbeatIntervalSeconds: 30, pollWaitSeconds: 30 },
-    probe: () => Promise.resolve({ warnings: [] }),
-  });
-  const { url } = await cp.listen("127.0.0.1", 0);
-  cp.store.integrations.set("int-bench", {
-    id: "int-bench",
-    name: "bench",
-    registry_url: "https://registry.bench.test",
-    username: "bench",
-    password: `bench-${randomBytes(8).toString("hex")}`,
-    credential_helper: null,
-    export_credentials: true,
-    created_at: new Date().toISOString(),
-    updated_at: new Date().toISOString(),
-  });
+  /** A reference control plane on loopback with the benchmark's integration. */
+  async function startControlPlane(): Promise<{ cp: ControlPlane; url: string }> {
+    const plane = await createControlPlane({
+      adminToken,
+      agentToken,
+      leaseTtlSeconds: 120,
+      agentApi: { heartbeatIntervalSeconds: 30, pollWaitSeconds: 30 },
+      probe: () => Promise.resolve({ warnings: [] }),
+    });
+    const listening = await plane.listen("127.0.0.1", 0);
+    plane.store.integrations.set("int-bench", {
+      id: "int-bench",
+      name: "bench",
+      registry_url: "https://registry.bench.test",
+      username: "bench",
+      password: `bench-${randomBytes(8).toString("hex")}`,
+      credential_helper: null,
+      export_credentials: true,
+      created_at: new Date().toISOString(),
+      updated_at: new Date().toISOString(),
+    });
+    return { cp: plane, url: listening.url };
+  }
+  const { cp, url } = await startControlPlane();
   const cfg = join(dir, "cfg");
   await mkdir(cfg);
   await writeFile(join(cfg, "main.tf"), 'module "m" {\n  source = "oci://registry.bench.test/team/mod?tag=1"\n}\n');
   const archive = execFileSync("tar", ["czf", "-", "-C", cfg, "."]);
-  const queueWith = (phases: ("init" | "plan" | "apply")[]): string => cp.store.createRun(archive, phases).id;
-  const queue = (): string => queueWith(["init", "plan", "apply"]);
+  const queue = (): string => cp.store.createRun(archive, ["init", "plan", "apply"]).id;
 
   // ---------- 6. start-up: --version, and process start to first lease request ----------
   const versionMs: number[] = [];
@@ -398,100 +404,177 @@ async function main(): Promise<void> {
   results["throughput_runs_per_s"] = throughput;
 
   // ---------- 8. isolation: the sandbox, the runner and none, side by side ----------
-  // Each way, one agent at concurrency 1 (a runner runs one phase at a time), /bin/true as tofu:
-  //   - per run: three-phase runs queued at once, wall time per run (lease to completion);
-  //   - per phase: one-phase and three-phase runs queued alternately, so that the machine's
-  //     drift falls on both alike; what a phase adds to a run is half the difference of their
-  //     mean durations in the agent (run_finished: everything a phase costs, starting it, the
-  //     sandbox or the socket exchange and the runner's sweep for leftovers, its empty output);
-  //   - the phase's process alone, as its executor measures it (start to exit: phase_finished).
-  // Then 64 at once for the sandbox and none.
+  // Each way has its own control plane and agent (at concurrency 1: a runner runs one phase at a
+  // time), /bin/true as tofu. The ways take turns, in rounds, the order rotated each round, so
+  // that the machine's drift falls on all of them alike. In each turn:
+  //   - three-phase runs queued at once: wall time per run (lease to completion);
+  //   - one-phase and three-phase runs queued alternately: what a phase adds to a run is half
+  //     the difference of their mean durations in the agent (run_finished: everything a phase
+  //     costs, starting it, the sandbox or the socket exchange and the runner's sweep for
+  //     leftovers, shipping its empty output);
+  // and the phase's process alone, as its executor measures it (start to exit: phase_finished).
+  // Then 64 at once for the sandbox and none, taking turns the same way.
   type Mode = "sandbox" | "runner" | "none";
   type Phases = ("init" | "plan" | "apply")[];
   const ONE: Phases = ["init"];
   const THREE: Phases = ["init", "plan", "apply"];
-  const isolation: Record<string, unknown> = {};
-  const perRun: Partial<Record<Mode, number>> = {};
-  const perPhase: Partial<Record<Mode, number>> = {};
-  async function batch(shapes: readonly Phases[]): Promise<{ msPerRun: number; ids: string[] }> {
+  interface Way {
+    mode: Mode;
+    cp: ControlPlane;
+    url: string;
+    base: string;
+    agent?: AgentProc | undefined;
+    runner?: RunnerProc | undefined;
+    threeWallMs: number;
+    threeRuns: number;
+    threeIds: string[];
+    oneIds: string[];
+    mixedThreeIds: string[];
+    c64WallMs: number;
+    c64Runs: number;
+    /** The concurrency-1 agent's log lines (its c64 successor replaces `agent`). */
+    c1Lines: Record<string, unknown>[];
+  }
+  const modeArgs = (way: Way): string[] =>
+    way.mode === "none"
+      ? ["--isolation", "none"]
+      : way.mode === "runner"
+        ? ["--executor", `runner:${join(way.base, "runner.sock")}`]
+        : [];
+  async function batch(way: Way, shapes: readonly Phases[]): Promise<{ wallMs: number; ids: string[] }> {
     const ids = new Set<string>();
     const t0 = performance.now();
-    for (const phases of shapes) ids.add(queueWith(phases));
+    for (const phases of shapes) ids.add(way.cp.store.createRun(archive, phases).id);
     const all = [...ids];
-    const t1 = await waitForRuns(cp, ids);
-    return { msPerRun: (t1 - t0) / shapes.length, ids: all };
+    const t1 = await waitForRuns(way.cp, ids);
+    return { wallMs: t1 - t0, ids: all };
   }
-  const durations = (agent: AgentProc, event: string, ids: readonly string[]): number[] => {
+  const durations = (lines: readonly Record<string, unknown>[], event: string, ids: readonly string[]): number[] => {
     const wanted = new Set(ids);
-    return agent.lines
+    return lines
       .filter((l) => l["event"] === event && wanted.has(String(l["run_id"])))
       .map((l) => Number(l["duration_ms"]));
   };
-  for (const mode of ["none", "sandbox", "runner"] as const) {
-    const base = await mkdtemp(join(shmDir, `iso-${mode}-`));
-    const workDir = join(base, "work");
-    const socket = join(base, "runner.sock");
-    const runnerProc =
-      mode === "runner" ? await startRunner(socket, workDir, join(base, "runner-state"), dir) : undefined;
-    const modeArgs =
-      mode === "none" ? ["--isolation", "none"] : mode === "runner" ? ["--executor", `runner:${socket}`] : [];
-    try {
-      const agent = startAgent(url, dir, ["--work-dir", workDir, "--concurrency", "1", ...modeArgs]);
-      await agent.waitFor((l) => l["event"] === "registered");
-      await batch(Array.from({ length: SIZES.isoWarm }, () => THREE));
-      const three = await batch(Array.from({ length: SIZES.isoRuns }, () => THREE));
-      const mixed = await batch(Array.from({ length: 2 * SIZES.isoRuns }, (_, i) => (i % 2 === 0 ? ONE : THREE)));
-      await agent.stop();
-      const inAgentOne = mean(
-        durations(
-          agent,
-          "run_finished",
-          mixed.ids.filter((_, i) => i % 2 === 0),
-        ),
+  const turns = <T>(items: readonly T[], round: number): T[] =>
+    items.map((_, i) => items[(i + round) % items.length] as T);
+  const ways: Way[] = [];
+  for (const mode of ["sandbox", "runner", "none"] as const) {
+    const plane = await startControlPlane();
+    ways.push({
+      mode,
+      ...plane,
+      base: await mkdtemp(join(shmDir, `iso-${mode}-`)),
+      threeWallMs: 0,
+      threeRuns: 0,
+      threeIds: [],
+      oneIds: [],
+      mixedThreeIds: [],
+      c64WallMs: 0,
+      c64Runs: 0,
+      c1Lines: [],
+    });
+  }
+  try {
+    for (const way of ways) {
+      const workDir = join(way.base, "work");
+      if (way.mode === "runner")
+        way.runner = await startRunner(join(way.base, "runner.sock"), workDir, join(way.base, "runner-state"), dir);
+      way.agent = startAgent(way.url, dir, ["--work-dir", workDir, "--concurrency", "1", ...modeArgs(way)]);
+      await way.agent.waitFor((l) => l["event"] === "registered");
+      await batch(
+        way,
+        Array.from({ length: SIZES.isoWarm }, () => THREE),
       );
-      const inAgentThree = mean(
-        durations(
-          agent,
-          "run_finished",
-          mixed.ids.filter((_, i) => i % 2 === 1),
-        ),
-      );
-      perRun[mode] = three.msPerRun;
-      perPhase[mode] = (inAgentThree - inAgentOne) / 2;
-      isolation[mode] = {
-        ms_per_run: round(three.msPerRun),
-        c1_runs_per_s: round(1000 / three.msPerRun, 1),
-        in_agent_ms_per_run: round(inAgentThree),
-        in_agent_ms_per_one_phase_run: round(inAgentOne),
-        ms_added_per_phase: round((inAgentThree - inAgentOne) / 2),
-        phase_process_ms: round(mean(durations(agent, "phase_finished", three.ids))),
-      };
-    } finally {
-      await runnerProc?.stop();
+    }
+    const perTurn = Math.max(1, Math.round(SIZES.isoRuns / SIZES.isoRounds));
+    for (let round = 0; round < SIZES.isoRounds; round++) {
+      for (const way of turns(ways, round)) {
+        const three = await batch(
+          way,
+          Array.from({ length: perTurn }, () => THREE),
+        );
+        way.threeWallMs += three.wallMs;
+        way.threeRuns += perTurn;
+        way.threeIds.push(...three.ids);
+        const mixed = await batch(
+          way,
+          Array.from({ length: 2 * perTurn }, (_, i) => (i % 2 === 0 ? ONE : THREE)),
+        );
+        way.oneIds.push(...mixed.ids.filter((_, i) => i % 2 === 0));
+        way.mixedThreeIds.push(...mixed.ids.filter((_, i) => i % 2 === 1));
+      }
+    }
+    for (const way of ways) {
+      await way.agent?.stop();
+      await way.runner?.stop();
+      way.c1Lines = way.agent?.lines ?? [];
+      way.agent = undefined;
+      way.runner = undefined;
+    }
+    // 64 at once: the sandbox and none (a runner runs one phase at a time).
+    const wide = ways.filter((w) => w.mode !== "runner");
+    for (const way of wide) {
+      way.agent = startAgent(way.url, dir, [
+        "--work-dir",
+        join(way.base, "work-c64"),
+        "--concurrency",
+        "64",
+        ...modeArgs(way),
+      ]);
+      await way.agent.waitFor((l) => l["event"] === "registered");
+    }
+    const perWideTurn = Math.max(64, Math.round(SIZES.isoC64 / SIZES.isoRounds));
+    for (let round = 0; round < SIZES.isoRounds; round++) {
+      for (const way of turns(wide, round)) {
+        const { wallMs } = await batch(
+          way,
+          Array.from({ length: perWideTurn }, () => THREE),
+        );
+        way.c64WallMs += wallMs;
+        way.c64Runs += perWideTurn;
+      }
+    }
+  } finally {
+    for (const way of ways) {
+      await way.agent?.stop();
+      await way.runner?.stop();
+      await way.cp.close();
     }
   }
-  for (const mode of ["none", "sandbox"] as const) {
-    const agent = startAgent(url, dir, [
-      "--work-dir",
-      join(shmDir, `iso-${mode}-c64`),
-      "--concurrency",
-      "64",
-      ...(mode === "none" ? ["--isolation", "none"] : []),
-    ]);
-    await agent.waitFor((l) => l["event"] === "registered");
-    const { msPerRun } = await batch(Array.from({ length: SIZES.isoC64 }, () => THREE));
-    (isolation[mode] as Record<string, number>)["c64_runs_per_s"] = round(1000 / msPerRun, 1);
-    await agent.stop();
+  const isolation: Record<string, unknown> = {};
+  const perRun: Partial<Record<Mode, number>> = {};
+  const perPhase: Partial<Record<Mode, number>> = {};
+  const c64: Partial<Record<Mode, number>> = {};
+  for (const way of ways) {
+    const lines = way.c1Lines;
+    const inAgentOne = mean(durations(lines, "run_finished", way.oneIds));
+    const inAgentThree = mean(durations(lines, "run_finished", way.mixedThreeIds));
+    perRun[way.mode] = way.threeWallMs / way.threeRuns;
+    perPhase[way.mode] = (inAgentThree - inAgentOne) / 2;
+    const figures: Record<string, number> = {
+      ms_per_run: round(way.threeWallMs / way.threeRuns),
+      c1_runs_per_s: round((1000 * way.threeRuns) / way.threeWallMs, 1),
+      in_agent_ms_per_run: round(inAgentThree),
+      in_agent_ms_per_one_phase_run: round(inAgentOne),
+      ms_added_per_phase: round((inAgentThree - inAgentOne) / 2),
+      phase_process_ms: round(mean(durations(lines, "phase_finished", way.threeIds))),
+    };
+    if (way.c64Runs > 0) {
+      c64[way.mode] = (1000 * way.c64Runs) / way.c64WallMs;
+      figures["c64_runs_per_s"] = round(c64[way.mode] ?? Number.NaN, 1);
+    }
+    isolation[way.mode] = figures;
   }
-  const c64 = (mode: Mode): number => (isolation[mode] as Record<string, number>)["c64_runs_per_s"] ?? Number.NaN;
+  const ratio = (a: number | undefined, b: number | undefined): number => round((a ?? Number.NaN) / (b ?? Number.NaN));
   isolation["ratios"] = {
-    sandbox_over_none_per_run: round((perRun.sandbox ?? Number.NaN) / (perRun.none ?? Number.NaN)),
-    runner_over_none_per_run: round((perRun.runner ?? Number.NaN) / (perRun.none ?? Number.NaN)),
-    sandbox_over_none_per_phase: round((perPhase.sandbox ?? Number.NaN) / (perPhase.none ?? Number.NaN)),
-    runner_over_none_per_phase: round((perPhase.runner ?? Number.NaN) / (perPhase.none ?? Number.NaN)),
-    sandbox_over_none_c64_throughput: round(c64("sandbox") / c64("none")),
+    sandbox_over_none_per_run: ratio(perRun.sandbox, perRun.none),
+    runner_over_none_per_run: ratio(perRun.runner, perRun.none),
+    sandbox_over_none_per_phase: ratio(perPhase.sandbox, perPhase.none),
+    runner_over_none_per_phase: ratio(perPhase.runner, perPhase.none),
+    sandbox_over_none_c64_throughput: ratio(c64.sandbox, c64.none),
   };
   isolation["runs_per_shape"] = SIZES.isoRuns;
+  isolation["rounds"] = SIZES.isoRounds;
   isolation["c64_runs"] = SIZES.isoC64;
   isolation["runner_c64"] =
     "not measured: a runner runs one phase at a time (RUNNER_BUSY otherwise), so an agent with a runner runs at concurrency 1 and a pool scales with pods, each an agent and its runner; 64 at once would be 64 agent-and-runner pairs (two Node processes each), which measures this machine, not the runner";
