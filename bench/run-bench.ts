@@ -1,9 +1,10 @@
 /**
  * `npm run bench` (`-- --quick` for smaller counts): pickup latency, throughput, floor and
- * overhead, scaling, memory, start-up, and the `skopeo login` hook users write today, all in
- * one run on this machine against the reference control plane over loopback HTTP. Prints a
- * table and writes bench/results/latest.json (or `--out FILE`). Benchmarks report figures; they
- * assert nothing.
+ * overhead, scaling, memory, start-up, the `skopeo login` hook users write today, and the three
+ * ways phases run (sandbox, runner, `--isolation none`) side by side, all in one run on this
+ * machine against the reference control plane over loopback HTTP. The agents run as shipped:
+ * phases in the sandbox unless a section says otherwise. Prints a table and writes
+ * bench/results/latest.json (or `--out FILE`). Benchmarks report figures; they assert nothing.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -47,6 +48,10 @@ const SIZES = quick
       versionReps: 5,
       firstLeaseReps: 3,
       loginReps: 2,
+      isoWarm: 5,
+      isoRuns: 60,
+      isoRounds: 2,
+      isoC64: 300,
     }
   : {
       pickup: 1000,
@@ -61,6 +66,10 @@ const SIZES = quick
       versionReps: 15,
       firstLeaseReps: 5,
       loginReps: 5,
+      isoWarm: 20,
+      isoRuns: 300,
+      isoRounds: 6,
+      isoC64: 2000,
     };
 
 // ---------- small helpers ----------
@@ -118,7 +127,14 @@ function startAgent(cpUrl: string, dir: string, extra: string[]): AgentProc {
       return;
     }
     const e = l["event"];
-    if (e === "credentials_ready" || e === "credentials_wiped" || e === "registered") lines.push(l);
+    if (
+      e === "credentials_ready" ||
+      e === "credentials_wiped" ||
+      e === "registered" ||
+      e === "phase_finished" ||
+      e === "run_finished"
+    )
+      lines.push(l);
     for (const w of [...waiters])
       if (w.pred(l)) {
         waiters.splice(waiters.indexOf(w), 1);
@@ -155,6 +171,60 @@ function waitForRuns(cp: ControlPlane, ids: Set<string>): Promise<number> {
   });
 }
 
+interface RunnerProc {
+  stop(): Promise<void>;
+}
+
+/**
+ * An `oci-cred-agent runner` on `socket`, as the benchmark's own user (the pod runs it as another
+ * user; the cost is the same). `--allow-ptrace`: the ptrace check is a start-up check that costs
+ * nothing per phase, and hosts without Yama would refuse to start it. Outside a PID namespace of
+ * its own the runner finds what a phase left running through /proc after each phase, as it does
+ * on a host; in the pod (`--pid-namespace`) it kills its namespace instead.
+ */
+async function startRunner(socket: string, workDir: string, stateDir: string, home: string): Promise<RunnerProc> {
+  const child = spawn(
+    AGENT_BIN,
+    [
+      "runner",
+      "--socket",
+      socket,
+      "--work-dir",
+      workDir,
+      "--credentials-dir",
+      join(workDir, "credentials"),
+      "--state-dir",
+      stateDir,
+      "--tofu-bin",
+      "/bin/true",
+      "--allow-ptrace",
+      "--log-format",
+      "json",
+    ],
+    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, HOME: home } },
+  );
+  let stderr = "";
+  child.stderr.on("data", (c: Buffer) => {
+    stderr = (stderr + c.toString()).slice(-2000);
+  });
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    createInterface({ input: child.stdout }).on("line", (text) => {
+      if (text.includes('"runner_listening"')) resolve();
+    });
+    void exited.then(() => {
+      reject(new Error(`the runner exited before it listened: ${stderr}`));
+    });
+  });
+  return {
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
 async function main(): Promise<void> {
   const results: Record<string, unknown> = {};
   const notes: string[] = [];
@@ -165,25 +235,30 @@ async function main(): Promise<void> {
   const adminToken = randomBytes(24).toString("base64url");
   const agentToken = randomBytes(24).toString("base64url");
   await writeFile(join(dir, "token"), agentToken, { mode: 0o600 });
-  const cp = await createControlPlane({
-    adminToken,
-    agentToken,
-    leaseTtlSeconds: 120,
-    agentApi: { heartbeatIntervalSeconds: 30, pollWaitSeconds: 30 },
-    probe: () => Promise.resolve({ warnings: [] }),
-  });
-  const { url } = await cp.listen("127.0.0.1", 0);
-  cp.store.integrations.set("int-bench", {
-    id: "int-bench",
-    name: "bench",
-    registry_url: "https://registry.bench.test",
-    username: "bench",
-    password: `bench-${randomBytes(8).toString("hex")}`,
-    credential_helper: null,
-    export_credentials: true,
-    created_at: new Date().toISOString(),
-    updated_at: new Date().toISOString(),
-  });
+  /** A reference control plane on loopback with the benchmark's integration. */
+  async function startControlPlane(): Promise<{ cp: ControlPlane; url: string }> {
+    const plane = await createControlPlane({
+      adminToken,
+      agentToken,
+      leaseTtlSeconds: 120,
+      agentApi: { heartbeatIntervalSeconds: 30, pollWaitSeconds: 30 },
+      probe: () => Promise.resolve({ warnings: [] }),
+    });
+    const listening = await plane.listen("127.0.0.1", 0);
+    plane.store.integrations.set("int-bench", {
+      id: "int-bench",
+      name: "bench",
+      registry_url: "https://registry.bench.test",
+      username: "bench",
+      password: `bench-${randomBytes(8).toString("hex")}`,
+      credential_helper: null,
+      export_credentials: true,
+      created_at: new Date().toISOString(),
+      updated_at: new Date().toISOString(),
+    });
+    return { cp: plane, url: listening.url };
+  }
+  const { cp, url } = await startControlPlane();
   const cfg = join(dir, "cfg");
   await mkdir(cfg);
   await writeFile(join(cfg, "main.tf"), 'module "m" {\n  source = "oci://registry.bench.test/team/mod?tag=1"\n}\n');
@@ -327,6 +402,183 @@ async function main(): Promise<void> {
     await agent.stop();
   }
   results["throughput_runs_per_s"] = throughput;
+
+  // ---------- 8. isolation: the sandbox, the runner and none, side by side ----------
+  // Each way has its own control plane and agent (at concurrency 1: a runner runs one phase at a
+  // time), /bin/true as tofu. The ways take turns, in rounds, the order rotated each round, so
+  // that the machine's drift falls on all of them alike. In each turn:
+  //   - three-phase runs queued at once: wall time per run (lease to completion);
+  //   - one-phase and three-phase runs queued alternately: what a phase adds to a run is half
+  //     the difference of their mean durations in the agent (run_finished: everything a phase
+  //     costs, starting it, the sandbox or the socket exchange and the runner's sweep for
+  //     leftovers, shipping its empty output);
+  // and the phase's process alone, as its executor measures it (start to exit: phase_finished).
+  // Then 64 at once for the sandbox and none, taking turns the same way.
+  type Mode = "sandbox" | "runner" | "none";
+  type Phases = ("init" | "plan" | "apply")[];
+  const ONE: Phases = ["init"];
+  const THREE: Phases = ["init", "plan", "apply"];
+  interface Way {
+    mode: Mode;
+    cp: ControlPlane;
+    url: string;
+    base: string;
+    agent?: AgentProc | undefined;
+    runner?: RunnerProc | undefined;
+    threeWallMs: number;
+    threeRuns: number;
+    threeIds: string[];
+    oneIds: string[];
+    mixedThreeIds: string[];
+    c64WallMs: number;
+    c64Runs: number;
+    /** The concurrency-1 agent's log lines (its c64 successor replaces `agent`). */
+    c1Lines: Record<string, unknown>[];
+  }
+  const modeArgs = (way: Way): string[] =>
+    way.mode === "none"
+      ? ["--isolation", "none"]
+      : way.mode === "runner"
+        ? ["--executor", `runner:${join(way.base, "runner.sock")}`]
+        : [];
+  async function batch(way: Way, shapes: readonly Phases[]): Promise<{ wallMs: number; ids: string[] }> {
+    const ids = new Set<string>();
+    const t0 = performance.now();
+    for (const phases of shapes) ids.add(way.cp.store.createRun(archive, phases).id);
+    const all = [...ids];
+    const t1 = await waitForRuns(way.cp, ids);
+    return { wallMs: t1 - t0, ids: all };
+  }
+  const durations = (lines: readonly Record<string, unknown>[], event: string, ids: readonly string[]): number[] => {
+    const wanted = new Set(ids);
+    return lines
+      .filter((l) => l["event"] === event && wanted.has(String(l["run_id"])))
+      .map((l) => Number(l["duration_ms"]));
+  };
+  const turns = <T>(items: readonly T[], round: number): T[] =>
+    items.map((_, i) => items[(i + round) % items.length] as T);
+  const ways: Way[] = [];
+  for (const mode of ["sandbox", "runner", "none"] as const) {
+    const plane = await startControlPlane();
+    ways.push({
+      mode,
+      ...plane,
+      base: await mkdtemp(join(shmDir, `iso-${mode}-`)),
+      threeWallMs: 0,
+      threeRuns: 0,
+      threeIds: [],
+      oneIds: [],
+      mixedThreeIds: [],
+      c64WallMs: 0,
+      c64Runs: 0,
+      c1Lines: [],
+    });
+  }
+  try {
+    for (const way of ways) {
+      const workDir = join(way.base, "work");
+      if (way.mode === "runner")
+        way.runner = await startRunner(join(way.base, "runner.sock"), workDir, join(way.base, "runner-state"), dir);
+      way.agent = startAgent(way.url, dir, ["--work-dir", workDir, "--concurrency", "1", ...modeArgs(way)]);
+      await way.agent.waitFor((l) => l["event"] === "registered");
+      await batch(
+        way,
+        Array.from({ length: SIZES.isoWarm }, () => THREE),
+      );
+    }
+    const perTurn = Math.max(1, Math.round(SIZES.isoRuns / SIZES.isoRounds));
+    for (let round = 0; round < SIZES.isoRounds; round++) {
+      for (const way of turns(ways, round)) {
+        const three = await batch(
+          way,
+          Array.from({ length: perTurn }, () => THREE),
+        );
+        way.threeWallMs += three.wallMs;
+        way.threeRuns += perTurn;
+        way.threeIds.push(...three.ids);
+        const mixed = await batch(
+          way,
+          Array.from({ length: 2 * perTurn }, (_, i) => (i % 2 === 0 ? ONE : THREE)),
+        );
+        way.oneIds.push(...mixed.ids.filter((_, i) => i % 2 === 0));
+        way.mixedThreeIds.push(...mixed.ids.filter((_, i) => i % 2 === 1));
+      }
+    }
+    for (const way of ways) {
+      await way.agent?.stop();
+      await way.runner?.stop();
+      way.c1Lines = way.agent?.lines ?? [];
+      way.agent = undefined;
+      way.runner = undefined;
+    }
+    // 64 at once: the sandbox and none (a runner runs one phase at a time).
+    const wide = ways.filter((w) => w.mode !== "runner");
+    for (const way of wide) {
+      way.agent = startAgent(way.url, dir, [
+        "--work-dir",
+        join(way.base, "work-c64"),
+        "--concurrency",
+        "64",
+        ...modeArgs(way),
+      ]);
+      await way.agent.waitFor((l) => l["event"] === "registered");
+    }
+    const perWideTurn = Math.max(64, Math.round(SIZES.isoC64 / SIZES.isoRounds));
+    for (let round = 0; round < SIZES.isoRounds; round++) {
+      for (const way of turns(wide, round)) {
+        const { wallMs } = await batch(
+          way,
+          Array.from({ length: perWideTurn }, () => THREE),
+        );
+        way.c64WallMs += wallMs;
+        way.c64Runs += perWideTurn;
+      }
+    }
+  } finally {
+    for (const way of ways) {
+      await way.agent?.stop();
+      await way.runner?.stop();
+      await way.cp.close();
+    }
+  }
+  const isolation: Record<string, unknown> = {};
+  const perRun: Partial<Record<Mode, number>> = {};
+  const perPhase: Partial<Record<Mode, number>> = {};
+  const c64: Partial<Record<Mode, number>> = {};
+  for (const way of ways) {
+    const lines = way.c1Lines;
+    const inAgentOne = mean(durations(lines, "run_finished", way.oneIds));
+    const inAgentThree = mean(durations(lines, "run_finished", way.mixedThreeIds));
+    perRun[way.mode] = way.threeWallMs / way.threeRuns;
+    perPhase[way.mode] = (inAgentThree - inAgentOne) / 2;
+    const figures: Record<string, number> = {
+      ms_per_run: round(way.threeWallMs / way.threeRuns),
+      c1_runs_per_s: round((1000 * way.threeRuns) / way.threeWallMs, 1),
+      in_agent_ms_per_run: round(inAgentThree),
+      in_agent_ms_per_one_phase_run: round(inAgentOne),
+      ms_added_per_phase: round((inAgentThree - inAgentOne) / 2),
+      phase_process_ms: round(mean(durations(lines, "phase_finished", way.threeIds))),
+    };
+    if (way.c64Runs > 0) {
+      c64[way.mode] = (1000 * way.c64Runs) / way.c64WallMs;
+      figures["c64_runs_per_s"] = round(c64[way.mode] ?? Number.NaN, 1);
+    }
+    isolation[way.mode] = figures;
+  }
+  const ratio = (a: number | undefined, b: number | undefined): number => round((a ?? Number.NaN) / (b ?? Number.NaN));
+  isolation["ratios"] = {
+    sandbox_over_none_per_run: ratio(perRun.sandbox, perRun.none),
+    runner_over_none_per_run: ratio(perRun.runner, perRun.none),
+    sandbox_over_none_per_phase: ratio(perPhase.sandbox, perPhase.none),
+    runner_over_none_per_phase: ratio(perPhase.runner, perPhase.none),
+    sandbox_over_none_c64_throughput: ratio(c64.sandbox, c64.none),
+  };
+  isolation["runs_per_shape"] = SIZES.isoRuns;
+  isolation["rounds"] = SIZES.isoRounds;
+  isolation["c64_runs"] = SIZES.isoC64;
+  isolation["runner_c64"] =
+    "not measured: a runner runs one phase at a time (RUNNER_BUSY otherwise), so an agent with a runner runs at concurrency 1 and a pool scales with pods, each an agent and its runner; 64 at once would be 64 agent-and-runner pairs (two Node processes each), which measures this machine, not the runner";
+  results["isolation"] = isolation;
 
   // ---------- 5. memory: idle after start, and after many runs ----------
   {
@@ -604,7 +856,22 @@ function printTable(r: Record<string, unknown>): void {
     [
       "throughput (runs/s)",
       `c1 ${g("throughput_runs_per_s.c1")}  c8 ${g("throughput_runs_per_s.c8")}  c64 ${g("throughput_runs_per_s.c64")}`,
-      "lease, open, write, 3 phases (/bin/true), wipe, complete",
+      "lease, open, write, 3 phases (/bin/true) in the sandbox, wipe, complete",
+    ],
+    [
+      "isolation, per run at c1 (ms)",
+      `sandbox ${g("isolation.sandbox.ms_per_run")}  runner ${g("isolation.runner.ms_per_run")}  none ${g("isolation.none.ms_per_run")}`,
+      `x${g("isolation.ratios.sandbox_over_none_per_run")} / x${g("isolation.ratios.runner_over_none_per_run")} of none; 3 phases (/bin/true)`,
+    ],
+    [
+      "isolation, added per phase (ms)",
+      `sandbox ${g("isolation.sandbox.ms_added_per_phase")}  runner ${g("isolation.runner.ms_added_per_phase")}  none ${g("isolation.none.ms_added_per_phase")}`,
+      `process alone: ${g("isolation.sandbox.phase_process_ms")} / ${g("isolation.runner.phase_process_ms")} / ${g("isolation.none.phase_process_ms")}`,
+    ],
+    [
+      "isolation, c64 (runs/s)",
+      `sandbox ${g("isolation.sandbox.c64_runs_per_s")}  none ${g("isolation.none.c64_runs_per_s")}`,
+      `x${g("isolation.ratios.sandbox_over_none_c64_throughput")}; runner: one phase at a time, c1 only`,
     ],
     [
       "floor: open+write+wipe in-process",

@@ -38,6 +38,19 @@ const REQUIRED = [
   "startup_ms.first_lease",
   "login_hook_ms",
   "materialize_same_registries_ms",
+  // The three ways phases run, side by side (a runner runs one phase at a time: no c64 for it).
+  ...(["sandbox", "runner", "none"] as const).flatMap((mode) =>
+    ["ms_per_run", "c1_runs_per_s", "in_agent_ms_per_run", "ms_added_per_phase", "phase_process_ms"].map(
+      (figure) => `isolation.${mode}.${figure}`,
+    ),
+  ),
+  "isolation.sandbox.c64_runs_per_s",
+  "isolation.none.c64_runs_per_s",
+  "isolation.ratios.sandbox_over_none_per_run",
+  "isolation.ratios.runner_over_none_per_run",
+  "isolation.ratios.sandbox_over_none_per_phase",
+  "isolation.ratios.runner_over_none_per_phase",
+  "isolation.ratios.sandbox_over_none_c64_throughput",
 ];
 
 describe("npm run bench -- --quick", () => {
@@ -66,6 +79,9 @@ describe("npm run bench -- --quick", () => {
     for (const label of [
       "pickup latency",
       "throughput",
+      "isolation, per run",
+      "isolation, added per phase",
+      "isolation, c64",
       "floor",
       "materialize",
       "RSS",
