@@ -10,18 +10,4 @@
 set -euo pipefail
 packages=(docker-registry skopeo apache2-utils openssl gnome-keyring dbus libsecret-tools systemd procps util-linux
   debootstrap systemd-container apt-utils xz-utils tini bubblewrap)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "ensure-test-deps: installing ${missing[*]}" >&2
-  sudo_cmd=()
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || { echo "ensure-test-deps: need root or sudo to apt-get install ${missing[*]}" >&2; exit 1; }
-    sudo_cmd=(sudo)
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo_cmd[@]}" apt-get update -qq
-  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+exec bash "$(dirname "$0")/apt-install.sh" ensure-test-deps "${packages[@]}"

@@ -41,6 +41,7 @@ import { AGENT_BIN, startLogged, type AgentProcess, type LogLine } from "../supp
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { buildModulePackage, pushModulePackage, type ModulePackage } from "../support/oci-module-package.js";
 import { startHtpasswdRegistry, type LocalRegistry } from "../support/registry-fixture.js";
+import { liveProcessesWhere } from "../support/proc-scan.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -106,20 +107,8 @@ const asUser = (uid: number, groups: readonly number[]): string[] => [
 ];
 
 /** Live processes (not zombies) with an argument containing `marker`, seen from here. */
-async function processesWith(marker: string): Promise<number[]> {
-  const found: number[] = [];
-  for (const name of await readdir("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const cmdline = await readFile(`/proc/${name}/cmdline`, "utf8");
-      const st = await readFile(`/proc/${name}/stat`, "utf8");
-      const state = st.slice(st.lastIndexOf(")") + 2).split(" ")[0];
-      if (cmdline.split("\0").some((a) => a.includes(marker)) && state !== "Z") found.push(Number(name));
-    } catch {
-      // gone
-    }
-  }
-  return found;
+function processesWith(marker: string): Promise<number[]> {
+  return liveProcessesWhere((argv) => argv.some((a) => a.includes(marker)));
 }
 
 function newMarker(): string {

@@ -39,6 +39,7 @@ import {
   RUNNER_PROTOCOL_VERSION,
 } from "../../src/protocol/runner-api.js";
 import { AGENT_BIN, startLogged, type AgentProcess } from "../support/agent-process.js";
+import { liveProcessesWhere } from "../support/proc-scan.js";
 
 const RUNNER_UID = 10042;
 /** Another user: in the runner's group (as the agent is in a pod) or not. */
@@ -223,20 +224,8 @@ function phase(
 }
 
 /** Live processes (not zombies) whose command line holds `token`, seen from here. */
-async function processesWith(token: string): Promise<number[]> {
-  const found: number[] = [];
-  for (const name of await readdir("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const cmdline = await readFile(`/proc/${name}/cmdline`, "utf8");
-      const st = await readFile(`/proc/${name}/stat`, "utf8");
-      const state = st.slice(st.lastIndexOf(")") + 2).split(" ")[0];
-      if (cmdline.split("\0").some((a) => a.startsWith(token)) && state !== "Z") found.push(Number(name));
-    } catch {
-      // gone
-    }
-  }
-  return found;
+function processesWith(token: string): Promise<number[]> {
+  return liveProcessesWhere((argv) => argv.some((a) => a.startsWith(token)));
 }
 
 function newToken(): string {
