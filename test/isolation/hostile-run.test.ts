@@ -371,7 +371,7 @@ async function waitForRun(
 async function attack(
   victimSide: Side,
   hostileSide: Side = victimSide,
-  options: { keyring?: boolean } = {},
+  options: { keyring?: boolean; userns?: boolean } = {},
 ): Promise<Attack> {
   const marker = newMarker();
   const { l } = hostileSide;
@@ -400,6 +400,7 @@ async function attack(
       VICTIM_HOME: victimSide.home(victim),
       OUTSIDE_DIR: l.outside,
       ...(options.keyring === true ? { KEYRING_KEY: 1 } : {}),
+      ...(options.userns === true ? { USERNS_PROBE: 1 } : {}),
     }),
   });
   const hostileStarted = await waitForRun(hostileSide, hostile, (x) => x["event"] === "phase_started");
@@ -587,9 +588,11 @@ describe("the sandbox (default settings): a hostile run at concurrency 2, agent 
     const h = await controlPlane();
     const l = await agentLayout("sandbox", h, AGENT_UID, AGENT_UID);
     const agent = launch(l, h);
-    const a = await attack(side(agent, h, l));
+    const s = side(agent, h, l);
+    const a = await attack(s, s, { userns: true });
     expect(agent.lines.find((x) => x["event"] === "isolation")).toMatchObject({ isolation: "sandbox", level: "info" });
-    expectContained(a);
+    // The sandbox's system call filter also refuses a nested user namespace.
+    expectContained(a, [...PROBES, "nested-user-namespace"]);
     expect((await readdir(l.keys)).sort()).toEqual(a.keysBefore);
     expect(await processesWith(`escapee-${a.marker}`)).toEqual([]);
     // Every run's private HOME and TMPDIR, workspace and credentials are gone.
@@ -605,11 +608,12 @@ describe("--isolation none: the same attack reaches what the sandbox denies (the
     const l = await agentLayout("none", h, AGENT_UID, AGENT_UID);
     const agent = launch(l, h, { extra: ["--isolation", "none"] });
     // Without a sandbox the phases' HOME is the agent's own.
-    const a = await attack({ agent, h, l, home: () => l.home });
+    const s = { agent, h, l, home: () => l.home };
+    const a = await attack(s, s, { userns: true });
     expect(agent.lines.find((x) => x["event"] === "isolation")).toMatchObject({ isolation: "none", level: "warn" });
     const lines = standinLines(agent, a.hostile);
     const found = verdicts(lines);
-    expect([...found.keys()].sort(), lines.join("\n")).toEqual([...PROBES].sort());
+    expect([...found.keys()].sort(), lines.join("\n")).toEqual([...PROBES, "nested-user-namespace"].sort());
     const denied = [...found]
       .filter(([, v]) => v.length !== 1 || v[0] !== "REACHED")
       .map(([k, v]) => `${k} ${v.join(",")}`);
