@@ -579,7 +579,11 @@ describe("docs/install-systemd.md on a booted Debian 12", () => {
         const status = await guest.exec("systemctl status oci-cred-agent");
         expect(status.stdout, start.stderr).toMatch(new RegExp(`status=${c.status}`));
         expect(c.row).toContain(`status=${c.status}`);
-        expect(await guest.run("journalctl -u oci-cred-agent -o cat --no-pager")).toContain(c.journal);
+        // journald may take the failure's message a moment after systemd records the status.
+        await guest.run(
+          `until journalctl -u oci-cred-agent -o cat --no-pager | grep -qF '${c.journal}'; do sleep 0.1; done`,
+          { timeoutMs: 30_000 },
+        );
       } finally {
         await guest.run(`systemctl stop oci-cred-agent; ${c.fixIt}; systemctl reset-failed oci-cred-agent || true`, {
           timeoutMs: 60_000,
