@@ -581,7 +581,8 @@ describe("docs/install-systemd.md on a booted Debian 12", () => {
         expect(c.row).toContain(`status=${c.status}`);
         // journald may take the failure's message a moment after systemd records the status.
         await guest.run(
-          `until journalctl -u oci-cred-agent -o cat --no-pager | grep -qF '${c.journal}'; do sleep 0.1; done`,
+          // grep -c reads the whole journal (grep -q would leave journalctl a broken pipe under pipefail).
+          `until [ "$(journalctl -u oci-cred-agent -o cat --no-pager | grep -cF '${c.journal}' || true)" -gt 0 ]; do sleep 0.1; done`,
           { timeoutMs: 30_000 },
         );
       } finally {
