@@ -146,8 +146,8 @@ export async function resolveRunConfig(
   }
   const executor = v("executor");
   if (typeof executor === "string" && executor !== "local") {
-    const socket = executor.startsWith("runner:") ? executor.slice("runner:".length) : undefined;
-    if (socket === undefined || !socket.startsWith("/"))
+    const parsed = parseExecutor(executor);
+    if (parsed === undefined)
       problems.push({
         key: "executor",
         message: `executor ${JSON.stringify(executor)} is neither local nor runner:PATH with an absolute socket path; set --executor local or --executor runner:/run/oci-cred-agent-runner/runner.sock`,
@@ -177,6 +177,13 @@ function throwIfProblems(problems: readonly ConfigProblem[]): void {
     `the configuration has ${problems.length} problem${problems.length === 1 ? "" : "s"}:\n${problems.map((p) => `  - ${p.message}`).join("\n")}\n(every setting: docs/configuration.md)`,
     { fields: problems.map((p) => p.key) },
   );
+}
+
+/** `local`, or `runner:PATH` with an absolute PATH; undefined for anything else. Pure. */
+function parseExecutor(text: string): AgentSettings["executor"] | undefined {
+  if (text === "local") return { kind: "local" };
+  const socket = text.startsWith("runner:") ? text.slice("runner:".length) : undefined;
+  return socket?.startsWith("/") === true ? { kind: "runner", socket } : undefined;
 }
 
 /** Turns resolved values (already validated by the schema) into the typed settings. */
@@ -213,9 +220,7 @@ export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
     ...optional("caFile", str("ca_file")),
     tofuBin: tofuBin.includes("/") ? resolve(tofuBin) : tofuBin,
     isolation: str("isolation") === "none" ? "none" : "sandbox",
-    executor: str("executor")?.startsWith("runner:")
-      ? { kind: "runner", socket: (str("executor") ?? "").slice("runner:".length) }
-      : { kind: "local" },
+    executor: parseExecutor(str("executor") ?? "local") ?? { kind: "local" },
     sandboxReadOnly: paths("sandbox_ro_bind"),
     sandboxReadWrite: paths("sandbox_bind"),
     concurrency: num("concurrency"),
