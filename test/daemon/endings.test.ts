@@ -15,6 +15,7 @@ import { FAKE_TOFU, startAgent, type AgentProcess, type LogLine } from "../suppo
 import { agentFiles } from "../support/reliability-agents.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { fakeTofuRecord } from "../support/sandbox-test-env.js";
+import { liveProcessesWhere } from "../support/proc-scan.js";
 
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}:pw"with\\odd`;
 const CANARY_FORMS = [CANARY, Buffer.from(`octocat:${CANARY}`).toString("base64"), JSON.stringify(CANARY).slice(1, -1)];
@@ -127,13 +128,8 @@ async function stop(agent: AgentProcess): Promise<void> {
 
 /** Processes (on this host, any PID namespace) but the agent whose environment holds `entry`. */
 async function processesWithEnv(entry: string, agent: AgentProcess): Promise<number[]> {
-  const found: number[] = [];
-  for (const name of await readdir("/proc")) {
-    if (!/^\d+$/.test(name) || Number(name) === agent.child.pid) continue;
-    const environ = await readFile(`/proc/${name}/environ`, "utf8").catch(() => "");
-    if (environ.split("\0").includes(entry)) found.push(Number(name));
-  }
-  return found;
+  const found = await liveProcessesWhere((environ) => environ.includes(entry), "environ");
+  return found.filter((pid) => pid !== agent.child.pid);
 }
 
 /** Polls `condition` until it holds (bounded): for what the kernel does on its own time. */
