@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadSettings } from "../../src/config/load-run-config.js";
 import { describeConfig, RUN_FIELDS, resolveConfig, type FieldSpec } from "../../src/config/schema.js";
 import { AGENT_BIN, startAgent } from "../support/agent-process.js";
 import { leakForms } from "../support/leak-forms.js";
@@ -400,5 +401,33 @@ describe("preparation at start", () => {
       status: "fail",
       code: "TOFU_CLI_CONFIG_CONFLICT",
     });
+  });
+});
+
+describe("executor and isolation settings", () => {
+  const base = { control_plane_url: "https://cp.example.com", token_file: "/t", key_file: "/k", work_dir: "/w" };
+  const load = async (flags: Record<string, string>) => loadSettings({ ...base, ...flags }, {});
+
+  it("local by default; runner:PATH with an absolute socket; paths of the sandbox from a repeated flag", async () => {
+    expect((await load({})).settings?.executor).toEqual({ kind: "local" });
+    expect((await load({})).settings?.isolation).toBe("sandbox");
+    const runner = await load({ executor: "runner:/run/r/runner.sock" });
+    expect(runner.settings?.executor).toEqual({ kind: "runner", socket: "/run/r/runner.sock" });
+    const binds = await load({ sandbox_ro_bind: "/opt/a\n/opt/b" });
+    expect(binds.settings?.sandboxReadOnly).toEqual(["/opt/a", "/opt/b"]);
+  });
+
+  it("refuses an executor that is neither local nor runner:/absolute, and runner with isolation none or concurrency above 1, naming the field and the fix", async () => {
+    for (const [flags, key, fix] of [
+      [{ executor: "runner:relative.sock" }, "executor", "--executor runner:/"],
+      [{ executor: "docker" }, "executor", "--executor local"],
+      [{ executor: "runner:/r.sock", isolation: "none" }, "isolation", "remove --isolation none"],
+      [{ executor: "runner:/r.sock", concurrency: "2" }, "concurrency", "--concurrency 1"],
+    ] as const) {
+      const loaded = await load(flags);
+      expect(loaded.settings, JSON.stringify(flags)).toBeUndefined();
+      const problem = loaded.problems.find((p) => p.key === key);
+      expect(problem?.message, JSON.stringify(flags)).toContain(fix);
+    }
   });
 });
