@@ -1,25 +1,33 @@
 /**
- * The agent API (Authorization: Bearer <agent pool token>), version 1: registration, long-poll
- * leasing, heartbeats, events, logs and completion (docs/protocol.md).
+ * The agent API, version 1 (docs/protocol.md): enrollment with the pool token and proof of key
+ * possession, then, with the per-agent credential only, long-poll leasing, heartbeats, events,
+ * logs and completion on the caller's own leases, and key changes proved with a current key.
  */
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { selectCredentials } from "../core/credential-selection.js";
 import { EXPORT_VERSION, type ExportedCredential } from "../core/export-payload.js";
-import { parsePublicKeyDoc } from "../crypto/agent-key.js";
-import { sealBundle } from "../crypto/sealed-bundle.js";
+import { parsePublicKeyDoc, type RecipientPublicKey } from "../crypto/agent-key.js";
+import { sealBundle, sealChallenge } from "../crypto/sealed-bundle.js";
 import {
+  challengeAnswerSchema,
   completeRequestSchema,
   eventsRequestSchema,
   leaseRequestSchema,
   logChunkRequestSchema,
   registerRequestSchema,
   updateKeysRequestSchema,
+  type Challenge,
   type Lease,
 } from "../protocol/agent-api.js";
-import { HttpError, readJson, sendJson } from "./http-util.js";
+import { bearerMatches, bearerToken, HttpError, readJson, sendJson } from "./http-util.js";
 import { newId, type AgentRecord, type ControlPlaneStore, type RunRecord } from "./store.js";
 
 const MAX_AGENT_BODY = 1024 * 1024;
+/** How long an agent has to answer a challenge. */
+const CHALLENGE_TTL_SECONDS = 300;
+/** Enrollments waiting for their answer; more are refused until some are answered or expire. */
+const MAX_PENDING_ENROLLMENTS = 1000;
 
 export interface AgentApiSettings {
   readonly pollWaitSeconds: number;
@@ -28,26 +36,84 @@ export interface AgentApiSettings {
   readonly maxLogBytesPerRun: number;
 }
 
+/** A challenge the control plane sealed and waits an answer to; only the answer's hash is kept. */
+interface PendingChallenge {
+  readonly challengeId: string;
+  readonly answerSha256: Buffer;
+  readonly expiresAtMs: number;
+}
+
+function sha256(text: string): Buffer {
+  return createHash("sha256").update(text, "utf8").digest();
+}
+
+function recipientOf(agent: AgentRecord): RecipientPublicKey {
+  const newest = agent.public_keys[agent.public_keys.length - 1];
+  if (!newest) throw new Error("agent has no public key");
+  return parsePublicKeyDoc(JSON.stringify(newest), "agent key");
+}
+
+function parseKeys(keys: { kid: string; public_key: string }[]): { kid: string; public_key: string }[] {
+  for (const k of keys) {
+    try {
+      parsePublicKeyDoc(JSON.stringify(k), "public_keys entry");
+    } catch {
+      throw new HttpError(
+        422,
+        "PUBLIC_KEY_INVALID",
+        `public key ${k.kid} is not a valid X25519 key document (kid must be its RFC 7638 thumbprint)`,
+      );
+    }
+  }
+  return keys;
+}
+
 export class AgentApi {
+  /** Agents enrolled but not yet proved, by agent id. */
+  private readonly pending = new Map<string, { agent: AgentRecord; challenge: PendingChallenge }>();
+  /** The one outstanding key-change challenge of each agent, by agent id. */
+  private readonly keyChallenges = new Map<string, PendingChallenge>();
+
   constructor(
     private readonly store: ControlPlaneStore,
     private readonly settings: AgentApiSettings,
+    private readonly poolToken: string,
   ) {}
 
   async handle(req: IncomingMessage, res: ServerResponse, path: string[]): Promise<void> {
     const method = req.method ?? "GET";
-    const [collection, id, action] = path;
-    if (collection === "ping" && id === undefined && method === "GET") {
-      sendJson(res, 200, { api_version: 1, time: this.store.iso() });
-      return;
+    const [collection, id, action, sub] = path;
+    const enrollment =
+      collection === "agents" &&
+      method === "POST" &&
+      (id === undefined || (action === "credential" && sub === undefined));
+    if ((collection === "ping" && id === undefined) || enrollment) {
+      // The pool token only reaches these: ping (doctor) and the two steps of enrollment.
+      if (!bearerMatches(req, this.poolToken) && !(collection === "ping" && this.caller(req)))
+        throw new HttpError(
+          401,
+          "UNAUTHORIZED",
+          "enrollment needs Authorization: Bearer <agent pool token>; the token was missing, wrong or revoked: put a valid one in --token-file",
+        );
+      if (enrollment) return id === undefined ? this.enroll(req, res) : this.answerEnrollment(req, res, id);
+      if (method === "GET") {
+        sendJson(res, 200, { api_version: 1, time: this.store.iso() });
+        return;
+      }
+      throw new HttpError(404, "NOT_FOUND", `no agent route ${method} /${path.join("/")}`);
     }
-    if (collection === "agents" && id === undefined && method === "POST") return this.register(req, res);
+    const agent = this.authenticate(req);
+    agent.last_seen_at = this.store.iso();
     if (collection === "agents" && id !== undefined) {
-      const agent = this.store.agents.get(id);
-      if (!agent) throw new HttpError(404, "AGENT_UNKNOWN", `agent ${id} is not registered; register again`);
-      agent.last_seen_at = this.store.iso();
-      if (action === "leases" && method === "POST") return this.leases(req, res, agent);
-      if (action === "keys" && method === "PUT") return this.updateKeys(req, res, agent);
+      if (id !== agent.id)
+        throw new HttpError(
+          403,
+          "AGENT_NOT_CALLER",
+          `the credential belongs to agent ${agent.id}, not ${id}; an agent acts only as itself`,
+        );
+      if (action === "leases" && sub === undefined && method === "POST") return this.leases(req, res, agent);
+      if (action === "keys" && sub === undefined && method === "PUT") return this.updateKeys(req, res, agent);
+      if (action === "keys" && sub === "challenge" && method === "POST") return this.keyChallenge(res, agent);
     }
     if (collection === "leases" && id !== undefined) {
       const run = this.store.runForLease(id);
@@ -57,6 +123,8 @@ export class AgentApi {
           "LEASE_LOST",
           `lease ${id} is no longer held (expired, completed or unknown); abort the run and wipe its credentials`,
         );
+      if (run.lease?.agent_id !== agent.id)
+        throw new HttpError(404, "LEASE_NOT_HELD", `this agent holds no lease ${id}; act only on your own leases`);
       if (action === "configuration" && method === "GET") {
         res.writeHead(200, { "content-type": "application/gzip", "content-length": run.configuration.byteLength });
         res.end(run.configuration);
@@ -102,20 +170,18 @@ export class AgentApi {
     throw new HttpError(404, "NOT_FOUND", `no agent route ${method} /${path.join("/")}`);
   }
 
-  private async register(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /** Step 1 (pool token): a pending agent and a challenge sealed to its newest key. */
+  private async enroll(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJson(req, registerRequestSchema, MAX_AGENT_BODY);
-    const keys = body.public_keys.map((k) => {
-      try {
-        parsePublicKeyDoc(JSON.stringify(k), "public_keys entry");
-      } catch {
-        throw new HttpError(
-          422,
-          "PUBLIC_KEY_INVALID",
-          `public key ${k.kid} is not a valid X25519 key document (kid must be its RFC 7638 thumbprint)`,
-        );
-      }
-      return k;
-    });
+    const keys = parseKeys(body.public_keys);
+    const nowMs = Date.now();
+    for (const [agentId, p] of this.pending) if (p.challenge.expiresAtMs <= nowMs) this.pending.delete(agentId);
+    if (this.pending.size >= MAX_PENDING_ENROLLMENTS)
+      throw new HttpError(
+        429,
+        "ENROLLMENTS_PENDING_LIMIT",
+        `${MAX_PENDING_ENROLLMENTS} enrollments are waiting for their answer; retry in a few minutes, and look for a client enrolling in a loop with the pool token`,
+      );
     const now = this.store.iso();
     const agent: AgentRecord = {
       id: newId("agent"),
@@ -123,29 +189,103 @@ export class AgentApi {
       version: body.version,
       concurrency: body.concurrency,
       public_keys: keys,
+      credential_sha256: "",
       registered_at: now,
       last_seen_at: now,
     };
-    this.store.agents.set(agent.id, agent);
-    this.store.emit("changed");
-    sendJson(res, 201, {
-      agent_id: agent.id,
+    const { challenge, sealed } = await this.challengeFor(agent, nowMs);
+    this.pending.set(agent.id, { agent, challenge });
+    sendJson(res, 201, { agent_id: agent.id, ...sealed });
+  }
+
+  /** Step 2 (pool token and the opened challenge): the agent exists, with its credential. */
+  private async answerEnrollment(req: IncomingMessage, res: ServerResponse, agentId: string): Promise<void> {
+    const body = await readJson(req, challengeAnswerSchema, MAX_AGENT_BODY);
+    const pending = this.pending.get(agentId);
+    if (!pending || !this.answers(pending.challenge, body))
+      throw new HttpError(
+        403,
+        "CHALLENGE_FAILED",
+        `the answer does not match a pending challenge of agent ${agentId} (wrong, expired or already used); enroll again with POST /agents, with public keys whose private keys the agent holds`,
+      );
+    this.pending.delete(agentId);
+    const credential = `oca1_${randomBytes(32).toString("base64url")}`;
+    pending.agent.credential_sha256 = sha256(credential).toString("hex");
+    pending.agent.last_seen_at = this.store.iso();
+    this.store.addAgent(pending.agent);
+    sendJson(res, 200, {
+      credential,
       poll_wait_seconds: this.settings.pollWaitSeconds,
       heartbeat_interval_seconds: this.settings.heartbeatIntervalSeconds,
       lease_ttl_seconds: this.store.leaseTtlMs / 1000,
     });
   }
 
+  /** The enrolled agent the bearer credential belongs to; the pool token is refused here. */
+  private authenticate(req: IncomingMessage): AgentRecord {
+    const agent = this.caller(req);
+    if (agent) return agent;
+    if (bearerMatches(req, this.poolToken))
+      throw new HttpError(
+        401,
+        "POOL_TOKEN_NOT_ACCEPTED",
+        "the pool token only enrolls: this route needs the agent's own credential (POST /agents, then POST /agents/{id}/credential with the answer to the challenge)",
+      );
+    throw new HttpError(
+      401,
+      "AGENT_CREDENTIAL_INVALID",
+      "the agent credential was missing, wrong or revoked (the control plane may have restarted); enroll again with the pool token",
+    );
+  }
+
+  private caller(req: IncomingMessage): AgentRecord | undefined {
+    const token = bearerToken(req);
+    return token === undefined ? undefined : this.store.agentByCredential(sha256(token).toString("hex"));
+  }
+
+  private answers(challenge: PendingChallenge, body: { challenge_id: string; answer: string }): boolean {
+    if (challenge.expiresAtMs <= Date.now() || body.challenge_id !== challenge.challengeId) return false;
+    return timingSafeEqual(sha256(body.answer), challenge.answerSha256);
+  }
+
+  private async challengeFor(
+    agent: AgentRecord,
+    nowMs: number,
+  ): Promise<{ challenge: PendingChallenge; sealed: Challenge }> {
+    const challengeId = newId("challenge");
+    const secret = randomBytes(32).toString("base64url");
+    const sealed = await sealChallenge({
+      recipient: recipientOf(agent),
+      agentId: agent.id,
+      challengeId,
+      secret,
+      issuedAtMs: nowMs,
+      ttlSeconds: CHALLENGE_TTL_SECONDS,
+    });
+    return {
+      challenge: { challengeId, answerSha256: sha256(secret), expiresAtMs: nowMs + CHALLENGE_TTL_SECONDS * 1000 },
+      sealed: { challenge_id: challengeId, challenge: sealed },
+    };
+  }
+
+  /** A challenge sealed to the agent's current newest key; `PUT .../keys` must carry its answer. */
+  private async keyChallenge(res: ServerResponse, agent: AgentRecord): Promise<void> {
+    const { challenge, sealed } = await this.challengeFor(agent, Date.now());
+    this.keyChallenges.set(agent.id, challenge);
+    sendJson(res, 200, sealed);
+  }
+
   private async updateKeys(req: IncomingMessage, res: ServerResponse, agent: AgentRecord): Promise<void> {
     const body = await readJson(req, updateKeysRequestSchema, MAX_AGENT_BODY);
-    for (const k of body.public_keys) {
-      try {
-        parsePublicKeyDoc(JSON.stringify(k), "public_keys entry");
-      } catch {
-        throw new HttpError(422, "PUBLIC_KEY_INVALID", `public key ${k.kid} is not a valid X25519 key document`);
-      }
-    }
-    agent.public_keys = body.public_keys;
+    const challenge = this.keyChallenges.get(agent.id);
+    if (!challenge || !this.answers(challenge, body))
+      throw new HttpError(
+        403,
+        "KEY_PROOF_FAILED",
+        "changing keys needs proof of a current key: POST /agents/{id}/keys/challenge, open the challenge with the private key, and send its answer with challenge_id in this request",
+      );
+    this.keyChallenges.delete(agent.id);
+    agent.public_keys = parseKeys(body.public_keys);
     this.store.emit("changed");
     sendJson(res, 200, { public_keys: agent.public_keys });
   }
@@ -191,9 +331,7 @@ export class AgentApi {
 
   /** Seals the run's exported credentials (export on, one per registry) to the agent's newest key. */
   private async sealFor(run: RunRecord, agent: AgentRecord): Promise<string> {
-    const newest = agent.public_keys[agent.public_keys.length - 1];
-    if (!newest) throw new Error("agent has no public key");
-    const recipient = parsePublicKeyDoc(JSON.stringify(newest), "agent key");
+    const recipient = recipientOf(agent);
     const all = [...this.store.integrations.values()];
     for (const i of all.filter((x) => !x.export_credentials)) {
       this.store.event(run, "integration_left_out", {

@@ -67,10 +67,15 @@ function digest(text: string): Buffer {
   return createHash("sha256").update(text).digest();
 }
 
+/** The request's bearer token, if it has one. */
+export function bearerToken(req: IncomingMessage): string | undefined {
+  const match = /^Bearer (.+)$/.exec(req.headers.authorization ?? "");
+  return match?.[1] || undefined;
+}
+
 /** Constant-time comparison of the request's bearer token with the expected one. */
 export function bearerMatches(req: IncomingMessage, expected: string): boolean {
-  const header = req.headers.authorization ?? "";
-  const match = /^Bearer (.+)$/.exec(header);
-  if (!match?.[1]) return false;
-  return timingSafeEqual(digest(match[1]), digest(expected));
+  const token = bearerToken(req);
+  if (token === undefined) return false;
+  return timingSafeEqual(digest(token), digest(expected));
 }

@@ -34,13 +34,17 @@ export interface ControlPlane {
 export async function createControlPlane(options: ControlPlaneOptions): Promise<ControlPlane> {
   const store = new ControlPlaneStore(options.clock ?? systemClock, (options.leaseTtlSeconds ?? 60) * 1000);
   const admin = new AdminApi(store, options.probe ?? probeRegistry);
-  const agent = new AgentApi(store, {
-    pollWaitSeconds: 30,
-    heartbeatIntervalSeconds: 10,
-    bundleTtlSeconds: 600,
-    maxLogBytesPerRun: 8 * 1024 * 1024,
-    ...options.agentApi,
-  });
+  const agent = new AgentApi(
+    store,
+    {
+      pollWaitSeconds: 30,
+      heartbeatIntervalSeconds: 10,
+      bundleTtlSeconds: 600,
+      maxLogBytesPerRun: 8 * 1024 * 1024,
+      ...options.agentApi,
+    },
+    options.agentToken,
+  );
   const dataFile = options.dataFile;
   let saving: Promise<void> = Promise.resolve();
   let saveQueued = false;
@@ -77,13 +81,7 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
       return admin.handle(req, res, segments(path.slice(ADMIN_API_PREFIX.length + 1)));
     }
     if (path.startsWith(`${AGENT_API_PREFIX}/`)) {
-      if (!bearerMatches(req, options.agentToken)) {
-        throw new HttpError(
-          401,
-          "UNAUTHORIZED",
-          "the agent API needs Authorization: Bearer <agent pool token>; the token was missing, wrong or revoked",
-        );
-      }
+      // Each route checks its own credential: the pool token enrolls, the agent's credential acts.
       return agent.handle(req, res, segments(path.slice(AGENT_API_PREFIX.length + 1)));
     }
     throw new HttpError(404, "NOT_FOUND", `no route ${path}`);

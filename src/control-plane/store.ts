@@ -35,6 +35,8 @@ export interface AgentRecord {
   concurrency: number;
   /** Oldest first; the control plane seals to the last (newest). */
   public_keys: { kid: string; public_key: string }[];
+  /** SHA-256 (hex) of the per-agent credential; the credential itself is never stored. */
+  credential_sha256: string;
   registered_at: string;
   last_seen_at: string;
 }
@@ -94,6 +96,7 @@ export class ControlPlaneStore extends EventEmitter {
   private readonly waiters: Waiter[] = [];
   private readonly leaseTimers = new Map<string, { cancel(): void }>();
   private readonly leaseIndex = new Map<string, string>();
+  private readonly credentialIndex = new Map<string, string>();
 
   constructor(
     private readonly clock: StoreClock,
@@ -115,6 +118,20 @@ export class ControlPlaneStore extends EventEmitter {
     run.status = status;
     this.emit("run-changed", run);
     this.emit("changed");
+  }
+
+  // ---- agents -----------------------------------------------------------------------------
+
+  /** Adds an agent that proved its key; its credential hash finds it from then on. */
+  addAgent(agent: AgentRecord): void {
+    this.agents.set(agent.id, agent);
+    this.credentialIndex.set(agent.credential_sha256, agent.id);
+    this.emit("changed");
+  }
+
+  agentByCredential(credentialSha256: string): AgentRecord | undefined {
+    const id = this.credentialIndex.get(credentialSha256);
+    return id === undefined ? undefined : this.agents.get(id);
   }
 
   // ---- runs -------------------------------------------------------------------------------

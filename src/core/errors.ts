@@ -117,7 +117,8 @@ interface ErrorDetailsByCode {
   };
   CONTROL_PLANE_REJECTED: { readonly kind: "rejected"; readonly status: number };
   CONTROL_PLANE_BAD_RESPONSE: { readonly kind: "bad_response" | "too_large"; readonly fields?: readonly string[] };
-  CONTROL_PLANE_UNAUTHORIZED: { readonly status: number };
+  /** `reenroll`: only the per-agent credential was refused; the pool token may still enroll. */
+  CONTROL_PLANE_UNAUTHORIZED: { readonly status: number; readonly reenroll?: boolean };
   LEASE_LOST: { readonly status?: number };
   PREFLIGHT_FAILED: {
     readonly integration_id: string;

@@ -2,8 +2,13 @@
  * The agent's side of the agent API, over undici. Every answer is size-bounded, time-bounded
  * and validated against the protocol schemas; every failure becomes an AgentError whose code
  * tells the daemon what to do (docs/protocol.md, "Errors"):
- *   CONTROL_PLANE_UNAUTHORIZED  401/403: stop the agent with a clear message
- *   LEASE_LOST                  409 (or 404 on a lease route): abort the run and wipe
+ *   CONTROL_PLANE_UNAUTHORIZED  401/403: stop the agent with a clear message; when only the
+ *                               per-agent credential was refused (`reenroll`), enroll again
+ *   LEASE_LOST                  409 (or 404, or a refused agent credential, on a lease route):
+ *                               abort the run and wipe
+ *
+ * The pool token goes only to ping and enrollment; every other call carries the per-agent
+ * credential the enrollment returned, held here in memory only.
  *   CONTROL_PLANE_UNAVAILABLE   429/5xx/network/timeouts: back off with full jitter, honour Retry-After
  *   CONTROL_PLANE_REJECTED      other 4xx: a bug on one side; do not retry the same request
  *   CONTROL_PLANE_BAD_RESPONSE  an answer that is not the agent API
@@ -17,14 +22,20 @@ import {
   AGENT_API_PREFIX,
   heartbeatResponseSchema,
   leaseResponseSchema,
-  registerResponseSchema,
+  credentialResponseSchema,
+  enrollResponseSchema,
+  keyChallengeResponseSchema,
+  type Challenge,
+  type ChallengeAnswer,
   type CompleteRequest,
+  type CredentialResponse,
+  type EnrollResponse,
   type HeartbeatResponse,
   type Lease,
   type LogChunk,
   type RegisterRequest,
-  type RegisterResponse,
   type RunEvent,
+  type UpdateKeysRequest,
 } from "../protocol/agent-api.js";
 
 export interface ControlPlaneClientOptions {
@@ -48,6 +59,8 @@ const SMALL_ANSWER_BYTES = 256 * 1024;
 export class ControlPlaneClient {
   private readonly dispatcher: Dispatcher;
   private readonly base: string;
+  /** The per-agent credential from the last enrollment; never logged, never written. */
+  private credential: string | undefined;
 
   constructor(private readonly options: ControlPlaneClientOptions) {
     this.base = options.baseUrl.replace(/\/+$/, "");
@@ -62,7 +75,14 @@ export class ControlPlaneClient {
     method: "GET" | "POST" | "PUT",
     path: string,
     body: unknown,
-    opts: { timeoutMs?: number; signal?: AbortSignal; maxBytes?: number; leaseRoute?: boolean } = {},
+    opts: {
+      timeoutMs?: number;
+      signal?: AbortSignal;
+      maxBytes?: number;
+      leaseRoute?: boolean;
+      /** Enrollment calls carry the pool token; every other call the per-agent credential. */
+      pool?: boolean;
+    } = {},
   ): Promise<{ status: number; bytes: Buffer }> {
     const timeout = opts.timeoutMs ?? this.options.requestTimeoutMs ?? 30_000;
     const url = `${this.base}${AGENT_API_PREFIX}${path}`;
@@ -75,7 +95,7 @@ export class ControlPlaneClient {
         method,
         dispatcher: this.dispatcher,
         headers: {
-          authorization: `Bearer ${this.options.token}`,
+          authorization: `Bearer ${opts.pool === true ? this.options.token : this.agentCredential()}`,
           ...(body === undefined ? {} : { "content-type": "application/json" }),
         },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
@@ -125,6 +145,21 @@ export class ControlPlaneClient {
     const { status, bytes } = res;
     if (status >= 200 && status < 300) return { status, bytes };
     const apiMessage = this.errorMessage(bytes);
+    if (status === 401 && opts.pool !== true && this.apiCode(bytes) === "AGENT_CREDENTIAL_INVALID") {
+      // The control plane no longer knows this agent (e.g. it restarted): its leases are gone
+      // with it, and the agent enrolls again.
+      if (opts.leaseRoute === true)
+        throw new AgentError(
+          "LEASE_LOST",
+          `the control plane no longer accepts this agent's credential (HTTP ${status}${apiMessage}); the run is aborted and its credentials wiped`,
+          { status },
+        );
+      throw new AgentError(
+        "CONTROL_PLANE_UNAUTHORIZED",
+        `the control plane no longer accepts this agent's credential (HTTP ${status}${apiMessage}); enrolling again with the pool token`,
+        { status, reenroll: true },
+      );
+    }
     if (status === 401 || status === 403) {
       throw new AgentError(
         "CONTROL_PLANE_UNAUTHORIZED",
@@ -156,6 +191,25 @@ export class ControlPlaneClient {
       `the control plane rejected ${method} ${path} with HTTP ${status}${apiMessage}`,
       { status, kind: "rejected" },
     );
+  }
+
+  private agentCredential(): string {
+    if (this.credential === undefined)
+      throw new AgentError(
+        "CONTROL_PLANE_UNAUTHORIZED",
+        "the agent has no credential yet: it must enroll (POST /agents) before it leases",
+        { status: 401, reenroll: true },
+      );
+    return this.credential;
+  }
+
+  private apiCode(bytes: Buffer): string | undefined {
+    try {
+      const parsed = JSON.parse(bytes.toString("utf8")) as { error?: { code?: unknown } };
+      return typeof parsed.error?.code === "string" ? parsed.error.code : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   private errorMessage(bytes: Buffer): string {
@@ -192,18 +246,41 @@ export class ControlPlaneClient {
     return parsed.data;
   }
 
-  async register(body: RegisterRequest): Promise<RegisterResponse> {
-    const { bytes } = await this.call("POST", "/agents", body, { maxBytes: SMALL_ANSWER_BYTES });
-    return this.parse(bytes, registerResponseSchema, "registration answer");
+  /** Enrollment, step 1 (pool token): the agent's id and a challenge sealed to its newest key. */
+  async enroll(body: RegisterRequest): Promise<EnrollResponse> {
+    const { bytes } = await this.call("POST", "/agents", body, { maxBytes: SMALL_ANSWER_BYTES, pool: true });
+    return this.parse(bytes, enrollResponseSchema, "enrollment answer");
   }
 
-  async updateKeys(agentId: string, publicKeys: RegisterRequest["public_keys"]): Promise<void> {
-    await this.call(
-      "PUT",
-      `/agents/${encodeURIComponent(agentId)}/keys`,
-      { public_keys: publicKeys },
-      { maxBytes: SMALL_ANSWER_BYTES },
+  /**
+   * Enrollment, step 2 (pool token): the opened challenge for the per-agent credential, which
+   * this client uses from then on. The caller adds `credential` to its redactor.
+   */
+  async answerEnrollment(agentId: string, answer: ChallengeAnswer): Promise<CredentialResponse> {
+    const { bytes } = await this.call("POST", `/agents/${encodeURIComponent(agentId)}/credential`, answer, {
+      maxBytes: SMALL_ANSWER_BYTES,
+      pool: true,
+    });
+    const granted = this.parse(bytes, credentialResponseSchema, "credential answer");
+    this.credential = granted.credential;
+    return granted;
+  }
+
+  /** A challenge sealed to the agent's current newest key, to prove before changing keys. */
+  async keyChallenge(agentId: string): Promise<Challenge> {
+    const { bytes } = await this.call(
+      "POST",
+      `/agents/${encodeURIComponent(agentId)}/keys/challenge`,
+      {},
+      {
+        maxBytes: SMALL_ANSWER_BYTES,
+      },
     );
+    return this.parse(bytes, keyChallengeResponseSchema, "key challenge");
+  }
+
+  async updateKeys(agentId: string, body: UpdateKeysRequest): Promise<void> {
+    await this.call("PUT", `/agents/${encodeURIComponent(agentId)}/keys`, body, { maxBytes: SMALL_ANSWER_BYTES });
   }
 
   async lease(agentId: string, max: number, waitSeconds: number, signal: AbortSignal): Promise<Lease[]> {

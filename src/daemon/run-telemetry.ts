@@ -38,7 +38,10 @@ export class RunTelemetry {
     private readonly lease: Lease,
     private readonly deps: RunTelemetryDeps,
   ) {
-    this.log = deps.log.child({ run_id: lease.run.id, lease_id: lease.lease_id });
+    // The lease id is a capability (it acts on the run, with the agent's credential): kept off
+    // info lines, logged once at debug.
+    this.log = deps.log.child({ run_id: lease.run.id });
+    this.log.debug({ event: "lease_id", lease_id: lease.lease_id }, "lease id");
     this.events = new EventBatcher((batch) => deps.client.events(lease.lease_id, batch));
     deps.observer.runStarted(lease.run.id);
     this.log.info({ event: "run_leased", phases: lease.run.phases, queued_at: lease.run.queued_at }, "leased run");
