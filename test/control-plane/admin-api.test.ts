@@ -5,7 +5,6 @@
  * real docker-registry (htpasswd auth) and small HTTPS servers that redirect or answer 404.
  * No response may ever carry the canary password in any encoding.
  */
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -14,16 +13,15 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ENTRY_FIELD_MAX_LENGTH } from "../../src/core/export-payload.js";
+import { enrollAgent } from "../support/enroll.js";
 import { tarGz } from "../support/control-plane-harness.js";
 import { makeTlsMaterial, startHtpasswdRegistry, type LocalRegistry } from "../support/registry-fixture.js";
 import { freePort } from "../support/free-port.js";
 import { leakForms } from "../support/leak-forms.js";
 import { spawnCliControlPlane, type CliControlPlane as SpawnedControlPlane } from "../support/cli-control-plane.js";
 
-const BIN = fileURLToPath(new URL("../../bin/oci-cred-agent", import.meta.url));
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}:pw"with\\odd/</x>`;
 const CANARY2 = `CANARY2-${randomBytes(6).toString("hex")}"second\\one`;
 
@@ -468,18 +466,12 @@ describe("admin API: runs", () => {
     expect(after.json["status"]).toBe("canceled");
     expect((after.json["events"] as { type: string }[]).map((e) => e.type)).toEqual(["queued", "canceled"]);
     // A canceled run is never leased.
-    const reg = await call(
-      "POST",
-      "/api/agent/v1/agents",
-      { name: "n", version: "1", concurrency: 1, public_keys: [JSON.parse(await pubkeyDoc()) as unknown] },
-      cp.agentToken,
-    );
-    expect(reg.status).toBe(201);
+    const enrolled = await enrollAgent(cp.url, cp.agentToken);
     const lease = await call(
       "POST",
-      `/api/agent/v1/agents/${reg.json["agent_id"] as string}/leases`,
+      `/api/agent/v1/agents/${enrolled.agentId}/leases`,
       { max: 5, wait_seconds: 0 },
-      cp.agentToken,
+      enrolled.credential,
     );
     expect(lease.json).toEqual({ leases: [] });
   });
@@ -532,16 +524,6 @@ describe("admin API: runs", () => {
     expect((await admin("POST", "/runs/run-nope/cancel")).status).toBe(404);
   });
 });
-
-async function pubkeyDoc(): Promise<string> {
-  const keyFile = join(dir, `agent-${randomBytes(4).toString("hex")}.key`);
-  const child = spawn(BIN, ["keygen", "--key-file", keyFile], { stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  child.stdout.on("data", (c: Buffer) => (out += c.toString("utf8")));
-  const [code] = (await once(child, "exit")) as [number | null];
-  expect(code).toBe(0);
-  return out.trim();
-}
 
 describe("no answer carries a password", () => {
   it("in plain, JSON-escaped, URL-encoded or base64 form, in any answer above or in the process output", () => {

@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parsePrivateKeyPem } from "../../src/crypto/agent-key.js";
 import { openBundle } from "../../src/crypto/sealed-bundle.js";
 import { tarGz } from "../support/control-plane-harness.js";
+import { enrollAgent } from "../support/enroll.js";
 import { freePort } from "../support/free-port.js";
 import { leakForms } from "../support/leak-forms.js";
 import { spawnCliControlPlane, type CliControlPlane } from "../support/cli-control-plane.js";
@@ -48,8 +49,9 @@ async function api(
   method: string,
   path: string,
   body?: unknown,
+  bearer?: string,
 ): Promise<{ status: number; json: Record<string, unknown>; text: string }> {
-  const token = path.startsWith("/api/admin/") ? adminToken : agentToken;
+  const token = bearer ?? (path.startsWith("/api/admin/") ? adminToken : agentToken);
   const res = await fetch(`${cp.url}${path}`, {
     method,
     headers: {
@@ -167,17 +169,8 @@ describe("--data-file", () => {
     const second = running[running.length - 1] as CliControlPlane;
     const keyFile = join(dir, "agent.key");
     await execFileAsync(BIN, ["keygen", "--key-file", keyFile]);
-    const doc = JSON.parse(
-      (await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout,
-    ) as unknown;
-    const reg = await api(second, "POST", "/api/agent/v1/agents", {
-      name: "a",
-      version: "1",
-      concurrency: 1,
-      public_keys: [doc],
-    });
-    expect(reg.status).toBe(201);
-    const agentId = reg.json["agent_id"] as string;
+    const key = await parsePrivateKeyPem(await readFile(keyFile, "utf8"), keyFile);
+    const { agentId, credential } = await enrollAgent(second.url, agentToken, new Map([[key.kid, key]]));
     const archive = await tarGz({ "main.tf": "\n" });
     const runId = (
       await api(second, "POST", "/api/admin/v1/runs", {
@@ -186,10 +179,15 @@ describe("--data-file", () => {
       })
     ).json["id"] as string;
     // The failed run from before the restart is not leased again: only the new one.
-    const leased = await api(second, "POST", `/api/agent/v1/agents/${agentId}/leases`, { max: 5, wait_seconds: 5 });
+    const leased = await api(
+      second,
+      "POST",
+      `/api/agent/v1/agents/${agentId}/leases`,
+      { max: 5, wait_seconds: 5 },
+      credential,
+    );
     const leases = leased.json["leases"] as { lease_id: string; run: { id: string }; bundle: string }[];
     expect(leases.map((l) => l.run.id)).toEqual([runId]);
-    const key = await parsePrivateKeyPem(await readFile(keyFile, "utf8"), keyFile);
     const opened = await openBundle(Buffer.from(leases[0]?.bundle ?? "", "utf8"), {
       keys: new Map([[key.kid, key]]),
       agentId,
