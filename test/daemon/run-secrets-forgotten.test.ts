@@ -92,10 +92,12 @@ describe("after a run", () => {
       log.sink,
     );
     const ended = agent.run();
+    let before: { size: number; longest: number } | undefined;
     try {
       await log.next((l) => l["event"] === "registered");
-      const before = { size: agent.redactor.size, longest: agent.redactor.longest };
-      expect(before).toEqual({ size: 1, longest: h.agentToken.length });
+      before = { size: agent.redactor.size, longest: agent.redactor.longest };
+      // The pool token, and the per-agent credential enrollment gave (oca1_ + 43 characters).
+      expect(before).toEqual({ size: 2, longest: Math.max(h.agentToken.length, 48) });
       expect(agent.redactor.redact(CANARY)).toBe(CANARY);
 
       const runId = await h.createRun(
@@ -112,13 +114,11 @@ describe("after a run", () => {
       agent.daemon.requestShutdown();
       expect((await ended).code).toBe(0);
     }
-    // Once the run is over (run() returned after draining it), only the token is left.
-    expect({ size: agent.redactor.size, longest: agent.redactor.longest }).toEqual({
-      size: 1,
-      longest: h.agentToken.length,
-    });
+    // Once the run is over (run() returned after draining it), only the token and credential are left.
+    expect({ size: agent.redactor.size, longest: agent.redactor.longest }).toEqual(before);
     expect(agent.redactor.redact(`x ${CANARY} y`)).toBe(`x ${CANARY} y`);
     expect(agent.redactor.redact(`x ${h.agentToken} y`)).toBe(`x ${REDACTED} y`);
     for (const form of leakForms(CANARY, "robot")) expect(log.raw()).not.toContain(form);
+    expect(log.raw()).not.toMatch(/oca1_/);
   });
 });
