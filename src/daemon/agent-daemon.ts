@@ -12,6 +12,7 @@ import type { AgentSettings } from "../config/load-run-config.js";
 import { backoffDelayMs } from "../core/backoff.js";
 import { isAgentError, type AgentError } from "../core/errors.js";
 import { openChallenge } from "../crypto/sealed-bundle.js";
+import type { KeyRing } from "../keys/key-ring.js";
 import type { Challenge, Lease, RegisterRequest } from "../protocol/agent-api.js";
 import type { ControlPlaneClient } from "./control-plane-client.js";
 import type { DaemonObserver } from "./observer.js";
@@ -37,6 +38,11 @@ export class AgentDaemon {
   private shutdownRequests = 0;
   private agentId: string | undefined;
   private fatal: AgentError | undefined;
+  /**
+   * The keys the control plane holds for this agent (as of the last enrollment or key change):
+   * a key change is proved with the newest of them, which a replaced key file no longer holds.
+   */
+  private registeredKeys: KeyRing | undefined;
 
   constructor(private readonly options: DaemonOptions) {}
 
@@ -72,18 +78,20 @@ export class AgentDaemon {
     const agentId = this.agentId;
     if (agentId === undefined) return;
     const { client } = this.options;
+    const keys = this.options.runs.keys();
     const challenge = await client.keyChallenge(agentId);
-    const answer = await this.openChallengeFor(agentId, challenge);
+    const answer = await this.openChallengeFor(agentId, challenge, this.registeredKeys ?? keys);
     await client.updateKeys(agentId, {
       public_keys: this.options.registration().public_keys,
       challenge_id: challenge.challenge_id,
       answer,
     });
+    this.registeredKeys = keys;
   }
 
-  private openChallengeFor(agentId: string, challenge: Challenge): Promise<string> {
+  private openChallengeFor(agentId: string, challenge: Challenge, keys: KeyRing): Promise<string> {
     return openChallenge(challenge.challenge, {
-      keys: this.options.runs.keys(),
+      keys,
       agentId,
       challengeId: challenge.challenge_id,
       nowMs: Date.now(),
@@ -111,14 +119,16 @@ export class AgentDaemon {
       try {
         // Enrollment: the pool token gets a challenge sealed to the agent's newest key; opening
         // it proves the key, and the answer gets the per-agent credential (memory only).
+        const keys = this.options.runs.keys();
         const enrolled = await client.enroll(this.options.registration());
-        const answer = await this.openChallengeFor(enrolled.agent_id, enrolled);
+        const answer = await this.openChallengeFor(enrolled.agent_id, enrolled, keys);
         const granted = await client.answerEnrollment(enrolled.agent_id, {
           challenge_id: enrolled.challenge_id,
           answer,
         });
         // Redacted for the life of the process, earlier credentials included.
         this.options.runs.redactor.add([granted.credential]);
+        this.registeredKeys = keys;
         observer.registered(enrolled.agent_id);
         log.info(
           { event: "registered", agent_id: enrolled.agent_id, poll_wait_seconds: granted.poll_wait_seconds },
