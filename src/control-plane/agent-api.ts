@@ -21,19 +21,22 @@ import {
   type Lease,
 } from "../protocol/agent-api.js";
 import { bearerMatches, bearerToken, HttpError, readJson, sendJson } from "./http-util.js";
+import { RunQuotas, type RunQuotaLimits } from "./run-quota.js";
 import { newId, type AgentRecord, type ControlPlaneStore, type RunRecord } from "./store.js";
 
-const MAX_AGENT_BODY = 1024 * 1024;
+/** Request bodies (docs/protocol.md, Limits): a log chunk's 65,536 characters may take 6 bytes each as JSON escapes. */
+const MAX_AGENT_BODY = 64 * 1024;
+const MAX_EVENTS_BODY = 256 * 1024;
+const MAX_LOG_BODY = 512 * 1024;
 /** How long an agent has to answer a challenge. */
 const CHALLENGE_TTL_SECONDS = 300;
 /** Enrollments waiting for their answer; more are refused until some are answered or expire. */
 const MAX_PENDING_ENROLLMENTS = 1000;
 
-export interface AgentApiSettings {
+export interface AgentApiSettings extends RunQuotaLimits {
   readonly pollWaitSeconds: number;
   readonly heartbeatIntervalSeconds: number;
   readonly bundleTtlSeconds: number;
-  readonly maxLogBytesPerRun: number;
 }
 
 /** A challenge the control plane sealed and waits an answer to; only the answer's hash is kept. */
@@ -73,12 +76,24 @@ export class AgentApi {
   private readonly pending = new Map<string, { agent: AgentRecord; challenge: PendingChallenge }>();
   /** The one outstanding key-change challenge of each agent, by agent id. */
   private readonly keyChallenges = new Map<string, PendingChallenge>();
+  /** What each running run has stored from its agent: events and log entries. */
+  private readonly quotas: RunQuotas;
 
   constructor(
     private readonly store: ControlPlaneStore,
     private readonly settings: AgentApiSettings,
     private readonly poolToken: string,
-  ) {}
+  ) {
+    this.quotas = new RunQuotas(settings);
+    store.on("run-changed", (run: RunRecord) => {
+      if (run.status !== "queued" && run.status !== "running") this.quotas.forget(run.id);
+    });
+  }
+
+  /** The enrolled agent a request's bearer credential belongs to, if any (for connection and rate limits). */
+  identify(req: IncomingMessage): string | undefined {
+    return this.caller(req)?.id;
+  }
 
   async handle(req: IncomingMessage, res: ServerResponse, path: string[]): Promise<void> {
     const method = req.method ?? "GET";
@@ -139,16 +154,22 @@ export class AgentApi {
         return;
       }
       if (action === "events" && method === "POST") {
-        const body = await readJson(req, eventsRequestSchema, MAX_AGENT_BODY);
+        const body = await readJson(req, eventsRequestSchema, MAX_EVENTS_BODY);
+        const refused = this.quotas.chargeEvents(
+          run.id,
+          body.events.length,
+          Buffer.byteLength(JSON.stringify(body.events)),
+        );
+        if (refused) throw new HttpError(422, refused.code, refused.message, { limit: refused.limit });
         for (const e of body.events) this.store.event(run, e.type, { ...e, at: e.at, source: "agent" });
         res.writeHead(204).end();
         return;
       }
       if (action === "logs" && method === "POST") {
-        const body = await readJson(req, logChunkRequestSchema, MAX_AGENT_BODY);
-        const used = run.logs.reduce((n, l) => n + l.text.length, 0);
-        if (used + body.text.length <= this.settings.maxLogBytesPerRun)
-          run.logs.push({ phase: body.phase, seq: body.seq, text: body.text });
+        const body = await readJson(req, logChunkRequestSchema, MAX_LOG_BODY);
+        const refused = this.quotas.chargeLog(run.id, Buffer.byteLength(body.text, "utf8"));
+        if (refused) throw new HttpError(422, refused.code, refused.message, { limit: refused.limit });
+        run.logs.push({ phase: body.phase, seq: body.seq, text: body.text });
         res.writeHead(204).end();
         return;
       }
