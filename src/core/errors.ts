@@ -78,7 +78,9 @@ export const ERROR_CODES = {
   CONTROL_PLANE_UNAUTHORIZED: "the control plane refused the agent's token (401/403)",
   CONTROL_PLANE_UNAVAILABLE: "the control plane could not be reached or answered 429/5xx",
   CONTROL_PLANE_BAD_RESPONSE: "the control plane answered something that is not the agent API",
-  CONTROL_PLANE_REJECTED: "the control plane rejected a request as invalid (4xx)",
+  CONTROL_PLANE_REJECTED: "the control plane rejected a request as invalid, or over one of its limits (4xx)",
+  CONTROL_PLANE_TLS_FAILED:
+    "the TLS connection to the control plane failed: its certificate is not trusted (CA, host name, dates) or it speaks no TLS",
   LEASE_LOST: "the control plane no longer holds the run's lease for this agent (409)",
   RUN_CANCELED: "the run was canceled from the control plane",
   RUN_TIMEOUT: "the run exceeded its time limit",
@@ -115,7 +117,8 @@ interface ErrorDetailsByCode {
     /** The server's Retry-After, in milliseconds from when the answer arrived. */
     readonly retry_after_ms?: number;
   };
-  CONTROL_PLANE_REJECTED: { readonly kind: "rejected"; readonly status: number };
+  /** `api_code`: the control plane's own error code (LOG_LIMIT_REACHED, ...), when it gave one. */
+  CONTROL_PLANE_REJECTED: { readonly kind: "rejected"; readonly status: number; readonly api_code?: string };
   CONTROL_PLANE_BAD_RESPONSE: { readonly kind: "bad_response" | "too_large"; readonly fields?: readonly string[] };
   /** `reenroll`: only the per-agent credential was refused; the pool token may still enroll. */
   CONTROL_PLANE_UNAUTHORIZED: { readonly status: number; readonly reenroll?: boolean };

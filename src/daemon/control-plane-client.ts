@@ -9,15 +9,20 @@
  *
  * The pool token goes only to ping and enrollment; every other call carries the per-agent
  * credential the enrollment returned, held here in memory only.
- *   CONTROL_PLANE_UNAVAILABLE   429/5xx/network/timeouts: back off with full jitter, honour Retry-After
- *   CONTROL_PLANE_REJECTED      other 4xx: a bug on one side; do not retry the same request
+ *   CONTROL_PLANE_UNAVAILABLE   429/5xx/network/timeouts: back off with full jitter, honour Retry-After;
+ *                               a 429 with Retry-After is first retried here, a few times
+ *   CONTROL_PLANE_TLS_FAILED    the control plane's certificate is not trusted, or it speaks no TLS
+ *   CONTROL_PLANE_REJECTED      other 4xx: a bug on one side, or a limit (the API's code is in
+ *                               `api_code`); do not retry the same request
  *   CONTROL_PLANE_BAD_RESPONSE  an answer that is not the agent API
  */
+import { setTimeout as delay } from "node:timers/promises";
 import { Agent, type Dispatcher } from "undici";
 import type { z } from "zod";
-import { parseRetryAfterMs } from "../core/backoff.js";
-import { AgentError } from "../core/errors.js";
+import { backoffDelayMs, parseRetryAfterMs } from "../core/backoff.js";
+import { AgentError, isAgentError } from "../core/errors.js";
 import { boundedRequest, BoundedRequestError, type BoundedResponse } from "../http/bounded-request.js";
+import { tlsFailure } from "../http/tls-failure.js";
 import {
   AGENT_API_PREFIX,
   heartbeatResponseSchema,
@@ -56,6 +61,23 @@ const DEFAULT_MAX_RESPONSE = 80 * 1024 * 1024;
  */
 const SMALL_ANSWER_BYTES = 256 * 1024;
 
+/**
+ * A 429 with Retry-After (a rate limit: docs/protocol.md, Limits) is retried in place this many
+ * times, each after the wait the control plane asked for (at most 30 s), before the caller's own
+ * backoff sees it: a log line or a heartbeat is delayed, not lost.
+ */
+const THROTTLED_RETRIES = 3;
+const THROTTLED_WAIT = { baseMs: 1000, capMs: 30_000 };
+
+interface CallOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  maxBytes?: number;
+  leaseRoute?: boolean;
+  /** Enrollment calls carry the pool token; every other call the per-agent credential. */
+  pool?: boolean;
+}
+
 export class ControlPlaneClient {
   private readonly dispatcher: Dispatcher;
   private readonly base: string;
@@ -75,14 +97,33 @@ export class ControlPlaneClient {
     method: "GET" | "POST" | "PUT",
     path: string,
     body: unknown,
-    opts: {
-      timeoutMs?: number;
-      signal?: AbortSignal;
-      maxBytes?: number;
-      leaseRoute?: boolean;
-      /** Enrollment calls carry the pool token; every other call the per-agent credential. */
-      pool?: boolean;
-    } = {},
+    opts: CallOptions = {},
+  ): Promise<{ status: number; bytes: Buffer }> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.callOnce(method, path, body, opts);
+      } catch (error) {
+        const retryAfter =
+          isAgentError(error, "CONTROL_PLANE_UNAVAILABLE") && error.details.kind === "throttled"
+            ? error.details.retry_after_ms
+            : undefined;
+        if (retryAfter === undefined || retryAfter > THROTTLED_WAIT.capMs || attempt >= THROTTLED_RETRIES) throw error;
+        try {
+          await delay(backoffDelayMs(THROTTLED_WAIT, attempt, Math.random, retryAfter), undefined, {
+            ...(opts.signal ? { signal: opts.signal } : {}),
+          });
+        } catch {
+          throw opts.signal?.reason ?? error;
+        }
+      }
+    }
+  }
+
+  private async callOnce(
+    method: "GET" | "POST" | "PUT",
+    path: string,
+    body: unknown,
+    opts: CallOptions,
   ): Promise<{ status: number; bytes: Buffer }> {
     const timeout = opts.timeoutMs ?? this.options.requestTimeoutMs ?? 30_000;
     const url = `${this.base}${AGENT_API_PREFIX}${path}`;
@@ -125,7 +166,14 @@ export class ControlPlaneClient {
                 `the control plane's answer to ${method} ${path} exceeds ${limit} bytes`,
                 { kind: "too_large" },
               );
-        case "network":
+        case "network": {
+          const tls = tlsFailure(error.details.errno);
+          if (tls !== undefined)
+            throw new AgentError(
+              "CONTROL_PLANE_TLS_FAILED",
+              `the TLS connection to the control plane at ${this.base} failed (${error.details.label}): ${tls}`,
+              { errno: error.details.errno ?? null },
+            );
           throw new AgentError(
             "CONTROL_PLANE_UNAVAILABLE",
             `cannot reach the control plane at ${this.base} (${error.details.label}); retrying with backoff`,
@@ -134,6 +182,7 @@ export class ControlPlaneClient {
               kind: "network",
             },
           );
+        }
         case "cut_off":
           throw new AgentError(
             "CONTROL_PLANE_UNAVAILABLE",
@@ -186,10 +235,11 @@ export class ControlPlaneClient {
         },
       );
     }
+    const apiCode = this.apiCode(bytes);
     throw new AgentError(
       "CONTROL_PLANE_REJECTED",
       `the control plane rejected ${method} ${path} with HTTP ${status}${apiMessage}`,
-      { status, kind: "rejected" },
+      { status, kind: "rejected", ...(apiCode === undefined ? {} : { api_code: apiCode.slice(0, 64) }) },
     );
   }
 
