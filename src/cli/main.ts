@@ -204,6 +204,20 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .option("--heartbeat-interval <duration>", "how often agents heartbeat a lease", "10s")
     .option("--poll-wait <duration>", "how long a lease request is held open", "30s")
     .option("--bundle-ttl <duration>", "how long a sealed bundle stays valid", "10m")
+    .option(
+      "--tls-cert <file>",
+      "serve HTTPS with this certificate chain (PEM); reloaded on SIGHUP and when it changes",
+    )
+    .option("--tls-key <file>", "the private key (PEM) of --tls-cert")
+    .option(
+      "--plain-http-behind-proxy",
+      "serve plain HTTP on a non-loopback --listen because a proxy in front terminates TLS",
+    )
+    .option(
+      "--max-connections <n>",
+      "open connections at most (unauthenticated ones get a quarter, at most 256)",
+      "1024",
+    )
     .action((opts: ControlPlaneCommandOptions) => {
       setAction(async () => {
         const { controlPlane } = await import("./commands/control-plane.js");

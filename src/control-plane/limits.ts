@@ -49,6 +49,20 @@ export const DEFAULT_LIMITS: ControlPlaneLimits = {
   },
 };
 
+/**
+ * Connection limits from the one an operator sets (--max-connections): a quarter of it, at most
+ * 256, for unproven connections, at most 64 of them per address; 64 per identity.
+ */
+export function connectionLimitsFor(maxConnections: number): ConnectionLimits {
+  const maxUnproven = Math.max(1, Math.min(256, Math.floor(maxConnections / 4)));
+  return {
+    maxConnections,
+    maxUnproven,
+    maxUnprovenPerAddress: Math.min(64, maxUnproven),
+    maxPerIdentity: Math.min(64, maxConnections - maxUnproven),
+  };
+}
+
 /** Limits given in part (tests make the timeouts small); the rest are the defaults. */
 export interface LimitOverrides extends Partial<Omit<ControlPlaneLimits, "connections" | "rates">> {
   readonly connections?: Partial<ConnectionLimits>;

@@ -79,6 +79,8 @@ export const ERROR_CODES = {
   CONTROL_PLANE_UNAVAILABLE: "the control plane could not be reached or answered 429/5xx",
   CONTROL_PLANE_BAD_RESPONSE: "the control plane answered something that is not the agent API",
   CONTROL_PLANE_REJECTED: "the control plane rejected a request as invalid, or over one of its limits (4xx)",
+  CONTROL_PLANE_TLS_REQUIRED:
+    "control-plane: --listen is not loopback and no --tls-cert/--tls-key (or --plain-http-behind-proxy) was given",
   CONTROL_PLANE_TLS_FAILED:
     "the TLS connection to the control plane failed: its certificate is not trusted (CA, host name, dates) or it speaks no TLS",
   LEASE_LOST: "the control plane no longer holds the run's lease for this agent (409)",

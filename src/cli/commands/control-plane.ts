@@ -1,7 +1,15 @@
 import { readFile } from "node:fs/promises";
 import { DataFile } from "../../control-plane/data-file.js";
+import { connectionLimitsFor } from "../../control-plane/limits.js";
 import { createControlPlane } from "../../control-plane/server.js";
-import { AgentError, errnoCode } from "../../core/errors.js";
+import {
+  checkListenSecurity,
+  readTlsFiles,
+  tlsFilesOf,
+  watchTlsFiles,
+  type TlsFiles,
+} from "../../control-plane/tls-files.js";
+import { AgentError, errnoCode, isAgentError } from "../../core/errors.js";
 import { durationSeconds, hostPort } from "../options.js";
 
 export interface ControlPlaneCommandOptions {
@@ -13,6 +21,11 @@ export interface ControlPlaneCommandOptions {
   readonly heartbeatInterval: string;
   readonly pollWait: string;
   readonly bundleTtl: string;
+  // HTTPS and connection limits (docs/operations.md, TLS; docs/protocol.md, Limits).
+  readonly tlsCert?: string;
+  readonly tlsKey?: string;
+  readonly plainHttpBehindProxy?: boolean;
+  readonly maxConnections: string;
 }
 
 async function token(path: string, flag: string): Promise<string> {
@@ -28,6 +41,19 @@ async function token(path: string, flag: string): Promise<string> {
   return t;
 }
 
+function wholeNumberAtLeast(flag: string, text: string, min: number): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < min)
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      `${flag} ${JSON.stringify(text)} must be a whole number, at least ${min}`,
+      {
+        flag,
+      },
+    );
+  return n;
+}
+
 export async function controlPlane(opts: ControlPlaneCommandOptions): Promise<number> {
   const listen = hostPort("--listen", opts.listen);
   const adminToken = await token(opts.adminTokenFile, "--admin-token-file");
@@ -37,7 +63,13 @@ export async function controlPlane(opts: ControlPlaneCommandOptions): Promise<nu
       "INVALID_ARGUMENT",
       "the admin token and the agent token must differ; agent tokens must not reach the admin API",
     );
+  const tlsFiles = tlsFilesOf(opts.tlsCert, opts.tlsKey);
+  checkListenSecurity(listen.host, tlsFiles !== undefined, opts.plainHttpBehindProxy === true);
+  const tls = tlsFiles === undefined ? undefined : await readTlsFiles(tlsFiles);
+  const connections = connectionLimitsFor(wholeNumberAtLeast("--max-connections", opts.maxConnections, 8));
   const cp = await createControlPlane({
+    ...(tls === undefined ? {} : { tls }),
+    limits: { connections },
     adminToken,
     agentToken,
     leaseTtlSeconds: durationSeconds("--lease-ttl", opts.leaseTtl),
@@ -57,6 +89,24 @@ export async function controlPlane(opts: ControlPlaneCommandOptions): Promise<nu
   process.stdout.write(
     `${JSON.stringify({ event: "control_plane_listening", url, admin_api: `${url}/api/admin/v1`, agent_api: `${url}/api/agent/v1` })}\n`,
   );
+  // A renewed certificate is served to new connections: on SIGHUP, or when the files change.
+  const reloadTls = async (files: TlsFiles, trigger: string): Promise<void> => {
+    let line: Record<string, unknown> = { event: "tls_reloaded", trigger };
+    try {
+      cp.setTls(await readTlsFiles(files));
+    } catch (error) {
+      // The certificate served so far stays; the next change or SIGHUP tries again.
+      const code = isAgentError(error) ? error.code : "INVALID_ARGUMENT";
+      line = { event: "tls_reload_failed", trigger, code, message: error instanceof Error ? error.message : "error" };
+    }
+    process.stdout.write(`${JSON.stringify(line)}\n`);
+  };
+  const onHangup = (): void => {
+    if (tlsFiles !== undefined) void reloadTls(tlsFiles, "SIGHUP");
+  };
+  if (tlsFiles !== undefined) process.on("SIGHUP", onHangup);
+  const unwatch =
+    tlsFiles === undefined ? undefined : watchTlsFiles(tlsFiles, () => void reloadTls(tlsFiles, "file_changed"));
   await new Promise<void>((resolve) => {
     const stop = (): void => {
       process.off("SIGTERM", stop);
@@ -66,6 +116,8 @@ export async function controlPlane(opts: ControlPlaneCommandOptions): Promise<nu
     process.on("SIGTERM", stop);
     process.on("SIGINT", stop);
   });
+  process.off("SIGHUP", onHangup);
+  unwatch?.();
   await cp.close();
   return 0;
 }
