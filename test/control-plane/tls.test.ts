@@ -197,6 +197,29 @@ describe("the agent verifies the control plane's certificate", () => {
     }
   });
 
+  it("doctor names the TLS failure and its fix (CONTROL_PLANE_TLS_FAILED), and passes with the right CA", async () => {
+    const h = await tlsHarness("server");
+    const files = await agentFiles(dir, h.agentToken);
+    const doctor = async (caFile: string): Promise<Record<string, unknown> | undefined> => {
+      const args = ["doctor", "--format", "json", "--control-plane-url", h.url, "--token-file", files.tokenFile];
+      const run = await execFileAsync(
+        AGENT_BIN,
+        [...args, "--key-file", files.keyFile, "--work-dir", join(files.dir, "work"), "--ca-file", caFile],
+        { timeout: 30_000 },
+      ).catch((error: unknown) => error as { stdout: string });
+      const report = JSON.parse(run.stdout) as { checks: Record<string, unknown>[] };
+      return report.checks.find((c) => c["check"] === "control plane");
+    };
+    try {
+      const refused = await doctor(pem("other-ca.pem"));
+      expect(refused).toMatchObject({ status: "fail", code: "CONTROL_PLANE_TLS_FAILED" });
+      expect(String(refused?.["detail"])).toContain("--ca-file or NODE_EXTRA_CA_CERTS");
+      expect(await doctor(pem("ca.pem"))).toMatchObject({ status: "ok" });
+    } finally {
+      await h.close();
+    }
+  });
+
   it("a plain http:// control plane URL to a non-loopback host is refused (CONFIG_INVALID) unless --allow-insecure-control-plane", async () => {
     const flags = { token_file: "/nonexistent", key_file: "/nonexistent", work_dir: dir };
     const refused = await loadSettings({ ...flags, control_plane_url: "http://10.0.0.7:8480" }, {});
