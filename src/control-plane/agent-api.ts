@@ -91,8 +91,9 @@ export class AgentApi {
   }
 
   /** The enrolled agent a request's bearer credential belongs to, if any (for connection and rate limits). */
-  identify(req: IncomingMessage): string | undefined {
-    return this.caller(req)?.id;
+  identify(req: IncomingMessage): { readonly id: string; readonly concurrency: number } | undefined {
+    const agent = this.caller(req);
+    return agent === undefined ? undefined : { id: agent.id, concurrency: agent.concurrency };
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, path: string[]): Promise<void> {

@@ -9,7 +9,11 @@ import { HttpError } from "./http-util.js";
 import { TokenBuckets, type RateLimit } from "./rate-limit.js";
 
 export interface ClientRates {
-  /** Per agent credential, every route it calls. */
+  /**
+   * Per agent credential, every route it calls, per run slot: times the agent's registered
+   * concurrency (at most MAX_SCALED_CONCURRENCY), since its runs' heartbeats, logs and events
+   * grow with it.
+   */
   readonly agent: RateLimit;
   /** Per remote address, requests with the pool token (enrollment, ping). */
   readonly enrollment: RateLimit;
@@ -42,7 +46,7 @@ export const DEFAULT_LIMITS: ControlPlaneLimits = {
   keepAliveTimeoutMs: 65_000,
   connections: DEFAULT_CONNECTION_LIMITS,
   rates: {
-    agent: { perSecond: 100, burst: 200 },
+    agent: { perSecond: 20, burst: 40 },
     enrollment: { perSecond: 10, burst: 60 },
     authFailures: { perSecond: 2, burst: 30 },
     admin: { perSecond: 100, burst: 500 },
@@ -78,10 +82,13 @@ export function resolveLimits(overrides: LimitOverrides = {}): ControlPlaneLimit
   };
 }
 
+/** An agent's rate grows with its concurrency up to this many run slots. */
+export const MAX_SCALED_CONCURRENCY = 64;
+
 /** Who a request says it is, from its bearer token alone (each route still checks its own). */
 export type Caller =
   | { readonly kind: "admin" }
-  | { readonly kind: "agent"; readonly agentId: string }
+  | { readonly kind: "agent"; readonly agentId: string; readonly concurrency: number }
   | { readonly kind: "pool" }
   | { readonly kind: "anonymous" };
 
@@ -126,12 +133,13 @@ export class ClientLimiter {
             );
       }
       case "agent": {
-        const wait = this.agent.take(caller.agentId, nowMs);
+        const slots = Math.max(1, Math.min(caller.concurrency, MAX_SCALED_CONCURRENCY));
+        const wait = this.agent.take(caller.agentId, nowMs, slots);
         return wait === undefined
           ? undefined
           : throttled(
               "AGENT_RATE_LIMITED",
-              `agent ${caller.agentId} made more than ${rates.agent.burst} requests at once or ${rates.agent.perSecond} a second`,
+              `agent ${caller.agentId} made more than ${rates.agent.burst * slots} requests at once or ${rates.agent.perSecond * slots} a second (for its concurrency ${caller.concurrency})`,
               wait,
             );
       }

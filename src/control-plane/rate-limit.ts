@@ -1,6 +1,7 @@
 /**
  * Token buckets by key (an agent, an address, the admin token): each key may make `burst`
- * requests at once, then `perSecond` on average. Pure: the time is passed in. The number of keys
+ * requests at once, then `perSecond` on average, both times the key's `scale` (an agent's
+ * concurrency). Pure: the time is passed in. The number of keys
  * is bounded: past `maxKeys`, the least recently used key is forgotten (its bucket starts full
  * again), so a flood of new keys cannot grow memory.
  */
@@ -27,38 +28,39 @@ export class TokenBuckets {
   }
 
   /** Takes one token; returns undefined when there was one, else how long until there is (ms). */
-  take(key: string, nowMs: number): number | undefined {
-    const bucket = this.refill(key, nowMs);
+  take(key: string, nowMs: number, scale = 1): number | undefined {
+    const bucket = this.refill(key, nowMs, scale);
     if (bucket.tokens >= 1) {
       bucket.tokens -= 1;
       return undefined;
     }
-    return this.waitMs(bucket);
+    return this.waitMs(bucket, scale);
   }
 
   /** How long until `key` has a token (0 when it has one now), without taking it. */
   wait(key: string, nowMs: number): number {
     const bucket = this.buckets.get(key);
     if (bucket === undefined) return 0;
-    return this.waitMs(this.refill(key, nowMs));
+    return this.waitMs(this.refill(key, nowMs, 1), 1);
   }
 
-  private waitMs(bucket: Bucket): number {
-    return bucket.tokens >= 1 ? 0 : Math.ceil(((1 - bucket.tokens) * 1000) / this.limit.perSecond);
+  private waitMs(bucket: Bucket, scale: number): number {
+    return bucket.tokens >= 1 ? 0 : Math.ceil(((1 - bucket.tokens) * 1000) / (this.limit.perSecond * scale));
   }
 
   /** The key's bucket, refilled to now and moved to the most recently used end. */
-  private refill(key: string, nowMs: number): Bucket {
+  private refill(key: string, nowMs: number, scale: number): Bucket {
+    const burst = this.limit.burst * scale;
     let bucket = this.buckets.get(key);
     if (bucket === undefined) {
-      bucket = { tokens: this.limit.burst, atMs: nowMs };
+      bucket = { tokens: burst, atMs: nowMs };
       if (this.buckets.size >= this.maxKeys) {
         const oldest = this.buckets.keys().next();
         if (oldest.done !== true) this.buckets.delete(oldest.value);
       }
     } else {
       const elapsed = Math.max(0, nowMs - bucket.atMs);
-      bucket.tokens = Math.min(this.limit.burst, bucket.tokens + (elapsed * this.limit.perSecond) / 1000);
+      bucket.tokens = Math.min(burst, bucket.tokens + (elapsed * this.limit.perSecond * scale) / 1000);
       bucket.atMs = nowMs;
       this.buckets.delete(key);
     }

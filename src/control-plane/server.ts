@@ -150,8 +150,8 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
   function identify(req: IncomingMessage): Caller {
     if (bearerToken(req) === undefined) return { kind: "anonymous" };
     if (bearerMatches(req, options.adminToken)) return { kind: "admin" };
-    const agentId = agent.identify(req);
-    if (agentId !== undefined) return { kind: "agent", agentId };
+    const enrolled = agent.identify(req);
+    if (enrolled !== undefined) return { kind: "agent", agentId: enrolled.id, concurrency: enrolled.concurrency };
     return bearerMatches(req, options.agentToken) ? { kind: "pool" } : { kind: "anonymous" };
   }
 
