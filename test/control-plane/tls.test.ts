@@ -18,6 +18,7 @@ import { loadSettings } from "../../src/config/load-run-config.js";
 import { readTlsFiles, watchTlsFiles } from "../../src/control-plane/tls-files.js";
 import { isAgentError } from "../../src/core/errors.js";
 import { generatePrivateKeyPem, parsePrivateKeyPem, publicKeyDoc } from "../../src/crypto/agent-key.js";
+import { openChallenge } from "../../src/crypto/sealed-bundle.js";
 import { ControlPlaneClient } from "../../src/daemon/control-plane-client.js";
 import { AGENT_BIN, startLogged, type AgentProcess } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
@@ -173,6 +174,39 @@ describe("the agent verifies the control plane's certificate", () => {
     } finally {
       await h.close();
       await elsewhere.close();
+    }
+  });
+
+  it("over HTTPS, a request with the agent's credential proves its connection (the TLS socket is matched to its TCP connection)", async () => {
+    const h = await tlsHarness("server");
+    const { NODE_EXTRA_CA_CERTS: _ignored, ...env } = process.env;
+    const client = new ControlPlaneClient({
+      baseUrl: h.url,
+      token: h.agentToken,
+      dispatcher: await controlPlaneDispatcher(env, pem("ca.pem")),
+    });
+    try {
+      const key = await parsePrivateKeyPem(generatePrivateKeyPem(), "test key");
+      const enrolled = await client.enroll({
+        name: "tls-test",
+        version: "1",
+        concurrency: 1,
+        public_keys: [publicKeyDoc(key.publicKey)],
+      });
+      const answer = await openChallenge(enrolled.challenge, {
+        keys: new Map([[key.kid, key]]),
+        agentId: enrolled.agent_id,
+        challengeId: enrolled.challenge_id,
+        nowMs: Date.now(),
+        clockSkewSeconds: 120,
+      });
+      await client.answerEnrollment(enrolled.agent_id, { challenge_id: enrolled.challenge_id, answer });
+      expect(h.cp.connectionStats().proven).toBe(0);
+      expect(await client.lease(enrolled.agent_id, 1, 0, new AbortController().signal)).toEqual([]);
+      expect(h.cp.connectionStats().proven).toBe(1);
+    } finally {
+      await client.close();
+      await h.close();
     }
   });
 
