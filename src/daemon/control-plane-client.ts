@@ -62,9 +62,11 @@ const DEFAULT_MAX_RESPONSE = 80 * 1024 * 1024;
 const SMALL_ANSWER_BYTES = 256 * 1024;
 
 /**
- * A 429 with Retry-After (a rate limit: docs/protocol.md, Limits) is retried in place this many
- * times, each after the wait the control plane asked for (at most 30 s), before the caller's own
- * backoff sees it: a log line or a heartbeat is delayed, not lost.
+ * A 429 with Retry-After (a rate limit: docs/protocol.md, Limits) is retried in place up to this
+ * many times, after the wait the control plane asked for, as long as the waits of one call add up
+ * to at most 30 s: a log line or a heartbeat is delayed, not lost, and a control plane that keeps
+ * asking for waits cannot hold a run (and its credentials on disk) much longer than one request
+ * timeout per call. Then the caller's own backoff sees the 429.
  */
 const THROTTLED_RETRIES = 3;
 const THROTTLED_WAIT = { baseMs: 1000, capMs: 30_000 };
@@ -99,6 +101,7 @@ export class ControlPlaneClient {
     body: unknown,
     opts: CallOptions = {},
   ): Promise<{ status: number; bytes: Buffer }> {
+    let waited = 0;
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.callOnce(method, path, body, opts);
@@ -107,9 +110,12 @@ export class ControlPlaneClient {
           isAgentError(error, "CONTROL_PLANE_UNAVAILABLE") && error.details.kind === "throttled"
             ? error.details.retry_after_ms
             : undefined;
-        if (retryAfter === undefined || retryAfter > THROTTLED_WAIT.capMs || attempt >= THROTTLED_RETRIES) throw error;
+        if (retryAfter === undefined || attempt >= THROTTLED_RETRIES) throw error;
+        const wait = backoffDelayMs(THROTTLED_WAIT, attempt, Math.random, retryAfter);
+        if (retryAfter > THROTTLED_WAIT.capMs || waited + wait > THROTTLED_WAIT.capMs) throw error;
+        waited += wait;
         try {
-          await delay(backoffDelayMs(THROTTLED_WAIT, attempt, Math.random, retryAfter), undefined, {
+          await delay(wait, undefined, {
             ...(opts.signal ? { signal: opts.signal } : {}),
           });
         } catch {
