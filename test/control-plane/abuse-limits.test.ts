@@ -293,7 +293,8 @@ describe("per-run caps and body limits", () => {
   };
 
   it("event and log floods are refused with their codes while another agent is served", async () => {
-    const h = await start({ agentApi: quota });
+    // The flood is about per-run caps, not the flooder's rate (tested above).
+    const h = await start({ agentApi: quota, limits: { rates: { agent: { perSecond: 1000, burst: 1000 } } } });
     const flooder = await enrollAgent(h.url, h.agentToken);
     const other = await enrollAgent(h.url, h.agentToken);
     const runs = [];

@@ -37,8 +37,13 @@ let archive: string;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "oca-flood-"));
-  // The default limits: nothing here is made small for the test.
-  h = await startControlPlane({ leaseTtlSeconds: 30 });
+  // The default connection limits and timeouts: nothing here is made small for the test. Only the
+  // agent rate is raised: the sampling agent makes 60 requests in a second or two, as an agent
+  // of a high concurrency would (this test is about connections, abuse-limits.test.ts about rates).
+  h = await startControlPlane({
+    leaseTtlSeconds: 30,
+    limits: { rates: { agent: { perSecond: 1000, burst: 1000 } } },
+  });
   files = await agentFiles(dir, h.agentToken);
   archive = (await tarGz({ "main.tf": MAIN_TF })).toString("base64");
 });

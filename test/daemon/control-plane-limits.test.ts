@@ -58,7 +58,9 @@ describe("the agent under the control plane's limits", () => {
   it("429 with Retry-After: requests are delayed, the run succeeds and its whole output arrives", async () => {
     const { h, answered, files } = await start({
       agentApi: { heartbeatIntervalSeconds: 1, pollWaitSeconds: 5, bundleTtlSeconds: 120 },
-      limits: { rates: { agent: { perSecond: 3, burst: 3 } } },
+      // Each phase's output comes at once, as five log chunks: more than the burst, so some are
+      // refused; one second later the bucket is full again.
+      limits: { rates: { agent: { perSecond: 10, burst: 4 } } },
     });
     const agent = launchAgent(h.url, files, join(dir, "work-throttled"), ["--tofu-bin", chattyTofu]);
     try {
