@@ -7,6 +7,7 @@ import { z } from "zod";
 import { CREDENTIAL_HELPER_NAME, ENTRY_FIELD_MAX_LENGTH } from "../core/export-payload.js";
 import { PHASES } from "../protocol/agent-api.js";
 import { HttpError, readJson, sendJson } from "./http-util.js";
+import { changeFacts, fieldsNeedingPassword, type IntegrationChange } from "./integration-audit.js";
 import { checkRegistryUrlForm, type RegistryProber } from "./registry-probe.js";
 import { newId, publicIntegration, type ControlPlaneStore, type Integration, type RunRecord } from "./store.js";
 
@@ -51,6 +52,22 @@ const createRunSchema = z.strictObject({
   phases: z.array(z.enum(PHASES)).min(1).max(3).default(["init", "plan", "apply"]),
 });
 
+const auditQuerySchema = z.strictObject({
+  after: z.coerce.number().int().min(0).default(0),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  integration_id: z.string().min(1).optional(),
+});
+
+function remoteAddress(req: IncomingMessage): string | null {
+  return req.socket.remoteAddress ?? null;
+}
+
+/** The stored form of a registry URL: the normalized host and, for a repository-scoped URL, its path. */
+function storedUrl(url: URL): string {
+  const path = url.pathname.replace(/^\/+|\/+$/g, "");
+  return path === "" ? url.origin : `${url.origin}/${path}`;
+}
+
 function runView(run: RunRecord): Record<string, unknown> {
   return {
     id: run.id,
@@ -88,10 +105,17 @@ export class AdminApi {
       if (action === undefined && method === "PATCH") return this.patchIntegration(req, res, integration);
       if (action === undefined && method === "DELETE") {
         this.store.integrations.delete(integration.id);
+        this.store.recordAudit(integration, remoteAddress(req), [
+          { type: "integration_deleted", from: integration.registry_url },
+        ]);
         this.store.emit("changed");
         res.writeHead(204).end();
         return;
       }
+    }
+    if (collection === "audit" && id === undefined && method === "GET") {
+      this.listAudit(req, res);
+      return;
     }
     if (collection === "runs") {
       if (id === undefined && method === "POST") return this.createRun(req, res);
@@ -120,8 +144,23 @@ export class AdminApi {
     const url = checkRegistryUrlForm(raw);
     // A repository-scoped URL is probed at its host's /v2/.
     const { warnings } = await this.probe(new URL(url.origin));
-    const path = url.pathname.replace(/^\/+|\/+$/g, "");
-    return { url: path === "" ? url.origin : `${url.origin}/${path}`, warnings };
+    return { url: storedUrl(url), warnings };
+  }
+
+  /** `GET /audit?after=SEQ&limit=N&integration_id=ID`: entries after SEQ, oldest first. */
+  private listAudit(req: IncomingMessage, res: ServerResponse): void {
+    const query = auditQuerySchema.safeParse(Object.fromEntries(new URL(req.url ?? "/", "http://x").searchParams));
+    if (!query.success)
+      throw new HttpError(
+        422,
+        "QUERY_INVALID",
+        "the audit query takes after=<seq> (a number), limit=<1..1000> and integration_id=<id>",
+      );
+    const { after, limit, integration_id: integrationId } = query.data;
+    const entries = this.store.audit
+      .filter((e) => e.seq > after && (integrationId === undefined || e.integration_id === integrationId))
+      .slice(0, limit);
+    sendJson(res, 200, { entries, next_after: entries.at(-1)?.seq ?? after });
   }
 
   /** Credential helpers serve a whole host (credHelpers is keyed by host): the agent leaves a scoped one out. */
@@ -152,6 +191,9 @@ export class AdminApi {
       updated_at: now,
     };
     this.store.integrations.set(integration.id, integration);
+    this.store.recordAudit(integration, remoteAddress(req), [
+      { type: "integration_created", to: integration.registry_url },
+    ]);
     this.store.emit("changed");
     sendJson(res, 201, { ...publicIntegration(integration), warnings });
   }
@@ -179,16 +221,25 @@ export class AdminApi {
         );
       }
     }
-    AdminApi.checkHelperUrl(
-      body.registry_url === undefined ? integration.registry_url : checkRegistryUrlForm(body.registry_url).href,
-      helperAfter,
-    );
+    const urlForm = body.registry_url === undefined ? undefined : checkRegistryUrlForm(body.registry_url);
+    AdminApi.checkHelperUrl(urlForm?.href ?? integration.registry_url, helperAfter);
+    const change: IntegrationChange = {
+      ...body,
+      ...(urlForm === undefined ? {} : { registry_url: storedUrl(urlForm) }),
+      ...(toPassword && integration.credential_helper !== null ? { credential_helper: null } : {}),
+    };
+    const needPassword = fieldsNeedingPassword(integration, change);
+    if (needPassword.length > 0)
+      throw new HttpError(
+        422,
+        "PASSWORD_REQUIRED",
+        `changing ${needPassword.join(" or ")} needs the password again (it would otherwise be sent to the new registry or for the new user): send "password" in the same request`,
+        { fields: needPassword },
+      );
     let warnings: string[] = [];
-    if (body.registry_url !== undefined) {
-      const checked = await this.validateUrl(body.registry_url);
-      integration.registry_url = checked.url;
-      warnings = checked.warnings;
-    }
+    if (body.registry_url !== undefined) warnings = (await this.validateUrl(body.registry_url)).warnings;
+    const facts = changeFacts(integration, change);
+    if (change.registry_url !== undefined) integration.registry_url = change.registry_url;
     if (body.name !== undefined) integration.name = body.name;
     if (body.username !== undefined) integration.username = body.username;
     if (body.password !== undefined) integration.password = body.password;
@@ -199,6 +250,7 @@ export class AdminApi {
     } else if (toPassword) integration.credential_helper = null;
     if (body.export_credentials !== undefined) integration.export_credentials = body.export_credentials;
     integration.updated_at = this.store.iso();
+    this.store.recordAudit(integration, remoteAddress(req), facts);
     this.store.emit("changed");
     sendJson(res, 200, { ...publicIntegration(integration), warnings });
   }

@@ -12,6 +12,7 @@ import {
   type Phase,
   type RunEvent,
 } from "../protocol/agent-api.js";
+import type { AuditEntry, AuditFacts } from "./integration-audit.js";
 
 export interface Integration {
   id: string;
@@ -132,6 +133,28 @@ export class ControlPlaneStore extends EventEmitter {
   agentByCredential(credentialSha256: string): AgentRecord | undefined {
     const id = this.credentialIndex.get(credentialSha256);
     return id === undefined ? undefined : this.agents.get(id);
+  }
+
+  // ---- audit ------------------------------------------------------------------------------
+
+  /** Oldest first; emitted one by one as "audit" for the operator's log. */
+  readonly audit: AuditEntry[] = [];
+  private auditSeq = 0;
+
+  recordAudit(integration: Integration, remoteAddress: string | null, facts: readonly AuditFacts[]): void {
+    for (const f of facts) {
+      const entry: AuditEntry = {
+        seq: ++this.auditSeq,
+        at: this.iso(),
+        integration_id: integration.id,
+        integration_name: integration.name,
+        remote_address: remoteAddress,
+        ...f,
+      };
+      this.audit.push(entry);
+      this.emit("audit", entry);
+    }
+    if (facts.length > 0) this.emit("changed");
   }
 
   // ---- runs -------------------------------------------------------------------------------

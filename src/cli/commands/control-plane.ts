@@ -53,6 +53,10 @@ export async function controlPlane(opts: ControlPlaneCommandOptions): Promise<nu
       );
     },
   });
+  // The audit trail also goes to the operator's log, one JSON line per entry (never a secret).
+  cp.store.on("audit", (entry: object) => {
+    process.stdout.write(`${JSON.stringify({ event: "integration_audit", ...entry })}\n`);
+  });
   const { url } = await cp.listen(listen.host, listen.port);
   process.stdout.write(
     `${JSON.stringify({ event: "control_plane_listening", url, admin_api: `${url}/api/admin/v1`, agent_api: `${url}/api/agent/v1` })}\n`,
