@@ -7,7 +7,16 @@
  * so it is refused. Audit entries name what changed, with old and new values for the fields
  * that are not secret and only the fact of a change for the password.
  */
-import type { Integration } from "./store.js";
+
+/** The fields of a stored integration these rules read (store.ts's Integration has them all). */
+interface Integration {
+  readonly name: string;
+  readonly registry_url: string;
+  readonly username: string;
+  readonly password: string;
+  readonly credential_helper: string | null;
+  readonly export_credentials: boolean;
+}
 
 /** An integration's fields after validation, as a PATCH would set them. */
 export interface IntegrationChange {
@@ -21,7 +30,7 @@ export interface IntegrationChange {
   readonly export_credentials?: boolean | undefined;
 }
 
-export type AuditType =
+type AuditType =
   | "integration_created"
   | "integration_deleted"
   | "integration_url_changed"
