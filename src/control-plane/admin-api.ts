@@ -87,8 +87,7 @@ export class AdminApi {
       }
       if (action === undefined && method === "PATCH") return this.patchIntegration(req, res, integration);
       if (action === undefined && method === "DELETE") {
-        this.store.integrations.delete(integration.id);
-        this.store.emit("changed");
+        this.store.deleteIntegration(integration.id);
         res.writeHead(204).end();
         return;
       }
@@ -151,8 +150,7 @@ export class AdminApi {
       created_at: now,
       updated_at: now,
     };
-    this.store.integrations.set(integration.id, integration);
-    this.store.emit("changed");
+    this.store.saveIntegration(integration);
     sendJson(res, 201, { ...publicIntegration(integration), warnings });
   }
 
@@ -199,7 +197,7 @@ export class AdminApi {
     } else if (toPassword) integration.credential_helper = null;
     if (body.export_credentials !== undefined) integration.export_credentials = body.export_credentials;
     integration.updated_at = this.store.iso();
-    this.store.emit("changed");
+    this.store.saveIntegration(integration);
     sendJson(res, 200, { ...publicIntegration(integration), warnings });
   }
 
