@@ -56,7 +56,13 @@ export async function controlPlane(opts: ControlPlaneCommandOptions): Promise<nu
     const { readDataKey } = await import("../../control-plane/data-key.js");
     const { SqliteStorage } = await import("../../control-plane/sqlite-storage.js");
     const key = await readDataKey({ dataFile: opts.dataFile, keyFile: opts.dataKeyFile, env: process.env });
-    storage = await SqliteStorage.open(opts.dataFile, key, { onFailure: stop });
+    storage = await SqliteStorage.open(opts.dataFile, key, {
+      // After the failed request's 500 is written.
+      onFailure: (error) =>
+        setImmediate(() => {
+          stop(error);
+        }),
+    });
     key.fill(0);
   }
   try {
