@@ -8,7 +8,7 @@
  * the kill -9 test in data-file-kill.test.ts.
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -25,6 +25,7 @@ import { openBundle, openChallenge } from "../../src/crypto/sealed-bundle.js";
 import { queryDataFile, rawDataFileBytes, storedTarGz } from "../support/data-file.js";
 import { enrollAgent, type Enrolled } from "../support/enroll.js";
 import { leakForms } from "../support/leak-forms.js";
+import { refusal } from "../support/refusal.js";
 
 /** A clock the test moves: timers fire, in order, only when it is advanced past them. */
 class ManualClock implements StoreClock {
@@ -396,6 +397,29 @@ describe("SQLite storage: a close and a reopen", () => {
     const raw = (await rawDataFileBytes(dataFile)).toString("latin1");
     for (const secret of [PASSWORD, TFVARS, LOG_TEXT, EVENT_TEXT, agent.credential])
       expect(raw.includes(secret)).toBe(false);
+  });
+});
+
+describe("SQLite storage: backup", () => {
+  it("a copy taken with VACUUM INTO while the control plane runs restores with the key, once it is 0600", async () => {
+    await mkdir(join(dir, "backup-src"), { mode: 0o700 });
+    await mkdir(join(dir, "backup-dst"), { mode: 0o700 });
+    const clock = new ManualClock();
+    const key = randomBytes(32);
+    const source = join(dir, "backup-src", "state.db");
+    const { cp } = await start(source, key, clock);
+    const run = cp.store.createRun(await storedTarGz({ "main.tf": "\n" }), ["init"]);
+    cp.store.appendLog(run, { phase: "init", seq: 0, text: "before the backup\n" });
+    // docs/operations.md: sqlite3 state.db "VACUUM INTO '/backup/state.db'", on a connection of its own.
+    const copy = join(dir, "backup-dst", "state.db");
+    queryDataFile(source, `VACUUM INTO '${copy}'`);
+    cp.store.appendLog(run, { phase: "init", seq: 1, text: "after the backup\n" });
+    expect((await refusal(SqliteStorage.open(copy, key))).code).toBe("DATA_FILE_PERMISSIONS");
+    await chmod(copy, 0o600);
+    expect((await refusal(SqliteStorage.open(copy, randomBytes(32)))).code).toBe("DATA_KEY_WRONG");
+    const restored = await start(copy, key, clock);
+    expect(restored.cp.store.runs.get(run.id)?.logs.map((l) => l.text)).toEqual(["before the backup\n"]);
+    expect(restored.cp.store.runs.get(run.id)?.status).toBe("queued");
   });
 });
 
