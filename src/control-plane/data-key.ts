@@ -18,7 +18,7 @@ import { currentUid } from "../fs/secure-fs.js";
 import { DATA_KEY_BYTES } from "./data-cipher.js";
 
 /** The systemd credential name the control plane looks for when --data-key-file is not given. */
-export const DATA_KEY_CREDENTIAL = "data-key";
+const DATA_KEY_CREDENTIAL = "data-key";
 
 const MAKE_ONE = "make one with `(umask 077; head -c 32 /dev/urandom | base64 > /etc/ref-control-plane/data.key)`";
 

@@ -84,7 +84,7 @@ const MIGRATIONS: readonly ((db: DatabaseSync, key: Buffer) => void)[] = [
   },
 ];
 
-export const SCHEMA_VERSION = MIGRATIONS.length;
+const SCHEMA_VERSION = MIGRATIONS.length;
 
 export interface SqliteStorageOptions {
   /** FULL unless said (the storage benchmark measures NORMAL beside it). */

@@ -108,7 +108,7 @@ export interface StorePersistence {
 }
 
 /** No persistence: `dev`, tests, and `control-plane` without --data-file. */
-export const memoryOnly: StorePersistence = {
+const memoryOnly: StorePersistence = {
   load: () => ({ integrations: [], agents: [], runs: [] }),
   transaction: (fn) => fn(),
   putIntegration: () => undefined,
@@ -131,9 +131,9 @@ export interface StoreOptions {
 }
 
 /** A finished run is kept this long by default (`--retention`). */
-export const DEFAULT_RETENTION_MS = 30 * 86_400_000;
+const DEFAULT_RETENTION_MS = 30 * 86_400_000;
 /** An agent's last_seen_at is written to storage at most this often (it is exact in memory). */
-export const LAST_SEEN_WRITE_INTERVAL_MS = 60_000;
+const LAST_SEEN_WRITE_INTERVAL_MS = 60_000;
 
 export interface StoreClock {
   now(): number;

@@ -108,6 +108,11 @@ describe("the data key", () => {
     expect(e.message).toContain(join(empty, "data-key"));
   });
 
+  it("without --data-file is refused: it would seal nothing", async () => {
+    const stderr = await cliRefusal(["--data-key-file", keyFile]);
+    expect(stderr).toMatch(/^oci-cred-agent: error INVALID_ARGUMENT: --data-key-file seals the data of --data-file/m);
+  });
+
   it("is read from --data-key-file, or from the systemd credential data-key", async () => {
     expect((await readDataKey(source(keyFile))).equals(key)).toBe(true);
     const creds = await mkdtemp(join(dir, "creds-"));
