@@ -275,7 +275,8 @@ export class SqliteStorage implements StorePersistence {
     }
     try {
       const ownerToken = SqliteStorage.setUp(db, path, key, options.synchronous ?? "FULL");
-      return new SqliteStorage(path, db, key, ownerToken, options.onFailure ?? (() => undefined));
+      // A copy of its own: the caller may wipe the key it read.
+      return new SqliteStorage(path, db, Buffer.from(key), ownerToken, options.onFailure ?? (() => undefined));
     } catch (error) {
       db.close();
       if (error instanceof AgentError) throw error;
@@ -354,6 +355,7 @@ export class SqliteStorage implements StorePersistence {
     } catch {
       // Closing checkpoints the WAL; whatever was committed is in the WAL already.
     }
+    this.key.fill(0);
   }
 
   // ---- sealing ----------------------------------------------------------------------------

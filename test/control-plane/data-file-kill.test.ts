@@ -16,10 +16,12 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SqliteStorage } from "../../src/control-plane/sqlite-storage.js";
 import { spawnCliControlPlane, type CliControlPlane } from "../support/cli-control-plane.js";
 import { tarGz } from "../support/control-plane-harness.js";
 import { queryDataFile, writeDataKey } from "../support/data-file.js";
 import { enrollAgent, type Enrolled } from "../support/enroll.js";
+import { refusal } from "../support/refusal.js";
 
 type Outcome = "succeeded" | "failed" | "canceled";
 
@@ -44,6 +46,7 @@ const AGENTS = 3;
 let dir: string;
 let dataFile: string;
 let keyFile: string;
+let dataKey: Buffer;
 let archive: Buffer;
 const processes: CliControlPlane[] = [];
 
@@ -59,7 +62,7 @@ beforeAll(async () => {
   await mkdir(join(dir, "etc"), { mode: 0o700 });
   dataFile = join(dir, "state", "cp.db");
   keyFile = join(dir, "etc", "data.key");
-  await writeDataKey(keyFile);
+  dataKey = await writeDataKey(keyFile);
   await writeFile(join(dir, "etc", "admin.token"), adminToken, { mode: 0o600 });
   await writeFile(join(dir, "etc", "agent.token"), agentToken, { mode: 0o600 });
   archive = await tarGz({ "main.tf": "\n" });
@@ -324,5 +327,15 @@ describe("kill -9 under load", () => {
     expect(models.some((r) => r.logs.length > 0 && r.events.length > 0)).toBe(true);
     expect(await cp.stop()).toBe(0);
     expect(queryDataFile(dataFile, "PRAGMA integrity_check")).toEqual([{ integrity_check: "ok" }]);
+    // Every value the processes sealed opens under the key in the key file, and no other.
+    const storage = await SqliteStorage.open(dataFile, dataKey);
+    try {
+      const held = storage.load();
+      expect(held.runs.length).toBeGreaterThanOrEqual(runs.size);
+      expect(held.runs.some((r) => r.events.length > 0 && r.logs.length > 0)).toBe(true);
+    } finally {
+      storage.close();
+    }
+    expect((await refusal(SqliteStorage.open(dataFile, randomBytes(32)))).code).toBe("DATA_KEY_WRONG");
   }, 180_000);
 });
