@@ -24,8 +24,10 @@ import {
   publicKeyDoc,
   realFs,
   sealBundle,
+  SqliteStorage,
   wipeRunDir,
 } from "./support/shipped.js";
+import { runsCreatedPerSecond } from "./support/storage-bench.js";
 import { startLocalRegistry } from "./support/local-registry.js";
 
 const quick = process.argv.includes("--quick");
@@ -52,6 +54,7 @@ const SIZES = quick
       isoRuns: 60,
       isoRounds: 2,
       isoC64: 300,
+      storageRuns: 500,
     }
   : {
       pickup: 1000,
@@ -70,6 +73,7 @@ const SIZES = quick
       isoRuns: 300,
       isoRounds: 6,
       isoC64: 2000,
+      storageRuns: 2000,
     };
 
 // ---------- small helpers ----------
@@ -808,6 +812,12 @@ async function main(): Promise<void> {
     await Promise.all(registries.map((r) => r.stop()));
   }
 
+  // ---------- the control plane's data file: runs created per second, 8 admin clients ----------
+  results["control_plane_runs_created"] = {
+    memory: await runsCreatedPerSecond({ createControlPlane, SqliteStorage }, "memory", SIZES.storageRuns, 8),
+    data_file: await runsCreatedPerSecond({ createControlPlane, SqliteStorage }, "FULL", SIZES.storageRuns, 8),
+  };
+
   results["machine"] = {
     cpus: cpus().length,
     cpu_model: cpus()[0]?.model ?? "unknown",
@@ -887,6 +897,11 @@ function printTable(r: Record<string, unknown>): void {
       "RSS (MB)",
       `idle ${g("rss_mb.idle")}  after ${g("rss_mb.runs")} runs ${g("rss_mb.after_10k_runs")}`,
       `growth ${g("rss_mb.growth")}, of which after the first tenth ${g("rss_mb.growth_after_first_tenth")}`,
+    ],
+    [
+      "control plane, runs created (runs/s)",
+      `memory ${g("control_plane_runs_created.memory.runs_per_s")}  data file ${g("control_plane_runs_created.data_file.runs_per_s")}`,
+      `POST /runs, 8 clients; p50 ${g("control_plane_runs_created.memory.p50_ms")} / ${g("control_plane_runs_created.data_file.p50_ms")} ms (SQLite, synchronous=FULL)`,
     ],
     ["start-up (ms)", `--version ${g("startup_ms.version")}  first lease ${g("startup_ms.first_lease")}`, ""],
     [

@@ -199,7 +199,19 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .option("--listen <host:port>", "where to listen", "127.0.0.1:8480")
     .requiredOption("--admin-token-file <file>", "file holding the admin API token")
     .requiredOption("--agent-token-file <file>", "file holding the agent pool token")
-    .option("--data-file <file>", "persist state here (passwords encrypted at rest); default in memory")
+    .option(
+      "--data-file <file>",
+      "keep state in this SQLite database (created 0600; every acknowledged change committed first); default in memory",
+    )
+    .option(
+      "--data-key-file <file>",
+      "with --data-file: the key that seals passwords, configurations and logs at rest, 32 random bytes in base64, kept outside the data file's directory [default: the systemd credential data-key]",
+    )
+    .option(
+      "--retention <duration>",
+      "delete finished runs, with their events and logs, this long after they ended",
+      "30d",
+    )
     .option("--lease-ttl <duration>", "a lease expires this long after its last heartbeat", "60s")
     .option("--heartbeat-interval <duration>", "how often agents heartbeat a lease", "10s")
     .option("--poll-wait <duration>", "how long a lease request is held open", "30s")

@@ -104,11 +104,10 @@ export class AdminApi {
       }
       if (action === undefined && method === "PATCH") return this.patchIntegration(req, res, integration);
       if (action === undefined && method === "DELETE") {
-        this.store.integrations.delete(integration.id);
-        this.store.recordAudit(integration, remoteAddress(req), [
-          { type: "integration_deleted", from: integration.registry_url },
-        ]);
-        this.store.emit("changed");
+        this.store.deleteIntegration(integration, {
+          remoteAddress: remoteAddress(req),
+          facts: [{ type: "integration_deleted", from: integration.registry_url }],
+        });
         res.writeHead(204).end();
         return;
       }
@@ -190,11 +189,10 @@ export class AdminApi {
       created_at: now,
       updated_at: now,
     };
-    this.store.integrations.set(integration.id, integration);
-    this.store.recordAudit(integration, remoteAddress(req), [
-      { type: "integration_created", to: integration.registry_url },
-    ]);
-    this.store.emit("changed");
+    this.store.saveIntegration(integration, {
+      remoteAddress: remoteAddress(req),
+      facts: [{ type: "integration_created", to: integration.registry_url }],
+    });
     sendJson(res, 201, { ...publicIntegration(integration), warnings });
   }
 
@@ -250,8 +248,7 @@ export class AdminApi {
     } else if (toPassword) integration.credential_helper = null;
     if (body.export_credentials !== undefined) integration.export_credentials = body.export_credentials;
     integration.updated_at = this.store.iso();
-    this.store.recordAudit(integration, remoteAddress(req), facts);
-    this.store.emit("changed");
+    this.store.saveIntegration(integration, { remoteAddress: remoteAddress(req), facts });
     sendJson(res, 200, { ...publicIntegration(integration), warnings });
   }
 

@@ -103,7 +103,7 @@ export class AgentApi {
       throw new HttpError(404, "NOT_FOUND", `no agent route ${method} /${path.join("/")}`);
     }
     const agent = this.authenticate(req);
-    agent.last_seen_at = this.store.iso();
+    this.store.touchAgent(agent);
     if (collection === "agents" && id !== undefined) {
       if (id !== agent.id)
         throw new HttpError(
@@ -140,7 +140,9 @@ export class AgentApi {
       }
       if (action === "events" && method === "POST") {
         const body = await readJson(req, eventsRequestSchema, MAX_AGENT_BODY);
-        for (const e of body.events) this.store.event(run, e.type, { ...e, at: e.at, source: "agent" });
+        this.store.atomically(() => {
+          for (const e of body.events) this.store.event(run, e.type, { ...e, at: e.at, source: "agent" });
+        });
         res.writeHead(204).end();
         return;
       }
@@ -148,21 +150,23 @@ export class AgentApi {
         const body = await readJson(req, logChunkRequestSchema, MAX_AGENT_BODY);
         const used = run.logs.reduce((n, l) => n + l.text.length, 0);
         if (used + body.text.length <= this.settings.maxLogBytesPerRun)
-          run.logs.push({ phase: body.phase, seq: body.seq, text: body.text });
+          this.store.appendLog(run, { phase: body.phase, seq: body.seq, text: body.text });
         res.writeHead(204).end();
         return;
       }
       if (action === "complete" && method === "POST") {
         const body = await readJson(req, completeRequestSchema, MAX_AGENT_BODY);
-        for (const p of body.phases)
-          this.store.event(run, "phase_result", {
-            phase: p.name,
-            exit_code: p.exit_code,
-            signal: p.signal,
-            duration_ms: p.duration_ms,
-          });
-        this.store.event(run, "credentials_wiped", { wiped: body.credentials_wiped });
-        this.store.finish(run, body.outcome, body.error);
+        this.store.atomically(() => {
+          for (const p of body.phases)
+            this.store.event(run, "phase_result", {
+              phase: p.name,
+              exit_code: p.exit_code,
+              signal: p.signal,
+              duration_ms: p.duration_ms,
+            });
+          this.store.event(run, "credentials_wiped", { wiped: body.credentials_wiped });
+          this.store.finish(run, body.outcome, body.error);
+        });
         sendJson(res, 200, { id: run.id, status: run.status });
         return;
       }
@@ -285,8 +289,7 @@ export class AgentApi {
         "changing keys needs proof of a current key: POST /agents/{id}/keys/challenge, open the challenge with the private key, and send its answer with challenge_id in this request",
       );
     this.keyChallenges.delete(agent.id);
-    agent.public_keys = parseKeys(body.public_keys);
-    this.store.emit("changed");
+    this.store.setAgentKeys(agent, parseKeys(body.public_keys));
     sendJson(res, 200, { public_keys: agent.public_keys });
   }
 

@@ -7,10 +7,9 @@ import type { AddressInfo } from "node:net";
 import { ADMIN_API_PREFIX, AGENT_API_PREFIX } from "../protocol/agent-api.js";
 import { AdminApi } from "./admin-api.js";
 import { AgentApi, type AgentApiSettings } from "./agent-api.js";
-import type { DataFile } from "./data-file.js";
 import { bearerMatches, HttpError, sendError, sendJson } from "./http-util.js";
 import { probeRegistry, type RegistryProber } from "./registry-probe.js";
-import { ControlPlaneStore, systemClock, type StoreClock } from "./store.js";
+import { ControlPlaneStore, systemClock, type StoreClock, type StorePersistence } from "./store.js";
 
 export interface ControlPlaneOptions {
   readonly adminToken: string;
@@ -18,9 +17,12 @@ export interface ControlPlaneOptions {
   readonly leaseTtlSeconds?: number;
   readonly agentApi?: Partial<AgentApiSettings>;
   readonly probe?: RegistryProber;
-  readonly dataFile?: DataFile;
+  /** Where state is written through (SQLite for --data-file); in memory only when absent. */
+  readonly persistence?: StorePersistence;
+  /** Finished runs, their events and logs are deleted this long after they ended (default 30 days). */
+  readonly retentionSeconds?: number;
   readonly clock?: StoreClock;
-  /** Called for every request that failed with 5xx, for the operator's log. */
+  /** Called for every request that failed with 5xx, and for failed background work, for the operator's log. */
   readonly onError?: (error: unknown) => void;
 }
 
@@ -31,8 +33,20 @@ export interface ControlPlane {
   close(): Promise<void>;
 }
 
-export async function createControlPlane(options: ControlPlaneOptions): Promise<ControlPlane> {
-  const store = new ControlPlaneStore(options.clock ?? systemClock, (options.leaseTtlSeconds ?? 60) * 1000);
+export function createControlPlane(options: ControlPlaneOptions): Promise<ControlPlane> {
+  // A refusal while loading the persisted state rejects the promise.
+  return new Promise((resolve) => {
+    resolve(buildControlPlane(options));
+  });
+}
+
+function buildControlPlane(options: ControlPlaneOptions): ControlPlane {
+  const store = new ControlPlaneStore(options.clock ?? systemClock, (options.leaseTtlSeconds ?? 60) * 1000, {
+    ...(options.persistence === undefined ? {} : { persistence: options.persistence }),
+    ...(options.retentionSeconds === undefined ? {} : { retentionMs: options.retentionSeconds * 1000 }),
+    onError: (error) => options.onError?.(error),
+  });
+  store.restore();
   const admin = new AdminApi(store, options.probe ?? probeRegistry);
   const agent = new AgentApi(
     store,
@@ -45,20 +59,6 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
     },
     options.agentToken,
   );
-  const dataFile = options.dataFile;
-  let saving: Promise<void> = Promise.resolve();
-  let saveQueued = false;
-  if (dataFile) {
-    await dataFile.load(store);
-    store.on("changed", () => {
-      if (saveQueued) return;
-      saveQueued = true;
-      saving = saving.then(async () => {
-        saveQueued = false;
-        await dataFile.save(store).catch((error: unknown) => options.onError?.(error));
-      });
-    });
-  }
 
   function segments(path: string): string[] {
     try {
@@ -126,8 +126,6 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
           resolve();
         }),
       );
-      await saving;
-      if (dataFile) await dataFile.save(store);
     },
   };
 }

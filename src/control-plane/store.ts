@@ -1,7 +1,11 @@
 /**
  * The reference control plane's state: integrations, agents, runs, leases and the long-poll
- * waiters. In memory; `snapshot()`/`restore()` let the server persist it (data-file.ts).
- * Timers for lease expiry are the one clock edge here, passed in as `now` and `setTimer`.
+ * waiters. The working model is in memory; every change also goes, synchronously and before the
+ * method returns, through a `StorePersistence` (write-through): SQLite for `--data-file`
+ * (sqlite-storage.ts), nothing otherwise. So an HTTP answer that follows a store call is sent
+ * only after its change is committed. State changes therefore go through the methods here, never
+ * through the maps. Timers for lease expiry and retention are the one clock edge here, passed in
+ * as `now` and `setTimer`.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
@@ -51,18 +55,96 @@ export interface LeaseRecord {
   cancel_requested: boolean;
 }
 
+export interface RunLog {
+  phase: Phase;
+  seq: number;
+  text: string;
+}
+
 export interface RunRecord {
   id: string;
   status: RunStatus;
   phases: Phase[];
+  /** The tar.gz while the run is queued or running; empty once it ended (deleted from storage too). */
   configuration: Buffer;
   configuration_sha256: string;
+  configuration_size: number;
   queued_at: string;
+  /** When the run ended; retention counts from here. */
+  finished_at: string | undefined;
   events: RunEvent[];
-  logs: { phase: Phase; seq: number; text: string }[];
+  logs: RunLog[];
   lease: LeaseRecord | undefined;
   error: { code: string; message: string } | undefined;
 }
+
+/** What a persistence holds, as the store loads it at start. */
+export interface StoreSnapshot {
+  readonly integrations: Integration[];
+  readonly agents: AgentRecord[];
+  /** Oldest first, with their events and logs, and the configuration of runs not ended. */
+  readonly runs: RunRecord[];
+  /** The audit trail, oldest first (kept whatever --retention says: it is small and it is the record). */
+  readonly audit: AuditEntry[];
+}
+
+/**
+ * Where the store writes through. Each call is committed when it returns (or, inside
+ * `transaction`, when the outermost transaction returns); a failure throws, and the store's
+ * caller answers 500. Appending an event or a log is one insert, never a rewrite.
+ */
+export interface StorePersistence {
+  load(): StoreSnapshot;
+  transaction<T>(fn: () => T): T;
+  putIntegration(integration: Integration): void;
+  deleteIntegration(id: string): void;
+  putAgent(agent: AgentRecord): void;
+  deleteAgent(id: string): void;
+  /** A new run with its configuration. */
+  insertRun(run: RunRecord): void;
+  /** Status, lease, error, end time; a run that ended loses its configuration. */
+  updateRun(run: RunRecord): void;
+  appendEvent(runId: string, index: number, event: RunEvent): void;
+  appendLog(runId: string, index: number, log: RunLog): void;
+  /** Deletes the runs with their events, logs and configuration. */
+  deleteRuns(ids: readonly string[]): void;
+  appendAudit(entry: AuditEntry): void;
+}
+
+/** No persistence: `dev`, tests, and `control-plane` without --data-file. */
+const memoryOnly: StorePersistence = {
+  load: () => ({ integrations: [], agents: [], runs: [], audit: [] }),
+  transaction: (fn) => fn(),
+  putIntegration: () => undefined,
+  deleteIntegration: () => undefined,
+  putAgent: () => undefined,
+  deleteAgent: () => undefined,
+  insertRun: () => undefined,
+  updateRun: () => undefined,
+  appendEvent: () => undefined,
+  appendLog: () => undefined,
+  deleteRuns: () => undefined,
+  appendAudit: () => undefined,
+};
+
+/** Who changed an integration, and what changed (integration-audit.ts). */
+export interface AuditNote {
+  readonly remoteAddress: string | null;
+  readonly facts: readonly AuditFacts[];
+}
+
+export interface StoreOptions {
+  readonly persistence?: StorePersistence;
+  /** Finished runs (with their events and logs) are deleted this long after they ended. */
+  readonly retentionMs?: number;
+  /** Failures of work no request waits for (lease expiry, retention sweep, dispatch to a waiting agent). */
+  readonly onError?: (error: unknown) => void;
+}
+
+/** A finished run is kept this long by default (`--retention`). */
+const DEFAULT_RETENTION_MS = 30 * 86_400_000;
+/** An agent's last_seen_at is written to storage at most this often (it is exact in memory). */
+const LAST_SEEN_WRITE_INTERVAL_MS = 60_000;
 
 export interface StoreClock {
   now(): number;
@@ -88,7 +170,7 @@ interface Waiter {
   resolve(runs: RunRecord[]): void;
 }
 
-/** Emits "run-changed" (run) whenever a run's status changes, and "changed" on any mutation. */
+/** Emits "run-changed" (run) whenever a run's status changes. */
 export class ControlPlaneStore extends EventEmitter {
   readonly integrations = new Map<string, Integration>();
   readonly agents = new Map<string, AgentRecord>();
@@ -98,36 +180,132 @@ export class ControlPlaneStore extends EventEmitter {
   private readonly leaseTimers = new Map<string, { cancel(): void }>();
   private readonly leaseIndex = new Map<string, string>();
   private readonly credentialIndex = new Map<string, string>();
+  /** When each agent's last_seen_at was last written to storage. */
+  private readonly seenWrittenAt = new Map<string, number>();
+  private readonly persistence: StorePersistence;
+  private readonly retentionMs: number;
+  private readonly onError: (error: unknown) => void;
+  private sweepTimer: { cancel(): void } | undefined;
 
   constructor(
     private readonly clock: StoreClock,
     readonly leaseTtlMs: number,
+    options: StoreOptions = {},
   ) {
     super();
+    this.persistence = options.persistence ?? memoryOnly;
+    this.retentionMs = options.retentionMs ?? DEFAULT_RETENTION_MS;
+    this.onError = options.onError ?? (() => undefined);
+  }
+
+  /**
+   * Loads what the persistence holds: queued runs are queued again in their order, running runs
+   * keep their lease and its expiry timer is armed from the stored expiry (an agent that keeps
+   * heartbeating across a restart finishes its run; one that stopped has its run expire). Then
+   * sweeps what retention ends, and every so often from then on.
+   */
+  restore(): void {
+    const { integrations, agents, runs, audit } = this.persistence.load();
+    for (const i of integrations) this.integrations.set(i.id, i);
+    this.audit.push(...audit);
+    this.auditSeq = audit.at(-1)?.seq ?? 0;
+    for (const a of agents) {
+      this.agents.set(a.id, a);
+      this.credentialIndex.set(a.credential_sha256, a.id);
+      this.seenWrittenAt.set(a.id, this.clock.now());
+    }
+    for (const run of runs) {
+      this.runs.set(run.id, run);
+      if (run.status === "queued") this.queue.push(run.id);
+      else if (run.status === "running" && run.lease) {
+        this.leaseIndex.set(run.lease.id, run.id);
+        this.armLeaseTimer(run);
+      }
+    }
+    this.sweep();
   }
 
   iso(ms = this.clock.now()): string {
     return new Date(ms).toISOString();
   }
 
+  /** Runs `fn`'s store calls as one transaction: all committed when it returns, or none. */
+  atomically<T>(fn: () => T): T {
+    return this.persistence.transaction(fn);
+  }
+
   event(run: RunRecord, type: string, fields: Record<string, unknown> = {}): void {
-    run.events.push({ type, at: this.iso(), ...fields });
-    this.emit("changed");
+    const event = { type, at: this.iso(), ...fields };
+    this.persistence.appendEvent(run.id, run.events.length, event);
+    run.events.push(event);
+  }
+
+  appendLog(run: RunRecord, log: RunLog): void {
+    this.persistence.appendLog(run.id, run.logs.length, log);
+    run.logs.push(log);
   }
 
   private setStatus(run: RunRecord, status: RunStatus): void {
     run.status = status;
+    this.persistence.updateRun(run);
     this.emit("run-changed", run);
-    this.emit("changed");
+  }
+
+  /** Work no request waits for: a failure goes to onError instead of an answer. */
+  private background(fn: () => void): void {
+    try {
+      fn();
+    } catch (error) {
+      this.onError(error);
+    }
+  }
+
+  // ---- integrations -----------------------------------------------------------------------
+
+  /** Creates or replaces an integration (the record as it is after the change), with its audit entries. */
+  saveIntegration(integration: Integration, audit: AuditNote): void {
+    const entries = this.auditEntries(integration, audit);
+    this.persistence.transaction(() => {
+      this.persistence.putIntegration(integration);
+      for (const e of entries) this.persistence.appendAudit(e);
+    });
+    this.integrations.set(integration.id, integration);
+    this.publishAudit(entries);
+  }
+
+  deleteIntegration(integration: Integration, audit: AuditNote): void {
+    const entries = this.auditEntries(integration, audit);
+    this.persistence.transaction(() => {
+      this.persistence.deleteIntegration(integration.id);
+      for (const e of entries) this.persistence.appendAudit(e);
+    });
+    this.integrations.delete(integration.id);
+    this.publishAudit(entries);
   }
 
   // ---- agents -----------------------------------------------------------------------------
 
   /** Adds an agent that proved its key; its credential hash finds it from then on. */
   addAgent(agent: AgentRecord): void {
+    this.persistence.putAgent(agent);
     this.agents.set(agent.id, agent);
     this.credentialIndex.set(agent.credential_sha256, agent.id);
-    this.emit("changed");
+    this.seenWrittenAt.set(agent.id, this.clock.now());
+  }
+
+  setAgentKeys(agent: AgentRecord, keys: AgentRecord["public_keys"]): void {
+    this.persistence.putAgent({ ...agent, public_keys: keys });
+    agent.public_keys = keys;
+    this.seenWrittenAt.set(agent.id, this.clock.now());
+  }
+
+  /** The agent was seen now: exact in memory, written at most every LAST_SEEN_WRITE_INTERVAL_MS. */
+  touchAgent(agent: AgentRecord): void {
+    const now = this.clock.now();
+    agent.last_seen_at = this.iso(now);
+    if (now - (this.seenWrittenAt.get(agent.id) ?? Number.NEGATIVE_INFINITY) < LAST_SEEN_WRITE_INTERVAL_MS) return;
+    this.persistence.putAgent(agent);
+    this.seenWrittenAt.set(agent.id, now);
   }
 
   agentByCredential(credentialSha256: string): AgentRecord | undefined {
@@ -141,20 +319,22 @@ export class ControlPlaneStore extends EventEmitter {
   readonly audit: AuditEntry[] = [];
   private auditSeq = 0;
 
-  recordAudit(integration: Integration, remoteAddress: string | null, facts: readonly AuditFacts[]): void {
-    for (const f of facts) {
-      const entry: AuditEntry = {
-        seq: ++this.auditSeq,
-        at: this.iso(),
-        integration_id: integration.id,
-        integration_name: integration.name,
-        remote_address: remoteAddress,
-        ...f,
-      };
-      this.audit.push(entry);
-      this.emit("audit", entry);
+  private auditEntries(integration: Integration, note: AuditNote): AuditEntry[] {
+    return note.facts.map((f) => ({
+      seq: ++this.auditSeq,
+      at: this.iso(),
+      integration_id: integration.id,
+      integration_name: integration.name,
+      remote_address: note.remoteAddress,
+      ...f,
+    }));
+  }
+
+  private publishAudit(entries: readonly AuditEntry[]): void {
+    for (const e of entries) {
+      this.audit.push(e);
+      this.emit("audit", e);
     }
-    if (facts.length > 0) this.emit("changed");
   }
 
   // ---- runs -------------------------------------------------------------------------------
@@ -166,29 +346,40 @@ export class ControlPlaneStore extends EventEmitter {
       phases,
       configuration,
       configuration_sha256: createHash("sha256").update(configuration).digest("hex"),
+      configuration_size: configuration.byteLength,
       queued_at: this.iso(),
+      finished_at: undefined,
       events: [],
       logs: [],
       lease: undefined,
       error: undefined,
     };
+    this.persistence.transaction(() => {
+      this.persistence.insertRun(run);
+      this.event(run, "queued");
+    });
     this.runs.set(run.id, run);
-    this.event(run, "queued");
     this.queue.push(run.id);
-    this.dispatch();
+    // The run is committed: whatever befalls its dispatch is not this request's failure.
+    this.background(() => {
+      this.dispatch();
+    });
     return run;
   }
 
   cancelRun(run: RunRecord): void {
-    if (run.status === "queued") {
-      const i = this.queue.indexOf(run.id);
-      if (i >= 0) this.queue.splice(i, 1);
-      this.event(run, "canceled", { while: "queued" });
-      this.setStatus(run, "canceled");
-    } else if (run.status === "running" && run.lease) {
-      run.lease.cancel_requested = true;
-      this.event(run, "cancel_requested");
-    }
+    this.persistence.transaction(() => {
+      if (run.status === "queued") {
+        this.event(run, "canceled", { while: "queued" });
+        this.end(run, "canceled", undefined);
+        const i = this.queue.indexOf(run.id);
+        if (i >= 0) this.queue.splice(i, 1);
+      } else if (run.status === "running" && run.lease) {
+        run.lease.cancel_requested = true;
+        this.persistence.updateRun(run);
+        this.event(run, "cancel_requested");
+      }
+    });
   }
 
   // ---- leasing ----------------------------------------------------------------------------
@@ -253,11 +444,13 @@ export class ControlPlaneStore extends EventEmitter {
       expires_at_ms: this.clock.now() + this.leaseTtlMs,
       cancel_requested: false,
     };
-    run.lease = lease;
+    this.persistence.transaction(() => {
+      run.lease = lease;
+      this.event(run, "leased", { agent_id: agentId, lease_id: lease.id });
+      this.setStatus(run, "running");
+    });
     this.leaseIndex.set(lease.id, run.id);
     this.armLeaseTimer(run);
-    this.event(run, "leased", { agent_id: agentId, lease_id: lease.id });
-    this.setStatus(run, "running");
     return run;
   }
 
@@ -275,11 +468,15 @@ export class ControlPlaneStore extends EventEmitter {
       lease.id,
       this.clock.setTimer(() => {
         if (run.status !== "running" || run.lease?.id !== lease.id) return;
-        this.event(run, "lease_expired", { agent_id: lease.agent_id });
-        // Never re-queued: a run must not run twice. The agent that lost it wipes on its side.
-        this.finish(run, lease.cancel_requested ? "canceled" : "failed", {
-          code: "LEASE_EXPIRED",
-          message: `the agent ${lease.agent_id} stopped heartbeating and its lease expired`,
+        this.background(() => {
+          this.persistence.transaction(() => {
+            this.event(run, "lease_expired", { agent_id: lease.agent_id });
+            // Never re-queued: a run must not run twice. The agent that lost it wipes on its side.
+            this.finish(run, lease.cancel_requested ? "canceled" : "failed", {
+              code: "LEASE_EXPIRED",
+              message: `the agent ${lease.agent_id} stopped heartbeating and its lease expired`,
+            });
+          });
         });
       }, delay),
     );
@@ -292,26 +489,65 @@ export class ControlPlaneStore extends EventEmitter {
   }
 
   heartbeat(run: RunRecord): LeaseRecord | undefined {
-    if (!run.lease) return undefined;
-    run.lease.expires_at_ms = this.clock.now() + this.leaseTtlMs;
+    const lease = run.lease;
+    if (!lease) return undefined;
+    const before = lease.expires_at_ms;
+    lease.expires_at_ms = this.clock.now() + this.leaseTtlMs;
+    try {
+      this.persistence.updateRun(run);
+    } catch (error) {
+      lease.expires_at_ms = before;
+      throw error;
+    }
     this.armLeaseTimer(run);
-    const agent = this.agents.get(run.lease.agent_id);
-    if (agent) agent.last_seen_at = this.iso();
-    return run.lease;
+    const agent = this.agents.get(lease.agent_id);
+    if (agent) this.touchAgent(agent);
+    return lease;
   }
 
   finish(run: RunRecord, outcome: Outcome, error?: { code: string; message: string }): void {
+    this.persistence.transaction(() => {
+      this.event(run, "completed", { outcome, ...(error ? { error } : {}) });
+      this.end(run, outcome, error);
+    });
+  }
+
+  /** The run ended: its lease goes, and its configuration, from memory and from storage. */
+  private end(run: RunRecord, status: Outcome, error: { code: string; message: string } | undefined): void {
+    run.error = error;
+    run.finished_at = this.iso();
+    this.setStatus(run, status);
+    run.configuration = Buffer.alloc(0);
     if (run.lease) {
       this.leaseTimers.get(run.lease.id)?.cancel();
       this.leaseTimers.delete(run.lease.id);
       this.leaseIndex.delete(run.lease.id);
     }
-    run.error = error;
-    this.event(run, "completed", { outcome, ...(error ? { error } : {}) });
-    this.setStatus(run, outcome);
+  }
+
+  // ---- retention --------------------------------------------------------------------------
+
+  /** Deletes the runs that ended more than the retention ago, then arms the next sweep. */
+  sweep(): void {
+    this.sweepTimer?.cancel();
+    this.background(() => {
+      const cutoff = this.clock.now() - this.retentionMs;
+      const old = [...this.runs.values()]
+        .filter((r) => r.finished_at !== undefined && Date.parse(r.finished_at) <= cutoff)
+        .map((r) => r.id);
+      if (old.length === 0) return;
+      this.persistence.deleteRuns(old);
+      for (const id of old) this.runs.delete(id);
+    });
+    // At most every hour, and often enough that nothing outlives the retention by more than a tenth.
+    const every = Math.max(1000, Math.min(3_600_000, this.retentionMs / 10));
+    this.sweepTimer = this.clock.setTimer(() => {
+      this.sweep();
+    }, every);
   }
 
   close(): void {
+    this.sweepTimer?.cancel();
     for (const t of this.leaseTimers.values()) t.cancel();
     this.leaseTimers.clear();
     for (const w of this.waiters.splice(0)) w.resolve([]);
@@ -328,7 +564,7 @@ export class ControlPlaneStore extends EventEmitter {
         queued_at: run.queued_at,
         configuration: {
           sha256: run.configuration_sha256,
-          size_bytes: run.configuration.byteLength,
+          size_bytes: run.configuration_size,
           ...(run.configuration.byteLength <= MAX_INLINE_CONFIGURATION_BYTES
             ? { inline_base64: run.configuration.toString("base64") }
             : {}),

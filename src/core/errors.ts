@@ -97,6 +97,22 @@ export const ERROR_CODES = {
   RUNNER_PID_NAMESPACE_SHARED: "--pid-namespace was given but the runner's PID namespace holds other processes",
   RUNNER_PTRACE_UNRESTRICTED:
     "phases could attach to the runner with ptrace (kernel.yama.ptrace_scope is 0 or Yama is missing)",
+  // The reference control plane's data file (`control-plane --data-file`)
+  DATA_KEY_REQUIRED: "--data-file was given without a data key (--data-key-file, or the systemd credential data-key)",
+  DATA_KEY_BESIDE_DATA:
+    "the data key file lies in the data file's directory, where every copy of the data takes it along",
+  DATA_KEY_PERMISSIONS: "the data key file is accessible by group or others, or owned by another user",
+  DATA_KEY_INVALID: "the data key file does not hold 32 bytes in base64",
+  DATA_KEY_WRONG: "the data key does not open the data file: it was written under another key",
+  DATA_FILE_OLD_FORMAT: "the data file is the JSON file of an earlier version, not an SQLite database",
+  DATA_FILE_FOREIGN: "the data file is an SQLite database of something other than the control plane",
+  DATA_FILE_TOO_NEW: "the data file was written by a newer control plane (a newer schema version)",
+  DATA_FILE_CORRUPT: "the data file is damaged, or not a database",
+  DATA_FILE_PERMISSIONS: "the data file (or its -wal or -shm file) is accessible by group or others",
+  DATA_FILE_OPEN_FAILED: "the data file cannot be created or opened",
+  DATA_FILE_WRITE_FAILED: "a write to the data file failed; the control plane stops",
+  DATA_FILE_TAKEN_OVER: "another control plane opened the same data file; this one stops",
+
   INTERNAL: "an unexpected failure inside the agent",
 } as const;
 
