@@ -38,8 +38,32 @@ export interface AgentRecord {
   /** SHA-256 (hex) of the per-agent credential; the credential itself is never stored. */
   credential_sha256: string;
   registered_at: string;
+  /** The agent's last authenticated request; an agent not seen for the expiry is removed. */
   last_seen_at: string;
+  /** An operator disabled it: every agent route answers 403 AGENT_DISABLED, and it leases nothing. */
+  disabled: boolean;
+  /** The single-use enrollment token it enrolled with; null when it enrolled with the pool token. */
+  enrollment_token_id: string | null;
 }
+
+/** A single-use enrollment token an operator created: only its SHA-256 is kept. */
+export interface EnrollmentTokenRecord {
+  id: string;
+  name: string | null;
+  /** SHA-256 (hex) of the token; the token itself is shown once, when it is created. */
+  token_sha256: string;
+  created_at: string;
+  /** After this, it enrolls nothing. */
+  expires_at: string;
+  /** The agent it enrolled (a token enrolls one agent); null while unused. */
+  used_by_agent_id: string | null;
+  used_at: string | null;
+}
+
+export type EnrollmentTokenState = "unused" | "used" | "expired";
+
+/** Why an agent's running leases were taken from it; the code its runs fail with. */
+export type AgentLeaseRevocation = "AGENT_DISABLED" | "AGENT_DELETED" | "AGENT_EXPIRED";
 
 export type RunStatus = "queued" | "running" | "succeeded" | "failed" | "canceled";
 
@@ -97,6 +121,12 @@ export class ControlPlaneStore extends EventEmitter {
   private readonly leaseTimers = new Map<string, { cancel(): void }>();
   private readonly leaseIndex = new Map<string, string>();
   private readonly credentialIndex = new Map<string, string>();
+  readonly enrollmentTokens = new Map<string, EnrollmentTokenRecord>();
+  private readonly enrollmentTokenIndex = new Map<string, string>();
+  /** The runs each agent holds a lease on, by agent id: its concurrency bounds their number. */
+  private readonly leasesByAgent = new Map<string, Set<string>>();
+  private agentExpiryMs: number | undefined;
+  private expirySweep: { cancel(): void } | undefined;
 
   constructor(
     private readonly clock: StoreClock,
@@ -107,6 +137,10 @@ export class ControlPlaneStore extends EventEmitter {
 
   iso(ms = this.clock.now()): string {
     return new Date(ms).toISOString();
+  }
+
+  nowMs(): number {
+    return this.clock.now();
   }
 
   event(run: RunRecord, type: string, fields: Record<string, unknown> = {}): void {
@@ -121,17 +155,162 @@ export class ControlPlaneStore extends EventEmitter {
   }
 
   // ---- agents -----------------------------------------------------------------------------
+  // Every change to an agent or an enrollment token goes through these methods; records stay
+  // plain data, and nothing outside the store mutates them.
 
-  /** Adds an agent that proved its key; its credential hash finds it from then on. */
-  addAgent(agent: AgentRecord): void {
+  /**
+   * Adds an agent that proved its key; its credential hash finds it from then on. An enrollment
+   * token it enrolled with is used up in the same step: false (and nothing added) when that
+   * token was used, revoked or expired meanwhile.
+   */
+  addAgent(agent: AgentRecord): boolean {
+    const tokenId = agent.enrollment_token_id;
+    if (tokenId !== null) {
+      const token = this.enrollmentTokens.get(tokenId);
+      if (!token || this.enrollmentTokenState(token) !== "unused") return false;
+      token.used_by_agent_id = agent.id;
+      token.used_at = this.iso();
+    }
     this.agents.set(agent.id, agent);
     this.credentialIndex.set(agent.credential_sha256, agent.id);
     this.emit("changed");
+    return true;
   }
 
   agentByCredential(credentialSha256: string): AgentRecord | undefined {
     const id = this.credentialIndex.get(credentialSha256);
     return id === undefined ? undefined : this.agents.get(id);
+  }
+
+  /** Records that the agent was seen now (at most once a second, so a busy agent is one write a second). */
+  touchAgent(agentId: string): void {
+    const agent = this.agents.get(agentId);
+    if (!agent) return;
+    const now = this.clock.now();
+    if (now - Date.parse(agent.last_seen_at) < 1000) return;
+    agent.last_seen_at = this.iso(now);
+    this.emit("changed");
+  }
+
+  setAgentKeys(agentId: string, keys: { kid: string; public_key: string }[]): AgentRecord | undefined {
+    const agent = this.agents.get(agentId);
+    if (!agent) return undefined;
+    agent.public_keys = keys.map((k) => ({ kid: k.kid, public_key: k.public_key }));
+    this.emit("changed");
+    return agent;
+  }
+
+  /**
+   * Disables or enables an agent. Disabling takes its leases at once: its waiting lease requests
+   * answer [], and its running runs end (failed, or canceled when a cancel was pending) with
+   * AGENT_DISABLED; they are never queued again, so a run never runs twice.
+   */
+  setAgentDisabled(agentId: string, disabled: boolean): AgentRecord | undefined {
+    const agent = this.agents.get(agentId);
+    if (!agent) return undefined;
+    agent.disabled = disabled;
+    if (disabled) {
+      this.dropWaiters(agentId);
+      this.revokeLeases(agentId, "AGENT_DISABLED", `an operator disabled agent ${agentId} while it held this run`);
+    }
+    this.emit("changed");
+    return agent;
+  }
+
+  /** Removes an agent: its credential stops working at once and its running runs end with `code`. */
+  removeAgent(agentId: string, code: "AGENT_DELETED" | "AGENT_EXPIRED"): boolean {
+    const agent = this.agents.get(agentId);
+    if (!agent) return false;
+    this.agents.delete(agentId);
+    this.credentialIndex.delete(agent.credential_sha256);
+    this.dropWaiters(agentId);
+    this.revokeLeases(
+      agentId,
+      code,
+      code === "AGENT_DELETED"
+        ? `an operator deleted agent ${agentId} while it held this run`
+        : `agent ${agentId} was not seen for the agent expiry and was removed`,
+    );
+    this.emit("agent-removed", agentId);
+    this.emit("changed");
+    return true;
+  }
+
+  /** How many runs the agent holds a lease on now. */
+  runningLeases(agentId: string): number {
+    return this.leasesByAgent.get(agentId)?.size ?? 0;
+  }
+
+  /** Whether the agent was last seen longer ago than the agent expiry. */
+  agentExpired(agent: AgentRecord): boolean {
+    return this.agentExpiryMs !== undefined && this.clock.now() - Date.parse(agent.last_seen_at) >= this.agentExpiryMs;
+  }
+
+  /** Removes every agent not seen for the expiry; returns their ids. */
+  expireAgents(): string[] {
+    const expired = [...this.agents.values()].filter((a) => this.agentExpired(a)).map((a) => a.id);
+    for (const id of expired) this.removeAgent(id, "AGENT_EXPIRED");
+    return expired;
+  }
+
+  /** Agents not seen for `expiryMs` expire; a sweep removes them every `sweepMs`. */
+  startAgentExpiry(expiryMs: number, sweepMs: number): void {
+    this.agentExpiryMs = expiryMs;
+    this.expirySweep?.cancel();
+    const arm = (): void => {
+      this.expirySweep = this.clock.setTimer(() => {
+        this.expireAgents();
+        arm();
+      }, sweepMs);
+    };
+    arm();
+  }
+
+  addEnrollmentToken(token: EnrollmentTokenRecord): void {
+    this.enrollmentTokens.set(token.id, token);
+    this.enrollmentTokenIndex.set(token.token_sha256, token.id);
+    this.emit("changed");
+  }
+
+  enrollmentTokenByHash(tokenSha256: string): EnrollmentTokenRecord | undefined {
+    const id = this.enrollmentTokenIndex.get(tokenSha256);
+    return id === undefined ? undefined : this.enrollmentTokens.get(id);
+  }
+
+  enrollmentTokenState(token: EnrollmentTokenRecord): EnrollmentTokenState {
+    if (token.used_by_agent_id !== null) return "used";
+    if (Date.parse(token.expires_at) <= this.clock.now()) return "expired";
+    return "unused";
+  }
+
+  /** Revokes a token: it enrolls nothing from now on (an agent it enrolled stays). */
+  removeEnrollmentToken(id: string): boolean {
+    const token = this.enrollmentTokens.get(id);
+    if (!token) return false;
+    this.enrollmentTokens.delete(id);
+    this.enrollmentTokenIndex.delete(token.token_sha256);
+    this.emit("changed");
+    return true;
+  }
+
+  private dropWaiters(agentId: string): void {
+    for (const waiter of this.waiters.filter((w) => w.agentId === agentId)) {
+      this.waiters.splice(this.waiters.indexOf(waiter), 1);
+      waiter.resolve([]);
+    }
+  }
+
+  private revokeLeases(agentId: string, code: AgentLeaseRevocation, message: string): void {
+    for (const runId of [...(this.leasesByAgent.get(agentId) ?? [])]) {
+      const run = this.runs.get(runId);
+      if (run?.status !== "running" || !run.lease) continue;
+      this.event(run, "lease_revoked", { agent_id: agentId, code });
+      // Never re-queued: the agent may still be running it until its next heartbeat is refused.
+      this.finish(run, run.lease.cancel_requested ? "canceled" : "failed", {
+        code,
+        message: `${message}; the run is not queued again (a run never runs twice)`,
+      });
+    }
   }
 
   // ---- runs -------------------------------------------------------------------------------
@@ -171,11 +350,12 @@ export class ControlPlaneStore extends EventEmitter {
   // ---- leasing ----------------------------------------------------------------------------
 
   /**
-   * Waits up to `waitMs` for queued runs; resolves with at most `max` runs leased to the agent.
-   * `sealFor` turns each leased run into the lease payload (it seals the bundle).
+   * Waits up to `waitMs` for queued runs; resolves with the runs leased to the agent: at most
+   * `max`, and never more than its registered concurrency minus the leases it holds already.
    */
   waitForRuns(agentId: string, max: number, waitMs: number, signal: AbortSignal): Promise<RunRecord[]> {
-    const ready = this.takeQueued(max);
+    const room = this.room(agentId, max);
+    const ready = room > 0 ? this.takeQueued(room) : [];
     if (ready.length > 0 || waitMs <= 0) return Promise.resolve(ready.map((r) => this.lease(r, agentId)));
     return new Promise((resolve) => {
       const waiter: Waiter = {
@@ -214,12 +394,23 @@ export class ControlPlaneStore extends EventEmitter {
     return out;
   }
 
+  /** How many more runs the agent may lease: its concurrency minus what it holds, at most `max`. */
+  private room(agentId: string, max: number): number {
+    const agent = this.agents.get(agentId);
+    if (!agent || agent.disabled) return 0;
+    return Math.min(max, agent.concurrency - this.runningLeases(agentId));
+  }
+
   private dispatch(): void {
-    while (this.waiters.length > 0 && this.queue.length > 0) {
-      const waiter = this.waiters.shift();
-      if (!waiter) break;
-      const runs = this.takeQueued(waiter.max).map((r) => this.lease(r, waiter.agentId));
-      waiter.resolve(runs);
+    // Oldest waiter first; one at full concurrency keeps waiting (a lease of its may end).
+    for (const waiter of [...this.waiters]) {
+      if (this.queue.length === 0) return;
+      const room = this.room(waiter.agentId, waiter.max);
+      if (room <= 0) continue;
+      const runs = this.takeQueued(room);
+      if (runs.length === 0) return;
+      this.waiters.splice(this.waiters.indexOf(waiter), 1);
+      waiter.resolve(runs.map((r) => this.lease(r, waiter.agentId)));
     }
   }
 
@@ -232,6 +423,9 @@ export class ControlPlaneStore extends EventEmitter {
     };
     run.lease = lease;
     this.leaseIndex.set(lease.id, run.id);
+    const held = this.leasesByAgent.get(agentId) ?? new Set<string>();
+    held.add(run.id);
+    this.leasesByAgent.set(agentId, held);
     this.armLeaseTimer(run);
     this.event(run, "leased", { agent_id: agentId, lease_id: lease.id });
     this.setStatus(run, "running");
@@ -272,8 +466,7 @@ export class ControlPlaneStore extends EventEmitter {
     if (!run.lease) return undefined;
     run.lease.expires_at_ms = this.clock.now() + this.leaseTtlMs;
     this.armLeaseTimer(run);
-    const agent = this.agents.get(run.lease.agent_id);
-    if (agent) agent.last_seen_at = this.iso();
+    this.touchAgent(run.lease.agent_id);
     return run.lease;
   }
 
@@ -282,13 +475,19 @@ export class ControlPlaneStore extends EventEmitter {
       this.leaseTimers.get(run.lease.id)?.cancel();
       this.leaseTimers.delete(run.lease.id);
       this.leaseIndex.delete(run.lease.id);
+      const held = this.leasesByAgent.get(run.lease.agent_id);
+      held?.delete(run.id);
+      if (held?.size === 0) this.leasesByAgent.delete(run.lease.agent_id);
     }
     run.error = error;
     this.event(run, "completed", { outcome, ...(error ? { error } : {}) });
     this.setStatus(run, outcome);
+    // A slot of that agent is free again: a request of it that waits may take a queued run.
+    this.dispatch();
   }
 
   close(): void {
+    this.expirySweep?.cancel();
     for (const t of this.leaseTimers.values()) t.cancel();
     this.leaseTimers.clear();
     for (const w of this.waiters.splice(0)) w.resolve([]);
