@@ -109,7 +109,8 @@ export type ErrorCode = keyof typeof ERROR_CODES;
  */
 interface ErrorDetailsByCode {
   CONTROL_PLANE_UNAVAILABLE: {
-    readonly kind: "network" | "timeout" | "too_large" | "throttled" | "server_error";
+    /** `disabled`: an operator disabled the agent (403 AGENT_DISABLED); it waits to be enabled. */
+    readonly kind: "network" | "timeout" | "too_large" | "throttled" | "server_error" | "disabled";
     readonly status?: number;
     readonly errno?: string | null;
     /** The server's Retry-After, in milliseconds from when the answer arrived. */
