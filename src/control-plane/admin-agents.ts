@@ -6,6 +6,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
+import type { AgentView, EnrollmentTokenView } from "../protocol/admin-agents.js";
 import { isPrintable } from "../protocol/agent-api.js";
 import { HttpError, readJson, sendJson } from "./http-util.js";
 import { newId, type AgentRecord, type ControlPlaneStore, type EnrollmentTokenRecord } from "./store.js";
@@ -20,7 +21,7 @@ const createTokenSchema = z.strictObject({
 });
 
 /** What operators see of an agent: never its credential nor the credential's hash. */
-function agentView(store: ControlPlaneStore, agent: AgentRecord): Record<string, unknown> {
+function agentView(store: ControlPlaneStore, agent: AgentRecord): AgentView {
   return {
     id: agent.id,
     name: agent.name,
@@ -37,7 +38,7 @@ function agentView(store: ControlPlaneStore, agent: AgentRecord): Record<string,
 }
 
 /** What operators see of an enrollment token: never the token nor its hash. */
-function tokenView(store: ControlPlaneStore, token: EnrollmentTokenRecord): Record<string, unknown> {
+function tokenView(store: ControlPlaneStore, token: EnrollmentTokenRecord): EnrollmentTokenView {
   return {
     id: token.id,
     name: token.name,

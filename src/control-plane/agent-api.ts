@@ -33,7 +33,7 @@ const MAX_AGENT_BODY = 1024 * 1024;
 /** How long an agent has to answer a challenge. */
 const CHALLENGE_TTL_SECONDS = 300;
 
-export const AGENT_LIMIT_DEFAULTS = {
+const AGENT_LIMIT_DEFAULTS = {
   /** Enrolled agents, pending enrollments included; more are refused until some are deleted or expire. */
   maxAgents: 1000,
   /** Enrollments waiting for their answer; more are refused until some are answered or expire. */
