@@ -20,6 +20,7 @@ import {
   createControlPlane,
   generatePrivateKeyPem,
   materializeRun,
+  openChallenge,
   parsePrivateKeyPem,
   publicKeyDoc,
   realFs,
@@ -336,7 +337,8 @@ async function main(): Promise<void> {
     disk_mean: round(mean(diskSeries.materialize), 3),
   };
 
-  // The alternative: a client that polls every 3 s (GitLab Runner's check_interval default).
+  // The alternative: a client that polls every 3 s (GitLab Runner's check_interval default). It
+  // enrolls as an agent does: the pool token, then the answer to the challenge for a credential.
   const pollerKey = await parsePrivateKeyPem(generatePrivateKeyPem(), "poller");
   const reg = await fetch(`${url}/api/agent/v1/agents`, {
     method: "POST",
@@ -348,7 +350,21 @@ async function main(): Promise<void> {
       public_keys: [publicKeyDoc(pollerKey.publicKey)],
     }),
   });
-  const pollerId = ((await reg.json()) as { agent_id: string }).agent_id;
+  const enrolled = (await reg.json()) as { agent_id: string; challenge_id: string; challenge: string };
+  const pollerId = enrolled.agent_id;
+  const answer = await openChallenge(enrolled.challenge, {
+    keys: new Map([[pollerKey.kid, pollerKey]]),
+    agentId: pollerId,
+    challengeId: enrolled.challenge_id,
+    nowMs: Date.now(),
+    clockSkewSeconds: 120,
+  });
+  const granted = await fetch(`${url}/api/agent/v1/agents/${pollerId}/credential`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${agentToken}`, "content-type": "application/json" },
+    body: JSON.stringify({ challenge_id: enrolled.challenge_id, answer }),
+  });
+  const pollerCredential = ((await granted.json()) as { credential: string }).credential;
   const polled: number[] = [];
   const queuedAt = new Map<string, number>();
   const pollerStop = { stop: false };
@@ -357,7 +373,7 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 3000));
       const res = await fetch(`${url}/api/agent/v1/agents/${pollerId}/leases`, {
         method: "POST",
-        headers: { authorization: `Bearer ${agentToken}`, "content-type": "application/json" },
+        headers: { authorization: `Bearer ${pollerCredential}`, "content-type": "application/json" },
         body: JSON.stringify({ max: 1000, wait_seconds: 0 }),
       });
       const now = performance.now();
@@ -366,7 +382,7 @@ async function main(): Promise<void> {
         if (q !== undefined) polled.push(now - q);
         await fetch(`${url}/api/agent/v1/leases/${lease.lease_id}/complete`, {
           method: "POST",
-          headers: { authorization: `Bearer ${agentToken}`, "content-type": "application/json" },
+          headers: { authorization: `Bearer ${pollerCredential}`, "content-type": "application/json" },
           body: JSON.stringify({ outcome: "succeeded", phases: [], credentials_wiped: true }),
         });
       }

@@ -27,6 +27,6 @@ export const { SqliteStorage } = (await import(dist("control-plane/sqlite-storag
 export const { generatePrivateKeyPem, parsePrivateKeyPem, publicKeyDoc } = (await import(
   dist("crypto/agent-key.js")
 )) as AgentKey;
-export const { sealBundle } = (await import(dist("crypto/sealed-bundle.js"))) as SealedBundle;
+export const { sealBundle, openChallenge } = (await import(dist("crypto/sealed-bundle.js"))) as SealedBundle;
 export const { wipeRunDir } = (await import(dist("fs/run-dir.js"))) as RunDir;
 export const { realFs } = (await import(dist("fs/secure-fs.js"))) as SecureFs;

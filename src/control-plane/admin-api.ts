@@ -1,11 +1,12 @@
 /**
- * The admin API (Authorization: Bearer <admin token>): integrations and runs. No response ever
- * contains a stored password.
+ * The admin API (Authorization: Bearer <admin token>): integrations and runs, and (admin-agents.ts)
+ * agents and enrollment tokens. No response ever contains a stored password.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
 import { CREDENTIAL_HELPER_NAME, ENTRY_FIELD_MAX_LENGTH } from "../core/export-payload.js";
 import { PHASES } from "../protocol/agent-api.js";
+import { AdminAgents } from "./admin-agents.js";
 import { HttpError, readJson, sendJson } from "./http-util.js";
 import { changeFacts, fieldsNeedingPassword, type IntegrationChange } from "./integration-audit.js";
 import { checkRegistryUrlForm, type RegistryProber } from "./registry-probe.js";
@@ -82,14 +83,19 @@ function runView(run: RunRecord): Record<string, unknown> {
 }
 
 export class AdminApi {
+  private readonly agents: AdminAgents;
+
   constructor(
     private readonly store: ControlPlaneStore,
     private readonly probe: RegistryProber,
-  ) {}
+  ) {
+    this.agents = new AdminAgents(store);
+  }
 
   async handle(req: IncomingMessage, res: ServerResponse, path: string[]): Promise<void> {
     const method = req.method ?? "GET";
     const [collection, id, action] = path;
+    if (collection === "agents" || collection === "enrollment-tokens") return this.agents.handle(req, res, path);
     if (collection === "integrations") {
       if (id === undefined && method === "GET") {
         sendJson(res, 200, { integrations: [...this.store.integrations.values()].map(publicIntegration) });

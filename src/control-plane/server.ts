@@ -13,7 +13,8 @@ import { ControlPlaneStore, systemClock, type StoreClock, type StorePersistence 
 
 export interface ControlPlaneOptions {
   readonly adminToken: string;
-  readonly agentToken: string;
+  /** The agent pool token; without it, agents enroll only with single-use enrollment tokens. */
+  readonly agentToken?: string;
   readonly leaseTtlSeconds?: number;
   readonly agentApi?: Partial<AgentApiSettings>;
   readonly probe?: RegistryProber;

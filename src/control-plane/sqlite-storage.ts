@@ -36,6 +36,7 @@ import type {
   RunRecord,
   StorePersistence,
   StoreSnapshot,
+  EnrollmentTokenRecord,
 } from "./store.js";
 
 /** `PRAGMA application_id`: "OCAC". A database with another id belongs to something else. */
@@ -54,6 +55,7 @@ const MIGRATIONS: readonly ((db: DatabaseSync, key: Buffer) => void)[] = [
       CREATE TABLE integrations (id TEXT PRIMARY KEY, record TEXT NOT NULL, password BLOB NOT NULL);
       CREATE TABLE agents (id TEXT PRIMARY KEY, record TEXT NOT NULL);
       CREATE TABLE audit (seq INTEGER PRIMARY KEY, record TEXT NOT NULL);
+      CREATE TABLE enrollment_tokens (id TEXT PRIMARY KEY, record TEXT NOT NULL);
       CREATE TABLE runs (
         id TEXT PRIMARY KEY,
         status TEXT NOT NULL,
@@ -224,6 +226,8 @@ interface Statements {
   appendLog: StatementSync;
   deleteRun: StatementSync;
   appendAudit: StatementSync;
+  putEnrollmentToken: StatementSync;
+  deleteEnrollmentToken: StatementSync;
 }
 
 type StoredLease = Omit<LeaseRecord, "id">;
@@ -260,6 +264,10 @@ export class SqliteStorage implements StorePersistence {
       appendLog: p("INSERT INTO run_logs (run_id, seq, data) VALUES (?, ?, ?)"),
       deleteRun: p("DELETE FROM runs WHERE id = ?"),
       appendAudit: p("INSERT INTO audit (seq, record) VALUES (?, ?)"),
+      putEnrollmentToken: p(
+        "INSERT INTO enrollment_tokens (id, record) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+      ),
+      deleteEnrollmentToken: p("DELETE FROM enrollment_tokens WHERE id = ?"),
     };
   }
 
@@ -494,6 +502,15 @@ export class SqliteStorage implements StorePersistence {
     this.transaction(() => this.statements.appendAudit.run(entry.seq, JSON.stringify(entry)));
   }
 
+  /** An enrollment token is kept as its SHA-256 only, like an agent's credential. */
+  putEnrollmentToken(token: EnrollmentTokenRecord): void {
+    this.transaction(() => this.statements.putEnrollmentToken.run(token.id, JSON.stringify(token)));
+  }
+
+  deleteEnrollmentToken(id: string): void {
+    this.transaction(() => this.statements.deleteEnrollmentToken.run(id));
+  }
+
   deleteRuns(ids: readonly string[]): void {
     this.transaction(() => {
       for (const id of ids) this.statements.deleteRun.run(id);
@@ -563,7 +580,11 @@ export class SqliteStorage implements StorePersistence {
       .prepare("SELECT record FROM audit ORDER BY seq")
       .all()
       .map((row) => JSON.parse(String(row["record"])) as AuditEntry);
-    return { integrations, agents, runs, audit };
+    const enrollmentTokens = this.db
+      .prepare("SELECT record FROM enrollment_tokens ORDER BY rowid")
+      .all()
+      .map((row) => JSON.parse(String(row["record"])) as EnrollmentTokenRecord);
+    return { integrations, agents, runs, audit, enrollmentTokens };
   }
 
   private grouped<T>(

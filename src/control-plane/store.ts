@@ -43,8 +43,32 @@ export interface AgentRecord {
   /** SHA-256 (hex) of the per-agent credential; the credential itself is never stored. */
   credential_sha256: string;
   registered_at: string;
+  /** The agent's last authenticated request; an agent not seen for the expiry is removed. */
   last_seen_at: string;
+  /** An operator disabled it: every agent route answers 403 AGENT_DISABLED, and it leases nothing. */
+  disabled: boolean;
+  /** The single-use enrollment token it enrolled with; null when it enrolled with the pool token. */
+  enrollment_token_id: string | null;
 }
+
+/** A single-use enrollment token an operator created: only its SHA-256 is kept. */
+export interface EnrollmentTokenRecord {
+  id: string;
+  name: string | null;
+  /** SHA-256 (hex) of the token; the token itself is shown once, when it is created. */
+  token_sha256: string;
+  created_at: string;
+  /** After this, it enrolls nothing. */
+  expires_at: string;
+  /** The agent it enrolled (a token enrolls one agent); null while unused. */
+  used_by_agent_id: string | null;
+  used_at: string | null;
+}
+
+export type EnrollmentTokenState = "unused" | "used" | "expired";
+
+/** Why an agent's running leases were taken from it; the code its runs fail with. */
+export type AgentLeaseRevocation = "AGENT_DISABLED" | "AGENT_DELETED" | "AGENT_EXPIRED";
 
 export type RunStatus = "queued" | "running" | "succeeded" | "failed" | "canceled";
 
@@ -86,6 +110,7 @@ export interface StoreSnapshot {
   readonly runs: RunRecord[];
   /** The audit trail, oldest first (kept whatever --retention says: it is small and it is the record). */
   readonly audit: AuditEntry[];
+  readonly enrollmentTokens: EnrollmentTokenRecord[];
 }
 
 /**
@@ -109,11 +134,13 @@ export interface StorePersistence {
   /** Deletes the runs with their events, logs and configuration. */
   deleteRuns(ids: readonly string[]): void;
   appendAudit(entry: AuditEntry): void;
+  putEnrollmentToken(token: EnrollmentTokenRecord): void;
+  deleteEnrollmentToken(id: string): void;
 }
 
 /** No persistence: `dev`, tests, and `control-plane` without --data-file. */
 const memoryOnly: StorePersistence = {
-  load: () => ({ integrations: [], agents: [], runs: [], audit: [] }),
+  load: () => ({ integrations: [], agents: [], runs: [], audit: [], enrollmentTokens: [] }),
   transaction: (fn) => fn(),
   putIntegration: () => undefined,
   deleteIntegration: () => undefined,
@@ -125,6 +152,8 @@ const memoryOnly: StorePersistence = {
   appendLog: () => undefined,
   deleteRuns: () => undefined,
   appendAudit: () => undefined,
+  putEnrollmentToken: () => undefined,
+  deleteEnrollmentToken: () => undefined,
 };
 
 /** Who changed an integration, and what changed (integration-audit.ts). */
@@ -186,6 +215,12 @@ export class ControlPlaneStore extends EventEmitter {
   private readonly retentionMs: number;
   private readonly onError: (error: unknown) => void;
   private sweepTimer: { cancel(): void } | undefined;
+  readonly enrollmentTokens = new Map<string, EnrollmentTokenRecord>();
+  private readonly enrollmentTokenIndex = new Map<string, string>();
+  /** The runs each agent holds a lease on, by agent id: its concurrency bounds their number. */
+  private readonly leasesByAgent = new Map<string, Set<string>>();
+  private agentExpiryMs: number | undefined;
+  private expirySweep: { cancel(): void } | undefined;
 
   constructor(
     private readonly clock: StoreClock,
@@ -205,7 +240,7 @@ export class ControlPlaneStore extends EventEmitter {
    * sweeps what retention ends, and every so often from then on.
    */
   restore(): void {
-    const { integrations, agents, runs, audit } = this.persistence.load();
+    const { integrations, agents, runs, audit, enrollmentTokens } = this.persistence.load();
     for (const i of integrations) this.integrations.set(i.id, i);
     this.audit.push(...audit);
     this.auditSeq = audit.at(-1)?.seq ?? 0;
@@ -214,11 +249,18 @@ export class ControlPlaneStore extends EventEmitter {
       this.credentialIndex.set(a.credential_sha256, a.id);
       this.seenWrittenAt.set(a.id, this.clock.now());
     }
+    for (const t of enrollmentTokens) {
+      this.enrollmentTokens.set(t.id, t);
+      this.enrollmentTokenIndex.set(t.token_sha256, t.id);
+    }
     for (const run of runs) {
       this.runs.set(run.id, run);
       if (run.status === "queued") this.queue.push(run.id);
       else if (run.status === "running" && run.lease) {
         this.leaseIndex.set(run.lease.id, run.id);
+        const held = this.leasesByAgent.get(run.lease.agent_id) ?? new Set<string>();
+        held.add(run.id);
+        this.leasesByAgent.set(run.lease.agent_id, held);
         this.armLeaseTimer(run);
       }
     }
@@ -232,6 +274,10 @@ export class ControlPlaneStore extends EventEmitter {
   /** Runs `fn`'s store calls as one transaction: all committed when it returns, or none. */
   atomically<T>(fn: () => T): T {
     return this.persistence.transaction(fn);
+  }
+
+  nowMs(): number {
+    return this.clock.now();
   }
 
   event(run: RunRecord, type: string, fields: Record<string, unknown> = {}): void {
@@ -284,28 +330,31 @@ export class ControlPlaneStore extends EventEmitter {
   }
 
   // ---- agents -----------------------------------------------------------------------------
+  // Every change to an agent or an enrollment token goes through these methods; records stay
+  // plain data, and nothing outside the store mutates them.
 
-  /** Adds an agent that proved its key; its credential hash finds it from then on. */
-  addAgent(agent: AgentRecord): void {
-    this.persistence.putAgent(agent);
+  /**
+   * Adds an agent that proved its key; its credential hash finds it from then on. An enrollment
+   * token it enrolled with is used up in the same step (one transaction): false (and nothing
+   * added) when that token was used, revoked or expired meanwhile.
+   */
+  addAgent(agent: AgentRecord): boolean {
+    const tokenId = agent.enrollment_token_id;
+    const token = tokenId === null ? undefined : this.enrollmentTokens.get(tokenId);
+    if (tokenId !== null && (!token || this.enrollmentTokenState(token) !== "unused")) return false;
+    const usedAt = this.iso();
+    this.persistence.transaction(() => {
+      this.persistence.putAgent(agent);
+      if (token) this.persistence.putEnrollmentToken({ ...token, used_by_agent_id: agent.id, used_at: usedAt });
+    });
+    if (token) {
+      token.used_by_agent_id = agent.id;
+      token.used_at = usedAt;
+    }
     this.agents.set(agent.id, agent);
     this.credentialIndex.set(agent.credential_sha256, agent.id);
     this.seenWrittenAt.set(agent.id, this.clock.now());
-  }
-
-  setAgentKeys(agent: AgentRecord, keys: AgentRecord["public_keys"]): void {
-    this.persistence.putAgent({ ...agent, public_keys: keys });
-    agent.public_keys = keys;
-    this.seenWrittenAt.set(agent.id, this.clock.now());
-  }
-
-  /** The agent was seen now: exact in memory, written at most every LAST_SEEN_WRITE_INTERVAL_MS. */
-  touchAgent(agent: AgentRecord): void {
-    const now = this.clock.now();
-    agent.last_seen_at = this.iso(now);
-    if (now - (this.seenWrittenAt.get(agent.id) ?? Number.NEGATIVE_INFINITY) < LAST_SEEN_WRITE_INTERVAL_MS) return;
-    this.persistence.putAgent(agent);
-    this.seenWrittenAt.set(agent.id, now);
+    return true;
   }
 
   agentByCredential(credentialSha256: string): AgentRecord | undefined {
@@ -334,6 +383,146 @@ export class ControlPlaneStore extends EventEmitter {
     for (const e of entries) {
       this.audit.push(e);
       this.emit("audit", e);
+    }
+  }
+
+  // ---- agents (operators' decisions) ----------------------------------------------------------
+
+  /** The agent was seen now: exact in memory, written at most every LAST_SEEN_WRITE_INTERVAL_MS. */
+  touchAgent(agentId: string): void {
+    const agent = this.agents.get(agentId);
+    if (!agent) return;
+    const now = this.clock.now();
+    agent.last_seen_at = this.iso(now);
+    if (now - (this.seenWrittenAt.get(agent.id) ?? Number.NEGATIVE_INFINITY) < LAST_SEEN_WRITE_INTERVAL_MS) return;
+    this.persistence.putAgent(agent);
+    this.seenWrittenAt.set(agent.id, now);
+  }
+
+  setAgentKeys(agentId: string, keys: { kid: string; public_key: string }[]): AgentRecord | undefined {
+    const agent = this.agents.get(agentId);
+    if (!agent) return undefined;
+    const publicKeys = keys.map((k) => ({ kid: k.kid, public_key: k.public_key }));
+    this.persistence.putAgent({ ...agent, public_keys: publicKeys });
+    agent.public_keys = publicKeys;
+    this.seenWrittenAt.set(agent.id, this.clock.now());
+    return agent;
+  }
+
+  /**
+   * Disables or enables an agent. Disabling takes its leases at once: its waiting lease requests
+   * answer [], and its running runs end (failed, or canceled when a cancel was pending) with
+   * AGENT_DISABLED; they are never queued again, so a run never runs twice.
+   */
+  setAgentDisabled(agentId: string, disabled: boolean): AgentRecord | undefined {
+    const agent = this.agents.get(agentId);
+    if (!agent) return undefined;
+    this.persistence.transaction(() => {
+      this.persistence.putAgent({ ...agent, disabled });
+      if (disabled)
+        this.revokeLeases(agentId, "AGENT_DISABLED", `an operator disabled agent ${agentId} while it held this run`);
+    });
+    agent.disabled = disabled;
+    if (disabled) this.dropWaiters(agentId);
+    return agent;
+  }
+
+  /** Removes an agent: its credential stops working at once and its running runs end with `code`. */
+  removeAgent(agentId: string, code: "AGENT_DELETED" | "AGENT_EXPIRED"): boolean {
+    const agent = this.agents.get(agentId);
+    if (!agent) return false;
+    this.persistence.transaction(() => {
+      this.persistence.deleteAgent(agentId);
+      this.revokeLeases(
+        agentId,
+        code,
+        code === "AGENT_DELETED"
+          ? `an operator deleted agent ${agentId} while it held this run`
+          : `agent ${agentId} was not seen for the agent expiry and was removed`,
+      );
+    });
+    this.agents.delete(agentId);
+    this.credentialIndex.delete(agent.credential_sha256);
+    this.seenWrittenAt.delete(agentId);
+    this.dropWaiters(agentId);
+    this.emit("agent-removed", agentId);
+    return true;
+  }
+
+  /** How many runs the agent holds a lease on now. */
+  runningLeases(agentId: string): number {
+    return this.leasesByAgent.get(agentId)?.size ?? 0;
+  }
+
+  /** Whether the agent was last seen longer ago than the agent expiry. */
+  agentExpired(agent: AgentRecord): boolean {
+    return this.agentExpiryMs !== undefined && this.clock.now() - Date.parse(agent.last_seen_at) >= this.agentExpiryMs;
+  }
+
+  /** Removes every agent not seen for the expiry; returns their ids. */
+  expireAgents(): string[] {
+    const expired = [...this.agents.values()].filter((a) => this.agentExpired(a)).map((a) => a.id);
+    for (const id of expired) this.removeAgent(id, "AGENT_EXPIRED");
+    return expired;
+  }
+
+  /** Agents not seen for `expiryMs` expire; a sweep removes them every `sweepMs`. */
+  startAgentExpiry(expiryMs: number, sweepMs: number): void {
+    this.agentExpiryMs = expiryMs;
+    this.expirySweep?.cancel();
+    const arm = (): void => {
+      this.expirySweep = this.clock.setTimer(() => {
+        this.background(() => this.expireAgents());
+        arm();
+      }, sweepMs);
+    };
+    arm();
+  }
+
+  addEnrollmentToken(token: EnrollmentTokenRecord): void {
+    this.persistence.putEnrollmentToken(token);
+    this.enrollmentTokens.set(token.id, token);
+    this.enrollmentTokenIndex.set(token.token_sha256, token.id);
+  }
+
+  enrollmentTokenByHash(tokenSha256: string): EnrollmentTokenRecord | undefined {
+    const id = this.enrollmentTokenIndex.get(tokenSha256);
+    return id === undefined ? undefined : this.enrollmentTokens.get(id);
+  }
+
+  enrollmentTokenState(token: EnrollmentTokenRecord): EnrollmentTokenState {
+    if (token.used_by_agent_id !== null) return "used";
+    if (Date.parse(token.expires_at) <= this.clock.now()) return "expired";
+    return "unused";
+  }
+
+  /** Revokes a token: it enrolls nothing from now on (an agent it enrolled stays). */
+  removeEnrollmentToken(id: string): boolean {
+    const token = this.enrollmentTokens.get(id);
+    if (!token) return false;
+    this.persistence.deleteEnrollmentToken(id);
+    this.enrollmentTokens.delete(id);
+    this.enrollmentTokenIndex.delete(token.token_sha256);
+    return true;
+  }
+
+  private dropWaiters(agentId: string): void {
+    for (const waiter of this.waiters.filter((w) => w.agentId === agentId)) {
+      this.waiters.splice(this.waiters.indexOf(waiter), 1);
+      waiter.resolve([]);
+    }
+  }
+
+  private revokeLeases(agentId: string, code: AgentLeaseRevocation, message: string): void {
+    for (const runId of [...(this.leasesByAgent.get(agentId) ?? [])]) {
+      const run = this.runs.get(runId);
+      if (run?.status !== "running" || !run.lease) continue;
+      this.event(run, "lease_revoked", { agent_id: agentId, code });
+      // Never re-queued: the agent may still be running it until its next heartbeat is refused.
+      this.finish(run, run.lease.cancel_requested ? "canceled" : "failed", {
+        code,
+        message: `${message}; the run is not queued again (a run never runs twice)`,
+      });
     }
   }
 
@@ -385,11 +574,12 @@ export class ControlPlaneStore extends EventEmitter {
   // ---- leasing ----------------------------------------------------------------------------
 
   /**
-   * Waits up to `waitMs` for queued runs; resolves with at most `max` runs leased to the agent.
-   * `sealFor` turns each leased run into the lease payload (it seals the bundle).
+   * Waits up to `waitMs` for queued runs; resolves with the runs leased to the agent: at most
+   * `max`, and never more than its registered concurrency minus the leases it holds already.
    */
   waitForRuns(agentId: string, max: number, waitMs: number, signal: AbortSignal): Promise<RunRecord[]> {
-    const ready = this.takeQueued(max);
+    const room = this.room(agentId, max);
+    const ready = room > 0 ? this.takeQueued(room) : [];
     if (ready.length > 0 || waitMs <= 0) return Promise.resolve(ready.map((r) => this.lease(r, agentId)));
     return new Promise((resolve) => {
       const waiter: Waiter = {
@@ -428,12 +618,23 @@ export class ControlPlaneStore extends EventEmitter {
     return out;
   }
 
+  /** How many more runs the agent may lease: its concurrency minus what it holds, at most `max`. */
+  private room(agentId: string, max: number): number {
+    const agent = this.agents.get(agentId);
+    if (!agent || agent.disabled) return 0;
+    return Math.min(max, agent.concurrency - this.runningLeases(agentId));
+  }
+
   private dispatch(): void {
-    while (this.waiters.length > 0 && this.queue.length > 0) {
-      const waiter = this.waiters.shift();
-      if (!waiter) break;
-      const runs = this.takeQueued(waiter.max).map((r) => this.lease(r, waiter.agentId));
-      waiter.resolve(runs);
+    // Oldest waiter first; one at full concurrency keeps waiting (a lease of its may end).
+    for (const waiter of [...this.waiters]) {
+      if (this.queue.length === 0) return;
+      const room = this.room(waiter.agentId, waiter.max);
+      if (room <= 0) continue;
+      const runs = this.takeQueued(room);
+      if (runs.length === 0) return;
+      this.waiters.splice(this.waiters.indexOf(waiter), 1);
+      waiter.resolve(runs.map((r) => this.lease(r, waiter.agentId)));
     }
   }
 
@@ -450,6 +651,9 @@ export class ControlPlaneStore extends EventEmitter {
       this.setStatus(run, "running");
     });
     this.leaseIndex.set(lease.id, run.id);
+    const held = this.leasesByAgent.get(agentId) ?? new Set<string>();
+    held.add(run.id);
+    this.leasesByAgent.set(agentId, held);
     this.armLeaseTimer(run);
     return run;
   }
@@ -500,8 +704,7 @@ export class ControlPlaneStore extends EventEmitter {
       throw error;
     }
     this.armLeaseTimer(run);
-    const agent = this.agents.get(lease.agent_id);
-    if (agent) this.touchAgent(agent);
+    this.touchAgent(lease.agent_id);
     return lease;
   }
 
@@ -522,7 +725,17 @@ export class ControlPlaneStore extends EventEmitter {
       this.leaseTimers.get(run.lease.id)?.cancel();
       this.leaseTimers.delete(run.lease.id);
       this.leaseIndex.delete(run.lease.id);
+      const held = this.leasesByAgent.get(run.lease.agent_id);
+      held?.delete(run.id);
+      if (held?.size === 0) this.leasesByAgent.delete(run.lease.agent_id);
     }
+    // A slot of that agent is free again: a request of it that waits may take a queued run,
+    // once the transaction that ended this run is committed (end() runs inside one).
+    queueMicrotask(() => {
+      this.background(() => {
+        this.dispatch();
+      });
+    });
   }
 
   // ---- retention --------------------------------------------------------------------------
@@ -548,6 +761,7 @@ export class ControlPlaneStore extends EventEmitter {
 
   close(): void {
     this.sweepTimer?.cancel();
+    this.expirySweep?.cancel();
     for (const t of this.leaseTimers.values()) t.cancel();
     this.leaseTimers.clear();
     for (const w of this.waiters.splice(0)) w.resolve([]);

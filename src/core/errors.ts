@@ -76,7 +76,8 @@ export const ERROR_CODES = {
 
   // The daemon and its control plane
   CONTROL_PLANE_UNAUTHORIZED: "the control plane refused the agent's token (401/403)",
-  CONTROL_PLANE_UNAVAILABLE: "the control plane could not be reached or answered 429/5xx",
+  CONTROL_PLANE_UNAVAILABLE:
+    "the control plane could not be reached, answered 429/5xx, or disabled this agent (403 AGENT_DISABLED)",
   CONTROL_PLANE_BAD_RESPONSE: "the control plane answered something that is not the agent API",
   CONTROL_PLANE_REJECTED: "the control plane rejected a request as invalid (4xx)",
   LEASE_LOST: "the control plane no longer holds the run's lease for this agent (409)",
@@ -86,6 +87,11 @@ export const ERROR_CODES = {
   TOFU_NOT_FOUND: "the tofu executable could not be started",
   SANDBOX_UNAVAILABLE: "the sandbox runs are isolated in (bubblewrap, user namespaces) cannot be set up on this host",
   AGENT_SHUTDOWN: "the agent was shutting down and canceled the run",
+
+  // Operators' commands on the reference control plane (`agents`, `enrollment-tokens`)
+  ADMIN_TOKEN_REFUSED: "the control plane refused the admin token (401): --admin-token-file holds another token",
+  AGENT_NOT_FOUND: "the control plane knows no agent with that id (deleted, expired, or never enrolled)",
+  ENROLLMENT_TOKEN_NOT_FOUND: "the control plane knows no enrollment token with that id (revoked, or never created)",
 
   // The runner (`run --executor runner:PATH` and `oci-cred-agent runner`)
   RUNNER_UNAVAILABLE: "no runner answers on the executor's socket (runner:PATH)",
@@ -125,7 +131,8 @@ export type ErrorCode = keyof typeof ERROR_CODES;
  */
 interface ErrorDetailsByCode {
   CONTROL_PLANE_UNAVAILABLE: {
-    readonly kind: "network" | "timeout" | "too_large" | "throttled" | "server_error";
+    /** `disabled`: an operator disabled the agent (403 AGENT_DISABLED); it waits to be enabled. */
+    readonly kind: "network" | "timeout" | "too_large" | "throttled" | "server_error" | "disabled";
     readonly status?: number;
     readonly errno?: string | null;
     /** The server's Retry-After, in milliseconds from when the answer arrived. */

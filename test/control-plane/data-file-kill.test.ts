@@ -309,7 +309,7 @@ async function verify(cp: CliControlPlane): Promise<void> {
 describe("kill -9 under load", () => {
   it("loses nothing acknowledged, round after round, and leaves a database that passes its integrity check", async () => {
     let cp = await startControlPlane();
-    for (let i = 0; i < AGENTS; i++) agents.push(await enrollAgent(cp.url, agentToken));
+    for (let i = 0; i < AGENTS; i++) agents.push(await enrollAgent(cp.url, agentToken, undefined, { concurrency: 8 }));
     const inFlight: number[] = [];
     for (const killAfter of KILL_AFTER) {
       const { inFlightAtKill } = await loadUntilKilled(cp, killAfter);

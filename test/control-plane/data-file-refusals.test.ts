@@ -46,6 +46,8 @@ const agentRecord = (id: string): AgentRecord => ({
   credential_sha256: "0".repeat(64),
   registered_at: "2026-01-01T00:00:00.000Z",
   last_seen_at: "2026-01-01T00:00:00.000Z",
+  disabled: false,
+  enrollment_token_id: null,
 });
 
 beforeAll(async () => {

@@ -131,9 +131,11 @@ function snapshot(cp: ControlPlane): {
   agents: AgentRecord[];
   runs: RunRecord[];
   audit: unknown[];
+  enrollmentTokens: unknown[];
 } {
   return structuredClone({
     audit: [...cp.store.audit],
+    enrollmentTokens: [...cp.store.enrollmentTokens.values()],
     integrations: [...cp.store.integrations.values()],
     agents: [...cp.store.agents.values()],
     runs: [...cp.store.runs.values()],
@@ -161,6 +163,7 @@ describe("SQLite storage: a close and a reopen", () => {
   const ids: Record<string, string> = {};
   const leases: Record<string, string> = {};
   let before: ReturnType<typeof snapshot>;
+  let enrollmentToken: string;
 
   const admin = (method: string, path: string, body?: unknown): ReturnType<typeof call> =>
     call(url, method, `/api/admin/v1${path}`, body);
@@ -224,7 +227,7 @@ describe("SQLite storage: a close and a reopen", () => {
     expect((await admin("DELETE", `/integrations/${deleted.json["id"] as string}`)).status).toBe(204);
 
     // An enrolled agent, whose keys then change (proved with its current key).
-    agent = await enrollAgent(url, agentToken);
+    agent = await enrollAgent(url, agentToken, undefined, { concurrency: 4 });
     const second = await parsePrivateKeyPem(generatePrivateKeyPem(), "second key");
     const challenge = await asAgent("POST", `/agents/${agent.agentId}/keys/challenge`, {});
     const answer = await openChallenge(challenge.json["challenge"] as string, {
@@ -242,6 +245,11 @@ describe("SQLite storage: a close and a reopen", () => {
     });
     expect(changed.status).toBe(200);
     agent.keys.set(second.kid, second);
+
+    // An unused enrollment token (kept as its hash only).
+    const minted = await admin("POST", "/enrollment-tokens", { name: "kept token" });
+    expect(minted.status).toBe(201);
+    enrollmentToken = minted.json["token"] as string;
 
     // A run whose lease expires: failed, LEASE_EXPIRED.
     ids["expired"] = await createRun();
@@ -309,6 +317,7 @@ describe("SQLite storage: a close and a reopen", () => {
       LOG_TEXT,
       EVENT_TEXT,
       agent.credential,
+      enrollmentToken,
       ...Object.values(leases),
     ];
     for (const secret of secrets) expect(text.includes(secret), `the data file holds ${secret}`).toBe(false);
@@ -348,6 +357,8 @@ describe("SQLite storage: a close and a reopen", () => {
     expect(after.audit).toEqual(before.audit);
     expect(after.audit.map((e) => (e as { type: string }).type)).toContain("integration_password_changed");
     expect(after.audit.length).toBeGreaterThan(3);
+    expect(after.enrollmentTokens).toEqual(before.enrollmentTokens);
+    expect(after.enrollmentTokens).toHaveLength(1);
     expect(after.runs.find((r) => r.id === ids["succeeded"])?.logs.map((l) => l.text)).toEqual([
       `${LOG_TEXT}\n`,
       "second line\n",

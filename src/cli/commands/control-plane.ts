@@ -2,12 +2,14 @@ import { readFile } from "node:fs/promises";
 import { createControlPlane } from "../../control-plane/server.js";
 import type { SqliteStorage } from "../../control-plane/sqlite-storage.js";
 import { AgentError, errnoCode } from "../../core/errors.js";
-import { durationSeconds, hostPort } from "../options.js";
+import { durationSeconds, hostPort, positiveInt } from "../options.js";
 
 export interface ControlPlaneCommandOptions {
   readonly listen: string;
   readonly adminTokenFile: string;
-  readonly agentTokenFile: string;
+  readonly agentTokenFile?: string;
+  /** false with --no-pool-token-enrollment. */
+  readonly poolTokenEnrollment: boolean;
   readonly dataFile?: string;
   readonly dataKeyFile?: string;
   readonly retention: string;
@@ -15,6 +17,42 @@ export interface ControlPlaneCommandOptions {
   readonly heartbeatInterval: string;
   readonly pollWait: string;
   readonly bundleTtl: string;
+  readonly agentExpiry: string;
+  readonly maxAgents: string;
+  readonly maxPendingEnrollments: string;
+}
+
+/** The pool token, unless the operator enrolls with enrollment tokens only; exactly one of the two. */
+async function poolToken(opts: ControlPlaneCommandOptions): Promise<string | undefined> {
+  if (!opts.poolTokenEnrollment) {
+    if (opts.agentTokenFile !== undefined)
+      throw new AgentError(
+        "INVALID_ARGUMENT",
+        "--no-pool-token-enrollment and --agent-token-file contradict each other: without pool-token enrollment there is no pool token; drop one of them",
+        { flag: "--agent-token-file" },
+      );
+    return undefined;
+  }
+  if (opts.agentTokenFile === undefined)
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      "--agent-token-file is missing: give the file holding the agent pool token, or --no-pool-token-enrollment to enroll agents with single-use enrollment tokens only",
+      { flag: "--agent-token-file" },
+    );
+  return token(opts.agentTokenFile, "--agent-token-file");
+}
+
+/** --agent-expiry: a live agent asks at least every poll wait or heartbeat, so it never expires. */
+function agentExpirySeconds(opts: ControlPlaneCommandOptions, pollWait: number, heartbeat: number): number {
+  const expiry = durationSeconds("--agent-expiry", opts.agentExpiry);
+  const floor = Math.max(300, 2 * pollWait, 2 * heartbeat);
+  if (expiry < floor)
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      `--agent-expiry ${opts.agentExpiry} is shorter than ${floor} s: it must be at least 5m and twice --poll-wait and --heartbeat-interval, or live agents would expire between two requests`,
+      { flag: "--agent-expiry" },
+    );
+  return expiry;
 }
 
 async function token(path: string, flag: string): Promise<string> {
@@ -34,7 +72,7 @@ export async function controlPlane(opts: ControlPlaneCommandOptions): Promise<nu
   const listen = hostPort("--listen", opts.listen);
   const retentionSeconds = durationSeconds("--retention", opts.retention);
   const adminToken = await token(opts.adminTokenFile, "--admin-token-file");
-  const agentToken = await token(opts.agentTokenFile, "--agent-token-file");
+  const agentToken = await poolToken(opts);
   if (adminToken === agentToken)
     throw new AgentError(
       "INVALID_ARGUMENT",
@@ -50,6 +88,16 @@ export async function controlPlane(opts: ControlPlaneCommandOptions): Promise<nu
   const stopped = new Promise<AgentError | undefined>((resolve) => {
     stop = resolve;
   });
+  const heartbeatIntervalSeconds = durationSeconds("--heartbeat-interval", opts.heartbeatInterval);
+  const pollWaitSeconds = durationSeconds("--poll-wait", opts.pollWait);
+  const agentApi = {
+    heartbeatIntervalSeconds,
+    pollWaitSeconds,
+    bundleTtlSeconds: durationSeconds("--bundle-ttl", opts.bundleTtl),
+    agentExpirySeconds: agentExpirySeconds(opts, pollWaitSeconds, heartbeatIntervalSeconds),
+    maxAgents: positiveInt("--max-agents", opts.maxAgents),
+    maxPendingEnrollments: positiveInt("--max-pending-enrollments", opts.maxPendingEnrollments),
+  };
   let storage: SqliteStorage | undefined;
   if (opts.dataFile !== undefined) {
     // Loaded here only: node:sqlite is needed for --data-file alone.
@@ -68,13 +116,9 @@ export async function controlPlane(opts: ControlPlaneCommandOptions): Promise<nu
   try {
     const cp = await createControlPlane({
       adminToken,
-      agentToken,
+      ...(agentToken === undefined ? {} : { agentToken }),
       leaseTtlSeconds: durationSeconds("--lease-ttl", opts.leaseTtl),
-      agentApi: {
-        heartbeatIntervalSeconds: durationSeconds("--heartbeat-interval", opts.heartbeatInterval),
-        pollWaitSeconds: durationSeconds("--poll-wait", opts.pollWait),
-        bundleTtlSeconds: durationSeconds("--bundle-ttl", opts.bundleTtl),
-      },
+      agentApi,
       retentionSeconds,
       ...(storage === undefined ? {} : { persistence: storage }),
       onError: (error) => {
