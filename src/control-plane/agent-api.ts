@@ -21,8 +21,14 @@ import {
   type Lease,
 } from "../protocol/agent-api.js";
 import { bearerMatches, bearerToken, HttpError, readJson, sendJson } from "./http-util.js";
-import { RunQuotas, type RunQuotaLimits } from "./run-quota.js";
-import { newId, type AgentRecord, type ControlPlaneStore, type RunRecord } from "./store.js";
+import { RunQuotas, type RunQuotaLimits, type RunUsage } from "./run-quota.js";
+import {
+  newId,
+  type AgentRecord,
+  type ControlPlaneStore,
+  type EnrollmentTokenRecord,
+  type RunRecord,
+} from "./store.js";
 
 /** Request bodies (docs/protocol.md, Limits): a log chunk's 65,536 characters may take 6 bytes each as JSON escapes. */
 const MAX_AGENT_BODY = 64 * 1024;
@@ -30,14 +36,39 @@ const MAX_EVENTS_BODY = 256 * 1024;
 const MAX_LOG_BODY = 512 * 1024;
 /** How long an agent has to answer a challenge. */
 const CHALLENGE_TTL_SECONDS = 300;
-/** Enrollments waiting for their answer; more are refused until some are answered or expire. */
-const MAX_PENDING_ENROLLMENTS = 1000;
+
+const AGENT_LIMIT_DEFAULTS = {
+  /** Enrolled agents, pending enrollments included; more are refused until some are deleted or expire. */
+  maxAgents: 1000,
+  /** Enrollments waiting for their answer; more are refused until some are answered or expire. */
+  maxPendingEnrollments: 1000,
+  /** An agent not seen for this long is removed; its credential is then refused and it enrolls again. */
+  agentExpirySeconds: 3600,
+} as const;
 
 export interface AgentApiSettings extends RunQuotaLimits {
   readonly pollWaitSeconds: number;
   readonly heartbeatIntervalSeconds: number;
   readonly bundleTtlSeconds: number;
+  readonly maxAgents?: number;
+  readonly maxPendingEnrollments?: number;
+  readonly agentExpirySeconds?: number;
 }
+
+/** What a run already holds from its agent (a run kept across a restart of the control plane). */
+function storedUsage(run: RunRecord): RunUsage {
+  const events = run.events.filter((e) => e["source"] === "agent");
+  return {
+    events: events.length,
+    eventBytes: events.reduce((n, e) => n + Buffer.byteLength(JSON.stringify(e)), 0),
+    logEntries: run.logs.length,
+    logBytes: run.logs.reduce((n, l) => n + Buffer.byteLength(l.text, "utf8"), 0),
+  };
+}
+
+/** What an enrollment was authenticated with: the pool token, or a single-use enrollment token. */
+type EnrollmentCredential =
+  { readonly kind: "pool" } | { readonly kind: "token"; readonly token: EnrollmentTokenRecord };
 
 /** A challenge the control plane sealed and waits an answer to; only the answer's hash is kept. */
 interface PendingChallenge {
@@ -79,21 +110,36 @@ export class AgentApi {
   /** What each running run has stored from its agent: events and log entries. */
   private readonly quotas: RunQuotas;
 
+  private readonly maxAgents: number;
+  private readonly maxPendingEnrollments: number;
+
+  /** Without `poolToken`, agents enroll with enrollment tokens only. */
   constructor(
     private readonly store: ControlPlaneStore,
     private readonly settings: AgentApiSettings,
-    private readonly poolToken: string,
+    private readonly poolToken: string | undefined,
   ) {
+    this.maxAgents = settings.maxAgents ?? AGENT_LIMIT_DEFAULTS.maxAgents;
+    this.maxPendingEnrollments = settings.maxPendingEnrollments ?? AGENT_LIMIT_DEFAULTS.maxPendingEnrollments;
+    const expiryMs = (settings.agentExpirySeconds ?? AGENT_LIMIT_DEFAULTS.agentExpirySeconds) * 1000;
+    store.startAgentExpiry(expiryMs, Math.min(60_000, expiryMs / 4));
+    store.on("agent-removed", (agentId: string) => this.keyChallenges.delete(agentId));
     this.quotas = new RunQuotas(settings);
     store.on("run-changed", (run: RunRecord) => {
       if (run.status !== "queued" && run.status !== "running") this.quotas.forget(run.id);
     });
   }
 
-  /** The enrolled agent a request's bearer credential belongs to, if any (for connection and rate limits). */
-  identify(req: IncomingMessage): { readonly id: string; readonly concurrency: number } | undefined {
-    const agent = this.caller(req);
-    return agent === undefined ? undefined : { id: agent.id, concurrency: agent.concurrency };
+  /**
+   * Who a request's bearer token says it is, for connection and rate limits, without side effects
+   * (each route still authenticates): an enrolled agent not expired (disabled included), or an
+   * enrollment credential (the pool token or a known enrollment token).
+   */
+  identify(req: IncomingMessage): { readonly id: string; readonly concurrency: number } | "enrollment" | undefined {
+    const token = bearerToken(req);
+    const agent = token === undefined ? undefined : this.store.agentByCredential(sha256(token).toString("hex"));
+    if (agent !== undefined && !this.store.agentExpired(agent)) return { id: agent.id, concurrency: agent.concurrency };
+    return this.bearerEnrollmentCredential(req) === undefined ? undefined : "enrollment";
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, path: string[]): Promise<void> {
@@ -103,15 +149,15 @@ export class AgentApi {
       collection === "agents" &&
       method === "POST" &&
       (id === undefined || (action === "credential" && sub === undefined));
-    if ((collection === "ping" && id === undefined) || enrollment) {
-      // The pool token only reaches these: ping (doctor) and the two steps of enrollment.
-      if (!bearerMatches(req, this.poolToken) && !(collection === "ping" && this.caller(req)))
-        throw new HttpError(
-          401,
-          "UNAUTHORIZED",
-          "enrollment needs Authorization: Bearer <agent pool token>; the token was missing, wrong or revoked: put a valid one in --token-file",
-        );
-      if (enrollment) return id === undefined ? this.enroll(req, res) : this.answerEnrollment(req, res, id);
+    // The pool token and enrollment tokens only reach these: the two steps of enrollment, and ping.
+    if (enrollment) {
+      const via = this.enrollmentCredential(req);
+      return id === undefined ? this.enroll(req, res, via) : this.answerEnrollment(req, res, id, via);
+    }
+    if (collection === "ping" && id === undefined) {
+      // doctor checks the token in --token-file (pool or enrollment token) or a credential, without side effects.
+      if (this.bearerEnrollmentCredential(req) === undefined) this.authenticate(req);
+      else this.enrollmentCredential(req);
       if (method === "GET") {
         sendJson(res, 200, { api_version: 1, time: this.store.iso() });
         return;
@@ -119,7 +165,6 @@ export class AgentApi {
       throw new HttpError(404, "NOT_FOUND", `no agent route ${method} /${path.join("/")}`);
     }
     const agent = this.authenticate(req);
-    agent.last_seen_at = this.store.iso();
     if (collection === "agents" && id !== undefined) {
       if (id !== agent.id)
         throw new HttpError(
@@ -160,31 +205,36 @@ export class AgentApi {
           run.id,
           body.events.length,
           Buffer.byteLength(JSON.stringify(body.events)),
+          () => storedUsage(run),
         );
         if (refused) throw new HttpError(422, refused.code, refused.message, { limit: refused.limit });
-        for (const e of body.events) this.store.event(run, e.type, { ...e, at: e.at, source: "agent" });
+        this.store.atomically(() => {
+          for (const e of body.events) this.store.event(run, e.type, { ...e, at: e.at, source: "agent" });
+        });
         res.writeHead(204).end();
         return;
       }
       if (action === "logs" && method === "POST") {
         const body = await readJson(req, logChunkRequestSchema, MAX_LOG_BODY);
-        const refused = this.quotas.chargeLog(run.id, Buffer.byteLength(body.text, "utf8"));
+        const refused = this.quotas.chargeLog(run.id, Buffer.byteLength(body.text, "utf8"), () => storedUsage(run));
         if (refused) throw new HttpError(422, refused.code, refused.message, { limit: refused.limit });
-        run.logs.push({ phase: body.phase, seq: body.seq, text: body.text });
+        this.store.appendLog(run, { phase: body.phase, seq: body.seq, text: body.text });
         res.writeHead(204).end();
         return;
       }
       if (action === "complete" && method === "POST") {
         const body = await readJson(req, completeRequestSchema, MAX_AGENT_BODY);
-        for (const p of body.phases)
-          this.store.event(run, "phase_result", {
-            phase: p.name,
-            exit_code: p.exit_code,
-            signal: p.signal,
-            duration_ms: p.duration_ms,
-          });
-        this.store.event(run, "credentials_wiped", { wiped: body.credentials_wiped });
-        this.store.finish(run, body.outcome, body.error);
+        this.store.atomically(() => {
+          for (const p of body.phases)
+            this.store.event(run, "phase_result", {
+              phase: p.name,
+              exit_code: p.exit_code,
+              signal: p.signal,
+              duration_ms: p.duration_ms,
+            });
+          this.store.event(run, "credentials_wiped", { wiped: body.credentials_wiped });
+          this.store.finish(run, body.outcome, body.error);
+        });
         sendJson(res, 200, { id: run.id, status: run.status });
         return;
       }
@@ -192,19 +242,26 @@ export class AgentApi {
     throw new HttpError(404, "NOT_FOUND", `no agent route ${method} /${path.join("/")}`);
   }
 
-  /** Step 1 (pool token): a pending agent and a challenge sealed to its newest key. */
-  private async enroll(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /** Step 1 (pool token or enrollment token): a pending agent and a challenge sealed to its newest key. */
+  private async enroll(req: IncomingMessage, res: ServerResponse, via: EnrollmentCredential): Promise<void> {
     const body = await readJson(req, registerRequestSchema, MAX_AGENT_BODY);
     const keys = parseKeys(body.public_keys);
-    const nowMs = Date.now();
+    const nowMs = this.store.nowMs();
     for (const [agentId, p] of this.pending) if (p.challenge.expiresAtMs <= nowMs) this.pending.delete(agentId);
-    if (this.pending.size >= MAX_PENDING_ENROLLMENTS)
+    if (this.pending.size >= this.maxPendingEnrollments)
       throw new HttpError(
         429,
         "ENROLLMENTS_PENDING_LIMIT",
-        `${MAX_PENDING_ENROLLMENTS} enrollments are waiting for their answer; retry in a few minutes, and look for a client enrolling in a loop with the pool token`,
+        `${this.maxPendingEnrollments} enrollments are waiting for their answer; retry in a few minutes, and look for a client enrolling in a loop with the pool token (the operator raises the cap with --max-pending-enrollments)`,
       );
-    const now = this.store.iso();
+    // Pending enrollments count: answering them all must not take the agents past the cap.
+    if (this.store.agents.size + this.pending.size >= this.maxAgents)
+      throw new HttpError(
+        429,
+        "AGENTS_LIMIT",
+        `${this.maxAgents} agents are enrolled or enrolling, the control plane's cap; retry later: an operator deletes agents no longer in use (oci-cred-agent agents list, agents delete ID), they expire when not seen for --agent-expiry, or the cap is raised with --max-agents`,
+      );
+    const now = this.store.iso(nowMs);
     const agent: AgentRecord = {
       id: newId("agent"),
       name: body.name,
@@ -214,27 +271,42 @@ export class AgentApi {
       credential_sha256: "",
       registered_at: now,
       last_seen_at: now,
+      disabled: false,
+      enrollment_token_id: via.kind === "token" ? via.token.id : null,
     };
     const { challenge, sealed } = await this.challengeFor(agent, nowMs);
     this.pending.set(agent.id, { agent, challenge });
     sendJson(res, 201, { agent_id: agent.id, ...sealed });
   }
 
-  /** Step 2 (pool token and the opened challenge): the agent exists, with its credential. */
-  private async answerEnrollment(req: IncomingMessage, res: ServerResponse, agentId: string): Promise<void> {
+  /**
+   * Step 2 (the same pool token or enrollment token as step 1, and the opened challenge): the
+   * agent exists, with its credential; an enrollment token is used up.
+   */
+  private async answerEnrollment(
+    req: IncomingMessage,
+    res: ServerResponse,
+    agentId: string,
+    via: EnrollmentCredential,
+  ): Promise<void> {
     const body = await readJson(req, challengeAnswerSchema, MAX_AGENT_BODY);
     const pending = this.pending.get(agentId);
-    if (!pending || !this.answers(pending.challenge, body))
+    const tokenId = via.kind === "token" ? via.token.id : null;
+    if (!pending || pending.agent.enrollment_token_id !== tokenId || !this.answers(pending.challenge, body))
       throw new HttpError(
         403,
         "CHALLENGE_FAILED",
-        `the answer does not match a pending challenge of agent ${agentId} (wrong, expired or already used); enroll again with POST /agents, with public keys whose private keys the agent holds`,
+        `the answer does not match a pending challenge of agent ${agentId} (wrong, expired, already used, or enrolled with another token); enroll again with POST /agents, with public keys whose private keys the agent holds`,
       );
     this.pending.delete(agentId);
     const credential = `oca1_${randomBytes(32).toString("base64url")}`;
-    pending.agent.credential_sha256 = sha256(credential).toString("hex");
-    pending.agent.last_seen_at = this.store.iso();
-    this.store.addAgent(pending.agent);
+    const agent: AgentRecord = {
+      ...pending.agent,
+      credential_sha256: sha256(credential).toString("hex"),
+      last_seen_at: this.store.iso(),
+    };
+    // The token is checked and used up in the same step, whatever another enrollment did meanwhile.
+    if (!this.store.addAgent(agent)) throw tokenUsedError();
     sendJson(res, 200, {
       credential,
       poll_wait_seconds: this.settings.pollWaitSeconds,
@@ -243,30 +315,80 @@ export class AgentApi {
     });
   }
 
-  /** The enrolled agent the bearer credential belongs to; the pool token is refused here. */
+  /**
+   * The enrolled agent the bearer credential belongs to, seen now; the pool token and enrollment
+   * tokens are refused here, an agent not seen for the expiry is removed, a disabled one refused.
+   */
   private authenticate(req: IncomingMessage): AgentRecord {
-    const agent = this.caller(req);
-    if (agent) return agent;
-    if (bearerMatches(req, this.poolToken))
+    const token = bearerToken(req);
+    const agent = token === undefined ? undefined : this.store.agentByCredential(sha256(token).toString("hex"));
+    if (agent && this.store.agentExpired(agent)) {
+      // The sweep would remove it soon; a request must not beat it to it.
+      this.store.removeAgent(agent.id, "AGENT_EXPIRED");
+    } else if (agent) {
+      // A disabled agent that keeps asking is seen too: it stays (disabled) instead of expiring.
+      this.store.touchAgent(agent.id);
+      if (agent.disabled)
+        throw new HttpError(
+          403,
+          "AGENT_DISABLED",
+          `an operator disabled agent ${agent.id}: it leases nothing and its leases were ended; an operator enables it again with oci-cred-agent agents enable ${agent.id} (or POST /api/admin/v1/agents/${agent.id}/enable)`,
+        );
+      return agent;
+    }
+    const via = this.bearerEnrollmentCredential(req);
+    if (via?.kind === "pool")
       throw new HttpError(
         401,
         "POOL_TOKEN_NOT_ACCEPTED",
         "the pool token only enrolls: this route needs the agent's own credential (POST /agents, then POST /agents/{id}/credential with the answer to the challenge)",
       );
+    if (via?.kind === "token")
+      throw new HttpError(
+        401,
+        "ENROLLMENT_TOKEN_NOT_ACCEPTED",
+        "an enrollment token only enrolls: this route needs the agent's own credential (POST /agents, then POST /agents/{id}/credential with the answer to the challenge)",
+      );
     throw new HttpError(
       401,
       "AGENT_CREDENTIAL_INVALID",
-      "the agent credential was missing, wrong or revoked (the control plane may have restarted); enroll again with the pool token",
+      "the agent credential was missing, wrong, revoked or expired (the control plane may have restarted, or an operator deleted the agent); enroll again with the pool token or an enrollment token",
     );
   }
 
-  private caller(req: IncomingMessage): AgentRecord | undefined {
-    const token = bearerToken(req);
-    return token === undefined ? undefined : this.store.agentByCredential(sha256(token).toString("hex"));
+  /** The pool token or a known enrollment token the request carries, whatever that token's state. */
+  private bearerEnrollmentCredential(req: IncomingMessage): EnrollmentCredential | undefined {
+    if (this.poolToken !== undefined && bearerMatches(req, this.poolToken)) return { kind: "pool" };
+    const bearer = bearerToken(req);
+    // Looked up by its SHA-256: the map lookup learns nothing usable about the token.
+    const token = bearer === undefined ? undefined : this.store.enrollmentTokenByHash(sha256(bearer).toString("hex"));
+    return token ? { kind: "token", token } : undefined;
+  }
+
+  /** The credential an enrollment step needs: the pool token, or an enrollment token not used nor expired. */
+  private enrollmentCredential(req: IncomingMessage): EnrollmentCredential {
+    const via = this.bearerEnrollmentCredential(req);
+    if (via === undefined)
+      throw new HttpError(
+        401,
+        "UNAUTHORIZED",
+        `enrollment needs Authorization: Bearer <${this.poolToken === undefined ? "enrollment token" : "agent pool token or enrollment token"}>; the token was missing, wrong or revoked: put a valid one in --token-file${this.poolToken === undefined ? " (this control plane enrolls with single-use enrollment tokens only: ask an operator for one)" : ""}`,
+      );
+    if (via.kind === "token") {
+      const state = this.store.enrollmentTokenState(via.token);
+      if (state === "used") throw tokenUsedError();
+      if (state === "expired")
+        throw new HttpError(
+          403,
+          "ENROLLMENT_TOKEN_EXPIRED",
+          `enrollment token ${via.token.id} expired at ${via.token.expires_at}; an operator creates a new one (POST /api/admin/v1/enrollment-tokens, or oci-cred-agent enrollment-tokens create) to put in --token-file`,
+        );
+    }
+    return via;
   }
 
   private answers(challenge: PendingChallenge, body: { challenge_id: string; answer: string }): boolean {
-    if (challenge.expiresAtMs <= Date.now() || body.challenge_id !== challenge.challengeId) return false;
+    if (challenge.expiresAtMs <= this.store.nowMs() || body.challenge_id !== challenge.challengeId) return false;
     return timingSafeEqual(sha256(body.answer), challenge.answerSha256);
   }
 
@@ -292,7 +414,7 @@ export class AgentApi {
 
   /** A challenge sealed to the agent's current newest key; `PUT .../keys` must carry its answer. */
   private async keyChallenge(res: ServerResponse, agent: AgentRecord): Promise<void> {
-    const { challenge, sealed } = await this.challengeFor(agent, Date.now());
+    const { challenge, sealed } = await this.challengeFor(agent, this.store.nowMs());
     this.keyChallenges.set(agent.id, challenge);
     sendJson(res, 200, sealed);
   }
@@ -307,9 +429,8 @@ export class AgentApi {
         "changing keys needs proof of a current key: POST /agents/{id}/keys/challenge, open the challenge with the private key, and send its answer with challenge_id in this request",
       );
     this.keyChallenges.delete(agent.id);
-    agent.public_keys = parseKeys(body.public_keys);
-    this.store.emit("changed");
-    sendJson(res, 200, { public_keys: agent.public_keys });
+    const changed = this.store.setAgentKeys(agent.id, parseKeys(body.public_keys));
+    sendJson(res, 200, { public_keys: changed?.public_keys ?? [] });
   }
 
   private async leases(req: IncomingMessage, res: ServerResponse, agent: AgentRecord): Promise<void> {
@@ -329,13 +450,17 @@ export class AgentApi {
     const leases: Lease[] = [];
     for (const run of runs) {
       try {
-        leases.push(this.store.toLeasePayload(run, await this.sealFor(run, agent)));
+        const bundle = await this.sealFor(run, agent);
+        // Disabled or deleted while the bundle was sealed: the run ended already, with the reason.
+        if (run.status !== "running" || run.lease?.agent_id !== agent.id) continue;
+        leases.push(this.store.toLeasePayload(run, bundle));
       } catch (error) {
-        this.store.failLease(
-          run,
-          "SEAL_FAILED",
-          `the control plane could not seal credentials for agent ${agent.id}: ${error instanceof Error ? error.message : "error"}`,
-        );
+        if (run.status === "running")
+          this.store.failLease(
+            run,
+            "SEAL_FAILED",
+            `the control plane could not seal credentials for agent ${agent.id}: ${error instanceof Error ? error.message : "error"}`,
+          );
       }
     }
     if (res.destroyed) {
@@ -407,4 +532,12 @@ export class AgentApi {
       bytes.fill(0);
     }
   }
+}
+
+function tokenUsedError(): HttpError {
+  return new HttpError(
+    403,
+    "ENROLLMENT_TOKEN_USED",
+    "this enrollment token enrolled an agent already, and a token enrolls one agent only; an operator creates a new one (POST /api/admin/v1/enrollment-tokens, or oci-cred-agent enrollment-tokens create) to put in --token-file",
+  );
 }

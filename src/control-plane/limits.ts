@@ -15,7 +15,7 @@ export interface ClientRates {
    * grow with it.
    */
   readonly agent: RateLimit;
-  /** Per remote address, requests with the pool token (enrollment, ping). */
+  /** Per remote address, requests with the pool token or an enrollment token (enrollment, ping). */
   readonly enrollment: RateLimit;
   /** Per remote address, failed authentications (401, 403); when spent, unauthenticated requests are refused. */
   readonly authFailures: RateLimit;
@@ -89,7 +89,8 @@ export const MAX_SCALED_CONCURRENCY = 64;
 export type Caller =
   | { readonly kind: "admin" }
   | { readonly kind: "agent"; readonly agentId: string; readonly concurrency: number }
-  | { readonly kind: "pool" }
+  /** The pool token or an enrollment token. */
+  | { readonly kind: "enrollment" }
   | { readonly kind: "anonymous" };
 
 function throttled(code: string, message: string, waitMs: number): HttpError {
@@ -143,13 +144,13 @@ export class ClientLimiter {
               wait,
             );
       }
-      case "pool": {
+      case "enrollment": {
         const wait = this.enrollment.take(address, nowMs);
         return wait === undefined
           ? undefined
           : throttled(
               "ENROLLMENT_RATE_LIMITED",
-              `this address made more than ${rates.enrollment.burst} pool-token requests at once or ${rates.enrollment.perSecond} a second (enrollment, ping); look for a client enrolling in a loop`,
+              `this address made more than ${rates.enrollment.burst} requests with the pool token or an enrollment token at once or ${rates.enrollment.perSecond} a second (enrollment, ping); look for a client enrolling in a loop`,
               wait,
             );
       }

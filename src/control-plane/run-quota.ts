@@ -1,7 +1,8 @@
 /**
  * What one run may store from its agent: events (count and bytes) and log entries (count and
  * bytes; an empty chunk is an entry too). Pure bookkeeping by run id; the agent API refuses what
- * does not fit (422 EVENT_LIMIT_REACHED, LOG_LIMIT_REACHED) and forgets a run once it ended.
+ * does not fit (422 EVENT_LIMIT_REACHED, LOG_LIMIT_REACHED) and forgets a run once it ended. A run
+ * first seen after a restart of the control plane starts from what it already holds.
  */
 
 export interface RunQuotaLimits {
@@ -25,7 +26,8 @@ export interface QuotaRefusal {
   readonly limit: "count" | "bytes";
 }
 
-interface Usage {
+/** What a run has stored from its agent. */
+export interface RunUsage {
   events: number;
   eventBytes: number;
   logEntries: number;
@@ -37,22 +39,23 @@ function mib(bytes: number): string {
 }
 
 export class RunQuotas {
-  private readonly usage = new Map<string, Usage>();
+  private readonly usage = new Map<string, RunUsage>();
 
   constructor(private readonly limits: RunQuotaLimits = DEFAULT_RUN_QUOTA) {}
 
-  private of(runId: string): Usage {
+  /** The run's usage; a run seen for the first time starts from `stored` (what it already holds). */
+  private of(runId: string, stored?: () => RunUsage): RunUsage {
     let u = this.usage.get(runId);
     if (u === undefined) {
-      u = { events: 0, eventBytes: 0, logEntries: 0, logBytes: 0 };
+      u = stored?.() ?? { events: 0, eventBytes: 0, logEntries: 0, logBytes: 0 };
       this.usage.set(runId, u);
     }
     return u;
   }
 
   /** Charges a batch of `count` events of `bytes` in all; nothing is charged when it is refused. */
-  chargeEvents(runId: string, count: number, bytes: number): QuotaRefusal | undefined {
-    const u = this.of(runId);
+  chargeEvents(runId: string, count: number, bytes: number, stored?: () => RunUsage): QuotaRefusal | undefined {
+    const u = this.of(runId, stored);
     const { maxEventsPerRun: maxCount, maxEventBytesPerRun: maxBytes } = this.limits;
     const over = u.events + count > maxCount ? "count" : u.eventBytes + bytes > maxBytes ? "bytes" : undefined;
     if (over !== undefined)
@@ -67,8 +70,8 @@ export class RunQuotas {
   }
 
   /** Charges one log entry of `bytes` (an empty one counts as an entry); nothing is charged when refused. */
-  chargeLog(runId: string, bytes: number): QuotaRefusal | undefined {
-    const u = this.of(runId);
+  chargeLog(runId: string, bytes: number, stored?: () => RunUsage): QuotaRefusal | undefined {
+    const u = this.of(runId, stored);
     const { maxLogEntriesPerRun: maxCount, maxLogBytesPerRun: maxBytes } = this.limits;
     const over = u.logEntries + 1 > maxCount ? "count" : u.logBytes + bytes > maxBytes ? "bytes" : undefined;
     if (over !== undefined)

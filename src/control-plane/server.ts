@@ -20,12 +20,11 @@ import { ADMIN_API_PREFIX, AGENT_API_PREFIX } from "../protocol/agent-api.js";
 import { AdminApi } from "./admin-api.js";
 import { AgentApi, type AgentApiSettings } from "./agent-api.js";
 import { addressKey, ConnectionTable } from "./connection-policy.js";
-import type { DataFile } from "./data-file.js";
 import { bearerMatches, bearerToken, HttpError, sendError, sendJson } from "./http-util.js";
 import { ClientLimiter, resolveLimits, type Caller, type LimitOverrides } from "./limits.js";
 import { probeRegistry, type RegistryProber } from "./registry-probe.js";
 import { DEFAULT_RUN_QUOTA } from "./run-quota.js";
-import { ControlPlaneStore, systemClock, type StoreClock } from "./store.js";
+import { ControlPlaneStore, systemClock, type StoreClock, type StorePersistence } from "./store.js";
 
 /** The longest a lease request waits (agent-api.ts caps wait_seconds there). */
 const LONGEST_LEASE_WAIT_MS = 300_000;
@@ -37,7 +36,7 @@ export interface TlsPem {
   readonly key: string | Buffer;
 }
 
-export interface ConnectionStats {
+interface ConnectionStats {
   readonly open: number;
   readonly unproven: number;
   readonly proven: number;
@@ -51,13 +50,17 @@ export interface ConnectionStats {
 
 export interface ControlPlaneOptions {
   readonly adminToken: string;
-  readonly agentToken: string;
+  /** The agent pool token; without it, agents enroll only with single-use enrollment tokens. */
+  readonly agentToken?: string;
   readonly leaseTtlSeconds?: number;
   readonly agentApi?: Partial<AgentApiSettings>;
   readonly probe?: RegistryProber;
-  readonly dataFile?: DataFile;
+  /** Where state is written through (SQLite for --data-file); in memory only when absent. */
+  readonly persistence?: StorePersistence;
+  /** Finished runs, their events and logs are deleted this long after they ended (default 30 days). */
+  readonly retentionSeconds?: number;
   readonly clock?: StoreClock;
-  /** Called for every request that failed with 5xx, for the operator's log. */
+  /** Called for every request that failed with 5xx, and for failed background work, for the operator's log. */
   readonly onError?: (error: unknown) => void;
   /** Timeouts, connection caps and rates; the defaults are in limits.ts. */
   readonly limits?: LimitOverrides;
@@ -75,8 +78,20 @@ export interface ControlPlane {
   close(): Promise<void>;
 }
 
-export async function createControlPlane(options: ControlPlaneOptions): Promise<ControlPlane> {
-  const store = new ControlPlaneStore(options.clock ?? systemClock, (options.leaseTtlSeconds ?? 60) * 1000);
+export function createControlPlane(options: ControlPlaneOptions): Promise<ControlPlane> {
+  // A refusal while loading the persisted state rejects the promise.
+  return new Promise((resolve) => {
+    resolve(buildControlPlane(options));
+  });
+}
+
+function buildControlPlane(options: ControlPlaneOptions): ControlPlane {
+  const store = new ControlPlaneStore(options.clock ?? systemClock, (options.leaseTtlSeconds ?? 60) * 1000, {
+    ...(options.persistence === undefined ? {} : { persistence: options.persistence }),
+    ...(options.retentionSeconds === undefined ? {} : { retentionMs: options.retentionSeconds * 1000 }),
+    onError: (error) => options.onError?.(error),
+  });
+  store.restore();
   const admin = new AdminApi(store, options.probe ?? probeRegistry);
   const agent = new AgentApi(
     store,
@@ -89,20 +104,6 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
     },
     options.agentToken,
   );
-  const dataFile = options.dataFile;
-  let saving: Promise<void> = Promise.resolve();
-  let saveQueued = false;
-  if (dataFile) {
-    await dataFile.load(store);
-    store.on("changed", () => {
-      if (saveQueued) return;
-      saveQueued = true;
-      saving = saving.then(async () => {
-        saveQueued = false;
-        await dataFile.save(store).catch((error: unknown) => options.onError?.(error));
-      });
-    });
-  }
 
   function segments(path: string): string[] {
     try {
@@ -150,9 +151,11 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
   function identify(req: IncomingMessage): Caller {
     if (bearerToken(req) === undefined) return { kind: "anonymous" };
     if (bearerMatches(req, options.adminToken)) return { kind: "admin" };
-    const enrolled = agent.identify(req);
-    if (enrolled !== undefined) return { kind: "agent", agentId: enrolled.id, concurrency: enrolled.concurrency };
-    return bearerMatches(req, options.agentToken) ? { kind: "pool" } : { kind: "anonymous" };
+    const known = agent.identify(req);
+    if (known === undefined) return { kind: "anonymous" };
+    return known === "enrollment"
+      ? { kind: "enrollment" }
+      : { kind: "agent", agentId: known.id, concurrency: known.concurrency };
   }
 
   function handle(req: IncomingMessage, res: ServerResponse): void {
@@ -295,8 +298,6 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
           resolve();
         }),
       );
-      await saving;
-      if (dataFile) await dataFile.save(store);
     },
   };
 }

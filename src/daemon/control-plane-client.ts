@@ -4,13 +4,14 @@
  * tells the daemon what to do (docs/protocol.md, "Errors"):
  *   CONTROL_PLANE_UNAUTHORIZED  401/403: stop the agent with a clear message; when only the
  *                               per-agent credential was refused (`reenroll`), enroll again
- *   LEASE_LOST                  409 (or 404, or a refused agent credential, on a lease route):
+ *   LEASE_LOST                  409 (or 404, a refused agent credential or a disabled agent, on a lease route):
  *                               abort the run and wipe
  *
  * The pool token goes only to ping and enrollment; every other call carries the per-agent
  * credential the enrollment returned, held here in memory only.
- *   CONTROL_PLANE_UNAVAILABLE   429/5xx/network/timeouts: back off with full jitter, honour Retry-After;
- *                               a 429 with Retry-After is first retried here, a few times
+ *   CONTROL_PLANE_UNAVAILABLE   429/5xx/network/timeouts, and 403 AGENT_DISABLED off lease routes:
+ *                               back off with full jitter, honour Retry-After; a 429 with
+ *                               Retry-After is first retried here, a few times
  *   CONTROL_PLANE_TLS_FAILED    the control plane's certificate is not trusted, or it speaks no TLS
  *   CONTROL_PLANE_REJECTED      other 4xx: a bug on one side, or a limit (the API's code is in
  *                               `api_code`); do not retry the same request
@@ -213,6 +214,21 @@ export class ControlPlaneClient {
         "CONTROL_PLANE_UNAUTHORIZED",
         `the control plane no longer accepts this agent's credential (HTTP ${status}${apiMessage}); enrolling again with the pool token`,
         { status, reenroll: true },
+      );
+    }
+    if (status === 403 && opts.pool !== true && this.apiCode(bytes) === "AGENT_DISABLED") {
+      // An operator disabled this agent: its leases were ended; it waits to be enabled again
+      // (enrolling anew would undo the operator's decision).
+      if (opts.leaseRoute === true)
+        throw new AgentError(
+          "LEASE_LOST",
+          `an operator disabled this agent and its leases ended (HTTP ${status}${apiMessage}); the run is aborted and its credentials wiped`,
+          { status },
+        );
+      throw new AgentError(
+        "CONTROL_PLANE_UNAVAILABLE",
+        `an operator disabled this agent (HTTP ${status}${apiMessage}); it leases nothing until enabled again, and asks again with backoff`,
+        { status, kind: "disabled" },
       );
     }
     if (status === 401 || status === 403) {

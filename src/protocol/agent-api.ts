@@ -16,9 +16,21 @@ const publicKeyDocSchema = z.object({
   public_key: z.string().min(1).max(128),
 });
 
+/** Whether `text` has no control character (C0, DEL, C1): operators read names in a terminal. */
+export function isPrintable(text: string): boolean {
+  for (const ch of text) {
+    const c = ch.charCodeAt(0);
+    if (c < 0x20 || (c >= 0x7f && c <= 0x9f)) return false;
+  }
+  return true;
+}
+
+const printable = (max: number, min = 0): z.ZodType<string> =>
+  z.string().min(min).max(max).refine(isPrintable, { message: "must not contain control characters" });
+
 export const registerRequestSchema = z.object({
-  name: z.string().min(1).max(256),
-  version: z.string().max(64),
+  name: printable(256, 1),
+  version: printable(64),
   concurrency: z.number().int().positive().max(10_000),
   public_keys: z.array(publicKeyDocSchema).min(1).max(16),
 });

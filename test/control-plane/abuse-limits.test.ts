@@ -295,7 +295,7 @@ describe("per-run caps and body limits", () => {
   it("event and log floods are refused with their codes while another agent is served", async () => {
     // The flood is about per-run caps, not the flooder's rate (tested above).
     const h = await start({ agentApi: quota, limits: { rates: { agent: { perSecond: 1000, burst: 1000 } } } });
-    const flooder = await enrollAgent(h.url, h.agentToken);
+    const flooder = await enrollAgent(h.url, h.agentToken, undefined, { concurrency: 4 });
     const other = await enrollAgent(h.url, h.agentToken);
     const runs = [];
     for (let i = 0; i < 4; i++) runs.push(await h.createRun({ "main.tf": "" }, ["init"]));

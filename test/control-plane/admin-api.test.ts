@@ -241,6 +241,102 @@ describe("admin API: integrations", () => {
   });
 });
 
+describe("admin API: changing where a password goes, and the audit trail", () => {
+  let id: string;
+  let scoped: string;
+
+  beforeAll(async () => {
+    const made = await admin("POST", "/integrations", {
+      name: "audited",
+      registry_url: registry.url,
+      username: "alice",
+      password: CANARY,
+      export_credentials: false,
+    });
+    expect(made.status).toBe(201);
+    id = made.json["id"] as string;
+    scoped = `https://127.0.0.1:${scopedRegistryPort}`;
+  });
+
+  it("refuses a registry_url or username change without the password (PASSWORD_REQUIRED) and changes nothing", async () => {
+    for (const [body, fields] of [
+      [{ registry_url: scoped }, ["registry_url"]],
+      [{ username: "mallory" }, ["username"]],
+      [{ registry_url: scoped, username: "mallory", name: "x" }, ["registry_url", "username"]],
+    ] as const) {
+      const a = await admin("PATCH", `/integrations/${id}`, body);
+      expect(a.status, JSON.stringify(body)).toBe(422);
+      expect(errorOf(a)).toMatchObject({ code: "PASSWORD_REQUIRED", fields });
+      expect(errorOf(a).message).toMatch(/send "password" in the same request/);
+    }
+    expect((await admin("GET", `/integrations/${id}`)).json).toMatchObject({
+      name: "audited",
+      registry_url: registry.url,
+      username: "alice",
+    });
+  });
+
+  it("accepts the same URL or username again without the password (nothing moves)", async () => {
+    const same = await admin("PATCH", `/integrations/${id}`, {
+      registry_url: `${registry.url}/v2/`,
+      username: "alice",
+    });
+    expect(same.status).toBe(200);
+  });
+
+  it("accepts the change with the password", async () => {
+    const moved = await admin("PATCH", `/integrations/${id}`, { registry_url: scoped, password: CANARY2 });
+    expect(moved.status).toBe(200);
+    expect(moved.json).toMatchObject({ registry_url: scoped, username: "alice", has_password: true });
+  });
+
+  it("records creation, URL, password, export changes and deletion, in order, never a password", async () => {
+    expect((await admin("PATCH", `/integrations/${id}`, { export_credentials: true })).status).toBe(200);
+    expect((await admin("DELETE", `/integrations/${id}`)).status).toBe(204);
+    const a = await admin("GET", `/audit?integration_id=${id}`);
+    expect(a.status).toBe(200);
+    const entries = a.json["entries"] as Record<string, unknown>[];
+    expect(entries.map((e) => [e["type"], e["from"], e["to"]])).toEqual([
+      ["integration_created", undefined, registry.url],
+      ["integration_url_changed", registry.url, scoped],
+      ["integration_password_changed", undefined, undefined],
+      ["integration_export_changed", false, true],
+      ["integration_deleted", scoped, undefined],
+    ]);
+    for (const e of entries) expect(e).toMatchObject({ integration_id: id, integration_name: "audited" });
+    const seqs = entries.map((e) => e["seq"] as number);
+    expect([...seqs].sort((x, y) => x - y)).toEqual(seqs);
+    // Paging: after the second entry, one at a time.
+    const page = await admin("GET", `/audit?integration_id=${id}&after=${String(seqs[1])}&limit=1`);
+    expect((page.json["entries"] as { seq: number }[]).map((e) => e.seq)).toEqual([seqs[2]]);
+    expect(page.json["next_after"]).toBe(seqs[2]);
+    expect(a.text).not.toContain(CANARY);
+    expect(a.text).not.toContain(CANARY2);
+  });
+
+  it("writes each entry to the control plane's log as one JSON line", () => {
+    const lines = cp
+      .output()
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => l["event"] === "integration_audit" && l["integration_id"] === id);
+    expect(lines.map((l) => l["type"])).toEqual([
+      "integration_created",
+      "integration_url_changed",
+      "integration_password_changed",
+      "integration_export_changed",
+      "integration_deleted",
+    ]);
+  });
+
+  it("refuses a malformed audit query (QUERY_INVALID)", async () => {
+    const a = await admin("GET", "/audit?limit=0");
+    expect(a.status).toBe(422);
+    expect(errorOf(a).code).toBe("QUERY_INVALID");
+  });
+});
+
 describe("admin API: registry_url validation", () => {
   const creds = { username: "alice", password: CANARY, export_credentials: true };
   const create = (registry_url: string, extra: Record<string, unknown> = creds): Promise<Answer> =>

@@ -89,7 +89,7 @@ describe("ClientLimiter", () => {
     limiter.failed("10.0.0.1", 0);
     expect(limiter.check({ kind: "anonymous" }, "10.0.0.1", 0)?.code).toBe("AUTH_FAILURES_RATE_LIMITED");
     expect(limiter.check({ kind: "anonymous" }, "10.0.0.2", 0)).toBeUndefined();
-    expect(limiter.check({ kind: "pool" }, "10.0.0.1", 0)).toBeUndefined();
+    expect(limiter.check({ kind: "enrollment" }, "10.0.0.1", 0)).toBeUndefined();
     expect(limiter.check({ kind: "agent", agentId: "a", concurrency: 1 }, "10.0.0.1", 0)).toBeUndefined();
     expect(limiter.check({ kind: "anonymous" }, "10.0.0.1", 1000)).toBeUndefined();
   });

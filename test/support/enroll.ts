@@ -28,11 +28,21 @@ async function post(url: string, token: string, body: unknown): Promise<Record<s
   return JSON.parse(text) as Record<string, unknown>;
 }
 
-/** Enrolls with `keys` (a new key when omitted); throws unless both steps succeed. */
+export interface EnrollOptions {
+  readonly concurrency?: number;
+  /** The clock the challenge is opened at (the control plane's, when a test moves it). */
+  readonly nowMs?: () => number;
+}
+
+/**
+ * Enrolls with `keys` (a new key when omitted) and `token` (the pool token or an enrollment
+ * token); throws unless both steps succeed.
+ */
 export async function enrollAgent(
   baseUrl: string,
-  poolToken: string,
+  token: string,
   keys?: Map<string, AgentPrivateKey>,
+  options: EnrollOptions = {},
 ): Promise<Enrolled> {
   let ring = keys;
   if (ring === undefined) {
@@ -40,10 +50,10 @@ export async function enrollAgent(
     ring = new Map([[key.kid, key]]);
   }
   const api = `${baseUrl.replace(/\/+$/, "")}/api/agent/v1`;
-  const reg = await post(`${api}/agents`, poolToken, {
+  const reg = await post(`${api}/agents`, token, {
     name: "test-agent",
     version: "1",
-    concurrency: 1,
+    concurrency: options.concurrency ?? 1,
     public_keys: [...ring.values()].map((k) => publicKeyDoc(k.publicKey)),
   });
   const agentId = reg["agent_id"] as string;
@@ -52,9 +62,9 @@ export async function enrollAgent(
     keys: ring,
     agentId,
     challengeId,
-    nowMs: Date.now(),
+    nowMs: options.nowMs?.() ?? Date.now(),
     clockSkewSeconds: 120,
   });
-  const granted = await post(`${api}/agents/${agentId}/credential`, poolToken, { challenge_id: challengeId, answer });
+  const granted = await post(`${api}/agents/${agentId}/credential`, token, { challenge_id: challengeId, answer });
   return { agentId, credential: granted["credential"] as string, keys: ring };
 }
