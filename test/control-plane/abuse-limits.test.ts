@@ -6,9 +6,14 @@
  * run's events and log entries are capped (an empty chunk counts) while another agent is served;
  * request bodies are bounded per route. Limits are made small through the server's options.
  */
+import { randomBytes } from "node:crypto";
 import { once } from "node:events";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import type { ControlPlaneOptions } from "../../src/control-plane/server.js";
+import { SqliteStorage } from "../../src/control-plane/sqlite-storage.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { enrollAgent, type Enrolled } from "../support/enroll.js";
 import { closesWithin, httpText, rawConnect, trickle } from "../support/raw-socket.js";
@@ -370,6 +375,52 @@ describe("per-run caps and body limits", () => {
       credentials_wiped: true,
     });
     expect(completed.status).toBe(200);
+  });
+
+  it("a run kept across a restart of the control plane (--data-file) still counts what it stored", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "oca-quota-restart-"));
+    const dataFile = join(dir, "state.db");
+    const key = randomBytes(32);
+    const options = { agentApi: quota, limits: { rates: { agent: { perSecond: 1000, burst: 1000 } } } };
+    try {
+      const storage = await SqliteStorage.open(dataFile, key);
+      const before = await startControlPlane({ ...options, persistence: storage });
+      let agent: Enrolled;
+      let lease: string | undefined;
+      try {
+        agent = await enrollAgent(before.url, before.agentToken);
+        await before.createRun({ "main.tf": "" }, ["init"]);
+        [lease] = await leaseOne(before, agent);
+        for (let i = 0; i < 9; i++)
+          expect(
+            (
+              await call(before, "POST", `${API}/leases/${lease ?? ""}/logs`, agent.credential, {
+                phase: "init",
+                seq: i,
+                text: "",
+              })
+            ).status,
+          ).toBe(204);
+      } finally {
+        await before.close();
+        storage.close();
+      }
+      const again = await SqliteStorage.open(dataFile, key);
+      const after = await startControlPlane({ ...options, persistence: again });
+      try {
+        const log = (seq: number): Promise<Answer> =>
+          call(after, "POST", `${API}/leases/${lease ?? ""}/logs`, agent.credential, { phase: "init", seq, text: "" });
+        expect((await log(9)).status).toBe(204);
+        const full = await log(10);
+        expect(full.status).toBe(422);
+        expect(codeOf(full)).toBe("LOG_LIMIT_REACHED");
+      } finally {
+        await after.close();
+        again.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("a log request over 512 KiB is refused 413 BODY_TOO_LARGE, and the connection closes", async () => {
