@@ -136,7 +136,7 @@ export type ErrorCode = keyof typeof ERROR_CODES;
 interface ErrorDetailsByCode {
   CONTROL_PLANE_UNAVAILABLE: {
     /** `disabled`: an operator disabled the agent (403 AGENT_DISABLED); it waits to be enabled. */
-    readonly kind: "network" | "timeout" | "too_large" | "throttled" | "server_error" | "disabled";
+    readonly kind: "network" | "timeout" | "too_large" | "throttled" | "server_error" | "disabled" | "challenge_lost";
     readonly status?: number;
     readonly errno?: string | null;
     /** The server's Retry-After, in milliseconds from when the answer arrived. */

@@ -79,14 +79,23 @@ export class AgentDaemon {
     if (agentId === undefined) return;
     const { client } = this.options;
     const keys = this.options.runs.keys();
-    const challenge = await client.keyChallenge(agentId);
-    const answer = await this.openChallengeFor(agentId, challenge, this.registeredKeys ?? keys);
-    await client.updateKeys(agentId, {
-      public_keys: this.options.registration().public_keys,
-      challenge_id: challenge.challenge_id,
-      answer,
-    });
-    this.registeredKeys = keys;
+    // Once more with a new challenge if the control plane lost the first (it restarted between).
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const challenge = await client.keyChallenge(agentId);
+        const answer = await this.openChallengeFor(agentId, challenge, this.registeredKeys ?? keys);
+        await client.updateKeys(agentId, {
+          public_keys: this.options.registration().public_keys,
+          challenge_id: challenge.challenge_id,
+          answer,
+        });
+        this.registeredKeys = keys;
+        return;
+      } catch (error) {
+        const lost = isAgentError(error, "CONTROL_PLANE_UNAVAILABLE") && error.details.kind === "challenge_lost";
+        if (!lost || attempt > 0) throw error;
+      }
+    }
   }
 
   private openChallengeFor(agentId: string, challenge: Challenge, keys: KeyRing): Promise<string> {

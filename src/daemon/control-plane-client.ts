@@ -201,7 +201,8 @@ export class ControlPlaneClient {
     const { status, bytes } = res;
     if (status >= 200 && status < 300) return { status, bytes };
     const apiMessage = this.errorMessage(bytes);
-    if (status === 401 && opts.pool !== true && this.apiCode(bytes) === "AGENT_CREDENTIAL_INVALID") {
+    const apiCode = this.apiCode(bytes);
+    if (status === 401 && opts.pool !== true && apiCode === "AGENT_CREDENTIAL_INVALID") {
       // The control plane no longer knows this agent (e.g. it restarted): its leases are gone
       // with it, and the agent enrolls again.
       if (opts.leaseRoute === true)
@@ -216,7 +217,7 @@ export class ControlPlaneClient {
         { status, reenroll: true },
       );
     }
-    if (status === 403 && opts.pool !== true && this.apiCode(bytes) === "AGENT_DISABLED") {
+    if (status === 403 && opts.pool !== true && apiCode === "AGENT_DISABLED") {
       // An operator disabled this agent: its leases were ended; it waits to be enabled again
       // (enrolling anew would undo the operator's decision).
       if (opts.leaseRoute === true)
@@ -229,6 +230,15 @@ export class ControlPlaneClient {
         "CONTROL_PLANE_UNAVAILABLE",
         `an operator disabled this agent (HTTP ${status}${apiMessage}); it leases nothing until enabled again, and asks again with backoff`,
         { status, kind: "disabled" },
+      );
+    }
+    if (status === 403 && (apiCode === "CHALLENGE_FAILED" || apiCode === "KEY_PROOF_FAILED")) {
+      // The control plane no longer holds the challenge this answer is for (it restarted, or the
+      // answer came after the challenge expired): start the enrollment or key change again.
+      throw new AgentError(
+        "CONTROL_PLANE_UNAVAILABLE",
+        `the control plane no longer holds the challenge this agent answered (HTTP ${status}${apiMessage}); asking for a new one`,
+        { status, kind: "challenge_lost" },
       );
     }
     if (status === 401 || status === 403) {
@@ -257,7 +267,6 @@ export class ControlPlaneClient {
         },
       );
     }
-    const apiCode = this.apiCode(bytes);
     throw new AgentError(
       "CONTROL_PLANE_REJECTED",
       `the control plane rejected ${method} ${path} with HTTP ${status}${apiMessage}`,

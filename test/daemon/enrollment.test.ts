@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FAKE_TOFU, type LogLine } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
+import { startFaultProxy } from "../support/fault-proxy.js";
 import { composeInProcess } from "../support/in-process-agent.js";
 import { agentFiles } from "../support/reliability-agents.js";
 
@@ -104,6 +105,55 @@ describe("enrollment", () => {
     expect(agent.redactor.size).toBe(3);
     expect(log.raw()).not.toMatch(/oca1_/);
     expect(log.lines.filter((l) => "lease_id" in l)).toEqual([]);
+  });
+});
+
+describe("enrollment across a control plane that lost the challenge", () => {
+  it("answered after the control plane forgot the challenge (CHALLENGE_FAILED), the agent enrolls again instead of stopping", async () => {
+    const proxy = await startFaultProxy(h.url);
+    const { keyFile, tokenFile } = await agentFiles(dir, h.agentToken);
+    const log = logCollector();
+    // The first answer meets a control plane that restarted between the two steps.
+    const isAnswer = (method: string, path: string): boolean => method === "POST" && path.endsWith("/credential");
+    proxy.setMode(
+      {
+        kind: "status",
+        status: 403,
+        body: JSON.stringify({ error: { code: "CHALLENGE_FAILED", message: "no pending challenge" } }),
+      },
+      { only: isAnswer },
+    );
+    const agent = await composeInProcess(
+      {
+        control_plane_url: proxy.url,
+        token_file: tokenFile,
+        key_file: keyFile,
+        work_dir: await mkdtemp(join(dir, "work-")),
+        tofu_bin: FAKE_TOFU,
+        cancel_grace: "1s",
+        run_timeout: "60s",
+        preflight: false,
+        retry_base: "50ms",
+        retry_max: "200ms",
+      },
+      { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: dir },
+      log.sink,
+    );
+    const ended = agent.run();
+    try {
+      await proxy.waitForRequest((r) => isAnswer(r.method, r.path) && r.status === 403);
+      proxy.setMode({ kind: "pass" });
+      const registered = await log.next((l) => l["event"] === "registered");
+      expect(h.cp.store.agents.has(registered["agent_id"] as string)).toBe(true);
+      const lost = log.lines.find((l) => l["event"] === "control_plane_error" && l["during"] === "register");
+      expect(lost).toMatchObject({ code: "CONTROL_PLANE_UNAVAILABLE", kind: "challenge_lost" });
+      expect(proxy.requests.filter((r) => r.method === "POST" && r.path.endsWith("/agents")).length).toBe(2);
+      expect(log.lines.some((l) => l["event"] === "unauthorized")).toBe(false);
+    } finally {
+      agent.daemon.requestShutdown();
+      expect((await ended).code).toBe(0);
+      await proxy.close();
+    }
   });
 });
 
