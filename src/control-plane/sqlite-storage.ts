@@ -61,6 +61,7 @@ const MIGRATIONS: readonly ((db: DatabaseSync, key: Buffer) => void)[] = [
         status TEXT NOT NULL,
         record TEXT NOT NULL,
         lease_id BLOB,
+        error BLOB,
         finished_at_ms INTEGER
       );
       CREATE INDEX runs_finished ON runs (finished_at_ms) WHERE finished_at_ms IS NOT NULL;
@@ -256,9 +257,9 @@ export class SqliteStorage implements StorePersistence {
         "INSERT INTO agents (id, record) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET record = excluded.record",
       ),
       deleteAgent: p("DELETE FROM agents WHERE id = ?"),
-      insertRun: p("INSERT INTO runs (id, status, record, lease_id, finished_at_ms) VALUES (?, ?, ?, ?, ?)"),
+      insertRun: p("INSERT INTO runs (id, status, record, lease_id, error, finished_at_ms) VALUES (?, ?, ?, ?, ?, ?)"),
       insertConfiguration: p("INSERT INTO run_configurations (run_id, data) VALUES (?, ?)"),
-      updateRun: p("UPDATE runs SET status = ?, record = ?, lease_id = ?, finished_at_ms = ? WHERE id = ?"),
+      updateRun: p("UPDATE runs SET status = ?, record = ?, lease_id = ?, error = ?, finished_at_ms = ? WHERE id = ?"),
       deleteConfiguration: p("DELETE FROM run_configurations WHERE run_id = ?"),
       appendEvent: p("INSERT INTO run_events (run_id, seq, data) VALUES (?, ?, ?)"),
       appendLog: p("INSERT INTO run_logs (run_id, seq, data) VALUES (?, ?, ?)"),
@@ -454,8 +455,12 @@ export class SqliteStorage implements StorePersistence {
     this.transaction(() => this.statements.deleteAgent.run(id));
   }
 
-  private runColumns(run: RunRecord): [string, string, Buffer | null, number | null] {
-    const { configuration: _c, events: _e, logs: _l, lease, ...rest } = run;
+  /**
+   * A run's row: the record in clear, its lease id and its error sealed (the error's message is
+   * the agent's text, as free as its logs).
+   */
+  private runColumns(run: RunRecord): [string, string, Buffer | null, Buffer | null, number | null] {
+    const { configuration: _c, events: _e, logs: _l, lease, error, ...rest } = run;
     let stored: StoredLease | undefined;
     let leaseId: Buffer | null = null;
     if (lease) {
@@ -463,23 +468,25 @@ export class SqliteStorage implements StorePersistence {
       stored = others;
       leaseId = this.seal({ table: "runs", row: run.id, column: "lease_id" }, id);
     }
+    const sealedError =
+      error === undefined ? null : this.seal({ table: "runs", row: run.id, column: "error" }, JSON.stringify(error));
     const finished = run.finished_at === undefined ? null : Date.parse(run.finished_at);
-    return [run.status, JSON.stringify({ ...rest, lease: stored }), leaseId, finished];
+    return [run.status, JSON.stringify({ ...rest, lease: stored }), leaseId, sealedError, finished];
   }
 
   insertRun(run: RunRecord): void {
-    const [status, record, leaseId, finished] = this.runColumns(run);
+    const [status, record, leaseId, error, finished] = this.runColumns(run);
     const configuration = this.seal({ table: "run_configurations", row: run.id, column: "data" }, run.configuration);
     this.transaction(() => {
-      this.statements.insertRun.run(run.id, status, record, leaseId, finished);
+      this.statements.insertRun.run(run.id, status, record, leaseId, error, finished);
       this.statements.insertConfiguration.run(run.id, configuration);
     });
   }
 
   updateRun(run: RunRecord): void {
-    const [status, record, leaseId, finished] = this.runColumns(run);
+    const [status, record, leaseId, error, finished] = this.runColumns(run);
     this.transaction(() => {
-      this.statements.updateRun.run(status, record, leaseId, finished, run.id);
+      this.statements.updateRun.run(status, record, leaseId, error, finished, run.id);
       // The configuration (tfvars) goes as soon as the run ends, whatever ended it.
       if (run.finished_at !== undefined) this.statements.deleteConfiguration.run(run.id);
     });
@@ -556,14 +563,21 @@ export class SqliteStorage implements StorePersistence {
       configurations.set(runId, this.open({ table: "run_configurations", row: runId, column: "data" }, row["data"]));
     }
     const runs = this.db
-      .prepare("SELECT id, record, lease_id FROM runs ORDER BY rowid")
+      .prepare("SELECT id, record, lease_id, error FROM runs ORDER BY rowid")
       .all()
       .map((row): RunRecord => {
         const id = String(row["id"]);
         const { lease, ...rest } = JSON.parse(String(row["record"])) as Omit<
           RunRecord,
-          "configuration" | "events" | "logs" | "lease"
+          "configuration" | "events" | "logs" | "lease" | "error"
         > & { lease?: StoredLease };
+        const error =
+          row["error"] === null
+            ? undefined
+            : (JSON.parse(this.open({ table: "runs", row: id, column: "error" }, row["error"]).toString("utf8")) as {
+                code: string;
+                message: string;
+              });
         const leaseId =
           lease === undefined
             ? undefined
@@ -574,6 +588,7 @@ export class SqliteStorage implements StorePersistence {
           events: events.get(id) ?? [],
           logs: logs.get(id) ?? [],
           lease: lease === undefined || leaseId === undefined ? undefined : { ...lease, id: leaseId },
+          error,
         };
       });
     const audit = this.db

@@ -62,6 +62,7 @@ class ManualClock implements StoreClock {
 
 const USER = "octocat";
 const PASSWORD = `PW-CANARY-${randomBytes(6).toString("hex")}`;
+const ERROR_TEXT = `ERRTEXT-${randomBytes(6).toString("hex")}`;
 const PATCHED_PASSWORD = `PW-PATCHED-${randomBytes(6).toString("hex")}`;
 const DELETED_PASSWORD = `PW-DELETED-${randomBytes(6).toString("hex")}`;
 const TFVARS = `tfvars-canary-${randomBytes(6).toString("hex")}`;
@@ -393,11 +394,19 @@ describe("SQLite storage: a close and a reopen", () => {
     expect(hb.json["cancel_requested"]).toBe(false);
     const done = await asAgent("POST", `/leases/${leases["running"] ?? ""}/complete`, {
       outcome: "failed",
-      error: { code: "PHASE_FAILED", message: "init exited 1" },
+      error: { code: "PHASE_FAILED", message: `init exited 1: ${ERROR_TEXT}` },
       phases: [{ name: "init", exit_code: 1, signal: null, duration_ms: 5 }],
       credentials_wiped: true,
     });
     expect(done.json).toMatchObject({ id: ids["running"], status: "failed" });
+    // The error's message is the agent's text, as free as its logs: sealed like them.
+    expect((await rawDataFileBytes(dataFile)).toString("latin1")).not.toContain(ERROR_TEXT);
+    await stop(cp, storage);
+    ({ cp, storage, url } = await start(dataFile, key, clock));
+    expect(cp.store.runs.get(ids["running"] ?? "")?.error).toEqual({
+      code: "PHASE_FAILED",
+      message: `init exited 1: ${ERROR_TEXT}`,
+    });
 
     // The cancel-requested run was not heartbeated since: it expires when its stored lease does.
     const run = cp.store.runs.get(ids["cancel-requested"] ?? "") as RunRecord;
