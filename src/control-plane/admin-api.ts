@@ -241,7 +241,17 @@ export class AdminApi {
         { fields: needPassword },
       );
     let warnings: string[] = [];
-    if (body.registry_url !== undefined) warnings = (await this.validateUrl(body.registry_url)).warnings;
+    if (body.registry_url !== undefined) {
+      const checked = JSON.stringify(integration);
+      warnings = (await this.validateUrl(body.registry_url)).warnings;
+      // The probe awaited the new host: the rules above hold only for the integration as it was.
+      if (JSON.stringify(integration) !== checked || this.store.integrations.get(integration.id) !== integration)
+        throw new HttpError(
+          409,
+          "INTEGRATION_CHANGED",
+          "the integration changed while this request checked the new registry_url; read it again (GET /integrations/{id}) and send the change again",
+        );
+    }
     const facts = changeFacts(integration, change);
     if (change.registry_url !== undefined) integration.registry_url = change.registry_url;
     if (body.name !== undefined) integration.name = body.name;

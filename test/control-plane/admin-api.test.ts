@@ -64,6 +64,10 @@ let scopedRegistryPort: number;
 let redirectingPort: number;
 let notFoundPort: number;
 let websitePort: number;
+/** A registry whose /v2/ answer is held until the test lets it go. */
+let holdingPort: number;
+let probeHeld: Promise<void>;
+let releaseProbe: () => void = () => undefined;
 /** Every answer any test got, raw, for the leak check at the end. */
 const answers: { where: string; text: string }[] = [];
 
@@ -126,6 +130,14 @@ beforeAll(async () => {
   });
   websitePort = await httpsServer(tls, (_req, res) => {
     res.writeHead(200, { "content-type": "text/html" }).end("<!doctype html><title>Welcome</title><p>our website</p>");
+  });
+  let heldArrived: () => void = () => undefined;
+  probeHeld = new Promise((resolve) => (heldArrived = resolve));
+  holdingPort = await httpsServer(tls, (_req, res) => {
+    releaseProbe = () => {
+      res.writeHead(401, { "docker-distribution-api-version": "registry/2.0" }).end("{}");
+    };
+    heldArrived();
   });
   notFoundPort = await httpsServer(tls, (_req, res) => {
     res.writeHead(404, { "content-type": "text/plain" }).end("not found");
@@ -328,6 +340,31 @@ describe("admin API: changing where a password goes, and the audit trail", () =>
       "integration_export_changed",
       "integration_deleted",
     ]);
+  });
+
+  it("a URL change whose probe waits does not land on a password set meanwhile (INTEGRATION_CHANGED)", async () => {
+    const made = await admin("POST", "/integrations", {
+      name: "helper first",
+      registry_url: `https://127.0.0.1:${scopedRegistryPort}`,
+      credential_helper: "ecr-login",
+    });
+    expect(made.status).toBe(201);
+    const hid = made.json["id"] as string;
+    // A helper integration needs no password to move; its probe is held by the new host...
+    const moving = admin("PATCH", `/integrations/${hid}`, { registry_url: `https://127.0.0.1:${holdingPort}` });
+    await probeHeld;
+    // ...while an operator gives it a password for the old host.
+    const repassed = await admin("PATCH", `/integrations/${hid}`, { username: "alice", password: CANARY });
+    expect(repassed.status).toBe(200);
+    releaseProbe();
+    const moved = await moving;
+    expect(moved.status).toBe(409);
+    expect(errorOf(moved).code).toBe("INTEGRATION_CHANGED");
+    expect((await admin("GET", `/integrations/${hid}`)).json).toMatchObject({
+      registry_url: `https://127.0.0.1:${scopedRegistryPort}`,
+      username: "alice",
+      has_password: true,
+    });
   });
 
   it("refuses a malformed audit query (QUERY_INVALID)", async () => {
