@@ -66,6 +66,21 @@ function storedUsage(run: RunRecord): RunUsage {
   };
 }
 
+/** A per-agent credential: `oca1_` and 32 random bytes, base64url. */
+const CREDENTIAL_SHAPE = /^oca1_[A-Za-z0-9_-]{43}$/;
+
+function newCredential(): string {
+  return `oca1_${randomBytes(32).toString("base64url")}`;
+}
+
+/**
+ * Whether a bearer token has the per-agent credential's shape: 256 random bits, which nobody
+ * guesses, so such a bearer is never throttled as a guess (docs/protocol.md, Limits).
+ */
+export function hasCredentialShape(token: string | undefined): boolean {
+  return token !== undefined && CREDENTIAL_SHAPE.test(token);
+}
+
 /** What an enrollment was authenticated with: the pool token, or a single-use enrollment token. */
 type EnrollmentCredential =
   { readonly kind: "pool" } | { readonly kind: "token"; readonly token: EnrollmentTokenRecord };
@@ -299,7 +314,7 @@ export class AgentApi {
         `the answer does not match a pending challenge of agent ${agentId} (wrong, expired, already used, or enrolled with another token); enroll again with POST /agents, with public keys whose private keys the agent holds`,
       );
     this.pending.delete(agentId);
-    const credential = `oca1_${randomBytes(32).toString("base64url")}`;
+    const credential = newCredential();
     const agent: AgentRecord = {
       ...pending.agent,
       credential_sha256: sha256(credential).toString("hex"),

@@ -276,6 +276,49 @@ describe("per-client rates", () => {
     expect((await call(h, "GET", `${API}/ping`, h.agentToken)).status).toBe(200);
   });
 
+  it("an agent whose credential was refused hears 401 AGENT_CREDENTIAL_INVALID while its address's failure budget is spent by others", async () => {
+    const h = await start({ limits: { rates: { authFailures: { perSecond: 0.2, burst: 3 } } } });
+    const deleted = await enrollAgent(h.url, h.agentToken);
+    expect((await h.admin("DELETE", `/agents/${deleted.agentId}`)).status).toBe(204);
+    // Someone on the agent's address (a NAT neighbour, a run's code) sends bogus bearers.
+    for (let i = 0; i < 3; i++) expect((await call(h, "GET", `${API}/ping`, `bogus-${i}`)).status).toBe(401);
+    expect(codeOf(await call(h, "GET", `${API}/ping`, "bogus"))).toBe("AUTH_FAILURES_RATE_LIMITED");
+    // The deleted agent's old credential is still told the truth, so that it enrolls again.
+    for (let i = 0; i < 5; i++) {
+      const refused = await call(h, "POST", `${API}/agents/${deleted.agentId}/leases`, deleted.credential, {
+        max: 1,
+        wait_seconds: 0,
+      });
+      expect(refused.status).toBe(401);
+      expect(codeOf(refused)).toBe("AGENT_CREDENTIAL_INVALID");
+    }
+    // A guess in the credential's shape is answered as such, and the budget stays spent for the rest.
+    const shaped = `oca1_${randomBytes(32).toString("base64url")}`;
+    expect(codeOf(await call(h, "GET", `${API}/ping`, shaped))).toBe("AGENT_CREDENTIAL_INVALID");
+    expect(codeOf(await call(h, "GET", "/api/admin/v1/runs", shaped))).toBe("AUTH_FAILURES_RATE_LIMITED");
+    expect(codeOf(await call(h, "GET", `${API}/ping`, "bogus"))).toBe("AUTH_FAILURES_RATE_LIMITED");
+  });
+
+  it("only credential guesses spend the failure budget: disabled agents, refused credentials, the pool token on a lease route do not", async () => {
+    const h = await start({ limits: { rates: { authFailures: { perSecond: 0.2, burst: 3 } } } });
+    const disabled = await enrollAgent(h.url, h.agentToken);
+    const deleted = await enrollAgent(h.url, h.agentToken);
+    expect((await h.admin("POST", `/agents/${disabled.agentId}/disable`)).status).toBe(200);
+    expect((await h.admin("DELETE", `/agents/${deleted.agentId}`)).status).toBe(204);
+    for (let i = 0; i < 5; i++) {
+      expect(codeOf(await call(h, "GET", `${API}/ping`, disabled.credential))).toBe("AGENT_DISABLED");
+      expect(codeOf(await call(h, "GET", `${API}/ping`, deleted.credential))).toBe("AGENT_CREDENTIAL_INVALID");
+      const pool = await call(h, "POST", `${API}/agents/${disabled.agentId}/leases`, h.agentToken, {
+        max: 1,
+        wait_seconds: 0,
+      });
+      expect(codeOf(pool)).toBe("POOL_TOKEN_NOT_ACCEPTED");
+    }
+    // The whole budget (3) is still there for real guesses.
+    for (let i = 0; i < 3; i++) expect((await call(h, "GET", `${API}/ping`, `wrong-${i}`)).status).toBe(401);
+    expect(codeOf(await call(h, "GET", `${API}/ping`, "wrong-again"))).toBe("AUTH_FAILURES_RATE_LIMITED");
+  });
+
   it("the admin token over its rate gets 429 ADMIN_RATE_LIMITED", async () => {
     const h = await start({ limits: { rates: { admin: { perSecond: 1, burst: 2 } } } });
     for (let i = 0; i < 2; i++) expect((await h.admin("GET", "/runs")).status).toBe(200);
