@@ -122,6 +122,11 @@ export class AgentApi {
   private readonly pending = new Map<string, { agent: AgentRecord; challenge: PendingChallenge }>();
   /** The one outstanding key-change challenge of each agent, by agent id. */
   private readonly keyChallenges = new Map<string, PendingChallenge>();
+  /**
+   * The one lease request each agent may have waiting, by agent id. An agent sends one at a time
+   * (it asks for all its free slots at once); one holding many would hold as many connections.
+   */
+  private readonly waiting = new Map<string, AbortController>();
   /** What each running run has stored from its agent: events and log entries. */
   private readonly quotas: RunQuotas;
 
@@ -450,7 +455,11 @@ export class AgentApi {
 
   private async leases(req: IncomingMessage, res: ServerResponse, agent: AgentRecord): Promise<void> {
     const body = await readJson(req, leaseRequestSchema, MAX_AGENT_BODY);
+    // A new lease request answers the agent's waiting one with [] (it was left behind, or sent to
+    // hold connections).
+    this.waiting.get(agent.id)?.abort();
     const abort = new AbortController();
+    this.waiting.set(agent.id, abort);
     const onClose = (): void => {
       abort.abort();
     };
@@ -462,6 +471,7 @@ export class AgentApi {
       abort.signal,
     );
     res.off("close", onClose);
+    if (this.waiting.get(agent.id) === abort) this.waiting.delete(agent.id);
     const leases: Lease[] = [];
     for (const run of runs) {
       try {

@@ -19,7 +19,7 @@ import type { AddressInfo, Socket } from "node:net";
 import { ADMIN_API_PREFIX, AGENT_API_PREFIX } from "../protocol/agent-api.js";
 import { AdminApi } from "./admin-api.js";
 import { AgentApi, hasCredentialShape, type AgentApiSettings } from "./agent-api.js";
-import { addressKey, ConnectionTable } from "./connection-policy.js";
+import { ADMIN_IDENTITY, addressKey, ConnectionTable } from "./connection-policy.js";
 import { bearerMatches, bearerToken, HttpError, sendError, sendJson } from "./http-util.js";
 import { ClientLimiter, resolveLimits, type Caller, type LimitOverrides } from "./limits.js";
 import { probeRegistry, type RegistryProber } from "./registry-probe.js";
@@ -201,7 +201,7 @@ function buildControlPlane(options: ControlPlaneOptions): ControlPlane {
 
     const caller = identify(req);
     if (id !== undefined && (caller.kind === "admin" || caller.kind === "agent"))
-      evict(table.prove(id, caller.kind === "admin" ? "admin" : `agent:${caller.agentId}`, now).evict);
+      evict(table.prove(id, caller.kind === "admin" ? ADMIN_IDENTITY : `agent:${caller.agentId}`, now).evict);
     const address = addressKey(req.socket.remoteAddress);
     // A bearer of the agent credential's shape that is no longer valid (the agent was deleted or
     // expired, the control plane restarted in memory) is no guess (256 bits): it is neither
@@ -258,7 +258,7 @@ function buildControlPlane(options: ControlPlaneOptions): ControlPlane {
         const body = JSON.stringify({
           error: {
             code: "CONNECTION_LIMIT",
-            message: `the control plane holds its most connections (${limits.connections.maxConnections}), all of them authenticated and busy; retry later (operators: raise --max-connections)`,
+            message: `the control plane holds its most connections (${limits.connections.maxConnections}), all of them busy with the admin token; retry later (operators: raise --max-connections, or make admin scripts hold fewer connections)`,
           },
         });
         socket.end(
