@@ -22,6 +22,7 @@ import { AgentApi, hasCredentialShape, type AgentApiSettings } from "./agent-api
 import { ADMIN_IDENTITY, addressKey, ConnectionTable } from "./connection-policy.js";
 import { bearerMatches, bearerToken, HttpError, sendError, sendJson } from "./http-util.js";
 import { ClientLimiter, resolveLimits, type Caller, type LimitOverrides } from "./limits.js";
+import { PendingEnrollments } from "./pending-enrollments.js";
 import { probeRegistry, type RegistryProber } from "./registry-probe.js";
 import { DEFAULT_RUN_QUOTA } from "./run-quota.js";
 import { ControlPlaneStore, systemClock, type StoreClock, type StorePersistence } from "./store.js";
@@ -99,7 +100,8 @@ function buildControlPlane(options: ControlPlaneOptions): ControlPlane {
     onError: (error) => options.onError?.(error),
   });
   store.restore();
-  const admin = new AdminApi(store, options.probe ?? probeRegistry);
+  const pending = new PendingEnrollments();
+  const admin = new AdminApi(store, options.probe ?? probeRegistry, pending);
   const agent = new AgentApi(
     store,
     {
@@ -110,6 +112,7 @@ function buildControlPlane(options: ControlPlaneOptions): ControlPlane {
       ...options.agentApi,
     },
     options.agentToken,
+    pending,
   );
 
   function segments(path: string): string[] {
