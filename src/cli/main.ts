@@ -249,7 +249,11 @@ function buildProgram(setAction: (action: Action) => void): Command {
       "1h",
     )
     .option("--max-agents <n>", "most agents enrolled at once, pending enrollments included", "1000")
-    .option("--max-pending-enrollments <n>", "most enrollments waiting for the answer to their challenge", "1000")
+    .option(
+      "--max-pending-enrollments <n>",
+      "most pool-token enrollments waiting for the answer to their challenge (at most 16 from one address)",
+      "1000",
+    )
     // HTTPS and connection limits (docs/operations.md, TLS; docs/protocol.md, Limits).
     .option(
       "--tls-cert <file>",

@@ -9,6 +9,7 @@ import { z } from "zod";
 import type { AgentView, EnrollmentTokenView } from "../protocol/admin-agents.js";
 import { isPrintable } from "../protocol/agent-api.js";
 import { HttpError, readJson, sendJson } from "./http-util.js";
+import type { PendingEnrollment, PendingEnrollments } from "./pending-enrollments.js";
 import { newId, type AgentRecord, type ControlPlaneStore, type EnrollmentTokenRecord } from "./store.js";
 
 /** A token lives a day unless the operator says otherwise; at most a year. */
@@ -37,6 +38,20 @@ function agentView(store: ControlPlaneStore, agent: AgentRecord): AgentView {
   };
 }
 
+/**
+ * What operators see of an enrollment waiting for its answer: its remote address and age too, so
+ * that a flood of them shows where it comes from. It leases nothing and can only be deleted.
+ */
+function pendingView(store: ControlPlaneStore, p: PendingEnrollment): AgentView {
+  const { agent } = p;
+  return {
+    ...agentView(store, agent),
+    status: "pending",
+    remote_address: p.remoteAddress,
+    age_seconds: Math.max(0, Math.floor((store.nowMs() - p.startedAtMs) / 1000)),
+  };
+}
+
 /** What operators see of an enrollment token: never the token nor its hash. */
 function tokenView(store: ControlPlaneStore, token: EnrollmentTokenRecord): EnrollmentTokenView {
   return {
@@ -51,17 +66,43 @@ function tokenView(store: ControlPlaneStore, token: EnrollmentTokenRecord): Enro
 }
 
 export class AdminAgents {
-  constructor(private readonly store: ControlPlaneStore) {}
+  constructor(
+    private readonly store: ControlPlaneStore,
+    private readonly pending: PendingEnrollments,
+  ) {}
 
   /** `/agents...` and `/enrollment-tokens...` of the admin API. */
   async handle(req: IncomingMessage, res: ServerResponse, path: string[]): Promise<void> {
     const method = req.method ?? "GET";
     const [collection, id, action, extra] = path;
     if (extra === undefined && collection === "agents") {
+      this.pending.sweep(this.store.nowMs());
       if (id === undefined && action === undefined && method === "GET") {
-        sendJson(res, 200, { agents: [...this.store.agents.values()].map((a) => agentView(this.store, a)) });
+        sendJson(res, 200, {
+          agents: [
+            ...[...this.store.agents.values()].map((a) => agentView(this.store, a)),
+            ...this.pending.list().map((p) => pendingView(this.store, p)),
+          ],
+        });
         return;
       }
+      const pending = id === undefined ? undefined : this.pending.get(id);
+      if (pending && action === undefined && method === "GET") {
+        sendJson(res, 200, pendingView(this.store, pending));
+        return;
+      }
+      if (pending && action === undefined && method === "DELETE") {
+        // Its answer is refused from now on (CHALLENGE_FAILED), and its slot is free.
+        this.pending.delete(pending.agent.id);
+        res.writeHead(204).end();
+        return;
+      }
+      if (pending)
+        throw new HttpError(
+          409,
+          "AGENT_PENDING",
+          `agent ${pending.agent.id} has not answered its enrollment challenge yet: it can only be listed or deleted (oci-cred-agent agents delete ${pending.agent.id})`,
+        );
       const agent = id === undefined ? undefined : this.store.agents.get(id);
       if (!agent)
         throw new HttpError(404, "NOT_FOUND", `no agent ${id ?? ""}; GET /api/admin/v1/agents lists the agents`);

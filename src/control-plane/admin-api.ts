@@ -7,6 +7,7 @@ import { z } from "zod";
 import { CREDENTIAL_HELPER_NAME, ENTRY_FIELD_MAX_LENGTH } from "../core/export-payload.js";
 import { PHASES } from "../protocol/agent-api.js";
 import { AdminAgents } from "./admin-agents.js";
+import { PendingEnrollments } from "./pending-enrollments.js";
 import { HttpError, readJson, sendJson } from "./http-util.js";
 import { changeFacts, fieldsNeedingPassword, type IntegrationChange } from "./integration-audit.js";
 import { checkRegistryUrlForm, type RegistryProber } from "./registry-probe.js";
@@ -88,8 +89,9 @@ export class AdminApi {
   constructor(
     private readonly store: ControlPlaneStore,
     private readonly probe: RegistryProber,
+    pending: PendingEnrollments = new PendingEnrollments(),
   ) {
-    this.agents = new AdminAgents(store);
+    this.agents = new AdminAgents(store, pending);
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, path: string[]): Promise<void> {

@@ -20,7 +20,9 @@ import {
   type Challenge,
   type Lease,
 } from "../protocol/agent-api.js";
+import { addressKey } from "./connection-policy.js";
 import { bearerMatches, bearerToken, HttpError, readJson, sendJson } from "./http-util.js";
+import { PendingEnrollments, type PendingChallenge } from "./pending-enrollments.js";
 import { RunQuotas, type RunQuotaLimits, type RunUsage } from "./run-quota.js";
 import {
   newId,
@@ -34,14 +36,24 @@ import {
 const MAX_AGENT_BODY = 64 * 1024;
 const MAX_EVENTS_BODY = 256 * 1024;
 const MAX_LOG_BODY = 512 * 1024;
-/** How long an agent has to answer a challenge. */
-const CHALLENGE_TTL_SECONDS = 300;
+/**
+ * How long an agent has to answer an enrollment challenge: it answers at once (the reference agent
+ * within a second), and a pending enrollment holds a slot of the caps below until then.
+ */
+const ENROLLMENT_CHALLENGE_TTL_SECONDS = 60;
+/** How long an agent has to answer a key-change challenge (one per agent). */
+const KEY_CHALLENGE_TTL_SECONDS = 300;
 
 const AGENT_LIMIT_DEFAULTS = {
   /** Enrolled agents, pending enrollments included; more are refused until some are deleted or expire. */
   maxAgents: 1000,
-  /** Enrollments waiting for their answer; more are refused until some are answered or expire. */
+  /**
+   * Pool-token enrollments waiting for their answer; more are refused until some are answered or
+   * expire. Enrollment-token ones are not counted: each token has one at most.
+   */
   maxPendingEnrollments: 1000,
+  /** Pool-token enrollments waiting for their answer from one address (an IPv6 /64 counts as one). */
+  maxPendingEnrollmentsPerAddress: 16,
   /** An agent not seen for this long is removed; its credential is then refused and it enrolls again. */
   agentExpirySeconds: 3600,
 } as const;
@@ -52,6 +64,7 @@ export interface AgentApiSettings extends RunQuotaLimits {
   readonly bundleTtlSeconds: number;
   readonly maxAgents?: number;
   readonly maxPendingEnrollments?: number;
+  readonly maxPendingEnrollmentsPerAddress?: number;
   readonly agentExpirySeconds?: number;
 }
 
@@ -66,16 +79,24 @@ function storedUsage(run: RunRecord): RunUsage {
   };
 }
 
+/** A per-agent credential: `oca1_` and 32 random bytes, base64url. */
+const CREDENTIAL_SHAPE = /^oca1_[A-Za-z0-9_-]{43}$/;
+
+function newCredential(): string {
+  return `oca1_${randomBytes(32).toString("base64url")}`;
+}
+
+/**
+ * Whether a bearer token has the per-agent credential's shape: 256 random bits, which nobody
+ * guesses, so such a bearer is never throttled as a guess (docs/protocol.md, Limits).
+ */
+export function hasCredentialShape(token: string | undefined): boolean {
+  return token !== undefined && CREDENTIAL_SHAPE.test(token);
+}
+
 /** What an enrollment was authenticated with: the pool token, or a single-use enrollment token. */
 type EnrollmentCredential =
   { readonly kind: "pool" } | { readonly kind: "token"; readonly token: EnrollmentTokenRecord };
-
-/** A challenge the control plane sealed and waits an answer to; only the answer's hash is kept. */
-interface PendingChallenge {
-  readonly challengeId: string;
-  readonly answerSha256: Buffer;
-  readonly expiresAtMs: number;
-}
 
 function sha256(text: string): Buffer {
   return createHash("sha256").update(text, "utf8").digest();
@@ -103,24 +124,34 @@ function parseKeys(keys: { kid: string; public_key: string }[]): { kid: string; 
 }
 
 export class AgentApi {
-  /** Agents enrolled but not yet proved, by agent id. */
-  private readonly pending = new Map<string, { agent: AgentRecord; challenge: PendingChallenge }>();
   /** The one outstanding key-change challenge of each agent, by agent id. */
   private readonly keyChallenges = new Map<string, PendingChallenge>();
+  /**
+   * The one lease request each agent may have waiting, by agent id. An agent sends one at a time
+   * (it asks for all its free slots at once); one holding many would hold as many connections.
+   */
+  private readonly waiting = new Map<string, AbortController>();
   /** What each running run has stored from its agent: events and log entries. */
   private readonly quotas: RunQuotas;
 
   private readonly maxAgents: number;
   private readonly maxPendingEnrollments: number;
+  private readonly maxPendingPerAddress: number;
 
-  /** Without `poolToken`, agents enroll with enrollment tokens only. */
+  /**
+   * Without `poolToken`, agents enroll with enrollment tokens only. `pending` holds the
+   * enrollments not yet proved (the admin API lists and deletes them).
+   */
   constructor(
     private readonly store: ControlPlaneStore,
     private readonly settings: AgentApiSettings,
     private readonly poolToken: string | undefined,
+    private readonly pending: PendingEnrollments = new PendingEnrollments(),
   ) {
     this.maxAgents = settings.maxAgents ?? AGENT_LIMIT_DEFAULTS.maxAgents;
     this.maxPendingEnrollments = settings.maxPendingEnrollments ?? AGENT_LIMIT_DEFAULTS.maxPendingEnrollments;
+    this.maxPendingPerAddress =
+      settings.maxPendingEnrollmentsPerAddress ?? AGENT_LIMIT_DEFAULTS.maxPendingEnrollmentsPerAddress;
     const expiryMs = (settings.agentExpirySeconds ?? AGENT_LIMIT_DEFAULTS.agentExpirySeconds) * 1000;
     store.startAgentExpiry(expiryMs, Math.min(60_000, expiryMs / 4));
     store.on("agent-removed", (agentId: string) => this.keyChallenges.delete(agentId));
@@ -247,20 +278,31 @@ export class AgentApi {
     const body = await readJson(req, registerRequestSchema, MAX_AGENT_BODY);
     const keys = parseKeys(body.public_keys);
     const nowMs = this.store.nowMs();
-    for (const [agentId, p] of this.pending) if (p.challenge.expiresAtMs <= nowMs) this.pending.delete(agentId);
-    if (this.pending.size >= this.maxPendingEnrollments)
-      throw new HttpError(
-        429,
-        "ENROLLMENTS_PENDING_LIMIT",
-        `${this.maxPendingEnrollments} enrollments are waiting for their answer; retry in a few minutes, and look for a client enrolling in a loop with the pool token (the operator raises the cap with --max-pending-enrollments)`,
-      );
-    // Pending enrollments count: answering them all must not take the agents past the cap.
-    if (this.store.agents.size + this.pending.size >= this.maxAgents)
-      throw new HttpError(
-        429,
-        "AGENTS_LIMIT",
-        `${this.maxAgents} agents are enrolled or enrolling, the control plane's cap; retry later: an operator deletes agents no longer in use (oci-cred-agent agents list, agents delete ID), they expire when not seen for --agent-expiry, or the cap is raised with --max-agents`,
-      );
+    const remoteAddress = req.socket.remoteAddress ?? "unknown";
+    const address = addressKey(remoteAddress);
+    this.pending.sweep(nowMs);
+    // From the checks to adding the pending enrollment, nothing awaits: concurrent requests
+    // cannot all pass the caps before any of them counts.
+    if (via.kind === "token") {
+      // An operator's token has its own slot: the pool token's caps do not apply to it.
+      this.pending.dropToken(via.token.id);
+      if (this.store.agents.size + this.pending.tokenCount() >= this.maxAgents) throw this.agentsLimit();
+    } else {
+      if (this.pending.poolCount(address) >= this.maxPendingPerAddress)
+        throw new HttpError(
+          429,
+          "ENROLLMENTS_PENDING_LIMIT",
+          `${this.maxPendingPerAddress} enrollments with the pool token from this address are waiting for their answer; retry in a minute, and look for a client on this address enrolling in a loop (operators see them in oci-cred-agent agents list, status pending, and delete them; an enrollment token is not held up by this cap)`,
+        );
+      if (this.pending.poolCount() >= this.maxPendingEnrollments)
+        throw new HttpError(
+          429,
+          "ENROLLMENTS_PENDING_LIMIT",
+          `${this.maxPendingEnrollments} enrollments with the pool token are waiting for their answer; retry in a minute, and look for a client enrolling in a loop (operators see them in oci-cred-agent agents list, status pending, and delete them; an enrollment token is not held up by this cap; the cap is raised with --max-pending-enrollments)`,
+        );
+      // Pending enrollments count: answering them all must not take the agents past the cap.
+      if (this.store.agents.size + this.pending.size >= this.maxAgents) throw this.agentsLimit();
+    }
     const now = this.store.iso(nowMs);
     const agent: AgentRecord = {
       id: newId("agent"),
@@ -274,9 +316,24 @@ export class AgentApi {
       disabled: false,
       enrollment_token_id: via.kind === "token" ? via.token.id : null,
     };
-    const { challenge, sealed } = await this.challengeFor(agent, nowMs);
-    this.pending.set(agent.id, { agent, challenge });
-    sendJson(res, 201, { agent_id: agent.id, ...sealed });
+    const { challenge, secret } = newChallenge(nowMs, ENROLLMENT_CHALLENGE_TTL_SECONDS);
+    this.pending.add({ agent, challenge, addressKey: address, remoteAddress, startedAtMs: nowMs });
+    let sealed: string;
+    try {
+      sealed = await sealChallengeTo(agent, challenge, secret, nowMs, ENROLLMENT_CHALLENGE_TTL_SECONDS);
+    } catch (error) {
+      this.pending.delete(agent.id);
+      throw error;
+    }
+    sendJson(res, 201, { agent_id: agent.id, challenge_id: challenge.challengeId, challenge: sealed });
+  }
+
+  private agentsLimit(): HttpError {
+    return new HttpError(
+      429,
+      "AGENTS_LIMIT",
+      `${this.maxAgents} agents are enrolled or enrolling, the control plane's cap; retry later: an operator deletes agents no longer in use (oci-cred-agent agents list, agents delete ID), they expire when not seen for --agent-expiry, or the cap is raised with --max-agents`,
+    );
   }
 
   /**
@@ -296,10 +353,13 @@ export class AgentApi {
       throw new HttpError(
         403,
         "CHALLENGE_FAILED",
-        `the answer does not match a pending challenge of agent ${agentId} (wrong, expired, already used, or enrolled with another token); enroll again with POST /agents, with public keys whose private keys the agent holds`,
+        `the answer does not match a pending challenge of agent ${agentId} (wrong, expired, already used, deleted by an operator, or enrolled with another token); enroll again with POST /agents, with public keys whose private keys the agent holds`,
       );
     this.pending.delete(agentId);
-    const credential = `oca1_${randomBytes(32).toString("base64url")}`;
+    // Pending enrollment-token enrollments keep their places: pool-token ones cannot take them.
+    if (tokenId === null && this.store.agents.size + this.pending.tokenCount() >= this.maxAgents)
+      throw this.agentsLimit();
+    const credential = newCredential();
     const agent: AgentRecord = {
       ...pending.agent,
       credential_sha256: sha256(credential).toString("hex"),
@@ -392,31 +452,14 @@ export class AgentApi {
     return timingSafeEqual(sha256(body.answer), challenge.answerSha256);
   }
 
-  private async challengeFor(
-    agent: AgentRecord,
-    nowMs: number,
-  ): Promise<{ challenge: PendingChallenge; sealed: Challenge }> {
-    const challengeId = newId("challenge");
-    const secret = randomBytes(32).toString("base64url");
-    const sealed = await sealChallenge({
-      recipient: recipientOf(agent),
-      agentId: agent.id,
-      challengeId,
-      secret,
-      issuedAtMs: nowMs,
-      ttlSeconds: CHALLENGE_TTL_SECONDS,
-    });
-    return {
-      challenge: { challengeId, answerSha256: sha256(secret), expiresAtMs: nowMs + CHALLENGE_TTL_SECONDS * 1000 },
-      sealed: { challenge_id: challengeId, challenge: sealed },
-    };
-  }
-
   /** A challenge sealed to the agent's current newest key; `PUT .../keys` must carry its answer. */
   private async keyChallenge(res: ServerResponse, agent: AgentRecord): Promise<void> {
-    const { challenge, sealed } = await this.challengeFor(agent, this.store.nowMs());
+    const nowMs = this.store.nowMs();
+    const { challenge, secret } = newChallenge(nowMs, KEY_CHALLENGE_TTL_SECONDS);
+    const sealed = await sealChallengeTo(agent, challenge, secret, nowMs, KEY_CHALLENGE_TTL_SECONDS);
     this.keyChallenges.set(agent.id, challenge);
-    sendJson(res, 200, sealed);
+    const answer: Challenge = { challenge_id: challenge.challengeId, challenge: sealed };
+    sendJson(res, 200, answer);
   }
 
   private async updateKeys(req: IncomingMessage, res: ServerResponse, agent: AgentRecord): Promise<void> {
@@ -435,7 +478,11 @@ export class AgentApi {
 
   private async leases(req: IncomingMessage, res: ServerResponse, agent: AgentRecord): Promise<void> {
     const body = await readJson(req, leaseRequestSchema, MAX_AGENT_BODY);
+    // A new lease request answers the agent's waiting one with [] (it was left behind, or sent to
+    // hold connections).
+    this.waiting.get(agent.id)?.abort();
     const abort = new AbortController();
+    this.waiting.set(agent.id, abort);
     const onClose = (): void => {
       abort.abort();
     };
@@ -447,6 +494,7 @@ export class AgentApi {
       abort.signal,
     );
     res.off("close", onClose);
+    if (this.waiting.get(agent.id) === abort) this.waiting.delete(agent.id);
     const leases: Lease[] = [];
     for (const run of runs) {
       try {
@@ -532,6 +580,36 @@ export class AgentApi {
       bytes.fill(0);
     }
   }
+}
+
+/** A new challenge: its secret (sealed to the agent, never kept) and what is kept to check the answer. */
+function newChallenge(nowMs: number, ttlSeconds: number): { challenge: PendingChallenge; secret: string } {
+  const secret = randomBytes(32).toString("base64url");
+  return {
+    challenge: {
+      challengeId: newId("challenge"),
+      answerSha256: sha256(secret),
+      expiresAtMs: nowMs + ttlSeconds * 1000,
+    },
+    secret,
+  };
+}
+
+function sealChallengeTo(
+  agent: AgentRecord,
+  challenge: PendingChallenge,
+  secret: string,
+  issuedAtMs: number,
+  ttlSeconds: number,
+): Promise<string> {
+  return sealChallenge({
+    recipient: recipientOf(agent),
+    agentId: agent.id,
+    challengeId: challenge.challengeId,
+    secret,
+    issuedAtMs,
+    ttlSeconds,
+  });
 }
 
 function tokenUsedError(): HttpError {

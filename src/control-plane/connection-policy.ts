@@ -9,9 +9,13 @@
  * make room for unproven ones: when an unproven cap is reached, the oldest unproven connection
  * (idle first, else the one whose request started longest ago) is evicted instead. A new agent
  * connection thus always gets in, and proves itself with its first request. Proven connections
- * are only ever evicted when idle, and only for another proven connection of the same identity
- * (over its own cap) or when the hard cap is reached. With nothing left to evict, the hard cap
- * refuses the new connection.
+ * are evicted when idle, for another proven connection of the same identity (over its own cap)
+ * or at the hard cap. At the hard cap with every connection proven and busy (anyone holding the
+ * pool token can enroll agents and keep each one's connections busy), the oldest busy connection
+ * of the agent holding the most is evicted: a flood of proven connections then closes its own,
+ * and a new connection of another agent or of the admin still gets in. The admin's connections
+ * are never evicted while busy, so the admin needs no reserved connections; only when every
+ * connection is the admin's is a new one refused.
  */
 
 export interface ConnectionLimits {
@@ -24,6 +28,9 @@ export interface ConnectionLimits {
   /** Proven connections of one identity (one agent, or the admin). */
   readonly maxPerIdentity: number;
 }
+
+/** The identity server.ts proves admin connections with; never evicted while busy. */
+export const ADMIN_IDENTITY = "admin";
 
 export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = {
   maxConnections: 1024,
@@ -112,7 +119,10 @@ export class ConnectionTable {
     if ((this.unprovenByAddress.get(address) ?? 0) >= this.limits.maxUnprovenPerAddress)
       drop(this.oldestUnproven((e) => e.address === address));
     if (this.unproven.size >= this.limits.maxUnproven) drop(this.oldestUnproven(() => true));
-    if (this.size >= this.limits.maxConnections && !drop(this.oldestUnproven(() => true) ?? this.oldestIdleProven()))
+    if (
+      this.size >= this.limits.maxConnections &&
+      !drop(this.oldestUnproven(() => true) ?? this.oldestIdleProven() ?? this.oldestOfBusiestAgent())
+    )
       return { admitted: false, evict };
     const entry: Entry = { id: this.nextId++, address, identity: undefined, busy: 0, since: nowMs };
     this.unproven.set(entry.id, entry);
@@ -203,6 +213,18 @@ export class ConnectionTable {
 
   private oldestIdleProven(): Entry | undefined {
     return this.first(this.proven, (e) => e.busy === 0);
+  }
+
+  /** The oldest connection of the agent identity that holds the most proven connections. */
+  private oldestOfBusiestAgent(): Entry | undefined {
+    let busiest: string | undefined;
+    let most = 0;
+    for (const [identity, count] of this.provenByIdentity)
+      if (identity !== ADMIN_IDENTITY && count > most) {
+        busiest = identity;
+        most = count;
+      }
+    return busiest === undefined ? undefined : this.first(this.proven, (e) => e.identity === busiest);
   }
 
   private first(map: Map<number, Entry>, match: (e: Entry) => boolean): Entry | undefined {

@@ -17,7 +17,10 @@ export interface ClientRates {
   readonly agent: RateLimit;
   /** Per remote address, requests with the pool token or an enrollment token (enrollment, ping). */
   readonly enrollment: RateLimit;
-  /** Per remote address, failed authentications (401, 403); when spent, unauthenticated requests are refused. */
+  /**
+   * Per remote address, failed authentications (a wrong admin, pool or enrollment token, an unknown
+   * bearer; server.ts says which); when spent, unauthenticated requests are refused.
+   */
   readonly authFailures: RateLimit;
   /** Per admin token. */
   readonly admin: RateLimit;

@@ -18,10 +18,11 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from "n
 import type { AddressInfo, Socket } from "node:net";
 import { ADMIN_API_PREFIX, AGENT_API_PREFIX } from "../protocol/agent-api.js";
 import { AdminApi } from "./admin-api.js";
-import { AgentApi, type AgentApiSettings } from "./agent-api.js";
-import { addressKey, ConnectionTable } from "./connection-policy.js";
+import { AgentApi, hasCredentialShape, type AgentApiSettings } from "./agent-api.js";
+import { ADMIN_IDENTITY, addressKey, ConnectionTable } from "./connection-policy.js";
 import { bearerMatches, bearerToken, HttpError, sendError, sendJson } from "./http-util.js";
 import { ClientLimiter, resolveLimits, type Caller, type LimitOverrides } from "./limits.js";
+import { PendingEnrollments } from "./pending-enrollments.js";
 import { probeRegistry, type RegistryProber } from "./registry-probe.js";
 import { DEFAULT_RUN_QUOTA } from "./run-quota.js";
 import { ControlPlaneStore, systemClock, type StoreClock, type StorePersistence } from "./store.js";
@@ -29,6 +30,13 @@ import { ControlPlaneStore, systemClock, type StoreClock, type StorePersistence 
 /** The longest a lease request waits (agent-api.ts caps wait_seconds there). */
 const LONGEST_LEASE_WAIT_MS = 300_000;
 const LEASE_POLL_PATH = new RegExp(`^${AGENT_API_PREFIX}/agents/[^/]+/leases/?$`);
+/**
+ * The refusals that count as failed authentications against an address's budget: a wrong admin,
+ * pool or enrollment token, or an unknown bearer. A valid token on the wrong route
+ * (POOL_TOKEN_NOT_ACCEPTED), a disabled agent (AGENT_DISABLED), a failed challenge and the like
+ * are no guesses: counting them would let 30 disabled agents behind one NAT lock the address out.
+ */
+const GUESSES = new Set(["UNAUTHORIZED", "AGENT_CREDENTIAL_INVALID"]);
 
 /** A certificate chain and its private key, PEM. */
 export interface TlsPem {
@@ -92,7 +100,8 @@ function buildControlPlane(options: ControlPlaneOptions): ControlPlane {
     onError: (error) => options.onError?.(error),
   });
   store.restore();
-  const admin = new AdminApi(store, options.probe ?? probeRegistry);
+  const pending = new PendingEnrollments();
+  const admin = new AdminApi(store, options.probe ?? probeRegistry, pending);
   const agent = new AgentApi(
     store,
     {
@@ -103,6 +112,7 @@ function buildControlPlane(options: ControlPlaneOptions): ControlPlane {
       ...options.agentApi,
     },
     options.agentToken,
+    pending,
   );
 
   function segments(path: string): string[] {
@@ -194,16 +204,22 @@ function buildControlPlane(options: ControlPlaneOptions): ControlPlane {
 
     const caller = identify(req);
     if (id !== undefined && (caller.kind === "admin" || caller.kind === "agent"))
-      evict(table.prove(id, caller.kind === "admin" ? "admin" : `agent:${caller.agentId}`, now).evict);
+      evict(table.prove(id, caller.kind === "admin" ? ADMIN_IDENTITY : `agent:${caller.agentId}`, now).evict);
     const address = addressKey(req.socket.remoteAddress);
-    const refusal = limiter.check(caller, address, now);
+    // A bearer of the agent credential's shape that is no longer valid (the agent was deleted or
+    // expired, the control plane restarted in memory) is no guess (256 bits): it is neither
+    // throttled nor counted, so its agent hears 401 AGENT_CREDENTIAL_INVALID and enrolls again
+    // even while someone else on its address spends the address's failure budget.
+    const refusedCredential =
+      caller.kind === "anonymous" && path.startsWith(`${AGENT_API_PREFIX}/`) && hasCredentialShape(bearerToken(req));
+    const refusal = refusedCredential ? undefined : limiter.check(caller, address, now);
     if (refusal) {
       // An unproven client's connection is not kept for its next try.
       sendError(res, refusal, id === undefined || !table.isProven(id));
       return;
     }
     route(req, res, path).catch((error: unknown) => {
-      if (error instanceof HttpError && (error.status === 401 || error.status === 403))
+      if (error instanceof HttpError && GUESSES.has(error.code) && !refusedCredential)
         limiter.failed(address, Date.now());
       if (res.headersSent) {
         res.destroy();
@@ -245,7 +261,7 @@ function buildControlPlane(options: ControlPlaneOptions): ControlPlane {
         const body = JSON.stringify({
           error: {
             code: "CONNECTION_LIMIT",
-            message: `the control plane holds its most connections (${limits.connections.maxConnections}), all of them authenticated and busy; retry later (operators: raise --max-connections)`,
+            message: `the control plane holds its most connections (${limits.connections.maxConnections}), all of them busy with the admin token; retry later (operators: raise --max-connections, or make admin scripts hold fewer connections)`,
           },
         });
         socket.end(

@@ -15,10 +15,15 @@ export const agentViewSchema = z.object({
   key_ids: z.array(z.string().max(128)).max(16),
   registered_at: timestamp,
   last_seen_at: timestamp,
-  status: z.enum(["enabled", "disabled"]),
+  /** pending: enrolling, its challenge not answered yet (it leases nothing; it can be deleted). */
+  status: z.enum(["enabled", "disabled", "pending"]),
   enrolled_with: z.enum(["pool_token", "enrollment_token"]),
   enrollment_token_id: z.string().max(256).nullable(),
   running_leases: z.number().int().nonnegative(),
+  /** A pending enrollment's remote address, as the control plane saw it. */
+  remote_address: z.string().max(64).optional(),
+  /** How long ago a pending enrollment started. */
+  age_seconds: z.number().int().nonnegative().optional(),
 });
 export type AgentView = z.infer<typeof agentViewSchema>;
 

@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { displayText } from "../../src/cli/admin-client.js";
 import { AGENT_BIN } from "../support/agent-process.js";
 import { spawnCliControlPlane, type CliControlPlane } from "../support/cli-control-plane.js";
+import { generatePrivateKeyPem, parsePrivateKeyPem, publicKeyDoc } from "../../src/crypto/agent-key.js";
 import { enrollAgent } from "../support/enroll.js";
 import { makeTlsMaterial } from "../support/registry-fixture.js";
 
@@ -95,6 +96,7 @@ describe("oci-cred-agent agents", () => {
       "LEASES",
       "LAST SEEN",
       "ENROLLED WITH",
+      "FROM",
     ]);
     const row = rows.find((r) => r.startsWith(enrolled.agentId));
     expect(row?.split(/\s{2,}/)).toEqual([
@@ -106,6 +108,7 @@ describe("oci-cred-agent agents", () => {
       "0",
       expect.stringMatching(/^\d{4}-\d\d-\d\dT/) as unknown,
       "pool token",
+      "-",
     ]);
     const json = await op("agents", "list", "--format", "json");
     expect(jsonLines(json.stdout).find((a) => a["id"] === enrolled.agentId)).toMatchObject({
@@ -119,6 +122,33 @@ describe("oci-cred-agent agents", () => {
     const text = await op("agents", "show", enrolled.agentId);
     expect(text.stdout).toMatch(new RegExp(`^id\\s+${enrolled.agentId}$`, "m"));
     expect(text.stdout).toMatch(/^enrolled with\s+pool token$/m);
+  });
+
+  it("lists a pending enrollment with the address it comes from, and deletes it", async () => {
+    const key = await parsePrivateKeyPem(generatePrivateKeyPem(), "test key");
+    const res = await fetch(`${cp.url}/api/agent/v1/agents`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${poolToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ name: "half", version: "1", concurrency: 1, public_keys: [publicKeyDoc(key.publicKey)] }),
+    });
+    expect(res.status).toBe(201);
+    const agentId = ((await res.json()) as { agent_id: string }).agent_id;
+    const table = await op("agents", "list");
+    const row = table.stdout.split("\n").find((r) => r.startsWith(agentId));
+    expect(row?.split(/\s{2,}/)).toEqual([
+      agentId,
+      "half",
+      "pending",
+      "1",
+      "1",
+      "0",
+      expect.stringMatching(/^\d{4}-\d\d-\d\dT/) as unknown,
+      "pool token",
+      "127.0.0.1",
+    ]);
+    expect((await op("agents", "show", agentId)).stdout).toMatch(/^remote address\s+127\.0\.0\.1$/m);
+    expect((await op("agents", "delete", agentId)).code).toBe(0);
+    expect((await op("agents", "list")).stdout).not.toContain(agentId);
   });
 
   it("disables, enables and deletes: the agent's requests are refused accordingly", async () => {

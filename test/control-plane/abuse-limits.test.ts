@@ -16,7 +16,7 @@ import type { ControlPlaneOptions } from "../../src/control-plane/server.js";
 import { SqliteStorage } from "../../src/control-plane/sqlite-storage.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { enrollAgent, type Enrolled } from "../support/enroll.js";
-import { closesWithin, httpText, rawConnect, trickle } from "../support/raw-socket.js";
+import { closesWithin, httpText, rawConnect, trickle, type RawClient } from "../support/raw-socket.js";
 
 const API = "/api/agent/v1";
 const harnesses: Harness[] = [];
@@ -201,38 +201,125 @@ describe("timeouts", () => {
 });
 
 describe("the hard connection cap", () => {
-  it("refuses a new connection with 503 CONNECTION_LIMIT once every connection is authenticated and busy", async () => {
-    const h = await start({
-      limits: { connections: { maxConnections: 4, maxUnproven: 2, maxUnprovenPerAddress: 2, maxPerIdentity: 4 } },
+  const limits = { connections: { maxConnections: 8, maxUnproven: 2, maxUnprovenPerAddress: 2, maxPerIdentity: 4 } };
+
+  /** A raw connection whose request the server has received (or that it closed). */
+  async function sent(h: Harness, text: string): Promise<RawClient> {
+    const c = await rawConnect(portOf(h));
+    const seen = once(h.cp.server, "request");
+    c.socket.write(text);
+    await Promise.race([seen, c.closed]);
+    return c;
+  }
+
+  /** A lease request whose body never comes: the connection is proven and busy until the request timeout. */
+  const stalled = (agent: Enrolled): string =>
+    httpText(
+      "POST",
+      `${API}/agents/${agent.agentId}/leases`,
+      {
+        Authorization: `Bearer ${agent.credential}`,
+        "Content-Type": "application/json",
+        "Content-Length": "100",
+      },
+      "{",
+    );
+
+  const longPoll = (agent: Enrolled, waitSeconds = 30): string =>
+    httpText(
+      "POST",
+      `${API}/agents/${agent.agentId}/leases`,
+      { Authorization: `Bearer ${agent.credential}`, "Content-Type": "application/json" },
+      JSON.stringify({ max: 1, wait_seconds: waitSeconds }),
+    );
+
+  it("pool-token agents holding every connection busy: a legitimate agent's new connection and the admin's still get in", async () => {
+    const h = await start({ limits });
+    const legit = await enrollAgent(h.url, h.agentToken);
+    // What anyone holding the pool token can do: enroll agents, keep each one's connections busy.
+    const rogues = [
+      await enrollAgent(h.url, h.agentToken, undefined, { concurrency: 2 }),
+      await enrollAgent(h.url, h.agentToken, undefined, { concurrency: 2 }),
+    ];
+    const flood: RawClient[] = [];
+    for (const rogue of rogues) for (let i = 0; i < 4; i++) flood.push(await sent(h, stalled(rogue)));
+    expect(h.cp.connectionStats()).toMatchObject({ open: 8, proven: 8, unproven: 0, refused: 0 });
+
+    // The agent's new connection gets in (before: 503 CONNECTION_LIMIT), and so does the admin.
+    const poll = await sent(h, longPoll(legit));
+    expect(poll.socket.destroyed).toBe(false);
+    const agents = await call(h, "GET", "/api/admin/v1/agents", h.adminToken);
+    expect(agents.status).toBe(200);
+    expect((agents.json["agents"] as unknown[]).length).toBe(3);
+    const rogue = rogues[0]?.agentId ?? "";
+    expect((await call(h, "DELETE", `/api/admin/v1/agents/${rogue}`, h.adminToken)).status).toBe(204);
+
+    // The flood keeps coming: it closes its own connections, never the agent's waiting long-poll.
+    for (let i = 0; i < 4; i++) flood.push(await sent(h, stalled(rogues[1] as Enrolled)));
+    const runId = await h.createRun({ "main.tf": "" }, ["init"]);
+    expect(await poll.until((t) => t.includes(runId))).toMatch(/^HTTP\/1\.1 200 /);
+    const stats = h.cp.connectionStats();
+    expect(stats.refused).toBe(0);
+    expect(stats.evicted).toBeGreaterThanOrEqual(6);
+    for (const c of flood) c.socket.destroy();
+    poll.socket.destroy();
+  });
+
+  it("an agent has one lease request waiting: a new one answers the one before with []", async () => {
+    const h = await start({ limits });
+    const rogue = await enrollAgent(h.url, h.agentToken, undefined, { concurrency: 2 });
+    const polls: RawClient[] = [];
+    for (let i = 0; i < 3; i++) polls.push(await sent(h, longPoll(rogue)));
+    // The bound only limits how long a failing test waits: a passing one is answered at once.
+    const answered = (c: RawClient): Promise<string> =>
+      Promise.race([
+        c.until((t) => t.includes("\r\n\r\n{")),
+        closesWithin(c, 5000).then(() => `not answered within 5 s: ${c.received()}`),
+      ]);
+    for (const c of polls.slice(0, 2)) expect(await answered(c)).toContain('{"leases":[]}');
+    const last = polls[2] as RawClient;
+    expect(last.received()).toBe("");
+    const runId = await h.createRun({ "main.tf": "" }, ["init"]);
+    expect(await last.until((t) => t.includes(runId))).toMatch(/^HTTP\/1\.1 200 /);
+    for (const c of polls) c.socket.destroy();
+  });
+
+  it("refuses a new connection with 503 CONNECTION_LIMIT only when every connection is the admin's, busy", async () => {
+    const probes: RawClient[] = [];
+    let release: () => void = () => undefined;
+    const hold = new Promise<void>((resolve) => {
+      release = resolve;
     });
-    const agent = await enrollAgent(h.url, h.agentToken);
-    const polls = [];
-    for (let i = 0; i < 4; i++) {
-      const c = await rawConnect(portOf(h));
-      const seen = once(h.cp.server, "request");
-      c.socket.write(
-        httpText(
-          "POST",
-          `${API}/agents/${agent.agentId}/leases`,
-          { Authorization: `Bearer ${agent.credential}`, "Content-Type": "application/json" },
-          '{"max":1,"wait_seconds":30}',
+    // The registry probe of POST /integrations keeps an admin request busy for as long as the test wants.
+    const busy = await start({
+      limits: { connections: { maxConnections: 3, maxUnproven: 1, maxUnprovenPerAddress: 1, maxPerIdentity: 3 } },
+      probe: () => hold.then(() => ({ warnings: [] })),
+    });
+    const body = JSON.stringify({ name: "r", registry_url: "https://registry.example", username: "u", password: "p" });
+    for (let i = 0; i < 3; i++)
+      probes.push(
+        await sent(
+          busy,
+          httpText(
+            "POST",
+            "/api/admin/v1/integrations",
+            { Authorization: `Bearer ${busy.adminToken}`, "Content-Type": "application/json" },
+            body,
+          ),
         ),
       );
-      await seen;
-      polls.push(c);
-    }
-    expect(h.cp.connectionStats()).toMatchObject({ proven: 4, unproven: 0 });
-    const refused = await rawConnect(portOf(h));
+    expect(busy.cp.connectionStats()).toMatchObject({ proven: 3, unproven: 0 });
+    const refused = await rawConnect(portOf(busy));
     refused.socket.write(httpText("GET", "/healthz"));
     expect(await closesWithin(refused, 5000)).toBe(true);
     expect(refused.received()).toMatch(/^HTTP\/1\.1 503 /);
     expect(refused.received()).toContain('"code":"CONNECTION_LIMIT"');
     expect(refused.received()).toContain("--max-connections");
     expect(refused.received().toLowerCase()).toContain("retry-after: 1");
-    expect(h.cp.connectionStats().refused).toBe(1);
-    // The long-polls were never disturbed.
-    for (const c of polls) expect(c.socket.destroyed).toBe(false);
-    for (const c of polls) c.socket.destroy();
+    expect(busy.cp.connectionStats().refused).toBe(1);
+    release();
+    for (const c of probes) expect(await c.until((t) => t.includes("HTTP/1.1 201"))).toBeTruthy();
+    for (const c of probes) c.socket.destroy();
   });
 });
 
@@ -274,6 +361,49 @@ describe("per-client rates", () => {
     expect((await call(h, "GET", "/api/admin/v1/runs", h.adminToken)).status).toBe(200);
     // The pool token still enrolls: its own rate, not the failures'.
     expect((await call(h, "GET", `${API}/ping`, h.agentToken)).status).toBe(200);
+  });
+
+  it("an agent whose credential was refused hears 401 AGENT_CREDENTIAL_INVALID while its address's failure budget is spent by others", async () => {
+    const h = await start({ limits: { rates: { authFailures: { perSecond: 0.2, burst: 3 } } } });
+    const deleted = await enrollAgent(h.url, h.agentToken);
+    expect((await h.admin("DELETE", `/agents/${deleted.agentId}`)).status).toBe(204);
+    // Someone on the agent's address (a NAT neighbour, a run's code) sends bogus bearers.
+    for (let i = 0; i < 3; i++) expect((await call(h, "GET", `${API}/ping`, `bogus-${i}`)).status).toBe(401);
+    expect(codeOf(await call(h, "GET", `${API}/ping`, "bogus"))).toBe("AUTH_FAILURES_RATE_LIMITED");
+    // The deleted agent's old credential is still told the truth, so that it enrolls again.
+    for (let i = 0; i < 5; i++) {
+      const refused = await call(h, "POST", `${API}/agents/${deleted.agentId}/leases`, deleted.credential, {
+        max: 1,
+        wait_seconds: 0,
+      });
+      expect(refused.status).toBe(401);
+      expect(codeOf(refused)).toBe("AGENT_CREDENTIAL_INVALID");
+    }
+    // A guess in the credential's shape is answered as such, and the budget stays spent for the rest.
+    const shaped = `oca1_${randomBytes(32).toString("base64url")}`;
+    expect(codeOf(await call(h, "GET", `${API}/ping`, shaped))).toBe("AGENT_CREDENTIAL_INVALID");
+    expect(codeOf(await call(h, "GET", "/api/admin/v1/runs", shaped))).toBe("AUTH_FAILURES_RATE_LIMITED");
+    expect(codeOf(await call(h, "GET", `${API}/ping`, "bogus"))).toBe("AUTH_FAILURES_RATE_LIMITED");
+  });
+
+  it("only credential guesses spend the failure budget: disabled agents, refused credentials, the pool token on a lease route do not", async () => {
+    const h = await start({ limits: { rates: { authFailures: { perSecond: 0.2, burst: 3 } } } });
+    const disabled = await enrollAgent(h.url, h.agentToken);
+    const deleted = await enrollAgent(h.url, h.agentToken);
+    expect((await h.admin("POST", `/agents/${disabled.agentId}/disable`)).status).toBe(200);
+    expect((await h.admin("DELETE", `/agents/${deleted.agentId}`)).status).toBe(204);
+    for (let i = 0; i < 5; i++) {
+      expect(codeOf(await call(h, "GET", `${API}/ping`, disabled.credential))).toBe("AGENT_DISABLED");
+      expect(codeOf(await call(h, "GET", `${API}/ping`, deleted.credential))).toBe("AGENT_CREDENTIAL_INVALID");
+      const pool = await call(h, "POST", `${API}/agents/${disabled.agentId}/leases`, h.agentToken, {
+        max: 1,
+        wait_seconds: 0,
+      });
+      expect(codeOf(pool)).toBe("POOL_TOKEN_NOT_ACCEPTED");
+    }
+    // The whole budget (3) is still there for real guesses.
+    for (let i = 0; i < 3; i++) expect((await call(h, "GET", `${API}/ping`, `wrong-${i}`)).status).toBe(401);
+    expect(codeOf(await call(h, "GET", `${API}/ping`, "wrong-again"))).toBe("AUTH_FAILURES_RATE_LIMITED");
   });
 
   it("the admin token over its rate gets 429 ADMIN_RATE_LIMITED", async () => {

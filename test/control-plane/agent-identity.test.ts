@@ -6,6 +6,7 @@
  * that none carries a credential, a token or a hash of either.
  */
 import { createHash, randomBytes } from "node:crypto";
+import { request as httpRequest } from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
 import type { AgentApiSettings } from "../../src/control-plane/agent-api.js";
 import { createControlPlane, type ControlPlane } from "../../src/control-plane/server.js";
@@ -134,6 +135,54 @@ async function startEnrollment(
   return { agentId, challengeId, answer, status: reg.status };
 }
 
+/** Step 1 with the pool token from `localAddress` (any 127.0.0.0/8 address on Linux): the answer's status and code. */
+async function enrollFrom(
+  p: Plane,
+  localAddress: string,
+): Promise<{ status: number; agentId?: string; code?: string }> {
+  const ring = await newKeys();
+  const body = JSON.stringify({
+    name: "pending",
+    version: "1",
+    concurrency: 1,
+    public_keys: [...ring.values()].map((k) => publicKeyDoc(k.publicKey)),
+  });
+  const url = new URL(`${p.url}/api/agent/v1/agents`);
+  const text = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+    const req = httpRequest(
+      {
+        host: url.hostname,
+        port: url.port,
+        path: url.pathname,
+        method: "POST",
+        localAddress,
+        agent: false,
+        headers: {
+          authorization: `Bearer ${p.poolToken}`,
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(body),
+        },
+      },
+      (res) => {
+        let data = "";
+        res.setEncoding("utf8");
+        res.on("data", (c: string) => (data += c));
+        res.on("end", () => {
+          resolve({ status: res.statusCode ?? 0, text: data });
+        });
+      },
+    );
+    req.on("error", reject);
+    req.end(body);
+  });
+  const json = JSON.parse(text.text) as { agent_id?: string; error?: { code: string } };
+  return {
+    status: text.status,
+    ...(json.agent_id === undefined ? {} : { agentId: json.agent_id }),
+    ...(json.error === undefined ? {} : { code: json.error.code }),
+  };
+}
+
 async function createRun(p: Plane): Promise<string> {
   const archive = await tarGz({ "main.tf": `# ${randomBytes(4).toString("hex")}\n` });
   const a = await admin(p, "POST", "/runs", {
@@ -199,9 +248,33 @@ describe("operators see every agent", () => {
   it("a new enrollment is listed at once with what operators need, and never its credential", async () => {
     const p = await start();
     const pending = await startEnrollment(p, p.poolToken);
-    // Not an agent until it proves its key.
+    // Not an agent until it proves its key: listed as pending, with where it comes from.
+    p.clock.advance(7000);
+    const pendingView = {
+      id: pending.agentId,
+      name: "pending",
+      version: "1",
+      concurrency: 1,
+      key_ids: [expect.any(String) as unknown],
+      registered_at: new Date(p.clock.now() - 7000).toISOString(),
+      last_seen_at: new Date(p.clock.now() - 7000).toISOString(),
+      status: "pending",
+      enrolled_with: "pool_token",
+      enrollment_token_id: null,
+      running_leases: 0,
+      remote_address: "127.0.0.1",
+      age_seconds: 7,
+    };
+    expect((await admin(p, "GET", "/agents")).json).toEqual({ agents: [pendingView] });
+    expect((await admin(p, "GET", `/agents/${pending.agentId}`)).json).toEqual(pendingView);
+    expectRefused(await admin(p, "POST", `/agents/${pending.agentId}/disable`), 409, "AGENT_PENDING");
+    expect((await admin(p, "DELETE", `/agents/${pending.agentId}`)).status).toBe(204);
+    const late = await agentApi(p, "POST", `/agents/${pending.agentId}/credential`, p.poolToken, {
+      challenge_id: pending.challengeId,
+      answer: pending.answer,
+    });
+    expectRefused(late, 403, "CHALLENGE_FAILED");
     expect((await admin(p, "GET", "/agents")).json).toEqual({ agents: [] });
-    expect((await admin(p, "GET", `/agents/${pending.agentId}`)).status).toBe(404);
     const agent = await enroll(p, p.poolToken, 3);
     const [kid] = [...agent.keys.keys()];
     const view = {
@@ -623,13 +696,90 @@ describe("caps on enrollment", () => {
     expect((await startEnrollment(p, p.poolToken)).status).toBe(201);
   });
 
-  it("past the cap on pending enrollments, 429 ENROLLMENTS_PENDING_LIMIT until they expire", async () => {
+  it("past the cap on pending enrollments, 429 ENROLLMENTS_PENDING_LIMIT until they expire (60 s)", async () => {
     const p = await start({ agentApi: { maxPendingEnrollments: 2 } });
     expect((await startEnrollment(p, p.poolToken)).status).toBe(201);
     expect((await startEnrollment(p, p.poolToken)).status).toBe(201);
     expect((await startEnrollment(p, p.poolToken)).status).toBe(429);
-    p.clock.advance(300_000);
+    p.clock.advance(59_000);
+    expect((await startEnrollment(p, p.poolToken)).status).toBe(429);
+    p.clock.advance(1000);
     expect((await startEnrollment(p, p.poolToken)).status).toBe(201);
+  });
+
+  it("pool-token enrollments left unanswered cannot keep out an enrollment token, nor another address", async () => {
+    const p = await start({ agentApi: { maxPendingEnrollments: 5, maxPendingEnrollmentsPerAddress: 3 } });
+    for (let i = 0; i < 3; i++) expect((await enrollFrom(p, "127.0.0.2")).status).toBe(201);
+    expect(await enrollFrom(p, "127.0.0.2")).toMatchObject({ status: 429, code: "ENROLLMENTS_PENDING_LIMIT" });
+    // Another address has its own share, up to the cap of them all.
+    for (let i = 0; i < 2; i++) expect((await enrollFrom(p, "127.0.0.3")).status).toBe(201);
+    expect(await enrollFrom(p, "127.0.0.4")).toMatchObject({ status: 429, code: "ENROLLMENTS_PENDING_LIMIT" });
+    // An operator's enrollment token is not held up by them (before: 429 ENROLLMENTS_PENDING_LIMIT).
+    const made = await admin(p, "POST", "/enrollment-tokens", { name: "host-8" });
+    const token = made.json["token"] as string;
+    secrets.push(token);
+    const enrolled = await enroll(p, token);
+    // Operators see where the pending ones come from, and clear them.
+    const listed = (await admin(p, "GET", "/agents")).json["agents"] as {
+      id: string;
+      status: string;
+      remote_address?: string;
+    }[];
+    const pending = listed.filter((a) => a.status === "pending");
+    expect(pending.map((a) => a.remote_address).sort()).toEqual([
+      "127.0.0.2",
+      "127.0.0.2",
+      "127.0.0.2",
+      "127.0.0.3",
+      "127.0.0.3",
+    ]);
+    expect(listed.find((a) => a.id === enrolled.agentId)?.status).toBe("enabled");
+    const first = pending.find((a) => a.remote_address === "127.0.0.2");
+    expect((await admin(p, "DELETE", `/agents/${first?.id ?? ""}`)).status).toBe(204);
+    expect((await enrollFrom(p, "127.0.0.2")).status).toBe(201);
+  });
+
+  it("an enrollment token has one pending enrollment: a new one replaces it", async () => {
+    const p = await start();
+    const made = await admin(p, "POST", "/enrollment-tokens", {});
+    const token = made.json["token"] as string;
+    secrets.push(token);
+    const first = await startEnrollment(p, token);
+    const second = await startEnrollment(p, token);
+    expect([first.status, second.status]).toEqual([201, 201]);
+    const pending = ((await admin(p, "GET", "/agents")).json["agents"] as { id: string }[]).map((a) => a.id);
+    expect(pending).toEqual([second.agentId]);
+    const answer = (e: typeof first): Promise<Answer> =>
+      agentApi(p, "POST", `/agents/${e.agentId}/credential`, token, { challenge_id: e.challengeId, answer: e.answer });
+    expectRefused(await answer(first), 403, "CHALLENGE_FAILED");
+    const done = await answer(second);
+    expect(done.status).toBe(200);
+    secrets.push(done.json["credential"] as string);
+  });
+
+  it("concurrent enrollments do not overshoot the cap on pending ones", async () => {
+    const p = await start({ agentApi: { maxPendingEnrollments: 4 } });
+    const answers = await Promise.all(Array.from({ length: 12 }, () => startEnrollment(p, p.poolToken)));
+    expect(answers.filter((a) => a.status === 201)).toHaveLength(4);
+    expect(answers.filter((a) => a.status === 429)).toHaveLength(8);
+  });
+
+  it("pending pool-token enrollments do not take an enrollment token's place under the cap on agents", async () => {
+    const p = await start({ agentApi: { maxAgents: 2 } });
+    await enroll(p);
+    const pooled = await startEnrollment(p, p.poolToken);
+    expect(pooled.status).toBe(201);
+    const made = await admin(p, "POST", "/enrollment-tokens", {});
+    const token = made.json["token"] as string;
+    secrets.push(token);
+    // Before: 429 AGENTS_LIMIT, the pending pool-token enrollment counted.
+    await enroll(p, token);
+    const late = await agentApi(p, "POST", `/agents/${pooled.agentId}/credential`, p.poolToken, {
+      challenge_id: pooled.challengeId,
+      answer: pooled.answer,
+    });
+    expectRefused(late, 429, "AGENTS_LIMIT");
+    expect(p.cp.store.agents.size).toBe(2);
   });
 });
 

@@ -4,7 +4,12 @@
  * time passed in.
  */
 import { describe, expect, it } from "vitest";
-import { addressKey, ConnectionTable, type ConnectionLimits } from "../../src/control-plane/connection-policy.js";
+import {
+  ADMIN_IDENTITY,
+  addressKey,
+  ConnectionTable,
+  type ConnectionLimits,
+} from "../../src/control-plane/connection-policy.js";
 
 const small: ConnectionLimits = { maxConnections: 8, maxUnproven: 4, maxUnprovenPerAddress: 3, maxPerIdentity: 2 };
 
@@ -97,7 +102,7 @@ describe("proven connections", () => {
     expect(t.prove(d, "agent:y", 10)).toEqual({ proven: true, evict: [] });
   });
 
-  it("at the hard cap, an unproven connection goes first, then an idle proven one; with all proven and busy, refused", () => {
+  it("at the hard cap, an unproven connection goes first, then an idle proven one, then the oldest of the agent holding the most", () => {
     const t = new ConnectionTable({ maxConnections: 4, maxUnproven: 2, maxUnprovenPerAddress: 2, maxPerIdentity: 4 });
     const proven = [1, 2, 3].map((n) => {
       const id = admitted(t, `10.0.0.${n}`, n);
@@ -117,9 +122,36 @@ describe("proven connections", () => {
     if (!again.admitted) return;
     t.prove(again.id, "agent:c", 9);
     t.requestStarted(again.id, 9);
-    // 4 proven and busy: nothing to evict.
-    expect(t.open("10.0.0.11", 10)).toEqual({ admitted: false, evict: [] });
+    // 4 proven and busy: agent:a holds 3 of them, and its oldest goes (not agent:c's, newer).
+    const third = t.open("10.0.0.11", 10);
+    expect(third).toMatchObject({ admitted: true, evict: [proven[0]] });
+    if (!third.admitted) return;
+    t.prove(third.id, "agent:c", 11);
+    t.requestStarted(third.id, 11);
+    // agent:a 2, agent:c 2: a tie goes to the oldest connection.
+    expect(t.open("10.0.0.12", 12)).toMatchObject({ admitted: true, evict: [proven[1]] });
     expect(t.size).toBe(4);
+  });
+
+  it("busy admin connections are never evicted for others; with every connection the admin's, a new one is refused", () => {
+    const t = new ConnectionTable({ maxConnections: 4, maxUnproven: 2, maxUnprovenPerAddress: 2, maxPerIdentity: 4 });
+    const agent = admitted(t, "10.0.0.1", 1);
+    t.prove(agent, "agent:a", 1);
+    t.requestStarted(agent, 1);
+    const admin = [2, 3, 4].map((n) => {
+      const id = admitted(t, "10.0.0.2", n);
+      t.prove(id, ADMIN_IDENTITY, n);
+      t.requestStarted(id, n);
+      return id;
+    });
+    // The agent holds the fewest, but it is the only one that may go.
+    const next = t.open("10.0.0.3", 5);
+    expect(next).toMatchObject({ admitted: true, evict: [agent] });
+    if (!next.admitted) return;
+    t.prove(next.id, ADMIN_IDENTITY, 6);
+    t.requestStarted(next.id, 6);
+    expect(t.open("10.0.0.3", 7)).toEqual({ admitted: false, evict: [] });
+    for (const id of admin) expect(t.isProven(id)).toBe(true);
   });
 
   it("closing frees every count", () => {

@@ -43,6 +43,7 @@ function describe(agent: AgentView): string {
       "enrolled with",
       agent.enrolled_with === "pool_token" ? "pool token" : `enrollment token ${agent.enrollment_token_id ?? ""}`,
     ],
+    ...pendingFields(agent),
   ];
   return renderTable(
     ["field", "value"],
@@ -51,6 +52,15 @@ function describe(agent: AgentView): string {
     .split("\n")
     .slice(1)
     .join("\n");
+}
+
+/** A pending enrollment's remote address and age, for `show`. */
+function pendingFields(agent: AgentView): [string, string][] {
+  if (agent.status !== "pending") return [];
+  return [
+    ["remote address", agent.remote_address ?? ""],
+    ["pending for", `${agent.age_seconds ?? 0} s`],
+  ];
 }
 
 export async function agentsList(opts: AgentsCommandOptions): Promise<number> {
@@ -63,7 +73,7 @@ export async function agentsList(opts: AgentsCommandOptions): Promise<number> {
   await writeOutput(
     "-",
     renderTable(
-      ["ID", "NAME", "STATUS", "VERSION", "CONCURRENCY", "LEASES", "LAST SEEN", "ENROLLED WITH"],
+      ["ID", "NAME", "STATUS", "VERSION", "CONCURRENCY", "LEASES", "LAST SEEN", "ENROLLED WITH", "FROM"],
       agents.map((a) => [
         displayText(a.id, 256),
         displayText(a.name, 64),
@@ -73,6 +83,8 @@ export async function agentsList(opts: AgentsCommandOptions): Promise<number> {
         String(a.running_leases),
         displayText(a.last_seen_at, 64),
         a.enrolled_with === "pool_token" ? "pool token" : displayText(a.enrollment_token_id ?? "", 256),
+        // Where a pending enrollment comes from: a flood of them shows its address.
+        a.remote_address === undefined ? "-" : displayText(a.remote_address, 64),
       ]),
     ),
   );
