@@ -11,6 +11,7 @@ import { AgentError, type ErrorCode } from "../core/errors.js";
 import { readTokenFile } from "../fs/token-file.js";
 import { realFs } from "../fs/secure-fs.js";
 import { boundedRequest, BoundedRequestError, type BoundedResponse } from "../http/bounded-request.js";
+import { apiErrorSummary, parseAnswer } from "../http/control-plane-answer.js";
 import { ADMIN_API_PREFIX } from "../protocol/agent-api.js";
 import { controlPlaneUrl } from "./options.js";
 
@@ -23,16 +24,6 @@ export interface AdminConnectionOptions {
 
 const TIMEOUT_MS = 30_000;
 const MAX_ANSWER_BYTES = 16 * 1024 * 1024;
-
-/** Text from the control plane, for a terminal: no control characters, bounded. */
-export function displayText(text: string, max = 300): string {
-  let out = "";
-  for (const ch of text.slice(0, max)) {
-    const c = ch.charCodeAt(0);
-    out += c < 0x20 || (c >= 0x7f && c <= 0x9f) ? "?" : ch;
-  }
-  return out;
-}
 
 interface CallOptions {
   readonly body?: unknown;
@@ -62,7 +53,12 @@ export class AdminClient {
 
   /** One admin call whose JSON answer `schema` validates. */
   async json<T>(method: "GET" | "POST", path: string, schema: z.ZodType<T>, options: CallOptions = {}): Promise<T> {
-    return parseAnswer(await this.exchange(method, path, options), schema, `${method} ${ADMIN_API_PREFIX}${path}`);
+    return parseAnswer(
+      await this.exchange(method, path, options),
+      schema,
+      `answer to ${method} ${ADMIN_API_PREFIX}${path}`,
+      "the admin API",
+    );
   }
 
   /** One admin call answered without a body (204). */
@@ -102,7 +98,7 @@ export class AdminClient {
     }
     const { status, bytes } = res;
     if (status >= 200 && status < 300) return bytes;
-    const said = apiError(bytes);
+    const said = apiErrorSummary(bytes);
     if (status === 401)
       throw new AgentError(
         "ADMIN_TOKEN_REFUSED",
@@ -126,40 +122,6 @@ export class AdminClient {
       { kind: "rejected", status },
     );
   }
-}
-
-function apiError(bytes: Buffer): string {
-  try {
-    const parsed = JSON.parse(bytes.toString("utf8")) as { error?: { code?: unknown; message?: unknown } };
-    const code = typeof parsed.error?.code === "string" ? displayText(parsed.error.code, 64) : undefined;
-    const message = typeof parsed.error?.message === "string" ? displayText(parsed.error.message) : undefined;
-    return code || message ? `: ${[code, message].filter(Boolean).join(" ")}` : "";
-  } catch {
-    return "";
-  }
-}
-
-function parseAnswer<T>(bytes: Buffer, schema: z.ZodType<T>, what: string): T {
-  let json: unknown;
-  try {
-    json = JSON.parse(bytes.toString("utf8"));
-  } catch {
-    throw new AgentError(
-      "CONTROL_PLANE_BAD_RESPONSE",
-      `the control plane's answer to ${what} is not JSON; is --control-plane-url the control plane's base URL?`,
-      { kind: "bad_response" },
-    );
-  }
-  const parsed = schema.safeParse(json);
-  if (!parsed.success) {
-    const fields = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`);
-    throw new AgentError(
-      "CONTROL_PLANE_BAD_RESPONSE",
-      `the control plane's answer to ${what} is not the admin API's: ${fields.join("; ")}`,
-      { kind: "bad_response", fields },
-    );
-  }
-  return parsed.data;
 }
 
 /** Opens a client for one command and closes it afterwards, whatever happens. */

@@ -19,10 +19,10 @@
  */
 import { setTimeout as delay } from "node:timers/promises";
 import { Agent, type Dispatcher } from "undici";
-import type { z } from "zod";
 import { backoffDelayMs, parseRetryAfterMs } from "../core/backoff.js";
 import { AgentError, isAgentError } from "../core/errors.js";
 import { boundedRequest, BoundedRequestError, type BoundedResponse } from "../http/bounded-request.js";
+import { apiErrorCode, apiErrorSummary, parseAnswer } from "../http/control-plane-answer.js";
 import { tlsFailure } from "../http/tls-failure.js";
 import {
   AGENT_API_PREFIX,
@@ -200,8 +200,8 @@ export class ControlPlaneClient {
     }
     const { status, bytes } = res;
     if (status >= 200 && status < 300) return { status, bytes };
-    const apiMessage = this.errorMessage(bytes);
-    const apiCode = this.apiCode(bytes);
+    const apiMessage = apiErrorSummary(bytes);
+    const apiCode = apiErrorCode(bytes);
     if (status === 401 && opts.pool !== true && apiCode === "AGENT_CREDENTIAL_INVALID") {
       // The control plane no longer knows this agent (e.g. it restarted): its leases are gone
       // with it, and the agent enrolls again.
@@ -284,53 +284,10 @@ export class ControlPlaneClient {
     return this.credential;
   }
 
-  private apiCode(bytes: Buffer): string | undefined {
-    try {
-      const parsed = JSON.parse(bytes.toString("utf8")) as { error?: { code?: unknown } };
-      return typeof parsed.error?.code === "string" ? parsed.error.code : undefined;
-    } catch {
-      return undefined;
-    }
-  }
-
-  private errorMessage(bytes: Buffer): string {
-    try {
-      const parsed = JSON.parse(bytes.toString("utf8")) as { error?: { code?: unknown; message?: unknown } };
-      const code = typeof parsed.error?.code === "string" ? parsed.error.code.slice(0, 64) : undefined;
-      const message = typeof parsed.error?.message === "string" ? parsed.error.message.slice(0, 300) : undefined;
-      return code || message ? `: ${[code, message].filter(Boolean).join(" ")}` : "";
-    } catch {
-      return "";
-    }
-  }
-
-  private parse<T>(bytes: Buffer, schema: z.ZodType<T>, what: string): T {
-    let json: unknown;
-    try {
-      json = JSON.parse(bytes.toString("utf8"));
-    } catch {
-      throw new AgentError(
-        "CONTROL_PLANE_BAD_RESPONSE",
-        `the control plane's ${what} is not JSON; is --control-plane-url the agent API's base URL?`,
-        { kind: "bad_response" },
-      );
-    }
-    const parsed = schema.safeParse(json);
-    if (!parsed.success) {
-      const fields = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`);
-      throw new AgentError(
-        "CONTROL_PLANE_BAD_RESPONSE",
-        `the control plane's ${what} does not follow the agent API v1 (${fields.join("; ")})`,
-        { kind: "bad_response", fields },
-      );
-    }
-    return parsed.data;
-  }
-
   /** Enrollment, step 1 (pool token): the agent's id and a challenge sealed to its newest key. */
   async enroll(body: RegisterRequest): Promise<EnrollResponse> {
     const { bytes } = await this.call("POST", "/agents", body, { maxBytes: SMALL_ANSWER_BYTES, pool: true });
-    return this.parse(bytes, enrollResponseSchema, "enrollment answer");
+    return parseAnswer(bytes, enrollResponseSchema, "enrollment answer", "the agent API v1");
   }
 
   /**
@@ -342,7 +299,7 @@ export class ControlPlaneClient {
       maxBytes: SMALL_ANSWER_BYTES,
       pool: true,
     });
-    const granted = this.parse(bytes, credentialResponseSchema, "credential answer");
+    const granted = parseAnswer(bytes, credentialResponseSchema, "credential answer", "the agent API v1");
     this.credential = granted.credential;
     return granted;
   }
@@ -357,7 +314,7 @@ export class ControlPlaneClient {
         maxBytes: SMALL_ANSWER_BYTES,
       },
     );
-    return this.parse(bytes, keyChallengeResponseSchema, "key challenge");
+    return parseAnswer(bytes, keyChallengeResponseSchema, "key challenge", "the agent API v1");
   }
 
   async updateKeys(agentId: string, body: UpdateKeysRequest): Promise<void> {
@@ -374,7 +331,7 @@ export class ControlPlaneClient {
         signal,
       },
     );
-    return this.parse(bytes, leaseResponseSchema, "lease answer").leases;
+    return parseAnswer(bytes, leaseResponseSchema, "lease answer", "the agent API v1").leases;
   }
 
   /** The run's configuration archive; `signal` (the run's end) stops the download. */
@@ -395,7 +352,7 @@ export class ControlPlaneClient {
       {},
       { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES },
     );
-    return this.parse(bytes, heartbeatResponseSchema, "heartbeat answer");
+    return parseAnswer(bytes, heartbeatResponseSchema, "heartbeat answer", "the agent API v1");
   }
 
   async events(leaseId: string, events: RunEvent[]): Promise<void> {

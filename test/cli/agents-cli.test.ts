@@ -14,7 +14,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { displayText } from "../../src/cli/admin-client.js";
+import { displayText } from "../../src/http/control-plane-answer.js";
 import { AGENT_BIN } from "../support/agent-process.js";
 import { spawnCliControlPlane, type CliControlPlane } from "../support/cli-control-plane.js";
 import { generatePrivateKeyPem, parsePrivateKeyPem, publicKeyDoc } from "../../src/crypto/agent-key.js";

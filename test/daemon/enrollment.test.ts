@@ -13,6 +13,7 @@ import { FAKE_TOFU, type LogLine } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { startFaultProxy } from "../support/fault-proxy.js";
 import { composeInProcess } from "../support/in-process-agent.js";
+import { logCollector } from "../support/log-collector.js";
 import { agentFiles } from "../support/reliability-agents.js";
 
 let h: Harness;
@@ -30,36 +31,6 @@ afterAll(async () => {
   await h.close();
   await rm(dir, { recursive: true, force: true });
 });
-
-/** Collects the agent's JSON log lines; `next` resolves at the first (or an earlier) line that matches. */
-function logCollector(): {
-  sink: { write(text: string): void };
-  lines: LogLine[];
-  raw: () => string;
-  next(match: (l: LogLine) => boolean): Promise<LogLine>;
-} {
-  const lines: LogLine[] = [];
-  const waiters: { match: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
-  let raw = "";
-  return {
-    lines,
-    raw: () => raw,
-    sink: {
-      write(text) {
-        raw += text;
-        for (const part of text.split("\n").filter(Boolean)) {
-          const line = JSON.parse(part) as LogLine;
-          lines.push(line);
-          for (const w of [...waiters]) if (w.match(line)) waiters.splice(waiters.indexOf(w), 1)[0]?.resolve(line);
-        }
-      },
-    },
-    next(match) {
-      const found = lines.find(match);
-      return found ? Promise.resolve(found) : new Promise((resolve) => waiters.push({ match, resolve }));
-    },
-  };
-}
 
 describe("enrollment", () => {
   it("enrolls with proof of its key, and enrolls again when its credential is refused", async () => {

@@ -12,9 +12,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { REDACTED } from "../../src/core/redactor.js";
-import { FAKE_TOFU, type LogLine } from "../support/agent-process.js";
+import { FAKE_TOFU } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { composeInProcess } from "../support/in-process-agent.js";
+import { logCollector } from "../support/log-collector.js";
 import { leakForms } from "../support/leak-forms.js";
 import { agentFiles } from "../support/reliability-agents.js";
 
@@ -41,36 +42,6 @@ afterAll(async () => {
   await h.close();
   await rm(dir, { recursive: true, force: true });
 });
-
-/** Collects the agent's JSON log lines; `next` resolves at the first (or an earlier) line that matches. */
-function logCollector(): {
-  sink: { write(text: string): void };
-  lines: LogLine[];
-  raw: () => string;
-  next(match: (l: LogLine) => boolean): Promise<LogLine>;
-} {
-  const lines: LogLine[] = [];
-  const waiters: { match: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
-  let raw = "";
-  return {
-    lines,
-    raw: () => raw,
-    sink: {
-      write(text) {
-        raw += text;
-        for (const part of text.split("\n").filter(Boolean)) {
-          const line = JSON.parse(part) as LogLine;
-          lines.push(line);
-          for (const w of [...waiters]) if (w.match(line)) waiters.splice(waiters.indexOf(w), 1)[0]?.resolve(line);
-        }
-      },
-    },
-    next(match) {
-      const found = lines.find(match);
-      return found ? Promise.resolve(found) : new Promise((resolve) => waiters.push({ match, resolve }));
-    },
-  };
-}
 
 describe("after a run", () => {
   it("the redactor no longer holds the run's secrets, and holds what it held before", async () => {

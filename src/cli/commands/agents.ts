@@ -4,7 +4,8 @@
  * are shown without control characters), JSON lines for scripts.
  */
 import { agentListSchema, agentViewSchema, type AgentView } from "../../protocol/admin-agents.js";
-import { displayText, withAdminClient, type AdminConnectionOptions } from "../admin-client.js";
+import { displayText } from "../../http/control-plane-answer.js";
+import { withAdminClient, type AdminConnectionOptions } from "../admin-client.js";
 import { writeOutput } from "../io.js";
 import { nonEmptyId } from "../options.js";
 import { renderTable } from "../table.js";

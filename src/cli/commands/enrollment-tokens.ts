@@ -10,7 +10,8 @@ import {
   enrollmentTokenListSchema,
   type CreateEnrollmentTokenRequest,
 } from "../../protocol/admin-agents.js";
-import { displayText, withAdminClient, type AdminConnectionOptions } from "../admin-client.js";
+import { displayText } from "../../http/control-plane-answer.js";
+import { withAdminClient, type AdminConnectionOptions } from "../admin-client.js";
 import { writeOutput } from "../io.js";
 import { durationSeconds, nonEmptyId } from "../options.js";
 import { renderTable } from "../table.js";
