@@ -107,6 +107,14 @@ export const ERROR_CODES = {
   RUNNER_PID_NAMESPACE_SHARED: "--pid-namespace was given but the runner's PID namespace holds other processes",
   RUNNER_PTRACE_UNRESTRICTED:
     "phases could attach to the runner with ptrace (kernel.yama.ptrace_scope is 0 or Yama is missing)",
+  // Sidecar mode (`oci-cred-agent sidecar` and `oci-cred-agent hook`)
+  RUN_TOKEN_INVALID: "the run token of a hook request is not the run's (wrong, another run's, or missing)",
+  RUN_NOT_LEASED:
+    "the sidecar holds no lease of the run a hook asked for (not queued as external, not yet leased, or ended)",
+  REQUEST_INVALID: "a hook request to the sidecar was malformed, too long, or of another protocol version",
+  HOOK_RATE_LIMITED: "the sidecar refused a hook request because too many requests were refused just before",
+  SIDECAR_UNAVAILABLE: "the sidecar cannot serve the hook now (stopping, or the control plane cannot be reached)",
+  SIDECAR_SOCKET_IN_USE: "another sidecar answers on the --socket path, or the path is not a socket",
   // The reference control plane's data file (`control-plane --data-file`)
   DATA_KEY_REQUIRED: "--data-file was given without a data key (--data-key-file, or the systemd credential data-key)",
   DATA_KEY_BESIDE_DATA:
