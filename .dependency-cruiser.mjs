@@ -21,6 +21,8 @@ const LAYERS = {
   execution: ["core", "protocol", "fs"],
   // The runner: runs phases for an agent in another container; never holds a key or token.
   runner: ["core", "protocol", "execution", "fs"],
+  // The hook a foreign runner calls (`oci-cred-agent hook`): a socket client, never a key or token of the agent.
+  hook: ["core", "protocol", "fs"],
   // config: the typed settings the daemon runs with (AgentSettings), nothing that reads them.
   daemon: ["core", "protocol", "crypto", "http", "fs", "keys", "config", "registry", "credentials", "execution"],
   ops: ["core", "protocol", "daemon"],
