@@ -261,7 +261,6 @@ export class ControlPlaneStore extends EventEmitter {
     this.audit.push(...audit);
     this.auditSeq = audit.at(-1)?.seq ?? 0;
     for (const a of agents) {
-      a.role ??= "agent";
       this.agents.set(a.id, a);
       this.credentialIndex.set(a.credential_sha256, a.id);
       this.seenWrittenAt.set(a.id, this.clock.now());
@@ -271,8 +270,6 @@ export class ControlPlaneStore extends EventEmitter {
       this.enrollmentTokenIndex.set(t.token_sha256, t.id);
     }
     for (const run of runs) {
-      run.executor ??= "agent";
-      run.run_token_sha256 ??= null;
       this.runs.set(run.id, run);
       if (run.status === "queued") this.queue.push(run.id);
       else if (run.status === "running" && run.lease) {
