@@ -12,6 +12,7 @@ import type { DoctorOptions } from "./commands/doctor.js";
 import type { ControlPlaneCommandOptions } from "./commands/control-plane.js";
 import type { RunnerCommandOptions } from "./commands/runner.js";
 import type { HookCommandOptions } from "./commands/hook.js";
+import type { SidecarCommandOptions } from "./commands/sidecar.js";
 import type { AgentsCommandOptions } from "./commands/agents.js";
 import type { CreateEnrollmentTokenOptions, EnrollmentTokensCommandOptions } from "./commands/enrollment-tokens.js";
 import { packageVersion } from "./version.js";
@@ -436,6 +437,32 @@ function buildProgram(setAction: (action: Action) => void): Command {
       setAction(async () => {
         const { hook } = await import("./commands/hook.js");
         return hook(name, opts);
+      });
+    });
+
+  // Sidecar mode (docs/sidecar.md): the daemon beside a foreign runner.
+  addRunOptions(
+    program
+      .command("sidecar")
+      .description(
+        "beside a foreign runner: lease the runs it executes (executor external), and write each run's credentials for its pre hooks and wipe them at its post hooks, over a Unix socket; the runner holds neither key nor token",
+      ),
+  )
+    .option(
+      "--socket <path>",
+      "the Unix socket hooks connect to (created 0660) [default: OCI_CRED_AGENT_SOCKET, else /run/oci-cred-agent/sidecar.sock]",
+    )
+    .option(
+      "--socket-group <group>",
+      "the runner's group (name or number): it gets the socket and read access to its runs' files",
+    )
+    .option("--hook-ttl <duration>", "wipe a run's files when no post hook came within this long", "2h")
+    .option("--lease-wait <duration>", "how long a pre hook for a run not yet leased waits for its lease", "30s")
+    .action((opts: SidecarCommandOptions, cmd: Command) => {
+      const flags = givenFlags(cmd);
+      setAction(async () => {
+        const { sidecar } = await import("./commands/sidecar.js");
+        return sidecar(flags, opts);
       });
     });
 
