@@ -19,7 +19,7 @@ function unreachable(socketPath: string, error: unknown): AgentError {
     errno === "ENOENT" || errno === "ENOTDIR"
       ? `no socket at ${socketPath}: start oci-cred-agent sidecar, and give the hook its --socket path (--socket or OCI_CRED_AGENT_SOCKET)`
       : errno === "EACCES" || errno === "EPERM"
-        ? `permission denied on ${socketPath}: run the hook as the user or a member of the group that owns the socket (docs/sidecar.md)`
+        ? `permission denied on ${socketPath}: run the hook as a member of the sidecar's --socket-group`
         : errno === "ECONNREFUSED"
           ? `nothing listens on ${socketPath} (a socket left by a sidecar that stopped): start oci-cred-agent sidecar`
           : `connecting to ${socketPath} failed (${errno}): check that oci-cred-agent sidecar runs and listens there`;
