@@ -226,7 +226,7 @@ describe("oci-cred-agent sidecar", () => {
     }
     const done = await h.waitForStatus(run.id, ["succeeded", "failed", "canceled"]);
     expect(done.status).toBe("succeeded");
-    const types = done.events.map((e) => `${e.type}:${String(e["hook"] ?? "")}`);
+    const types = done.events.map((e) => `${e.type}:${typeof e["hook"] === "string" ? e["hook"] : ""}`);
     expect(types).toEqual(
       expect.arrayContaining([
         "phase_started:pre-init",
@@ -334,7 +334,7 @@ describe("oci-cred-agent sidecar", () => {
       for (const secret of secrets) expect(out).not.toContain(secret);
       expect(out).not.toContain(Buffer.from(`reader:${READER}`).toString("base64"));
     }
-    const logs = sidecars.flatMap((s) => s.lines as LogLine[]);
+    const logs = sidecars.flatMap((s): LogLine[] => s.lines);
     expect(logs.some((l) => l["event"] === "hook_refused")).toBe(true);
   });
 });
