@@ -40,7 +40,7 @@ export async function shareWithGroup(path: string, gid: number | undefined, recu
 }
 
 /** A directory of the sidecar's own (created, or checked: real, owned, not a link), shared with the group. */
-export async function ensureSharedDir(fs: FileSystem, path: string, gid: number | undefined): Promise<void> {
+async function ensureSharedDir(fs: FileSystem, path: string, gid: number | undefined): Promise<void> {
   try {
     await fs.mkdir(path, { mode: PRIVATE_DIR_MODE });
   } catch (error) {

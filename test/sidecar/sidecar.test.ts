@@ -6,7 +6,7 @@
  * followed by a restart leave nothing; forged run ids and wrong tokens get nothing written. No
  * log line holds a token or a credential.
  */
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync } from "node:fs";
 import { mkdtemp, readdir, rm, stat } from "node:fs/promises";
@@ -16,7 +16,12 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveOpenTofuCredential } from "../../src/core/opentofu-resolver.js";
-import type { HookAnswer } from "../../src/protocol/sidecar-api.js";
+import {
+  MAX_SIDECAR_LINE_BYTES,
+  parseHookAnswer,
+  SIDECAR_PROTOCOL_VERSION,
+  type HookAnswer,
+} from "../../src/protocol/sidecar-api.js";
 import { AGENT_BIN, startLogged, type AgentProcess, type LogLine } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { buildModulePackage, pushModulePackage, type ModulePackage } from "../support/oci-module-package.js";
@@ -24,7 +29,8 @@ import { agentFiles } from "../support/reliability-agents.js";
 import { startHtpasswdRegistry, type LocalRegistry } from "../support/registry-fixture.js";
 
 const execFileAsync = promisify(execFile);
-const GROUP = "ocasidecar";
+/** The runner's group, by number (root may give files to any gid; no group entry is needed). */
+const GID = 47213;
 const PUSHER = `pusher-${randomBytes(9).toString("base64url")}`;
 const READER = `reader-${randomBytes(9).toString("base64url")}`;
 
@@ -32,7 +38,6 @@ let dir: string;
 let h: Harness;
 let registry: LocalRegistry;
 let pkg: ModulePackage;
-let gid: number;
 let files: { keyFile: string; tokenFile: string };
 const sidecars: AgentProcess[] = [];
 /** Every run token issued in this file: none may appear in any output. */
@@ -67,7 +72,7 @@ function startSidecar(name: string, extra: readonly string[] = [], workDir?: str
     "--socket",
     socket,
     "--socket-group",
-    GROUP,
+    String(GID),
     "--lease-wait",
     "2s",
     ...extra,
@@ -89,14 +94,12 @@ function hook(socket: string, request: Record<string, unknown>): Promise<HookAns
       text += chunk.toString("utf8");
     });
     conn.on("end", () => {
-      try {
-        resolve(JSON.parse(text) as HookAnswer);
-      } catch (error) {
-        reject(error instanceof Error ? error : new Error(String(error)));
-      }
+      const answer = parseHookAnswer(text.replace(/\n$/, ""));
+      if (answer === undefined) reject(new Error(`not a sidecar answer: ${text}`));
+      else resolve(answer);
     });
     conn.on("error", reject);
-    conn.write(`${JSON.stringify({ v: 1, phase: null, outcome: null, ...request })}\n`);
+    conn.write(`${JSON.stringify({ v: SIDECAR_PROTOCOL_VERSION, phase: null, outcome: null, ...request })}\n`);
   });
 }
 
@@ -133,12 +136,6 @@ const readText = (path: string): string | undefined => {
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "oca-sidecar-"));
-  try {
-    execFileSync("getent", ["group", GROUP]);
-  } catch {
-    execFileSync("groupadd", [GROUP]);
-  }
-  gid = Number(execFileSync("getent", ["group", GROUP], { encoding: "utf8" }).split(":")[2]);
   registry = await startHtpasswdRegistry({ pusher: PUSHER, reader: READER });
   pkg = await buildModulePackage({ tag: "1.0.0" });
   await pushModulePackage(pkg, {
@@ -187,11 +184,11 @@ describe("oci-cred-agent sidecar", () => {
       expect(answer.ok, JSON.stringify(answer)).toBe(true);
       if (!answer.ok || !("env" in answer)) throw new Error("no pre-hook answer");
       expect(answer.run_dir.startsWith(join(main.credentialsDir, "sidecar", run.id))).toBe(true);
-      // Readable by the runner's group only: 0640 files, 0750 directories, group GROUP.
+      // Readable by the runner's group only: 0640 files, 0750 directories, that group.
       for (const file of [answer.docker_config_file, answer.env.REGISTRY_AUTH_FILE, answer.env.TF_CLI_CONFIG_FILE]) {
         const st = await stat(file);
         expect(st.mode & 0o777).toBe(0o640);
-        expect(st.gid).toBe(gid);
+        expect(st.gid).toBe(GID);
       }
       expect((await stat(answer.run_dir)).mode & 0o777).toBe(0o750);
       // OpenTofu's lookup (TF_CLI_CONFIG_FILE -> docker_style_config_files) finds the reader.
@@ -251,6 +248,13 @@ describe("oci-cred-agent sidecar", () => {
     expect(forged).toMatchObject({ ok: false, code: "RUN_NOT_LEASED" });
     const malformed = await hook(main.socket, { hook: "pre-init", run_id: "../x", run_token: victim.run_token });
     expect(malformed).toMatchObject({ ok: false, code: "REQUEST_INVALID" });
+    const long = await hook(main.socket, {
+      hook: "pre-init",
+      run_id: victim.id,
+      run_token: victim.run_token,
+      padding: "x".repeat(MAX_SIDECAR_LINE_BYTES),
+    });
+    expect(long).toMatchObject({ ok: false, code: "REQUEST_INVALID" });
     expect(await listRuns(main.credentialsDir)).not.toContain(victim.id);
     expect(await listRuns(main.credentialsDir)).not.toContain("run-forged");
     const refusedLogs = main.proc.lines.filter((l) => l["event"] === "hook_refused" && l["run_id"] === victim.id);
