@@ -44,7 +44,7 @@ export interface ComposedSidecar {
 }
 
 /** A group name (from /etc/group) or number, as a gid. */
-export async function resolveGroup(group: string): Promise<number> {
+async function resolveGroup(group: string): Promise<number> {
   if (/^\d+$/.test(group)) return Number(group);
   const text = await readFile("/etc/group", "utf8").catch(() => "");
   for (const line of text.split("\n")) {

@@ -57,7 +57,7 @@ export interface AgentRecord {
 export type AgentRole = "agent" | "sidecar";
 
 /** Who executes a run: an oci-cred-agent (`agent`), or a foreign runner served by a sidecar (`external`). */
-export type RunExecutor = "agent" | "external";
+type RunExecutor = "agent" | "external";
 
 /** The role that leases runs of each executor: never the other. */
 const ROLE_FOR: Record<RunExecutor, AgentRole> = { agent: "agent", external: "sidecar" };

@@ -26,7 +26,7 @@ export const MAX_SIDECAR_LINE_BYTES = 16 * 1024;
 /** Where `oci-cred-agent sidecar` listens, and `oci-cred-agent hook` connects, unless told. */
 export const DEFAULT_SIDECAR_SOCKET = "/run/oci-cred-agent/sidecar.sock";
 
-export const HOOKS = ["pre-init", "pre-plan", "pre-apply", "post-plan", "post-apply", "post-run"] as const;
+const HOOKS = ["pre-init", "pre-plan", "pre-apply", "post-plan", "post-apply", "post-run"] as const;
 export type Hook = (typeof HOOKS)[number];
 
 /** Pre hooks write the run's files; post hooks wipe them (`post-run` also ends the run's lease). */
@@ -34,14 +34,11 @@ export function isPreHook(hook: Hook): boolean {
   return hook.startsWith("pre-");
 }
 
-/** `ocrt_` and base64url of 32 random bytes: what the control plane issues per external run. */
-export const RUN_TOKEN_PATTERN = /^ocrt_[A-Za-z0-9_-]{43}$/;
-
-export const hookRequestSchema = z.strictObject({
+const hookRequestSchema = z.strictObject({
   v: z.literal(SIDECAR_PROTOCOL_VERSION),
   hook: z.enum(HOOKS),
   run_id: z.string().regex(RUN_ID_PATTERN, "a run id"),
-  /** Checked by the sidecar against the control plane before it writes anything; never logged. */
+  /** `ocrt_...`, as the control plane issued it; checked with the control plane before anything is written; never logged. */
   run_token: z.string().min(1).max(256),
   phase: z.enum(PHASES).nullable(),
   /** What the runner says of the phase or run that ended (post hooks); `post-run` reports it. */
@@ -55,7 +52,7 @@ const absolutePath = z
   .max(4096)
   .regex(/^\/[^\0]*$/, "an absolute path");
 
-export const preHookAnswerSchema = z.strictObject({
+const preHookAnswerSchema = z.strictObject({
   ok: z.literal(true),
   run_dir: absolutePath,
   env: z.strictObject({
@@ -68,21 +65,20 @@ export const preHookAnswerSchema = z.strictObject({
 });
 export type PreHookAnswer = z.infer<typeof preHookAnswerSchema>;
 
-export const postHookAnswerSchema = z.strictObject({
+const postHookAnswerSchema = z.strictObject({
   ok: z.literal(true),
   /** Files removed; 0 when nothing was there (a wipe of what is gone is not a failure). */
   wiped: z.number().int().nonnegative(),
 });
 export type PostHookAnswer = z.infer<typeof postHookAnswerSchema>;
 
-export const hookRefusalSchema = z.strictObject({
+const hookRefusalSchema = z.strictObject({
   ok: z.literal(false),
   /** A stable code of docs/errors.md (RUN_TOKEN_INVALID, RUN_NOT_LEASED, REQUEST_INVALID, ...). */
   code: z.string().regex(/^[A-Z][A-Z0-9_]{1,63}$/),
   /** What was wrong and what to do; never a secret. */
   message: z.string().max(2048),
 });
-export type HookRefusal = z.infer<typeof hookRefusalSchema>;
 
 const hookAnswerSchema = z.union([preHookAnswerSchema, postHookAnswerSchema, hookRefusalSchema]);
 export type HookAnswer = z.infer<typeof hookAnswerSchema>;

@@ -40,10 +40,16 @@ export async function shareWithGroup(path: string, gid: number | undefined, recu
 }
 
 /** A directory of the sidecar's own (created, or checked: real, owned, not a link), shared with the group. */
-export async function ensureSharedDir(fs: FileSystem, path: string, gid: number | undefined): Promise<void> {
+async function ensureSharedDir(fs: FileSystem, path: string, gid: number | undefined): Promise<void> {
   try {
     await fs.mkdir(path, { mode: PRIVATE_DIR_MODE });
   } catch (error) {
+    if (errnoCode(error) === "ENOENT")
+      throw new AgentError(
+        "RUN_DIR_PARENT_MISSING",
+        `the parent of ${path} does not exist; create --work-dir (or the parent of --credentials-dir) for the sidecar's user first`,
+        { path },
+      );
     if (errnoCode(error) !== "EEXIST") throw error;
   }
   const st = await fs.lstat(path);

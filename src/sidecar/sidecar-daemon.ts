@@ -33,7 +33,7 @@ import { refusal } from "./hook-server.js";
 import { sweepSidecarDir } from "./run-files.js";
 import { SidecarRun } from "./sidecar-run.js";
 
-export interface SidecarSettings {
+interface SidecarSettings {
   readonly credentialsDir: string;
   readonly concurrency: number;
   readonly hookTtlMs: number;
