@@ -26,7 +26,7 @@ export const MAX_SIDECAR_LINE_BYTES = 16 * 1024;
 /** Where `oci-cred-agent sidecar` listens, and `oci-cred-agent hook` connects, unless told. */
 export const DEFAULT_SIDECAR_SOCKET = "/run/oci-cred-agent/sidecar.sock";
 
-const HOOKS = ["pre-init", "pre-plan", "pre-apply", "post-plan", "post-apply", "post-run"] as const;
+export const HOOKS = ["pre-init", "pre-plan", "pre-apply", "post-plan", "post-apply", "post-run"] as const;
 export type Hook = (typeof HOOKS)[number];
 
 /** Pre hooks write the run's files; post hooks wipe them (`post-run` also ends the run's lease). */
