@@ -16,7 +16,7 @@
  */
 import { z } from "zod";
 import { AgentError } from "../core/errors.js";
-import { PHASES, RUN_ID_PATTERN } from "./agent-api.js";
+import { PHASES, RUN_ID_PATTERN, type Phase } from "./agent-api.js";
 
 export const SIDECAR_PROTOCOL_VERSION = 1;
 
@@ -133,4 +133,13 @@ export class FirstLineReader {
     if (nl < 0) return undefined;
     return Buffer.concat(this.pending).toString("utf8", 0, this.bytes - 1);
   }
+}
+
+/**
+ * Whether a post hook ends the run: `post-run`, or the post hook of the run's last phase (the
+ * lease names the phases), since many runners call no hook after the last phase's.
+ */
+export function hookEndsRun(hook: Hook, phases: readonly Phase[]): boolean {
+  const last = phases.at(-1);
+  return hook === "post-run" || (last !== undefined && last !== "init" && hook === `post-${last}`);
 }

@@ -5,7 +5,8 @@
  *   pre hook   the run token is checked with the control plane, a fresh bundle is asked for and
  *              opened, a new generation of the run's files is written and given to the runner's
  *              group, the previous generation wiped; the hook TTL is armed
- *   post hook  the token is checked, the files wiped; `post-run` also completes the lease
+ *   post hook  the token is checked, the files wiped; `post-run`, or the post hook of the run's
+ *              last phase (`post-plan` of a plan-only run, `post-apply`), also completes the lease
  *   TTL        no post hook within --hook-ttl after a pre hook: the files are wiped (the lease stays:
  *              the next phase's pre hook writes them again)
  *   end        the control plane canceled the run or the lease is lost: everything is wiped
@@ -25,7 +26,7 @@ import { runFilePath } from "../fs/run-dir.js";
 import type { FileSystem } from "../fs/secure-fs.js";
 import type { KeyRing } from "../keys/key-ring.js";
 import type { Outcome, SidecarLease } from "../protocol/agent-api.js";
-import type { HookRequest, PostHookAnswer, PreHookAnswer } from "../protocol/sidecar-api.js";
+import { hookEndsRun, type HookRequest, type PostHookAnswer, type PreHookAnswer } from "../protocol/sidecar-api.js";
 import { makeRunParent, shareWithGroup, sidecarRoot, wipeRunParent } from "./run-files.js";
 
 export interface SidecarRunContext {
@@ -209,7 +210,7 @@ export class SidecarRun {
         outcome: request.outcome,
         source: "sidecar",
       });
-      if (request.hook === "post-run") await this.finish(request.outcome ?? "succeeded");
+      if (hookEndsRun(request.hook, this.lease.run.phases)) await this.finish(request.outcome ?? "succeeded");
       return { ok: true as const, wiped };
     });
   }

@@ -261,14 +261,17 @@ describe("oci-cred-agent sidecar", () => {
     expect(refusedLogs).toHaveLength(3);
     expect(refusedLogs.every((l) => l["code"] === "RUN_TOKEN_INVALID")).toBe(true);
     expect(h.cp.store.runs.get(victim.id)?.events.filter((e) => e.type === "run_token_refused")).toHaveLength(3);
-    // The victim's own token still works afterwards (plan only: pre-init, post-plan, post-run).
+    // The victim's own token still works afterwards (plan only: pre-init, then post-plan, the
+    // post hook of its last phase, ends the run; a post-run after it finds nothing to do).
     const ok = await hook(main.socket, { hook: "pre-init", run_id: victim.id, run_token: victim.run_token });
     expect(ok).toMatchObject({ ok: true });
     expect(
-      await hook(main.socket, { hook: "post-plan", run_id: victim.id, run_token: victim.run_token }),
+      await hook(main.socket, { hook: "post-plan", run_id: victim.id, run_token: victim.run_token, outcome: "failed" }),
     ).toMatchObject({ ok: true });
-    await hook(main.socket, { hook: "post-run", run_id: victim.id, run_token: victim.run_token, outcome: "failed" });
     expect((await h.waitForStatus(victim.id, ["succeeded", "failed", "canceled"])).status).toBe("failed");
+    expect(await hook(main.socket, { hook: "post-run", run_id: victim.id, run_token: victim.run_token })).toMatchObject(
+      { ok: true, wiped: 0 },
+    );
   });
 
   it("wipes a run's files when the run is canceled at the control plane", async () => {

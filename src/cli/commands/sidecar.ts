@@ -14,6 +14,9 @@ export interface SidecarCommandOptions {
   readonly leaseWait: string;
 }
 
+/** Runs a sidecar leases at once unless --concurrency (or its variable or file key) says otherwise. */
+const SIDECAR_DEFAULT_CONCURRENCY = 64;
+
 function duration(flag: string, text: string): number {
   const ms = parseDurationMs(text);
   if (ms === undefined || ms <= 0)
@@ -32,7 +35,16 @@ export async function sidecar(
 ): Promise<number> {
   const hookTtlMs = duration("--hook-ttl", opts.hookTtl);
   const leaseWaitMs = duration("--lease-wait", opts.leaseWait);
-  const loaded = await loadSettings(flags, process.env);
+  // A sidecar holds no process per run, only a lease and files between hooks, and runners wait
+  // for their hooks: unless the operator says otherwise, it holds many runs at once.
+  const givenConcurrency =
+    flags["concurrency"] !== undefined ||
+    process.env["OCI_CRED_AGENT_CONCURRENCY"] !== undefined ||
+    (await loadSettings(flags, process.env)).resolved.values.get("concurrency")?.source === "file";
+  const loaded = await loadSettings(
+    givenConcurrency ? flags : { ...flags, concurrency: String(SIDECAR_DEFAULT_CONCURRENCY) },
+    process.env,
+  );
   const prepared = await prepareAgent(requireSettings(loaded), realFs, process.env);
   const composed = await composeSidecar(prepared, {
     socketPath: opts.socket ?? process.env["OCI_CRED_AGENT_SOCKET"] ?? DEFAULT_SIDECAR_SOCKET,
