@@ -20,12 +20,15 @@ import {
   createControlPlane,
   generatePrivateKeyPem,
   materializeRun,
+  openChallenge,
   parsePrivateKeyPem,
   publicKeyDoc,
   realFs,
   sealBundle,
+  SqliteStorage,
   wipeRunDir,
 } from "./support/shipped.js";
+import { runsCreatedPerSecond } from "./support/storage-bench.js";
 import { startLocalRegistry } from "./support/local-registry.js";
 
 const quick = process.argv.includes("--quick");
@@ -52,6 +55,7 @@ const SIZES = quick
       isoRuns: 60,
       isoRounds: 2,
       isoC64: 300,
+      storageRuns: 500,
     }
   : {
       pickup: 1000,
@@ -70,6 +74,7 @@ const SIZES = quick
       isoRuns: 300,
       isoRounds: 6,
       isoC64: 2000,
+      storageRuns: 2000,
     };
 
 // ---------- small helpers ----------
@@ -332,7 +337,8 @@ async function main(): Promise<void> {
     disk_mean: round(mean(diskSeries.materialize), 3),
   };
 
-  // The alternative: a client that polls every 3 s (GitLab Runner's check_interval default).
+  // The alternative: a client that polls every 3 s (GitLab Runner's check_interval default). It
+  // enrolls as an agent does: the pool token, then the answer to the challenge for a credential.
   const pollerKey = await parsePrivateKeyPem(generatePrivateKeyPem(), "poller");
   const reg = await fetch(`${url}/api/agent/v1/agents`, {
     method: "POST",
@@ -344,7 +350,21 @@ async function main(): Promise<void> {
       public_keys: [publicKeyDoc(pollerKey.publicKey)],
     }),
   });
-  const pollerId = ((await reg.json()) as { agent_id: string }).agent_id;
+  const enrolled = (await reg.json()) as { agent_id: string; challenge_id: string; challenge: string };
+  const pollerId = enrolled.agent_id;
+  const answer = await openChallenge(enrolled.challenge, {
+    keys: new Map([[pollerKey.kid, pollerKey]]),
+    agentId: pollerId,
+    challengeId: enrolled.challenge_id,
+    nowMs: Date.now(),
+    clockSkewSeconds: 120,
+  });
+  const granted = await fetch(`${url}/api/agent/v1/agents/${pollerId}/credential`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${agentToken}`, "content-type": "application/json" },
+    body: JSON.stringify({ challenge_id: enrolled.challenge_id, answer }),
+  });
+  const pollerCredential = ((await granted.json()) as { credential: string }).credential;
   const polled: number[] = [];
   const queuedAt = new Map<string, number>();
   const pollerStop = { stop: false };
@@ -353,7 +373,7 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 3000));
       const res = await fetch(`${url}/api/agent/v1/agents/${pollerId}/leases`, {
         method: "POST",
-        headers: { authorization: `Bearer ${agentToken}`, "content-type": "application/json" },
+        headers: { authorization: `Bearer ${pollerCredential}`, "content-type": "application/json" },
         body: JSON.stringify({ max: 1000, wait_seconds: 0 }),
       });
       const now = performance.now();
@@ -362,7 +382,7 @@ async function main(): Promise<void> {
         if (q !== undefined) polled.push(now - q);
         await fetch(`${url}/api/agent/v1/leases/${lease.lease_id}/complete`, {
           method: "POST",
-          headers: { authorization: `Bearer ${agentToken}`, "content-type": "application/json" },
+          headers: { authorization: `Bearer ${pollerCredential}`, "content-type": "application/json" },
           body: JSON.stringify({ outcome: "succeeded", phases: [], credentials_wiped: true }),
         });
       }
@@ -808,6 +828,12 @@ async function main(): Promise<void> {
     await Promise.all(registries.map((r) => r.stop()));
   }
 
+  // ---------- the control plane's data file: runs created per second, 8 admin clients ----------
+  results["control_plane_runs_created"] = {
+    memory: await runsCreatedPerSecond({ createControlPlane, SqliteStorage }, "memory", SIZES.storageRuns, 8),
+    data_file: await runsCreatedPerSecond({ createControlPlane, SqliteStorage }, "FULL", SIZES.storageRuns, 8),
+  };
+
   results["machine"] = {
     cpus: cpus().length,
     cpu_model: cpus()[0]?.model ?? "unknown",
@@ -887,6 +913,11 @@ function printTable(r: Record<string, unknown>): void {
       "RSS (MB)",
       `idle ${g("rss_mb.idle")}  after ${g("rss_mb.runs")} runs ${g("rss_mb.after_10k_runs")}`,
       `growth ${g("rss_mb.growth")}, of which after the first tenth ${g("rss_mb.growth_after_first_tenth")}`,
+    ],
+    [
+      "control plane, runs created (runs/s)",
+      `memory ${g("control_plane_runs_created.memory.runs_per_s")}  data file ${g("control_plane_runs_created.data_file.runs_per_s")}`,
+      `POST /runs, 8 clients; p50 ${g("control_plane_runs_created.memory.p50_ms")} / ${g("control_plane_runs_created.data_file.p50_ms")} ms (SQLite, synchronous=FULL)`,
     ],
     ["start-up (ms)", `--version ${g("startup_ms.version")}  first lease ${g("startup_ms.first_lease")}`, ""],
     [

@@ -17,6 +17,7 @@ import { defaultHelperExists, missingHelpersError, RunCredentials } from "../cre
 import { setUpPhaseExecutor } from "./phase-executor-setup.js";
 import { findExecutable } from "../fs/executables.js";
 import { findOciSources } from "../fs/oci-sources.js";
+import { tlsFailure } from "../http/tls-failure.js";
 import { realFs } from "../fs/secure-fs.js";
 import { describeKeySource, loadKeySource } from "../keys/key-source.js";
 import type { KeyRing } from "../keys/key-ring.js";
@@ -124,13 +125,22 @@ async function checkControlPlane(
       bodyTimeout: 10_000,
     });
   } catch (error) {
+    const label = errnoCode(error) ?? (error instanceof Error ? error.name : "error");
+    const tls = tlsFailure(errnoCode(error));
     return [
-      {
-        check: "control plane",
-        status: "fail",
-        detail: `cannot reach ${url} (${errnoCode(error) ?? (error instanceof Error ? error.name : "error")}); check the URL, DNS, firewalls, HTTPS_PROXY/NO_PROXY and --ca-file`,
-        code: "CONTROL_PLANE_UNAVAILABLE",
-      },
+      tls === undefined
+        ? {
+            check: "control plane",
+            status: "fail",
+            detail: `cannot reach ${url} (${label}); check the URL, DNS, firewalls, HTTPS_PROXY/NO_PROXY and --ca-file`,
+            code: "CONTROL_PLANE_UNAVAILABLE",
+          }
+        : {
+            check: "control plane",
+            status: "fail",
+            detail: `TLS to ${url} failed (${label}): ${tls}`,
+            code: "CONTROL_PLANE_TLS_FAILED",
+          },
     ];
   }
   await res.body.dump();

@@ -11,6 +11,8 @@ import type { SealOptions } from "./commands/seal.js";
 import type { DoctorOptions } from "./commands/doctor.js";
 import type { ControlPlaneCommandOptions } from "./commands/control-plane.js";
 import type { RunnerCommandOptions } from "./commands/runner.js";
+import type { AgentsCommandOptions } from "./commands/agents.js";
+import type { CreateEnrollmentTokenOptions, EnrollmentTokensCommandOptions } from "./commands/enrollment-tokens.js";
 import { packageVersion } from "./version.js";
 import { PATH_LIST_SEPARATOR, RUN_FIELDS } from "../config/schema.js";
 
@@ -31,6 +33,24 @@ function addRunOptions(cmd: Command): Command {
     } else cmd.option(spec.kind === "bool" ? spec.flag : `${spec.flag} <value>`, text);
   }
   return cmd;
+}
+
+/** How operators' commands reach the reference control plane's admin API. */
+function addAdminOptions(cmd: Command): Command {
+  return cmd
+    .requiredOption("--control-plane-url <url>", "the control plane's base URL: https://, or http:// on loopback")
+    .requiredOption("--admin-token-file <file>", "file holding the control plane's admin token")
+    .option(
+      "--ca-file <file>",
+      "extra CA certificates (PEM) to trust for the control plane, besides the system's and NODE_EXTRA_CA_CERTS",
+    )
+    .option("--allow-insecure-control-plane", "accept a plain http:// control plane URL that is not loopback");
+}
+
+function formatOption(): Option {
+  return new Option("--format <format>", "output format: a table, or JSON lines")
+    .choices(["text", "json"])
+    .default("text");
 }
 
 /** Only the flags given on the command line, keyed as in the config file (snake_case). */
@@ -198,18 +218,156 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .description("the reference control plane: admin API and agent API on one listener")
     .option("--listen <host:port>", "where to listen", "127.0.0.1:8480")
     .requiredOption("--admin-token-file <file>", "file holding the admin API token")
-    .requiredOption("--agent-token-file <file>", "file holding the agent pool token")
-    .option("--data-file <file>", "persist state here (passwords encrypted at rest); default in memory")
+    .option(
+      "--agent-token-file <file>",
+      "file holding the agent pool token, which enrolls agents (required unless --no-pool-token-enrollment)",
+    )
+    .option(
+      "--no-pool-token-enrollment",
+      "no pool token: agents enroll only with single-use enrollment tokens (POST /api/admin/v1/enrollment-tokens)",
+    )
+    .option(
+      "--data-file <file>",
+      "keep state in this SQLite database (created 0600; every acknowledged change committed first); default in memory",
+    )
+    .option(
+      "--data-key-file <file>",
+      "with --data-file: the key that seals passwords, configurations and logs at rest, 32 random bytes in base64, kept outside the data file's directory [default: the systemd credential data-key]",
+    )
+    .option(
+      "--retention <duration>",
+      "delete finished runs, with their events and logs, this long after they ended",
+      "30d",
+    )
     .option("--lease-ttl <duration>", "a lease expires this long after its last heartbeat", "60s")
     .option("--heartbeat-interval <duration>", "how often agents heartbeat a lease", "10s")
     .option("--poll-wait <duration>", "how long a lease request is held open", "30s")
     .option("--bundle-ttl <duration>", "how long a sealed bundle stays valid", "10m")
+    .option(
+      "--agent-expiry <duration>",
+      "an agent not seen for this long is removed (it enrolls again if it comes back); at least 5m and twice --poll-wait and --heartbeat-interval",
+      "1h",
+    )
+    .option("--max-agents <n>", "most agents enrolled at once, pending enrollments included", "1000")
+    .option(
+      "--max-pending-enrollments <n>",
+      "most pool-token enrollments waiting for the answer to their challenge (at most 16 from one address)",
+      "1000",
+    )
+    // HTTPS and connection limits (docs/operations.md, TLS; docs/protocol.md, Limits).
+    .option(
+      "--tls-cert <file>",
+      "serve HTTPS with this certificate chain (PEM); reloaded on SIGHUP and when it changes",
+    )
+    .option("--tls-key <file>", "the private key (PEM) of --tls-cert")
+    .option(
+      "--plain-http-behind-proxy",
+      "serve plain HTTP on a non-loopback --listen because a proxy in front terminates TLS",
+    )
+    .option(
+      "--max-connections <n>",
+      "open connections at most (unauthenticated ones get a quarter, at most 256)",
+      "1024",
+    )
     .action((opts: ControlPlaneCommandOptions) => {
       setAction(async () => {
         const { controlPlane } = await import("./commands/control-plane.js");
         return controlPlane(opts);
       });
     });
+
+  const agents = program
+    .command("agents")
+    .description(
+      "operators: list, show, disable, enable and delete the agents enrolled with the reference control plane",
+    );
+  addAdminOptions(agents.command("list").description("list the agents: a table, or JSON lines with --format json"))
+    .addOption(formatOption())
+    .action((opts: AgentsCommandOptions) => {
+      setAction(async () => {
+        const { agentsList } = await import("./commands/agents.js");
+        return agentsList(opts);
+      });
+    });
+  addAdminOptions(agents.command("show").description("show one agent").argument("<agent-id>"))
+    .addOption(formatOption())
+    .action((id: string, opts: AgentsCommandOptions) => {
+      setAction(async () => {
+        const { agentsShow } = await import("./commands/agents.js");
+        return agentsShow(id, opts);
+      });
+    });
+  for (const [name, disabled, text] of [
+    [
+      "disable",
+      true,
+      "disable an agent: every request of it is refused (403 AGENT_DISABLED), it leases nothing, and the runs it holds end at once (AGENT_DISABLED)",
+    ],
+    ["enable", false, "enable a disabled agent: it leases runs again"],
+  ] as const) {
+    addAdminOptions(agents.command(name).description(text).argument("<agent-id>"))
+      .addOption(formatOption())
+      .action((id: string, opts: AgentsCommandOptions) => {
+        setAction(async () => {
+          const { agentsSetDisabled } = await import("./commands/agents.js");
+          return agentsSetDisabled(id, disabled, opts);
+        });
+      });
+  }
+  addAdminOptions(
+    agents
+      .command("delete")
+      .description(
+        "delete an agent: its credential is refused at once and the runs it holds end (AGENT_DELETED); a daemon still running enrolls again as a new agent",
+      )
+      .argument("<agent-id>"),
+  )
+    .addOption(formatOption())
+    .action((id: string, opts: AgentsCommandOptions) => {
+      setAction(async () => {
+        const { agentsDelete } = await import("./commands/agents.js");
+        return agentsDelete(id, opts);
+      });
+    });
+
+  const tokens = program
+    .command("enrollment-tokens")
+    .description("operators: single-use tokens that each enroll one agent, in place of the pool token");
+  addAdminOptions(
+    tokens
+      .command("create")
+      .description(
+        "create an enrollment token and write it, the one time it is shown, to --out (a new 0600 file, or - for stdout)",
+      ),
+  )
+    .requiredOption("--out <file|->", "where to write the token: a new file (mode 0600), or - for stdout")
+    .option("--name <name>", "a name to recognise it by in the list")
+    .option("--expires-in <duration>", "how long it may enroll (default 24h, at most 365d)")
+    .action((opts: CreateEnrollmentTokenOptions) => {
+      setAction(async () => {
+        const { enrollmentTokensCreate } = await import("./commands/enrollment-tokens.js");
+        return enrollmentTokensCreate(opts);
+      });
+    });
+  addAdminOptions(tokens.command("list").description("list the enrollment tokens (never the tokens themselves)"))
+    .addOption(formatOption())
+    .action((opts: EnrollmentTokensCommandOptions) => {
+      setAction(async () => {
+        const { enrollmentTokensList } = await import("./commands/enrollment-tokens.js");
+        return enrollmentTokensList(opts);
+      });
+    });
+  addAdminOptions(
+    tokens
+      .command("delete")
+      .description("revoke an enrollment token: it enrolls nothing from then on (an agent it enrolled stays)")
+      .argument("<token-id>"),
+  ).action((id: string, opts: EnrollmentTokensCommandOptions) => {
+    setAction(async () => {
+      const { enrollmentTokensDelete } = await import("./commands/enrollment-tokens.js");
+      return enrollmentTokensDelete(id, opts);
+    });
+  });
 
   program
     .command("runner")

@@ -2,6 +2,7 @@
 import { AgentError } from "../core/errors.js";
 import { parseDurationMs } from "../core/duration.js";
 import { parseHostPort, type HostPort } from "../core/host-port.js";
+import { LOOPBACK } from "../config/load-run-config.js";
 
 export function durationSeconds(flag: string, text: string): number {
   const ms = parseDurationMs(text);
@@ -63,4 +64,36 @@ export function hostPort(flag: string, text: string): HostPort {
     );
   }
   return parsed;
+}
+
+/**
+ * The control plane's base URL, by the rule `run` applies: https://, or http:// on loopback
+ * (else only with `allowInsecure`); no user information. Returned without trailing slashes.
+ */
+export function controlPlaneUrl(flag: string, text: string, allowInsecure: boolean): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    url = new URL("invalid:");
+  }
+  if (url.username !== "" || url.password !== "")
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      `${flag} carries user information (user:password@), which would be shown; remove it and put the token in its file`,
+      { flag },
+    );
+  if (url.protocol !== "https:" && url.protocol !== "http:")
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      `${flag} ${JSON.stringify(text)} is not an http(s) URL; write it like https://control-plane.example:8480`,
+      { flag },
+    );
+  if (url.protocol === "http:" && !LOOPBACK.test(url.hostname) && !allowInsecure)
+    throw new AgentError(
+      "INVALID_ARGUMENT",
+      `${flag} ${url.origin} is plain http to a non-loopback host: the admin token would cross the network unprotected; use https://, or --allow-insecure-control-plane if you really mean it`,
+      { flag },
+    );
+  return text.replace(/\/+$/, "");
 }

@@ -72,7 +72,8 @@ export interface LoadedSettings {
   readonly settings?: AgentSettings;
 }
 
-const LOOPBACK = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])$/;
+/** Hosts where plain http:// to the control plane stays on the machine (`URL.hostname` form). */
+export const LOOPBACK = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])$/;
 
 async function readConfigFile(path: string): Promise<unknown> {
   let text: string;

@@ -1,12 +1,15 @@
 /**
- * The admin API (Authorization: Bearer <admin token>): integrations and runs. No response ever
- * contains a stored password.
+ * The admin API (Authorization: Bearer <admin token>): integrations and runs, and (admin-agents.ts)
+ * agents and enrollment tokens. No response ever contains a stored password.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
 import { CREDENTIAL_HELPER_NAME, ENTRY_FIELD_MAX_LENGTH } from "../core/export-payload.js";
 import { PHASES } from "../protocol/agent-api.js";
+import { AdminAgents } from "./admin-agents.js";
+import { PendingEnrollments } from "./pending-enrollments.js";
 import { HttpError, readJson, sendJson } from "./http-util.js";
+import { changeFacts, fieldsNeedingPassword, type IntegrationChange } from "./integration-audit.js";
 import { checkRegistryUrlForm, type RegistryProber } from "./registry-probe.js";
 import { newId, publicIntegration, type ControlPlaneStore, type Integration, type RunRecord } from "./store.js";
 
@@ -51,6 +54,22 @@ const createRunSchema = z.strictObject({
   phases: z.array(z.enum(PHASES)).min(1).max(3).default(["init", "plan", "apply"]),
 });
 
+const auditQuerySchema = z.strictObject({
+  after: z.coerce.number().int().min(0).default(0),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  integration_id: z.string().min(1).optional(),
+});
+
+function remoteAddress(req: IncomingMessage): string | null {
+  return req.socket.remoteAddress ?? null;
+}
+
+/** The stored form of a registry URL: the normalized host and, for a repository-scoped URL, its path. */
+function storedUrl(url: URL): string {
+  const path = url.pathname.replace(/^\/+|\/+$/g, "");
+  return path === "" ? url.origin : `${url.origin}/${path}`;
+}
+
 function runView(run: RunRecord): Record<string, unknown> {
   return {
     id: run.id,
@@ -65,14 +84,20 @@ function runView(run: RunRecord): Record<string, unknown> {
 }
 
 export class AdminApi {
+  private readonly agents: AdminAgents;
+
   constructor(
     private readonly store: ControlPlaneStore,
     private readonly probe: RegistryProber,
-  ) {}
+    pending: PendingEnrollments = new PendingEnrollments(),
+  ) {
+    this.agents = new AdminAgents(store, pending);
+  }
 
   async handle(req: IncomingMessage, res: ServerResponse, path: string[]): Promise<void> {
     const method = req.method ?? "GET";
     const [collection, id, action] = path;
+    if (collection === "agents" || collection === "enrollment-tokens") return this.agents.handle(req, res, path);
     if (collection === "integrations") {
       if (id === undefined && method === "GET") {
         sendJson(res, 200, { integrations: [...this.store.integrations.values()].map(publicIntegration) });
@@ -87,11 +112,17 @@ export class AdminApi {
       }
       if (action === undefined && method === "PATCH") return this.patchIntegration(req, res, integration);
       if (action === undefined && method === "DELETE") {
-        this.store.integrations.delete(integration.id);
-        this.store.emit("changed");
+        this.store.deleteIntegration(integration, {
+          remoteAddress: remoteAddress(req),
+          facts: [{ type: "integration_deleted", from: integration.registry_url }],
+        });
         res.writeHead(204).end();
         return;
       }
+    }
+    if (collection === "audit" && id === undefined && method === "GET") {
+      this.listAudit(req, res);
+      return;
     }
     if (collection === "runs") {
       if (id === undefined && method === "POST") return this.createRun(req, res);
@@ -120,8 +151,23 @@ export class AdminApi {
     const url = checkRegistryUrlForm(raw);
     // A repository-scoped URL is probed at its host's /v2/.
     const { warnings } = await this.probe(new URL(url.origin));
-    const path = url.pathname.replace(/^\/+|\/+$/g, "");
-    return { url: path === "" ? url.origin : `${url.origin}/${path}`, warnings };
+    return { url: storedUrl(url), warnings };
+  }
+
+  /** `GET /audit?after=SEQ&limit=N&integration_id=ID`: entries after SEQ, oldest first. */
+  private listAudit(req: IncomingMessage, res: ServerResponse): void {
+    const query = auditQuerySchema.safeParse(Object.fromEntries(new URL(req.url ?? "/", "http://x").searchParams));
+    if (!query.success)
+      throw new HttpError(
+        422,
+        "QUERY_INVALID",
+        "the audit query takes after=<seq> (a number), limit=<1..1000> and integration_id=<id>",
+      );
+    const { after, limit, integration_id: integrationId } = query.data;
+    const entries = this.store.audit
+      .filter((e) => e.seq > after && (integrationId === undefined || e.integration_id === integrationId))
+      .slice(0, limit);
+    sendJson(res, 200, { entries, next_after: entries.at(-1)?.seq ?? after });
   }
 
   /** Credential helpers serve a whole host (credHelpers is keyed by host): the agent leaves a scoped one out. */
@@ -151,8 +197,10 @@ export class AdminApi {
       created_at: now,
       updated_at: now,
     };
-    this.store.integrations.set(integration.id, integration);
-    this.store.emit("changed");
+    this.store.saveIntegration(integration, {
+      remoteAddress: remoteAddress(req),
+      facts: [{ type: "integration_created", to: integration.registry_url }],
+    });
     sendJson(res, 201, { ...publicIntegration(integration), warnings });
   }
 
@@ -179,16 +227,35 @@ export class AdminApi {
         );
       }
     }
-    AdminApi.checkHelperUrl(
-      body.registry_url === undefined ? integration.registry_url : checkRegistryUrlForm(body.registry_url).href,
-      helperAfter,
-    );
+    const urlForm = body.registry_url === undefined ? undefined : checkRegistryUrlForm(body.registry_url);
+    AdminApi.checkHelperUrl(urlForm?.href ?? integration.registry_url, helperAfter);
+    const change: IntegrationChange = {
+      ...body,
+      ...(urlForm === undefined ? {} : { registry_url: storedUrl(urlForm) }),
+      ...(toPassword && integration.credential_helper !== null ? { credential_helper: null } : {}),
+    };
+    const needPassword = fieldsNeedingPassword(integration, change);
+    if (needPassword.length > 0)
+      throw new HttpError(
+        422,
+        "PASSWORD_REQUIRED",
+        `changing ${needPassword.join(" or ")} needs the password again (it would otherwise be sent to the new registry or for the new user): send "password" in the same request`,
+        { fields: needPassword },
+      );
     let warnings: string[] = [];
     if (body.registry_url !== undefined) {
-      const checked = await this.validateUrl(body.registry_url);
-      integration.registry_url = checked.url;
-      warnings = checked.warnings;
+      const checked = JSON.stringify(integration);
+      warnings = (await this.validateUrl(body.registry_url)).warnings;
+      // The probe awaited the new host: the rules above hold only for the integration as it was.
+      if (JSON.stringify(integration) !== checked || this.store.integrations.get(integration.id) !== integration)
+        throw new HttpError(
+          409,
+          "INTEGRATION_CHANGED",
+          "the integration changed while this request checked the new registry_url; read it again (GET /integrations/{id}) and send the change again",
+        );
     }
+    const facts = changeFacts(integration, change);
+    if (change.registry_url !== undefined) integration.registry_url = change.registry_url;
     if (body.name !== undefined) integration.name = body.name;
     if (body.username !== undefined) integration.username = body.username;
     if (body.password !== undefined) integration.password = body.password;
@@ -199,7 +266,7 @@ export class AdminApi {
     } else if (toPassword) integration.credential_helper = null;
     if (body.export_credentials !== undefined) integration.export_credentials = body.export_credentials;
     integration.updated_at = this.store.iso();
-    this.store.emit("changed");
+    this.store.saveIntegration(integration, { remoteAddress: remoteAddress(req), facts });
     sendJson(res, 200, { ...publicIntegration(integration), warnings });
   }
 

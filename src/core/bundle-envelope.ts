@@ -12,13 +12,17 @@ import { AgentError } from "./errors.js";
 
 export const BUNDLE_FORMAT_VERSION = 1;
 export const BUNDLE_TYPE = "oci-cred-agent/bundle";
+/** An enrollment or key-change challenge: same envelope, its own `typ` and HPKE `info`. */
+export const CHALLENGE_TYPE = "oci-cred-agent/challenge";
 export const BUNDLE_SUITE = "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM";
 /** HPKE `info`: domain separation for this format and version. */
 export const HPKE_INFO = "oci-cred-agent bundle v1";
+/** HPKE `info` of a challenge: a challenge never opens as a bundle, nor a bundle as a challenge. */
+export const CHALLENGE_HPKE_INFO = "oci-cred-agent challenge v1";
 const X25519_ENC_BYTES = 32;
 
 export interface BundleHeader {
-  readonly typ: typeof BUNDLE_TYPE;
+  readonly typ: typeof BUNDLE_TYPE | typeof CHALLENGE_TYPE;
   readonly v: number;
   readonly suite: string;
   readonly kid: string;
@@ -52,7 +56,7 @@ const B64URL = /^[A-Za-z0-9_-]*$/;
 
 const idString = z.string().min(1).max(256);
 const headerSchema = z.strictObject({
-  typ: z.literal(BUNDLE_TYPE),
+  typ: z.enum([BUNDLE_TYPE, CHALLENGE_TYPE]),
   v: z.number().int(),
   suite: z.string().max(128),
   kid: z.string().min(1).max(128),

@@ -76,9 +76,14 @@ export const ERROR_CODES = {
 
   // The daemon and its control plane
   CONTROL_PLANE_UNAUTHORIZED: "the control plane refused the agent's token (401/403)",
-  CONTROL_PLANE_UNAVAILABLE: "the control plane could not be reached or answered 429/5xx",
+  CONTROL_PLANE_UNAVAILABLE:
+    "the control plane could not be reached, answered 429/5xx, or disabled this agent (403 AGENT_DISABLED)",
   CONTROL_PLANE_BAD_RESPONSE: "the control plane answered something that is not the agent API",
-  CONTROL_PLANE_REJECTED: "the control plane rejected a request as invalid (4xx)",
+  CONTROL_PLANE_REJECTED: "the control plane rejected a request as invalid, or over one of its limits (4xx)",
+  CONTROL_PLANE_TLS_REQUIRED:
+    "control-plane: --listen is not loopback and no --tls-cert/--tls-key (or --plain-http-behind-proxy) was given",
+  CONTROL_PLANE_TLS_FAILED:
+    "the TLS connection to the control plane failed: its certificate is not trusted (CA, host name, dates) or it speaks no TLS",
   LEASE_LOST: "the control plane no longer holds the run's lease for this agent (409)",
   RUN_CANCELED: "the run was canceled from the control plane",
   RUN_TIMEOUT: "the run exceeded its time limit",
@@ -86,6 +91,11 @@ export const ERROR_CODES = {
   TOFU_NOT_FOUND: "the tofu executable could not be started",
   SANDBOX_UNAVAILABLE: "the sandbox runs are isolated in (bubblewrap, user namespaces) cannot be set up on this host",
   AGENT_SHUTDOWN: "the agent was shutting down and canceled the run",
+
+  // Operators' commands on the reference control plane (`agents`, `enrollment-tokens`)
+  ADMIN_TOKEN_REFUSED: "the control plane refused the admin token (401): --admin-token-file holds another token",
+  AGENT_NOT_FOUND: "the control plane knows no agent with that id (deleted, expired, or never enrolled)",
+  ENROLLMENT_TOKEN_NOT_FOUND: "the control plane knows no enrollment token with that id (revoked, or never created)",
 
   // The runner (`run --executor runner:PATH` and `oci-cred-agent runner`)
   RUNNER_UNAVAILABLE: "no runner answers on the executor's socket (runner:PATH)",
@@ -97,6 +107,22 @@ export const ERROR_CODES = {
   RUNNER_PID_NAMESPACE_SHARED: "--pid-namespace was given but the runner's PID namespace holds other processes",
   RUNNER_PTRACE_UNRESTRICTED:
     "phases could attach to the runner with ptrace (kernel.yama.ptrace_scope is 0 or Yama is missing)",
+  // The reference control plane's data file (`control-plane --data-file`)
+  DATA_KEY_REQUIRED: "--data-file was given without a data key (--data-key-file, or the systemd credential data-key)",
+  DATA_KEY_BESIDE_DATA:
+    "the data key file lies in the data file's directory, where every copy of the data takes it along",
+  DATA_KEY_PERMISSIONS: "the data key file is accessible by group or others, or owned by another user",
+  DATA_KEY_INVALID: "the data key file does not hold 32 bytes in base64",
+  DATA_KEY_WRONG: "the data key does not open the data file: it was written under another key",
+  DATA_FILE_OLD_FORMAT: "the data file is the JSON file of an earlier version, not an SQLite database",
+  DATA_FILE_FOREIGN: "the data file is an SQLite database of something other than the control plane",
+  DATA_FILE_TOO_NEW: "the data file was written by a newer control plane (a newer schema version)",
+  DATA_FILE_CORRUPT: "the data file is damaged, or not a database",
+  DATA_FILE_PERMISSIONS: "the data file (or its -wal or -shm file) is accessible by group or others",
+  DATA_FILE_OPEN_FAILED: "the data file cannot be created or opened",
+  DATA_FILE_WRITE_FAILED: "a write to the data file failed; the control plane stops",
+  DATA_FILE_TAKEN_OVER: "another control plane opened the same data file; this one stops",
+
   INTERNAL: "an unexpected failure inside the agent",
 } as const;
 
@@ -109,15 +135,18 @@ export type ErrorCode = keyof typeof ERROR_CODES;
  */
 interface ErrorDetailsByCode {
   CONTROL_PLANE_UNAVAILABLE: {
-    readonly kind: "network" | "timeout" | "too_large" | "throttled" | "server_error";
+    /** `disabled`: an operator disabled the agent (403 AGENT_DISABLED); it waits to be enabled. */
+    readonly kind: "network" | "timeout" | "too_large" | "throttled" | "server_error" | "disabled" | "challenge_lost";
     readonly status?: number;
     readonly errno?: string | null;
     /** The server's Retry-After, in milliseconds from when the answer arrived. */
     readonly retry_after_ms?: number;
   };
-  CONTROL_PLANE_REJECTED: { readonly kind: "rejected"; readonly status: number };
+  /** `api_code`: the control plane's own error code (LOG_LIMIT_REACHED, ...), when it gave one. */
+  CONTROL_PLANE_REJECTED: { readonly kind: "rejected"; readonly status: number; readonly api_code?: string };
   CONTROL_PLANE_BAD_RESPONSE: { readonly kind: "bad_response" | "too_large"; readonly fields?: readonly string[] };
-  CONTROL_PLANE_UNAUTHORIZED: { readonly status: number };
+  /** `reenroll`: only the per-agent credential was refused; the pool token may still enroll. */
+  CONTROL_PLANE_UNAUTHORIZED: { readonly status: number; readonly reenroll?: boolean };
   LEASE_LOST: { readonly status?: number };
   PREFLIGHT_FAILED: {
     readonly integration_id: string;

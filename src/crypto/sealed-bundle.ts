@@ -12,6 +12,8 @@ import {
   BUNDLE_FORMAT_VERSION,
   BUNDLE_SUITE,
   BUNDLE_TYPE,
+  CHALLENGE_HPKE_INFO,
+  CHALLENGE_TYPE,
   DEFAULT_MAX_ENVELOPE_BYTES,
   HPKE_INFO,
   checkHeader,
@@ -25,6 +27,7 @@ import type { AgentPrivateKey, RecipientPublicKey } from "./agent-key.js";
 import { suite } from "./hpke-suite.js";
 
 const INFO = new TextEncoder().encode(HPKE_INFO);
+const CHALLENGE_INFO = new TextEncoder().encode(CHALLENGE_HPKE_INFO);
 const ASCII = new TextEncoder();
 
 export interface SealRequest {
@@ -39,9 +42,13 @@ export interface SealRequest {
 }
 
 export async function sealBundle(request: SealRequest): Promise<string> {
+  return sealEnvelope(BUNDLE_TYPE, INFO, request);
+}
+
+async function sealEnvelope(typ: BundleHeader["typ"], info: Uint8Array, request: SealRequest): Promise<string> {
   const iat = Math.floor(request.issuedAtMs / 1000);
   const header: BundleHeader = {
-    typ: BUNDLE_TYPE,
+    typ,
     v: BUNDLE_FORMAT_VERSION,
     suite: BUNDLE_SUITE,
     kid: request.recipient.kid,
@@ -53,7 +60,7 @@ export async function sealBundle(request: SealRequest): Promise<string> {
   };
   const protectedB64 = encodeHeader(header);
   const recipientPublicKey = await suite.kem.deserializePublicKey(request.recipient.publicKey);
-  const sender = await suite.createSenderContext({ recipientPublicKey, info: INFO });
+  const sender = await suite.createSenderContext({ recipientPublicKey, info });
   const ciphertext = await sender.seal(request.plaintext, ASCII.encode(protectedB64));
   return serializeEnvelope(protectedB64, new Uint8Array(sender.enc), new Uint8Array(ciphertext));
 }
@@ -78,8 +85,23 @@ export interface OpenedBundle {
 }
 
 export async function openBundle(bytes: Uint8Array, options: OpenOptions): Promise<OpenedBundle> {
+  return openEnvelope(bytes, options, BUNDLE_TYPE, INFO);
+}
+
+async function openEnvelope(
+  bytes: Uint8Array,
+  options: OpenOptions,
+  typ: BundleHeader["typ"],
+  info: Uint8Array,
+): Promise<OpenedBundle> {
   const envelope = decodeEnvelope(bytes, options.maxBytes ?? DEFAULT_MAX_ENVELOPE_BYTES);
   const { header } = envelope;
+  if (header.typ !== typ) {
+    throw new AgentError(
+      "BUNDLE_MALFORMED",
+      `the envelope is a ${JSON.stringify(header.typ)}, not a ${JSON.stringify(typ)}; a challenge never stands for a bundle nor a bundle for a challenge`,
+    );
+  }
   checkHeader(header, options);
   const key = options.keys.get(header.kid);
   if (key === undefined) {
@@ -101,7 +123,7 @@ export async function openBundle(bytes: Uint8Array, options: OpenOptions): Promi
     const recipient = await suite.createRecipientContext({
       recipientKey: key.privateKey,
       enc: envelope.enc,
-      info: INFO,
+      info,
     });
     plaintext = await recipient.open(envelope.ciphertext, ASCII.encode(envelope.protectedB64));
   } catch {
@@ -113,4 +135,65 @@ export async function openBundle(bytes: Uint8Array, options: OpenOptions): Promi
   }
   options.replayCache?.record(header.bundle_id, header.exp * 1000, options.nowMs);
   return { header, plaintext: new Uint8Array(plaintext) };
+}
+
+/** A challenge: sealed to one of the agent's keys; only its holder can read `secret` and answer. */
+export interface ChallengeSealRequest {
+  readonly recipient: RecipientPublicKey;
+  readonly agentId: string;
+  /** Travels as the header's `run_id`. */
+  readonly challengeId: string;
+  readonly secret: string;
+  readonly issuedAtMs: number;
+  readonly ttlSeconds: number;
+}
+
+/**
+ * Seals an enrollment or key-change challenge (docs/protocol.md, "Enrollment"): the bundle's
+ * envelope with `typ` "oci-cred-agent/challenge" and its own HPKE `info`, so neither can be
+ * taken for the other.
+ */
+export async function sealChallenge(request: ChallengeSealRequest): Promise<string> {
+  return sealEnvelope(CHALLENGE_TYPE, CHALLENGE_INFO, {
+    recipient: request.recipient,
+    agentId: request.agentId,
+    runId: request.challengeId,
+    plaintext: new TextEncoder().encode(request.secret),
+    issuedAtMs: request.issuedAtMs,
+    ttlSeconds: request.ttlSeconds,
+  });
+}
+
+export interface ChallengeOpenOptions {
+  readonly keys: ReadonlyMap<string, AgentPrivateKey>;
+  readonly agentId: string;
+  readonly challengeId: string;
+  readonly nowMs: number;
+  readonly clockSkewSeconds: number;
+}
+
+const MAX_CHALLENGE_LIFETIME_SECONDS = 15 * 60;
+const MAX_CHALLENGE_BYTES = 64 * 1024;
+
+/** Opens a challenge sealed to one of `keys`; returns the secret to send back as the answer. */
+export async function openChallenge(text: string, options: ChallengeOpenOptions): Promise<string> {
+  const opened = await openEnvelope(
+    new TextEncoder().encode(text),
+    {
+      keys: options.keys,
+      agentId: options.agentId,
+      runId: options.challengeId,
+      nowMs: options.nowMs,
+      maxLifetimeSeconds: MAX_CHALLENGE_LIFETIME_SECONDS,
+      clockSkewSeconds: options.clockSkewSeconds,
+      maxBytes: MAX_CHALLENGE_BYTES,
+    },
+    CHALLENGE_TYPE,
+    CHALLENGE_INFO,
+  );
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(opened.plaintext);
+  } finally {
+    opened.plaintext.fill(0);
+  }
 }

@@ -11,7 +11,9 @@ import type { Logger } from "pino";
 import type { AgentSettings } from "../config/load-run-config.js";
 import { backoffDelayMs } from "../core/backoff.js";
 import { isAgentError, type AgentError } from "../core/errors.js";
-import type { Lease, RegisterRequest } from "../protocol/agent-api.js";
+import { openChallenge } from "../crypto/sealed-bundle.js";
+import type { KeyRing } from "../keys/key-ring.js";
+import type { Challenge, Lease, RegisterRequest } from "../protocol/agent-api.js";
 import type { ControlPlaneClient } from "./control-plane-client.js";
 import type { DaemonObserver } from "./observer.js";
 import { executeRun, type RunResources } from "./run-executor.js";
@@ -36,6 +38,11 @@ export class AgentDaemon {
   private shutdownRequests = 0;
   private agentId: string | undefined;
   private fatal: AgentError | undefined;
+  /**
+   * The keys the control plane holds for this agent (as of the last enrollment or key change):
+   * a key change is proved with the newest of them, which a replaced key file no longer holds.
+   */
+  private registeredKeys: KeyRing | undefined;
 
   constructor(private readonly options: DaemonOptions) {}
 
@@ -62,10 +69,43 @@ export class AgentDaemon {
     }
   }
 
-  /** Re-sends the agent's public keys, e.g. after a key rotation. */
+  /**
+   * Re-sends the agent's public keys, e.g. after a key rotation, proving a current key first:
+   * the control plane seals a challenge to the key it seals runs to, which the agent must still
+   * hold (a rotation keeps the old key until the new one is registered).
+   */
   async updateKeys(): Promise<void> {
-    if (this.agentId === undefined) return;
-    await this.options.client.updateKeys(this.agentId, this.options.registration().public_keys);
+    const agentId = this.agentId;
+    if (agentId === undefined) return;
+    const { client } = this.options;
+    const keys = this.options.runs.keys();
+    // Once more with a new challenge if the control plane lost the first (it restarted between).
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const challenge = await client.keyChallenge(agentId);
+        const answer = await this.openChallengeFor(agentId, challenge, this.registeredKeys ?? keys);
+        await client.updateKeys(agentId, {
+          public_keys: this.options.registration().public_keys,
+          challenge_id: challenge.challenge_id,
+          answer,
+        });
+        this.registeredKeys = keys;
+        return;
+      } catch (error) {
+        const lost = isAgentError(error, "CONTROL_PLANE_UNAVAILABLE") && error.details.kind === "challenge_lost";
+        if (!lost || attempt > 0) throw error;
+      }
+    }
+  }
+
+  private openChallengeFor(agentId: string, challenge: Challenge, keys: KeyRing): Promise<string> {
+    return openChallenge(challenge.challenge, {
+      keys,
+      agentId,
+      challengeId: challenge.challenge_id,
+      nowMs: Date.now(),
+      clockSkewSeconds: this.options.settings.clockSkewSeconds,
+    });
   }
 
   private stopping(): boolean {
@@ -86,15 +126,26 @@ export class AgentDaemon {
     const { client, log, observer } = this.options;
     for (let attempt = 0; !this.pollAbort.signal.aborted; attempt++) {
       try {
-        const answer = await client.register(this.options.registration());
-        observer.registered(answer.agent_id);
+        // Enrollment: the pool token gets a challenge sealed to the agent's newest key; opening
+        // it proves the key, and the answer gets the per-agent credential (memory only).
+        const keys = this.options.runs.keys();
+        const enrolled = await client.enroll(this.options.registration());
+        const answer = await this.openChallengeFor(enrolled.agent_id, enrolled, keys);
+        const granted = await client.answerEnrollment(enrolled.agent_id, {
+          challenge_id: enrolled.challenge_id,
+          answer,
+        });
+        // Redacted for the life of the process, earlier credentials included.
+        this.options.runs.redactor.add([granted.credential]);
+        this.registeredKeys = keys;
+        observer.registered(enrolled.agent_id);
         log.info(
-          { event: "registered", agent_id: answer.agent_id, poll_wait_seconds: answer.poll_wait_seconds },
+          { event: "registered", agent_id: enrolled.agent_id, poll_wait_seconds: granted.poll_wait_seconds },
           "registered with the control plane",
         );
-        this.pollWaitSeconds = answer.poll_wait_seconds;
-        this.heartbeatIntervalMs = answer.heartbeat_interval_seconds * 1000;
-        return answer.agent_id;
+        this.pollWaitSeconds = granted.poll_wait_seconds;
+        this.heartbeatIntervalMs = granted.heartbeat_interval_seconds * 1000;
+        return enrolled.agent_id;
       } catch (error) {
         if (!this.handlePollError(error, "register")) return undefined;
         await this.backOff(attempt, error);
@@ -176,10 +227,13 @@ export class AgentDaemon {
         for (const lease of leases) this.start(lease, agentId);
       } catch (error) {
         if (this.stopping()) break;
-        if (isAgentError(error, "CONTROL_PLANE_REJECTED") && error.details.status === 404) {
+        if (
+          (isAgentError(error, "CONTROL_PLANE_REJECTED") && error.details.status === 404) ||
+          (isAgentError(error, "CONTROL_PLANE_UNAUTHORIZED") && error.details.reenroll === true)
+        ) {
           this.options.log.warn(
-            { event: "reregistering" },
-            "the control plane no longer knows this agent; registering again",
+            { event: "reregistering", code: error.code },
+            "the control plane no longer knows this agent or its credential; registering again",
           );
           this.options.observer.unregistered();
           const again = await this.register();

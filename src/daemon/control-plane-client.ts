@@ -2,29 +2,46 @@
  * The agent's side of the agent API, over undici. Every answer is size-bounded, time-bounded
  * and validated against the protocol schemas; every failure becomes an AgentError whose code
  * tells the daemon what to do (docs/protocol.md, "Errors"):
- *   CONTROL_PLANE_UNAUTHORIZED  401/403: stop the agent with a clear message
- *   LEASE_LOST                  409 (or 404 on a lease route): abort the run and wipe
- *   CONTROL_PLANE_UNAVAILABLE   429/5xx/network/timeouts: back off with full jitter, honour Retry-After
- *   CONTROL_PLANE_REJECTED      other 4xx: a bug on one side; do not retry the same request
+ *   CONTROL_PLANE_UNAUTHORIZED  401/403: stop the agent with a clear message; when only the
+ *                               per-agent credential was refused (`reenroll`), enroll again
+ *   LEASE_LOST                  409 (or 404, a refused agent credential or a disabled agent, on a lease route):
+ *                               abort the run and wipe
+ *
+ * The pool token goes only to ping and enrollment; every other call carries the per-agent
+ * credential the enrollment returned, held here in memory only.
+ *   CONTROL_PLANE_UNAVAILABLE   429/5xx/network/timeouts, and 403 AGENT_DISABLED off lease routes:
+ *                               back off with full jitter, honour Retry-After; a 429 with
+ *                               Retry-After is first retried here, a few times
+ *   CONTROL_PLANE_TLS_FAILED    the control plane's certificate is not trusted, or it speaks no TLS
+ *   CONTROL_PLANE_REJECTED      other 4xx: a bug on one side, or a limit (the API's code is in
+ *                               `api_code`); do not retry the same request
  *   CONTROL_PLANE_BAD_RESPONSE  an answer that is not the agent API
  */
+import { setTimeout as delay } from "node:timers/promises";
 import { Agent, type Dispatcher } from "undici";
-import type { z } from "zod";
-import { parseRetryAfterMs } from "../core/backoff.js";
-import { AgentError } from "../core/errors.js";
+import { backoffDelayMs, parseRetryAfterMs } from "../core/backoff.js";
+import { AgentError, isAgentError } from "../core/errors.js";
 import { boundedRequest, BoundedRequestError, type BoundedResponse } from "../http/bounded-request.js";
+import { apiErrorCode, apiErrorSummary, parseAnswer } from "../http/control-plane-answer.js";
+import { tlsFailure } from "../http/tls-failure.js";
 import {
   AGENT_API_PREFIX,
   heartbeatResponseSchema,
   leaseResponseSchema,
-  registerResponseSchema,
+  credentialResponseSchema,
+  enrollResponseSchema,
+  keyChallengeResponseSchema,
+  type Challenge,
+  type ChallengeAnswer,
   type CompleteRequest,
+  type CredentialResponse,
+  type EnrollResponse,
   type HeartbeatResponse,
   type Lease,
   type LogChunk,
   type RegisterRequest,
-  type RegisterResponse,
   type RunEvent,
+  type UpdateKeysRequest,
 } from "../protocol/agent-api.js";
 
 export interface ControlPlaneClientOptions {
@@ -45,9 +62,30 @@ const DEFAULT_MAX_RESPONSE = 80 * 1024 * 1024;
  */
 const SMALL_ANSWER_BYTES = 256 * 1024;
 
+/**
+ * A 429 with Retry-After (a rate limit: docs/protocol.md, Limits) is retried in place up to this
+ * many times, after the wait the control plane asked for, as long as the waits of one call add up
+ * to at most 30 s: a log line or a heartbeat is delayed, not lost, and a control plane that keeps
+ * asking for waits cannot hold a run (and its credentials on disk) much longer than one request
+ * timeout per call. Then the caller's own backoff sees the 429.
+ */
+const THROTTLED_RETRIES = 3;
+const THROTTLED_WAIT = { baseMs: 1000, capMs: 30_000 };
+
+interface CallOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  maxBytes?: number;
+  leaseRoute?: boolean;
+  /** Enrollment calls carry the pool token; every other call the per-agent credential. */
+  pool?: boolean;
+}
+
 export class ControlPlaneClient {
   private readonly dispatcher: Dispatcher;
   private readonly base: string;
+  /** The per-agent credential from the last enrollment; never logged, never written. */
+  private credential: string | undefined;
 
   constructor(private readonly options: ControlPlaneClientOptions) {
     this.base = options.baseUrl.replace(/\/+$/, "");
@@ -62,7 +100,37 @@ export class ControlPlaneClient {
     method: "GET" | "POST" | "PUT",
     path: string,
     body: unknown,
-    opts: { timeoutMs?: number; signal?: AbortSignal; maxBytes?: number; leaseRoute?: boolean } = {},
+    opts: CallOptions = {},
+  ): Promise<{ status: number; bytes: Buffer }> {
+    let waited = 0;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.callOnce(method, path, body, opts);
+      } catch (error) {
+        const retryAfter =
+          isAgentError(error, "CONTROL_PLANE_UNAVAILABLE") && error.details.kind === "throttled"
+            ? error.details.retry_after_ms
+            : undefined;
+        if (retryAfter === undefined || attempt >= THROTTLED_RETRIES) throw error;
+        const wait = backoffDelayMs(THROTTLED_WAIT, attempt, Math.random, retryAfter);
+        if (retryAfter > THROTTLED_WAIT.capMs || waited + wait > THROTTLED_WAIT.capMs) throw error;
+        waited += wait;
+        try {
+          await delay(wait, undefined, {
+            ...(opts.signal ? { signal: opts.signal } : {}),
+          });
+        } catch {
+          throw opts.signal?.reason ?? error;
+        }
+      }
+    }
+  }
+
+  private async callOnce(
+    method: "GET" | "POST" | "PUT",
+    path: string,
+    body: unknown,
+    opts: CallOptions,
   ): Promise<{ status: number; bytes: Buffer }> {
     const timeout = opts.timeoutMs ?? this.options.requestTimeoutMs ?? 30_000;
     const url = `${this.base}${AGENT_API_PREFIX}${path}`;
@@ -75,7 +143,7 @@ export class ControlPlaneClient {
         method,
         dispatcher: this.dispatcher,
         headers: {
-          authorization: `Bearer ${this.options.token}`,
+          authorization: `Bearer ${opts.pool === true ? this.options.token : this.agentCredential()}`,
           ...(body === undefined ? {} : { "content-type": "application/json" }),
         },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
@@ -105,7 +173,14 @@ export class ControlPlaneClient {
                 `the control plane's answer to ${method} ${path} exceeds ${limit} bytes`,
                 { kind: "too_large" },
               );
-        case "network":
+        case "network": {
+          const tls = tlsFailure(error.details.errno);
+          if (tls !== undefined)
+            throw new AgentError(
+              "CONTROL_PLANE_TLS_FAILED",
+              `the TLS connection to the control plane at ${this.base} failed (${error.details.label}): ${tls}`,
+              { errno: error.details.errno ?? null },
+            );
           throw new AgentError(
             "CONTROL_PLANE_UNAVAILABLE",
             `cannot reach the control plane at ${this.base} (${error.details.label}); retrying with backoff`,
@@ -114,6 +189,7 @@ export class ControlPlaneClient {
               kind: "network",
             },
           );
+        }
         case "cut_off":
           throw new AgentError(
             "CONTROL_PLANE_UNAVAILABLE",
@@ -124,7 +200,47 @@ export class ControlPlaneClient {
     }
     const { status, bytes } = res;
     if (status >= 200 && status < 300) return { status, bytes };
-    const apiMessage = this.errorMessage(bytes);
+    const apiMessage = apiErrorSummary(bytes);
+    const apiCode = apiErrorCode(bytes);
+    if (status === 401 && opts.pool !== true && apiCode === "AGENT_CREDENTIAL_INVALID") {
+      // The control plane no longer knows this agent (e.g. it restarted): its leases are gone
+      // with it, and the agent enrolls again.
+      if (opts.leaseRoute === true)
+        throw new AgentError(
+          "LEASE_LOST",
+          `the control plane no longer accepts this agent's credential (HTTP ${status}${apiMessage}); the run is aborted and its credentials wiped`,
+          { status },
+        );
+      throw new AgentError(
+        "CONTROL_PLANE_UNAUTHORIZED",
+        `the control plane no longer accepts this agent's credential (HTTP ${status}${apiMessage}); enrolling again with the pool token`,
+        { status, reenroll: true },
+      );
+    }
+    if (status === 403 && opts.pool !== true && apiCode === "AGENT_DISABLED") {
+      // An operator disabled this agent: its leases were ended; it waits to be enabled again
+      // (enrolling anew would undo the operator's decision).
+      if (opts.leaseRoute === true)
+        throw new AgentError(
+          "LEASE_LOST",
+          `an operator disabled this agent and its leases ended (HTTP ${status}${apiMessage}); the run is aborted and its credentials wiped`,
+          { status },
+        );
+      throw new AgentError(
+        "CONTROL_PLANE_UNAVAILABLE",
+        `an operator disabled this agent (HTTP ${status}${apiMessage}); it leases nothing until enabled again, and asks again with backoff`,
+        { status, kind: "disabled" },
+      );
+    }
+    if (status === 403 && (apiCode === "CHALLENGE_FAILED" || apiCode === "KEY_PROOF_FAILED")) {
+      // The control plane no longer holds the challenge this answer is for (it restarted, or the
+      // answer came after the challenge expired): start the enrollment or key change again.
+      throw new AgentError(
+        "CONTROL_PLANE_UNAVAILABLE",
+        `the control plane no longer holds the challenge this agent answered (HTTP ${status}${apiMessage}); asking for a new one`,
+        { status, kind: "challenge_lost" },
+      );
+    }
     if (status === 401 || status === 403) {
       throw new AgentError(
         "CONTROL_PLANE_UNAUTHORIZED",
@@ -154,56 +270,55 @@ export class ControlPlaneClient {
     throw new AgentError(
       "CONTROL_PLANE_REJECTED",
       `the control plane rejected ${method} ${path} with HTTP ${status}${apiMessage}`,
-      { status, kind: "rejected" },
+      { status, kind: "rejected", ...(apiCode === undefined ? {} : { api_code: apiCode.slice(0, 64) }) },
     );
   }
 
-  private errorMessage(bytes: Buffer): string {
-    try {
-      const parsed = JSON.parse(bytes.toString("utf8")) as { error?: { code?: unknown; message?: unknown } };
-      const code = typeof parsed.error?.code === "string" ? parsed.error.code.slice(0, 64) : undefined;
-      const message = typeof parsed.error?.message === "string" ? parsed.error.message.slice(0, 300) : undefined;
-      return code || message ? `: ${[code, message].filter(Boolean).join(" ")}` : "";
-    } catch {
-      return "";
-    }
-  }
-
-  private parse<T>(bytes: Buffer, schema: z.ZodType<T>, what: string): T {
-    let json: unknown;
-    try {
-      json = JSON.parse(bytes.toString("utf8"));
-    } catch {
+  private agentCredential(): string {
+    if (this.credential === undefined)
       throw new AgentError(
-        "CONTROL_PLANE_BAD_RESPONSE",
-        `the control plane's ${what} is not JSON; is --control-plane-url the agent API's base URL?`,
-        { kind: "bad_response" },
+        "CONTROL_PLANE_UNAUTHORIZED",
+        "the agent has no credential yet: it must enroll (POST /agents) before it leases",
+        { status: 401, reenroll: true },
       );
-    }
-    const parsed = schema.safeParse(json);
-    if (!parsed.success) {
-      const fields = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`);
-      throw new AgentError(
-        "CONTROL_PLANE_BAD_RESPONSE",
-        `the control plane's ${what} does not follow the agent API v1 (${fields.join("; ")})`,
-        { kind: "bad_response", fields },
-      );
-    }
-    return parsed.data;
+    return this.credential;
   }
 
-  async register(body: RegisterRequest): Promise<RegisterResponse> {
-    const { bytes } = await this.call("POST", "/agents", body, { maxBytes: SMALL_ANSWER_BYTES });
-    return this.parse(bytes, registerResponseSchema, "registration answer");
+  /** Enrollment, step 1 (pool token): the agent's id and a challenge sealed to its newest key. */
+  async enroll(body: RegisterRequest): Promise<EnrollResponse> {
+    const { bytes } = await this.call("POST", "/agents", body, { maxBytes: SMALL_ANSWER_BYTES, pool: true });
+    return parseAnswer(bytes, enrollResponseSchema, "enrollment answer", "the agent API v1");
   }
 
-  async updateKeys(agentId: string, publicKeys: RegisterRequest["public_keys"]): Promise<void> {
-    await this.call(
-      "PUT",
-      `/agents/${encodeURIComponent(agentId)}/keys`,
-      { public_keys: publicKeys },
-      { maxBytes: SMALL_ANSWER_BYTES },
+  /**
+   * Enrollment, step 2 (pool token): the opened challenge for the per-agent credential, which
+   * this client uses from then on. The caller adds `credential` to its redactor.
+   */
+  async answerEnrollment(agentId: string, answer: ChallengeAnswer): Promise<CredentialResponse> {
+    const { bytes } = await this.call("POST", `/agents/${encodeURIComponent(agentId)}/credential`, answer, {
+      maxBytes: SMALL_ANSWER_BYTES,
+      pool: true,
+    });
+    const granted = parseAnswer(bytes, credentialResponseSchema, "credential answer", "the agent API v1");
+    this.credential = granted.credential;
+    return granted;
+  }
+
+  /** A challenge sealed to the agent's current newest key, to prove before changing keys. */
+  async keyChallenge(agentId: string): Promise<Challenge> {
+    const { bytes } = await this.call(
+      "POST",
+      `/agents/${encodeURIComponent(agentId)}/keys/challenge`,
+      {},
+      {
+        maxBytes: SMALL_ANSWER_BYTES,
+      },
     );
+    return parseAnswer(bytes, keyChallengeResponseSchema, "key challenge", "the agent API v1");
+  }
+
+  async updateKeys(agentId: string, body: UpdateKeysRequest): Promise<void> {
+    await this.call("PUT", `/agents/${encodeURIComponent(agentId)}/keys`, body, { maxBytes: SMALL_ANSWER_BYTES });
   }
 
   async lease(agentId: string, max: number, waitSeconds: number, signal: AbortSignal): Promise<Lease[]> {
@@ -216,7 +331,7 @@ export class ControlPlaneClient {
         signal,
       },
     );
-    return this.parse(bytes, leaseResponseSchema, "lease answer").leases;
+    return parseAnswer(bytes, leaseResponseSchema, "lease answer", "the agent API v1").leases;
   }
 
   /** The run's configuration archive; `signal` (the run's end) stops the download. */
@@ -237,7 +352,7 @@ export class ControlPlaneClient {
       {},
       { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES },
     );
-    return this.parse(bytes, heartbeatResponseSchema, "heartbeat answer");
+    return parseAnswer(bytes, heartbeatResponseSchema, "heartbeat answer", "the agent API v1");
   }
 
   async events(leaseId: string, events: RunEvent[]): Promise<void> {

@@ -54,7 +54,11 @@ export class LeaseKeeper {
             );
             return;
           }
-          await delay(backoffDelayMs(COMPLETION_BACKOFF, attempt, Math.random));
+          // A 429's Retry-After (after the client's own retries of it) is honoured, within the cap.
+          const retryAfter = isAgentError(error, "CONTROL_PLANE_UNAVAILABLE")
+            ? error.details.retry_after_ms
+            : undefined;
+          await delay(backoffDelayMs(COMPLETION_BACKOFF, attempt, Math.random, retryAfter));
         }
       }
     } finally {

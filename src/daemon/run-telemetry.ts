@@ -6,12 +6,12 @@
  * and codes only, and phase output passes the redactor first.
  */
 import type { Logger } from "pino";
-import type { AgentError } from "../core/errors.js";
+import { AgentError, isAgentError } from "../core/errors.js";
 import { anonymousDockerHubSources } from "../core/oci-source-checks.js";
 import type { Redactor } from "../core/redactor.js";
 import type { RunCredentials, WipeOutcome, WrittenCredentials } from "../credentials/run-credentials.js";
 import type { OciSource } from "../fs/oci-sources.js";
-import type { CompleteRequest, Lease, Outcome, Phase } from "../protocol/agent-api.js";
+import type { CompleteRequest, Lease, LogChunk, Outcome, Phase, RunEvent } from "../protocol/agent-api.js";
 import type { PreflightOutcome } from "../registry/preflight.js";
 import type { ControlPlaneClient } from "./control-plane-client.js";
 import { EventBatcher } from "./event-batcher.js";
@@ -28,6 +28,11 @@ export interface RunTelemetryDeps {
 
 const ms = (value: number): number => Number(value.toFixed(3));
 
+/** Whether the control plane refused a request as over one of a run's limits (`code`). */
+function limitReached(error: unknown, code: string): error is AgentError<"CONTROL_PLANE_REJECTED"> {
+  return isAgentError(error, "CONTROL_PLANE_REJECTED") && error.details.api_code === code;
+}
+
 export class RunTelemetry {
   readonly log: Logger;
   readonly phases: CompleteRequest["phases"][number][] = [];
@@ -38,8 +43,11 @@ export class RunTelemetry {
     private readonly lease: Lease,
     private readonly deps: RunTelemetryDeps,
   ) {
-    this.log = deps.log.child({ run_id: lease.run.id, lease_id: lease.lease_id });
-    this.events = new EventBatcher((batch) => deps.client.events(lease.lease_id, batch));
+    // The lease id is a capability (it acts on the run, with the agent's credential): kept off
+    // info lines, logged once at debug.
+    this.log = deps.log.child({ run_id: lease.run.id });
+    this.log.debug({ event: "lease_id", lease_id: lease.lease_id }, "lease id");
+    this.events = new EventBatcher((batch) => this.sendEvents(batch));
     deps.observer.runStarted(lease.run.id);
     this.log.info({ event: "run_leased", phases: lease.run.phases, queued_at: lease.run.queued_at }, "leased run");
   }
@@ -158,10 +166,7 @@ export class RunTelemetry {
     const plog = this.log.child({ phase });
     plog.info({ event: "phase_started" }, `${phase} started`);
     this.events.push({ type: "phase_started", at: new Date().toISOString(), phase });
-    const shipper = new LogShipper(
-      (p, seq, text) => this.deps.client.log(this.lease.lease_id, { phase: p, seq, text }),
-      phase,
-    );
+    const shipper = new LogShipper((p, seq, text) => this.sendLog({ phase: p, seq, text }), phase);
     return {
       write: (text) => {
         const clean = this.deps.redactor.redact(text);
@@ -194,6 +199,58 @@ export class RunTelemetry {
         });
       },
     };
+  }
+
+  /**
+   * The control plane keeps a bounded log and bounded events per run (docs/protocol.md, Limits).
+   * Once it refuses one as over its limit, nothing more of that kind is sent for this run: the
+   * output stays in the agent's own log, and the run goes on (a refusal never fails a run).
+   */
+  private logsRefused = false;
+  private eventsRefused = false;
+  /** What a chunk or a batch not sent after such a refusal counts as (it is counted, not logged). */
+  private readonly refusal = { kind: "rejected", status: 422 } as const;
+
+  private async sendLog(chunk: LogChunk): Promise<void> {
+    if (this.logsRefused)
+      throw new AgentError(
+        "CONTROL_PLANE_REJECTED",
+        "not sent: the control plane's log limit for this run was reached",
+        this.refusal,
+      );
+    try {
+      await this.deps.client.log(this.lease.lease_id, chunk);
+    } catch (error) {
+      if (limitReached(error, "LOG_LIMIT_REACHED")) {
+        this.logsRefused = true;
+        this.log.warn(
+          { event: "log_limit_reached", code: error.code, api_code: "LOG_LIMIT_REACHED" },
+          "the control plane keeps no more of this run's output (LOG_LIMIT_REACHED); the rest is only in this log",
+        );
+      }
+      throw error;
+    }
+  }
+
+  private async sendEvents(batch: RunEvent[]): Promise<void> {
+    if (this.eventsRefused)
+      throw new AgentError(
+        "CONTROL_PLANE_REJECTED",
+        "not sent: the control plane's event limit for this run was reached",
+        this.refusal,
+      );
+    try {
+      await this.deps.client.events(this.lease.lease_id, batch);
+    } catch (error) {
+      if (limitReached(error, "EVENT_LIMIT_REACHED")) {
+        this.eventsRefused = true;
+        this.log.warn(
+          { event: "events_limit_reached", code: error.code, api_code: "EVENT_LIMIT_REACHED" },
+          "the control plane keeps no more of this run's events (EVENT_LIMIT_REACHED); the run goes on",
+        );
+      }
+      throw error;
+    }
   }
 
   /** The run's wipe listener: every wipe outcome is counted and logged, a failure as an error. */

@@ -13,7 +13,7 @@ import { request, type Dispatcher } from "undici";
 import { errnoCode } from "../core/errors.js";
 
 export interface BoundedRequestOptions {
-  readonly method: "GET" | "POST" | "PUT";
+  readonly method: "GET" | "POST" | "PUT" | "DELETE";
   readonly headers?: Readonly<Record<string, string>>;
   /** The request body, sent as is. */
   readonly body?: string;

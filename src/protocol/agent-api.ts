@@ -16,23 +16,64 @@ const publicKeyDocSchema = z.object({
   public_key: z.string().min(1).max(128),
 });
 
+/** Whether `text` has no control character (C0, DEL, C1): operators read names in a terminal. */
+export function isPrintable(text: string): boolean {
+  for (const ch of text) {
+    const c = ch.charCodeAt(0);
+    if (c < 0x20 || (c >= 0x7f && c <= 0x9f)) return false;
+  }
+  return true;
+}
+
+const printable = (max: number, min = 0): z.ZodType<string> =>
+  z.string().min(min).max(max).refine(isPrintable, { message: "must not contain control characters" });
+
 export const registerRequestSchema = z.object({
-  name: z.string().min(1).max(256),
-  version: z.string().max(64),
+  name: printable(256, 1),
+  version: printable(64),
   concurrency: z.number().int().positive().max(10_000),
   public_keys: z.array(publicKeyDocSchema).min(1).max(16),
 });
 export type RegisterRequest = z.infer<typeof registerRequestSchema>;
 
-export const registerResponseSchema = z.object({
-  agent_id: z.string().min(1).max(256),
+/** A challenge sealed to one of the agent's keys (the bundle's envelope, `typ` "oci-cred-agent/challenge"). */
+const challengeSchema = z.object({
+  challenge_id: z.string().min(1).max(256),
+  challenge: z
+    .string()
+    .min(1)
+    .max(64 * 1024),
+});
+export type Challenge = z.infer<typeof challengeSchema>;
+
+/** `POST /agents` (pool token): the agent is pending until it answers the challenge. */
+export const enrollResponseSchema = challengeSchema.extend({ agent_id: z.string().min(1).max(256) });
+export type EnrollResponse = z.infer<typeof enrollResponseSchema>;
+
+/** The opened challenge, sent back: it proves the agent holds the private key. */
+export const challengeAnswerSchema = z.object({
+  challenge_id: z.string().min(1).max(256),
+  answer: z.string().min(1).max(1024),
+});
+export type ChallengeAnswer = z.infer<typeof challengeAnswerSchema>;
+
+/** `POST /agents/{id}/credential` (pool token + the answer): the per-agent credential. */
+export const credentialResponseSchema = z.object({
+  credential: z.string().min(32).max(512),
   poll_wait_seconds: z.number().positive().max(300),
   heartbeat_interval_seconds: z.number().positive().max(3600),
   lease_ttl_seconds: z.number().positive().max(86_400),
 });
-export type RegisterResponse = z.infer<typeof registerResponseSchema>;
+export type CredentialResponse = z.infer<typeof credentialResponseSchema>;
 
-export const updateKeysRequestSchema = z.object({ public_keys: z.array(publicKeyDocSchema).min(1).max(16) });
+/** `POST /agents/{id}/keys/challenge` (per-agent credential): a challenge sealed to the current newest key. */
+export const keyChallengeResponseSchema = challengeSchema;
+
+/** `PUT /agents/{id}/keys`: the new keys, with the answer to a key challenge. */
+export const updateKeysRequestSchema = challengeAnswerSchema.extend({
+  public_keys: z.array(publicKeyDocSchema).min(1).max(16),
+});
+export type UpdateKeysRequest = z.infer<typeof updateKeysRequestSchema>;
 
 export const leaseRequestSchema = z.object({
   max: z.number().int().positive().max(1000),

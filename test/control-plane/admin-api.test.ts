@@ -5,7 +5,6 @@
  * real docker-registry (htpasswd auth) and small HTTPS servers that redirect or answer 404.
  * No response may ever carry the canary password in any encoding.
  */
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -14,16 +13,15 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ENTRY_FIELD_MAX_LENGTH } from "../../src/core/export-payload.js";
+import { enrollAgent } from "../support/enroll.js";
 import { tarGz } from "../support/control-plane-harness.js";
 import { makeTlsMaterial, startHtpasswdRegistry, type LocalRegistry } from "../support/registry-fixture.js";
 import { freePort } from "../support/free-port.js";
 import { leakForms } from "../support/leak-forms.js";
 import { spawnCliControlPlane, type CliControlPlane as SpawnedControlPlane } from "../support/cli-control-plane.js";
 
-const BIN = fileURLToPath(new URL("../../bin/oci-cred-agent", import.meta.url));
 const CANARY = `CANARY-${randomBytes(6).toString("hex")}:pw"with\\odd/</x>`;
 const CANARY2 = `CANARY2-${randomBytes(6).toString("hex")}"second\\one`;
 
@@ -66,6 +64,10 @@ let scopedRegistryPort: number;
 let redirectingPort: number;
 let notFoundPort: number;
 let websitePort: number;
+/** A registry whose /v2/ answer is held until the test lets it go. */
+let holdingPort: number;
+let probeHeld: Promise<void>;
+let releaseProbe: () => void = () => undefined;
 /** Every answer any test got, raw, for the leak check at the end. */
 const answers: { where: string; text: string }[] = [];
 
@@ -128,6 +130,14 @@ beforeAll(async () => {
   });
   websitePort = await httpsServer(tls, (_req, res) => {
     res.writeHead(200, { "content-type": "text/html" }).end("<!doctype html><title>Welcome</title><p>our website</p>");
+  });
+  let heldArrived: () => void = () => undefined;
+  probeHeld = new Promise((resolve) => (heldArrived = resolve));
+  holdingPort = await httpsServer(tls, (_req, res) => {
+    releaseProbe = () => {
+      res.writeHead(401, { "docker-distribution-api-version": "registry/2.0" }).end("{}");
+    };
+    heldArrived();
   });
   notFoundPort = await httpsServer(tls, (_req, res) => {
     res.writeHead(404, { "content-type": "text/plain" }).end("not found");
@@ -240,6 +250,127 @@ describe("admin API: integrations", () => {
     expect(ids).toContain(id);
     expect(ids).not.toContain(gone);
     expect((await admin("DELETE", `/integrations/${gone}`)).status).toBe(404);
+  });
+});
+
+describe("admin API: changing where a password goes, and the audit trail", () => {
+  let id: string;
+  let scoped: string;
+
+  beforeAll(async () => {
+    const made = await admin("POST", "/integrations", {
+      name: "audited",
+      registry_url: registry.url,
+      username: "alice",
+      password: CANARY,
+      export_credentials: false,
+    });
+    expect(made.status).toBe(201);
+    id = made.json["id"] as string;
+    scoped = `https://127.0.0.1:${scopedRegistryPort}`;
+  });
+
+  it("refuses a registry_url or username change without the password (PASSWORD_REQUIRED) and changes nothing", async () => {
+    for (const [body, fields] of [
+      [{ registry_url: scoped }, ["registry_url"]],
+      [{ username: "mallory" }, ["username"]],
+      [{ registry_url: scoped, username: "mallory", name: "x" }, ["registry_url", "username"]],
+    ] as const) {
+      const a = await admin("PATCH", `/integrations/${id}`, body);
+      expect(a.status, JSON.stringify(body)).toBe(422);
+      expect(errorOf(a)).toMatchObject({ code: "PASSWORD_REQUIRED", fields });
+      expect(errorOf(a).message).toMatch(/send "password" in the same request/);
+    }
+    expect((await admin("GET", `/integrations/${id}`)).json).toMatchObject({
+      name: "audited",
+      registry_url: registry.url,
+      username: "alice",
+    });
+  });
+
+  it("accepts the same URL or username again without the password (nothing moves)", async () => {
+    const same = await admin("PATCH", `/integrations/${id}`, {
+      registry_url: `${registry.url}/v2/`,
+      username: "alice",
+    });
+    expect(same.status).toBe(200);
+  });
+
+  it("accepts the change with the password", async () => {
+    const moved = await admin("PATCH", `/integrations/${id}`, { registry_url: scoped, password: CANARY2 });
+    expect(moved.status).toBe(200);
+    expect(moved.json).toMatchObject({ registry_url: scoped, username: "alice", has_password: true });
+  });
+
+  it("records creation, URL, password, export changes and deletion, in order, never a password", async () => {
+    expect((await admin("PATCH", `/integrations/${id}`, { export_credentials: true })).status).toBe(200);
+    expect((await admin("DELETE", `/integrations/${id}`)).status).toBe(204);
+    const a = await admin("GET", `/audit?integration_id=${id}`);
+    expect(a.status).toBe(200);
+    const entries = a.json["entries"] as Record<string, unknown>[];
+    expect(entries.map((e) => [e["type"], e["from"], e["to"]])).toEqual([
+      ["integration_created", undefined, registry.url],
+      ["integration_url_changed", registry.url, scoped],
+      ["integration_password_changed", undefined, undefined],
+      ["integration_export_changed", false, true],
+      ["integration_deleted", scoped, undefined],
+    ]);
+    for (const e of entries) expect(e).toMatchObject({ integration_id: id, integration_name: "audited" });
+    const seqs = entries.map((e) => e["seq"] as number);
+    expect([...seqs].sort((x, y) => x - y)).toEqual(seqs);
+    // Paging: after the second entry, one at a time.
+    const page = await admin("GET", `/audit?integration_id=${id}&after=${String(seqs[1])}&limit=1`);
+    expect((page.json["entries"] as { seq: number }[]).map((e) => e.seq)).toEqual([seqs[2]]);
+    expect(page.json["next_after"]).toBe(seqs[2]);
+    expect(a.text).not.toContain(CANARY);
+    expect(a.text).not.toContain(CANARY2);
+  });
+
+  it("writes each entry to the control plane's log as one JSON line", () => {
+    const lines = cp
+      .output()
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => l["event"] === "integration_audit" && l["integration_id"] === id);
+    expect(lines.map((l) => l["type"])).toEqual([
+      "integration_created",
+      "integration_url_changed",
+      "integration_password_changed",
+      "integration_export_changed",
+      "integration_deleted",
+    ]);
+  });
+
+  it("a URL change whose probe waits does not land on a password set meanwhile (INTEGRATION_CHANGED)", async () => {
+    const made = await admin("POST", "/integrations", {
+      name: "helper first",
+      registry_url: `https://127.0.0.1:${scopedRegistryPort}`,
+      credential_helper: "ecr-login",
+    });
+    expect(made.status).toBe(201);
+    const hid = made.json["id"] as string;
+    // A helper integration needs no password to move; its probe is held by the new host...
+    const moving = admin("PATCH", `/integrations/${hid}`, { registry_url: `https://127.0.0.1:${holdingPort}` });
+    await probeHeld;
+    // ...while an operator gives it a password for the old host.
+    const repassed = await admin("PATCH", `/integrations/${hid}`, { username: "alice", password: CANARY });
+    expect(repassed.status).toBe(200);
+    releaseProbe();
+    const moved = await moving;
+    expect(moved.status).toBe(409);
+    expect(errorOf(moved).code).toBe("INTEGRATION_CHANGED");
+    expect((await admin("GET", `/integrations/${hid}`)).json).toMatchObject({
+      registry_url: `https://127.0.0.1:${scopedRegistryPort}`,
+      username: "alice",
+      has_password: true,
+    });
+  });
+
+  it("refuses a malformed audit query (QUERY_INVALID)", async () => {
+    const a = await admin("GET", "/audit?limit=0");
+    expect(a.status).toBe(422);
+    expect(errorOf(a).code).toBe("QUERY_INVALID");
   });
 });
 
@@ -468,18 +599,12 @@ describe("admin API: runs", () => {
     expect(after.json["status"]).toBe("canceled");
     expect((after.json["events"] as { type: string }[]).map((e) => e.type)).toEqual(["queued", "canceled"]);
     // A canceled run is never leased.
-    const reg = await call(
-      "POST",
-      "/api/agent/v1/agents",
-      { name: "n", version: "1", concurrency: 1, public_keys: [JSON.parse(await pubkeyDoc()) as unknown] },
-      cp.agentToken,
-    );
-    expect(reg.status).toBe(201);
+    const enrolled = await enrollAgent(cp.url, cp.agentToken);
     const lease = await call(
       "POST",
-      `/api/agent/v1/agents/${reg.json["agent_id"] as string}/leases`,
+      `/api/agent/v1/agents/${enrolled.agentId}/leases`,
       { max: 5, wait_seconds: 0 },
-      cp.agentToken,
+      enrolled.credential,
     );
     expect(lease.json).toEqual({ leases: [] });
   });
@@ -532,16 +657,6 @@ describe("admin API: runs", () => {
     expect((await admin("POST", "/runs/run-nope/cancel")).status).toBe(404);
   });
 });
-
-async function pubkeyDoc(): Promise<string> {
-  const keyFile = join(dir, `agent-${randomBytes(4).toString("hex")}.key`);
-  const child = spawn(BIN, ["keygen", "--key-file", keyFile], { stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  child.stdout.on("data", (c: Buffer) => (out += c.toString("utf8")));
-  const [code] = (await once(child, "exit")) as [number | null];
-  expect(code).toBe(0);
-  return out.trim();
-}
 
 describe("no answer carries a password", () => {
   it("in plain, JSON-escaped, URL-encoded or base64 form, in any answer above or in the process output", () => {

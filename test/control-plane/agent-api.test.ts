@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createControlPlane, type ControlPlane } from "../../src/control-plane/server.js";
 import { systemClock, type RunRecord, type RunStatus, type StoreClock } from "../../src/control-plane/store.js";
 import { parsePrivateKeyPem, type AgentPrivateKey } from "../../src/crypto/agent-key.js";
-import { openBundle } from "../../src/crypto/sealed-bundle.js";
+import { openBundle, openChallenge } from "../../src/crypto/sealed-bundle.js";
 import { tarGz } from "../support/control-plane-harness.js";
 import { leakForms } from "../support/leak-forms.js";
 
@@ -37,6 +37,8 @@ interface Answer {
 interface Registered {
   agentId: string;
   keys: Map<string, AgentPrivateKey>;
+  /** The per-agent credential from enrollment. */
+  credential: string;
 }
 
 interface ExportEntry {
@@ -80,8 +82,54 @@ async function call(method: string, path: string, body: unknown, token: string |
   return { status: res.status, text, json, headers: res.headers };
 }
 
-const agentCall = (method: string, path: string, body?: unknown): Promise<Answer> =>
-  call(method, `/api/agent/v1${path}`, body, agentToken);
+/** Every enrolled agent's credential, by agent id, and the agent each lease was handed to. */
+const credentials = new Map<string, string>();
+const leaseHolders = new Map<string, string>();
+
+/**
+ * Calls the agent API as the agent the path names (`/agents/{id}/...`, or `/leases/{id}/...` of a
+ * lease that agent was handed), with its credential; with the pool token otherwise.
+ */
+async function agentCall(method: string, path: string, body?: unknown): Promise<Answer> {
+  const [collection, id] = path.split("/").filter(Boolean);
+  const agentId = collection === "agents" ? id : collection === "leases" ? leaseHolders.get(id ?? "") : undefined;
+  const a = await call(method, `/api/agent/v1${path}`, body, credentials.get(agentId ?? "") ?? agentToken);
+  if (collection === "agents" && agentId !== undefined)
+    for (const lease of (a.json["leases"] as { lease_id: string }[] | undefined) ?? [])
+      leaseHolders.set(lease.lease_id, agentId);
+  return a;
+}
+
+/** Enrollment, both steps, against the control plane at `base`: opens the challenge with `keys`. */
+async function enroll(
+  base: string,
+  doc: { kid: string; public_key: string },
+  keys: Map<string, AgentPrivateKey>,
+): Promise<{ agentId: string; credential: string; answer: Record<string, unknown> }> {
+  const post = async (path: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> => {
+    const res = await fetch(`${base}/api/agent/v1${path}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${agentToken}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    return { status: res.status, json: JSON.parse(await res.text()) as Record<string, unknown> };
+  };
+  const reg = await post("/agents", { name: "third-party", version: "9.9.9", concurrency: 2, public_keys: [doc] });
+  expect(reg.status).toBe(201);
+  const agentId = reg.json["agent_id"] as string;
+  const challengeId = reg.json["challenge_id"] as string;
+  const answer = await openChallenge(reg.json["challenge"] as string, {
+    keys,
+    agentId,
+    challengeId,
+    nowMs: Date.now(),
+    clockSkewSeconds: 120,
+  });
+  const granted = await post(`/agents/${agentId}/credential`, { challenge_id: challengeId, answer });
+  expect(granted.status).toBe(200);
+  const credential = granted.json["credential"] as string;
+  return { agentId, credential, answer: granted.json };
+}
 const adminCall = (method: string, path: string, body?: unknown): Promise<Answer> =>
   call(method, `/api/admin/v1${path}`, body, adminToken);
 
@@ -95,16 +143,12 @@ async function register(): Promise<Registered> {
   const { stdout: shown } = await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" });
   const doc = JSON.parse(shown) as { kid: string; public_key: string };
   expect(JSON.parse(made)).toEqual(doc);
-  const reg = await agentCall("POST", "/agents", {
-    name: "third-party",
-    version: "9.9.9",
-    concurrency: 2,
-    public_keys: [doc],
-  });
-  expect(reg.status).toBe(201);
   const key = await parsePrivateKeyPem(await readFile(keyFile, "utf8"), keyFile);
   expect(key.kid).toBe(doc.kid);
-  return { agentId: reg.json["agent_id"] as string, keys: new Map([[key.kid, key]]) };
+  const keys = new Map([[key.kid, key]]);
+  const { agentId, credential } = await enroll(url, doc, keys);
+  credentials.set(agentId, credential);
+  return { agentId, keys, credential };
 }
 
 async function createIntegration(body: Record<string, unknown>): Promise<string> {
@@ -196,20 +240,31 @@ describe("agent API", () => {
     expect(Math.abs(Date.parse(date ?? "") - Date.now())).toBeLessThan(5000);
   });
 
-  it("registers an agent with the key from `keygen`/`pubkey` and answers the timings", async () => {
+  it("enrolls an agent with the key from `keygen`/`pubkey`: a sealed challenge, then the credential and timings", async () => {
     const keyFile = join(dir, "reg.key");
     await execFileAsync(BIN, ["keygen", "--key-file", keyFile]);
     const doc = JSON.parse(
       (await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout,
-    ) as unknown;
+    ) as { kid: string; public_key: string };
     const a = await agentCall("POST", "/agents", { name: "n", version: "1.0.0", concurrency: 1, public_keys: [doc] });
     expect(a.status).toBe(201);
     expect(a.json).toEqual({
       agent_id: expect.stringMatching(/^agent-/) as unknown,
+      challenge_id: expect.stringMatching(/^challenge-/) as unknown,
+      challenge: expect.any(String) as unknown,
+    });
+    // Not an agent until it answers: nothing is known by that id yet.
+    expect(cp.store.agents.has(a.json["agent_id"] as string)).toBe(false);
+    const key = await parsePrivateKeyPem(await readFile(keyFile, "utf8"), keyFile);
+    const { agentId, credential, answer } = await enroll(url, doc, new Map([[key.kid, key]]));
+    expect(answer).toEqual({
+      credential: expect.stringMatching(/^oca1_[A-Za-z0-9_-]{43}$/) as unknown,
       poll_wait_seconds: 2,
       heartbeat_interval_seconds: 1,
       lease_ttl_seconds: 60,
     });
+    // Stored hashed: the credential itself is nowhere in the store.
+    expect(JSON.stringify(cp.store.agents.get(agentId))).not.toContain(credential);
   });
 
   it("refuses a public key whose kid is not its thumbprint (422 PUBLIC_KEY_INVALID)", async () => {
@@ -222,16 +277,23 @@ describe("agent API", () => {
       name: "n",
       version: "1",
       concurrency: 1,
-      public_keys: [{ ...doc, kid: `x${doc.kid.slice(1)}` }],
+      // Another first character (a kid that starts with "x" would otherwise stay the same).
+      public_keys: [{ ...doc, kid: `${doc.kid.startsWith("x") ? "y" : "x"}${doc.kid.slice(1)}` }],
     });
     expect(a.status).toBe(422);
     expect(errorOf(a).code).toBe("PUBLIC_KEY_INVALID");
   });
 
-  it("answers 404 AGENT_UNKNOWN for an agent that never registered", async () => {
-    const a = await agentCall("POST", "/agents/agent-nobody/leases", { max: 1, wait_seconds: 0 });
-    expect(a.status).toBe(404);
-    expect(errorOf(a).code).toBe("AGENT_UNKNOWN");
+  it("an agent acts only as itself: another agent id answers 403 AGENT_NOT_CALLER", async () => {
+    const agent = await register();
+    const a = await call(
+      "POST",
+      "/api/agent/v1/agents/agent-nobody/leases",
+      { max: 1, wait_seconds: 0 },
+      agent.credential,
+    );
+    expect(a.status).toBe(403);
+    expect(errorOf(a).code).toBe("AGENT_NOT_CALLER");
   });
 
   it("holds a lease request for its wait, then answers [] when nothing is queued", async () => {
@@ -273,7 +335,7 @@ describe("agent API", () => {
       expect(lease.run.configuration.size_bytes).toBe(run.archive.byteLength);
       expect(Buffer.from(lease.run.configuration.inline_base64 ?? "", "base64").equals(run.archive)).toBe(true);
       const config = await fetch(`${url}/api/agent/v1/leases/${lease.lease_id}/configuration`, {
-        headers: { authorization: `Bearer ${agentToken}` },
+        headers: { authorization: `Bearer ${agent.credential}` },
       });
       expect(config.headers.get("content-type")).toBe("application/gzip");
       expect(Buffer.from(await config.arrayBuffer()).equals(run.archive)).toBe(true);
@@ -440,8 +502,47 @@ describe("the sealed bundle and the run's events", () => {
       kid: oldKid,
       public_key: Buffer.from((other.keys.get(oldKid ?? "") as AgentPrivateKey).publicKey).toString("base64url"),
     };
-    const put = await agentCall("PUT", `/agents/${other.agentId}/keys`, { public_keys: [oldDoc, doc] });
+    // Without proof of a current key, refused, and the keys stay as they were.
+    const unproved = await agentCall("PUT", `/agents/${other.agentId}/keys`, {
+      public_keys: [oldDoc, doc],
+      challenge_id: "challenge-made-up",
+      answer: "guess",
+    });
+    expect(unproved.status).toBe(403);
+    expect(errorOf(unproved).code).toBe("KEY_PROOF_FAILED");
+    expect(cp.store.agents.get(other.agentId)?.public_keys.map((k) => k.kid)).toEqual([oldKid]);
+    const challenge = await agentCall("POST", `/agents/${other.agentId}/keys/challenge`, {});
+    expect(challenge.status).toBe(200);
+    const challengeId = challenge.json["challenge_id"] as string;
+    const answer = await openChallenge(challenge.json["challenge"] as string, {
+      keys: other.keys,
+      agentId: other.agentId,
+      challengeId,
+      nowMs: Date.now(),
+      clockSkewSeconds: 120,
+    });
+    // The pool token cannot change keys, even with the answer.
+    const pooled = await call(
+      "PUT",
+      `/api/agent/v1/agents/${other.agentId}/keys`,
+      { public_keys: [doc], challenge_id: challengeId, answer },
+      agentToken,
+    );
+    expect(pooled.status).toBe(401);
+    expect(errorOf(pooled).code).toBe("POOL_TOKEN_NOT_ACCEPTED");
+    const put = await agentCall("PUT", `/agents/${other.agentId}/keys`, {
+      public_keys: [oldDoc, doc],
+      challenge_id: challengeId,
+      answer,
+    });
     expect(put.status).toBe(200);
+    // A challenge answers once.
+    const replayed = await agentCall("PUT", `/agents/${other.agentId}/keys`, {
+      public_keys: [doc],
+      challenge_id: challengeId,
+      answer,
+    });
+    expect(replayed.status).toBe(403);
     const newKey = await parsePrivateKeyPem(await readFile(keyFile, "utf8"), keyFile);
     const run = await createRun();
     const lease = await leaseOne(other);
@@ -450,7 +551,7 @@ describe("the sealed bundle and the run's events", () => {
     ) as { kid: string };
     expect(header.kid).toBe(doc.kid);
     const both = new Map([...other.keys, [newKey.kid, newKey]]);
-    const plain = await openLeaseBundle({ agentId: other.agentId, keys: both }, run.id, lease.bundle);
+    const plain = await openLeaseBundle({ ...other, keys: both }, run.id, lease.bundle);
     expect(plain.version).toBe(1);
     await agentCall("POST", `/leases/${lease.lease_id}/complete`, {
       outcome: "failed",
@@ -540,7 +641,7 @@ describe("lease life", () => {
     }
     expect((await agentCall("GET", `/leases/${lease.lease_id}/configuration`)).status).toBe(409);
     expect((await adminCall("GET", `/runs/${run.id}`)).json["status"]).toBe("succeeded");
-    expect((await agentCall("POST", "/leases/lease-unknown/heartbeat", {})).status).toBe(409);
+    expect((await call("POST", "/api/agent/v1/leases/lease-unknown/heartbeat", {}, agent.credential)).status).toBe(409);
   });
 
   it("a lease that is not heartbeated expires: the run fails LEASE_EXPIRED and is never leased again", async () => {
@@ -556,7 +657,7 @@ describe("lease life", () => {
       await execFileAsync(BIN, ["keygen", "--key-file", keyFile]);
       const doc = JSON.parse(
         (await execFileAsync(BIN, ["pubkey", "--key-file", keyFile], { encoding: "utf8" })).stdout,
-      ) as unknown;
+      ) as { kid: string; public_key: string };
       const post = async (path: string, body: unknown, token: string): Promise<Record<string, unknown>> => {
         const res = await fetch(`${base}${path}`, {
           method: "POST",
@@ -565,9 +666,8 @@ describe("lease life", () => {
         });
         return { status: res.status, ...(JSON.parse(await res.text()) as Record<string, unknown>) };
       };
-      const agentId = (
-        await post("/api/agent/v1/agents", { name: "s", version: "1", concurrency: 1, public_keys: [doc] }, agentToken)
-      )["agent_id"] as string;
+      const key = await parsePrivateKeyPem(await readFile(keyFile, "utf8"), keyFile);
+      const { agentId, credential } = await enroll(base, doc, new Map([[key.kid, key]]));
       const archive = await tarGz({ "main.tf": "\n" });
       const runId = (
         await post(
@@ -576,22 +676,116 @@ describe("lease life", () => {
           adminToken,
         )
       )["id"] as string;
-      const leases = (await post(`/api/agent/v1/agents/${agentId}/leases`, { max: 1, wait_seconds: 0 }, agentToken))[
+      const leases = (await post(`/api/agent/v1/agents/${agentId}/leases`, { max: 1, wait_seconds: 0 }, credential))[
         "leases"
       ] as LeaseJson[];
       expect(leases.map((l) => l.run.id)).toEqual([runId]);
       const run = await waitForStatus(short, runId, ["failed", "succeeded", "canceled"]);
       expect(run.status).toBe("failed");
       expect(run.error?.code).toBe("LEASE_EXPIRED");
-      const hb = await post(`/api/agent/v1/leases/${leases[0]?.lease_id ?? ""}/heartbeat`, {}, agentToken);
+      const hb = await post(`/api/agent/v1/leases/${leases[0]?.lease_id ?? ""}/heartbeat`, {}, credential);
       expect(hb["status"]).toBe(409);
-      expect(await post(`/api/agent/v1/agents/${agentId}/leases`, { max: 5, wait_seconds: 0 }, agentToken)).toEqual({
+      expect(await post(`/api/agent/v1/agents/${agentId}/leases`, { max: 5, wait_seconds: 0 }, credential)).toEqual({
         status: 200,
         leases: [],
       });
     } finally {
       await short.close();
     }
+  });
+});
+
+describe("the pool token only enrolls", () => {
+  it("a holder of the pool token who has not proved a key gets no lease, and a wrong answer gets no credential", async () => {
+    const victim = await register();
+    const [kid] = [...victim.keys.keys()];
+    const victimDoc = {
+      kid,
+      public_key: Buffer.from((victim.keys.get(kid ?? "") as AgentPrivateKey).publicKey).toString("base64url"),
+    };
+    const run = await createRun();
+    // The pool token reaches no agent or lease route, whatever the agent id.
+    for (const agentId of [victim.agentId, "agent-nobody"]) {
+      const a = await call("POST", `/api/agent/v1/agents/${agentId}/leases`, { max: 5, wait_seconds: 0 }, agentToken);
+      expect(a.status).toBe(401);
+      expect(errorOf(a).code).toBe("POOL_TOKEN_NOT_ACCEPTED");
+      expect(errorOf(a).message).toMatch(/enroll/);
+    }
+    // Enrolling with someone else's public key: the challenge is sealed to a key the rogue lacks.
+    const reg = await agentCall("POST", "/agents", {
+      name: "rogue",
+      version: "1",
+      concurrency: 5,
+      public_keys: [victimDoc],
+    });
+    expect(reg.status).toBe(201);
+    const rogueId = reg.json["agent_id"] as string;
+    const wrong = await agentCall("POST", `/agents/${rogueId}/credential`, {
+      challenge_id: reg.json["challenge_id"],
+      answer: randomBytes(32).toString("base64url"),
+    });
+    expect(wrong.status).toBe(403);
+    expect(errorOf(wrong).code).toBe("CHALLENGE_FAILED");
+    expect(wrong.text).not.toMatch(/oca1_/);
+    const asPending = await call(
+      "POST",
+      `/api/agent/v1/agents/${rogueId}/leases`,
+      { max: 5, wait_seconds: 0 },
+      agentToken,
+    );
+    expect(asPending.status).toBe(401);
+    // A made-up bearer is no credential either.
+    const madeUp = await call(
+      "POST",
+      `/api/agent/v1/agents/${rogueId}/leases`,
+      { max: 5, wait_seconds: 0 },
+      `oca1_${randomBytes(32).toString("base64url")}`,
+    );
+    expect(madeUp.status).toBe(401);
+    expect(errorOf(madeUp).code).toBe("AGENT_CREDENTIAL_INVALID");
+    expect(cp.store.agents.has(rogueId)).toBe(false);
+    expect(cp.store.runs.get(run.id)?.status).toBe("queued");
+    // The real agent, with its credential, gets the run.
+    const lease = await leaseOne(victim);
+    expect(lease.run.id).toBe(run.id);
+    await agentCall("POST", `/leases/${lease.lease_id}/complete`, {
+      outcome: "succeeded",
+      phases: [],
+      credentials_wiped: true,
+    });
+  });
+
+  it("agent A cannot fetch, heartbeat, report on or complete agent B's lease (404 LEASE_NOT_HELD)", async () => {
+    const a = await register();
+    const b = await register();
+    const run = await createRun();
+    const lease = await leaseOne(b);
+    expect(lease.run.id).toBe(run.id);
+    for (const [method, path, body] of [
+      ["GET", "configuration", undefined],
+      ["POST", "heartbeat", {}],
+      ["POST", "events", { events: [{ type: "forged", at: new Date().toISOString() }] }],
+      ["POST", "logs", { phase: "init", seq: 0, text: "forged" }],
+      ["POST", "complete", { outcome: "succeeded", phases: [], credentials_wiped: true }],
+    ] as const) {
+      const answer = await call(method, `/api/agent/v1/leases/${lease.lease_id}/${path}`, body, a.credential);
+      expect(answer.status, path).toBe(404);
+      expect(errorOf(answer).code, path).toBe("LEASE_NOT_HELD");
+      // And the pool token, with the lease id alone, is no better.
+      const pooled = await call(method, `/api/agent/v1/leases/${lease.lease_id}/${path}`, body, agentToken);
+      expect(pooled.status, path).toBe(401);
+    }
+    const view = cp.store.runs.get(run.id);
+    expect(view?.status).toBe("running");
+    expect(view?.logs).toEqual([]);
+    expect(view?.events.map((e) => e.type)).not.toContain("forged");
+    const done = await agentCall("POST", `/leases/${lease.lease_id}/complete`, {
+      outcome: "failed",
+      error: { code: "X", message: "m" },
+      phases: [],
+      credentials_wiped: true,
+    });
+    expect(done.json).toEqual({ id: run.id, status: "failed" });
   });
 });
 

@@ -8,7 +8,13 @@ import {
   type AgentPrivateKey,
   type RecipientPublicKey,
 } from "../../src/crypto/agent-key.js";
-import { openBundle, sealBundle, type OpenOptions } from "../../src/crypto/sealed-bundle.js";
+import {
+  openBundle,
+  openChallenge,
+  sealBundle,
+  sealChallenge,
+  type OpenOptions,
+} from "../../src/crypto/sealed-bundle.js";
 
 const CANARY = 'CANARY-pw-4b1d:"é';
 const PLAINTEXT = JSON.stringify({
@@ -536,5 +542,51 @@ describe("ReplayCache", () => {
     expect(cache.has("a", 2000)).toBe(false);
     expect(cache.has("b", 4999)).toBe(true);
     expect(cache.has("c", 1000)).toBe(false);
+  });
+});
+
+describe("enrollment challenges", () => {
+  const challenge = (to: RecipientPublicKey = recipient): Promise<string> =>
+    sealChallenge({
+      recipient: to,
+      agentId: "agent-1",
+      challengeId: "challenge-7",
+      secret: "the-secret",
+      issuedAtMs: NOW,
+      ttlSeconds: 300,
+    });
+  // Keys exist only once beforeAll ran: `keys` is given at each call.
+  const challengeOpts = {
+    agentId: "agent-1",
+    challengeId: "challenge-7",
+    nowMs: NOW,
+    clockSkewSeconds: 120,
+  };
+
+  it("opens to its secret with the recipient's key", async () => {
+    expect(await openChallenge(await challenge(), { ...challengeOpts, keys: new Map([[key.kid, key]]) })).toBe(
+      "the-secret",
+    );
+  });
+
+  it("cannot be opened without the private key, nor for another agent", async () => {
+    const toOther = await challenge({ kid: other.kid, publicKey: other.publicKey });
+    await expect(openChallenge(toOther, { ...challengeOpts, keys: new Map([[key.kid, key]]) })).rejects.toMatchObject({
+      code: "BUNDLE_UNKNOWN_KEY",
+    });
+    await expect(
+      openChallenge(await challenge(), { ...challengeOpts, keys: new Map([[key.kid, key]]), agentId: "agent-2" }),
+    ).rejects.toMatchObject({ code: "BUNDLE_WRONG_AGENT" });
+  });
+
+  it("is never taken for a bundle, nor a bundle for a challenge", async () => {
+    const sealed = await challenge();
+    await expect(openBundle(new TextEncoder().encode(sealed), opts({ runId: "challenge-7" }))).rejects.toMatchObject({
+      code: "BUNDLE_MALFORMED",
+    });
+    const bundle = await seal({ runId: "challenge-7" });
+    await expect(openChallenge(bundle, { ...challengeOpts, keys: new Map([[key.kid, key]]) })).rejects.toMatchObject({
+      code: "BUNDLE_MALFORMED",
+    });
   });
 });

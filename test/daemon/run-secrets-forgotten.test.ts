@@ -12,9 +12,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { REDACTED } from "../../src/core/redactor.js";
-import { FAKE_TOFU, type LogLine } from "../support/agent-process.js";
+import { FAKE_TOFU } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { composeInProcess } from "../support/in-process-agent.js";
+import { logCollector } from "../support/log-collector.js";
 import { leakForms } from "../support/leak-forms.js";
 import { agentFiles } from "../support/reliability-agents.js";
 
@@ -42,36 +43,6 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Collects the agent's JSON log lines; `next` resolves at the first (or an earlier) line that matches. */
-function logCollector(): {
-  sink: { write(text: string): void };
-  lines: LogLine[];
-  raw: () => string;
-  next(match: (l: LogLine) => boolean): Promise<LogLine>;
-} {
-  const lines: LogLine[] = [];
-  const waiters: { match: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
-  let raw = "";
-  return {
-    lines,
-    raw: () => raw,
-    sink: {
-      write(text) {
-        raw += text;
-        for (const part of text.split("\n").filter(Boolean)) {
-          const line = JSON.parse(part) as LogLine;
-          lines.push(line);
-          for (const w of [...waiters]) if (w.match(line)) waiters.splice(waiters.indexOf(w), 1)[0]?.resolve(line);
-        }
-      },
-    },
-    next(match) {
-      const found = lines.find(match);
-      return found ? Promise.resolve(found) : new Promise((resolve) => waiters.push({ match, resolve }));
-    },
-  };
-}
-
 describe("after a run", () => {
   it("the redactor no longer holds the run's secrets, and holds what it held before", async () => {
     const { keyFile, tokenFile } = await agentFiles(dir, h.agentToken);
@@ -92,10 +63,12 @@ describe("after a run", () => {
       log.sink,
     );
     const ended = agent.run();
+    let before: { size: number; longest: number } | undefined;
     try {
       await log.next((l) => l["event"] === "registered");
-      const before = { size: agent.redactor.size, longest: agent.redactor.longest };
-      expect(before).toEqual({ size: 1, longest: h.agentToken.length });
+      before = { size: agent.redactor.size, longest: agent.redactor.longest };
+      // The pool token, and the per-agent credential enrollment gave (oca1_ + 43 characters).
+      expect(before).toEqual({ size: 2, longest: Math.max(h.agentToken.length, 48) });
       expect(agent.redactor.redact(CANARY)).toBe(CANARY);
 
       const runId = await h.createRun(
@@ -112,13 +85,11 @@ describe("after a run", () => {
       agent.daemon.requestShutdown();
       expect((await ended).code).toBe(0);
     }
-    // Once the run is over (run() returned after draining it), only the token is left.
-    expect({ size: agent.redactor.size, longest: agent.redactor.longest }).toEqual({
-      size: 1,
-      longest: h.agentToken.length,
-    });
+    // Once the run is over (run() returned after draining it), only the token and credential are left.
+    expect({ size: agent.redactor.size, longest: agent.redactor.longest }).toEqual(before);
     expect(agent.redactor.redact(`x ${CANARY} y`)).toBe(`x ${CANARY} y`);
     expect(agent.redactor.redact(`x ${h.agentToken} y`)).toBe(`x ${REDACTED} y`);
     for (const form of leakForms(CANARY, "robot")) expect(log.raw()).not.toContain(form);
+    expect(log.raw()).not.toMatch(/oca1_/);
   });
 });

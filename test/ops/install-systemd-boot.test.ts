@@ -310,6 +310,8 @@ describe("docs/install-systemd.md on a booted Debian 12", () => {
     await guest.run("install -d -m 0700 /etc/ref-control-plane");
     await guest.run("(umask 077; cat > /etc/ref-control-plane/admin.token)", { stdin: ADMIN_TOKEN });
     await guest.run("(umask 077; cat > /etc/ref-control-plane/agent.token)", { stdin: POOL_TOKEN });
+    // The data file's key, apart from the data (docs/operations.md), handed over as a credential.
+    await guest.run("(umask 077; head -c 32 /dev/urandom | base64 > /etc/ref-control-plane/data.key)");
     // Enabled, with its state in a data file: it comes back, integrations and all, after a reboot.
     await guest.run(
       "cat > /etc/systemd/system/ref-control-plane.service && systemctl daemon-reload && systemctl enable --now ref-control-plane",
@@ -320,9 +322,10 @@ describe("docs/install-systemd.md on a booted Debian 12", () => {
           "[Service]",
           "Type=exec",
           "StateDirectory=ref-control-plane",
+          "LoadCredential=data-key:/etc/ref-control-plane/data.key",
           "ExecStart=/opt/oci-cred-agent/bin/oci-cred-agent control-plane --listen 127.0.0.1:8480 " +
             "--admin-token-file /etc/ref-control-plane/admin.token --agent-token-file /etc/ref-control-plane/agent.token " +
-            "--data-file /var/lib/ref-control-plane/state.json --lease-ttl 5s --heartbeat-interval 1s --poll-wait 5s",
+            "--data-file /var/lib/ref-control-plane/state.db --lease-ttl 5s --heartbeat-interval 1s --poll-wait 5s",
           "[Install]",
           "WantedBy=multi-user.target",
           "",

@@ -18,7 +18,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parsePublicKeyDoc } from "../../src/crypto/agent-key.js";
-import { sealBundle } from "../../src/crypto/sealed-bundle.js";
+import { sealBundle, sealChallenge } from "../../src/crypto/sealed-bundle.js";
 import type { AgentProcess, LogLine } from "../support/agent-process.js";
 import { tarGz } from "../support/control-plane-harness.js";
 import { agentFiles, launchAgent, stopAgent, type AgentFiles } from "../support/reliability-agents.js";
@@ -27,6 +27,9 @@ import { recordFigures, rssBytes } from "../support/reliability-figures.js";
 type Answer = (req: IncomingMessage, res: ServerResponse) => void;
 
 const TOKEN = "hostile-cp-token";
+/** The per-agent credential this control plane hands out once the agent answers its challenge. */
+const CREDENTIAL = "oca1_hostile-control-plane-credential-0123456789";
+const CHALLENGE_SECRET = "hostile-challenge-secret";
 const POLL_WAIT_S = 1;
 const MIB = 1024 * 1024;
 
@@ -105,15 +108,33 @@ function drip(res: ServerResponse): void {
 
 async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
   const path = req.url ?? "/";
-  if (req.headers.authorization !== `Bearer ${TOKEN}`) {
+  const enrolling = path === "/api/agent/v1/agents" || path === "/api/agent/v1/agents/agent-hostile/credential";
+  if (req.headers.authorization !== `Bearer ${enrolling ? TOKEN : CREDENTIAL}`) {
     json(res, 401, { error: { code: "UNAUTHORIZED", message: "no" } });
     return;
   }
   if (path === "/api/agent/v1/agents" && req.method === "POST") {
     const body = JSON.parse(await readAll(req)) as { public_keys: { kid: string; public_key: string }[] };
     publicKey = body.public_keys[body.public_keys.length - 1];
-    json(res, 201, {
-      agent_id: "agent-hostile",
+    const challenge = await sealChallenge({
+      recipient: parsePublicKeyDoc(JSON.stringify(publicKey), "agent key"),
+      agentId: "agent-hostile",
+      challengeId: "challenge-hostile",
+      secret: CHALLENGE_SECRET,
+      issuedAtMs: Date.now(),
+      ttlSeconds: 300,
+    });
+    json(res, 201, { agent_id: "agent-hostile", challenge_id: "challenge-hostile", challenge });
+    return;
+  }
+  if (path === "/api/agent/v1/agents/agent-hostile/credential" && req.method === "POST") {
+    const body = JSON.parse(await readAll(req)) as { answer: string };
+    if (body.answer !== CHALLENGE_SECRET) {
+      json(res, 403, { error: { code: "CHALLENGE_FAILED", message: "no" } });
+      return;
+    }
+    json(res, 200, {
+      credential: CREDENTIAL,
       poll_wait_seconds: POLL_WAIT_S,
       heartbeat_interval_seconds: 0.2,
       lease_ttl_seconds: 60,
