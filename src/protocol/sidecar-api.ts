@@ -15,6 +15,7 @@
  * schemas and framing only.
  */
 import { z } from "zod";
+import { parseJsonLine } from "./json-line.js";
 import { AgentError } from "../core/errors.js";
 import { PHASES, RUN_ID_PATTERN, type Phase } from "./agent-api.js";
 
@@ -83,25 +84,14 @@ const hookRefusalSchema = z.strictObject({
 const hookAnswerSchema = z.union([preHookAnswerSchema, postHookAnswerSchema, hookRefusalSchema]);
 export type HookAnswer = z.infer<typeof hookAnswerSchema>;
 
-function parseWith<T>(schema: z.ZodType<T>, line: string): T | undefined {
-  let value: unknown;
-  try {
-    value = JSON.parse(line);
-  } catch {
-    return undefined;
-  }
-  const parsed = schema.safeParse(value);
-  return parsed.success ? parsed.data : undefined;
-}
-
 /** A hook request line, or undefined when it is not a valid request. */
 export function parseHookRequest(line: string): HookRequest | undefined {
-  return parseWith(hookRequestSchema, line);
+  return parseJsonLine(hookRequestSchema, line);
 }
 
 /** A sidecar answer line, or undefined when it is not a valid answer. */
 export function parseHookAnswer(line: string): HookAnswer | undefined {
-  return parseWith(hookAnswerSchema, line);
+  return parseJsonLine(hookAnswerSchema, line);
 }
 
 /** One message as its line; refuses (INTERNAL) a line over the limit rather than send it. */

@@ -4,10 +4,11 @@
  * group (--socket-group): only the runner's user or group reaches it. A stale socket file (a
  * sidecar killed with -9) is replaced; a live one is refused (SIDECAR_SOCKET_IN_USE).
  */
-import { chmod, chown, lstat, unlink } from "node:fs/promises";
-import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { chmod, chown, unlink } from "node:fs/promises";
+import { createServer, type Socket } from "node:net";
 import type { Logger } from "pino";
-import { AgentError, errnoCode, isAgentError } from "../core/errors.js";
+import { listenOnSocket, takeSocketPath } from "../fs/socket-path.js";
+import { isAgentError } from "../core/errors.js";
 import {
   encodeHookLine,
   FirstLineReader,
@@ -35,65 +36,13 @@ const REQUEST_TIMEOUT_MS = 10_000;
 /** Connections served at once; more wait in the kernel's backlog. */
 const MAX_CONNECTIONS = 64;
 
-function answers(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = createConnection(socketPath);
-    const done = (value: boolean): void => {
-      socket.destroy();
-      resolve(value);
-    };
-    socket.setTimeout(2_000, () => {
-      done(true);
-    });
-    socket.once("connect", () => {
-      done(true);
-    });
-    socket.once("error", () => {
-      done(false);
-    });
-  });
-}
-
-async function takeSocketPath(socketPath: string): Promise<void> {
-  let st;
-  try {
-    st = await lstat(socketPath);
-  } catch (error) {
-    if (errnoCode(error) === "ENOENT") return;
-    throw error;
-  }
-  if (!st.isSocket())
-    throw new AgentError(
-      "SIDECAR_SOCKET_IN_USE",
-      `--socket ${socketPath} exists and is not a socket; remove it or choose another --socket`,
-      { path: socketPath },
-    );
-  if (await answers(socketPath))
-    throw new AgentError(
-      "SIDECAR_SOCKET_IN_USE",
-      `another sidecar answers on --socket ${socketPath}; stop it first, or choose another --socket`,
-      { path: socketPath },
-    );
-  await unlink(socketPath);
-}
-
-function listen(server: Server, socketPath: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(socketPath, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-}
-
 export function refusal(code: string, message: string): HookAnswer {
   return { ok: false, code, message: message.slice(0, 2048) };
 }
 
 export async function startHookServer(options: HookServerOptions): Promise<HookServer> {
   const { log } = options;
-  await takeSocketPath(options.socketPath);
+  await takeSocketPath(options.socketPath, "SIDECAR_SOCKET_IN_USE", "sidecar");
   const server = createServer({ allowHalfOpen: true });
   server.maxConnections = MAX_CONNECTIONS;
   const sockets = new Set<Socket>();
@@ -143,7 +92,7 @@ export async function startHookServer(options: HookServerOptions): Promise<HookS
       if (!answered) answer(refusal("REQUEST_INVALID", "the connection ended before a whole request line"));
     });
   });
-  await listen(server, options.socketPath);
+  await listenOnSocket(server, options.socketPath);
   await chmod(options.socketPath, 0o660);
   if (options.gid !== undefined) await chown(options.socketPath, -1, options.gid);
   log.info({ event: "socket_listening", socket: options.socketPath }, `serving hooks on ${options.socketPath}`);
