@@ -259,6 +259,7 @@ describe("operators see every agent", () => {
       registered_at: new Date(p.clock.now() - 7000).toISOString(),
       last_seen_at: new Date(p.clock.now() - 7000).toISOString(),
       status: "pending",
+      role: "agent",
       enrolled_with: "pool_token",
       enrollment_token_id: null,
       running_leases: 0,
