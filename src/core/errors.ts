@@ -126,9 +126,9 @@ export const ERROR_CODES = {
   HOOK_HOME_CONFIG_FOREIGN:
     "$HOME/.docker/config.json exists and the hook did not write it; the hook never overwrites a file of someone else's",
   HOOK_HOME_CONFIG_CHANGED:
-    "warning: $HOME/.docker/config.json was rewritten after the hook copied the run's credentials there; left in place",
+    "warning: $HOME/.docker/config.json was replaced after the hook linked it to the run's credentials; left in place",
   HOOK_HOME_UNSAFE: "$HOME/.docker is not a plain directory owned by the hook's user, or HOME is not usable",
-  HOOK_HOME_WRITE_FAILED: "copying the run's Docker config to $HOME/.docker/config.json, or removing it, failed",
+  HOOK_HOME_WRITE_FAILED: "linking $HOME/.docker/config.json to the run's Docker config, or removing the link, failed",
   // The reference control plane's data file (`control-plane --data-file`)
   DATA_KEY_REQUIRED: "--data-file was given without a data key (--data-key-file, or the systemd credential data-key)",
   DATA_KEY_BESIDE_DATA:

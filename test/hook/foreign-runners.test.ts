@@ -5,23 +5,28 @@
  * and a real registry (docker-registry, TLS, htpasswd) holding an OpenTofu module package:
  *
  * - in every phase the credentials are found: a real pull with skopeo (through
- *   REGISTRY_AUTH_FILE, or the HOME copy where the runner passes no variables), and OpenTofu's
- *   lookup (src/core/opentofu-resolver.ts, through TF_CLI_CONFIG_FILE or the HOME copy) with
+ *   REGISTRY_AUTH_FILE, or the HOME link where the runner passes no variables), and OpenTofu's
+ *   lookup (src/core/opentofu-resolver.ts, through TF_CLI_CONFIG_FILE or the HOME link) with
  *   OpenTofu's pull of the module package;
- * - nothing remains after each post hook (the sidecar's files, the HOME copy);
+ * - nothing remains after each post hook (the sidecar's files, the HOME link);
  * - a forged token or run id is refused before init, with nothing written;
- * - plan and apply in different "pods": separate processes with separate HOMEs.
+ * - plan and apply in different "pods": separate processes with separate HOMEs;
+ * - a phase that ends without its post hook (a cancel at the control plane, a pre hook that
+ *   fails after the sidecar wrote) leaves nothing readable in the HOME.
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
+import { resolveOpenTofuCredential } from "../../src/core/opentofu-resolver.js";
 import { AGENT_BIN, FAKE_TOFU, startLogged, type AgentProcess } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
+import { runHook } from "../support/hook-cli.js";
 import { buildModulePackage, pushModulePackage, type ModulePackage } from "../support/oci-module-package.js";
 import { agentFiles } from "../support/reliability-agents.js";
 import { startHtpasswdRegistry, type LocalRegistry } from "../support/registry-fixture.js";
@@ -229,14 +234,14 @@ function expectCredentialsInEveryPhase(
 }
 
 describe("foreign runners against the real sidecar", () => {
-  it("Scalr-style agent hooks: pre-init, pre-plan/post-plan, pre-init, pre-apply/post-apply; OpenTofu reads the HOME copy", async () => {
+  it("Scalr-style agent hooks: pre-init, pre-plan/post-plan, pre-init, pre-apply/post-apply; OpenTofu reads the HOME link", async () => {
     const run = await externalRun();
     const r = await runVendor(
       "scalr.sh",
       { id: run.id, token: run.run_token },
       { HOOKS_DIR: join(DEPLOY, "hooks/scalr") },
     );
-    // Scalr passes no variables to tofu: OpenTofu's ambient search finds $HOME/.docker/config.json of each operation.
+    // Scalr passes no variables to tofu: OpenTofu's ambient search finds $HOME/.docker/config.json (the link) of each operation.
     expectCredentialsInEveryPhase(r, ["init", "plan", "init", "apply"], "HOME", (rec) => {
       expect(rec.env["TF_CLI_CONFIG_FILE"]).toBeUndefined();
       return join(
@@ -366,5 +371,75 @@ describe("refusals before init", () => {
     expect(refusals.length).toBeGreaterThanOrEqual(3);
     expect(sidecar.output()).not.toContain(a.run_token);
     expect(sidecar.output()).not.toContain(b.run_token);
+  });
+});
+
+describe("the HOME link when a phase ends without its post hook", () => {
+  /** OpenTofu's read of an ambient file: ENOENT (through a dangling link too) is a missing file, anything else fails. */
+  const tofuReads = (path: string): string | undefined => {
+    try {
+      return readFileSync(path, "utf8");
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw error;
+    }
+  };
+  const hookEnv = (run: ExternalRun, extra: Record<string, string> = {}): Record<string, string> => ({
+    OCI_CRED_AGENT_SOCKET: socket,
+    OCI_CRED_AGENT_RUN_TOKEN: run.run_token,
+    ...extra,
+  });
+  /** Every file under the HOME that still holds the password. */
+  const holdingPassword = async (home: string): Promise<string[]> => {
+    const held: string[] = [];
+    for (const f of await filesUnder(home))
+      if ((await readFile(f, "utf8").catch(() => "")).includes(PASSWORD)) held.push(f);
+    return held;
+  };
+
+  it("a run canceled at the control plane after pre-plan --home: the sidecar's wipe leaves nothing readable in HOME, and OpenTofu's lookup skips the dangling link", async () => {
+    const run = await externalRun();
+    const home = await mkdtemp(join(dir, "home-cancel-"));
+    const pre = await runHook(["pre-plan", "--run-id", run.id, "--home", home], hookEnv(run));
+    expect([pre.code, pre.stderr]).toEqual([0, ""]);
+    // While the phase runs, OpenTofu finds alice through $HOME/.docker/config.json.
+    expect(
+      resolveOpenTofuCredential(`oci://${registry.host}/${REPO}?tag=${TAG}`, { HOME: home }, tofuReads),
+    ).toMatchObject({
+      source: "static",
+      username: "alice",
+      password: PASSWORD,
+      file: join(home, ".docker/config.json"),
+    });
+    const ended = sidecar.waitForLog((l) => l["event"] === "run_ended" && l["run_id"] === run.id);
+    expect((await h.admin("POST", `/runs/${run.id}/cancel`)).status).toBe(202);
+    expect((await ended)["code"]).toBe("RUN_CANCELED");
+    expect(await filesUnder(join(credentialsDir, "sidecar", run.id))).toEqual([]);
+    // Nothing in HOME holds the credentials any more, and the lookup finds nothing, without an error.
+    expect(await holdingPassword(home)).toEqual([]);
+    await expect(readFile(join(home, ".docker/config.json"))).rejects.toMatchObject({ code: "ENOENT" });
+    expect(resolveOpenTofuCredential(`oci://${registry.host}/${REPO}?tag=${TAG}`, { HOME: home }, tofuReads)).toEqual({
+      source: "none",
+    });
+    // The next hook of that HOME removes the dangling link (the sidecar no longer knows the run).
+    const post = await runHook(["post-plan", "--run-id", run.id, "--home", home], hookEnv(run));
+    expect(post.stderr).not.toMatch(/HOOK_HOME/);
+    expect(await filesUnder(home)).toEqual([]);
+  });
+
+  it("a pre hook whose $TFC_AGENT_ENV append fails leaves nothing in HOME", async () => {
+    const run = await externalRun();
+    const home = await mkdtemp(join(dir, "home-envfail-"));
+    const pre = await runHook(
+      ["pre-plan", "--run-id", run.id, "--home", home],
+      hookEnv(run, { TFC_AGENT_ENV: join(dir, "no-such-dir", "env") }),
+    );
+    expect([pre.code, pre.stdout]).toEqual([1, ""]);
+    expect(pre.stderr).toMatch(/^oci-cred-agent hook: HOOK_ENV_FILE_FAILED: /);
+    expect(await filesUnder(home)).toEqual([]);
+    // The sidecar's files go with the post hook the runner sends when the operation failed.
+    const post = await runHook(["post-plan", "--run-id", run.id, "--home", home], hookEnv(run));
+    expect([post.code, post.stderr]).toEqual([0, ""]);
+    expect(await filesUnder(join(credentialsDir, "sidecar", run.id))).toEqual([]);
   });
 });

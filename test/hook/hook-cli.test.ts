@@ -6,7 +6,21 @@
  */
 import { execFile, execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import {
+  chmod,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  readlink,
+  rename,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -107,15 +121,19 @@ describe("pre hooks", () => {
     );
   });
 
-  it("copy the run's Docker config to $HOME/.docker/config.json (0600) with OCI_CRED_AGENT_WRITE_HOME=1, and the post hook removes it", async () => {
+  it("link $HOME/.docker/config.json to the sidecar's Docker config with OCI_CRED_AGENT_WRITE_HOME=1, and the post hook removes the link", async () => {
+    // A .docker the user made readable by others is made 0700: the link names the sidecar's file.
+    await mkdir(join(home, ".docker"));
+    await chmod(join(home, ".docker"), 0o755);
     const pre = await runHook(["pre-plan"], baseEnv({ OCI_CRED_AGENT_WRITE_HOME: "1" }));
     expect([pre.code, pre.stderr]).toEqual([0, ""]);
-    const copy = join(home, ".docker/config.json");
-    expect(await readFile(copy, "utf8")).toBe(DOCKER_CONFIG_TEXT);
-    expect((await stat(copy)).mode & 0o777).toBe(0o600);
+    const link = join(home, ".docker/config.json");
+    expect((await lstat(link)).isSymbolicLink()).toBe(true);
+    expect(await readlink(link)).toBe(join(runDir, "docker/config.json"));
+    expect(await readFile(link, "utf8")).toBe(DOCKER_CONFIG_TEXT);
     expect((await stat(join(home, ".docker"))).mode & 0o777).toBe(0o700);
     expect((await readdir(join(home, ".docker"))).sort()).toEqual([".oci-cred-agent-hook.json", "config.json"]);
-    // Again (pre-init then pre-plan): it replaces its own copy.
+    // Again (pre-init then pre-plan): it replaces its own link.
     expect((await runHook(["pre-plan"], baseEnv({ OCI_CRED_AGENT_WRITE_HOME: "1" }))).code).toBe(0);
 
     const post = await runHook(["post-plan"], baseEnv({ OCI_CRED_AGENT_WRITE_HOME: "1" }));
@@ -159,9 +177,35 @@ describe("pre hooks", () => {
     expect(await readdir(elsewhere)).toEqual([]);
   });
 
-  it("leave a copy rewritten during the phase in place, with a warning", async () => {
+  it("replace, and remove, a copy that a hook before the link left (a marker with its digest)", async () => {
+    await mkdir(join(home, ".docker"), { mode: 0o700 });
+    const old = '{"auths":{"127.0.0.1:5000":{"auth":"b2xkOmNvcHk="}}}';
+    await writeFile(join(home, ".docker/config.json"), old, { mode: 0o600 });
+    const digest = createHash("sha256").update(old).digest("hex");
+    await writeFile(
+      join(home, ".docker/.oci-cred-agent-hook.json"),
+      `${JSON.stringify({ v: 1, run_id: "run-0", sha256: [digest] })}\n`,
+    );
     expect((await runHook(["pre-plan", "--home", home], baseEnv())).code).toBe(0);
-    await writeFile(join(home, ".docker/config.json"), '{"auths":{}}');
+    expect(await readlink(join(home, ".docker/config.json"))).toBe(join(runDir, "docker/config.json"));
+    await rm(join(home, ".docker/config.json"));
+    await writeFile(join(home, ".docker/config.json"), old, { mode: 0o600 });
+    await writeFile(
+      join(home, ".docker/.oci-cred-agent-hook.json"),
+      `${JSON.stringify({ v: 1, run_id: "run-0", sha256: [digest] })}\n`,
+    );
+    const post = await runHook(["post-plan", "--home", home], baseEnv());
+    expect([post.code, post.stderr]).toEqual([0, ""]);
+    expect(await readdir(join(home, ".docker"))).toEqual([]);
+  });
+
+  it("leave a link replaced during the phase in place, with a warning", async () => {
+    expect((await runHook(["pre-plan", "--home", home], baseEnv())).code).toBe(0);
+    // A tool that saves its config by renaming a new file over config.json.
+    await writeFile(join(home, ".docker/new.json"), '{"auths":{}}');
+    await rename(join(home, ".docker/new.json"), join(home, ".docker/config.json"));
+    // The sidecar's file was not written through the link.
+    expect(await readFile(join(runDir, "docker/config.json"), "utf8")).toBe(DOCKER_CONFIG_TEXT);
     const post = await runHook(["post-plan", "--home", home], baseEnv());
     expect(post.code).toBe(0);
     expect(post.stderr).toMatch(/^oci-cred-agent hook: warning: HOOK_HOME_CONFIG_CHANGED: /);

@@ -6,8 +6,9 @@
  *
  * Pre hooks print the run's variables as `KEY='value'` lines on stdout (and nothing else),
  * append them to `$TFC_AGENT_ENV` as plain `KEY=value` lines when that is set, and with --home
- * (or OCI_CRED_AGENT_WRITE_HOME=1) copy the run's Docker config to `$HOME/.docker/config.json`.
- * Post hooks remove that copy and tell the sidecar to wipe. Every failure is one line
+ * (or OCI_CRED_AGENT_WRITE_HOME=1) make `$HOME/.docker/config.json` a link to the run's Docker
+ * config in the sidecar's files (src/hook/home-docker-config.ts says why a link). Post hooks
+ * remove that link and tell the sidecar to wipe. Every failure is one line
  * `oci-cred-agent hook: CODE: message` on stderr and a non-zero exit; stdout stays empty.
  */
 import { appendFile } from "node:fs/promises";
@@ -20,7 +21,12 @@ import { RUN_ID_PATTERN } from "../../protocol/agent-api.js";
 import { DEFAULT_SIDECAR_SOCKET, HOOKS, isPreHook, type Hook, type HookRequest } from "../../protocol/sidecar-api.js";
 import { realFs } from "../../fs/secure-fs.js";
 import { readTokenFile } from "../../fs/token-file.js";
-import { readRunDockerConfig, wipeHomeDockerConfig, writeHomeDockerConfig } from "../../hook/home-docker-config.js";
+import {
+  checkHomeLinkable,
+  checkRunDockerConfig,
+  linkHomeDockerConfig,
+  wipeHomeDockerConfig,
+} from "../../hook/home-docker-config.js";
 import { askSidecar } from "../../hook/sidecar-client.js";
 
 export interface HookCommandOptions {
@@ -104,7 +110,7 @@ async function runTokenOf(opts: HookCommandOptions, env: Env): Promise<string> {
   return token;
 }
 
-/** The run's HOME to copy the Docker config into, or undefined when the hook leaves HOME alone. */
+/** The run's HOME to link the Docker config into, or undefined when the hook leaves HOME alone. */
 function homeOf(opts: HookCommandOptions, env: Env): string | undefined {
   if (opts.home !== undefined) {
     if (!isAbsolute(opts.home))
@@ -116,7 +122,7 @@ function homeOf(opts: HookCommandOptions, env: Env): string | undefined {
   const write = env["OCI_CRED_AGENT_WRITE_HOME"];
   if (write === undefined || write === "" || write === "0") return undefined;
   if (write !== "1")
-    throw new AgentError("INVALID_ARGUMENT", "OCI_CRED_AGENT_WRITE_HOME must be 1 (copy to $HOME/.docker) or 0");
+    throw new AgentError("INVALID_ARGUMENT", "OCI_CRED_AGENT_WRITE_HOME must be 1 (link in $HOME/.docker) or 0");
   const home = env["HOME"];
   if (home === undefined || !isAbsolute(home))
     throw new AgentError(
@@ -173,8 +179,10 @@ async function preHook(hook: Hook, opts: HookCommandOptions, io: Io): Promise<nu
   // Every line is rendered before anything is written: a value that cannot be one line writes nothing.
   const shellLines = shellEnvLines(answer.env);
   const plainLines = plainEnvLines(answer.env);
-  if (home !== undefined)
-    await writeHomeDockerConfig(home, req.run_id, await readRunDockerConfig(answer.docker_config_file));
+  if (home !== undefined) {
+    await checkHomeLinkable(home);
+    await checkRunDockerConfig(answer.docker_config_file);
+  }
   const envFile = io.env["TFC_AGENT_ENV"];
   if (envFile !== undefined && envFile !== "") {
     try {
@@ -187,18 +195,30 @@ async function preHook(hook: Hook, opts: HookCommandOptions, io: Io): Promise<nu
       );
     }
   }
-  io.stdout(shellLines);
+  // HOME last, so that no failure after it leaves the link behind (and a failing hook removes it):
+  // the sidecar's wipe covers its files at every ending, but nothing else wipes this HOME. When
+  // the link fails after the append, $TFC_AGENT_ENV keeps the variables (paths, no secret) and
+  // the hook's failure fails the operation.
+  if (home !== undefined) {
+    try {
+      await linkHomeDockerConfig(home, req.run_id, answer.docker_config_file);
+      io.stdout(shellLines);
+    } catch (error) {
+      await wipeHomeDockerConfig(home).catch(() => undefined);
+      throw error;
+    }
+  } else io.stdout(shellLines);
   return 0;
 }
 
 async function postHook(hook: Hook, opts: HookCommandOptions, io: Io): Promise<number> {
-  // The HOME copy goes first: it needs no sidecar, no run id and no token.
+  // The HOME link goes first: it needs no sidecar, no run id and no token.
   const home = homeOf(opts, io.env);
   if (home !== undefined) {
     const { outcome, path } = await wipeHomeDockerConfig(home);
     if (outcome === "changed")
       io.stderr(
-        `oci-cred-agent hook: warning: HOOK_HOME_CONFIG_CHANGED: ${path} changed after the hook copied the run's credentials there, so it was left in place; it may still hold them: remove it (the next pre hook refuses until then)\n`,
+        `oci-cred-agent hook: warning: HOOK_HOME_CONFIG_CHANGED: ${path} changed after the hook linked it to the run's credentials, so it was left in place; it may hold them: remove it (the next pre hook refuses until then)\n`,
       );
   }
   const req = await request(hook, opts, io.env);
