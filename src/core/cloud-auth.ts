@@ -72,7 +72,7 @@ export function cloudAuthFailed(refusal: CloudRefusal, options?: { cause?: unkno
   const permission = refusal.permission === undefined ? "" : `, missing permission ${refusal.permission}`;
   return new AgentError(
     "CLOUD_AUTH_FAILED",
-    `${refusal.provider} refused a registry credential for ${refusal.registry} to identity ${refusal.identity}${permission}: ${refusal.reason}; ${refusal.fix}`,
+    `${refusal.provider} gave no registry credential for ${refusal.registry} to identity ${refusal.identity}${permission}: ${refusal.reason}; ${refusal.fix}`,
     {
       provider: refusal.provider,
       identity: refusal.identity,

@@ -1,0 +1,113 @@
+/**
+ * The minter the composition root hands to the credentials layer: it picks the cloud of an
+ * entry, reuses a token until shortly before its expiry (src/core/cloud-token-cache.ts), and
+ * shares one mint among runs that ask at once. Each cloud's code, and its SDK, is loaded only
+ * when an entry first needs it (a dynamic import), so an agent that never meets a cloud entry
+ * neither starts slower nor holds the SDKs in memory (test/cloud/lazy-load.test.ts).
+ */
+import { cloudAuthFailed, type CloudMinter, type CloudProvider, type MintedCredential } from "../core/cloud-auth.js";
+import { CloudTokenCache, cloudTokenKey } from "../core/cloud-token-cache.js";
+import { awsIdentity } from "./aws-identity.js";
+
+/** One mint, the SDK's retries included, ends within this. */
+const MINT_DEADLINE_MS = 30_000;
+
+interface ProviderEntry {
+  /** Who the cloud's default chain will act as, from the environment only (cheap; no SDK). */
+  readonly identity: (env: NodeJS.ProcessEnv) => string;
+  readonly load: () => Promise<CloudMinter>;
+}
+
+function notYet(provider: CloudProvider, helper: string): ProviderEntry {
+  return {
+    identity: () => "(not looked up)",
+    load: () =>
+      Promise.reject(
+        cloudAuthFailed({
+          provider,
+          identity: "(not looked up)",
+          registry: "(any)",
+          permission: undefined,
+          reason: `this agent version does not mint ${provider} registry credentials yet`,
+          fix: `until it does, export the integration with credential_helper "${helper}" or a username and password`,
+        }),
+      ),
+  };
+}
+
+const PROVIDERS: Record<CloudProvider, ProviderEntry> = {
+  aws: {
+    identity: awsIdentity,
+    load: async () => new (await import("./aws-ecr.js")).AwsEcrMinter(),
+  },
+  // docs/protocol.md section 1: Azure (ACR) and GCP (GAR) follow the AWS pattern next.
+  azure: notYet("azure", "acr-env"),
+  gcp: notYet("gcp", "gcloud"),
+};
+
+/**
+ * Settles as `promise` does, or rejects with the signal's reason as soon as it aborts: the caller
+ * leaves, and a mint shared with other runs goes on for them.
+ */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const leave = (): void => {
+      reject(signal.reason as Error);
+    };
+    signal.addEventListener("abort", leave, { once: true });
+    promise
+      .finally(() => {
+        signal.removeEventListener("abort", leave);
+      })
+      .then(resolve, reject);
+  });
+}
+
+export interface CloudMinterOptions {
+  /** The cache's clock. */
+  readonly now?: () => number;
+}
+
+/**
+ * The clouds' SDKs read their default chains and endpoint overrides (`AWS_ENDPOINT_URL_ECR`, ...)
+ * from the agent's own environment, so this minter does too.
+ */
+export function createCloudMinter(options: CloudMinterOptions = {}): CloudMinter {
+  const env = process.env;
+  const cache = new CloudTokenCache(options.now ?? Date.now);
+  const loaded = new Map<CloudProvider, Promise<CloudMinter>>();
+  const inFlight = new Map<string, Promise<MintedCredential>>();
+
+  const providerMinter = (provider: CloudProvider): Promise<CloudMinter> => {
+    let minter = loaded.get(provider);
+    if (minter === undefined) {
+      minter = PROVIDERS[provider].load();
+      // A failed load (a refusal) is not kept: the next entry tries again.
+      minter.catch(() => loaded.delete(provider));
+      loaded.set(provider, minter);
+    }
+    return minter;
+  };
+
+  return {
+    mint(auth, registryHost, signal) {
+      const key = cloudTokenKey(auth, PROVIDERS[auth.provider].identity(env), registryHost);
+      const cached = cache.get(key);
+      if (cached !== undefined) return Promise.resolve(cached);
+      let shared = inFlight.get(key);
+      if (shared === undefined) {
+        shared = (async () => {
+          const minter = await providerMinter(auth.provider);
+          const minted = await minter.mint(auth, registryHost, AbortSignal.timeout(MINT_DEADLINE_MS));
+          cache.set(key, minted);
+          return minted;
+        })().finally(() => inFlight.delete(key));
+        // Every caller may have left (aborted) before it settles: its refusal is then nobody's.
+        shared.catch(() => undefined);
+        inFlight.set(key, shared);
+      }
+      return untilAborted(shared, signal);
+    },
+  };
+}

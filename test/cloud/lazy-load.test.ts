@@ -1,0 +1,71 @@
+/**
+ * Idle memory and start-up do not grow with the clouds' SDKs: `run` composes the agent (the
+ * cloud minter included) without loading any `@aws-sdk/*` module; the first aws entry loads it.
+ * A child Node process records every module it resolves (node:module registerHooks), so the
+ * answer is Node's own, not a reading of import statements.
+ */
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, describe, expect, it } from "vitest";
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), "lazy-load-"));
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const RECORDER = `
+import { registerHooks } from "node:module";
+globalThis.resolvedModules = new Set();
+registerHooks({
+  resolve(specifier, context, next) {
+    const result = next(specifier, context);
+    globalThis.resolvedModules.add(result.url);
+    return result;
+  },
+});
+`;
+
+const MAIN = `
+const src = ${JSON.stringify(join(root, "src"))};
+const aws = () => [...globalThis.resolvedModules].filter((u) => u.includes("/node_modules/@aws-sdk/")).length;
+await import(src + "/cli/commands/run.ts");
+await import(src + "/cli/commands/sidecar.ts");
+const { createCloudMinter } = await import(src + "/cloud/cloud-minter.ts");
+const minter = createCloudMinter();
+const atStart = aws();
+// No identity here (IMDS off): the mint is refused, but only after the SDK was loaded.
+process.env.AWS_EC2_METADATA_DISABLED = "true";
+for (const k of ["AWS_ROLE_ARN", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]) delete process.env[k];
+const code = await minter
+  .mint({ provider: "aws", region: "eu-west-1", account: undefined }, "r.example", new AbortController().signal)
+  .then(() => "minted", (e) => e.code);
+console.log(JSON.stringify({ atStart, afterAwsEntry: aws(), code, total: globalThis.resolvedModules.size }));
+`;
+
+describe("the clouds' SDKs are loaded only when an entry needs them", () => {
+  it("composing run and sidecar resolves no @aws-sdk module; the first aws entry does", () => {
+    writeFileSync(join(dir, "recorder.mjs"), RECORDER);
+    writeFileSync(join(dir, "main.mts"), MAIN);
+    const child = spawnSync(
+      process.execPath,
+      [
+        "--import",
+        join(root, "node_modules/tsx/dist/esm/index.mjs"),
+        "--import",
+        join(dir, "recorder.mjs"),
+        join(dir, "main.mts"),
+      ],
+      { cwd: root, encoding: "utf8", timeout: 60_000, env: { PATH: process.env["PATH"] ?? "", HOME: dir } },
+    );
+    expect(child.stderr).toBe("");
+    const result = JSON.parse(child.stdout.trim().split("\n").at(-1) ?? "{}") as Record<string, unknown>;
+    expect(result["total"]).toBeGreaterThan(100);
+    expect(result["atStart"]).toBe(0);
+    expect(result["code"]).toBe("CLOUD_AUTH_FAILED");
+    expect(result["afterAwsEntry"]).toBeGreaterThan(0);
+  });
+});

@@ -1,0 +1,65 @@
+import { describe, expect, it } from "vitest";
+import type { CloudAuth, MintedCredential } from "../../src/core/cloud-auth.js";
+import { CLOUD_TOKEN_REFRESH_MARGIN_MS, CloudTokenCache, cloudTokenKey } from "../../src/core/cloud-token-cache.js";
+
+const HOUR = 3_600_000;
+const AWS: CloudAuth = { provider: "aws", region: "eu-west-1", account: undefined };
+
+function clock(start = 1_800_000_000_000) {
+  let now = start;
+  return {
+    now: () => now,
+    advance: (ms: number) => {
+      now += ms;
+    },
+  };
+}
+
+function minted(expiresAtMs: number, password = "p"): MintedCredential {
+  return { username: "AWS", password, expiresAtMs, identity: "arn:aws:iam::123456789012:role/pool" };
+}
+
+describe("CloudTokenCache", () => {
+  it("hands a 12-hour token out until five minutes before it expires, then forgets it", () => {
+    const c = clock();
+    const cache = new CloudTokenCache(c.now);
+    const key = cloudTokenKey(AWS, "role", "r.example");
+    cache.set(key, minted(c.now() + 12 * HOUR));
+    c.advance(12 * HOUR - CLOUD_TOKEN_REFRESH_MARGIN_MS - 1);
+    expect(cache.get(key)?.password).toBe("p");
+    c.advance(1);
+    expect(cache.get(key)).toBeUndefined();
+  });
+
+  it("replaces a short-lived token at half its lifetime", () => {
+    const c = clock();
+    const cache = new CloudTokenCache(c.now);
+    const key = cloudTokenKey(AWS, "role", "r.example");
+    cache.set(key, minted(c.now() + 60_000));
+    c.advance(29_999);
+    expect(cache.get(key)).toBeDefined();
+    c.advance(1);
+    expect(cache.get(key)).toBeUndefined();
+  });
+
+  it("never keeps a token that has expired already", () => {
+    const c = clock();
+    const cache = new CloudTokenCache(c.now);
+    cache.set("k", minted(c.now()));
+    expect(cache.get("k")).toBeUndefined();
+  });
+
+  it("keys by provider, identity, registry and parameters", () => {
+    const keys = new Set([
+      cloudTokenKey(AWS, "role-a", "r.example"),
+      cloudTokenKey(AWS, "role-b", "r.example"),
+      cloudTokenKey(AWS, "role-a", "s.example"),
+      cloudTokenKey({ ...AWS, region: "us-east-1" }, "role-a", "r.example"),
+      cloudTokenKey({ ...AWS, account: "123456789012" }, "role-a", "r.example"),
+      cloudTokenKey({ provider: "gcp" }, "role-a", "r.example"),
+      cloudTokenKey({ provider: "azure", tenantId: "t", clientId: undefined }, "role-a", "r.example"),
+      cloudTokenKey({ provider: "azure", tenantId: undefined, clientId: "t" }, "role-a", "r.example"),
+    ]);
+    expect(keys.size).toBe(8);
+  });
+});
