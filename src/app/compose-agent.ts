@@ -23,6 +23,7 @@ import { AgentStatus, combineObservers } from "../ops/agent-status.js";
 import { startHealthServer, type HealthServer } from "../ops/health-server.js";
 import { AgentMetrics } from "../ops/metrics.js";
 import { PREFLIGHT_LIMITS, PreflightChecker } from "../registry/preflight.js";
+import { createCloudMinter } from "../cloud/cloud-minter.js";
 import { watchForChanges, type Watcher } from "./change-watcher.js";
 import type { PreparedAgent } from "./prepare-agent.js";
 import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
@@ -138,6 +139,8 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
       baseEnv: runBaseEnv(env, settings.keySource.kind === "env" ? settings.keySource.name : undefined),
       archiveLimits: { ...DEFAULT_ARCHIVE_LIMITS, maxBytes: settings.maxConfigBytes },
       maxBundleBytes: MAX_BUNDLE_BYTES,
+      // Loads a cloud's SDK only when a cloud_auth entry first needs it.
+      cloudMinter: createCloudMinter(),
       ...(settings.preflight
         ? {
             preflight: new PreflightChecker({

@@ -7,6 +7,7 @@
 import { readFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import type { Logger } from "pino";
+import { createCloudMinter } from "../cloud/cloud-minter.js";
 import { AgentError } from "../core/errors.js";
 import { Redactor } from "../core/redactor.js";
 import { ReplayCache } from "../core/replay-cache.js";
@@ -108,6 +109,8 @@ export async function composeSidecar(prepared: PreparedAgent, options: SidecarOp
     operator: prepared.operator,
     fs: realFs,
     maxBundleBytes: MAX_BUNDLE_BYTES,
+    // Loads a cloud's SDK only when a cloud_auth entry first needs it.
+    cloudMinter: createCloudMinter(),
     redact: (secret) => {
       redactor.add([secret]);
     },

@@ -1,5 +1,6 @@
 import { loadKeySource } from "../../keys/key-source.js";
 import { keySourceFrom } from "../key-option.js";
+import { createCloudMinter } from "../../cloud/cloud-minter.js";
 import { materializeRun } from "../../credentials/materialize.js";
 import { AgentError } from "../../core/errors.js";
 import { readOperatorTofuCliConfig } from "../../fs/tofu-cli-config-sources.js";
@@ -63,6 +64,8 @@ export async function materialize(opts: MaterializeOptions): Promise<number> {
     ...(base === undefined ? {} : { baseDockerConfig: base }),
     tofuCliConfigSources: await readOperatorTofuCliConfig(realFs, opts.tofuCliConfig),
     fs: realFs,
+    // Loads a cloud's SDK only when a cloud_auth entry needs it.
+    cloudMinter: createCloudMinter(),
     onWipe: (outcome) => {
       if (!outcome.ok) process.stderr.write(`oci-cred-agent: error ${outcome.error.code}: ${outcome.error.message}\n`);
     },
