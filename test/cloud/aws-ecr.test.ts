@@ -1,0 +1,281 @@
+/**
+ * cloud_auth with aws, end to end in the agent's own code: the SDK's default chain finds the web
+ * identity (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE), assumes the role at STS, asks ECR for a
+ * token in the entry's region, and RunCredentials writes it as an ordinary `auth` entry that a
+ * real registry accepts, for skopeo and for OpenTofu's lookup (src/core/opentofu-resolver.ts).
+ *
+ * AWS cannot run here: STS and ECR are local stand-ins (test/support/aws-standins.ts) that speak
+ * the documented wire formats, reached through the SDK's endpoint overrides
+ * (AWS_ENDPOINT_URL_STS, AWS_ENDPOINT_URL_ECR). The registry is real: Debian's docker-registry
+ * with htpasswd, whose user `AWS` gets each password the ECR stand-in issues (the old one stops
+ * working). Tokens expire on the test's clock, which the token cache reads: no sleeps.
+ */
+import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createCloudMinter } from "../../src/cloud/cloud-minter.js";
+import { isAgentError } from "../../src/core/errors.js";
+import { resolveOpenTofuCredential } from "../../src/core/opentofu-resolver.js";
+import { ReplayCache } from "../../src/core/replay-cache.js";
+import { generatePrivateKeyPem, parsePrivateKeyPem, type AgentPrivateKey } from "../../src/crypto/agent-key.js";
+import { sealBundle } from "../../src/crypto/sealed-bundle.js";
+import { prepareOperatorConfig } from "../../src/credentials/operator-config.js";
+import { RunCredentials } from "../../src/credentials/run-credentials.js";
+import { realFs } from "../../src/fs/secure-fs.js";
+import { PREFLIGHT_LIMITS, PreflightChecker } from "../../src/registry/preflight.js";
+import { startAwsStandIns, type AwsStandIns } from "../support/aws-standins.js";
+import type { LocalRegistry } from "../support/registry-fixture.js";
+import { startRegistryPair, type RegistryPair } from "../support/registry-pair.js";
+
+const execFileAsync = promisify(execFile);
+const ROLE_ARN = "arn:aws:iam::123456789012:role/oca-pool";
+const ASSUMED_ARN = "arn:aws:sts::123456789012:assumed-role/oca-pool/oci-cred-agent";
+const OIDC_TOKEN = "eyJhbGciOiJSUzI1NiJ9.projected-service-account-token.signature";
+const REPO = "modules/network";
+const TAG = "1.2.0";
+const TOKEN_LIFETIME_MS = 12 * 3_600_000;
+
+let work: string;
+let pair: RegistryPair;
+let registry: LocalRegistry;
+let aws: AwsStandIns;
+let key: AgentPrivateKey;
+let nowMs = Date.now();
+const issuedPasswords: string[] = [];
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), "oca-aws-ecr-"));
+  pair = await startRegistryPair({
+    pusherPassword: "pusher-password",
+    htpasswdUsers: {},
+    tokenUsers: {},
+    tag: TAG,
+    htpasswdRepositories: [REPO],
+    tokenRepositories: [],
+  });
+  registry = pair.registry;
+  aws = await startAwsStandIns({
+    assumedRoleArn: ASSUMED_ARN,
+    ecrExpiresAtMs: () => nowMs + TOKEN_LIFETIME_MS,
+    onEcrPassword: async (password) => {
+      issuedPasswords.push(password);
+      await registry.setPassword("AWS", password);
+    },
+  });
+  const tokenFile = join(work, "web-identity-token");
+  await writeFile(tokenFile, OIDC_TOKEN, { mode: 0o600 });
+  // The pool's identity, as IRSA gives it to a pod; nothing else of the chain is here.
+  process.env = Object.fromEntries(
+    Object.entries(process.env).filter(
+      ([name]) =>
+        !["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"].includes(
+          name,
+        ),
+    ),
+  );
+  Object.assign(process.env, {
+    AWS_ROLE_ARN: ROLE_ARN,
+    AWS_WEB_IDENTITY_TOKEN_FILE: tokenFile,
+    AWS_ROLE_SESSION_NAME: "oci-cred-agent",
+    AWS_ENDPOINT_URL_STS: aws.url,
+    AWS_ENDPOINT_URL_ECR: aws.url,
+    AWS_EC2_METADATA_DISABLED: "true",
+    AWS_CONFIG_FILE: join(work, "no-aws-config"),
+    AWS_SHARED_CREDENTIALS_FILE: join(work, "no-aws-credentials"),
+  });
+  key = await parsePrivateKeyPem(generatePrivateKeyPem(), "test key");
+}, 120_000);
+
+afterAll(async () => {
+  await aws.close();
+  await pair.stop();
+  await rm(work, { recursive: true, force: true });
+});
+
+async function openRun(runId: string, cloudAuth: Record<string, unknown>): Promise<RunCredentials> {
+  const bundle = await sealBundle({
+    recipient: { kid: key.kid, publicKey: key.publicKey },
+    agentId: "agent-aws",
+    runId,
+    plaintext: Buffer.from(
+      JSON.stringify({ version: 1, registries: [{ id: "int-ecr", url: registry.url, cloud_auth: cloudAuth }] }),
+    ),
+    issuedAtMs: Date.now(),
+    ttlSeconds: 600,
+  });
+  return RunCredentials.open({
+    bundle: Buffer.from(bundle),
+    keys: new Map([[key.kid, key]]),
+    agentId: "agent-aws",
+    runId,
+    nowMs: Date.now(),
+    maxLifetimeSeconds: 3600,
+    clockSkewSeconds: 120,
+    replayCache: new ReplayCache(),
+    onWipe: () => undefined,
+  });
+}
+
+/** `skopeo inspect --raw` reading exactly the run's REGISTRY_AUTH_FILE. */
+async function skopeoInspect(env: Readonly<Record<string, string>>): Promise<{ ok: boolean; text: string }> {
+  try {
+    const { stdout } = await execFileAsync(
+      "skopeo",
+      ["inspect", "--raw", "--cert-dir", registry.certDir, `docker://${registry.host}/${REPO}:${TAG}`],
+      {
+        env: {
+          PATH: process.env["PATH"] ?? "/usr/bin:/bin",
+          HOME: work,
+          REGISTRY_AUTH_FILE: env["REGISTRY_AUTH_FILE"] ?? "",
+        },
+        encoding: "utf8",
+      },
+    );
+    return { ok: true, text: stdout };
+  } catch (error) {
+    return { ok: false, text: (error as { stderr?: string }).stderr ?? String(error) };
+  }
+}
+
+function tofuResolves(env: Readonly<Record<string, string>>): {
+  username: string | undefined;
+  password: string | undefined;
+} {
+  const r = resolveOpenTofuCredential(`oci://${registry.host}/${REPO}?tag=${TAG}`, { ...env, HOME: work }, (path) => {
+    try {
+      return readFileSync(path, "utf8");
+    } catch {
+      return undefined;
+    }
+  });
+  expect(r.source).toBe("static");
+  return { username: r.username, password: r.password };
+}
+
+describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
+  it("mints through the web identity and ECR stand-ins, passes pre-flight, and is read by skopeo and OpenTofu's lookup; renewed before the next phase once it nears expiry", async () => {
+    const minter = createCloudMinter({ now: () => nowMs });
+    const credentials = await openRun("run-aws-1", { provider: "aws", region: "eu-west-1" });
+    const signal = new AbortController().signal;
+
+    const minted = await credentials.mintCloud(minter, signal);
+    expect(minted).toEqual([
+      {
+        host: registry.host,
+        integration_id: "int-ecr",
+        provider: "aws",
+        identity: ROLE_ARN,
+        expires_at: new Date(nowMs + TOKEN_LIFETIME_MS).toISOString(),
+      },
+    ]);
+
+    // What the agent sent: the token file's content and the role to STS; to ECR, a SigV4
+    // signature with the key STS issued, for eu-west-1 and the ecr service, with its session token.
+    const sts = aws.requests.filter((r) => r.api === "sts");
+    expect(sts).toHaveLength(1);
+    const form = new URLSearchParams(sts[0]?.body);
+    expect(form.get("Action")).toBe("AssumeRoleWithWebIdentity");
+    expect(form.get("RoleArn")).toBe(ROLE_ARN);
+    expect(form.get("WebIdentityToken")).toBe(OIDC_TOKEN);
+    const ecr = aws.requests.filter((r) => r.api === "ecr");
+    expect(ecr).toHaveLength(1);
+    const authorization = String(ecr[0]?.headers["authorization"]);
+    expect(authorization).toMatch(
+      new RegExp(
+        `^AWS4-HMAC-SHA256 Credential=${aws.issued?.accessKeyId ?? "?"}/\\d{8}/eu-west-1/ecr/aws4_request, SignedHeaders=[^,]*x-amz-security-token[^,]*, Signature=[0-9a-f]{64}$`,
+      ),
+    );
+    expect(ecr[0]?.headers["x-amz-security-token"]).toBe(aws.issued?.sessionToken);
+    expect(JSON.parse(ecr[0]?.body ?? "null")).toEqual({});
+
+    // Pre-flight checks it like any other credential.
+    const checker = new PreflightChecker({
+      cacheMs: 0,
+      ...PREFLIGHT_LIMITS,
+      now: () => Date.now(),
+      dispatcher: registry.dispatcher(),
+    });
+    const outcomes = await credentials.check(checker, new Map([[registry.host, [REPO]]]), signal);
+    expect(outcomes.map((o) => o.result)).toEqual(["ok"]);
+
+    const written = await credentials.write({
+      runDir: join(work, "run-aws-1"),
+      fs: realFs,
+      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
+    });
+    try {
+      const first = issuedPasswords.at(-1);
+      // An ordinary auth entry (user AWS), never identitytoken.
+      const dockerConfig = readFileSync(join(written.runDir, "docker", "config.json"), "utf8");
+      expect(dockerConfig).not.toContain("identitytoken");
+      expect(JSON.parse(dockerConfig)).toEqual({
+        auths: { [registry.host]: { auth: Buffer.from(`AWS:${first ?? ""}`).toString("base64") } },
+      });
+      expect(tofuResolves(written.env)).toEqual({ username: "AWS", password: first });
+      const pulled = await skopeoInspect(written.env);
+      expect(pulled.text).toContain("application/vnd.opentofu.modulepkg");
+      expect(pulled.ok).toBe(true);
+
+      // Before the next phase, still far from expiry: the cached token, no call to AWS, no rewrite.
+      expect(await credentials.refresh(minter, signal)).toEqual([]);
+      expect(aws.requests.filter((r) => r.api === "ecr")).toHaveLength(1);
+
+      // The phase outlived the token: the next refresh mints a new one and replaces the files.
+      nowMs += TOKEN_LIFETIME_MS;
+      const renewed = await credentials.refresh(minter, signal);
+      expect(renewed.map((m) => m.integration_id)).toEqual(["int-ecr"]);
+      const second = issuedPasswords.at(-1);
+      expect(second).not.toBe(first);
+      expect(await registry.probe("AWS", first ?? "")).toBe(401);
+      expect(tofuResolves(written.env)).toEqual({ username: "AWS", password: second });
+      expect((await skopeoInspect(written.env)).ok).toBe(true);
+      // The STS session was still good: only ECR was asked again.
+      expect(aws.requests.filter((r) => r.api === "sts")).toHaveLength(1);
+      expect(aws.requests.filter((r) => r.api === "ecr")).toHaveLength(2);
+    } finally {
+      expect((await credentials.wipe()).ok).toBe(true);
+    }
+  });
+
+  it("a refused identity fails with CLOUD_AUTH_FAILED naming aws, the role and ecr:GetAuthorizationToken, before anything is written", async () => {
+    aws.denyEcr = ASSUMED_ARN;
+    try {
+      const credentials = await openRun("run-aws-2", { provider: "aws", region: "us-east-1" });
+      const error: unknown = await credentials
+        .mintCloud(createCloudMinter({ now: () => nowMs }), new AbortController().signal)
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      if (!isAgentError(error, "CLOUD_AUTH_FAILED"))
+        throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
+      expect(error.details).toEqual({
+        provider: "aws",
+        identity: ASSUMED_ARN,
+        registry: registry.host,
+        permission: "ecr:GetAuthorizationToken",
+      });
+      expect(error.message).toContain(
+        `aws gave no registry credential for ${registry.host} to identity ${ASSUMED_ARN}`,
+      );
+      expect(error.message).toContain("allow ecr:GetAuthorizationToken to");
+      const last = aws.requests.at(-1);
+      expect(last?.api).toBe("ecr");
+      expect(String(last?.headers["authorization"])).toContain("/us-east-1/ecr/aws4_request");
+      await expect(
+        credentials.write({
+          runDir: join(work, "run-aws-2"),
+          fs: realFs,
+          operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
+        }),
+      ).rejects.toMatchObject({ code: "INTERNAL" });
+      await expect(realFs.lstat(join(work, "run-aws-2"))).rejects.toMatchObject({ code: "ENOENT" });
+    } finally {
+      aws.denyEcr = undefined;
+    }
+  });
+});
