@@ -31,6 +31,22 @@ export interface CloudMinter {
   mint(auth: CloudAuth, registryHost: string, signal: AbortSignal): Promise<MintedCredential>;
 }
 
+/** The wire form of docs/protocol.md section 1 (`cloud_auth`), with only the fields that are set. */
+export function cloudAuthJson(auth: CloudAuth): Record<string, string> {
+  switch (auth.provider) {
+    case "aws":
+      return { provider: "aws", region: auth.region, ...(auth.account === undefined ? {} : { account: auth.account }) };
+    case "azure":
+      return {
+        provider: "azure",
+        ...(auth.tenantId === undefined ? {} : { tenant_id: auth.tenantId }),
+        ...(auth.clientId === undefined ? {} : { client_id: auth.clientId }),
+      };
+    case "gcp":
+      return { provider: "gcp" };
+  }
+}
+
 /** The parameters that change what is minted, as text: part of a cache key, never a secret. */
 export function cloudAuthParameters(auth: CloudAuth): string {
   switch (auth.provider) {

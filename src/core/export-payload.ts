@@ -55,7 +55,7 @@ const AZURE_TENANT = /^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/;
 const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 
 /** Problems of a `cloud_auth` object; field paths only, never a value. Unknown fields are ignored, as in entries. */
-function cloudAuthProblems(raw: unknown): string[] {
+export function cloudAuthProblems(raw: unknown): string[] {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return ["cloud_auth: expected an object"];
   const c = raw as Record<string, unknown>;
   const provider = c["provider"];
@@ -80,7 +80,8 @@ function cloudAuthProblems(raw: unknown): string[] {
   return problems;
 }
 
-function toCloudAuth(raw: Record<string, unknown>): CloudAuth {
+/** A `cloud_auth` object that passed cloudAuthProblems, as the agent uses it. */
+export function toCloudAuth(raw: Record<string, unknown>): CloudAuth {
   const text = (field: string): string | undefined => {
     const v = raw[field];
     return typeof v === "string" ? v : undefined;
