@@ -59,18 +59,6 @@ export function cloudAuthParameters(auth: CloudAuth): string {
   }
 }
 
-/** How an entry is described in messages: the cloud and its parameters, never a secret. */
-export function describeCloudAuth(auth: CloudAuth): string {
-  switch (auth.provider) {
-    case "aws":
-      return `aws (region ${auth.region}${auth.account === undefined ? "" : `, account ${auth.account}`})`;
-    case "azure":
-      return `azure${auth.tenantId === undefined ? "" : ` (tenant ${auth.tenantId})`}`;
-    case "gcp":
-      return "gcp";
-  }
-}
-
 export interface CloudRefusal {
   readonly provider: CloudProvider;
   /** Who asked: a role ARN, a client id, or how the identity was looked for when none was found. */

@@ -17,7 +17,7 @@ import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 
-export interface RecordedRequest {
+interface RecordedRequest {
   readonly api: "sts" | "ecr";
   readonly headers: IncomingMessage["headers"];
   readonly body: string;
