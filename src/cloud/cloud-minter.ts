@@ -8,6 +8,7 @@
 import { cloudAuthFailed, type CloudMinter, type CloudProvider, type MintedCredential } from "../core/cloud-auth.js";
 import { CloudTokenCache, cloudTokenKey } from "../core/cloud-token-cache.js";
 import { awsIdentity } from "./aws-identity.js";
+import { azureIdentity } from "./azure-identity.js";
 
 /** One mint, the SDK's retries included, ends within this. */
 const MINT_DEADLINE_MS = 30_000;
@@ -15,7 +16,7 @@ const MINT_DEADLINE_MS = 30_000;
 interface ProviderEntry {
   /** Who the cloud's default chain will act as, from the environment only (cheap; no SDK). */
   readonly identity: (env: NodeJS.ProcessEnv) => string;
-  readonly load: () => Promise<CloudMinter>;
+  readonly load: (options: CloudMinterOptions) => Promise<CloudMinter>;
 }
 
 function notYet(provider: CloudProvider, helper: string): ProviderEntry {
@@ -40,8 +41,11 @@ const PROVIDERS: Record<CloudProvider, ProviderEntry> = {
     identity: awsIdentity,
     load: async () => new (await import("./aws-ecr.js")).AwsEcrMinter(),
   },
-  // docs/protocol.md section 1: Azure (ACR) and GCP (GAR) follow the AWS pattern next.
-  azure: notYet("azure", "acr-env"),
+  azure: {
+    identity: azureIdentity,
+    load: async (options) => new (await import("./azure-acr.js")).AzureAcrMinter({ extraCaPem: options.extraCaPem }),
+  },
+  // docs/protocol.md section 1: GCP (GAR) follows the AWS pattern next.
   gcp: notYet("gcp", "gcloud"),
 };
 
@@ -67,6 +71,12 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
 export interface CloudMinterOptions {
   /** The cache's clock. */
   readonly now?: () => number;
+  /**
+   * CA certificates (PEM) trusted besides Node's store for the clouds' endpoints that this code
+   * reaches itself or through an SDK that cannot read NODE_EXTRA_CA_CERTS after start (Entra ID,
+   * ACR's exchange). The agent passes none; tests running stand-ins in their own process do.
+   */
+  readonly extraCaPem?: string;
 }
 
 /**
@@ -82,7 +92,7 @@ export function createCloudMinter(options: CloudMinterOptions = {}): CloudMinter
   const providerMinter = (provider: CloudProvider): Promise<CloudMinter> => {
     let minter = loaded.get(provider);
     if (minter === undefined) {
-      minter = PROVIDERS[provider].load();
+      minter = PROVIDERS[provider].load(options);
       // A failed load (a refusal) is not kept: the next entry tries again.
       minter.catch(() => loaded.delete(provider));
       loaded.set(provider, minter);
