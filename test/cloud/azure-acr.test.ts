@@ -1,0 +1,370 @@
+/**
+ * cloud_auth with azure, end to end in the agent's own code: @azure/identity finds the workload
+ * identity (AZURE_FEDERATED_TOKEN_FILE + AZURE_CLIENT_ID + AZURE_TENANT_ID) or a managed
+ * identity, gets an Entra ID token for ACR, the agent exchanges it at the registry's
+ * /oauth2/exchange for an ACR refresh token, and RunCredentials writes it as an ordinary `auth`
+ * entry (user 00000000-0000-0000-0000-000000000000) that a real registry accepts, for skopeo and
+ * for OpenTofu's lookup (src/core/opentofu-resolver.ts).
+ *
+ * Azure cannot run here: Entra ID, IMDS and ACR's exchange are local stand-ins
+ * (test/support/azure-standins.ts) that speak the documented wire formats, reached through the
+ * SDK's endpoint overrides (AZURE_AUTHORITY_HOST, AZURE_POD_IDENTITY_AUTHORITY_HOST) and, for
+ * the exchange, through the registry's own address: an HTTPS front that answers /oauth2/exchange
+ * and forwards /v2/ to a real docker-registry whose htpasswd user
+ * 00000000-0000-0000-0000-000000000000 gets each refresh token as password (the old one stops
+ * working). The front and Entra use a throwaway CA, which the minter is given (extraCaPem) since
+ * this process cannot take NODE_EXTRA_CA_CERTS after start. Tokens expire on the test's clock,
+ * which the token cache reads: no sleeps.
+ */
+import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { Agent } from "undici";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createCloudMinter } from "../../src/cloud/cloud-minter.js";
+import { isAgentError, type AgentError } from "../../src/core/errors.js";
+import { resolveOpenTofuCredential } from "../../src/core/opentofu-resolver.js";
+import { ReplayCache } from "../../src/core/replay-cache.js";
+import { generatePrivateKeyPem, parsePrivateKeyPem, type AgentPrivateKey } from "../../src/crypto/agent-key.js";
+import { sealBundle } from "../../src/crypto/sealed-bundle.js";
+import { prepareOperatorConfig } from "../../src/credentials/operator-config.js";
+import { RunCredentials } from "../../src/credentials/run-credentials.js";
+import { realFs } from "../../src/fs/secure-fs.js";
+import { PREFLIGHT_LIMITS, PreflightChecker } from "../../src/registry/preflight.js";
+import { startAzureStandIns, type AzureStandIns } from "../support/azure-standins.js";
+import { makeTlsMaterial, type TlsMaterial } from "../support/registry-fixture.js";
+import { startRegistryPair, type RegistryPair } from "../support/registry-pair.js";
+
+const execFileAsync = promisify(execFile);
+const ACR_USER = "00000000-0000-0000-0000-000000000000";
+const TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const CLIENT = "5d1e3c7a-0f4b-4a4e-9f6b-2b7d8e6a1c01";
+const MANAGED_CLIENT = "9a8b7c6d-1111-2222-3333-444455556666";
+const FEDERATED_TOKEN = "eyJhbGciOiJSUzI1NiJ9.projected-service-account-token.signature";
+const REPO = "modules/network";
+const TAG = "1.2.0";
+const REFRESH_LIFETIME_MS = 3 * 3_600_000;
+
+let work: string;
+let pair: RegistryPair;
+let tls: TlsMaterial;
+let azure: AzureStandIns;
+let key: AgentPrivateKey;
+let front: Agent;
+let tokenFile: string;
+let nowMs = Date.now();
+let refreshExpiry: () => number | undefined = () => nowMs + REFRESH_LIFETIME_MS;
+const issuedPasswords: string[] = [];
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), "oca-azure-acr-"));
+  pair = await startRegistryPair({
+    pusherPassword: "pusher-password",
+    htpasswdUsers: {},
+    tokenUsers: {},
+    tag: TAG,
+    htpasswdRepositories: [REPO],
+    tokenRepositories: [],
+  });
+  tls = await makeTlsMaterial(join(work, "tls"));
+  azure = await startAzureStandIns({
+    tls,
+    registry: pair.registry,
+    tenantId: TENANT,
+    clientIds: [CLIENT],
+    refreshExpiresAtMs: () => refreshExpiry(),
+    onRefreshToken: async (token) => {
+      issuedPasswords.push(token);
+      await pair.registry.setPassword(ACR_USER, token);
+    },
+  });
+  front = new Agent({ connect: { ca: tls.caPem } });
+  tokenFile = join(work, "azure-identity-token");
+  await writeFile(tokenFile, FEDERATED_TOKEN, { mode: 0o600 });
+  // No other Azure identity of the machine's environment takes part.
+  process.env = Object.fromEntries(
+    Object.entries(process.env).filter(
+      ([name]) => !name.startsWith("AZURE_") && !name.startsWith("IDENTITY_") && name !== "MSI_ENDPOINT",
+    ),
+  );
+  // The pool's identity, as the AKS workload identity webhook gives it to a pod.
+  Object.assign(process.env, {
+    AZURE_FEDERATED_TOKEN_FILE: tokenFile,
+    AZURE_CLIENT_ID: CLIENT,
+    AZURE_TENANT_ID: TENANT,
+    AZURE_AUTHORITY_HOST: azure.authorityHost,
+  });
+  key = await parsePrivateKeyPem(generatePrivateKeyPem(), "test key");
+}, 120_000);
+
+afterAll(async () => {
+  await front.close();
+  await azure.close();
+  await pair.stop();
+  await rm(work, { recursive: true, force: true });
+});
+
+async function openRun(runId: string, cloudAuth: Record<string, unknown>): Promise<RunCredentials> {
+  const bundle = await sealBundle({
+    recipient: { kid: key.kid, publicKey: key.publicKey },
+    agentId: "agent-azure",
+    runId,
+    plaintext: Buffer.from(
+      JSON.stringify({
+        version: 1,
+        registries: [{ id: "int-acr", url: `https://${azure.registryHost}`, cloud_auth: cloudAuth }],
+      }),
+    ),
+    issuedAtMs: Date.now(),
+    ttlSeconds: 600,
+  });
+  return RunCredentials.open({
+    bundle: Buffer.from(bundle),
+    keys: new Map([[key.kid, key]]),
+    agentId: "agent-azure",
+    runId,
+    nowMs: Date.now(),
+    maxLifetimeSeconds: 3600,
+    clockSkewSeconds: 120,
+    replayCache: new ReplayCache(),
+    onWipe: () => undefined,
+  });
+}
+
+const minter = (): ReturnType<typeof createCloudMinter> =>
+  createCloudMinter({ now: () => nowMs, extraCaPem: tls.caPem });
+
+async function skopeoInspect(env: Readonly<Record<string, string>>): Promise<{ ok: boolean; text: string }> {
+  try {
+    const { stdout } = await execFileAsync(
+      "skopeo",
+      ["inspect", "--raw", "--cert-dir", tls.certDir, `docker://${azure.registryHost}/${REPO}:${TAG}`],
+      {
+        env: {
+          PATH: process.env["PATH"] ?? "/usr/bin:/bin",
+          HOME: work,
+          REGISTRY_AUTH_FILE: env["REGISTRY_AUTH_FILE"] ?? "",
+        },
+        encoding: "utf8",
+      },
+    );
+    return { ok: true, text: stdout };
+  } catch (error) {
+    return { ok: false, text: (error as { stderr?: string }).stderr ?? String(error) };
+  }
+}
+
+function tofuResolves(env: Readonly<Record<string, string>>): {
+  username: string | undefined;
+  password: string | undefined;
+} {
+  const r = resolveOpenTofuCredential(
+    `oci://${azure.registryHost}/${REPO}?tag=${TAG}`,
+    { ...env, HOME: work },
+    (path) => {
+      try {
+        return readFileSync(path, "utf8");
+      } catch {
+        return undefined;
+      }
+    },
+  );
+  expect(r.source).toBe("static");
+  return { username: r.username, password: r.password };
+}
+
+async function refusal(credentials: RunCredentials): Promise<AgentError> {
+  const error: unknown = await credentials.mintCloud(minter(), new AbortController().signal).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!isAgentError(error, "CLOUD_AUTH_FAILED")) throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
+  for (const token of [...azure.accessTokens, ...issuedPasswords, FEDERATED_TOKEN])
+    expect(JSON.stringify({ m: error.message, d: error.details })).not.toContain(token);
+  return error;
+}
+
+async function nothingWritten(credentials: RunCredentials, runId: string): Promise<void> {
+  await expect(
+    credentials.write({
+      runDir: join(work, runId),
+      fs: realFs,
+      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
+    }),
+  ).rejects.toMatchObject({ code: "INTERNAL" });
+  await expect(realFs.lstat(join(work, runId))).rejects.toMatchObject({ code: "ENOENT" });
+}
+
+describe("cloud_auth azure: Entra ID, ACR's exchange, a real registry", () => {
+  it("mints through workload identity and the exchange, passes pre-flight, and is read by skopeo and OpenTofu's lookup; renewed before the next phase once it nears expiry", async () => {
+    const m = minter();
+    const credentials = await openRun("run-azure-1", { provider: "azure" });
+    const signal = new AbortController().signal;
+    const identity = `workload identity client ${CLIENT} in tenant ${TENANT}`;
+
+    const minted = await credentials.mintCloud(m, signal);
+    expect(minted).toEqual([
+      {
+        host: azure.registryHost,
+        integration_id: "int-acr",
+        provider: "azure",
+        identity,
+        expires_at: new Date(Math.floor((nowMs + REFRESH_LIFETIME_MS) / 1000) * 1000).toISOString(),
+      },
+    ]);
+
+    // What the agent sent to Entra: client credentials with the federated token file's content
+    // as client assertion, for ACR's scope, at the tenant's token endpoint.
+    const token = azure.requests.filter((r) => r.api === "entra-token");
+    expect(token).toHaveLength(1);
+    expect(new URL(token[0]?.url ?? "", "https://x").pathname).toBe(`/${TENANT}/oauth2/v2.0/token`);
+    const form = token[0]?.form;
+    expect(form?.get("grant_type")).toBe("client_credentials");
+    expect(form?.get("client_id")).toBe(CLIENT);
+    expect(form?.get("client_assertion")).toBe(FEDERATED_TOKEN);
+    expect(form?.get("client_assertion_type")).toBe("urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
+    expect(form?.get("scope")?.split(" ")).toContain("https://containerregistry.azure.net/.default");
+    // To the registry: the Entra token, for this registry as service, in the tenant.
+    const exchange = azure.requests.filter((r) => r.api === "exchange");
+    expect(exchange).toHaveLength(1);
+    expect(exchange[0]?.method).toBe("POST");
+    expect(exchange[0]?.headers["content-type"]).toBe("application/x-www-form-urlencoded");
+    expect(Object.fromEntries(exchange[0]?.form ?? [])).toEqual({
+      grant_type: "access_token",
+      service: azure.registryHost,
+      tenant: TENANT,
+      access_token: azure.accessTokens[0],
+    });
+
+    const checker = new PreflightChecker({ cacheMs: 0, ...PREFLIGHT_LIMITS, now: () => Date.now(), dispatcher: front });
+    const outcomes = await credentials.check(checker, new Map([[azure.registryHost, [REPO]]]), signal);
+    expect(outcomes.map((o) => o.result)).toEqual(["ok"]);
+
+    const written = await credentials.write({
+      runDir: join(work, "run-azure-1"),
+      fs: realFs,
+      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
+    });
+    try {
+      const first = issuedPasswords.at(-1);
+      const dockerConfig = readFileSync(join(written.runDir, "docker", "config.json"), "utf8");
+      expect(dockerConfig).not.toContain("identitytoken");
+      expect(JSON.parse(dockerConfig)).toEqual({
+        auths: { [azure.registryHost]: { auth: Buffer.from(`${ACR_USER}:${first ?? ""}`).toString("base64") } },
+      });
+      expect(tofuResolves(written.env)).toEqual({ username: ACR_USER, password: first });
+      const pulled = await skopeoInspect(written.env);
+      expect(pulled.text).toContain("application/vnd.opentofu.modulepkg");
+      expect(pulled.ok).toBe(true);
+
+      // Far from expiry: the cached token, no call to Azure, no rewrite.
+      expect(await credentials.refresh(m, signal)).toEqual([]);
+      expect(azure.requests.filter((r) => r.api === "exchange")).toHaveLength(1);
+
+      // The phase outlived the refresh token: a new exchange, the files replaced, the old token dead.
+      nowMs += REFRESH_LIFETIME_MS;
+      const renewed = await credentials.refresh(m, signal);
+      expect(renewed.map((r) => r.integration_id)).toEqual(["int-acr"]);
+      const second = issuedPasswords.at(-1);
+      expect(second).not.toBe(first);
+      expect(await pair.registry.probe(ACR_USER, first ?? "")).toBe(401);
+      expect(tofuResolves(written.env)).toEqual({ username: ACR_USER, password: second });
+      expect((await skopeoInspect(written.env)).ok).toBe(true);
+      expect(azure.requests.filter((r) => r.api === "exchange")).toHaveLength(2);
+    } finally {
+      expect((await credentials.wipe()).ok).toBe(true);
+    }
+  });
+
+  it("a refresh token without exp is kept about 3 hours", async () => {
+    refreshExpiry = () => undefined;
+    try {
+      const credentials = await openRun("run-azure-noexp", { provider: "azure" });
+      const before = Date.now();
+      const [minted] = await credentials.mintCloud(minter(), new AbortController().signal);
+      const expires = Date.parse(minted?.expires_at ?? "");
+      expect(expires).toBeGreaterThanOrEqual(before + REFRESH_LIFETIME_MS - 1000);
+      expect(expires).toBeLessThanOrEqual(Date.now() + REFRESH_LIFETIME_MS + 1000);
+      await credentials.wipe();
+    } finally {
+      refreshExpiry = () => nowMs + REFRESH_LIFETIME_MS;
+    }
+  });
+
+  it("an unknown application (the entry's client_id) fails with CLOUD_AUTH_FAILED naming azure, the client and tenant and Entra's AADSTS700016, before anything is written", async () => {
+    const unknown = "00000000-dead-beef-0000-000000000001";
+    const credentials = await openRun("run-azure-2", { provider: "azure", client_id: unknown });
+    const exchangesBefore = azure.requests.filter((r) => r.api === "exchange").length;
+    const error = await refusal(credentials);
+    const identity = `workload identity client ${unknown} in tenant ${TENANT}`;
+    expect(error.details).toEqual({ provider: "azure", identity, registry: azure.registryHost, permission: null });
+    expect(error.message).toContain(
+      `azure gave no registry credential for ${azure.registryHost} to identity ${identity}`,
+    );
+    expect(error.message).toContain("AADSTS700016");
+    expect(error.message).toContain("federated credential");
+    expect(
+      azure.requests
+        .filter((r) => r.api === "entra-token")
+        .at(-1)
+        ?.form.get("client_id"),
+    ).toBe(unknown);
+    expect(azure.requests.filter((r) => r.api === "exchange")).toHaveLength(exchangesBefore);
+    await nothingWritten(credentials, "run-azure-2");
+  });
+
+  it("a registry that refuses the exchange fails with CLOUD_AUTH_FAILED naming AcrPull", async () => {
+    azure.denyExchange = true;
+    try {
+      const credentials = await openRun("run-azure-3", { provider: "azure", tenant_id: TENANT });
+      const error = await refusal(credentials);
+      expect(error.details).toMatchObject({
+        provider: "azure",
+        permission: "AcrPull (Microsoft.ContainerRegistry/registries/pull/read)",
+      });
+      expect(error.message).toContain("ACR /oauth2/exchange answered 401 UNAUTHORIZED");
+      expect(error.message).toContain(`grant workload identity client ${CLIENT} in tenant ${TENANT} the AcrPull role`);
+      await nothingWritten(credentials, "run-azure-3");
+    } finally {
+      azure.denyExchange = false;
+    }
+  });
+
+  it("workload identity without a tenant is refused before asking Entra, saying what is missing", async () => {
+    delete process.env["AZURE_TENANT_ID"];
+    try {
+      const asked = azure.requests.length;
+      const credentials = await openRun("run-azure-4", { provider: "azure" });
+      const error = await refusal(credentials);
+      expect(error.message).toContain("workload identity (AZURE_FEDERATED_TOKEN_FILE) needs a tenant id");
+      expect(error.message).toContain("set AZURE_CLIENT_ID and AZURE_TENANT_ID");
+      expect(azure.requests).toHaveLength(asked);
+    } finally {
+      process.env["AZURE_TENANT_ID"] = TENANT;
+    }
+  });
+
+  it("without a federated token file, a user-assigned managed identity through IMDS (Metadata: true, ACR's resource, the client id)", async () => {
+    delete process.env["AZURE_FEDERATED_TOKEN_FILE"];
+    process.env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = azure.imdsHost;
+    try {
+      const credentials = await openRun("run-azure-5", { provider: "azure", client_id: MANAGED_CLIENT });
+      const [minted] = await credentials.mintCloud(minter(), new AbortController().signal);
+      expect(minted?.identity).toBe(`managed identity client ${MANAGED_CLIENT} in tenant ${TENANT}`);
+      const imds = azure.requests.filter((r) => r.api === "imds").at(-1);
+      expect(imds?.headers["metadata"]).toBe("true");
+      expect(imds?.form.get("resource")).toBe("https://containerregistry.azure.net");
+      expect(imds?.form.get("client_id")).toBe(MANAGED_CLIENT);
+      const exchange = azure.requests.filter((r) => r.api === "exchange").at(-1);
+      expect(exchange?.form.get("access_token")).toBe(azure.accessTokens.at(-1));
+      expect(await pair.registry.probe(ACR_USER, issuedPasswords.at(-1) ?? "")).toBe(200);
+      await credentials.wipe();
+    } finally {
+      delete process.env["AZURE_POD_IDENTITY_AUTHORITY_HOST"];
+      process.env["AZURE_FEDERATED_TOKEN_FILE"] = tokenFile;
+    }
+  });
+});
