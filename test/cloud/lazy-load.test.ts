@@ -1,6 +1,7 @@
 /**
  * Idle memory and start-up do not grow with the clouds' SDKs: `run` composes the agent (the
- * cloud minter included) without loading any `@aws-sdk/*` module; the first aws entry loads it.
+ * cloud minter included) without loading any `@aws-sdk/*` or `@azure/*` module; the first aws
+ * entry loads the AWS SDK only, the first azure entry @azure/identity.
  * A child Node process records every module it resolves (node:module registerHooks), so the
  * answer is Node's own, not a reading of import statements.
  */
@@ -31,23 +32,32 @@ registerHooks({
 
 const MAIN = `
 const src = ${JSON.stringify(join(root, "src"))};
-const aws = () => [...globalThis.resolvedModules].filter((u) => u.includes("/node_modules/@aws-sdk/")).length;
+const count = (scope) => [...globalThis.resolvedModules].filter((u) => u.includes("/node_modules/" + scope + "/")).length;
+const aws = () => count("@aws-sdk");
+const azure = () => count("@azure");
 await import(src + "/cli/commands/run.ts");
 await import(src + "/cli/commands/sidecar.ts");
 const { createCloudMinter } = await import(src + "/cloud/cloud-minter.ts");
 const minter = createCloudMinter();
 const atStart = aws();
+const azureAtStart = azure();
 // No identity here (IMDS off): the mint is refused, but only after the SDK was loaded.
 process.env.AWS_EC2_METADATA_DISABLED = "true";
 for (const k of ["AWS_ROLE_ARN", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]) delete process.env[k];
 const code = await minter
   .mint({ provider: "aws", region: "eu-west-1", account: undefined }, "r.example", new AbortController().signal)
   .then(() => "minted", (e) => e.code);
-console.log(JSON.stringify({ atStart, afterAwsEntry: aws(), code, total: globalThis.resolvedModules.size }));
+const azureBefore = azure();
+// Workload identity without a client or tenant id: refused, but only after @azure/identity was loaded.
+process.env.AZURE_FEDERATED_TOKEN_FILE = "/nonexistent/azure-token";
+const azureCode = await minter
+  .mint({ provider: "azure", tenantId: undefined, clientId: undefined }, "r.example", new AbortController().signal)
+  .then(() => "minted", (e) => e.code);
+console.log(JSON.stringify({ atStart, afterAwsEntry: aws(), code, azureAtStart, azureBefore, afterAzureEntry: azure(), azureCode, total: globalThis.resolvedModules.size }));
 `;
 
 describe("the clouds' SDKs are loaded only when an entry needs them", () => {
-  it("composing run and sidecar resolves no @aws-sdk module; the first aws entry does", () => {
+  it("composing run and sidecar resolves no @aws-sdk or @azure module; the first aws entry loads only @aws-sdk, the first azure entry @azure", () => {
     writeFileSync(join(dir, "recorder.mjs"), RECORDER);
     writeFileSync(join(dir, "main.mts"), MAIN);
     const child = spawnSync(
@@ -67,5 +77,10 @@ describe("the clouds' SDKs are loaded only when an entry needs them", () => {
     expect(result["atStart"]).toBe(0);
     expect(result["code"]).toBe("CLOUD_AUTH_FAILED");
     expect(result["afterAwsEntry"]).toBeGreaterThan(0);
+    expect(result["azureAtStart"]).toBe(0);
+    // The aws entry loaded no @azure module either.
+    expect(result["azureBefore"]).toBe(0);
+    expect(result["azureCode"]).toBe("CLOUD_AUTH_FAILED");
+    expect(result["afterAzureEntry"]).toBeGreaterThan(0);
   });
 });
