@@ -8,6 +8,7 @@
 import { cloudAuthFailed, type CloudMinter, type CloudProvider, type MintedCredential } from "../core/cloud-auth.js";
 import { CloudTokenCache, cloudTokenKey } from "../core/cloud-token-cache.js";
 import { awsIdentity } from "./aws-identity.js";
+import { gcpIdentity } from "./gcp-identity.js";
 
 /** One mint, the SDK's retries included, ends within this. */
 const MINT_DEADLINE_MS = 30_000;
@@ -40,9 +41,12 @@ const PROVIDERS: Record<CloudProvider, ProviderEntry> = {
     identity: awsIdentity,
     load: async () => new (await import("./aws-ecr.js")).AwsEcrMinter(),
   },
-  // docs/protocol.md section 1: Azure (ACR) and GCP (GAR) follow the AWS pattern next.
+  // docs/protocol.md section 1: Azure (ACR) follows the AWS pattern next.
   azure: notYet("azure", "acr-env"),
-  gcp: notYet("gcp", "gcloud"),
+  gcp: {
+    identity: gcpIdentity,
+    load: async () => new (await import("./gcp-gar.js")).GcpGarMinter(),
+  },
 };
 
 /**
