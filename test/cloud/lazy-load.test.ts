@@ -1,6 +1,7 @@
 /**
  * Idle memory and start-up do not grow with the clouds' SDKs: `run` composes the agent (the
- * cloud minter included) without loading any `@aws-sdk/*` module; the first aws entry loads it.
+ * cloud minter included) without loading any `@aws-sdk/*` or google-auth-library module (nor its
+ * gaxios and gcp-metadata); the first aws entry loads the former, the first gcp entry the latter.
  * A child Node process records every module it resolves (node:module registerHooks), so the
  * answer is Node's own, not a reading of import statements.
  */
@@ -31,23 +32,34 @@ registerHooks({
 
 const MAIN = `
 const src = ${JSON.stringify(join(root, "src"))};
-const aws = () => [...globalThis.resolvedModules].filter((u) => u.includes("/node_modules/@aws-sdk/")).length;
+const count = (dirs) => [...globalThis.resolvedModules].filter((u) => dirs.some((d) => u.includes(\`/node_modules/\${d}/\`))).length;
+const aws = () => count(["@aws-sdk"]);
+const google = () => count(["google-auth-library", "gaxios", "gcp-metadata"]);
 await import(src + "/cli/commands/run.ts");
 await import(src + "/cli/commands/sidecar.ts");
 const { createCloudMinter } = await import(src + "/cloud/cloud-minter.ts");
 const minter = createCloudMinter();
 const atStart = aws();
+const googleAtStart = google();
 // No identity here (IMDS off): the mint is refused, but only after the SDK was loaded.
 process.env.AWS_EC2_METADATA_DISABLED = "true";
 for (const k of ["AWS_ROLE_ARN", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]) delete process.env[k];
 const code = await minter
   .mint({ provider: "aws", region: "eu-west-1", account: undefined }, "r.example", new AbortController().signal)
   .then(() => "minted", (e) => e.code);
-console.log(JSON.stringify({ atStart, afterAwsEntry: aws(), code, total: globalThis.resolvedModules.size }));
+const afterAwsEntry = aws();
+const googleAfterAwsEntry = google();
+// No Google identity either (no credential file, detection off): refused after google-auth-library was loaded.
+delete process.env.GOOGLE_APPLICATION_CREDENTIALS;
+process.env.METADATA_SERVER_DETECTION = "none";
+const gcpCode = await minter
+  .mint({ provider: "gcp" }, "r.example", new AbortController().signal)
+  .then(() => "minted", (e) => e.code);
+console.log(JSON.stringify({ atStart, afterAwsEntry, code, googleAtStart, googleAfterAwsEntry, afterGcpEntry: google(), gcpCode, total: globalThis.resolvedModules.size }));
 `;
 
 describe("the clouds' SDKs are loaded only when an entry needs them", () => {
-  it("composing run and sidecar resolves no @aws-sdk module; the first aws entry does", () => {
+  it("composing run and sidecar resolves no @aws-sdk or google-auth-library (gaxios, gcp-metadata) module; the first aws entry loads only @aws-sdk, the first gcp entry google-auth-library", () => {
     writeFileSync(join(dir, "recorder.mjs"), RECORDER);
     writeFileSync(join(dir, "main.mts"), MAIN);
     const child = spawnSync(
@@ -67,5 +79,9 @@ describe("the clouds' SDKs are loaded only when an entry needs them", () => {
     expect(result["atStart"]).toBe(0);
     expect(result["code"]).toBe("CLOUD_AUTH_FAILED");
     expect(result["afterAwsEntry"]).toBeGreaterThan(0);
+    expect(result["googleAtStart"]).toBe(0);
+    expect(result["googleAfterAwsEntry"]).toBe(0);
+    expect(result["gcpCode"]).toBe("CLOUD_AUTH_FAILED");
+    expect(result["afterGcpEntry"]).toBeGreaterThan(0);
   });
 });
