@@ -5,10 +5,11 @@
  * when an entry first needs it (a dynamic import), so an agent that never meets a cloud entry
  * neither starts slower nor holds the SDKs in memory (test/cloud/lazy-load.test.ts).
  */
-import { cloudAuthFailed, type CloudMinter, type CloudProvider, type MintedCredential } from "../core/cloud-auth.js";
+import { type CloudMinter, type CloudProvider, type MintedCredential } from "../core/cloud-auth.js";
 import { CloudTokenCache, cloudTokenKey } from "../core/cloud-token-cache.js";
 import { awsIdentity } from "./aws-identity.js";
 import { azureIdentity } from "./azure-identity.js";
+import { gcpIdentity } from "./gcp-identity.js";
 
 /** One mint, the SDK's retries included, ends within this. */
 const MINT_DEADLINE_MS = 30_000;
@@ -17,23 +18,6 @@ interface ProviderEntry {
   /** Who the cloud's default chain will act as, from the environment only (cheap; no SDK). */
   readonly identity: (env: NodeJS.ProcessEnv) => string;
   readonly load: (options: CloudMinterOptions) => Promise<CloudMinter>;
-}
-
-function notYet(provider: CloudProvider, helper: string): ProviderEntry {
-  return {
-    identity: () => "(not looked up)",
-    load: () =>
-      Promise.reject(
-        cloudAuthFailed({
-          provider,
-          identity: "(not looked up)",
-          registry: "(any)",
-          permission: undefined,
-          reason: `this agent version does not mint ${provider} registry credentials yet`,
-          fix: `until it does, export the integration with credential_helper "${helper}" or a username and password`,
-        }),
-      ),
-  };
 }
 
 const PROVIDERS: Record<CloudProvider, ProviderEntry> = {
@@ -45,8 +29,10 @@ const PROVIDERS: Record<CloudProvider, ProviderEntry> = {
     identity: azureIdentity,
     load: async (options) => new (await import("./azure-acr.js")).AzureAcrMinter({ extraCaPem: options.extraCaPem }),
   },
-  // docs/protocol.md section 1: GCP (GAR) follows the AWS pattern next.
-  gcp: notYet("gcp", "gcloud"),
+  gcp: {
+    identity: gcpIdentity,
+    load: async () => new (await import("./gcp-gar.js")).GcpGarMinter(),
+  },
 };
 
 /**

@@ -1,7 +1,8 @@
 /**
  * Idle memory and start-up do not grow with the clouds' SDKs: `run` composes the agent (the
- * cloud minter included) without loading any `@aws-sdk/*` or `@azure/*` module; the first aws
- * entry loads the AWS SDK only, the first azure entry @azure/identity.
+ * cloud minter included) without loading any `@aws-sdk/*`, `@azure/*` or google-auth-library
+ * module (nor its gaxios and gcp-metadata); the first aws entry loads the AWS SDK only, the first
+ * azure entry @azure/identity, the first gcp entry google-auth-library.
  * A child Node process records every module it resolves (node:module registerHooks), so the
  * answer is Node's own, not a reading of import statements.
  */
@@ -32,32 +33,43 @@ registerHooks({
 
 const MAIN = `
 const src = ${JSON.stringify(join(root, "src"))};
-const count = (scope) => [...globalThis.resolvedModules].filter((u) => u.includes("/node_modules/" + scope + "/")).length;
-const aws = () => count("@aws-sdk");
-const azure = () => count("@azure");
+const count = (dirs) => [...globalThis.resolvedModules].filter((u) => dirs.some((d) => u.includes(\`/node_modules/\${d}/\`))).length;
+const aws = () => count(["@aws-sdk"]);
+const azure = () => count(["@azure"]);
+const google = () => count(["google-auth-library", "gaxios", "gcp-metadata"]);
 await import(src + "/cli/commands/run.ts");
 await import(src + "/cli/commands/sidecar.ts");
 const { createCloudMinter } = await import(src + "/cloud/cloud-minter.ts");
 const minter = createCloudMinter();
 const atStart = aws();
 const azureAtStart = azure();
+const googleAtStart = google();
 // No identity here (IMDS off): the mint is refused, but only after the SDK was loaded.
 process.env.AWS_EC2_METADATA_DISABLED = "true";
 for (const k of ["AWS_ROLE_ARN", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]) delete process.env[k];
 const code = await minter
   .mint({ provider: "aws", region: "eu-west-1", account: undefined }, "r.example", new AbortController().signal)
   .then(() => "minted", (e) => e.code);
+const afterAwsEntry = aws();
 const azureBefore = azure();
+const googleAfterAwsEntry = google();
 // Workload identity without a client or tenant id: refused, but only after @azure/identity was loaded.
 process.env.AZURE_FEDERATED_TOKEN_FILE = "/nonexistent/azure-token";
 const azureCode = await minter
   .mint({ provider: "azure", tenantId: undefined, clientId: undefined }, "r.example", new AbortController().signal)
   .then(() => "minted", (e) => e.code);
-console.log(JSON.stringify({ atStart, afterAwsEntry: aws(), code, azureAtStart, azureBefore, afterAzureEntry: azure(), azureCode, total: globalThis.resolvedModules.size }));
+const googleAfterAzureEntry = google();
+// No Google identity either (no credential file, detection off): refused after google-auth-library was loaded.
+delete process.env.GOOGLE_APPLICATION_CREDENTIALS;
+process.env.METADATA_SERVER_DETECTION = "none";
+const gcpCode = await minter
+  .mint({ provider: "gcp" }, "r.example", new AbortController().signal)
+  .then(() => "minted", (e) => e.code);
+console.log(JSON.stringify({ atStart, afterAwsEntry, code, azureAtStart, azureBefore, afterAzureEntry: azure(), azureCode, googleAtStart, googleAfterAwsEntry, googleAfterAzureEntry, afterGcpEntry: google(), gcpCode, total: globalThis.resolvedModules.size }));
 `;
 
 describe("the clouds' SDKs are loaded only when an entry needs them", () => {
-  it("composing run and sidecar resolves no @aws-sdk or @azure module; the first aws entry loads only @aws-sdk, the first azure entry @azure", () => {
+  it("composing run and sidecar resolves no @aws-sdk, @azure or google-auth-library module; the first entry of each cloud loads that cloud's SDK only", () => {
     writeFileSync(join(dir, "recorder.mjs"), RECORDER);
     writeFileSync(join(dir, "main.mts"), MAIN);
     const child = spawnSync(
@@ -82,5 +94,10 @@ describe("the clouds' SDKs are loaded only when an entry needs them", () => {
     expect(result["azureBefore"]).toBe(0);
     expect(result["azureCode"]).toBe("CLOUD_AUTH_FAILED");
     expect(result["afterAzureEntry"]).toBeGreaterThan(0);
+    expect(result["googleAtStart"]).toBe(0);
+    expect(result["googleAfterAwsEntry"]).toBe(0);
+    expect(result["googleAfterAzureEntry"]).toBe(0);
+    expect(result["gcpCode"]).toBe("CLOUD_AUTH_FAILED");
+    expect(result["afterGcpEntry"]).toBeGreaterThan(0);
   });
 });
