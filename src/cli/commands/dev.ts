@@ -10,7 +10,7 @@ import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { composeAgent } from "../../app/compose-agent.js";
@@ -63,6 +63,14 @@ const SAMPLE_INTEGRATIONS = [
     export_credentials: false,
   },
 ];
+
+/**
+ * The directory the package's dependencies are installed in (the stand-in imports them): the
+ * package's own node_modules, a hoisted one above it, or where a symbolic link points.
+ */
+function dependenciesDir(): string {
+  return dirname(dirname(fileURLToPath(import.meta.resolve("commander"))));
+}
 
 async function tarGz(dir: string): Promise<Buffer> {
   const { stdout } = await execFileAsync("tar", ["czf", "-", "-C", dir, "."], {
@@ -154,7 +162,7 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
         {
           file: process.execPath,
           argsPrefix: [mainJs, "tofu-standin"],
-          needs: [process.execPath, fileURLToPath(new URL("../../../", import.meta.url))],
+          needs: [process.execPath, fileURLToPath(new URL("../../../", import.meta.url)), dependenciesDir()],
         };
     out(
       realTofu
