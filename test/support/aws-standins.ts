@@ -11,6 +11,9 @@
  * Every request is recorded, headers and body, so tests check what the agent sent: the web
  * identity token file's content and the role, and a SigV4 signature made with the key id STS
  * issued, for the entry's region and the `ecr` service.
+ *
+ * `startImdsStandIn` stands in for the instance metadata service (IMDSv2), the instance-role link
+ * of the chain, reached through AWS_EC2_METADATA_SERVICE_ENDPOINT.
  */
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
@@ -126,6 +129,100 @@ export async function startAwsStandIns(options: AwsStandInOptions): Promise<AwsS
         res.destroy();
       });
     });
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as AddressInfo;
+  Object.assign(state, {
+    url: `http://127.0.0.1:${port}`,
+    close: async () => {
+      server.closeAllConnections();
+      server.close();
+      await once(server, "close");
+    },
+  });
+  return state;
+}
+
+interface ImdsRequest {
+  readonly method: string;
+  readonly path: string;
+  readonly headers: IncomingMessage["headers"];
+}
+
+export interface ImdsStandIn {
+  /** `http://127.0.0.1:PORT`, for AWS_EC2_METADATA_SERVICE_ENDPOINT. */
+  readonly url: string;
+  readonly requests: ImdsRequest[];
+  /** The session tokens PUT /latest/api/token issued, in order. */
+  readonly sessionTokens: string[];
+  /** The role credentials IMDS handed out last (the secret key too, so a test can check a SigV4 signature). */
+  issued: { accessKeyId: string; secretAccessKey: string; sessionToken: string } | undefined;
+  /** While false, the instance has no role: security-credentials/ answers 404, as IMDS does. */
+  hasRole: boolean;
+  close(): Promise<void>;
+}
+
+/**
+ * A local stand-in for the EC2 instance metadata service, IMDSv2 only (as instances with
+ * `HttpTokens: required` run it): `PUT /latest/api/token` with
+ * `X-aws-ec2-metadata-token-ttl-seconds` (1 to 21600) issues a session token; every GET must carry
+ * it in `X-aws-ec2-metadata-token`, else 401. `GET /latest/meta-data/iam/security-credentials/`
+ * names the instance's role, and `.../security-credentials/<role>` answers its credentials in
+ * IMDS's JSON (Code, LastUpdated, Type, AccessKeyId, SecretAccessKey, Token, Expiration).
+ */
+export async function startImdsStandIn(options: { readonly roleName: string }): Promise<ImdsStandIn> {
+  const base = "/latest/meta-data/iam/security-credentials/";
+  const state: ImdsStandIn = {
+    url: "",
+    requests: [],
+    sessionTokens: [],
+    issued: undefined,
+    hasRole: true,
+    close: () => Promise.resolve(),
+  };
+  const server: Server = createServer((req, res) => {
+    const path = req.url ?? "";
+    state.requests.push({ method: req.method ?? "", path, headers: req.headers });
+    req.resume();
+    const text = (status: number, body: string): void => {
+      res.writeHead(status, { "content-type": "text/plain" });
+      res.end(body);
+    };
+    if (path === "/latest/api/token") {
+      if (req.method !== "PUT") return text(405, "");
+      const ttl = Number(req.headers["x-aws-ec2-metadata-token-ttl-seconds"]);
+      if (!Number.isInteger(ttl) || ttl < 1 || ttl > 21_600) return text(400, "");
+      const token = `imds-${randomBytes(24).toString("base64url")}`;
+      state.sessionTokens.push(token);
+      return text(200, token);
+    }
+    const sent = req.headers["x-aws-ec2-metadata-token"];
+    if (req.method !== "GET" || typeof sent !== "string" || !state.sessionTokens.includes(sent)) return text(401, "");
+    if (!state.hasRole) return text(404, "");
+    if (path === base) return text(200, options.roleName);
+    if (path === `${base}${options.roleName}`) {
+      const issued = {
+        accessKeyId: `ASIA${randomBytes(8).toString("hex").toUpperCase()}`,
+        secretAccessKey: randomBytes(30).toString("base64"),
+        sessionToken: `imds-session-${randomBytes(24).toString("base64url")}`,
+      };
+      state.issued = issued;
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.end(
+        JSON.stringify({
+          Code: "Success",
+          LastUpdated: new Date().toISOString(),
+          Type: "AWS-HMAC",
+          AccessKeyId: issued.accessKeyId,
+          SecretAccessKey: issued.secretAccessKey,
+          Token: issued.sessionToken,
+          Expiration: new Date(Date.now() + 6 * 3_600_000).toISOString(),
+        }),
+      );
+      return;
+    }
+    text(404, "");
   });
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
