@@ -116,25 +116,30 @@ export async function composeSidecar(prepared: PreparedAgent, options: SidecarOp
     log,
     daemon,
     async run() {
-      // Nothing is served before what an earlier process left is gone.
-      await daemon.sweep();
-      const hooks = await startHookServer({
-        socketPath: options.socketPath,
-        gid,
-        log,
-        handle: (request) => daemon.handle(request),
-      });
-      const health =
-        settings.listen === undefined
-          ? undefined
-          : await startHealthServer(settings.listen.host, settings.listen.port, status, metrics);
-      if (health) log.info({ event: "listening", url: health.url }, `health and metrics at ${health.url}`);
+      // Nothing is served before what an earlier process left is gone, and no other sidecar
+      // uses the directory (the lock is held until the end).
+      const unlock = await daemon.sweep();
       try {
-        return await daemon.run();
+        const hooks = await startHookServer({
+          socketPath: options.socketPath,
+          gid,
+          log,
+          handle: (request, signal) => daemon.handle(request, signal),
+        });
+        const health =
+          settings.listen === undefined
+            ? undefined
+            : await startHealthServer(settings.listen.host, settings.listen.port, status, metrics);
+        if (health) log.info({ event: "listening", url: health.url }, `health and metrics at ${health.url}`);
+        try {
+          return await daemon.run();
+        } finally {
+          await hooks.close();
+          await daemon.stop();
+          await health?.close();
+        }
       } finally {
-        await hooks.close();
-        await daemon.stop();
-        await health?.close();
+        await unlock();
       }
     },
   };
