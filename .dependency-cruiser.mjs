@@ -21,9 +21,14 @@ const LAYERS = {
   execution: ["core", "protocol", "fs"],
   // The runner: runs phases for an agent in another container; never holds a key or token.
   runner: ["core", "protocol", "execution", "fs"],
+  // The hook a foreign runner calls (`oci-cred-agent hook`): a socket client, never a key or token of the agent.
+  hook: ["core", "protocol", "fs"],
   // config: the typed settings the daemon runs with (AgentSettings), nothing that reads them.
   daemon: ["core", "protocol", "crypto", "http", "fs", "keys", "config", "registry", "credentials", "execution"],
   ops: ["core", "protocol", "daemon"],
+  // Sidecar mode: the daemon's control-plane client and lease keeper are reused, never execution
+  // (a sidecar runs no phase) nor the runner.
+  sidecar: ["core", "protocol", "crypto", "fs", "keys", "credentials", "daemon"],
   // fs: the data file is written with the same exclusive create as the agent's files.
   "control-plane": ["core", "protocol", "crypto", "http", "fs", "registry"],
   app: [
@@ -40,6 +45,7 @@ const LAYERS = {
     "runner",
     "daemon",
     "ops",
+    "sidecar",
     "control-plane",
   ],
   cli: null, // everything

@@ -11,6 +11,8 @@ import type { SealOptions } from "./commands/seal.js";
 import type { DoctorOptions } from "./commands/doctor.js";
 import type { ControlPlaneCommandOptions } from "./commands/control-plane.js";
 import type { RunnerCommandOptions } from "./commands/runner.js";
+import type { HookCommandOptions } from "./commands/hook.js";
+import type { SidecarCommandOptions } from "./commands/sidecar.js";
 import type { AgentsCommandOptions } from "./commands/agents.js";
 import type { CreateEnrollmentTokenOptions, EnrollmentTokensCommandOptions } from "./commands/enrollment-tokens.js";
 import { packageVersion } from "./version.js";
@@ -399,6 +401,72 @@ function buildProgram(setAction: (action: Action) => void): Command {
       setAction(async () => {
         const { runner } = await import("./commands/runner.js");
         return runner(opts);
+      });
+    });
+
+  // The hook a foreign runner calls around each phase (docs/sidecar.md); a small client that
+  // loads nothing but the socket protocol, so that it starts fast.
+  program
+    .command("hook")
+    .description(
+      "for a foreign runner's hooks: get a run's registry credentials from `oci-cred-agent sidecar` before init (pre hooks print KEY='value' lines) and wipe them after each phase (post hooks)",
+    )
+    .argument("<name>", "pre-init, pre-plan, pre-apply, post-plan, post-apply or post-run")
+    .option(
+      "--socket <path>",
+      "the sidecar's socket [default: OCI_CRED_AGENT_SOCKET, else /run/oci-cred-agent/sidecar.sock]",
+    )
+    .option(
+      "--run-id <id>",
+      "the control plane's run id [default: SCALR_RUN_ID, TFC_RUN_ID, TF_VAR_spacelift_run_id, BURRITO_RUNNER_RUN, in that order]",
+    )
+    .option(
+      "--run-token-file <file>",
+      "a file holding the run's token [default: OCI_CRED_AGENT_RUN_TOKEN; never on the command line]",
+    )
+    .option("--phase <phase>", "pre-init and post-run: init, plan or apply [default: SCALR_TERRAFORM_OPERATION]")
+    .addOption(
+      new Option("--outcome <outcome>", "post hooks: how the phase or run ended").choices(["succeeded", "failed"]),
+    )
+    .option(
+      "--home <dir>",
+      "the run's own HOME: copy the run's Docker config to <dir>/.docker/config.json (pre) and remove it (post) [default: $HOME when OCI_CRED_AGENT_WRITE_HOME=1, else none]",
+    )
+    .option("--timeout <duration>", "how long to wait for the sidecar's answer", "50s")
+    .option(
+      "--fail-if-unreachable",
+      "post hooks: exit 1 when the sidecar cannot be reached (default: a warning, exit 0; the sidecar wipes on its own)",
+    )
+    .action((name: string, opts: HookCommandOptions) => {
+      setAction(async () => {
+        const { hook } = await import("./commands/hook.js");
+        return hook(name, opts);
+      });
+    });
+
+  // Sidecar mode (docs/sidecar.md): the daemon beside a foreign runner.
+  addRunOptions(
+    program
+      .command("sidecar")
+      .description(
+        "beside a foreign runner: lease the runs it executes (executor external), and write each run's credentials for its pre hooks and wipe them at its post hooks, over a Unix socket; the runner holds neither key nor token",
+      ),
+  )
+    .option(
+      "--socket <path>",
+      "the Unix socket hooks connect to (created 0660) [default: OCI_CRED_AGENT_SOCKET, else /run/oci-cred-agent/sidecar.sock]",
+    )
+    .option(
+      "--socket-group <group>",
+      "the runner's group (name or number): it gets the socket and read access to its runs' files",
+    )
+    .option("--hook-ttl <duration>", "wipe a run's files when no post hook came within this long", "2h")
+    .option("--lease-wait <duration>", "how long a pre hook for a run not yet leased waits for its lease", "30s")
+    .action((opts: SidecarCommandOptions, cmd: Command) => {
+      const flags = givenFlags(cmd);
+      setAction(async () => {
+        const { sidecar } = await import("./commands/sidecar.js");
+        return sidecar(flags, opts);
       });
     });
 

@@ -28,6 +28,7 @@ function agentView(store: ControlPlaneStore, agent: AgentRecord): AgentView {
     name: agent.name,
     version: agent.version,
     concurrency: agent.concurrency,
+    role: agent.role,
     key_ids: agent.public_keys.map((k) => k.kid),
     registered_at: agent.registered_at,
     last_seen_at: agent.last_seen_at,

@@ -2,6 +2,7 @@
  * The admin API (Authorization: Bearer <admin token>): integrations and runs, and (admin-agents.ts)
  * agents and enrollment tokens. No response ever contains a stored password.
  */
+import { createHash, randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
 import { CREDENTIAL_HELPER_NAME, ENTRY_FIELD_MAX_LENGTH } from "../core/export-payload.js";
@@ -49,10 +50,17 @@ const createIntegrationSchema = z
 
 const patchIntegrationSchema = z.strictObject(integrationFields).partial();
 
-const createRunSchema = z.strictObject({
-  configuration_tar_gz_base64: z.string().min(1),
-  phases: z.array(z.enum(PHASES)).min(1).max(3).default(["init", "plan", "apply"]),
-});
+const createRunSchema = z
+  .strictObject({
+    /** Required for runs an agent executes; an external run's runner has its configuration. */
+    configuration_tar_gz_base64: z.string().min(1).optional(),
+    phases: z.array(z.enum(PHASES)).min(1).max(3).default(["init", "plan", "apply"]),
+    executor: z.enum(["agent", "external"]).default("agent"),
+  })
+  .refine((b) => b.executor === "external" || b.configuration_tar_gz_base64 !== undefined, {
+    message: "configuration_tar_gz_base64 is required for a run an agent executes (executor agent)",
+    path: ["configuration_tar_gz_base64"],
+  });
 
 const auditQuerySchema = z.strictObject({
   after: z.coerce.number().int().min(0).default(0),
@@ -75,6 +83,7 @@ function runView(run: RunRecord): Record<string, unknown> {
     id: run.id,
     status: run.status,
     phases: run.phases,
+    executor: run.executor,
     queued_at: run.queued_at,
     agent_id: run.lease?.agent_id ?? null,
     error: run.error ?? null,
@@ -272,23 +281,41 @@ export class AdminApi {
 
   private async createRun(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJson(req, createRunSchema, MAX_ADMIN_BODY);
-    if (!/^[A-Za-z0-9+/]*={0,2}$/.test(body.configuration_tar_gz_base64)) {
-      throw new HttpError(422, "BODY_INVALID", "configuration_tar_gz_base64 is not base64", {
-        field: "configuration_tar_gz_base64",
-      });
+    const configuration =
+      body.configuration_tar_gz_base64 === undefined
+        ? Buffer.alloc(0)
+        : checkedConfiguration(body.configuration_tar_gz_base64);
+    if (body.executor === "agent") {
+      const run = this.store.createRun(configuration, body.phases);
+      sendJson(res, 201, { id: run.id, status: run.status, executor: run.executor });
+      return;
     }
-    const configuration = Buffer.from(body.configuration_tar_gz_base64, "base64");
-    if (configuration.byteLength < 2 || configuration[0] !== 0x1f || configuration[1] !== 0x8b) {
-      throw new HttpError(
-        422,
-        "BODY_INVALID",
-        "configuration_tar_gz_base64 is not a gzip archive (tar.gz of the configuration directory)",
-        {
-          field: "configuration_tar_gz_base64",
-        },
-      );
-    }
-    const run = this.store.createRun(configuration, body.phases);
-    sendJson(res, 201, { id: run.id, status: run.status });
+    // Shown once, here; the control plane keeps its SHA-256 only (like an agent's credential).
+    const runToken = `ocrt_${randomBytes(32).toString("base64url")}`;
+    const run = this.store.createRun(configuration, body.phases, {
+      runTokenSha256: createHash("sha256").update(runToken, "utf8").digest("hex"),
+    });
+    sendJson(res, 201, { id: run.id, status: run.status, executor: run.executor, run_token: runToken });
   }
+}
+
+/** The configuration archive of a new run, decoded and checked to be gzip. */
+function checkedConfiguration(base64: string): Buffer {
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(base64)) {
+    throw new HttpError(422, "BODY_INVALID", "configuration_tar_gz_base64 is not base64", {
+      field: "configuration_tar_gz_base64",
+    });
+  }
+  const configuration = Buffer.from(base64, "base64");
+  if (configuration.byteLength < 2 || configuration[0] !== 0x1f || configuration[1] !== 0x8b) {
+    throw new HttpError(
+      422,
+      "BODY_INVALID",
+      "configuration_tar_gz_base64 is not a gzip archive (tar.gz of the configuration directory)",
+      {
+        field: "configuration_tar_gz_base64",
+      },
+    );
+  }
+  return configuration;
 }

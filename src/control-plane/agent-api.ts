@@ -5,6 +5,7 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { z } from "zod";
 import { selectCredentials } from "../core/credential-selection.js";
 import { EXPORT_VERSION, type ExportedCredential } from "../core/export-payload.js";
 import { parsePublicKeyDoc, type RecipientPublicKey } from "../crypto/agent-key.js";
@@ -16,9 +17,11 @@ import {
   leaseRequestSchema,
   logChunkRequestSchema,
   registerRequestSchema,
+  runTokenRequestSchema,
   updateKeysRequestSchema,
   type Challenge,
   type Lease,
+  type SidecarLease,
 } from "../protocol/agent-api.js";
 import { addressKey } from "./connection-policy.js";
 import { bearerMatches, bearerToken, HttpError, readJson, sendJson } from "./http-util.js";
@@ -217,6 +220,13 @@ export class AgentApi {
         );
       if (run.lease?.agent_id !== agent.id)
         throw new HttpError(404, "LEASE_NOT_HELD", `this agent holds no lease ${id}; act only on your own leases`);
+      if (action === "run-token" && method === "POST") return this.checkRunToken(req, res, run, agent);
+      if (action === "bundle" && method === "POST") {
+        await readJson(req, z.object({}), MAX_AGENT_BODY);
+        externalOnly(run, agent);
+        sendJson(res, 200, { bundle: await this.sealFor(run, agent) });
+        return;
+      }
       if (action === "configuration" && method === "GET") {
         res.writeHead(200, { "content-type": "application/gzip", "content-length": run.configuration.byteLength });
         res.end(run.configuration);
@@ -315,6 +325,7 @@ export class AgentApi {
       last_seen_at: now,
       disabled: false,
       enrollment_token_id: via.kind === "token" ? via.token.id : null,
+      role: body.role ?? "agent",
     };
     const { challenge, secret } = newChallenge(nowMs, ENROLLMENT_CHALLENGE_TTL_SECONDS);
     this.pending.add({ agent, challenge, addressKey: address, remoteAddress, startedAtMs: nowMs });
@@ -495,13 +506,17 @@ export class AgentApi {
     );
     res.off("close", onClose);
     if (this.waiting.get(agent.id) === abort) this.waiting.delete(agent.id);
-    const leases: Lease[] = [];
+    const leases: (Lease | SidecarLease)[] = [];
     for (const run of runs) {
       try {
         const bundle = await this.sealFor(run, agent);
         // Disabled or deleted while the bundle was sealed: the run ended already, with the reason.
         if (run.status !== "running" || run.lease?.agent_id !== agent.id) continue;
-        leases.push(this.store.toLeasePayload(run, bundle));
+        leases.push(
+          run.executor === "external"
+            ? this.store.toSidecarLeasePayload(run, bundle)
+            : this.store.toLeasePayload(run, bundle),
+        );
       } catch (error) {
         if (run.status === "running")
           this.store.failLease(
@@ -522,6 +537,33 @@ export class AgentApi {
       return;
     }
     sendJson(res, 200, { leases });
+  }
+
+  /**
+   * `POST /leases/{id}/run-token` (the sidecar holding the lease): 204 when the token is the
+   * run's, else 403 RUN_TOKEN_INVALID and an event on the run (never the token). Compared as
+   * SHA-256 digests, in constant time.
+   */
+  private async checkRunToken(
+    req: IncomingMessage,
+    res: ServerResponse,
+    run: RunRecord,
+    agent: AgentRecord,
+  ): Promise<void> {
+    const body = await readJson(req, runTokenRequestSchema, MAX_AGENT_BODY);
+    externalOnly(run, agent);
+    const expected = run.run_token_sha256 === null ? undefined : Buffer.from(run.run_token_sha256, "hex");
+    const given = sha256(body.run_token);
+    if (expected !== undefined && expected.byteLength === given.byteLength && timingSafeEqual(expected, given)) {
+      res.writeHead(204).end();
+      return;
+    }
+    this.store.event(run, "run_token_refused", { agent_id: agent.id });
+    throw new HttpError(
+      403,
+      "RUN_TOKEN_INVALID",
+      `the run token is not run ${run.id}'s; the hook must pass the token POST /api/admin/v1/runs answered for this run (OCI_CRED_AGENT_RUN_TOKEN or --run-token-file)`,
+    );
   }
 
   /** Seals the run's exported credentials (export on, one per registry) to the agent's newest key. */
@@ -610,6 +652,16 @@ function sealChallengeTo(
     issuedAtMs,
     ttlSeconds,
   });
+}
+
+/** The sidecar routes serve external runs to sidecars only. */
+function externalOnly(run: RunRecord, agent: AgentRecord): void {
+  if (run.executor !== "external" || agent.role !== "sidecar")
+    throw new HttpError(
+      409,
+      "RUN_NOT_EXTERNAL",
+      `run ${run.id} is not executed by an external runner, or this client did not enroll as a sidecar; run-token and bundle serve a sidecar's external runs only`,
+    );
 }
 
 function tokenUsedError(): HttpError {

@@ -548,7 +548,11 @@ export class SqliteStorage implements StorePersistence {
     const agents = this.db
       .prepare("SELECT record FROM agents ORDER BY rowid")
       .all()
-      .map((row) => JSON.parse(String(row["record"])) as AgentRecord);
+      // Records of earlier versions have no role: they are agents.
+      .map(
+        (row): AgentRecord =>
+          ({ role: "agent", ...(JSON.parse(String(row["record"])) as Partial<AgentRecord>) }) as AgentRecord,
+      );
     const events = this.grouped(
       "run_events",
       (place, data) => JSON.parse(this.open(place, data).toString("utf8")) as RunEvent,
@@ -569,8 +573,9 @@ export class SqliteStorage implements StorePersistence {
         const id = String(row["id"]);
         const { lease, ...rest } = JSON.parse(String(row["record"])) as Omit<
           RunRecord,
-          "configuration" | "events" | "logs" | "lease" | "error"
-        > & { lease?: StoredLease };
+          "configuration" | "events" | "logs" | "lease" | "error" | "executor" | "run_token_sha256"
+        > &
+          Partial<Pick<RunRecord, "executor" | "run_token_sha256">> & { lease?: StoredLease };
         const error =
           row["error"] === null
             ? undefined
@@ -583,6 +588,9 @@ export class SqliteStorage implements StorePersistence {
             ? undefined
             : this.open({ table: "runs", row: id, column: "lease_id" }, row["lease_id"]).toString("utf8");
         return {
+          // Records of earlier versions: runs an agent executes.
+          executor: "agent",
+          run_token_sha256: null,
           ...rest,
           configuration: configurations.get(id) ?? Buffer.alloc(0),
           events: events.get(id) ?? [],

@@ -15,6 +15,7 @@ import {
   type Outcome,
   type Phase,
   type RunEvent,
+  type SidecarLease,
 } from "../protocol/agent-api.js";
 import type { AuditEntry, AuditFacts } from "./integration-audit.js";
 
@@ -49,7 +50,17 @@ export interface AgentRecord {
   disabled: boolean;
   /** The single-use enrollment token it enrolled with; null when it enrolled with the pool token. */
   enrollment_token_id: string | null;
+  /** `sidecar` leases only external runs, `agent` only the others (absent in records of earlier versions: agent). */
+  role: AgentRole;
 }
+
+export type AgentRole = "agent" | "sidecar";
+
+/** Who executes a run: an oci-cred-agent (`agent`), or a foreign runner served by a sidecar (`external`). */
+type RunExecutor = "agent" | "external";
+
+/** The role that leases runs of each executor: never the other. */
+const ROLE_FOR: Record<RunExecutor, AgentRole> = { agent: "agent", external: "sidecar" };
 
 /** A single-use enrollment token an operator created: only its SHA-256 is kept. */
 export interface EnrollmentTokenRecord {
@@ -100,6 +111,10 @@ export interface RunRecord {
   logs: RunLog[];
   lease: LeaseRecord | undefined;
   error: { code: string; message: string } | undefined;
+  /** Absent in records of earlier versions: agent. */
+  executor: RunExecutor;
+  /** SHA-256 (hex) of an external run's run token; the token itself is shown once, when the run is queued. */
+  run_token_sha256: string | null;
 }
 
 /** What a persistence holds, as the store loads it at start. */
@@ -195,6 +210,7 @@ export function newId(prefix: string): string {
 
 interface Waiter {
   agentId: string;
+  role: AgentRole;
   max: number;
   resolve(runs: RunRecord[]): void;
 }
@@ -528,7 +544,8 @@ export class ControlPlaneStore extends EventEmitter {
 
   // ---- runs -------------------------------------------------------------------------------
 
-  createRun(configuration: Buffer, phases: Phase[]): RunRecord {
+  /** Queues a run; an external run (`runTokenSha256` given) waits for a sidecar, any other for an agent. */
+  createRun(configuration: Buffer, phases: Phase[], external?: { runTokenSha256: string }): RunRecord {
     const run: RunRecord = {
       id: newId("run"),
       status: "queued",
@@ -542,10 +559,12 @@ export class ControlPlaneStore extends EventEmitter {
       logs: [],
       lease: undefined,
       error: undefined,
+      executor: external === undefined ? "agent" : "external",
+      run_token_sha256: external?.runTokenSha256 ?? null,
     };
     this.persistence.transaction(() => {
       this.persistence.insertRun(run);
-      this.event(run, "queued");
+      this.event(run, "queued", { executor: run.executor });
     });
     this.runs.set(run.id, run);
     this.queue.push(run.id);
@@ -578,12 +597,14 @@ export class ControlPlaneStore extends EventEmitter {
    * `max`, and never more than its registered concurrency minus the leases it holds already.
    */
   waitForRuns(agentId: string, max: number, waitMs: number, signal: AbortSignal): Promise<RunRecord[]> {
+    const role = this.agents.get(agentId)?.role ?? "agent";
     const room = this.room(agentId, max);
-    const ready = room > 0 ? this.takeQueued(room) : [];
+    const ready = room > 0 ? this.takeQueued(room, role) : [];
     if (ready.length > 0 || waitMs <= 0) return Promise.resolve(ready.map((r) => this.lease(r, agentId)));
     return new Promise((resolve) => {
       const waiter: Waiter = {
         agentId,
+        role,
         max,
         resolve: (runs) => {
           clearTimeout(timer);
@@ -608,12 +629,21 @@ export class ControlPlaneStore extends EventEmitter {
     });
   }
 
-  private takeQueued(max: number): RunRecord[] {
+  /** Takes up to `max` queued runs that `role` may lease (an agent never an external run, a sidecar only those), oldest first. */
+  private takeQueued(max: number, role: AgentRole): RunRecord[] {
     const out: RunRecord[] = [];
-    while (out.length < max && this.queue.length > 0) {
-      const id = this.queue.shift();
-      const run = id === undefined ? undefined : this.runs.get(id);
-      if (run?.status === "queued") out.push(run);
+    for (let i = 0; out.length < max && i < this.queue.length;) {
+      const run = this.runs.get(this.queue[i] ?? "");
+      if (run?.status !== "queued") {
+        this.queue.splice(i, 1);
+        continue;
+      }
+      if (ROLE_FOR[run.executor] !== role) {
+        i++;
+        continue;
+      }
+      this.queue.splice(i, 1);
+      out.push(run);
     }
     return out;
   }
@@ -631,8 +661,8 @@ export class ControlPlaneStore extends EventEmitter {
       if (this.queue.length === 0) return;
       const room = this.room(waiter.agentId, waiter.max);
       if (room <= 0) continue;
-      const runs = this.takeQueued(room);
-      if (runs.length === 0) return;
+      const runs = this.takeQueued(room, waiter.role);
+      if (runs.length === 0) continue;
       this.waiters.splice(this.waiters.indexOf(waiter), 1);
       waiter.resolve(runs.map((r) => this.lease(r, waiter.agentId)));
     }
@@ -765,6 +795,17 @@ export class ControlPlaneStore extends EventEmitter {
     for (const t of this.leaseTimers.values()) t.cancel();
     this.leaseTimers.clear();
     for (const w of this.waiters.splice(0)) w.resolve([]);
+  }
+
+  /** An external run's lease, for its sidecar: the bundle, and no configuration. */
+  toSidecarLeasePayload(run: RunRecord, bundle: string): SidecarLease {
+    if (!run.lease) throw new Error("run has no lease");
+    return {
+      lease_id: run.lease.id,
+      expires_at: this.iso(run.lease.expires_at_ms),
+      run: { id: run.id, executor: "external", phases: run.phases, queued_at: run.queued_at },
+      bundle,
+    };
   }
 
   toLeasePayload(run: RunRecord, bundle: string): Lease {

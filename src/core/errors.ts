@@ -107,6 +107,30 @@ export const ERROR_CODES = {
   RUNNER_PID_NAMESPACE_SHARED: "--pid-namespace was given but the runner's PID namespace holds other processes",
   RUNNER_PTRACE_UNRESTRICTED:
     "phases could attach to the runner with ptrace (kernel.yama.ptrace_scope is 0 or Yama is missing)",
+  // Sidecar mode (`oci-cred-agent sidecar` and `oci-cred-agent hook`)
+  RUN_TOKEN_INVALID: "the run token of a hook request is not the run's (wrong, another run's, or missing)",
+  RUN_NOT_LEASED:
+    "the sidecar holds no lease of the run a hook asked for (not queued as external, not yet leased, or ended)",
+  REQUEST_INVALID: "a hook request to the sidecar was malformed, too long, or of another protocol version",
+  SIDECAR_UNAVAILABLE: "the sidecar cannot serve the hook now (stopping, or the control plane cannot be reached)",
+  SIDECAR_SOCKET_IN_USE: "another sidecar answers on the --socket path, or the path is not a socket",
+  SIDECAR_SOCKET_DIR_UNSAFE:
+    "the directory of the sidecar's --socket is missing, or others than its owner (root or the sidecar's user) may write to it",
+  SIDECAR_DIR_IN_USE: "another sidecar uses the same --credentials-dir (it holds <credentials-dir>/sidecar/.lock)",
+  // `oci-cred-agent hook NAME`, called by a foreign runner around its phases (docs/sidecar.md)
+  HOOK_RUN_ID_MISSING:
+    "the hook found no run id: no --run-id, SCALR_RUN_ID, TFC_RUN_ID, TF_VAR_spacelift_run_id or BURRITO_RUNNER_RUN",
+  HOOK_RUN_TOKEN_MISSING: "the hook found no run token: no --run-token-file and no OCI_CRED_AGENT_RUN_TOKEN",
+  HOOK_SIDECAR_UNREACHABLE: "the hook could not reach the sidecar's socket, or the sidecar did not answer in time",
+  HOOK_SIDECAR_PROTOCOL_ERROR: "the sidecar's answer was malformed, too long, or of another protocol version",
+  HOOK_ENV_VALUE_REFUSED: "a variable of the run cannot be written as a KEY=value line (a newline, a NUL, a bad name)",
+  HOOK_ENV_FILE_FAILED: "appending the run's variables to $TFC_AGENT_ENV failed",
+  HOOK_HOME_CONFIG_FOREIGN:
+    "$HOME/.docker/config.json exists and the hook did not write it; the hook never overwrites a file of someone else's",
+  HOOK_HOME_CONFIG_CHANGED:
+    "warning: $HOME/.docker/config.json was replaced after the hook linked it to the run's credentials; left in place",
+  HOOK_HOME_UNSAFE: "$HOME/.docker is not a plain directory owned by the hook's user, or HOME is not usable",
+  HOOK_HOME_WRITE_FAILED: "linking $HOME/.docker/config.json to the run's Docker config, or removing the link, failed",
   // The reference control plane's data file (`control-plane --data-file`)
   DATA_KEY_REQUIRED: "--data-file was given without a data key (--data-key-file, or the systemd credential data-key)",
   DATA_KEY_BESIDE_DATA:

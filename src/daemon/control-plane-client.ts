@@ -28,6 +28,8 @@ import {
   AGENT_API_PREFIX,
   heartbeatResponseSchema,
   leaseResponseSchema,
+  sidecarLeaseResponseSchema,
+  bundleResponseSchema,
   credentialResponseSchema,
   enrollResponseSchema,
   keyChallengeResponseSchema,
@@ -41,6 +43,7 @@ import {
   type LogChunk,
   type RegisterRequest,
   type RunEvent,
+  type SidecarLease,
   type UpdateKeysRequest,
 } from "../protocol/agent-api.js";
 
@@ -241,6 +244,13 @@ export class ControlPlaneClient {
         { status, kind: "challenge_lost" },
       );
     }
+    if (status === 403 && opts.pool !== true && apiCode === "RUN_TOKEN_INVALID") {
+      // A hook's run token, not the client's credential, was refused (sidecar mode).
+      throw new AgentError(
+        "RUN_TOKEN_INVALID",
+        "the run token is not this run's; pass the token POST /api/admin/v1/runs answered for this run (OCI_CRED_AGENT_RUN_TOKEN or --run-token-file)",
+      );
+    }
     if (status === 401 || status === 403) {
       throw new AgentError(
         "CONTROL_PLANE_UNAUTHORIZED",
@@ -332,6 +342,38 @@ export class ControlPlaneClient {
       },
     );
     return parseAnswer(bytes, leaseResponseSchema, "lease answer", "the agent API v1").leases;
+  }
+
+  /** Sidecar mode: leases of runs an external runner executes (the sidecar enrolled with role sidecar). */
+  async sidecarLease(agentId: string, max: number, waitSeconds: number, signal: AbortSignal): Promise<SidecarLease[]> {
+    const { bytes } = await this.call(
+      "POST",
+      `/agents/${encodeURIComponent(agentId)}/leases`,
+      { max, wait_seconds: waitSeconds },
+      { timeoutMs: waitSeconds * 1000 + 15_000, signal },
+    );
+    return parseAnswer(bytes, sidecarLeaseResponseSchema, "lease answer", "the agent API v1").leases;
+  }
+
+  /** Sidecar mode: resolves when `runToken` is the run's; rejects with RUN_TOKEN_INVALID when not. */
+  async checkRunToken(leaseId: string, runToken: string): Promise<void> {
+    await this.call(
+      "POST",
+      `/leases/${encodeURIComponent(leaseId)}/run-token`,
+      { run_token: runToken },
+      { leaseRoute: true, maxBytes: SMALL_ANSWER_BYTES },
+    );
+  }
+
+  /** Sidecar mode: a bundle of the run's credentials sealed now to the sidecar's newest key. */
+  async freshBundle(leaseId: string): Promise<string> {
+    const { bytes } = await this.call(
+      "POST",
+      `/leases/${encodeURIComponent(leaseId)}/bundle`,
+      {},
+      { leaseRoute: true },
+    );
+    return parseAnswer(bytes, bundleResponseSchema, "bundle answer", "the agent API v1").bundle;
   }
 
   /** The run's configuration archive; `signal` (the run's end) stops the download. */

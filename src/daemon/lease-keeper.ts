@@ -30,7 +30,7 @@ export class LeaseKeeper {
   private readonly heartbeats: Promise<void>;
 
   constructor(
-    private readonly lease: Lease,
+    private readonly lease: Pick<Lease, "lease_id" | "expires_at">,
     private readonly options: LeaseKeeperOptions,
   ) {
     this.heartbeats = this.heartbeatLoop();

@@ -12,6 +12,8 @@ export const agentViewSchema = z.object({
   name: z.string().max(256),
   version: z.string().max(64),
   concurrency: z.number().int().positive(),
+  /** `sidecar`: leases only runs an external runner executes. Absent from control planes of earlier versions. */
+  role: z.enum(["agent", "sidecar"]).default("agent"),
   key_ids: z.array(z.string().max(128)).max(16),
   registered_at: timestamp,
   last_seen_at: timestamp,

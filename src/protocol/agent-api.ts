@@ -33,6 +33,8 @@ export const registerRequestSchema = z.object({
   version: printable(64),
   concurrency: z.number().int().positive().max(10_000),
   public_keys: z.array(publicKeyDocSchema).min(1).max(16),
+  /** `sidecar` leases only runs an external runner executes (`oci-cred-agent sidecar`); `agent` (the default) only the others. */
+  role: z.enum(["agent", "sidecar"]).optional(),
 });
 export type RegisterRequest = z.infer<typeof registerRequestSchema>;
 
@@ -108,6 +110,31 @@ const leaseSchema = z.object({
 export type Lease = z.infer<typeof leaseSchema>;
 
 export const leaseResponseSchema = z.object({ leases: z.array(leaseSchema).max(1000) });
+
+/**
+ * A lease of a run an external runner executes, as a sidecar gets it: the bundle sealed to the
+ * sidecar's key, and no configuration (the foreign runner has it).
+ */
+const sidecarLeaseSchema = z.object({
+  lease_id: z.string().min(1).max(256),
+  expires_at: z.string().max(64),
+  run: z.object({
+    id: z.string().regex(RUN_ID_PATTERN),
+    executor: z.literal("external"),
+    phases: z.array(z.enum(PHASES)).min(1).max(3),
+    queued_at: z.string().max(64),
+  }),
+  bundle: z.string().max(64 * 1024 * 1024),
+});
+export type SidecarLease = z.infer<typeof sidecarLeaseSchema>;
+
+export const sidecarLeaseResponseSchema = z.object({ leases: z.array(sidecarLeaseSchema).max(1000) });
+
+/** `POST /leases/{id}/run-token` (sidecar): is this the run's token? 204, or 403 RUN_TOKEN_INVALID. */
+export const runTokenRequestSchema = z.object({ run_token: z.string().min(1).max(256) });
+
+/** `POST /leases/{id}/bundle` (sidecar): a fresh bundle sealed to its newest key. */
+export const bundleResponseSchema = z.object({ bundle: z.string().max(64 * 1024 * 1024) });
 
 export const heartbeatResponseSchema = z.object({
   expires_at: z.string().max(64),

@@ -15,6 +15,7 @@
  * it (the runner cannot: it does not know them). Pure: schemas and framing only.
  */
 import { z } from "zod";
+import { parseJsonLine } from "./json-line.js";
 import { AgentError } from "../core/errors.js";
 import { PHASES, RUN_ID_PATTERN } from "./agent-api.js";
 
@@ -135,25 +136,14 @@ const runnerMessageSchema = z.discriminatedUnion("type", [
 ]);
 export type RunnerMessage = z.infer<typeof runnerMessageSchema>;
 
-function parseWith<T>(schema: z.ZodType<T>, line: string): T | undefined {
-  let value: unknown;
-  try {
-    value = JSON.parse(line);
-  } catch {
-    return undefined;
-  }
-  const parsed = schema.safeParse(value);
-  return parsed.success ? parsed.data : undefined;
-}
-
 /** A line the agent sent, or undefined when it is not a valid message. */
 export function parseAgentMessage(line: string): AgentMessage | undefined {
-  return parseWith(agentMessageSchema, line);
+  return parseJsonLine(agentMessageSchema, line);
 }
 
 /** A line the runner sent, or undefined when it is not a valid message. */
 export function parseRunnerMessage(line: string): RunnerMessage | undefined {
-  return parseWith(runnerMessageSchema, line);
+  return parseJsonLine(runnerMessageSchema, line);
 }
 
 /** One message as its line. */

@@ -17,8 +17,9 @@
  * and at start-up. The runner never logs a phase's output: it does not know the secrets in it.
  */
 import { chmod, lstat, realpath, unlink } from "node:fs/promises";
-import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { createServer, type Socket } from "node:net";
 import type { Logger } from "pino";
+import { listenOnSocket, takeSocketPath } from "../fs/socket-path.js";
 import { AgentError, errnoCode, isAgentError } from "../core/errors.js";
 import type { PhaseResult } from "../execution/phase-executor.js";
 import { tofuArgs } from "../execution/phase-executor.js";
@@ -81,62 +82,6 @@ export function pieces(text: string, max: number): string[] {
   return out;
 }
 
-/** Whether something answers on a Unix socket. */
-function answers(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = createConnection(socketPath);
-    const done = (value: boolean): void => {
-      socket.destroy();
-      resolve(value);
-    };
-    socket.setTimeout(2_000, () => {
-      done(true); // connected or not, something holds the path
-    });
-    socket.once("connect", () => {
-      done(true);
-    });
-    socket.once("error", () => {
-      done(false);
-    });
-  });
-}
-
-async function takeSocketPath(socketPath: string): Promise<void> {
-  let st;
-  try {
-    st = await lstat(socketPath);
-  } catch (error) {
-    if (errnoCode(error) === "ENOENT") return;
-    throw error;
-  }
-  if (!st.isSocket()) {
-    throw new AgentError(
-      "RUNNER_SOCKET_IN_USE",
-      `--socket ${socketPath} exists and is not a socket; remove it or choose another --socket`,
-      { path: socketPath },
-    );
-  }
-  if (await answers(socketPath)) {
-    throw new AgentError(
-      "RUNNER_SOCKET_IN_USE",
-      `another runner answers on --socket ${socketPath}; stop it first, or choose another --socket`,
-      { path: socketPath },
-    );
-  }
-  // A stale socket file (a runner that died without removing it): nothing answers, so it goes.
-  await unlink(socketPath);
-}
-
-function listen(server: Server, socketPath: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(socketPath, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-}
-
 export async function startRunnerServer(options: RunnerServerOptions): Promise<RunnerServer> {
   const { log } = options;
   if (!options.allowPtrace && !(await ptraceRestricted(options.ptraceScopeFile))) {
@@ -164,7 +109,7 @@ export async function startRunnerServer(options: RunnerServerOptions): Promise<R
   }
   const dirs = new RunDirs(options.stateDir);
   await dirs.prepare();
-  await takeSocketPath(options.socketPath);
+  await takeSocketPath(options.socketPath, "RUNNER_SOCKET_IN_USE", "runner");
 
   let busy = false;
   let current: { home: RunHome; workspace: string } | undefined;
@@ -173,7 +118,7 @@ export async function startRunnerServer(options: RunnerServerOptions): Promise<R
   const sockets = new Set<Socket>();
   const server = createServer({ allowHalfOpen: false });
   server.maxConnections = 16;
-  await listen(server, options.socketPath);
+  await listenOnSocket(server, options.socketPath);
   await chmod(options.socketPath, 0o660);
   const bound = await lstat(options.socketPath);
 

@@ -259,6 +259,7 @@ describe("operators see every agent", () => {
       registered_at: new Date(p.clock.now() - 7000).toISOString(),
       last_seen_at: new Date(p.clock.now() - 7000).toISOString(),
       status: "pending",
+      role: "agent",
       enrolled_with: "pool_token",
       enrollment_token_id: null,
       running_leases: 0,
@@ -282,6 +283,7 @@ describe("operators see every agent", () => {
       name: "test-agent",
       version: "1",
       concurrency: 3,
+      role: "agent",
       key_ids: [kid],
       registered_at: new Date(p.clock.now()).toISOString(),
       last_seen_at: new Date(p.clock.now()).toISOString(),
@@ -555,6 +557,7 @@ describe("single-use enrollment tokens", () => {
       last_seen_at: new Date(p.clock.now()).toISOString(),
       disabled: false,
       enrollment_token_id: id,
+      role: "agent",
     });
     expect(p.cp.store.addAgent(record("agent-first"))).toBe(true);
     expect(p.cp.store.addAgent(record("agent-second"))).toBe(false);

@@ -48,6 +48,7 @@ const agentRecord = (id: string): AgentRecord => ({
   last_seen_at: "2026-01-01T00:00:00.000Z",
   disabled: false,
   enrollment_token_id: null,
+  role: "agent",
 });
 
 beforeAll(async () => {

@@ -30,6 +30,8 @@ async function post(url: string, token: string, body: unknown): Promise<Record<s
 
 export interface EnrollOptions {
   readonly concurrency?: number;
+  /** `sidecar` leases only external runs; absent: the control plane's default (agent). */
+  readonly role?: "agent" | "sidecar";
   /** The clock the challenge is opened at (the control plane's, when a test moves it). */
   readonly nowMs?: () => number;
 }
@@ -55,6 +57,7 @@ export async function enrollAgent(
     version: "1",
     concurrency: options.concurrency ?? 1,
     public_keys: [...ring.values()].map((k) => publicKeyDoc(k.publicKey)),
+    ...(options.role === undefined ? {} : { role: options.role }),
   });
   const agentId = reg["agent_id"] as string;
   const challengeId = reg["challenge_id"] as string;
