@@ -7,18 +7,17 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { AgentError } from "../core/errors.js";
-import { Redactor } from "../core/redactor.js";
+import type { Redactor } from "../core/redactor.js";
 import { ReplayCache } from "../core/replay-cache.js";
 import { publicKeyDoc } from "../crypto/agent-key.js";
 import { AgentDaemon } from "../daemon/agent-daemon.js";
 import { ControlPlaneClient } from "../daemon/control-plane-client.js";
-import { createLogger, type LogSink } from "../daemon/logger.js";
+import type { LogSink } from "../daemon/logger.js";
 import { noopObserver, type DaemonObserver } from "../daemon/observer.js";
 import type { TofuCommand } from "../execution/phase-executor.js";
 import { setUpPhaseExecutor } from "./phase-executor-setup.js";
 import { DEFAULT_ARCHIVE_LIMITS } from "../fs/config-workspace.js";
 import { realFs } from "../fs/secure-fs.js";
-import { describeKeySource } from "../keys/key-source.js";
 import { AgentStatus, combineObservers } from "../ops/agent-status.js";
 import { startHealthServer, type HealthServer } from "../ops/health-server.js";
 import { AgentMetrics } from "../ops/metrics.js";
@@ -26,6 +25,7 @@ import { PREFLIGHT_LIMITS, PreflightChecker } from "../registry/preflight.js";
 import { createCloudMinter } from "../cloud/cloud-minter.js";
 import { watchForChanges, type Watcher } from "./change-watcher.js";
 import type { PreparedAgent } from "./prepare-agent.js";
+import { startLogging } from "./start-logging.js";
 import { controlPlaneDispatcher, registryDispatcher } from "./tls-dispatcher.js";
 
 export interface ComposedAgent {
@@ -76,19 +76,7 @@ export function runBaseEnv(env: NodeJS.ProcessEnv, alsoRemove?: string): NodeJS.
 export async function composeAgent(prepared: PreparedAgent, options: ComposeOptions): Promise<ComposedAgent> {
   const { settings, keys: ring } = prepared;
   const env = options.env;
-  const redactor = new Redactor();
-  redactor.add([prepared.token]);
-  const log = await createLogger({
-    level: settings.logLevel,
-    format: settings.logFormat ?? (process.stdout.isTTY ? "pretty" : "json"),
-    redactor,
-    ...(options.sink ? { sink: options.sink } : {}),
-  });
-  for (const w of prepared.warnings) log.warn({ event: "key_source_warning" }, w);
-  log.info(
-    { event: "keys_loaded", source: describeKeySource(settings.keySource), kids: ring.kids() },
-    `loaded ${ring.kids().length} key(s)`,
-  );
+  const { redactor, log } = await startLogging(prepared, options.sink);
   // Fails closed: where the sandbox cannot run, the agent does not start.
   const { executor, runnerKillsNamespace } = await setUpPhaseExecutor(
     settings,

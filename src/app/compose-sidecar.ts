@@ -9,19 +9,18 @@ import { hostname } from "node:os";
 import type { Logger } from "pino";
 import { createCloudMinter } from "../cloud/cloud-minter.js";
 import { AgentError } from "../core/errors.js";
-import { Redactor } from "../core/redactor.js";
 import { ReplayCache } from "../core/replay-cache.js";
 import { publicKeyDoc } from "../crypto/agent-key.js";
 import { ControlPlaneClient } from "../daemon/control-plane-client.js";
-import { createLogger, type LogSink } from "../daemon/logger.js";
+import type { LogSink } from "../daemon/logger.js";
 import { realFs } from "../fs/secure-fs.js";
-import { describeKeySource } from "../keys/key-source.js";
 import { AgentStatus, combineObservers } from "../ops/agent-status.js";
 import { startHealthServer } from "../ops/health-server.js";
 import { AgentMetrics } from "../ops/metrics.js";
 import { startHookServer } from "../sidecar/hook-server.js";
 import { SidecarDaemon } from "../sidecar/sidecar-daemon.js";
 import type { PreparedAgent } from "./prepare-agent.js";
+import { startLogging } from "./start-logging.js";
 import { controlPlaneDispatcher } from "./tls-dispatcher.js";
 
 /** Bundles are small (a few KiB per integration); this bounds a hostile one. */
@@ -61,19 +60,7 @@ async function resolveGroup(group: string): Promise<number> {
 
 export async function composeSidecar(prepared: PreparedAgent, options: SidecarOptions): Promise<ComposedSidecar> {
   const { settings, keys: ring } = prepared;
-  const redactor = new Redactor();
-  redactor.add([prepared.token]);
-  const log = await createLogger({
-    level: settings.logLevel,
-    format: settings.logFormat ?? (process.stdout.isTTY ? "pretty" : "json"),
-    redactor,
-    ...(options.sink ? { sink: options.sink } : {}),
-  });
-  for (const w of prepared.warnings) log.warn({ event: "key_source_warning" }, w);
-  log.info(
-    { event: "keys_loaded", source: describeKeySource(settings.keySource), kids: ring.kids() },
-    `loaded ${ring.kids().length} key(s)`,
-  );
+  const { redactor, log } = await startLogging(prepared, options.sink);
   const gid = options.socketGroup === undefined ? undefined : await resolveGroup(options.socketGroup);
   const status = new AgentStatus(() => Date.now(), 2 * 60_000);
   const metrics = new AgentMetrics(options.version);
@@ -119,25 +106,30 @@ export async function composeSidecar(prepared: PreparedAgent, options: SidecarOp
     log,
     daemon,
     async run() {
-      // Nothing is served before what an earlier process left is gone.
-      await daemon.sweep();
-      const hooks = await startHookServer({
-        socketPath: options.socketPath,
-        gid,
-        log,
-        handle: (request) => daemon.handle(request),
-      });
-      const health =
-        settings.listen === undefined
-          ? undefined
-          : await startHealthServer(settings.listen.host, settings.listen.port, status, metrics);
-      if (health) log.info({ event: "listening", url: health.url }, `health and metrics at ${health.url}`);
+      // Nothing is served before what an earlier process left is gone, and no other sidecar
+      // uses the directory (the lock is held until the end).
+      const unlock = await daemon.sweep();
       try {
-        return await daemon.run();
+        const hooks = await startHookServer({
+          socketPath: options.socketPath,
+          gid,
+          log,
+          handle: (request, signal) => daemon.handle(request, signal),
+        });
+        const health =
+          settings.listen === undefined
+            ? undefined
+            : await startHealthServer(settings.listen.host, settings.listen.port, status, metrics);
+        if (health) log.info({ event: "listening", url: health.url }, `health and metrics at ${health.url}`);
+        try {
+          return await daemon.run();
+        } finally {
+          await hooks.close();
+          await daemon.stop();
+          await health?.close();
+        }
       } finally {
-        await hooks.close();
-        await daemon.stop();
-        await health?.close();
+        await unlock();
       }
     },
   };

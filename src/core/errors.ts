@@ -114,9 +114,11 @@ export const ERROR_CODES = {
   RUN_NOT_LEASED:
     "the sidecar holds no lease of the run a hook asked for (not queued as external, not yet leased, or ended)",
   REQUEST_INVALID: "a hook request to the sidecar was malformed, too long, or of another protocol version",
-  HOOK_RATE_LIMITED: "the sidecar refused a hook request because too many requests were refused just before",
   SIDECAR_UNAVAILABLE: "the sidecar cannot serve the hook now (stopping, or the control plane cannot be reached)",
   SIDECAR_SOCKET_IN_USE: "another sidecar answers on the --socket path, or the path is not a socket",
+  SIDECAR_SOCKET_DIR_UNSAFE:
+    "the directory of the sidecar's --socket is missing, or others than its owner (root or the sidecar's user) may write to it",
+  SIDECAR_DIR_IN_USE: "another sidecar uses the same --credentials-dir (it holds <credentials-dir>/sidecar/.lock)",
   // `oci-cred-agent hook NAME`, called by a foreign runner around its phases (docs/sidecar.md)
   HOOK_RUN_ID_MISSING:
     "the hook found no run id: no --run-id, SCALR_RUN_ID, TFC_RUN_ID, TF_VAR_spacelift_run_id or BURRITO_RUNNER_RUN",

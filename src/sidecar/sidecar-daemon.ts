@@ -6,16 +6,23 @@
  *
  * Every hook request names a run and carries that run's token. Before anything is written the
  * token is checked with the control plane; a refusal writes nothing and is logged with the run id
- * and the code, never the token. Refusals are counted per run id: past REFUSALS_PER_WINDOW in a
- * window, a token that was never proved for that run is refused on the spot (HOOK_RATE_LIMITED)
- * without asking the control plane, while the token already proved still goes through (a hostile
- * neighbour cannot lock a run out). Node cannot tell a Unix socket's peer (no SO_PEERCRED), so
- * the run id is the key.
+ * and the code, never the token. A token the control plane refused for a run is remembered (its
+ * SHA-256, per run) and refused again on the spot; any other token is always asked about, so a
+ * neighbour guessing cannot lock a run out of its first hook (the tokens are 256-bit: guessing
+ * is no threat, a lockout would be). The checks are bounded: one at a time per run (its hooks
+ * are served in order), so at most --concurrency at once. Node cannot tell a Unix socket's peer
+ * (no SO_PEERCRED), so the run id is the key.
+ *
+ * A pre hook for a run not leased yet waits for its lease (up to --lease-wait), but at most
+ * MAX_WAITERS_PER_SLOT x --concurrency such hooks wait at once (more get RUN_NOT_LEASED at
+ * once), and a wait ends when its client goes away. Refusals are logged at most
+ * REFUSAL_LOG_BURST at once and REFUSAL_LOG_PER_SECOND after that; the next line logged says how
+ * many were left out.
  *
  * Stopping: the first request stops leasing and serving, wipes every run's files and lets the
  * leases go; the CLI exits at a second signal at once.
  */
-import { createHash, timingSafeEqual } from "node:crypto";
+import { createHash } from "node:crypto";
 import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "pino";
 import { backoffDelayMs, type BackoffPolicy } from "../core/backoff.js";
@@ -63,14 +70,22 @@ export interface SidecarDaemonOptions {
   readonly redact: (secret: string) => void;
 }
 
-/** Refusals per run id within a window before unproved tokens are refused locally. */
-const REFUSALS_PER_WINDOW = 10;
-const REFUSAL_WINDOW_MS = 60_000;
+/** Refused tokens remembered per run (their SHA-256), the oldest forgotten first. */
+const REFUSED_PER_RUN = 1000;
+/** Pre hooks waiting for a lease at once, per run the sidecar may lease. */
+const MAX_WAITERS_PER_SLOT = 4;
+/** hook_refused lines: a burst, then so many a second. */
+const REFUSAL_LOG_BURST = 20;
+const REFUSAL_LOG_PER_SECOND = 5;
 /** Run ids remembered after their run ended (a late hook is answered at once). */
 const ENDED_REMEMBERED = 1000;
 
-function sha256(text: string): Buffer {
-  return createHash("sha256").update(text, "utf8").digest();
+function isAborted(signal: AbortSignal): boolean {
+  return signal.aborted;
+}
+
+function sha256(text: string): string {
+  return createHash("sha256").update(text, "utf8").digest("hex");
 }
 
 export class SidecarDaemon {
@@ -78,9 +93,10 @@ export class SidecarDaemon {
   private readonly runs = new Map<string, SidecarRun>();
   private readonly ended = new Set<string>();
   private readonly arrivals = new Map<string, Set<() => void>>();
-  private readonly refusals = new Map<string, { count: number; since: number }>();
-  /** SHA-256 of each run's token once the control plane accepted it (never the token). */
-  private readonly proved = new Map<string, Buffer>();
+  private waiters = 0;
+  /** Per run, hex SHA-256 of each token the control plane refused for it (never a token). */
+  private readonly refused = new Map<string, Set<string>>();
+  private readonly refusalLog = { tokens: REFUSAL_LOG_BURST, at: Date.now(), suppressed: 0 };
   private agentId: string | undefined;
   private fatal: AgentError | undefined;
   private pollWaitSeconds = 30;
@@ -89,10 +105,14 @@ export class SidecarDaemon {
 
   constructor(private readonly options: SidecarDaemonOptions) {}
 
-  /** The start-up sweep: what an earlier process left (a crash, kill -9) goes before anything is served. */
-  async sweep(): Promise<void> {
+  /**
+   * The start-up sweep: what an earlier process left (a crash, kill -9) goes before anything is
+   * served. It first takes the credentials directory's lock (SIDECAR_DIR_IN_USE while another
+   * sidecar holds it); resolves with the lock's release.
+   */
+  sweep(): Promise<() => Promise<void>> {
     const { fs, settings, log } = this.options;
-    await sweepSidecarDir(fs, settings.credentialsDir, settings.gid, log);
+    return sweepSidecarDir(fs, settings.credentialsDir, settings.gid, log);
   }
 
   private stopping(): boolean {
@@ -244,8 +264,7 @@ export class SidecarDaemon {
       ...(this.options.cloudMinter === undefined ? {} : { cloudMinter: this.options.cloudMinter }),
       onGone: (id) => {
         this.runs.delete(id);
-        this.proved.delete(id);
-        this.refusals.delete(id);
+        this.refused.delete(id);
         this.ended.add(id);
         if (this.ended.size > ENDED_REMEMBERED) this.ended.delete(this.ended.values().next().value ?? id);
         slotFreed();
@@ -259,10 +278,14 @@ export class SidecarDaemon {
     for (const wake of this.arrivals.get(runId) ?? []) wake();
   }
 
-  /** Waits up to --lease-wait for the run's lease (a hook may race the long poll). */
-  private async leasedRun(runId: string): Promise<SidecarRun | undefined> {
+  /**
+   * Waits up to --lease-wait for the run's lease (a hook may race the long poll); not at all when
+   * MAX_WAITERS_PER_SLOT x --concurrency hooks wait already; no longer once `gone` aborts.
+   */
+  private async leasedRun(runId: string, gone: AbortSignal): Promise<SidecarRun | undefined> {
     const known = this.runs.get(runId);
-    if (known !== undefined || this.ended.has(runId) || this.pollAbort.signal.aborted) return known;
+    if (known !== undefined || this.ended.has(runId) || this.pollAbort.signal.aborted || gone.aborted) return known;
+    if (this.waiters >= MAX_WAITERS_PER_SLOT * this.options.settings.concurrency) return undefined;
     let wake: (() => void) | undefined;
     let timer: NodeJS.Timeout | undefined;
     const waiting = new Promise<void>((resolve) => {
@@ -273,22 +296,64 @@ export class SidecarDaemon {
     const w = (): void => wake?.();
     set.add(w);
     this.arrivals.set(runId, set);
+    this.waiters++;
+    gone.addEventListener("abort", w, { once: true });
+    this.options.log.debug({ event: "lease_wait", run_id: runId }, `a pre hook waits for the lease of run ${runId}`);
     try {
       await waiting;
     } finally {
       clearTimeout(timer);
+      gone.removeEventListener("abort", w);
+      this.waiters--;
       set.delete(w);
       if (set.size === 0) this.arrivals.delete(runId);
     }
+    // (read again: the wait may have ended because the client went away)
+    if (isAborted(gone))
+      this.options.log.debug(
+        { event: "lease_wait_abandoned", run_id: runId },
+        `the client of a pre hook for run ${runId} went away while it waited for the lease`,
+      );
     return this.runs.get(runId);
   }
 
-  /** Answers one hook request; never rejects. */
-  async handle(request: HookRequest): Promise<HookAnswer> {
+  /**
+   * Whether a line about a request that did nothing (hook_refused, a post hook for a run not
+   * held) may be logged now (a token bucket): undefined when not; else how many were left out.
+   */
+  private mayLogRefusal(): number | undefined {
+    const bucket = this.refusalLog;
+    const now = Date.now();
+    bucket.tokens = Math.min(REFUSAL_LOG_BURST, bucket.tokens + ((now - bucket.at) / 1000) * REFUSAL_LOG_PER_SECOND);
+    bucket.at = now;
+    if (bucket.tokens < 1) {
+      bucket.suppressed++;
+      return undefined;
+    }
+    bucket.tokens--;
+    const suppressed = bucket.suppressed;
+    bucket.suppressed = 0;
+    return suppressed;
+  }
+
+  private rememberRefused(runId: string, tokenHash: string): void {
+    const set = this.refused.get(runId) ?? new Set<string>();
+    set.add(tokenHash);
+    if (set.size > REFUSED_PER_RUN) set.delete(set.values().next().value ?? tokenHash);
+    this.refused.set(runId, set);
+  }
+
+  /** Answers one hook request; never rejects. `gone` aborts when its client went away. */
+  async handle(request: HookRequest, gone: AbortSignal = new AbortController().signal): Promise<HookAnswer> {
     const { log } = this.options;
     const fields = { run_id: request.run_id, hook: request.hook, phase: request.phase };
     const refuse = (code: string, message: string): HookAnswer => {
-      log.warn({ event: "hook_refused", ...fields, code }, message);
+      const suppressed = this.mayLogRefusal();
+      if (suppressed !== undefined)
+        log.warn(
+          { event: "hook_refused", ...fields, code, ...(suppressed > 0 ? { suppressed } : {}) },
+          suppressed > 0 ? `${message} (and ${suppressed} refusal(s) before this one not logged)` : message,
+        );
       return refusal(code, message);
     };
     if (this.pollAbort.signal.aborted)
@@ -297,28 +362,21 @@ export class SidecarDaemon {
         "the sidecar is stopping; the run's credentials are wiped. Retry once it is back",
       );
     const tokenHash = sha256(request.run_token);
-    const proved = this.proved.get(request.run_id);
-    const isProved = proved !== undefined && timingSafeEqual(proved, tokenHash);
-    const counted = this.refusals.get(request.run_id);
-    const now = Date.now();
-    if (
-      !isProved &&
-      counted !== undefined &&
-      now - counted.since < REFUSAL_WINDOW_MS &&
-      counted.count >= REFUSALS_PER_WINDOW
-    )
-      return refuse(
-        "HOOK_RATE_LIMITED",
-        `too many refused hook requests for run ${request.run_id} in the last minute; retry later with the run's own token`,
+    const wrongToken = (): HookAnswer =>
+      refuse(
+        "RUN_TOKEN_INVALID",
+        `the control plane refused this run token for run ${request.run_id} already; give the hook the run's own token (OCI_CRED_AGENT_RUN_TOKEN or --run-token-file)`,
       );
-    const run = isPreHook(request.hook) ? await this.leasedRun(request.run_id) : this.runs.get(request.run_id);
+    if (this.refused.get(request.run_id)?.has(tokenHash) === true) return wrongToken();
+    const run = isPreHook(request.hook) ? await this.leasedRun(request.run_id, gone) : this.runs.get(request.run_id);
     if (run === undefined) {
       if (!isPreHook(request.hook)) {
         // Nothing of this run is on disk (the sweep and every ending wiped it): nothing to wipe.
-        log.info(
-          { event: "hook_served", ...fields, wiped: 0 },
-          `${request.hook}: nothing of run ${request.run_id} is held here`,
-        );
+        if (this.mayLogRefusal() !== undefined)
+          log.info(
+            { event: "hook_served", ...fields, wiped: 0 },
+            `${request.hook}: nothing of run ${request.run_id} is held here`,
+          );
         return { ok: true, wiped: 0 };
       }
       return refuse(
@@ -327,17 +385,16 @@ export class SidecarDaemon {
       );
     }
     try {
-      const answer = isPreHook(request.hook) ? await run.pre(request) : await run.post(request);
-      this.proved.set(request.run_id, tokenHash);
+      // A token refused while this request waited its turn is not asked about again.
+      const refusedAlready = (): boolean => this.refused.get(request.run_id)?.has(tokenHash) === true;
+      const answer = isPreHook(request.hook)
+        ? await run.pre(request, refusedAlready)
+        : await run.post(request, refusedAlready);
       log.info({ event: "hook_served", ...fields }, `${request.hook} of run ${request.run_id} served`);
       return answer;
     } catch (error) {
-      if (isAgentError(error, "RUN_TOKEN_INVALID")) {
-        const entry =
-          counted !== undefined && now - counted.since < REFUSAL_WINDOW_MS ? counted : { count: 0, since: now };
-        entry.count++;
-        this.refusals.set(request.run_id, entry);
-      }
+      if (isAgentError(error, "RUN_TOKEN_INVALID") && this.runs.has(request.run_id))
+        this.rememberRefused(request.run_id, tokenHash);
       if (isAgentError(error)) return refuse(error.code, error.message);
       log.error(
         { event: "hook_failed", ...fields, code: "INTERNAL", err: error },

@@ -29,7 +29,7 @@ import type { FileSystem } from "../fs/secure-fs.js";
 import type { KeyRing } from "../keys/key-ring.js";
 import type { Outcome, SidecarLease } from "../protocol/agent-api.js";
 import { hookEndsRun, type HookRequest, type PostHookAnswer, type PreHookAnswer } from "../protocol/sidecar-api.js";
-import { makeRunParent, shareWithGroup, sidecarRoot, wipeRunParent } from "./run-files.js";
+import { generationName, makeRunParent, shareWithGroup, sidecarRoot, wipeRunParent } from "./run-files.js";
 
 /** How long a pre hook waits for cloud credentials (the minter bounds each mint at 30 s). */
 const MINT_WAIT_MS = 35_000;
@@ -58,6 +58,7 @@ export interface SidecarRunContext {
 
 export class SidecarRun {
   private chain: Promise<unknown> = Promise.resolve();
+  /** Pre hooks served: counted for the log (a generation's name is random). */
   private generation = 0;
   private current: RunCredentials | undefined;
   private ttl: NodeJS.Timeout | undefined;
@@ -97,8 +98,17 @@ export class SidecarRun {
     );
   }
 
-  /** The control plane says whether the hook's token is the run's; nothing is written before. */
-  private async checkToken(request: HookRequest): Promise<void> {
+  /**
+   * The control plane says whether the hook's token is the run's; nothing is written before. A
+   * token it refused already (`refusedAlready`, asked once the hook's turn came) is not sent again.
+   */
+  private async checkToken(request: HookRequest, refusedAlready: () => boolean): Promise<void> {
+    if (refusedAlready())
+      throw new AgentError(
+        "RUN_TOKEN_INVALID",
+        `the control plane refused this run token for run ${this.runId} already; give the hook the run's own token (OCI_CRED_AGENT_RUN_TOKEN or --run-token-file)`,
+        { run_id: this.runId },
+      );
     try {
       await this.ctx.client.checkRunToken(this.lease.lease_id, request.run_token);
     } catch (error) {
@@ -138,10 +148,10 @@ export class SidecarRun {
       this.ctx.log.error({ event: "wipe_failed", run_id: this.runId, code: outcome.error.code }, outcome.error.message);
   };
 
-  pre(request: HookRequest): Promise<PreHookAnswer> {
+  pre(request: HookRequest, refusedAlready: () => boolean = () => false): Promise<PreHookAnswer> {
     return this.serialize(async () => {
       if (this.ended) throw this.notLeased();
-      await this.checkToken(request);
+      await this.checkToken(request, refusedAlready);
       const { ctx } = this;
       let bundle: string;
       try {
@@ -181,7 +191,9 @@ export class SidecarRun {
           `minted a ${m.provider} registry credential for ${m.host} as ${m.identity}, valid until ${m.expires_at}`,
         );
       await makeRunParent(ctx.fs, this.dir, ctx.gid);
-      const runDir = join(this.dir, String(++this.generation));
+      // Named with 128 random bits: the group may pass through the run's directory, not list it.
+      const runDir = join(this.dir, generationName());
+      this.generation++;
       const written = await credentials.write({ runDir, fs: ctx.fs, operator: ctx.operator });
       try {
         await shareWithGroup(runDir, ctx.gid, true);
@@ -221,10 +233,10 @@ export class SidecarRun {
     });
   }
 
-  post(request: HookRequest): Promise<PostHookAnswer> {
+  post(request: HookRequest, refusedAlready: () => boolean = () => false): Promise<PostHookAnswer> {
     return this.serialize(async () => {
       if (this.ended) return { ok: true as const, wiped: 0 };
-      await this.checkToken(request);
+      await this.checkToken(request, refusedAlready);
       const wiped = await this.wipeCurrent();
       await this.event("phase_finished", {
         hook: request.hook,

@@ -204,7 +204,8 @@ async function runVendor(
 
 async function filesUnder(root: string): Promise<string[]> {
   const entries = await readdir(root, { recursive: true, withFileTypes: true }).catch(() => []);
-  return entries.filter((e) => !e.isDirectory()).map((e) => join(e.parentPath, e.name));
+  // (the sidecar's lock, <credentials-dir>/sidecar/.lock, is a socket: no credential)
+  return entries.filter((e) => !e.isDirectory() && !e.isSocket()).map((e) => join(e.parentPath, e.name));
 }
 
 /** Every phase found alice's credential, from `file`; init pulled the real package with it; nothing was left after a post hook. */
