@@ -158,7 +158,8 @@ function tofuResolves(env: Readonly<Record<string, string>>): {
 
 describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
   it("mints through the web identity and ECR stand-ins, passes pre-flight, and is read by skopeo and OpenTofu's lookup; renewed before the next phase once it nears expiry", async () => {
-    const minter = createCloudMinter({ now: () => nowMs });
+    // The registry is a local stand-in, not *.dkr.ecr.eu-west-1.amazonaws.com: the operator names it.
+    const minter = createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] });
     const credentials = await openRun("run-aws-1", { provider: "aws", region: "eu-west-1" });
     const signal = new AbortController().signal;
 
@@ -241,12 +242,43 @@ describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
     }
   });
 
+  it("a registry the agent does not trust with the pool's identity (not ECR of the entry's region, not in cloud_auth_host) is refused before AWS is asked", async () => {
+    const asked = aws.requests.length;
+    // The local registry stands for any host an integration names; another region's ECR host too.
+    for (const [host, allowed] of [
+      [registry.host, []],
+      [registry.host, ["127.0.0.1"]],
+      ["123456789012.dkr.ecr.us-east-1.amazonaws.com", []],
+      ["123456789012.dkr.ecr.eu-west-1.amazonaws.com.evil.example", []],
+    ] as const) {
+      const error: unknown = await createCloudMinter({ now: () => nowMs, allowedHosts: allowed })
+        .mint({ provider: "aws", region: "eu-west-1", account: undefined }, host, new AbortController().signal)
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      if (!isAgentError(error, "CLOUD_AUTH_FAILED")) throw new Error(`expected CLOUD_AUTH_FAILED for ${host}`);
+      expect(error.details).toMatchObject({ provider: "aws", registry: host, identity: ROLE_ARN });
+      expect(error.message).toContain(`${host} is none of them`);
+      expect(error.message).toContain("*.dkr.ecr.eu-west-1.amazonaws.com");
+      expect(error.message).toContain(`--cloud-auth-host ${host}`);
+    }
+    expect(aws.requests).toHaveLength(asked);
+    // ECR of the entry's region is trusted without any setting (the ECR stand-in answers for it).
+    const minted = await createCloudMinter({ now: () => nowMs }).mint(
+      { provider: "aws", region: "eu-west-1", account: undefined },
+      "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+      new AbortController().signal,
+    );
+    expect(minted.username).toBe("AWS");
+  });
+
   it("a refused identity fails with CLOUD_AUTH_FAILED naming aws, the role and ecr:GetAuthorizationToken, before anything is written", async () => {
     aws.denyEcr = ASSUMED_ARN;
     try {
       const credentials = await openRun("run-aws-2", { provider: "aws", region: "us-east-1" });
       const error: unknown = await credentials
-        .mintCloud(createCloudMinter({ now: () => nowMs }), new AbortController().signal)
+        .mintCloud(createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] }), new AbortController().signal)
         .then(
           () => undefined,
           (e: unknown) => e,

@@ -135,7 +135,8 @@ async function openRun(runId: string, cloudAuth: Record<string, unknown>): Promi
 }
 
 const minter = (): ReturnType<typeof createCloudMinter> =>
-  createCloudMinter({ now: () => nowMs, extraCaPem: tls.caPem });
+  // The registry's front is a local stand-in, not *.azurecr.io: the operator names it.
+  createCloudMinter({ now: () => nowMs, extraCaPem: tls.caPem, allowedHosts: [azure.registryHost] });
 
 async function skopeoInspect(env: Readonly<Record<string, string>>): Promise<{ ok: boolean; text: string }> {
   try {
@@ -277,6 +278,25 @@ describe("cloud_auth azure: Entra ID, ACR's exchange, a real registry", () => {
     } finally {
       expect((await credentials.wipe()).ok).toBe(true);
     }
+  });
+
+  it("a registry that is not ACR nor in cloud_auth_host gets no Entra token: refused before Entra is asked, nothing exchanged", async () => {
+    const asked = azure.requests.length;
+    const credentials = await openRun("run-azure-untrusted", { provider: "azure" });
+    const error: unknown = await credentials
+      .mintCloud(createCloudMinter({ now: () => nowMs, extraCaPem: tls.caPem }), new AbortController().signal)
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    if (!isAgentError(error, "CLOUD_AUTH_FAILED")) throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
+    expect(error.details).toMatchObject({ provider: "azure", registry: azure.registryHost });
+    expect(error.message).toContain(
+      `the agent sends azure credentials only to *.azurecr.io, *.azurecr.cn, *.azurecr.us`,
+    );
+    expect(error.message).toContain(`--cloud-auth-host ${azure.registryHost}`);
+    expect(azure.requests).toHaveLength(asked);
+    await nothingWritten(credentials, "run-azure-untrusted");
   });
 
   it("a refresh token without exp is kept about 3 hours", async () => {

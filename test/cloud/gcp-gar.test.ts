@@ -138,6 +138,11 @@ async function openRun(runId: string): Promise<RunCredentials> {
   });
 }
 
+/** The registry is a local stand-in, not *.pkg.dev: the operator names it. */
+function minterFor(): CloudMinter {
+  return createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] });
+}
+
 async function skopeoInspect(env: Readonly<Record<string, string>>): Promise<{ ok: boolean; text: string }> {
   try {
     const { stdout } = await execFileAsync(
@@ -231,7 +236,7 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
     await once(closed, "close");
     process.env["GCE_METADATA_HOST"] = `127.0.0.1:${port}`;
     try {
-      const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-0");
+      const error = await refusal(minterFor(), "run-gcp-0");
       expect(error.details).toMatchObject({
         provider: "gcp",
         identity: "none found (no GOOGLE_APPLICATION_CREDENTIALS, and no metadata server answered)",
@@ -243,7 +248,7 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
   });
 
   it("mints a cloud-platform token with Metadata-Flavor: Google, passes pre-flight, is read by skopeo and OpenTofu's lookup; renewed before the next phase once it nears expiry; no token in the output", async () => {
-    const minter = createCloudMinter({ now: () => nowMs });
+    const minter = minterFor();
     const credentials = await openRun("run-gcp-1");
     const signal = new AbortController().signal;
     const before = gcp.requests.length;
@@ -315,9 +320,18 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
     }
   });
 
+  it("a registry that is not Google's nor in cloud_auth_host gets no token: refused before the metadata server is asked, so pre-flight and the files never send it", async () => {
+    const asked = gcp.requests.length;
+    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-untrusted");
+    expect(error.details).toMatchObject({ provider: "gcp", registry: registry.host });
+    expect(error.message).toContain("the agent sends gcp credentials only to *.pkg.dev, gcr.io, *.gcr.io");
+    expect(error.message).toContain(`--cloud-auth-host ${registry.host}`);
+    expect(gcp.requests).toHaveLength(asked);
+  });
+
   it("a service account the metadata server does not have (404) fails with CLOUD_AUTH_FAILED naming gcp and the identity, before anything is written", async () => {
     gcp.denyMetadata = 404;
-    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-2");
+    const error = await refusal(minterFor(), "run-gcp-2");
     expect(error.details).toEqual({
       provider: "gcp",
       identity: "the metadata server's default service account",
@@ -333,7 +347,7 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
 
   it("an instance without the cloud-platform scope (403) is told to add it", async () => {
     gcp.denyMetadata = 403;
-    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-3");
+    const error = await refusal(minterFor(), "run-gcp-3");
     expect(error.message).toContain("HTTP 403 Instance does not have the requested access scopes");
     expect(error.message).toContain(`give the instance the cloud-platform access scope (${SCOPE})`);
   });
@@ -341,7 +355,7 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
   it("the library's debug log (GOOGLE_SDK_NODE_LOGGING) prints tokens: the minter refuses before asking", async () => {
     process.env["GOOGLE_SDK_NODE_LOGGING"] = "*";
     const asked = gcp.requests.length;
-    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-4");
+    const error = await refusal(minterFor(), "run-gcp-4");
     expect(error.message).toContain("unset GOOGLE_SDK_NODE_LOGGING");
     expect(gcp.requests.length).toBe(asked);
   });
@@ -350,7 +364,7 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
 describe("cloud_auth gcp through an external-account file (workload identity federation)", () => {
   it("exchanges the subject token at STS, impersonates the service account, and the token pulls for skopeo and OpenTofu's lookup", async () => {
     process.env["GOOGLE_APPLICATION_CREDENTIALS"] = credentialFile;
-    const minter = createCloudMinter({ now: () => nowMs });
+    const minter = minterFor();
     const credentials = await openRun("run-gcp-5");
     const signal = new AbortController().signal;
     const before = gcp.requests.length;
@@ -387,7 +401,7 @@ describe("cloud_auth gcp through an external-account file (workload identity fed
   it("a service account the federated principal may not impersonate fails with CLOUD_AUTH_FAILED naming gcp, the account and iam.serviceAccounts.getAccessToken", async () => {
     process.env["GOOGLE_APPLICATION_CREDENTIALS"] = credentialFile;
     gcp.denyImpersonation = true;
-    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-6");
+    const error = await refusal(minterFor(), "run-gcp-6");
     expect(error.details).toMatchObject({
       provider: "gcp",
       registry: registry.host,
@@ -404,7 +418,7 @@ describe("cloud_auth gcp through an external-account file (workload identity fed
     const bad = join(work, "bad.json");
     await writeFile(bad, '{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----', { mode: 0o600 });
     process.env["GOOGLE_APPLICATION_CREDENTIALS"] = bad;
-    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-7");
+    const error = await refusal(minterFor(), "run-gcp-7");
     expect(error.message).toContain(`the credential file ${bad} (GOOGLE_APPLICATION_CREDENTIALS), which is not JSON`);
     expect(error.message).not.toContain("PRIVATE KEY");
   });
