@@ -273,6 +273,39 @@ describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
     expect(minted.username).toBe("AWS");
   });
 
+  it.each(["sts", "ecr"] as const)(
+    "a refusal that echoes what the agent sent (%s) reaches the run's error without any secret",
+    async (echo) => {
+      aws.echo = echo;
+      try {
+        const error: unknown = await createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] })
+          .mint(
+            { provider: "aws", region: "eu-west-1", account: undefined },
+            registry.host,
+            new AbortController().signal,
+          )
+          .then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+        if (!isAgentError(error, "CLOUD_AUTH_FAILED"))
+          throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
+        const text = JSON.stringify({ m: error.message, d: error.details });
+        expect(text).toContain(echo === "sts" ? "InvalidIdentityToken" : "AccessDeniedException");
+        const last = aws.requests.at(-1);
+        const signature = /Signature=([0-9a-f]+)/.exec(String(last?.headers["authorization"]))?.[1];
+        for (const secret of [OIDC_TOKEN, aws.issued?.secretAccessKey, aws.issued?.sessionToken, signature])
+          if (secret !== undefined) expect(text).not.toContain(secret);
+        // Nothing else carries the SDK's error (and its request's headers) along.
+        expect(error.cause).toBeUndefined();
+        // No static keys are recommended: they would sit in the agent's environment.
+        expect(error.message).not.toContain("AWS_SECRET_ACCESS_KEY");
+      } finally {
+        aws.echo = undefined;
+      }
+    },
+  );
+
   it("a refused identity fails with CLOUD_AUTH_FAILED naming aws, the role and ecr:GetAuthorizationToken, before anything is written", async () => {
     aws.denyEcr = ASSUMED_ARN;
     try {

@@ -299,6 +299,32 @@ describe("cloud_auth azure: Entra ID, ACR's exchange, a real registry", () => {
     await nothingWritten(credentials, "run-azure-untrusted");
   });
 
+  it.each([
+    ["entra", "AADSTS700024"],
+    ["exchange", "ACR /oauth2/exchange answered 500 INTERNAL"],
+  ] as const)(
+    "a refusal that echoes what the agent sent (%s) reaches the run's error without the token, not even its first characters",
+    async (echo, shown) => {
+      azure.echo = echo;
+      try {
+        const credentials = await openRun(`run-azure-echo-${echo}`, { provider: "azure" });
+        // refusal() also checks that no whole token is in the message or the details.
+        const error = await refusal(credentials);
+        expect(error.message).toContain(shown);
+        const text = JSON.stringify({ m: error.message, d: error.details });
+        const sent = azure.requests.at(-1);
+        const echoed =
+          echo === "entra" ? (sent?.form.get("client_assertion") ?? "?") : (sent?.form.get("access_token") ?? "?");
+        expect(echoed.length).toBeGreaterThan(40);
+        for (const part of [echoed, echoed.slice(0, 40), echoed.slice(0, 20)]) expect(text).not.toContain(part);
+        expect(error.cause).toBeUndefined();
+        await nothingWritten(credentials, `run-azure-echo-${echo}`);
+      } finally {
+        azure.echo = undefined;
+      }
+    },
+  );
+
   it("a refresh token without exp is kept about 3 hours", async () => {
     refreshExpiry = () => undefined;
     try {

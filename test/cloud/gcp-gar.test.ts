@@ -103,6 +103,7 @@ afterEach(() => {
   delete process.env["GOOGLE_SDK_NODE_LOGGING"];
   gcp.denyMetadata = undefined;
   gcp.denyImpersonation = false;
+  gcp.echo = undefined;
 });
 
 afterAll(async () => {
@@ -329,6 +330,22 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
     expect(gcp.requests).toHaveLength(asked);
   });
 
+  it.each([
+    ["metadata-not-json", "google-auth-library failed"],
+    ["metadata-500", "HTTP 500;"],
+  ] as const)(
+    "a metadata answer that carries a token where it should not (%s) reaches the run's error without it",
+    async (echo, shown) => {
+      gcp.echo = echo;
+      const error = await refusal(minterFor(), `run-gcp-${echo}`);
+      expect(error.message).toContain(shown);
+      expect(gcp.echoedTokens.length).toBeGreaterThan(0);
+      const text = JSON.stringify({ m: error.message, d: error.details });
+      for (const token of gcp.echoedTokens) for (const form of leakForms(token, USER)) expect(text).not.toContain(form);
+      expect(text).not.toContain("ya29.");
+    },
+  );
+
   it("a service account the metadata server does not have (404) fails with CLOUD_AUTH_FAILED naming gcp and the identity, before anything is written", async () => {
     gcp.denyMetadata = 404;
     const error = await refusal(minterFor(), "run-gcp-2");
@@ -339,7 +356,8 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
       permission: null,
     });
     expect(error.message).toContain(
-      `gcp gave no registry credential for ${registry.host} to identity the metadata server's default service account: HTTP 404 Service account not found: default`,
+      // The status only: the metadata server's text is not shown (it may quote a token).
+      `gcp gave no registry credential for ${registry.host} to identity the metadata server's default service account: HTTP 404;`,
     );
     expect(error.message).toContain("iam.gke.io/gcp-service-account");
     expect(gcp.requests.at(-1)?.api).toBe("metadata-token");
@@ -348,7 +366,7 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
   it("an instance without the cloud-platform scope (403) is told to add it", async () => {
     gcp.denyMetadata = 403;
     const error = await refusal(minterFor(), "run-gcp-3");
-    expect(error.message).toContain("HTTP 403 Instance does not have the requested access scopes");
+    expect(error.message).toContain(": HTTP 403;");
     expect(error.message).toContain(`give the instance the cloud-platform access scope (${SCOPE})`);
   });
 
@@ -411,6 +429,15 @@ describe("cloud_auth gcp through an external-account file (workload identity fed
     expect(error.message).toContain("missing permission iam.serviceAccounts.getAccessToken");
     expect(error.message).toContain("PERMISSION_DENIED");
     expect(error.message).toContain("roles/iam.workloadIdentityUser");
+    expectNoToken(error.message);
+  });
+
+  it("STS refusing with the subject token quoted reaches the run's error with Google's error code only", async () => {
+    process.env["GOOGLE_APPLICATION_CREDENTIALS"] = credentialFile;
+    gcp.echo = "sts";
+    const error = await refusal(minterFor(), "run-gcp-sts-echo");
+    expect(error.message).toContain("HTTP 400 invalid_grant;");
+    expect(JSON.stringify({ m: error.message, d: error.details })).not.toContain(SUBJECT_TOKEN);
     expectNoToken(error.message);
   });
 
