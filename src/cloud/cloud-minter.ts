@@ -7,7 +7,7 @@
  */
 import { cloudAuthFailed, type CloudMinter, type CloudProvider, type MintedCredential } from "../core/cloud-auth.js";
 import { cloudHostAllowed, defaultCloudHosts, parseCloudHostPattern } from "../core/cloud-hosts.js";
-import { CloudTokenCache, cloudTokenKey } from "../core/cloud-token-cache.js";
+import { boundedCloudExpiry, CloudTokenCache, cloudTokenKey } from "../core/cloud-token-cache.js";
 import { awsIdentity } from "./aws-identity.js";
 import { azureIdentity } from "./azure-identity.js";
 import { gcpIdentity } from "./gcp-identity.js";
@@ -79,7 +79,8 @@ export interface CloudMinterOptions {
 export function createCloudMinter(options: CloudMinterOptions = {}): CloudMinter {
   const env = process.env;
   const allowedHosts = (options.allowedHosts ?? []).flatMap((p) => parseCloudHostPattern(p) ?? []);
-  const cache = new CloudTokenCache(options.now ?? Date.now);
+  const now = options.now ?? Date.now;
+  const cache = new CloudTokenCache(now);
   const loaded = new Map<CloudProvider, Promise<CloudMinter>>();
   const inFlight = new Map<string, Promise<MintedCredential>>();
 
@@ -118,7 +119,9 @@ export function createCloudMinter(options: CloudMinterOptions = {}): CloudMinter
       if (shared === undefined) {
         shared = (async () => {
           const minter = await providerMinter(auth.provider);
-          const minted = await minter.mint(auth, registryHost, AbortSignal.timeout(MINT_DEADLINE_MS));
+          const answered = await minter.mint(auth, registryHost, AbortSignal.timeout(MINT_DEADLINE_MS));
+          // A far-future expiry (a cloud's answer, a JWT's unverified exp) is not believed.
+          const minted = { ...answered, expiresAtMs: boundedCloudExpiry(auth.provider, answered.expiresAtMs, now()) };
           cache.set(key, minted);
           return minted;
         })().finally(() => inFlight.delete(key));

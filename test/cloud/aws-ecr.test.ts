@@ -45,6 +45,7 @@ let registry: LocalRegistry;
 let aws: AwsStandIns;
 let key: AgentPrivateKey;
 let nowMs = Date.now();
+let ecrExpiry = (): number => nowMs + TOKEN_LIFETIME_MS;
 const issuedPasswords: string[] = [];
 
 beforeAll(async () => {
@@ -60,7 +61,7 @@ beforeAll(async () => {
   registry = pair.registry;
   aws = await startAwsStandIns({
     assumedRoleArn: ASSUMED_ARN,
-    ecrExpiresAtMs: () => nowMs + TOKEN_LIFETIME_MS,
+    ecrExpiresAtMs: () => ecrExpiry(),
     onEcrPassword: async (password) => {
       issuedPasswords.push(password);
       await registry.setPassword("AWS", password);
@@ -305,6 +306,24 @@ describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
       }
     },
   );
+
+  it("an expiry far beyond ECR's 12 hours is not believed: the token is renewed after 12 hours", async () => {
+    ecrExpiry = () => 99_999_999_999_000;
+    try {
+      const minter = createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] });
+      const auth = { provider: "aws", region: "eu-west-1", account: undefined } as const;
+      const signal = new AbortController().signal;
+      const first = await minter.mint(auth, registry.host, signal);
+      expect(first.expiresAtMs).toBe(nowMs + TOKEN_LIFETIME_MS);
+      const asked = aws.requests.filter((r) => r.api === "ecr").length;
+      nowMs += TOKEN_LIFETIME_MS;
+      const second = await minter.mint(auth, registry.host, signal);
+      expect(second.password).not.toBe(first.password);
+      expect(aws.requests.filter((r) => r.api === "ecr")).toHaveLength(asked + 1);
+    } finally {
+      ecrExpiry = () => nowMs + TOKEN_LIFETIME_MS;
+    }
+  });
 
   it("a refused identity fails with CLOUD_AUTH_FAILED naming aws, the role and ecr:GetAuthorizationToken, before anything is written", async () => {
     aws.denyEcr = ASSUMED_ARN;

@@ -325,6 +325,24 @@ describe("cloud_auth azure: Entra ID, ACR's exchange, a real registry", () => {
     },
   );
 
+  it("a refresh token whose exp is far beyond ACR's 3 hours is not believed: renewed after 3 hours", async () => {
+    refreshExpiry = () => 99_999_999_999_000;
+    try {
+      const m = minter();
+      const auth = { provider: "azure", tenantId: undefined, clientId: undefined } as const;
+      const signal = new AbortController().signal;
+      const first = await m.mint(auth, azure.registryHost, signal);
+      expect(first.expiresAtMs).toBe(nowMs + REFRESH_LIFETIME_MS);
+      const asked = azure.requests.filter((r) => r.api === "exchange").length;
+      nowMs += REFRESH_LIFETIME_MS;
+      const second = await m.mint(auth, azure.registryHost, signal);
+      expect(second.password).not.toBe(first.password);
+      expect(azure.requests.filter((r) => r.api === "exchange")).toHaveLength(asked + 1);
+    } finally {
+      refreshExpiry = () => nowMs + REFRESH_LIFETIME_MS;
+    }
+  });
+
   it("a refresh token without exp is kept about 3 hours", async () => {
     refreshExpiry = () => undefined;
     try {

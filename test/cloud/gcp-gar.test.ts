@@ -55,6 +55,7 @@ let registry: LocalRegistry;
 let gcp: GcpStandIns;
 let key: AgentPrivateKey;
 let nowMs = Date.now();
+let expiresIn = (): number => LIFETIME_S;
 const issued: string[] = [];
 let credentialFile: string;
 
@@ -70,7 +71,7 @@ beforeAll(async () => {
   });
   registry = pair.registry;
   gcp = await startGcpStandIns({
-    expiresInSeconds: () => LIFETIME_S,
+    expiresInSeconds: () => expiresIn(),
     onAccessToken: async (token) => {
       issued.push(token);
       await registry.setPassword(USER, token);
@@ -345,6 +346,23 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
       expect(text).not.toContain("ya29.");
     },
   );
+
+  it("an expires_in far beyond Google's hour is not believed: the token is renewed after an hour", async () => {
+    expiresIn = () => 1_000_000_000;
+    try {
+      const minter = minterFor();
+      const signal = new AbortController().signal;
+      const first = await minter.mint({ provider: "gcp" }, registry.host, signal);
+      expect(first.expiresAtMs).toBe(nowMs + 3_600_000);
+      const asked = gcp.requests.length;
+      nowMs += 3_600_000;
+      const second = await minter.mint({ provider: "gcp" }, registry.host, signal);
+      expect(second.password).not.toBe(first.password);
+      expect(gcp.requests.slice(asked).map((r) => r.api)).toEqual(["metadata-token"]);
+    } finally {
+      expiresIn = () => LIFETIME_S;
+    }
+  });
 
   it("a service account the metadata server does not have (404) fails with CLOUD_AUTH_FAILED naming gcp and the identity, before anything is written", async () => {
     gcp.denyMetadata = 404;
