@@ -6,8 +6,13 @@
  */
 import { cloudAuthParameters, type CloudAuth, type CloudProvider, type MintedCredential } from "./cloud-auth.js";
 
-/** A token is replaced this long before it expires, or at half its lifetime when that is shorter. */
-export const CLOUD_TOKEN_REFRESH_MARGIN_MS = 5 * 60_000;
+/**
+ * A token is replaced this long before it expires, or at half its lifetime when that is shorter:
+ * the agent asks at the start of each phase (the sidecar at each pre hook), so a phase that
+ * starts with less than this left gets a new token, and one shorter than this never outlives
+ * its token.
+ */
+export const CLOUD_TOKEN_REFRESH_MARGIN_MS = 15 * 60_000;
 
 /**
  * The longest each cloud's registry credential lives (ECR 12 h, an ACR refresh token about 3 h,

@@ -307,6 +307,31 @@ describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
     },
   );
 
+  it("a phase that starts with less than 15 minutes left on the token gets a new one (refresh before the phase)", async () => {
+    const minter = createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] });
+    const credentials = await openRun("run-aws-margin", { provider: "aws", region: "eu-west-1" });
+    const signal = new AbortController().signal;
+    await credentials.mintCloud(minter, signal);
+    const written = await credentials.write({
+      runDir: join(work, "run-aws-margin"),
+      fs: realFs,
+      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
+    });
+    try {
+      const first = issuedPasswords.at(-1);
+      nowMs += TOKEN_LIFETIME_MS - 16 * 60_000;
+      expect(await credentials.refresh(minter, signal)).toEqual([]);
+      // 14 minutes left: a phase of 15 minutes would outlive it.
+      nowMs += 2 * 60_000;
+      const renewed = await credentials.refresh(minter, signal);
+      expect(renewed.map((m) => m.integration_id)).toEqual(["int-ecr"]);
+      expect(tofuResolves(written.env).password).not.toBe(first);
+      expect(tofuResolves(written.env).password).toBe(issuedPasswords.at(-1));
+    } finally {
+      expect((await credentials.wipe()).ok).toBe(true);
+    }
+  });
+
   it("an expiry far beyond ECR's 12 hours is not believed: the token is renewed after 12 hours", async () => {
     ecrExpiry = () => 99_999_999_999_000;
     try {

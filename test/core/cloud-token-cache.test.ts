@@ -36,6 +36,16 @@ describe("CloudTokenCache", () => {
     expect(cache.get(key)).toBeUndefined();
   });
 
+  it("a token with less than 15 minutes left is not handed out: the phase that starts then gets a new one", () => {
+    const c = clock();
+    const cache = new CloudTokenCache(c.now);
+    cache.set("k", minted(c.now() + HOUR));
+    c.advance(HOUR - 15 * 60_000 - 1);
+    expect(cache.get("k")).toBeDefined();
+    c.advance(1);
+    expect(cache.get("k")).toBeUndefined();
+  });
+
   it("replaces a short-lived token at half its lifetime", () => {
     const c = clock();
     const cache = new CloudTokenCache(c.now);
