@@ -128,7 +128,7 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
       archiveLimits: { ...DEFAULT_ARCHIVE_LIMITS, maxBytes: settings.maxConfigBytes },
       maxBundleBytes: MAX_BUNDLE_BYTES,
       // Loads a cloud's SDK only when a cloud_auth entry first needs it.
-      cloudMinter: createCloudMinter(),
+      cloudMinter: createCloudMinter({ allowedHosts: settings.cloudAuthHosts }),
       ...(settings.preflight
         ? {
             preflight: new PreflightChecker({

@@ -97,7 +97,7 @@ export async function composeSidecar(prepared: PreparedAgent, options: SidecarOp
     fs: realFs,
     maxBundleBytes: MAX_BUNDLE_BYTES,
     // Loads a cloud's SDK only when a cloud_auth entry first needs it.
-    cloudMinter: createCloudMinter(),
+    cloudMinter: createCloudMinter({ allowedHosts: settings.cloudAuthHosts }),
     redact: (secret) => {
       redactor.add([secret]);
     },

@@ -32,6 +32,7 @@ import { Agent, EnvHttpProxyAgent, request, type Dispatcher } from "undici";
 import { cloudAuthFailed, type CloudAuth, type CloudMinter, type MintedCredential } from "../core/cloud-auth.js";
 import { AgentError } from "../core/errors.js";
 import { azureIdentityOf, describeAzureIdentity, type AzureIdentity } from "./azure-identity.js";
+import { readTokenFile } from "./token-files.js";
 
 /** The user ACR's refresh tokens are presented with. */
 const ACR_REFRESH_TOKEN_USER = "00000000-0000-0000-0000-000000000000";
@@ -51,13 +52,6 @@ export interface AzureAcrMinterOptions {
    * for Entra ID and the registry's exchange. The agent passes none; the tests' stand-ins need it.
    */
   readonly extraCaPem?: string | undefined;
-}
-
-/** The first line of a message, bounded, with `secret` (a token) cut out if the cloud echoed it. */
-function shortReason(text: string, secret?: string): string {
-  let line = text.split("\n")[0] ?? "";
-  if (secret !== undefined && secret !== "") line = line.split(secret).join("[redacted]");
-  return line.length > 400 ? `${line.slice(0, 400)}...` : line;
 }
 
 /** The `exp` of a JWT, in milliseconds, without verifying anything; undefined when there is none. */
@@ -87,15 +81,12 @@ function jwtTenant(token: string): string | undefined {
 }
 
 /** ACR's error body (`{"errors":[{"code","message"}]}`) as `CODE: message`, or the status alone. */
-function acrReason(status: number, body: string, accessToken: string): string {
+function acrReason(status: number, body: string): string {
   try {
     const parsed = JSON.parse(body) as { errors?: { code?: unknown; message?: unknown }[] };
     const first = parsed.errors?.[0];
     if (first !== undefined)
-      return shortReason(
-        `ACR /oauth2/exchange answered ${status} ${String(first.code)}: ${String(first.message)}`,
-        accessToken,
-      );
+      return `ACR /oauth2/exchange answered ${status} ${String(first.code)}: ${String(first.message)}`;
   } catch {
     // not ACR's JSON
   }
@@ -149,11 +140,14 @@ export class AzureAcrMinter implements CloudMinter {
       throw new AgentError("INTERNAL", `the azure minter was given a ${auth.provider} entry`);
     const identity = azureIdentityOf(process.env, auth);
     const who = describeAzureIdentity(identity);
-    const refuse = (reason: string, fix: string, permission?: string, cause?: unknown): AgentError =>
-      cloudAuthFailed(
-        { provider: "azure", identity: who, registry: registryHost, permission, reason, fix },
-        cause === undefined ? undefined : { cause },
-      );
+    // What a refusal is scrubbed of: what was sent (the federated token) and received (the tokens).
+    const secrets: (string | undefined)[] = [
+      identity.kind === "workload" ? readTokenFile(identity.tokenFile) : undefined,
+      process.env["AZURE_CLIENT_SECRET"],
+    ];
+    // No cause: the SDK's and undici's errors may hold the request, and with it a token.
+    const refuse = (reason: string, fix: string, permission?: string): AgentError =>
+      cloudAuthFailed({ provider: "azure", identity: who, registry: registryHost, permission, reason, fix, secrets });
 
     if (identity.kind === "workload" && (identity.clientId === undefined || identity.tenantId === undefined)) {
       const missing = [
@@ -172,6 +166,7 @@ export class AzureAcrMinter implements CloudMinter {
       const token = await this.credential(identity).getToken(ACR_SCOPE, { abortSignal: signal });
       if (token === null) throw new Error("Entra ID gave no access token");
       accessToken = token.token;
+      secrets.push(accessToken);
     } catch (error) {
       const e = error instanceof Error ? error : new Error("unexpected failure");
       const entra =
@@ -179,12 +174,10 @@ export class AzureAcrMinter implements CloudMinter {
           ? `${error.errorResponse.error}: ${error.errorResponse.errorDescription}`
           : `${e.name}: ${e.message}`;
       throw refuse(
-        signal.aborted ? "Entra ID did not answer within 30 s" : shortReason(entra),
+        signal.aborted ? "Entra ID did not answer within 30 s" : entra,
         identity.kind === "workload"
           ? `check that application ${identity.clientId ?? ""} exists in tenant ${identity.tenantId ?? ""} and has a federated credential for this service account's issuer and subject (and that ${identity.tokenFile} holds its projected token), or turn export off for this integration`
           : "give the agent a managed identity (system-assigned, or user-assigned named by AZURE_CLIENT_ID or the entry's client_id) or AKS workload identity (AZURE_FEDERATED_TOKEN_FILE, AZURE_CLIENT_ID, AZURE_TENANT_ID), or turn export off for this integration",
-        undefined,
-        error,
       );
     }
 
@@ -223,17 +216,13 @@ export class AzureAcrMinter implements CloudMinter {
     } catch (error) {
       const e = error instanceof Error ? error : new Error("unexpected failure");
       throw refuse(
-        signal.aborted
-          ? `${registryHost} did not answer within 30 s`
-          : shortReason(`ACR /oauth2/exchange failed: ${e.message}`, accessToken),
+        signal.aborted ? `${registryHost} did not answer within 30 s` : `ACR /oauth2/exchange failed: ${e.message}`,
         `check that ${registryHost} is an Azure Container Registry reachable from the agent (private endpoint, proxy, trusted certificate), or turn export off for this integration`,
-        undefined,
-        error,
       );
     }
     if (status === 401 || status === 403)
       throw refuse(
-        acrReason(status, body, accessToken),
+        acrReason(status, body),
         `grant ${who} the AcrPull role on the registry (and check that the registry allows Entra ID authentication), or turn export off for this integration`,
         "AcrPull (Microsoft.ContainerRegistry/registries/pull/read)",
       );
@@ -243,9 +232,10 @@ export class AzureAcrMinter implements CloudMinter {
     } catch {
       refreshToken = undefined;
     }
+    if (typeof refreshToken === "string") secrets.push(refreshToken);
     if (typeof refreshToken !== "string" || refreshToken === "")
       throw refuse(
-        status === 200 ? "ACR /oauth2/exchange answered without a refresh_token" : acrReason(status, body, accessToken),
+        status === 200 ? "ACR /oauth2/exchange answered without a refresh_token" : acrReason(status, body),
         `check that ${registryHost} is an Azure Container Registry, or turn export off for this integration`,
       );
     return {

@@ -5,8 +5,9 @@
  * when an entry first needs it (a dynamic import), so an agent that never meets a cloud entry
  * neither starts slower nor holds the SDKs in memory (test/cloud/lazy-load.test.ts).
  */
-import { type CloudMinter, type CloudProvider, type MintedCredential } from "../core/cloud-auth.js";
-import { CloudTokenCache, cloudTokenKey } from "../core/cloud-token-cache.js";
+import { cloudAuthFailed, type CloudMinter, type CloudProvider, type MintedCredential } from "../core/cloud-auth.js";
+import { cloudHostAllowed, defaultCloudHosts, parseCloudHostPattern } from "../core/cloud-hosts.js";
+import { boundedCloudExpiry, CloudTokenCache, cloudTokenKey } from "../core/cloud-token-cache.js";
 import { awsIdentity } from "./aws-identity.js";
 import { azureIdentity } from "./azure-identity.js";
 import { gcpIdentity } from "./gcp-identity.js";
@@ -63,6 +64,12 @@ export interface CloudMinterOptions {
    * ACR's exchange). The agent passes none; tests running stand-ins in their own process do.
    */
   readonly extraCaPem?: string;
+  /**
+   * Registry hosts (`HOST[:PORT]`, a leading `*.` for any name under it; parsed by
+   * core/cloud-hosts.ts) that may receive minted credentials besides each cloud's own registry
+   * hosts: the operator's private endpoints and proxies (`cloud_auth_host`).
+   */
+  readonly allowedHosts?: readonly string[];
 }
 
 /**
@@ -71,7 +78,9 @@ export interface CloudMinterOptions {
  */
 export function createCloudMinter(options: CloudMinterOptions = {}): CloudMinter {
   const env = process.env;
-  const cache = new CloudTokenCache(options.now ?? Date.now);
+  const allowedHosts = (options.allowedHosts ?? []).flatMap((p) => parseCloudHostPattern(p) ?? []);
+  const now = options.now ?? Date.now;
+  const cache = new CloudTokenCache(now);
   const loaded = new Map<CloudProvider, Promise<CloudMinter>>();
   const inFlight = new Map<string, Promise<MintedCredential>>();
 
@@ -88,14 +97,31 @@ export function createCloudMinter(options: CloudMinterOptions = {}): CloudMinter
 
   return {
     mint(auth, registryHost, signal) {
-      const key = cloudTokenKey(auth, PROVIDERS[auth.provider].identity(env), registryHost);
+      const identity = PROVIDERS[auth.provider].identity(env);
+      // Before anything is minted: the token goes to this host (the exchange, pre-flight, the files).
+      if (!cloudHostAllowed(auth, registryHost, allowedHosts)) {
+        const operator = allowedHosts.length === 0 ? "" : ` and the agent's cloud_auth_host ${allowedHosts.join(", ")}`;
+        return Promise.reject(
+          cloudAuthFailed({
+            provider: auth.provider,
+            identity,
+            registry: registryHost,
+            permission: undefined,
+            reason: `the agent sends ${auth.provider} credentials only to ${defaultCloudHosts(auth).join(", ")}${operator}, and ${registryHost} is none of them`,
+            fix: `if ${registryHost} is a private endpoint or a proxy of the cloud's registry that you trust with the pool's identity, add it to the agent's cloud_auth_host setting (--cloud-auth-host ${registryHost}, OCI_CRED_AGENT_CLOUD_AUTH_HOST, or cloud_auth_host in its config file); otherwise correct the integration's registry URL${auth.provider === "aws" ? ` (or its cloud_auth region, ${auth.region})` : ""} or turn export off for it`,
+          }),
+        );
+      }
+      const key = cloudTokenKey(auth, identity, registryHost);
       const cached = cache.get(key);
       if (cached !== undefined) return Promise.resolve(cached);
       let shared = inFlight.get(key);
       if (shared === undefined) {
         shared = (async () => {
           const minter = await providerMinter(auth.provider);
-          const minted = await minter.mint(auth, registryHost, AbortSignal.timeout(MINT_DEADLINE_MS));
+          const answered = await minter.mint(auth, registryHost, AbortSignal.timeout(MINT_DEADLINE_MS));
+          // A far-future expiry (a cloud's answer, a JWT's unverified exp) is not believed.
+          const minted = { ...answered, expiresAtMs: boundedCloudExpiry(auth.provider, answered.expiresAtMs, now()) };
           cache.set(key, minted);
           return minted;
         })().finally(() => inFlight.delete(key));

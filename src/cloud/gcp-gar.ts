@@ -19,7 +19,8 @@
  * the only cache, so a token it calls stale is never handed back by the library's own cache.
  * No token reaches a log: the library's debug log (`GOOGLE_SDK_NODE_LOGGING`, which prints
  * whole token answers) makes this minter refuse, and a refusal is built from the answer's status
- * and Google's error text, never from the library's error object (its request holds a bearer token).
+ * and Google's error code only, never from Google's free text nor the library's error object
+ * (either may quote a token; its request holds a bearer token).
  */
 import { Compute, GoogleAuth, gcpMetadata, type AuthClient } from "google-auth-library";
 import { cloudAuthFailed, type CloudAuth, type CloudMinter, type MintedCredential } from "../core/cloud-auth.js";
@@ -30,6 +31,7 @@ import {
   METADATA_SERVER_IDENTITY,
   readGcpCredentialFile,
 } from "./gcp-identity.js";
+import { readTokenFile } from "./token-files.js";
 
 export const GCP_SCOPE = "https://www.googleapis.com/auth/cloud-platform";
 
@@ -43,44 +45,56 @@ const LOGGING_VARIABLE = "GOOGLE_SDK_NODE_LOGGING";
 
 const ROLE_FIX = "grant it roles/artifactregistry.reader on the repositories";
 
-function bounded(text: string): string {
-  const line = text.split("\n")[0] ?? "";
-  return line.length > 400 ? `${line.slice(0, 400)}...` : line;
-}
-
 interface Refused {
   readonly reason: string;
   readonly status: number | undefined;
   readonly permission: string | undefined;
 }
 
+/** A marker on this module's own errors, whose messages name files, never a secret. */
+const OWN_ERROR = Symbol("gcp-gar own error");
+
+/** Google's error codes are short words (`PERMISSION_DENIED`, `invalid_grant`); anything else is not shown. */
+function errorCode(value: unknown): string | undefined {
+  return typeof value === "string" && /^[A-Za-z_]{1,64}$/.test(value) ? value : undefined;
+}
+
 /**
- * What Google answered, from the HTTP status and its error body: a Google API error
- * (`{"error": {"status": "PERMISSION_DENIED", "message": "Permission 'iam.serviceAccounts.getAccessToken' denied ..."}}`),
- * an OAuth error from STS (`{"error": "invalid_grant", "error_description": ...}`), or the
- * metadata server's text. Anything else: the error's first line (the library's own messages,
- * which name files and hosts, not secrets).
+ * What Google answered, from the HTTP status and Google's error code only: a Google API error
+ * (`{"error": {"status": "PERMISSION_DENIED", "message": "Permission 'iam.serviceAccounts.getAccessToken' denied ..."}}`,
+ * whose message gives the missing permission's name and nothing else), an OAuth error from STS
+ * (`{"error": "invalid_grant", ...}`), or the metadata server's status. Never the answer's free
+ * text nor the library's Error.message: either may quote a token (a subject token in STS's
+ * error_description, a token in a metadata answer the library could not parse). Without an
+ * answer: the error's class and code (`ECONNREFUSED`), or this module's own message.
  */
 function refusedBy(error: unknown): Refused {
   const response = (error as { response?: { status?: unknown; data?: unknown } } | undefined)?.response;
   if (response !== undefined && typeof response.status === "number") {
     const status = response.status;
     const data = response.data;
-    let text = "";
-    if (typeof data === "string") text = data;
-    else if (typeof data === "object" && data !== null) {
-      const body = data as { error?: unknown; error_description?: unknown };
+    let code: string | undefined;
+    let permission: string | undefined;
+    if (typeof data === "object" && data !== null) {
+      const body = data as { error?: unknown };
       if (typeof body.error === "object" && body.error !== null) {
         const apiError = body.error as { status?: unknown; message?: unknown };
-        text = `${typeof apiError.status === "string" ? `${apiError.status}: ` : ""}${typeof apiError.message === "string" ? apiError.message : ""}`;
-      } else if (typeof body.error === "string")
-        text = `${body.error}${typeof body.error_description === "string" ? `: ${body.error_description}` : ""}`;
+        code = errorCode(apiError.status);
+        if (typeof apiError.message === "string")
+          permission = /Permission '([A-Za-z0-9.]+)' denied/.exec(apiError.message)?.[1];
+      } else code = errorCode(body.error);
     }
-    const permission = /Permission '([A-Za-z0-9.]+)' denied/.exec(text)?.[1];
-    return { reason: bounded(`HTTP ${status}${text === "" ? "" : ` ${text}`}`), status, permission };
+    return { reason: `HTTP ${status}${code === undefined ? "" : ` ${code}`}`, status, permission };
   }
-  const message = error instanceof Error ? error.message : "unexpected failure";
-  return { reason: bounded(message), status: undefined, permission: undefined };
+  if (typeof error === "object" && error !== null && OWN_ERROR in error && error instanceof Error)
+    return { reason: error.message, status: undefined, permission: undefined };
+  const name = error instanceof Error ? error.name : "an unexpected failure";
+  const code = errorCode((error as { code?: unknown } | undefined)?.code);
+  return {
+    reason: `google-auth-library failed (${name}${code === undefined ? "" : ` ${code}`})`,
+    status: undefined,
+    permission: undefined,
+  };
 }
 
 /** The client for the identity of the environment, and who it is; undefined when there is none. */
@@ -89,7 +103,8 @@ async function identityClient(env: NodeJS.ProcessEnv): Promise<{ client: AuthCli
   if (path !== undefined) {
     const file = readGcpCredentialFile(path);
     const identity = describeGcpCredentialFile(file);
-    if (!file.ok) throw Object.assign(new Error(`GOOGLE_APPLICATION_CREDENTIALS: ${identity}`), { identity });
+    if (!file.ok)
+      throw Object.assign(new Error(`GOOGLE_APPLICATION_CREDENTIALS: ${identity}`), { identity, [OWN_ERROR]: true });
     // The parsed content, not the path: this module read it and reports its problems without quoting it.
     const client = await new GoogleAuth({ credentials: file.json, scopes: [GCP_SCOPE] }).getClient();
     return { client, identity };
@@ -117,12 +132,31 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
   });
 }
 
+/**
+ * What a refusal is scrubbed of besides token-like text: the credential file's subject token (the
+ * file its `credential_source` names) and a key file's private key.
+ */
+function credentialFileSecrets(path: string | undefined): (string | undefined)[] {
+  if (path === undefined) return [];
+  const file = readGcpCredentialFile(path);
+  if (!file.ok) return [];
+  const source = file.json["credential_source"];
+  const subjectFile =
+    typeof source === "object" && source !== null ? (source as Record<string, unknown>)["file"] : undefined;
+  const privateKey = file.json["private_key"];
+  return [
+    typeof subjectFile === "string" ? readTokenFile(subjectFile) : undefined,
+    typeof privateKey === "string" ? privateKey : undefined,
+  ];
+}
+
 export class GcpGarMinter implements CloudMinter {
   async mint(auth: CloudAuth, registryHost: string, signal: AbortSignal): Promise<MintedCredential> {
     if (auth.provider !== "gcp") throw new AgentError("INTERNAL", `the gcp minter was given a ${auth.provider} entry`);
     const env = process.env;
     const path = gcpCredentialPath(env);
     let identity = path === undefined ? METADATA_SERVER_IDENTITY : `the credential file ${path}`;
+    const secrets = credentialFileSecrets(path);
     const refuse = (refused: Refused, fix: string): AgentError =>
       cloudAuthFailed({
         provider: "gcp",
@@ -131,6 +165,7 @@ export class GcpGarMinter implements CloudMinter {
         permission: refused.permission,
         reason: signal.aborted ? "Google did not answer within 30 s" : refused.reason,
         fix,
+        secrets,
       });
     if ((env[LOGGING_VARIABLE] ?? "") !== "")
       throw refuse(
@@ -182,6 +217,7 @@ export class GcpGarMinter implements CloudMinter {
                 : "check the workload identity pool's provider (audience, attribute conditions) and the subject token the file names, or turn export off for this integration",
       );
     }
+    if (typeof token === "string") secrets.push(token);
     if (typeof token !== "string" || token === "")
       throw refuse(
         { reason: "Google answered without an access token", status: undefined, permission: undefined },

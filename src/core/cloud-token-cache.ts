@@ -4,10 +4,35 @@
  * identities or two regions never share a token; a refusal is never kept (the next run asks
  * again).
  */
-import { cloudAuthParameters, type CloudAuth, type MintedCredential } from "./cloud-auth.js";
+import { cloudAuthParameters, type CloudAuth, type CloudProvider, type MintedCredential } from "./cloud-auth.js";
 
-/** A token is replaced this long before it expires, or at half its lifetime when that is shorter. */
-export const CLOUD_TOKEN_REFRESH_MARGIN_MS = 5 * 60_000;
+/**
+ * A token is replaced this long before it expires, or at half its lifetime when that is shorter:
+ * the agent asks at the start of each phase (the sidecar at each pre hook), so a phase that
+ * starts with less than this left gets a new token, and one shorter than this never outlives
+ * its token.
+ */
+export const CLOUD_TOKEN_REFRESH_MARGIN_MS = 15 * 60_000;
+
+/**
+ * The longest each cloud's registry credential lives (ECR 12 h, an ACR refresh token about 3 h,
+ * a Google access token 1 h): an expiry further out than this, from a cloud's answer or a JWT's
+ * unverified `exp`, is not believed.
+ */
+const CLOUD_TOKEN_MAX_LIFETIME_MS: Readonly<Record<CloudProvider, number>> = {
+  aws: 12 * 3_600_000,
+  azure: 3 * 3_600_000,
+  gcp: 3_600_000,
+};
+
+/** The expiry the agent goes by: the cloud's, but never later than its longest lifetime from now. */
+export function boundedCloudExpiry(provider: CloudProvider, expiresAtMs: number, nowMs: number): number {
+  const latest = nowMs + CLOUD_TOKEN_MAX_LIFETIME_MS[provider];
+  return Number.isFinite(expiresAtMs) ? Math.min(expiresAtMs, latest) : latest;
+}
+
+/** Whatever a caller gives, nothing is kept longer than the longest lifetime of any cloud. */
+const MAX_KEPT_MS = Math.max(...Object.values(CLOUD_TOKEN_MAX_LIFETIME_MS));
 
 /** At most this many tokens are kept; the oldest goes first. */
 const MAX_ENTRIES = 1000;
@@ -39,8 +64,9 @@ export class CloudTokenCache {
   /** Keeps a token minted now; one that is already within its margin is not kept. */
   set(key: string, minted: MintedCredential): void {
     const nowMs = this.now();
-    const lifetime = minted.expiresAtMs - nowMs;
-    const staleAtMs = minted.expiresAtMs - Math.min(CLOUD_TOKEN_REFRESH_MARGIN_MS, lifetime / 2);
+    const expiresAtMs = Math.min(minted.expiresAtMs, nowMs + MAX_KEPT_MS);
+    const lifetime = expiresAtMs - nowMs;
+    const staleAtMs = expiresAtMs - Math.min(CLOUD_TOKEN_REFRESH_MARGIN_MS, lifetime / 2);
     this.entries.delete(key);
     if (!(lifetime > 0)) return;
     this.entries.set(key, { minted, staleAtMs });

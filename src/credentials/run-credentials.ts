@@ -11,7 +11,8 @@
  *          before any file exists (optional; the caller's signal ends it at once)
  *   write  the run directory and its files, where every tool of the run reads them; a write
  *          that fails part-way wipes what it wrote before it throws
- *   refresh  between phases: minted credentials near their expiry are minted again and the files
+ *   refresh  between phases: minted credentials with less than the cache's margin left (15
+ *          minutes, core/cloud-token-cache.ts) are minted again and the files
  *          replaced in place (one rename each), so a run that outlives a token keeps working
  *   wipe   removes what write wrote; idempotent, never throws, and reports every outcome to
  *          the listener given at open: wipe failures have one place to go

@@ -127,7 +127,9 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
     for (const [index, phase] of lease.run.phases.entries()) {
       ending.throwIfEnded();
       if (index > 0) {
-        // A token that would expire during the phase is minted again, and the files replaced.
+        // A minted token with less than the cache's margin left (15 minutes, or half its lifetime
+        // when shorter: CLOUD_TOKEN_REFRESH_MARGIN_MS) is minted again and the files replaced; a
+        // phase that runs longer than that can still outlive its token.
         const renewed = await credentials.refresh(resources.cloudMinter, ending.signal);
         if (renewed.length > 0) {
           forgetSecrets.push(resources.redactor.add(credentials.secretForms()));

@@ -45,6 +45,7 @@ let registry: LocalRegistry;
 let aws: AwsStandIns;
 let key: AgentPrivateKey;
 let nowMs = Date.now();
+let ecrExpiry = (): number => nowMs + TOKEN_LIFETIME_MS;
 const issuedPasswords: string[] = [];
 
 beforeAll(async () => {
@@ -60,7 +61,7 @@ beforeAll(async () => {
   registry = pair.registry;
   aws = await startAwsStandIns({
     assumedRoleArn: ASSUMED_ARN,
-    ecrExpiresAtMs: () => nowMs + TOKEN_LIFETIME_MS,
+    ecrExpiresAtMs: () => ecrExpiry(),
     onEcrPassword: async (password) => {
       issuedPasswords.push(password);
       await registry.setPassword("AWS", password);
@@ -158,7 +159,8 @@ function tofuResolves(env: Readonly<Record<string, string>>): {
 
 describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
   it("mints through the web identity and ECR stand-ins, passes pre-flight, and is read by skopeo and OpenTofu's lookup; renewed before the next phase once it nears expiry", async () => {
-    const minter = createCloudMinter({ now: () => nowMs });
+    // The registry is a local stand-in, not *.dkr.ecr.eu-west-1.amazonaws.com: the operator names it.
+    const minter = createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] });
     const credentials = await openRun("run-aws-1", { provider: "aws", region: "eu-west-1" });
     const signal = new AbortController().signal;
 
@@ -241,12 +243,119 @@ describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
     }
   });
 
+  it("a registry the agent does not trust with the pool's identity (not ECR of the entry's region, not in cloud_auth_host) is refused before AWS is asked", async () => {
+    const asked = aws.requests.length;
+    // The local registry stands for any host an integration names; another region's ECR host too.
+    for (const [host, allowed] of [
+      [registry.host, []],
+      [registry.host, ["127.0.0.1"]],
+      ["123456789012.dkr.ecr.us-east-1.amazonaws.com", []],
+      ["123456789012.dkr.ecr.eu-west-1.amazonaws.com.evil.example", []],
+    ] as const) {
+      const error: unknown = await createCloudMinter({ now: () => nowMs, allowedHosts: allowed })
+        .mint({ provider: "aws", region: "eu-west-1", account: undefined }, host, new AbortController().signal)
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      if (!isAgentError(error, "CLOUD_AUTH_FAILED")) throw new Error(`expected CLOUD_AUTH_FAILED for ${host}`);
+      expect(error.details).toMatchObject({ provider: "aws", registry: host, identity: ROLE_ARN });
+      expect(error.message).toContain(`${host} is none of them`);
+      expect(error.message).toContain("*.dkr.ecr.eu-west-1.amazonaws.com");
+      expect(error.message).toContain(`--cloud-auth-host ${host}`);
+    }
+    expect(aws.requests).toHaveLength(asked);
+    // ECR of the entry's region is trusted without any setting (the ECR stand-in answers for it).
+    const minted = await createCloudMinter({ now: () => nowMs }).mint(
+      { provider: "aws", region: "eu-west-1", account: undefined },
+      "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+      new AbortController().signal,
+    );
+    expect(minted.username).toBe("AWS");
+  });
+
+  it.each(["sts", "ecr"] as const)(
+    "a refusal that echoes what the agent sent (%s) reaches the run's error without any secret",
+    async (echo) => {
+      aws.echo = echo;
+      try {
+        const error: unknown = await createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] })
+          .mint(
+            { provider: "aws", region: "eu-west-1", account: undefined },
+            registry.host,
+            new AbortController().signal,
+          )
+          .then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+        if (!isAgentError(error, "CLOUD_AUTH_FAILED"))
+          throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
+        const text = JSON.stringify({ m: error.message, d: error.details });
+        expect(text).toContain(echo === "sts" ? "InvalidIdentityToken" : "AccessDeniedException");
+        const last = aws.requests.at(-1);
+        const signature = /Signature=([0-9a-f]+)/.exec(String(last?.headers["authorization"]))?.[1];
+        for (const secret of [OIDC_TOKEN, aws.issued?.secretAccessKey, aws.issued?.sessionToken, signature])
+          if (secret !== undefined) expect(text).not.toContain(secret);
+        // Nothing else carries the SDK's error (and its request's headers) along.
+        expect(error.cause).toBeUndefined();
+        // No static keys are recommended: they would sit in the agent's environment.
+        expect(error.message).not.toContain("AWS_SECRET_ACCESS_KEY");
+      } finally {
+        aws.echo = undefined;
+      }
+    },
+  );
+
+  it("a phase that starts with less than 15 minutes left on the token gets a new one (refresh before the phase)", async () => {
+    const minter = createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] });
+    const credentials = await openRun("run-aws-margin", { provider: "aws", region: "eu-west-1" });
+    const signal = new AbortController().signal;
+    await credentials.mintCloud(minter, signal);
+    const written = await credentials.write({
+      runDir: join(work, "run-aws-margin"),
+      fs: realFs,
+      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
+    });
+    try {
+      const first = issuedPasswords.at(-1);
+      nowMs += TOKEN_LIFETIME_MS - 16 * 60_000;
+      expect(await credentials.refresh(minter, signal)).toEqual([]);
+      // 14 minutes left: a phase of 15 minutes would outlive it.
+      nowMs += 2 * 60_000;
+      const renewed = await credentials.refresh(minter, signal);
+      expect(renewed.map((m) => m.integration_id)).toEqual(["int-ecr"]);
+      expect(tofuResolves(written.env).password).not.toBe(first);
+      expect(tofuResolves(written.env).password).toBe(issuedPasswords.at(-1));
+    } finally {
+      expect((await credentials.wipe()).ok).toBe(true);
+    }
+  });
+
+  it("an expiry far beyond ECR's 12 hours is not believed: the token is renewed after 12 hours", async () => {
+    ecrExpiry = () => 99_999_999_999_000;
+    try {
+      const minter = createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] });
+      const auth = { provider: "aws", region: "eu-west-1", account: undefined } as const;
+      const signal = new AbortController().signal;
+      const first = await minter.mint(auth, registry.host, signal);
+      expect(first.expiresAtMs).toBe(nowMs + TOKEN_LIFETIME_MS);
+      const asked = aws.requests.filter((r) => r.api === "ecr").length;
+      nowMs += TOKEN_LIFETIME_MS;
+      const second = await minter.mint(auth, registry.host, signal);
+      expect(second.password).not.toBe(first.password);
+      expect(aws.requests.filter((r) => r.api === "ecr")).toHaveLength(asked + 1);
+    } finally {
+      ecrExpiry = () => nowMs + TOKEN_LIFETIME_MS;
+    }
+  });
+
   it("a refused identity fails with CLOUD_AUTH_FAILED naming aws, the role and ecr:GetAuthorizationToken, before anything is written", async () => {
     aws.denyEcr = ASSUMED_ARN;
     try {
       const credentials = await openRun("run-aws-2", { provider: "aws", region: "us-east-1" });
       const error: unknown = await credentials
-        .mintCloud(createCloudMinter({ now: () => nowMs }), new AbortController().signal)
+        .mintCloud(createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] }), new AbortController().signal)
         .then(
           () => undefined,
           (e: unknown) => e,

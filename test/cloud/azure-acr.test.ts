@@ -135,7 +135,8 @@ async function openRun(runId: string, cloudAuth: Record<string, unknown>): Promi
 }
 
 const minter = (): ReturnType<typeof createCloudMinter> =>
-  createCloudMinter({ now: () => nowMs, extraCaPem: tls.caPem });
+  // The registry's front is a local stand-in, not *.azurecr.io: the operator names it.
+  createCloudMinter({ now: () => nowMs, extraCaPem: tls.caPem, allowedHosts: [azure.registryHost] });
 
 async function skopeoInspect(env: Readonly<Record<string, string>>): Promise<{ ok: boolean; text: string }> {
   try {
@@ -276,6 +277,69 @@ describe("cloud_auth azure: Entra ID, ACR's exchange, a real registry", () => {
       expect(azure.requests.filter((r) => r.api === "exchange")).toHaveLength(2);
     } finally {
       expect((await credentials.wipe()).ok).toBe(true);
+    }
+  });
+
+  it("a registry that is not ACR nor in cloud_auth_host gets no Entra token: refused before Entra is asked, nothing exchanged", async () => {
+    const asked = azure.requests.length;
+    const credentials = await openRun("run-azure-untrusted", { provider: "azure" });
+    const error: unknown = await credentials
+      .mintCloud(createCloudMinter({ now: () => nowMs, extraCaPem: tls.caPem }), new AbortController().signal)
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    if (!isAgentError(error, "CLOUD_AUTH_FAILED")) throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
+    expect(error.details).toMatchObject({ provider: "azure", registry: azure.registryHost });
+    expect(error.message).toContain(
+      `the agent sends azure credentials only to *.azurecr.io, *.azurecr.cn, *.azurecr.us`,
+    );
+    expect(error.message).toContain(`--cloud-auth-host ${azure.registryHost}`);
+    expect(azure.requests).toHaveLength(asked);
+    await nothingWritten(credentials, "run-azure-untrusted");
+  });
+
+  it.each([
+    ["entra", "AADSTS700024"],
+    ["exchange", "ACR /oauth2/exchange answered 500 INTERNAL"],
+  ] as const)(
+    "a refusal that echoes what the agent sent (%s) reaches the run's error without the token, not even its first characters",
+    async (echo, shown) => {
+      azure.echo = echo;
+      try {
+        const credentials = await openRun(`run-azure-echo-${echo}`, { provider: "azure" });
+        // refusal() also checks that no whole token is in the message or the details.
+        const error = await refusal(credentials);
+        expect(error.message).toContain(shown);
+        const text = JSON.stringify({ m: error.message, d: error.details });
+        const sent = azure.requests.at(-1);
+        const echoed =
+          echo === "entra" ? (sent?.form.get("client_assertion") ?? "?") : (sent?.form.get("access_token") ?? "?");
+        expect(echoed.length).toBeGreaterThan(40);
+        for (const part of [echoed, echoed.slice(0, 40), echoed.slice(0, 20)]) expect(text).not.toContain(part);
+        expect(error.cause).toBeUndefined();
+        await nothingWritten(credentials, `run-azure-echo-${echo}`);
+      } finally {
+        azure.echo = undefined;
+      }
+    },
+  );
+
+  it("a refresh token whose exp is far beyond ACR's 3 hours is not believed: renewed after 3 hours", async () => {
+    refreshExpiry = () => 99_999_999_999_000;
+    try {
+      const m = minter();
+      const auth = { provider: "azure", tenantId: undefined, clientId: undefined } as const;
+      const signal = new AbortController().signal;
+      const first = await m.mint(auth, azure.registryHost, signal);
+      expect(first.expiresAtMs).toBe(nowMs + REFRESH_LIFETIME_MS);
+      const asked = azure.requests.filter((r) => r.api === "exchange").length;
+      nowMs += REFRESH_LIFETIME_MS;
+      const second = await m.mint(auth, azure.registryHost, signal);
+      expect(second.password).not.toBe(first.password);
+      expect(azure.requests.filter((r) => r.api === "exchange")).toHaveLength(asked + 1);
+    } finally {
+      refreshExpiry = () => nowMs + REFRESH_LIFETIME_MS;
     }
   });
 

@@ -55,6 +55,7 @@ let registry: LocalRegistry;
 let gcp: GcpStandIns;
 let key: AgentPrivateKey;
 let nowMs = Date.now();
+let expiresIn = (): number => LIFETIME_S;
 const issued: string[] = [];
 let credentialFile: string;
 
@@ -70,7 +71,7 @@ beforeAll(async () => {
   });
   registry = pair.registry;
   gcp = await startGcpStandIns({
-    expiresInSeconds: () => LIFETIME_S,
+    expiresInSeconds: () => expiresIn(),
     onAccessToken: async (token) => {
       issued.push(token);
       await registry.setPassword(USER, token);
@@ -103,6 +104,7 @@ afterEach(() => {
   delete process.env["GOOGLE_SDK_NODE_LOGGING"];
   gcp.denyMetadata = undefined;
   gcp.denyImpersonation = false;
+  gcp.echo = undefined;
 });
 
 afterAll(async () => {
@@ -136,6 +138,11 @@ async function openRun(runId: string): Promise<RunCredentials> {
     replayCache: new ReplayCache(),
     onWipe: () => undefined,
   });
+}
+
+/** The registry is a local stand-in, not *.pkg.dev: the operator names it. */
+function minterFor(): CloudMinter {
+  return createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] });
 }
 
 async function skopeoInspect(env: Readonly<Record<string, string>>): Promise<{ ok: boolean; text: string }> {
@@ -231,7 +238,7 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
     await once(closed, "close");
     process.env["GCE_METADATA_HOST"] = `127.0.0.1:${port}`;
     try {
-      const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-0");
+      const error = await refusal(minterFor(), "run-gcp-0");
       expect(error.details).toMatchObject({
         provider: "gcp",
         identity: "none found (no GOOGLE_APPLICATION_CREDENTIALS, and no metadata server answered)",
@@ -243,7 +250,7 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
   });
 
   it("mints a cloud-platform token with Metadata-Flavor: Google, passes pre-flight, is read by skopeo and OpenTofu's lookup; renewed before the next phase once it nears expiry; no token in the output", async () => {
-    const minter = createCloudMinter({ now: () => nowMs });
+    const minter = minterFor();
     const credentials = await openRun("run-gcp-1");
     const signal = new AbortController().signal;
     const before = gcp.requests.length;
@@ -315,9 +322,51 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
     }
   });
 
+  it("a registry that is not Google's nor in cloud_auth_host gets no token: refused before the metadata server is asked, so pre-flight and the files never send it", async () => {
+    const asked = gcp.requests.length;
+    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-untrusted");
+    expect(error.details).toMatchObject({ provider: "gcp", registry: registry.host });
+    expect(error.message).toContain("the agent sends gcp credentials only to *.pkg.dev, gcr.io, *.gcr.io");
+    expect(error.message).toContain(`--cloud-auth-host ${registry.host}`);
+    expect(gcp.requests).toHaveLength(asked);
+  });
+
+  it.each([
+    ["metadata-not-json", "google-auth-library failed"],
+    ["metadata-500", "HTTP 500;"],
+  ] as const)(
+    "a metadata answer that carries a token where it should not (%s) reaches the run's error without it",
+    async (echo, shown) => {
+      gcp.echo = echo;
+      const error = await refusal(minterFor(), `run-gcp-${echo}`);
+      expect(error.message).toContain(shown);
+      expect(gcp.echoedTokens.length).toBeGreaterThan(0);
+      const text = JSON.stringify({ m: error.message, d: error.details });
+      for (const token of gcp.echoedTokens) for (const form of leakForms(token, USER)) expect(text).not.toContain(form);
+      expect(text).not.toContain("ya29.");
+    },
+  );
+
+  it("an expires_in far beyond Google's hour is not believed: the token is renewed after an hour", async () => {
+    expiresIn = () => 1_000_000_000;
+    try {
+      const minter = minterFor();
+      const signal = new AbortController().signal;
+      const first = await minter.mint({ provider: "gcp" }, registry.host, signal);
+      expect(first.expiresAtMs).toBe(nowMs + 3_600_000);
+      const asked = gcp.requests.length;
+      nowMs += 3_600_000;
+      const second = await minter.mint({ provider: "gcp" }, registry.host, signal);
+      expect(second.password).not.toBe(first.password);
+      expect(gcp.requests.slice(asked).map((r) => r.api)).toEqual(["metadata-token"]);
+    } finally {
+      expiresIn = () => LIFETIME_S;
+    }
+  });
+
   it("a service account the metadata server does not have (404) fails with CLOUD_AUTH_FAILED naming gcp and the identity, before anything is written", async () => {
     gcp.denyMetadata = 404;
-    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-2");
+    const error = await refusal(minterFor(), "run-gcp-2");
     expect(error.details).toEqual({
       provider: "gcp",
       identity: "the metadata server's default service account",
@@ -325,7 +374,8 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
       permission: null,
     });
     expect(error.message).toContain(
-      `gcp gave no registry credential for ${registry.host} to identity the metadata server's default service account: HTTP 404 Service account not found: default`,
+      // The status only: the metadata server's text is not shown (it may quote a token).
+      `gcp gave no registry credential for ${registry.host} to identity the metadata server's default service account: HTTP 404;`,
     );
     expect(error.message).toContain("iam.gke.io/gcp-service-account");
     expect(gcp.requests.at(-1)?.api).toBe("metadata-token");
@@ -333,15 +383,15 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
 
   it("an instance without the cloud-platform scope (403) is told to add it", async () => {
     gcp.denyMetadata = 403;
-    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-3");
-    expect(error.message).toContain("HTTP 403 Instance does not have the requested access scopes");
+    const error = await refusal(minterFor(), "run-gcp-3");
+    expect(error.message).toContain(": HTTP 403;");
     expect(error.message).toContain(`give the instance the cloud-platform access scope (${SCOPE})`);
   });
 
   it("the library's debug log (GOOGLE_SDK_NODE_LOGGING) prints tokens: the minter refuses before asking", async () => {
     process.env["GOOGLE_SDK_NODE_LOGGING"] = "*";
     const asked = gcp.requests.length;
-    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-4");
+    const error = await refusal(minterFor(), "run-gcp-4");
     expect(error.message).toContain("unset GOOGLE_SDK_NODE_LOGGING");
     expect(gcp.requests.length).toBe(asked);
   });
@@ -350,7 +400,7 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
 describe("cloud_auth gcp through an external-account file (workload identity federation)", () => {
   it("exchanges the subject token at STS, impersonates the service account, and the token pulls for skopeo and OpenTofu's lookup", async () => {
     process.env["GOOGLE_APPLICATION_CREDENTIALS"] = credentialFile;
-    const minter = createCloudMinter({ now: () => nowMs });
+    const minter = minterFor();
     const credentials = await openRun("run-gcp-5");
     const signal = new AbortController().signal;
     const before = gcp.requests.length;
@@ -387,7 +437,7 @@ describe("cloud_auth gcp through an external-account file (workload identity fed
   it("a service account the federated principal may not impersonate fails with CLOUD_AUTH_FAILED naming gcp, the account and iam.serviceAccounts.getAccessToken", async () => {
     process.env["GOOGLE_APPLICATION_CREDENTIALS"] = credentialFile;
     gcp.denyImpersonation = true;
-    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-6");
+    const error = await refusal(minterFor(), "run-gcp-6");
     expect(error.details).toMatchObject({
       provider: "gcp",
       registry: registry.host,
@@ -400,11 +450,20 @@ describe("cloud_auth gcp through an external-account file (workload identity fed
     expectNoToken(error.message);
   });
 
+  it("STS refusing with the subject token quoted reaches the run's error with Google's error code only", async () => {
+    process.env["GOOGLE_APPLICATION_CREDENTIALS"] = credentialFile;
+    gcp.echo = "sts";
+    const error = await refusal(minterFor(), "run-gcp-sts-echo");
+    expect(error.message).toContain("HTTP 400 invalid_grant;");
+    expect(JSON.stringify({ m: error.message, d: error.details })).not.toContain(SUBJECT_TOKEN);
+    expectNoToken(error.message);
+  });
+
   it("an unreadable credential file is named, with the problem, not the content", async () => {
     const bad = join(work, "bad.json");
     await writeFile(bad, '{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----', { mode: 0o600 });
     process.env["GOOGLE_APPLICATION_CREDENTIALS"] = bad;
-    const error = await refusal(createCloudMinter({ now: () => nowMs }), "run-gcp-7");
+    const error = await refusal(minterFor(), "run-gcp-7");
     expect(error.message).toContain(`the credential file ${bad} (GOOGLE_APPLICATION_CREDENTIALS), which is not JSON`);
     expect(error.message).not.toContain("PRIVATE KEY");
   });

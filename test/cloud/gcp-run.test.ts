@@ -101,6 +101,9 @@ async function runOnce(phases: string[]): Promise<{ lines: LogLine[]; output: st
       "off",
       "--isolation",
       "none",
+      // The registry is a local stand-in, not the cloud's own: the operator trusts it.
+      "--cloud-auth-host",
+      registry.host,
     ],
     { ...agentEnv, FAKE_TOFU_RECORD: recordFile },
   );

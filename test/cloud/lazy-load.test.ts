@@ -48,7 +48,7 @@ const googleAtStart = google();
 process.env.AWS_EC2_METADATA_DISABLED = "true";
 for (const k of ["AWS_ROLE_ARN", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]) delete process.env[k];
 const code = await minter
-  .mint({ provider: "aws", region: "eu-west-1", account: undefined }, "r.example", new AbortController().signal)
+  .mint({ provider: "aws", region: "eu-west-1", account: undefined }, "123456789012.dkr.ecr.eu-west-1.amazonaws.com", new AbortController().signal)
   .then(() => "minted", (e) => e.code);
 const afterAwsEntry = aws();
 const azureBefore = azure();
@@ -56,14 +56,14 @@ const googleAfterAwsEntry = google();
 // Workload identity without a client or tenant id: refused, but only after @azure/identity was loaded.
 process.env.AZURE_FEDERATED_TOKEN_FILE = "/nonexistent/azure-token";
 const azureCode = await minter
-  .mint({ provider: "azure", tenantId: undefined, clientId: undefined }, "r.example", new AbortController().signal)
+  .mint({ provider: "azure", tenantId: undefined, clientId: undefined }, "r.azurecr.io", new AbortController().signal)
   .then(() => "minted", (e) => e.code);
 const googleAfterAzureEntry = google();
 // No Google identity either (no credential file, detection off): refused after google-auth-library was loaded.
 delete process.env.GOOGLE_APPLICATION_CREDENTIALS;
 process.env.METADATA_SERVER_DETECTION = "none";
 const gcpCode = await minter
-  .mint({ provider: "gcp" }, "r.example", new AbortController().signal)
+  .mint({ provider: "gcp" }, "europe-docker.pkg.dev", new AbortController().signal)
   .then(() => "minted", (e) => e.code);
 console.log(JSON.stringify({ atStart, afterAwsEntry, code, azureAtStart, azureBefore, afterAzureEntry: azure(), azureCode, googleAtStart, googleAfterAwsEntry, googleAfterAzureEntry, afterGcpEntry: google(), gcpCode, total: globalThis.resolvedModules.size }));
 `;

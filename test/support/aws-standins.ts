@@ -31,9 +31,14 @@ export interface AwsStandIns {
   readonly url: string;
   readonly requests: RecordedRequest[];
   /** The session credentials STS issued last. */
-  issued: { accessKeyId: string; sessionToken: string } | undefined;
+  issued: { accessKeyId: string; secretAccessKey: string; sessionToken: string } | undefined;
   /** ECR answers AccessDeniedException for this principal while set. */
   denyEcr: string | undefined;
+  /**
+   * A hostile or careless cloud, while set: STS refuses quoting the web identity token it was
+   * sent (`sts`); ECR refuses quoting the request's signature and session token (`ecr`).
+   */
+  echo: "sts" | "ecr" | undefined;
   close(): Promise<void>;
 }
 
@@ -56,6 +61,7 @@ export async function startAwsStandIns(options: AwsStandInOptions): Promise<AwsS
     requests,
     issued: undefined,
     denyEcr: undefined,
+    echo: undefined,
     close: () => Promise.resolve(),
   };
   const server: Server = createServer((req, res) => {
@@ -67,6 +73,19 @@ export async function startAwsStandIns(options: AwsStandInOptions): Promise<AwsS
         const target = req.headers["x-amz-target"];
         if (target === "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken") {
           requests.push({ api: "ecr", headers: req.headers, body });
+          if (state.echo === "ecr") {
+            res.writeHead(400, {
+              "content-type": "application/x-amz-json-1.1",
+              "x-amzn-errortype": "AccessDeniedException",
+            });
+            res.end(
+              JSON.stringify({
+                __type: "AccessDeniedException",
+                message: `User: ${options.assumedRoleArn} is not authorized; the request was signed ${String(req.headers["authorization"])} with session token ${String(req.headers["x-amz-security-token"])}`,
+              }),
+            );
+            return;
+          }
           if (state.denyEcr !== undefined) {
             res.writeHead(400, {
               "content-type": "application/x-amz-json-1.1",
@@ -104,16 +123,24 @@ export async function startAwsStandIns(options: AwsStandInOptions): Promise<AwsS
           res.end("<ErrorResponse><Error><Code>InvalidAction</Code></Error></ErrorResponse>");
           return;
         }
+        if (state.echo === "sts") {
+          res.writeHead(400, { "content-type": "text/xml" });
+          res.end(
+            `<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>The web identity token ${xml(form.get("WebIdentityToken") ?? "")} is not valid</Message></Error><RequestId>1</RequestId></ErrorResponse>`,
+          );
+          return;
+        }
         const accessKeyId = `ASIA${randomBytes(8).toString("hex").toUpperCase()}`;
+        const secretAccessKey = randomBytes(20).toString("base64url");
         const sessionToken = `session-${randomBytes(24).toString("base64url")}`;
-        state.issued = { accessKeyId, sessionToken };
+        state.issued = { accessKeyId, secretAccessKey, sessionToken };
         const expiration = new Date(Date.now() + 3_600_000).toISOString();
         res.writeHead(200, { "content-type": "text/xml" });
         res.end(`<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <AssumeRoleWithWebIdentityResult>
     <Credentials>
       <AccessKeyId>${accessKeyId}</AccessKeyId>
-      <SecretAccessKey>${randomBytes(20).toString("base64url")}</SecretAccessKey>
+      <SecretAccessKey>${secretAccessKey}</SecretAccessKey>
       <SessionToken>${sessionToken}</SessionToken>
       <Expiration>${expiration}</Expiration>
     </Credentials>

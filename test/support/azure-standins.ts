@@ -45,6 +45,12 @@ export interface AzureStandIns {
   readonly accessTokens: string[];
   /** The exchange answers 401 UNAUTHORIZED while set. */
   denyExchange: boolean;
+  /**
+   * A hostile or careless cloud, while set: Entra refuses quoting the client assertion (the
+   * federated token) it was sent (`entra`); the exchange fails quoting the access token's first
+   * 40 characters (`exchange`).
+   */
+  echo: "entra" | "exchange" | undefined;
   close(): Promise<void>;
 }
 
@@ -135,6 +141,14 @@ export async function startAzureStandIns(options: AzureStandInOptions): Promise<
       if (req.method === "POST" && path === "oauth2/v2.0/token") {
         requests.push({ api: "entra-token", method: "POST", url: req.url ?? "", headers: req.headers, form });
         const clientId = form.get("client_id") ?? "";
+        if (state.echo === "entra") {
+          json(res, 400, {
+            error: "invalid_client",
+            error_description: `AADSTS700024: Client assertion ${form.get("client_assertion") ?? ""} is not within its valid time range.`,
+            error_codes: [700024],
+          });
+          return;
+        }
         if (tenant !== options.tenantId || !options.clientIds.includes(clientId)) {
           json(res, 400, {
             error: "unauthorized_client",
@@ -191,6 +205,7 @@ export async function startAzureStandIns(options: AzureStandInOptions): Promise<
     requests,
     accessTokens,
     denyExchange: false,
+    echo: undefined,
     close: () => Promise.resolve(),
   };
   const front = createHttpsServer(tlsOptions, (req, res) => {
@@ -199,6 +214,12 @@ export async function startAzureStandIns(options: AzureStandInOptions): Promise<
       if (req.url === "/oauth2/exchange") {
         const form = new URLSearchParams(body.toString("utf8"));
         requests.push({ api: "exchange", method: req.method ?? "", url: req.url, headers: req.headers, form });
+        if (state.echo === "exchange") {
+          json(res, 500, {
+            errors: [{ code: "INTERNAL", message: `could not read ${(form.get("access_token") ?? "").slice(0, 40)}` }],
+          });
+          return;
+        }
         if (
           state.denyExchange ||
           req.method !== "POST" ||

@@ -40,6 +40,14 @@ export interface GcpStandIns {
   denyMetadata: 403 | 404 | undefined;
   /** IAM Credentials answers PERMISSION_DENIED while set. */
   denyImpersonation: boolean;
+  /**
+   * A hostile or careless cloud, while set: the metadata server answers its token path with a
+   * token in a body that is not JSON (`metadata-not-json`) or fails quoting a token
+   * (`metadata-500`); STS refuses quoting the subject token it was sent (`sts`). Each token so
+   * answered goes to `echoedTokens`.
+   */
+  echo: "metadata-not-json" | "metadata-500" | "sts" | undefined;
+  readonly echoedTokens: string[];
   close(): Promise<void>;
 }
 
@@ -61,6 +69,8 @@ export async function startGcpStandIns(options: GcpStandInOptions): Promise<GcpS
     federatedToken: undefined,
     denyMetadata: undefined,
     denyImpersonation: false,
+    echo: undefined,
+    echoedTokens: [],
     close: () => Promise.resolve(),
   };
   const newToken = async (): Promise<string> => {
@@ -109,6 +119,17 @@ export async function startGcpStandIns(options: GcpStandInOptions): Promise<GcpS
             res.end("Instance does not have the requested access scopes");
             return;
           }
+          if (state.echo === "metadata-not-json" || state.echo === "metadata-500") {
+            const token = `ya29.${randomBytes(32).toString("base64url")}`;
+            state.echoedTokens.push(token);
+            const notJson = state.echo === "metadata-not-json";
+            res.writeHead(notJson ? 200 : 500, {
+              ...FLAVOR,
+              "content-type": notJson ? "application/json" : "text/plain",
+            });
+            res.end(notJson ? `access_token=${token}&expires_in=3599` : `internal error while minting ${token}`);
+            return;
+          }
           const token = await newToken();
           res.writeHead(200, { ...FLAVOR, "content-type": "application/json" });
           res.end(
@@ -119,6 +140,16 @@ export async function startGcpStandIns(options: GcpStandInOptions): Promise<GcpS
         if (req.method === "POST" && url.pathname === "/v1/token") {
           record("sts");
           const form = new URLSearchParams(body);
+          if (state.echo === "sts") {
+            res.writeHead(400, { "content-type": "application/json" });
+            res.end(
+              JSON.stringify({
+                error: "invalid_grant",
+                error_description: `The subject token ${form.get("subject_token") ?? ""} is invalid`,
+              }),
+            );
+            return;
+          }
           if (form.get("grant_type") !== "urn:ietf:params:oauth:grant-type:token-exchange") {
             res.writeHead(400, { "content-type": "application/json" });
             res.end(JSON.stringify({ error: "unsupported_grant_type", error_description: "Unsupported grant type" }));
