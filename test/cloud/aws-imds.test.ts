@@ -147,7 +147,10 @@ function signedWith(
 describe("cloud_auth aws: the instance role through IMDSv2, then ECR, then a real registry", () => {
   it("takes a session token, sends it on every metadata GET, signs ECR with the role's key, and the token pulls for skopeo and OpenTofu's lookup", async () => {
     const credentials = await openRun("run-imds-1");
-    const minted = await credentials.mintCloud(createCloudMinter(), new AbortController().signal);
+    const minted = await credentials.mintCloud(
+      createCloudMinter({ allowedHosts: [registry.host] }),
+      new AbortController().signal,
+    );
     expect(minted.map(({ host, provider, identity }) => ({ host, provider, identity }))).toEqual([
       { host: registry.host, provider: "aws", identity: "the instance role (IMDSv2)" },
     ]);
@@ -223,15 +226,17 @@ describe("cloud_auth aws: the instance role through IMDSv2, then ECR, then a rea
     const ecrBefore = aws.requests.length;
     try {
       const credentials = await openRun("run-imds-2");
-      const error: unknown = await credentials.mintCloud(createCloudMinter(), new AbortController().signal).then(
-        () => undefined,
-        (e: unknown) => e,
-      );
+      const error: unknown = await credentials
+        .mintCloud(createCloudMinter({ allowedHosts: [registry.host] }), new AbortController().signal)
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
       if (!isAgentError(error, "CLOUD_AUTH_FAILED"))
         throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
       expect(error.details).toMatchObject({ provider: "aws", registry: registry.host });
       expect(error.message).toContain("the instance role (IMDSv2)");
-      expect(error.message).toContain("give the agent an AWS identity");
+      expect(error.message).toContain("give the agent a short-lived AWS identity");
       expect(aws.requests.length).toBe(ecrBefore);
       await expect(realFs.lstat(join(work, "run-imds-2"))).rejects.toMatchObject({ code: "ENOENT" });
     } finally {
