@@ -44,6 +44,8 @@ export interface AgentSettings {
   readonly sandboxReadWrite: readonly string[];
   /** Registry hosts that may receive cloud-minted credentials besides the clouds' own (`cloud_auth_host`). */
   readonly cloudAuthHosts: readonly string[];
+  /** Whether runs inherit the agent's cloud identity variables (`pass`) or not (`drop`, the default). */
+  readonly runCloudEnv: "drop" | "pass";
   readonly concurrency: number;
   readonly drainTimeoutMs: number;
   readonly cancelGraceMs: number;
@@ -227,6 +229,7 @@ export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
     sandboxReadOnly: paths("sandbox_ro_bind"),
     sandboxReadWrite: paths("sandbox_bind"),
     cloudAuthHosts: paths("cloud_auth_host"),
+    runCloudEnv: str("run_cloud_env") === "pass" ? "pass" : "drop",
     concurrency: num("concurrency"),
     drainTimeoutMs: num("drain_timeout"),
     cancelGraceMs: num("cancel_grace"),

@@ -121,6 +121,12 @@ export const RUN_FIELDS: readonly FieldSpec[] = [
     "host-list",
     "registry hosts (HOST[:PORT], a leading *. for any name under it) that may receive credentials minted from the pool's cloud identity for cloud_auth entries, besides each cloud's own registries (aws *.dkr.ecr.REGION.amazonaws.com[.cn] of the entry's region, azure *.azurecr.io/.cn/.us, gcp *.pkg.dev, gcr.io, *.gcr.io): private endpoints and proxies you trust with that identity; repeat the flag, or separate with , in the environment",
   ),
+  f(
+    "run_cloud_env",
+    "enum",
+    "the pool's cloud identity and runs: drop (every variable through which the clouds' SDKs and CLIs take an identity, such as AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE, AZURE_FEDERATED_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS, stays out of a run's environment, and the sandbox masks the files they name where it would show them) or pass (runs inherit them, for runs whose providers must act as the pool; the metadata service stays reachable either way: docs/architecture.md)",
+    { default: "drop", choices: ["drop", "pass"] },
+  ),
   f("concurrency", "int", "runs at once", { default: "1", min: 1, max: 1024 }),
   f("drain_timeout", "duration", "on SIGTERM, how long running runs may finish before they are canceled", {
     default: "5m",
