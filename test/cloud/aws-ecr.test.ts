@@ -10,33 +10,33 @@
  * with htpasswd, whose user `AWS` gets each password the ECR stand-in issues (the old one stops
  * working). Tokens expire on the test's clock, which the token cache reads: no sleeps.
  */
-import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCloudMinter } from "../../src/cloud/cloud-minter.js";
 import { isAgentError } from "../../src/core/errors.js";
-import { resolveOpenTofuCredential } from "../../src/core/opentofu-resolver.js";
-import { ReplayCache } from "../../src/core/replay-cache.js";
-import { generatePrivateKeyPem, parsePrivateKeyPem, type AgentPrivateKey } from "../../src/crypto/agent-key.js";
-import { sealBundle } from "../../src/crypto/sealed-bundle.js";
-import { prepareOperatorConfig } from "../../src/credentials/operator-config.js";
-import { RunCredentials } from "../../src/credentials/run-credentials.js";
-import { realFs } from "../../src/fs/secure-fs.js";
-import { PREFLIGHT_LIMITS, PreflightChecker } from "../../src/registry/preflight.js";
+import type { AgentPrivateKey } from "../../src/crypto/agent-key.js";
+import type { RunCredentials } from "../../src/credentials/run-credentials.js";
 import { startAwsStandIns, type AwsStandIns } from "../support/aws-standins.js";
+import {
+  cloudAuthFailure,
+  expectNothingWritten,
+  newAgentKey,
+  openCloudRun,
+  preflightChecker,
+  pullChecks,
+  REPO,
+  startModuleRegistry,
+  writeRun,
+} from "../support/cloud-test-kit.js";
 import type { LocalRegistry } from "../support/registry-fixture.js";
-import { startRegistryPair, type RegistryPair } from "../support/registry-pair.js";
+import type { RegistryPair } from "../support/registry-pair.js";
 
-const execFileAsync = promisify(execFile);
 const ROLE_ARN = "arn:aws:iam::123456789012:role/oca-pool";
 const ASSUMED_ARN = "arn:aws:sts::123456789012:assumed-role/oca-pool/oci-cred-agent";
 const OIDC_TOKEN = "eyJhbGciOiJSUzI1NiJ9.projected-service-account-token.signature";
-const REPO = "modules/network";
-const TAG = "1.2.0";
 const TOKEN_LIFETIME_MS = 12 * 3_600_000;
 
 let work: string;
@@ -50,14 +50,7 @@ const issuedPasswords: string[] = [];
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "oca-aws-ecr-"));
-  pair = await startRegistryPair({
-    pusherPassword: "pusher-password",
-    htpasswdUsers: {},
-    tokenUsers: {},
-    tag: TAG,
-    htpasswdRepositories: [REPO],
-    tokenRepositories: [],
-  });
+  pair = await startModuleRegistry();
   registry = pair.registry;
   aws = await startAwsStandIns({
     assumedRoleArn: ASSUMED_ARN,
@@ -88,7 +81,7 @@ beforeAll(async () => {
     AWS_CONFIG_FILE: join(work, "no-aws-config"),
     AWS_SHARED_CREDENTIALS_FILE: join(work, "no-aws-credentials"),
   });
-  key = await parsePrivateKeyPem(generatePrivateKeyPem(), "test key");
+  key = await newAgentKey();
 }, 120_000);
 
 afterAll(async () => {
@@ -97,65 +90,16 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function openRun(runId: string, cloudAuth: Record<string, unknown>): Promise<RunCredentials> {
-  const bundle = await sealBundle({
-    recipient: { kid: key.kid, publicKey: key.publicKey },
-    agentId: "agent-aws",
-    runId,
-    plaintext: Buffer.from(
-      JSON.stringify({ version: 1, registries: [{ id: "int-ecr", url: registry.url, cloud_auth: cloudAuth }] }),
-    ),
-    issuedAtMs: Date.now(),
-    ttlSeconds: 600,
-  });
-  return RunCredentials.open({
-    bundle: Buffer.from(bundle),
-    keys: new Map([[key.kid, key]]),
-    agentId: "agent-aws",
-    runId,
-    nowMs: Date.now(),
-    maxLifetimeSeconds: 3600,
-    clockSkewSeconds: 120,
-    replayCache: new ReplayCache(),
-    onWipe: () => undefined,
-  });
+function openRun(runId: string, cloudAuth: Record<string, unknown>): Promise<RunCredentials> {
+  return openCloudRun(key, "agent-aws", runId, { id: "int-ecr", url: registry.url, cloud_auth: cloudAuth });
 }
 
-/** `skopeo inspect --raw` reading exactly the run's REGISTRY_AUTH_FILE. */
-async function skopeoInspect(env: Readonly<Record<string, string>>): Promise<{ ok: boolean; text: string }> {
-  try {
-    const { stdout } = await execFileAsync(
-      "skopeo",
-      ["inspect", "--raw", "--cert-dir", registry.certDir, `docker://${registry.host}/${REPO}:${TAG}`],
-      {
-        env: {
-          PATH: process.env["PATH"] ?? "/usr/bin:/bin",
-          HOME: work,
-          REGISTRY_AUTH_FILE: env["REGISTRY_AUTH_FILE"] ?? "",
-        },
-        encoding: "utf8",
-      },
-    );
-    return { ok: true, text: stdout };
-  } catch (error) {
-    return { ok: false, text: (error as { stderr?: string }).stderr ?? String(error) };
-  }
-}
-
-function tofuResolves(env: Readonly<Record<string, string>>): {
-  username: string | undefined;
-  password: string | undefined;
-} {
-  const r = resolveOpenTofuCredential(`oci://${registry.host}/${REPO}?tag=${TAG}`, { ...env, HOME: work }, (path) => {
-    try {
-      return readFileSync(path, "utf8");
-    } catch {
-      return undefined;
-    }
-  });
-  expect(r.source).toBe("static");
-  return { username: r.username, password: r.password };
-}
+/** skopeo and OpenTofu's lookup, reading exactly the run's files. */
+const { skopeoInspect, tofuResolves } = pullChecks(
+  () => registry.host,
+  () => registry.certDir,
+  () => work,
+);
 
 describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
   it("mints through the web identity and ECR stand-ins, passes pre-flight, and is read by skopeo and OpenTofu's lookup; renewed before the next phase once it nears expiry", async () => {
@@ -195,20 +139,11 @@ describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
     expect(JSON.parse(ecr[0]?.body ?? "null")).toEqual({});
 
     // Pre-flight checks it like any other credential.
-    const checker = new PreflightChecker({
-      cacheMs: 0,
-      ...PREFLIGHT_LIMITS,
-      now: () => Date.now(),
-      dispatcher: registry.dispatcher(),
-    });
+    const checker = preflightChecker(registry.dispatcher());
     const outcomes = await credentials.check(checker, new Map([[registry.host, [REPO]]]), signal);
     expect(outcomes.map((o) => o.result)).toEqual(["ok"]);
 
-    const written = await credentials.write({
-      runDir: join(work, "run-aws-1"),
-      fs: realFs,
-      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
-    });
+    const written = await writeRun(credentials, join(work, "run-aws-1"));
     try {
       const first = issuedPasswords.at(-1);
       // An ordinary auth entry (user AWS), never identitytoken.
@@ -279,18 +214,13 @@ describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
     async (echo) => {
       aws.echo = echo;
       try {
-        const error: unknown = await createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] })
-          .mint(
+        const error = await cloudAuthFailure(
+          createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] }).mint(
             { provider: "aws", region: "eu-west-1", account: undefined },
             registry.host,
             new AbortController().signal,
-          )
-          .then(
-            () => undefined,
-            (e: unknown) => e,
-          );
-        if (!isAgentError(error, "CLOUD_AUTH_FAILED"))
-          throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
+          ),
+        );
         const text = JSON.stringify({ m: error.message, d: error.details });
         expect(text).toContain(echo === "sts" ? "InvalidIdentityToken" : "AccessDeniedException");
         const last = aws.requests.at(-1);
@@ -312,11 +242,7 @@ describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
     const credentials = await openRun("run-aws-margin", { provider: "aws", region: "eu-west-1" });
     const signal = new AbortController().signal;
     await credentials.mintCloud(minter, signal);
-    const written = await credentials.write({
-      runDir: join(work, "run-aws-margin"),
-      fs: realFs,
-      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
-    });
+    const written = await writeRun(credentials, join(work, "run-aws-margin"));
     try {
       const first = issuedPasswords.at(-1);
       nowMs += TOKEN_LIFETIME_MS - 16 * 60_000;
@@ -354,14 +280,12 @@ describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
     aws.denyEcr = ASSUMED_ARN;
     try {
       const credentials = await openRun("run-aws-2", { provider: "aws", region: "us-east-1" });
-      const error: unknown = await credentials
-        .mintCloud(createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] }), new AbortController().signal)
-        .then(
-          () => undefined,
-          (e: unknown) => e,
-        );
-      if (!isAgentError(error, "CLOUD_AUTH_FAILED"))
-        throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
+      const error = await cloudAuthFailure(
+        credentials.mintCloud(
+          createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] }),
+          new AbortController().signal,
+        ),
+      );
       expect(error.details).toEqual({
         provider: "aws",
         identity: ASSUMED_ARN,
@@ -375,14 +299,7 @@ describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
       const last = aws.requests.at(-1);
       expect(last?.api).toBe("ecr");
       expect(String(last?.headers["authorization"])).toContain("/us-east-1/ecr/aws4_request");
-      await expect(
-        credentials.write({
-          runDir: join(work, "run-aws-2"),
-          fs: realFs,
-          operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
-        }),
-      ).rejects.toMatchObject({ code: "INTERNAL" });
-      await expect(realFs.lstat(join(work, "run-aws-2"))).rejects.toMatchObject({ code: "ENOENT" });
+      await expectNothingWritten(credentials, join(work, "run-aws-2"));
     } finally {
       aws.denyEcr = undefined;
     }
