@@ -12,31 +12,28 @@
  * 401, as with `HttpTokens: required`). The registry is real: Debian's docker-registry with
  * htpasswd, whose user `AWS` gets each password the ECR stand-in issues.
  */
-import { execFile } from "node:child_process";
 import { createHash, createHmac } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCloudMinter } from "../../src/cloud/cloud-minter.js";
-import { isAgentError } from "../../src/core/errors.js";
-import { resolveOpenTofuCredential } from "../../src/core/opentofu-resolver.js";
-import { ReplayCache } from "../../src/core/replay-cache.js";
-import { generatePrivateKeyPem, parsePrivateKeyPem, type AgentPrivateKey } from "../../src/crypto/agent-key.js";
-import { sealBundle } from "../../src/crypto/sealed-bundle.js";
-import { prepareOperatorConfig } from "../../src/credentials/operator-config.js";
-import { RunCredentials } from "../../src/credentials/run-credentials.js";
+import type { AgentPrivateKey } from "../../src/crypto/agent-key.js";
+import type { RunCredentials } from "../../src/credentials/run-credentials.js";
 import { realFs } from "../../src/fs/secure-fs.js";
 import { startAwsStandIns, startImdsStandIn, type AwsStandIns, type ImdsStandIn } from "../support/aws-standins.js";
+import {
+  cloudAuthFailure,
+  newAgentKey,
+  openCloudRun,
+  pullChecks,
+  startModuleRegistry,
+  writeRun,
+} from "../support/cloud-test-kit.js";
 import type { LocalRegistry } from "../support/registry-fixture.js";
-import { startRegistryPair, type RegistryPair } from "../support/registry-pair.js";
+import type { RegistryPair } from "../support/registry-pair.js";
 
-const execFileAsync = promisify(execFile);
 const ROLE_NAME = "oca-instance-role";
-const REPO = "modules/network";
-const TAG = "1.2.0";
 const CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/";
 
 let work: string;
@@ -49,14 +46,7 @@ const issuedPasswords: string[] = [];
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "oca-aws-imds-"));
-  pair = await startRegistryPair({
-    pusherPassword: "pusher-password",
-    htpasswdUsers: {},
-    tokenUsers: {},
-    tag: TAG,
-    htpasswdRepositories: [REPO],
-    tokenRepositories: [],
-  });
+  pair = await startModuleRegistry();
   registry = pair.registry;
   aws = await startAwsStandIns({
     assumedRoleArn: "arn:aws:sts::123456789012:assumed-role/unused/unused",
@@ -77,7 +67,7 @@ beforeAll(async () => {
     AWS_CONFIG_FILE: join(work, "no-aws-config"),
     AWS_SHARED_CREDENTIALS_FILE: join(work, "no-aws-credentials"),
   });
-  key = await parsePrivateKeyPem(generatePrivateKeyPem(), "test key");
+  key = await newAgentKey();
 }, 120_000);
 
 afterAll(async () => {
@@ -87,32 +77,20 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function openRun(runId: string): Promise<RunCredentials> {
-  const bundle = await sealBundle({
-    recipient: { kid: key.kid, publicKey: key.publicKey },
-    agentId: "agent-aws",
-    runId,
-    plaintext: Buffer.from(
-      JSON.stringify({
-        version: 1,
-        registries: [{ id: "int-ecr", url: registry.url, cloud_auth: { provider: "aws", region: "eu-west-1" } }],
-      }),
-    ),
-    issuedAtMs: Date.now(),
-    ttlSeconds: 600,
-  });
-  return RunCredentials.open({
-    bundle: Buffer.from(bundle),
-    keys: new Map([[key.kid, key]]),
-    agentId: "agent-aws",
-    runId,
-    nowMs: Date.now(),
-    maxLifetimeSeconds: 3600,
-    clockSkewSeconds: 120,
-    replayCache: new ReplayCache(),
-    onWipe: () => undefined,
+function openRun(runId: string): Promise<RunCredentials> {
+  return openCloudRun(key, "agent-aws", runId, {
+    id: "int-ecr",
+    url: registry.url,
+    cloud_auth: { provider: "aws", region: "eu-west-1" },
   });
 }
+
+/** skopeo and OpenTofu's lookup, reading exactly the run's files. */
+const { skopeoInspect, tofuResolves } = pullChecks(
+  () => registry.host,
+  () => registry.certDir,
+  () => work,
+);
 
 const sha256 = (data: string): string => createHash("sha256").update(data).digest("hex");
 const hmac = (k: Buffer | string, data: string): Buffer => createHmac("sha256", k).update(data).digest();
@@ -180,42 +158,12 @@ describe("cloud_auth aws: the instance role through IMDSv2, then ECR, then a rea
     expect(signedWith(ecr, issued.secretAccessKey)).toBe(true);
     expect(signedWith(ecr, "not-the-secret")).toBe(false);
 
-    const written = await credentials.write({
-      runDir: join(work, "run-imds-1"),
-      fs: realFs,
-      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
-    });
+    const written = await writeRun(credentials, join(work, "run-imds-1"));
     try {
       const password = issuedPasswords.at(-1);
-      const lookup = resolveOpenTofuCredential(
-        `oci://${registry.host}/${REPO}?tag=${TAG}`,
-        { ...written.env, HOME: work },
-        (path) => {
-          try {
-            return readFileSync(path, "utf8");
-          } catch {
-            return undefined;
-          }
-        },
-      );
-      expect({ source: lookup.source, username: lookup.username, password: lookup.password }).toEqual({
-        source: "static",
-        username: "AWS",
-        password,
-      });
-      const { stdout } = await execFileAsync(
-        "skopeo",
-        ["inspect", "--raw", "--cert-dir", registry.certDir, `docker://${registry.host}/${REPO}:${TAG}`],
-        {
-          env: {
-            PATH: process.env["PATH"] ?? "/usr/bin:/bin",
-            HOME: work,
-            REGISTRY_AUTH_FILE: written.env["REGISTRY_AUTH_FILE"] ?? "",
-          },
-          encoding: "utf8",
-        },
-      );
-      expect(stdout).toContain("application/vnd.opentofu.modulepkg");
+      // OpenTofu's lookup finds a static credential.
+      expect(tofuResolves(written.env)).toEqual({ username: "AWS", password });
+      expect((await skopeoInspect(written.env)).text).toContain("application/vnd.opentofu.modulepkg");
     } finally {
       expect((await credentials.wipe()).ok).toBe(true);
     }
@@ -226,14 +174,9 @@ describe("cloud_auth aws: the instance role through IMDSv2, then ECR, then a rea
     const ecrBefore = aws.requests.length;
     try {
       const credentials = await openRun("run-imds-2");
-      const error: unknown = await credentials
-        .mintCloud(createCloudMinter({ allowedHosts: [registry.host] }), new AbortController().signal)
-        .then(
-          () => undefined,
-          (e: unknown) => e,
-        );
-      if (!isAgentError(error, "CLOUD_AUTH_FAILED"))
-        throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
+      const error = await cloudAuthFailure(
+        credentials.mintCloud(createCloudMinter({ allowedHosts: [registry.host] }), new AbortController().signal),
+      );
       expect(error.details).toMatchObject({ provider: "aws", registry: registry.host });
       expect(error.message).toContain("the instance role (IMDSv2)");
       expect(error.message).toContain("give the agent a short-lived AWS identity");
