@@ -16,36 +16,36 @@
  * this process cannot take NODE_EXTRA_CA_CERTS after start. Tokens expire on the test's clock,
  * which the token cache reads: no sleeps.
  */
-import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { Agent } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCloudMinter } from "../../src/cloud/cloud-minter.js";
-import { isAgentError, type AgentError } from "../../src/core/errors.js";
-import { resolveOpenTofuCredential } from "../../src/core/opentofu-resolver.js";
-import { ReplayCache } from "../../src/core/replay-cache.js";
-import { generatePrivateKeyPem, parsePrivateKeyPem, type AgentPrivateKey } from "../../src/crypto/agent-key.js";
-import { sealBundle } from "../../src/crypto/sealed-bundle.js";
-import { prepareOperatorConfig } from "../../src/credentials/operator-config.js";
-import { RunCredentials } from "../../src/credentials/run-credentials.js";
-import { realFs } from "../../src/fs/secure-fs.js";
-import { PREFLIGHT_LIMITS, PreflightChecker } from "../../src/registry/preflight.js";
+import type { AgentError } from "../../src/core/errors.js";
+import type { AgentPrivateKey } from "../../src/crypto/agent-key.js";
+import type { RunCredentials } from "../../src/credentials/run-credentials.js";
 import { startAzureStandIns, type AzureStandIns } from "../support/azure-standins.js";
+import {
+  cloudAuthFailure,
+  expectNothingWritten,
+  newAgentKey,
+  openCloudRun,
+  preflightChecker,
+  pullChecks,
+  REPO,
+  startModuleRegistry,
+  writeRun,
+} from "../support/cloud-test-kit.js";
 import { makeTlsMaterial, type TlsMaterial } from "../support/registry-fixture.js";
-import { startRegistryPair, type RegistryPair } from "../support/registry-pair.js";
+import type { RegistryPair } from "../support/registry-pair.js";
 
-const execFileAsync = promisify(execFile);
 const ACR_USER = "00000000-0000-0000-0000-000000000000";
 const TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT = "5d1e3c7a-0f4b-4a4e-9f6b-2b7d8e6a1c01";
 const MANAGED_CLIENT = "9a8b7c6d-1111-2222-3333-444455556666";
 const FEDERATED_TOKEN = "eyJhbGciOiJSUzI1NiJ9.projected-service-account-token.signature";
-const REPO = "modules/network";
-const TAG = "1.2.0";
 const REFRESH_LIFETIME_MS = 3 * 3_600_000;
 
 let work: string;
@@ -61,14 +61,7 @@ const issuedPasswords: string[] = [];
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "oca-azure-acr-"));
-  pair = await startRegistryPair({
-    pusherPassword: "pusher-password",
-    htpasswdUsers: {},
-    tokenUsers: {},
-    tag: TAG,
-    htpasswdRepositories: [REPO],
-    tokenRepositories: [],
-  });
+  pair = await startModuleRegistry();
   tls = await makeTlsMaterial(join(work, "tls"));
   azure = await startAzureStandIns({
     tls,
@@ -97,7 +90,7 @@ beforeAll(async () => {
     AZURE_TENANT_ID: TENANT,
     AZURE_AUTHORITY_HOST: azure.authorityHost,
   });
-  key = await parsePrivateKeyPem(generatePrivateKeyPem(), "test key");
+  key = await newAgentKey();
 }, 120_000);
 
 afterAll(async () => {
@@ -107,30 +100,11 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function openRun(runId: string, cloudAuth: Record<string, unknown>): Promise<RunCredentials> {
-  const bundle = await sealBundle({
-    recipient: { kid: key.kid, publicKey: key.publicKey },
-    agentId: "agent-azure",
-    runId,
-    plaintext: Buffer.from(
-      JSON.stringify({
-        version: 1,
-        registries: [{ id: "int-acr", url: `https://${azure.registryHost}`, cloud_auth: cloudAuth }],
-      }),
-    ),
-    issuedAtMs: Date.now(),
-    ttlSeconds: 600,
-  });
-  return RunCredentials.open({
-    bundle: Buffer.from(bundle),
-    keys: new Map([[key.kid, key]]),
-    agentId: "agent-azure",
-    runId,
-    nowMs: Date.now(),
-    maxLifetimeSeconds: 3600,
-    clockSkewSeconds: 120,
-    replayCache: new ReplayCache(),
-    onWipe: () => undefined,
+function openRun(runId: string, cloudAuth: Record<string, unknown>): Promise<RunCredentials> {
+  return openCloudRun(key, "agent-azure", runId, {
+    id: "int-acr",
+    url: `https://${azure.registryHost}`,
+    cloud_auth: cloudAuth,
   });
 }
 
@@ -138,65 +112,22 @@ const minter = (): ReturnType<typeof createCloudMinter> =>
   // The registry's front is a local stand-in, not *.azurecr.io: the operator names it.
   createCloudMinter({ now: () => nowMs, extraCaPem: tls.caPem, allowedHosts: [azure.registryHost] });
 
-async function skopeoInspect(env: Readonly<Record<string, string>>): Promise<{ ok: boolean; text: string }> {
-  try {
-    const { stdout } = await execFileAsync(
-      "skopeo",
-      ["inspect", "--raw", "--cert-dir", tls.certDir, `docker://${azure.registryHost}/${REPO}:${TAG}`],
-      {
-        env: {
-          PATH: process.env["PATH"] ?? "/usr/bin:/bin",
-          HOME: work,
-          REGISTRY_AUTH_FILE: env["REGISTRY_AUTH_FILE"] ?? "",
-        },
-        encoding: "utf8",
-      },
-    );
-    return { ok: true, text: stdout };
-  } catch (error) {
-    return { ok: false, text: (error as { stderr?: string }).stderr ?? String(error) };
-  }
-}
-
-function tofuResolves(env: Readonly<Record<string, string>>): {
-  username: string | undefined;
-  password: string | undefined;
-} {
-  const r = resolveOpenTofuCredential(
-    `oci://${azure.registryHost}/${REPO}?tag=${TAG}`,
-    { ...env, HOME: work },
-    (path) => {
-      try {
-        return readFileSync(path, "utf8");
-      } catch {
-        return undefined;
-      }
-    },
-  );
-  expect(r.source).toBe("static");
-  return { username: r.username, password: r.password };
-}
+/** skopeo and OpenTofu's lookup through the registry's front, reading exactly the run's files. */
+const { skopeoInspect, tofuResolves } = pullChecks(
+  () => azure.registryHost,
+  () => tls.certDir,
+  () => work,
+);
 
 async function refusal(credentials: RunCredentials): Promise<AgentError> {
-  const error: unknown = await credentials.mintCloud(minter(), new AbortController().signal).then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!isAgentError(error, "CLOUD_AUTH_FAILED")) throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
+  const error = await cloudAuthFailure(credentials.mintCloud(minter(), new AbortController().signal));
   for (const token of [...azure.accessTokens, ...issuedPasswords, FEDERATED_TOKEN])
     expect(JSON.stringify({ m: error.message, d: error.details })).not.toContain(token);
   return error;
 }
 
-async function nothingWritten(credentials: RunCredentials, runId: string): Promise<void> {
-  await expect(
-    credentials.write({
-      runDir: join(work, runId),
-      fs: realFs,
-      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
-    }),
-  ).rejects.toMatchObject({ code: "INTERNAL" });
-  await expect(realFs.lstat(join(work, runId))).rejects.toMatchObject({ code: "ENOENT" });
+function nothingWritten(credentials: RunCredentials, runId: string): Promise<void> {
+  return expectNothingWritten(credentials, join(work, runId));
 }
 
 describe("cloud_auth azure: Entra ID, ACR's exchange, a real registry", () => {
@@ -240,15 +171,11 @@ describe("cloud_auth azure: Entra ID, ACR's exchange, a real registry", () => {
       access_token: azure.accessTokens[0],
     });
 
-    const checker = new PreflightChecker({ cacheMs: 0, ...PREFLIGHT_LIMITS, now: () => Date.now(), dispatcher: front });
+    const checker = preflightChecker(front);
     const outcomes = await credentials.check(checker, new Map([[azure.registryHost, [REPO]]]), signal);
     expect(outcomes.map((o) => o.result)).toEqual(["ok"]);
 
-    const written = await credentials.write({
-      runDir: join(work, "run-azure-1"),
-      fs: realFs,
-      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
-    });
+    const written = await writeRun(credentials, join(work, "run-azure-1"));
     try {
       const first = issuedPasswords.at(-1);
       const dockerConfig = readFileSync(join(written.runDir, "docker", "config.json"), "utf8");
@@ -283,13 +210,12 @@ describe("cloud_auth azure: Entra ID, ACR's exchange, a real registry", () => {
   it("a registry that is not ACR nor in cloud_auth_host gets no Entra token: refused before Entra is asked, nothing exchanged", async () => {
     const asked = azure.requests.length;
     const credentials = await openRun("run-azure-untrusted", { provider: "azure" });
-    const error: unknown = await credentials
-      .mintCloud(createCloudMinter({ now: () => nowMs, extraCaPem: tls.caPem }), new AbortController().signal)
-      .then(
-        () => undefined,
-        (e: unknown) => e,
-      );
-    if (!isAgentError(error, "CLOUD_AUTH_FAILED")) throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
+    const error = await cloudAuthFailure(
+      credentials.mintCloud(
+        createCloudMinter({ now: () => nowMs, extraCaPem: tls.caPem }),
+        new AbortController().signal,
+      ),
+    );
     expect(error.details).toMatchObject({ provider: "azure", registry: azure.registryHost });
     expect(error.message).toContain(
       `the agent sends azure credentials only to *.azurecr.io, *.azurecr.cn, *.azurecr.us`,
