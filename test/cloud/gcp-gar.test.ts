@@ -12,7 +12,6 @@
  * gets each token the stand-ins issue (the old one stops working). Tokens expire on the test's
  * clock, which the token cache reads: no sleeps.
  */
-import { execFile } from "node:child_process";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
@@ -20,29 +19,30 @@ import type { AddressInfo } from "node:net";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createCloudMinter } from "../../src/cloud/cloud-minter.js";
 import type { CloudMinter } from "../../src/core/cloud-auth.js";
-import { isAgentError, type AgentError } from "../../src/core/errors.js";
-import { resolveOpenTofuCredential } from "../../src/core/opentofu-resolver.js";
-import { ReplayCache } from "../../src/core/replay-cache.js";
-import { generatePrivateKeyPem, parsePrivateKeyPem, type AgentPrivateKey } from "../../src/crypto/agent-key.js";
-import { sealBundle } from "../../src/crypto/sealed-bundle.js";
-import { prepareOperatorConfig } from "../../src/credentials/operator-config.js";
-import { RunCredentials } from "../../src/credentials/run-credentials.js";
-import { realFs } from "../../src/fs/secure-fs.js";
-import { PREFLIGHT_LIMITS, PreflightChecker } from "../../src/registry/preflight.js";
+import type { AgentError } from "../../src/core/errors.js";
+import type { AgentPrivateKey } from "../../src/crypto/agent-key.js";
+import type { RunCredentials } from "../../src/credentials/run-credentials.js";
+import {
+  cloudAuthFailure,
+  expectNothingWritten,
+  newAgentKey,
+  openCloudRun,
+  preflightChecker,
+  pullChecks,
+  REPO,
+  startModuleRegistry,
+  writeRun,
+} from "../support/cloud-test-kit.js";
 import { startGcpStandIns, type GcpStandIns } from "../support/gcp-standins.js";
 import { leakForms } from "../support/leak-forms.js";
 import type { LocalRegistry } from "../support/registry-fixture.js";
-import { startRegistryPair, type RegistryPair } from "../support/registry-pair.js";
+import type { RegistryPair } from "../support/registry-pair.js";
 
-const execFileAsync = promisify(execFile);
 const SCOPE = "https://www.googleapis.com/auth/cloud-platform";
 const USER = "oauth2accesstoken";
-const REPO = "modules/network";
-const TAG = "1.2.0";
 const LIFETIME_S = 3599;
 const AUDIENCE =
   "//iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/oca-pool/providers/k8s";
@@ -61,14 +61,7 @@ let credentialFile: string;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "oca-gcp-gar-"));
-  pair = await startRegistryPair({
-    pusherPassword: "pusher-password",
-    htpasswdUsers: {},
-    tokenUsers: {},
-    tag: TAG,
-    htpasswdRepositories: [REPO],
-    tokenRepositories: [],
-  });
+  pair = await startModuleRegistry();
   registry = pair.registry;
   gcp = await startGcpStandIns({
     expiresInSeconds: () => expiresIn(),
@@ -96,7 +89,7 @@ beforeAll(async () => {
   delete process.env["GOOGLE_APPLICATION_CREDENTIALS"];
   delete process.env["GOOGLE_SDK_NODE_LOGGING"];
   process.env["GCE_METADATA_HOST"] = gcp.host;
-  key = await parsePrivateKeyPem(generatePrivateKeyPem(), "test key");
+  key = await newAgentKey();
 }, 120_000);
 
 afterEach(() => {
@@ -113,31 +106,8 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function openRun(runId: string): Promise<RunCredentials> {
-  const bundle = await sealBundle({
-    recipient: { kid: key.kid, publicKey: key.publicKey },
-    agentId: "agent-gcp",
-    runId,
-    plaintext: Buffer.from(
-      JSON.stringify({
-        version: 1,
-        registries: [{ id: "int-gar", url: registry.url, cloud_auth: { provider: "gcp" } }],
-      }),
-    ),
-    issuedAtMs: Date.now(),
-    ttlSeconds: 600,
-  });
-  return RunCredentials.open({
-    bundle: Buffer.from(bundle),
-    keys: new Map([[key.kid, key]]),
-    agentId: "agent-gcp",
-    runId,
-    nowMs: Date.now(),
-    maxLifetimeSeconds: 3600,
-    clockSkewSeconds: 120,
-    replayCache: new ReplayCache(),
-    onWipe: () => undefined,
-  });
+function openRun(runId: string): Promise<RunCredentials> {
+  return openCloudRun(key, "agent-gcp", runId, { id: "int-gar", url: registry.url, cloud_auth: { provider: "gcp" } });
 }
 
 /** The registry is a local stand-in, not *.pkg.dev: the operator names it. */
@@ -145,40 +115,12 @@ function minterFor(): CloudMinter {
   return createCloudMinter({ now: () => nowMs, allowedHosts: [registry.host] });
 }
 
-async function skopeoInspect(env: Readonly<Record<string, string>>): Promise<{ ok: boolean; text: string }> {
-  try {
-    const { stdout } = await execFileAsync(
-      "skopeo",
-      ["inspect", "--raw", "--cert-dir", registry.certDir, `docker://${registry.host}/${REPO}:${TAG}`],
-      {
-        env: {
-          PATH: process.env["PATH"] ?? "/usr/bin:/bin",
-          HOME: work,
-          REGISTRY_AUTH_FILE: env["REGISTRY_AUTH_FILE"] ?? "",
-        },
-        encoding: "utf8",
-      },
-    );
-    return { ok: true, text: stdout };
-  } catch (error) {
-    return { ok: false, text: (error as { stderr?: string }).stderr ?? String(error) };
-  }
-}
-
-function tofuResolves(env: Readonly<Record<string, string>>): {
-  username: string | undefined;
-  password: string | undefined;
-} {
-  const r = resolveOpenTofuCredential(`oci://${registry.host}/${REPO}?tag=${TAG}`, { ...env, HOME: work }, (path) => {
-    try {
-      return readFileSync(path, "utf8");
-    } catch {
-      return undefined;
-    }
-  });
-  expect(r.source).toBe("static");
-  return { username: r.username, password: r.password };
-}
+/** skopeo and OpenTofu's lookup, reading exactly the run's files. */
+const { skopeoInspect, tofuResolves } = pullChecks(
+  () => registry.host,
+  () => registry.certDir,
+  () => work,
+);
 
 /** What the process wrote to stdout/stderr (and warnings it emitted) while `action` ran. */
 async function captureOutput<T>(action: () => Promise<T>): Promise<{ result: T; output: string }> {
@@ -211,19 +153,8 @@ function expectNoToken(text: string): void {
 
 async function refusal(minter: CloudMinter, runId: string): Promise<AgentError> {
   const credentials = await openRun(runId);
-  const error: unknown = await credentials.mintCloud(minter, new AbortController().signal).then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!isAgentError(error, "CLOUD_AUTH_FAILED")) throw new Error(`expected CLOUD_AUTH_FAILED, got ${String(error)}`);
-  await expect(
-    credentials.write({
-      runDir: join(work, runId),
-      fs: realFs,
-      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
-    }),
-  ).rejects.toMatchObject({ code: "INTERNAL" });
-  await expect(realFs.lstat(join(work, runId))).rejects.toMatchObject({ code: "ENOENT" });
+  const error = await cloudAuthFailure(credentials.mintCloud(minter, new AbortController().signal));
+  await expectNothingWritten(credentials, join(work, runId));
   return error;
 }
 
@@ -275,20 +206,11 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
     expect(sent[1]?.method).toBe("GET");
     expect(sent[1]?.url.searchParams.get("scopes")).toBe(SCOPE);
 
-    const checker = new PreflightChecker({
-      cacheMs: 0,
-      ...PREFLIGHT_LIMITS,
-      now: () => Date.now(),
-      dispatcher: registry.dispatcher(),
-    });
+    const checker = preflightChecker(registry.dispatcher());
     const outcomes = await credentials.check(checker, new Map([[registry.host, [REPO]]]), signal);
     expect(outcomes.map((o) => o.result)).toEqual(["ok"]);
 
-    const written = await credentials.write({
-      runDir: join(work, "run-gcp-1"),
-      fs: realFs,
-      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
-    });
+    const written = await writeRun(credentials, join(work, "run-gcp-1"));
     try {
       const first = issued.at(-1);
       const dockerConfig = readFileSync(join(written.runDir, "docker", "config.json"), "utf8");
@@ -420,11 +342,7 @@ describe("cloud_auth gcp through an external-account file (workload identity fed
     expect(sent[1]?.url.pathname).toBe(`/v1/projects/-/serviceAccounts/${ACCOUNT}:generateAccessToken`);
     expect(JSON.parse(sent[1]?.body ?? "null")).toMatchObject({ scope: [SCOPE] });
 
-    const written = await credentials.write({
-      runDir: join(work, "run-gcp-5"),
-      fs: realFs,
-      operator: prepareOperatorConfig({ tofuCliConfigSources: [] }),
-    });
+    const written = await writeRun(credentials, join(work, "run-gcp-5"));
     try {
       expect(tofuResolves(written.env)).toEqual({ username: USER, password: issued.at(-1) });
       expect((await skopeoInspect(written.env)).ok).toBe(true);
