@@ -10,7 +10,6 @@
  * with htpasswd, whose user `AWS` gets each password the ECR stand-in issues (the old one stops
  * working). Tokens expire on the test's clock, which the token cache reads: no sleeps.
  */
-import { readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,9 +24,8 @@ import {
   expectNothingWritten,
   newAgentKey,
   openCloudRun,
-  preflightChecker,
+  expectPreflightOk,
   pullChecks,
-  REPO,
   startModuleRegistry,
   writeRun,
 } from "../support/cloud-test-kit.js";
@@ -95,7 +93,7 @@ function openRun(runId: string, cloudAuth: Record<string, unknown>): Promise<Run
 }
 
 /** skopeo and OpenTofu's lookup, reading exactly the run's files. */
-const { skopeoInspect, tofuResolves } = pullChecks(
+const { expectWrittenAndPulled, skopeoInspect, tofuResolves } = pullChecks(
   () => registry.host,
   () => registry.certDir,
   () => work,
@@ -139,23 +137,13 @@ describe("cloud_auth aws: web identity, STS, ECR, a real registry", () => {
     expect(JSON.parse(ecr[0]?.body ?? "null")).toEqual({});
 
     // Pre-flight checks it like any other credential.
-    const checker = preflightChecker(registry.dispatcher());
-    const outcomes = await credentials.check(checker, new Map([[registry.host, [REPO]]]), signal);
-    expect(outcomes.map((o) => o.result)).toEqual(["ok"]);
+    await expectPreflightOk(credentials, registry.dispatcher(), registry.host, signal);
 
     const written = await writeRun(credentials, join(work, "run-aws-1"));
     try {
       const first = issuedPasswords.at(-1);
       // An ordinary auth entry (user AWS), never identitytoken.
-      const dockerConfig = readFileSync(join(written.runDir, "docker", "config.json"), "utf8");
-      expect(dockerConfig).not.toContain("identitytoken");
-      expect(JSON.parse(dockerConfig)).toEqual({
-        auths: { [registry.host]: { auth: Buffer.from(`AWS:${first ?? ""}`).toString("base64") } },
-      });
-      expect(tofuResolves(written.env)).toEqual({ username: "AWS", password: first });
-      const pulled = await skopeoInspect(written.env);
-      expect(pulled.text).toContain("application/vnd.opentofu.modulepkg");
-      expect(pulled.ok).toBe(true);
+      await expectWrittenAndPulled(written, "AWS", first);
 
       // Before the next phase, still far from expiry: the cached token, no call to AWS, no rewrite.
       expect(await credentials.refresh(minter, signal)).toEqual([]);

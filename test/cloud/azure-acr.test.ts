@@ -16,7 +16,6 @@
  * this process cannot take NODE_EXTRA_CA_CERTS after start. Tokens expire on the test's clock,
  * which the token cache reads: no sleeps.
  */
-import { readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -32,9 +31,8 @@ import {
   expectNothingWritten,
   newAgentKey,
   openCloudRun,
-  preflightChecker,
+  expectPreflightOk,
   pullChecks,
-  REPO,
   startModuleRegistry,
   writeRun,
 } from "../support/cloud-test-kit.js";
@@ -113,7 +111,7 @@ const minter = (): ReturnType<typeof createCloudMinter> =>
   createCloudMinter({ now: () => nowMs, extraCaPem: tls.caPem, allowedHosts: [azure.registryHost] });
 
 /** skopeo and OpenTofu's lookup through the registry's front, reading exactly the run's files. */
-const { skopeoInspect, tofuResolves } = pullChecks(
+const { expectWrittenAndPulled, skopeoInspect, tofuResolves } = pullChecks(
   () => azure.registryHost,
   () => tls.certDir,
   () => work,
@@ -171,22 +169,12 @@ describe("cloud_auth azure: Entra ID, ACR's exchange, a real registry", () => {
       access_token: azure.accessTokens[0],
     });
 
-    const checker = preflightChecker(front);
-    const outcomes = await credentials.check(checker, new Map([[azure.registryHost, [REPO]]]), signal);
-    expect(outcomes.map((o) => o.result)).toEqual(["ok"]);
+    await expectPreflightOk(credentials, front, azure.registryHost, signal);
 
     const written = await writeRun(credentials, join(work, "run-azure-1"));
     try {
       const first = issuedPasswords.at(-1);
-      const dockerConfig = readFileSync(join(written.runDir, "docker", "config.json"), "utf8");
-      expect(dockerConfig).not.toContain("identitytoken");
-      expect(JSON.parse(dockerConfig)).toEqual({
-        auths: { [azure.registryHost]: { auth: Buffer.from(`${ACR_USER}:${first ?? ""}`).toString("base64") } },
-      });
-      expect(tofuResolves(written.env)).toEqual({ username: ACR_USER, password: first });
-      const pulled = await skopeoInspect(written.env);
-      expect(pulled.text).toContain("application/vnd.opentofu.modulepkg");
-      expect(pulled.ok).toBe(true);
+      await expectWrittenAndPulled(written, ACR_USER, first);
 
       // Far from expiry: the cached token, no call to Azure, no rewrite.
       expect(await credentials.refresh(m, signal)).toEqual([]);

@@ -13,7 +13,6 @@
  * clock, which the token cache reads: no sleeps.
  */
 import { once } from "node:events";
-import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -30,9 +29,8 @@ import {
   expectNothingWritten,
   newAgentKey,
   openCloudRun,
-  preflightChecker,
+  expectPreflightOk,
   pullChecks,
-  REPO,
   startModuleRegistry,
   writeRun,
 } from "../support/cloud-test-kit.js";
@@ -116,7 +114,7 @@ function minterFor(): CloudMinter {
 }
 
 /** skopeo and OpenTofu's lookup, reading exactly the run's files. */
-const { skopeoInspect, tofuResolves } = pullChecks(
+const { expectWrittenAndPulled, skopeoInspect, tofuResolves } = pullChecks(
   () => registry.host,
   () => registry.certDir,
   () => work,
@@ -206,22 +204,12 @@ describe("cloud_auth gcp through the metadata server (GKE workload identity, GCE
     expect(sent[1]?.method).toBe("GET");
     expect(sent[1]?.url.searchParams.get("scopes")).toBe(SCOPE);
 
-    const checker = preflightChecker(registry.dispatcher());
-    const outcomes = await credentials.check(checker, new Map([[registry.host, [REPO]]]), signal);
-    expect(outcomes.map((o) => o.result)).toEqual(["ok"]);
+    await expectPreflightOk(credentials, registry.dispatcher(), registry.host, signal);
 
     const written = await writeRun(credentials, join(work, "run-gcp-1"));
     try {
       const first = issued.at(-1);
-      const dockerConfig = readFileSync(join(written.runDir, "docker", "config.json"), "utf8");
-      expect(dockerConfig).not.toContain("identitytoken");
-      expect(JSON.parse(dockerConfig)).toEqual({
-        auths: { [registry.host]: { auth: Buffer.from(`${USER}:${first ?? ""}`).toString("base64") } },
-      });
-      expect(tofuResolves(written.env)).toEqual({ username: USER, password: first });
-      const pulled = await skopeoInspect(written.env);
-      expect(pulled.text).toContain("application/vnd.opentofu.modulepkg");
-      expect(pulled.ok).toBe(true);
+      await expectWrittenAndPulled(written, USER, first);
 
       // Before the next phase, far from expiry: the cached token, no request to the metadata server.
       const asked = gcp.requests.length;

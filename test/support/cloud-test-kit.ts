@@ -99,9 +99,16 @@ export async function cloudAuthFailure(pending: Promise<unknown>): Promise<Agent
   return error;
 }
 
-/** Pre-flight as the agent runs it, uncached, through `dispatcher`. */
-export function preflightChecker(dispatcher: Dispatcher): PreflightChecker {
-  return new PreflightChecker({ cacheMs: 0, ...PREFLIGHT_LIMITS, now: () => Date.now(), dispatcher });
+/** Pre-flight as the agent runs it, uncached, through `dispatcher`, passes for REPO at `host`. */
+export async function expectPreflightOk(
+  credentials: RunCredentials,
+  dispatcher: Dispatcher,
+  host: string,
+  signal: AbortSignal,
+): Promise<void> {
+  const checker = new PreflightChecker({ cacheMs: 0, ...PREFLIGHT_LIMITS, now: () => Date.now(), dispatcher });
+  const outcomes = await credentials.check(checker, new Map([[host, [REPO]]]), signal);
+  expect(outcomes.map((o) => o.result)).toEqual(["ok"]);
 }
 
 export interface PullChecks {
@@ -109,11 +116,16 @@ export interface PullChecks {
   skopeoInspect(env: Readonly<Record<string, string>>): Promise<{ ok: boolean; text: string }>;
   /** What OpenTofu's lookup resolves for REPO:TAG with the run's environment (a static credential). */
   tofuResolves(env: Readonly<Record<string, string>>): { username: string | undefined; password: string | undefined };
+  /**
+   * The run's docker config holds an ordinary auth entry (never identitytoken) for `user` and
+   * `password`, which OpenTofu's lookup resolves and with which skopeo pulls the module package.
+   */
+  expectWrittenAndPulled(written: WrittenCredentials, user: string, password: string | undefined): Promise<void>;
 }
 
 /** Pulls from `host` (whose CA is in `certDir`) with a run's files, HOME being `home`. */
 export function pullChecks(host: () => string, certDir: () => string, home: () => string): PullChecks {
-  return {
+  const checks: PullChecks = {
     async skopeoInspect(env) {
       try {
         const { stdout } = await execFileAsync(
@@ -144,7 +156,19 @@ export function pullChecks(host: () => string, certDir: () => string, home: () =
       expect(r.source).toBe("static");
       return { username: r.username, password: r.password };
     },
+    async expectWrittenAndPulled(written, user, password) {
+      const dockerConfig = readFileSync(join(written.runDir, "docker", "config.json"), "utf8");
+      expect(dockerConfig).not.toContain("identitytoken");
+      expect(JSON.parse(dockerConfig)).toEqual({
+        auths: { [host()]: { auth: Buffer.from(`${user}:${password ?? ""}`).toString("base64") } },
+      });
+      expect(checks.tofuResolves(written.env)).toEqual({ username: user, password });
+      const pulled = await checks.skopeoInspect(written.env);
+      expect(pulled.text).toContain("application/vnd.opentofu.modulepkg");
+      expect(pulled.ok).toBe(true);
+    },
   };
+  return checks;
 }
 
 /** A real agent process's view of cloud_auth: a control plane with one integration, the registry. */
