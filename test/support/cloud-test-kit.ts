@@ -211,6 +211,30 @@ export async function startCloudAgentBed(prefix: string, integration: Record<str
   };
 }
 
+/** The command line of an agent that leases from `url` and runs the stand-in tofu (FAKE_TOFU). */
+export function fakeTofuAgentArgs(o: {
+  url: string;
+  tokenFile: string;
+  keyFile: string;
+  workDir: string;
+  listen: string;
+}): string[] {
+  return [
+    "--control-plane-url",
+    o.url,
+    "--token-file",
+    o.tokenFile,
+    "--key-file",
+    o.keyFile,
+    "--work-dir",
+    o.workDir,
+    "--tofu-bin",
+    FAKE_TOFU,
+    "--listen",
+    o.listen,
+  ];
+}
+
 /** One agent process leases one run of `phases` pulling REPO:TAG, then stops. */
 export async function runCloudAgent(bed: CloudAgentBed, phases: string[]): Promise<CloudAgentRun> {
   const { dir, h, registry } = bed;
@@ -219,18 +243,7 @@ export async function runCloudAgent(bed: CloudAgentBed, phases: string[]): Promi
   const recordFile = join(dir, `${workDir.split("/").pop() ?? "w"}.jsonl`);
   const agent = startAgent(
     [
-      "--control-plane-url",
-      h.url,
-      "--token-file",
-      tokenFile,
-      "--key-file",
-      keyFile,
-      "--work-dir",
-      workDir,
-      "--tofu-bin",
-      FAKE_TOFU,
-      "--listen",
-      "off",
+      ...fakeTofuAgentArgs({ url: h.url, tokenFile, keyFile, workDir, listen: "off" }),
       "--isolation",
       "none",
       // The registry is a local stand-in, not the cloud's own: the operator trusts it.
