@@ -20,6 +20,7 @@ import type { AgentPrivateKey } from "../../src/crypto/agent-key.js";
 import type { RunCredentials } from "../../src/credentials/run-credentials.js";
 import { startAwsStandIns, type AwsStandIns } from "../support/aws-standins.js";
 import {
+  awsWebIdentityEnv,
   cloudAuthFailure,
   expectNothingWritten,
   newAgentKey,
@@ -69,16 +70,7 @@ beforeAll(async () => {
         ),
     ),
   );
-  Object.assign(process.env, {
-    AWS_ROLE_ARN: ROLE_ARN,
-    AWS_WEB_IDENTITY_TOKEN_FILE: tokenFile,
-    AWS_ROLE_SESSION_NAME: "oci-cred-agent",
-    AWS_ENDPOINT_URL_STS: aws.url,
-    AWS_ENDPOINT_URL_ECR: aws.url,
-    AWS_EC2_METADATA_DISABLED: "true",
-    AWS_CONFIG_FILE: join(work, "no-aws-config"),
-    AWS_SHARED_CREDENTIALS_FILE: join(work, "no-aws-credentials"),
-  });
+  Object.assign(process.env, awsWebIdentityEnv(ROLE_ARN, tokenFile, aws.url, work));
   key = await newAgentKey();
 }, 120_000);
 

@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startAwsStandIns, type AwsStandIns } from "../support/aws-standins.js";
 import {
+  awsWebIdentityEnv,
   expectMintedAndRenewed,
   refusedBeforeInit,
   startCloudAgentBed,
@@ -45,14 +46,7 @@ beforeAll(async () => {
   bed.env = {
     AWS_ACCESS_KEY_ID: "",
     AWS_PROFILE: "",
-    AWS_ROLE_ARN: ROLE_ARN,
-    AWS_WEB_IDENTITY_TOKEN_FILE: tokenFile,
-    AWS_ROLE_SESSION_NAME: "oci-cred-agent",
-    AWS_ENDPOINT_URL_STS: aws.url,
-    AWS_ENDPOINT_URL_ECR: aws.url,
-    AWS_EC2_METADATA_DISABLED: "true",
-    AWS_CONFIG_FILE: join(dir, "no-aws-config"),
-    AWS_SHARED_CREDENTIALS_FILE: join(dir, "no-aws-credentials"),
+    ...awsWebIdentityEnv(ROLE_ARN, tokenFile, aws.url, dir),
   };
 }, 120_000);
 

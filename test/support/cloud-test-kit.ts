@@ -31,8 +31,8 @@ import { agentFiles } from "./reliability-agents.js";
 
 const execFileAsync = promisify(execFile);
 
-export const REPO = "modules/network";
-export const TAG = "1.2.0";
+const REPO = "modules/network";
+const TAG = "1.2.0";
 
 /** A real registry (htpasswd) whose repository REPO holds a module package tagged TAG. */
 export function startModuleRegistry(): Promise<RegistryPair> {
@@ -113,20 +113,23 @@ export async function expectPreflightOk(
 
 export interface PullChecks {
   /** `skopeo inspect --raw` of REPO:TAG reading exactly the run's REGISTRY_AUTH_FILE. */
-  skopeoInspect(env: Readonly<Record<string, string>>): Promise<{ ok: boolean; text: string }>;
+  skopeoInspect: (env: Readonly<Record<string, string>>) => Promise<{ ok: boolean; text: string }>;
   /** What OpenTofu's lookup resolves for REPO:TAG with the run's environment (a static credential). */
-  tofuResolves(env: Readonly<Record<string, string>>): { username: string | undefined; password: string | undefined };
+  tofuResolves: (env: Readonly<Record<string, string>>) => {
+    username: string | undefined;
+    password: string | undefined;
+  };
   /**
    * The run's docker config holds an ordinary auth entry (never identitytoken) for `user` and
    * `password`, which OpenTofu's lookup resolves and with which skopeo pulls the module package.
    */
-  expectWrittenAndPulled(written: WrittenCredentials, user: string, password: string | undefined): Promise<void>;
+  expectWrittenAndPulled: (written: WrittenCredentials, user: string, password: string | undefined) => Promise<void>;
 }
 
 /** Pulls from `host` (whose CA is in `certDir`) with a run's files, HOME being `home`. */
 export function pullChecks(host: () => string, certDir: () => string, home: () => string): PullChecks {
   const checks: PullChecks = {
-    async skopeoInspect(env) {
+    skopeoInspect: async (env) => {
       try {
         const { stdout } = await execFileAsync(
           "skopeo",
@@ -145,7 +148,7 @@ export function pullChecks(host: () => string, certDir: () => string, home: () =
         return { ok: false, text: (error as { stderr?: string }).stderr ?? String(error) };
       }
     },
-    tofuResolves(env) {
+    tofuResolves: (env) => {
       const r = resolveOpenTofuCredential(`oci://${host()}/${REPO}?tag=${TAG}`, { ...env, HOME: home() }, (path) => {
         try {
           return readFileSync(path, "utf8");
@@ -156,7 +159,7 @@ export function pullChecks(host: () => string, certDir: () => string, home: () =
       expect(r.source).toBe("static");
       return { username: r.username, password: r.password };
     },
-    async expectWrittenAndPulled(written, user, password) {
+    expectWrittenAndPulled: async (written, user, password) => {
       const dockerConfig = readFileSync(join(written.runDir, "docker", "config.json"), "utf8");
       expect(dockerConfig).not.toContain("identitytoken");
       expect(JSON.parse(dockerConfig)).toEqual({
@@ -171,6 +174,28 @@ export function pullChecks(host: () => string, certDir: () => string, home: () =
   return checks;
 }
 
+/**
+ * The pool's AWS web identity (as IRSA gives it to a pod), STS and ECR at the stand-ins'
+ * `endpoint`, and no instance metadata, config or shared credentials file (under `dir`).
+ */
+export function awsWebIdentityEnv(
+  roleArn: string,
+  tokenFile: string,
+  endpoint: string,
+  dir: string,
+): NodeJS.ProcessEnv {
+  return {
+    AWS_ROLE_ARN: roleArn,
+    AWS_WEB_IDENTITY_TOKEN_FILE: tokenFile,
+    AWS_ROLE_SESSION_NAME: "oci-cred-agent",
+    AWS_ENDPOINT_URL_STS: endpoint,
+    AWS_ENDPOINT_URL_ECR: endpoint,
+    AWS_EC2_METADATA_DISABLED: "true",
+    AWS_CONFIG_FILE: join(dir, "no-aws-config"),
+    AWS_SHARED_CREDENTIALS_FILE: join(dir, "no-aws-credentials"),
+  };
+}
+
 /** A real agent process's view of cloud_auth: a control plane with one integration, the registry. */
 export interface CloudAgentBed {
   dir: string;
@@ -181,7 +206,7 @@ export interface CloudAgentBed {
   close(): Promise<void>;
 }
 
-export interface CloudAgentRun {
+interface CloudAgentRun {
   lines: LogLine[];
   output: string;
   record: string;
@@ -236,7 +261,7 @@ export function fakeTofuAgentArgs(o: {
 }
 
 /** One agent process leases one run of `phases` pulling REPO:TAG, then stops. */
-export async function runCloudAgent(bed: CloudAgentBed, phases: string[]): Promise<CloudAgentRun> {
+async function runCloudAgent(bed: CloudAgentBed, phases: string[]): Promise<CloudAgentRun> {
   const { dir, h, registry } = bed;
   const { keyFile, tokenFile } = await agentFiles(dir, h.agentToken);
   const workDir = await mkdtemp(join(dir, "work-"));
@@ -272,7 +297,7 @@ export async function runCloudAgent(bed: CloudAgentBed, phases: string[]): Promi
 }
 
 /** No form of any minted token (user `user`) is in any of `texts`. */
-export function expectNoMintedToken(issued: readonly string[], user: string, texts: readonly string[]): void {
+function expectNoMintedToken(issued: readonly string[], user: string, texts: readonly string[]): void {
   for (const password of issued)
     for (const form of leakForms(password, user))
       for (const text of texts) expect(text.includes(form), "a minted token leaked").toBe(false);
