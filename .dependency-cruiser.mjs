@@ -16,6 +16,9 @@ const LAYERS = {
   keys: ["core", "crypto", "fs"],
   config: ["core", "keys"],
   registry: ["core", "http"],
+  // Registry credentials minted from the pool's cloud identity; handed to credentials, daemon and
+  // sidecar by the composition root (they see only the CloudMinter interface of core).
+  cloud: ["core", "http"],
   credentials: ["core", "crypto", "fs", "keys", "registry", "http"],
   // How phases run: a process, the bubblewrap sandbox, or the runner over a socket.
   execution: ["core", "protocol", "fs"],
@@ -40,6 +43,7 @@ const LAYERS = {
     "keys",
     "config",
     "registry",
+    "cloud",
     "credentials",
     "execution",
     "runner",

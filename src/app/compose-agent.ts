@@ -6,6 +6,7 @@
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { isCloudIdentityVariable } from "../core/cloud-identity-env.js";
 import { AgentError } from "../core/errors.js";
 import type { Redactor } from "../core/redactor.js";
 import { ReplayCache } from "../core/replay-cache.js";
@@ -22,6 +23,7 @@ import { AgentStatus, combineObservers } from "../ops/agent-status.js";
 import { startHealthServer, type HealthServer } from "../ops/health-server.js";
 import { AgentMetrics } from "../ops/metrics.js";
 import { PREFLIGHT_LIMITS, PreflightChecker } from "../registry/preflight.js";
+import { createCloudMinter } from "../cloud/cloud-minter.js";
 import { watchForChanges, type Watcher } from "./change-watcher.js";
 import type { PreparedAgent } from "./prepare-agent.js";
 import { startLogging } from "./start-logging.js";
@@ -61,13 +63,23 @@ const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
 /**
  * The environment a run's tofu starts from: the agent's, minus what is the agent's own (its
  * settings, the token's and key's systemd credentials directory, the registry files a run gets
- * its own of) and minus MALLOC_ARENA_MAX when the launcher set it for the agent alone.
+ * its own of, the variable of `--key env:NAME` given as `alsoRemove`), minus the pool's cloud
+ * identity unless `cloudEnv` is `pass` (src/core/cloud-identity-env.ts), and minus
+ * MALLOC_ARENA_MAX when the launcher set it for the agent alone.
  */
-export function runBaseEnv(env: NodeJS.ProcessEnv, alsoRemove?: string): NodeJS.ProcessEnv {
+export function runBaseEnv(
+  env: NodeJS.ProcessEnv,
+  options: { readonly alsoRemove?: string; readonly cloudEnv?: "drop" | "pass" } = {},
+): NodeJS.ProcessEnv {
   const launcherArena = env["OCI_CRED_AGENT_LAUNCHER_SET_MALLOC_ARENA_MAX"] === "1";
+  const dropCloud = options.cloudEnv !== "pass";
   return Object.fromEntries(
     Object.entries(env).filter(
-      ([k]) => !AGENT_ONLY_ENV.test(k) && k !== alsoRemove && !(launcherArena && k === "MALLOC_ARENA_MAX"),
+      ([k]) =>
+        !AGENT_ONLY_ENV.test(k) &&
+        k !== options.alsoRemove &&
+        !(dropCloud && isCloudIdentityVariable(k)) &&
+        !(launcherArena && k === "MALLOC_ARENA_MAX"),
     ),
   );
 }
@@ -94,6 +106,20 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
       "isolation none: phases run as the agent's own children and reach everything its user can (its key, its token, other runs' credentials and workspaces); use the sandbox (the default) or the runner",
     );
   } else log.info({ event: "isolation", isolation: executor.isolation }, `phases run in the ${executor.isolation}`);
+  const cloudVariables = Object.keys(env)
+    .filter((k) => isCloudIdentityVariable(k))
+    .sort();
+  if (cloudVariables.length > 0 && settings.runCloudEnv === "pass") {
+    log.warn(
+      { event: "run_cloud_env", run_cloud_env: "pass", variables: cloudVariables },
+      "run_cloud_env pass: runs inherit the agent's cloud identity variables and can act as the pool; give the pool a pull-only identity (docs/architecture.md)",
+    );
+  } else if (cloudVariables.length > 0) {
+    log.info(
+      { event: "run_cloud_env", run_cloud_env: "drop", variables: cloudVariables },
+      "runs do not inherit the agent's cloud identity variables; set run_cloud_env: pass only if runs must act as the pool",
+    );
+  }
   const status = new AgentStatus(() => Date.now(), 2 * 60_000);
   const metrics = new AgentMetrics(options.version);
   status.isolationIs(executor.isolation);
@@ -123,9 +149,14 @@ export async function composeAgent(prepared: PreparedAgent, options: ComposeOpti
       fs: realFs,
       redactor,
       executor,
-      baseEnv: runBaseEnv(env, settings.keySource.kind === "env" ? settings.keySource.name : undefined),
+      baseEnv: runBaseEnv(env, {
+        ...(settings.keySource.kind === "env" ? { alsoRemove: settings.keySource.name } : {}),
+        cloudEnv: settings.runCloudEnv,
+      }),
       archiveLimits: { ...DEFAULT_ARCHIVE_LIMITS, maxBytes: settings.maxConfigBytes },
       maxBundleBytes: MAX_BUNDLE_BYTES,
+      // Loads a cloud's SDK only when a cloud_auth entry first needs it.
+      cloudMinter: createCloudMinter({ allowedHosts: settings.cloudAuthHosts }),
       ...(settings.preflight
         ? {
             preflight: new PreflightChecker({

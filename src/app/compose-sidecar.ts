@@ -7,6 +7,7 @@
 import { readFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import type { Logger } from "pino";
+import { createCloudMinter } from "../cloud/cloud-minter.js";
 import { AgentError } from "../core/errors.js";
 import { ReplayCache } from "../core/replay-cache.js";
 import { publicKeyDoc } from "../crypto/agent-key.js";
@@ -95,6 +96,8 @@ export async function composeSidecar(prepared: PreparedAgent, options: SidecarOp
     operator: prepared.operator,
     fs: realFs,
     maxBundleBytes: MAX_BUNDLE_BYTES,
+    // Loads a cloud's SDK only when a cloud_auth entry first needs it.
+    cloudMinter: createCloudMinter({ allowedHosts: settings.cloudAuthHosts }),
     redact: (secret) => {
       redactor.add([secret]);
     },

@@ -3,8 +3,9 @@
  * run a trivial phase here, or the agent refuses to start (SANDBOX_UNAVAILABLE) rather than run
  * phases unisolated. `--isolation none` is taken only when asked for, and said out loud.
  */
-import { stat } from "node:fs/promises";
+import { realpath, stat } from "node:fs/promises";
 import type { AgentSettings } from "../config/load-run-config.js";
+import { cloudIdentityPaths } from "../core/cloud-identity-env.js";
 import { DirectExecutor } from "../execution/direct-executor.js";
 import type { PhaseExecutor, TofuCommand } from "../execution/phase-executor.js";
 import { checkSandbox, SandboxExecutor, sandboxUnavailable } from "../execution/sandbox-executor.js";
@@ -20,7 +21,6 @@ async function kindOf(path: string): Promise<"dir" | "file" | undefined> {
   }
 }
 
-/** The agent's own files that the sandbox's view of the system would otherwise show. */
 /** What the executor depends on: `doctor` has these even when the configuration has problems. */
 export type ExecutorSettings = Pick<
   AgentSettings,
@@ -33,13 +33,19 @@ export type ExecutorSettings = Pick<
   | "sandboxReadOnly"
   | "sandboxReadWrite"
 > &
-  Partial<Pick<AgentSettings, "token" | "keySource" | "configFile">>;
+  Partial<Pick<AgentSettings, "token" | "keySource" | "configFile" | "runCloudEnv">>;
 
-function agentPaths(settings: ExecutorSettings): string[] {
+/**
+ * The agent's own files that the sandbox's view of the system would otherwise show: its
+ * configuration, token and key, and, unless runs are to act as the
+ * pool (`run_cloud_env: pass`), the cloud identity files its environment names.
+ */
+function agentPaths(settings: ExecutorSettings, env: NodeJS.ProcessEnv): string[] {
   const paths = [AGENT_ETC_DIR];
   if (settings.token !== undefined && "file" in settings.token) paths.push(settings.token.file);
   if (settings.keySource?.kind === "file") paths.push(settings.keySource.path);
   if (settings.configFile !== undefined) paths.push(settings.configFile);
+  if (settings.runCloudEnv !== "pass") paths.push(...cloudIdentityPaths(env));
   return paths;
 }
 
@@ -61,9 +67,13 @@ export async function setUpPhaseExecutor(
   if (bwrap === undefined) throw sandboxUnavailable("bubblewrap (bwrap) is not on PATH");
   const trueBin = (await findExecutable("true", { PATH: "/usr/bin:/bin" })) ?? "/bin/true";
   const hide: { path: string; kind: "dir" | "file" }[] = [];
-  for (const path of agentPaths(settings)) {
+  for (const path of agentPaths(settings, env)) {
     const kind = await kindOf(path);
-    if (kind !== undefined) hide.push({ path, kind });
+    // A link (a Secret's ..data, a file placed elsewhere) is masked where it leads: bubblewrap
+    // follows a link it mounts over, and cannot mount over one that leads out of the sandbox
+    // (which then needs no mask: the link leads nowhere there).
+    const target = kind === undefined ? undefined : await realpath(path).catch(() => undefined);
+    if (kind !== undefined && target !== undefined) hide.push({ path: target, kind });
   }
   const options = {
     bwrap,

@@ -16,7 +16,7 @@ import type { SidecarCommandOptions } from "./commands/sidecar.js";
 import type { AgentsCommandOptions } from "./commands/agents.js";
 import type { CreateEnrollmentTokenOptions, EnrollmentTokensCommandOptions } from "./commands/enrollment-tokens.js";
 import { packageVersion } from "./version.js";
-import { PATH_LIST_SEPARATOR, RUN_FIELDS } from "../config/schema.js";
+import { isListKind, PATH_LIST_SEPARATOR, RUN_FIELDS } from "../config/schema.js";
 
 type Action = () => Promise<number>;
 
@@ -27,10 +27,13 @@ function addRunOptions(cmd: Command): Command {
     const choices = spec.choices ? ` (${spec.choices.join(", ")})` : "";
     const dflt = spec.default !== undefined ? ` [default: ${spec.default}]` : "";
     const text = `${spec.description}${choices}${dflt}; env ${spec.env}`;
-    if (spec.kind === "path-list") {
-      // Repeatable: each use adds a path.
-      cmd.option(`${spec.flag} <path>`, text, (value: string, previous: string | undefined) =>
-        previous === undefined ? value : `${previous}${PATH_LIST_SEPARATOR}${value}`,
+    if (isListKind(spec.kind)) {
+      // Repeatable: each use adds a path or a host.
+      cmd.option(
+        `${spec.flag} <${spec.kind === "host-list" ? "host" : "path"}>`,
+        text,
+        (value: string, previous: string | undefined) =>
+          previous === undefined ? value : `${previous}${PATH_LIST_SEPARATOR}${value}`,
       );
     } else cmd.option(spec.kind === "bool" ? spec.flag : `${spec.flag} <value>`, text);
   }
@@ -148,6 +151,11 @@ function buildProgram(setAction: (action: Action) => void): Command {
     .option("--max-bundle-lifetime <duration>", "refuse bundles valid for longer than this", "1h")
     .option("--clock-skew <duration>", "how far in the future a bundle's issue time may be", "2m")
     .option("--max-bundle-bytes <n>", "refuse bundles larger than this many bytes (default: 16 MiB)")
+    .option(
+      "--cloud-auth-host <host>",
+      "a registry host (HOST[:PORT], a leading *. for any name under it) that may receive credentials minted from the cloud identity for cloud_auth entries, besides each cloud's own registries; repeatable",
+      (value: string, previous: string[] | undefined) => [...(previous ?? []), value],
+    )
     .action((opts: MaterializeOptions) => {
       setAction(async () => {
         const { materialize } = await import("./commands/materialize.js");

@@ -42,6 +42,10 @@ export interface AgentSettings {
   /** Paths the sandbox shows besides the system's, read-only and read-write. */
   readonly sandboxReadOnly: readonly string[];
   readonly sandboxReadWrite: readonly string[];
+  /** Registry hosts that may receive cloud-minted credentials besides the clouds' own (`cloud_auth_host`). */
+  readonly cloudAuthHosts: readonly string[];
+  /** Whether runs inherit the agent's cloud identity variables (`pass`) or not (`drop`, the default). */
+  readonly runCloudEnv: "drop" | "pass";
   readonly concurrency: number;
   readonly drainTimeoutMs: number;
   readonly cancelGraceMs: number;
@@ -224,6 +228,8 @@ export function settingsFromConfig(resolved: ResolvedConfig): SettingsDraft {
     executor: parseExecutor(str("executor") ?? "local") ?? { kind: "local" },
     sandboxReadOnly: paths("sandbox_ro_bind"),
     sandboxReadWrite: paths("sandbox_bind"),
+    cloudAuthHosts: paths("cloud_auth_host"),
+    runCloudEnv: str("run_cloud_env") === "pass" ? "pass" : "drop",
     concurrency: num("concurrency"),
     drainTimeoutMs: num("drain_timeout"),
     cancelGraceMs: num("cancel_grace"),

@@ -5,16 +5,34 @@
  */
 import { parseByteSize } from "../core/byte-size.js";
 import { parseDurationMs } from "../core/duration.js";
+import { parseCloudHostPattern } from "../core/cloud-hosts.js";
 import { parseHostPort } from "../core/host-port.js";
 
 export type FieldKind =
-  "string" | "path" | "path-list" | "url" | "duration" | "int" | "bool" | "size" | "listen" | "enum" | "key-uri";
+  | "string"
+  | "path"
+  | "path-list"
+  | "host-list"
+  | "url"
+  | "duration"
+  | "int"
+  | "bool"
+  | "size"
+  | "listen"
+  | "enum"
+  | "key-uri";
 
 /**
- * A `path-list` value travels as one string, its absolute paths separated by newlines (a
- * repeated flag, a YAML list, or a colon-separated environment variable become that).
+ * A `path-list` or `host-list` value travels as one string, its items separated by newlines (a
+ * repeated flag, a YAML list, or an environment variable separated by `:` for paths and by `,`
+ * for hosts, which may carry a port, become that).
  */
 export const PATH_LIST_SEPARATOR = "\n";
+
+/** Whether a field takes several values (a repeated flag, a YAML list). */
+export function isListKind(kind: FieldKind): boolean {
+  return kind === "path-list" || kind === "host-list";
+}
 
 export interface FieldSpec {
   /** Key in the config file (snake_case). */
@@ -98,6 +116,17 @@ export const RUN_FIELDS: readonly FieldSpec[] = [
     "path-list",
     "more paths the sandbox shows read-write at the same place (a shared plugin cache); repeat the flag, or separate with : in the environment",
   ),
+  f(
+    "cloud_auth_host",
+    "host-list",
+    "registry hosts (HOST[:PORT], a leading *. for any name under it) that may receive credentials minted from the pool's cloud identity for cloud_auth entries, besides each cloud's own registries (aws *.dkr.ecr.REGION.amazonaws.com[.cn] of the entry's region, azure *.azurecr.io/.cn/.us, gcp *.pkg.dev, gcr.io, *.gcr.io): private endpoints and proxies you trust with that identity; repeat the flag, or separate with , in the environment",
+  ),
+  f(
+    "run_cloud_env",
+    "enum",
+    "the pool's cloud identity and runs: drop (every variable through which the clouds' SDKs and CLIs take an identity, such as AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE, AZURE_FEDERATED_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS, stays out of a run's environment, and the sandbox masks the files they name where it would show them) or pass (runs inherit them, for runs whose providers must act as the pool; the metadata service stays reachable either way: docs/architecture.md)",
+    { default: "drop", choices: ["drop", "pass"] },
+  ),
   f("concurrency", "int", "runs at once", { default: "1", min: 1, max: 1024 }),
   f("drain_timeout", "duration", "on SIGTERM, how long running runs may finish before they are canceled", {
     default: "5m",
@@ -154,6 +183,12 @@ export function parseFieldValue(
       return paths.every((p) => p.startsWith("/") && !p.split("/").includes(".."))
         ? { ok: true, value: paths.join(PATH_LIST_SEPARATOR) }
         : { ok: false, expected: "absolute paths (starting with /, without ..)" };
+    }
+    case "host-list": {
+      const hosts = text.split(PATH_LIST_SEPARATOR).map((h) => parseCloudHostPattern(h));
+      return hosts.every((h) => h !== undefined)
+        ? { ok: true, value: hosts.join(PATH_LIST_SEPARATOR) }
+        : { ok: false, expected: "host names HOST[:PORT] (such as registry.corp.example:5000 or *.corp.example)" };
     }
     case "url":
       try {
@@ -289,10 +324,15 @@ export function resolveConfig(
       raw = String(flag);
       source = "flag";
     } else if (env !== undefined && env !== "") {
-      raw = spec.kind === "path-list" ? env.split(":").join(PATH_LIST_SEPARATOR) : env;
+      raw =
+        spec.kind === "path-list"
+          ? env.split(":").join(PATH_LIST_SEPARATOR)
+          : spec.kind === "host-list"
+            ? env.split(",").join(PATH_LIST_SEPARATOR)
+            : env;
       source = "env";
     } else if (
-      spec.kind === "path-list" &&
+      isListKind(spec.kind) &&
       Array.isArray(fromFile) &&
       fromFile.length > 0 &&
       fromFile.every((x) => typeof x === "string")

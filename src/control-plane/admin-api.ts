@@ -5,7 +5,13 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
-import { CREDENTIAL_HELPER_NAME, ENTRY_FIELD_MAX_LENGTH } from "../core/export-payload.js";
+import { cloudAuthJson } from "../core/cloud-auth.js";
+import {
+  CREDENTIAL_HELPER_NAME,
+  ENTRY_FIELD_MAX_LENGTH,
+  cloudAuthProblems,
+  toCloudAuth,
+} from "../core/export-payload.js";
 import { PHASES } from "../protocol/agent-api.js";
 import { AdminAgents } from "./admin-agents.js";
 import { PendingEnrollments } from "./pending-enrollments.js";
@@ -27,8 +33,26 @@ const integrationFields = {
   password: z.string().min(1).max(ENTRY_FIELD_MAX_LENGTH.password),
   /** In place of username and password: `docker-credential-<name>` on the agent serves the registry. */
   credential_helper: z.string().regex(CREDENTIAL_HELPER_NAME, "expected a helper name like ecr-login"),
+  /** In place of username and password: the agent mints the credential from its cloud identity (docs/protocol.md). */
+  cloud_auth: z.record(z.string(), z.unknown()),
   export_credentials: z.boolean(),
 };
+
+/** How an integration authenticates: exactly one of these per integration. */
+const AUTH_CHOICE = "give username and password, credential_helper, or cloud_auth (exactly one)";
+
+/**
+ * A `cloud_auth` body field checked by the agent's own rule (export-payload.ts) and kept in its
+ * wire form with only the known fields; problems name fields, never values.
+ */
+function checkedCloudAuth(raw: Record<string, unknown>): Record<string, string> {
+  const problems = cloudAuthProblems(raw);
+  if (problems.length > 0)
+    throw new HttpError(422, "BODY_INVALID", `the request body is invalid: ${problems.join("; ")}`, {
+      fields: ["cloud_auth"],
+    });
+  return cloudAuthJson(toCloudAuth(raw));
+}
 
 const createIntegrationSchema = z
   .strictObject({
@@ -36,16 +60,16 @@ const createIntegrationSchema = z
     username: integrationFields.username.optional(),
     password: integrationFields.password.optional(),
     credential_helper: integrationFields.credential_helper.optional(),
+    cloud_auth: integrationFields.cloud_auth.optional(),
     export_credentials: integrationFields.export_credentials.default(false),
   })
   .refine(
-    (b) =>
-      b.credential_helper === undefined
-        ? b.username !== undefined && b.password !== undefined
-        : b.username === undefined && b.password === undefined,
-    {
-      message: "give username and password, or credential_helper instead of both",
+    (b) => {
+      const withPassword = b.username !== undefined || b.password !== undefined;
+      const choices = [withPassword, b.credential_helper !== undefined, b.cloud_auth !== undefined].filter(Boolean);
+      return choices.length === 1 && (!withPassword || (b.username !== undefined && b.password !== undefined));
     },
+    { message: AUTH_CHOICE },
   );
 
 const patchIntegrationSchema = z.strictObject(integrationFields).partial();
@@ -193,6 +217,7 @@ export class AdminApi {
   private async createIntegration(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJson(req, createIntegrationSchema, 1024 * 1024);
     AdminApi.checkHelperUrl(checkRegistryUrlForm(body.registry_url).href, body.credential_helper);
+    const cloudAuth = body.cloud_auth === undefined ? null : checkedCloudAuth(body.cloud_auth);
     const { url, warnings } = await this.validateUrl(body.registry_url);
     const now = this.store.iso();
     const integration: Integration = {
@@ -202,6 +227,7 @@ export class AdminApi {
       username: body.username ?? "",
       password: body.password ?? "",
       credential_helper: body.credential_helper ?? null,
+      cloud_auth: cloudAuth,
       export_credentials: body.export_credentials,
       created_at: now,
       updated_at: now,
@@ -216,32 +242,41 @@ export class AdminApi {
   private async patchIntegration(req: IncomingMessage, res: ServerResponse, integration: Integration): Promise<void> {
     const body = await readJson(req, patchIntegrationSchema, 1024 * 1024);
     // The same rule as POST, on the integration as it would be after the change.
-    if (body.credential_helper !== undefined && (body.username !== undefined || body.password !== undefined)) {
-      throw new HttpError(
-        422,
-        "BODY_INVALID",
-        "the request body is invalid: give username and password, or credential_helper instead of both",
-      );
+    const withPassword = body.username !== undefined || body.password !== undefined;
+    if (
+      [withPassword, body.credential_helper !== undefined, body.cloud_auth !== undefined].filter(Boolean).length > 1
+    ) {
+      throw new HttpError(422, "BODY_INVALID", `the request body is invalid: ${AUTH_CHOICE}`);
     }
-    const toPassword =
-      body.credential_helper === undefined && (body.username !== undefined || body.password !== undefined);
-    const helperAfter = body.credential_helper ?? (toPassword ? null : integration.credential_helper);
+    const cloudAuth = body.cloud_auth === undefined ? undefined : checkedCloudAuth(body.cloud_auth);
+    const toPassword = withPassword;
+    const helperAfter =
+      body.credential_helper ?? (toPassword || cloudAuth !== undefined ? null : integration.credential_helper);
+    const cloudAfter =
+      cloudAuth ?? (toPassword || body.credential_helper !== undefined ? null : (integration.cloud_auth ?? null));
     for (const field of ["username", "password"] as const) {
-      if (helperAfter === null && (body[field] ?? integration[field]) === "") {
+      if (helperAfter === null && cloudAfter === null && (body[field] ?? integration[field]) === "") {
         throw new HttpError(
           422,
           "BODY_INVALID",
-          "the request body is invalid: an integration without credential_helper needs username and password; give both to replace the credential helper",
+          "the request body is invalid: an integration without credential_helper or cloud_auth needs username and password; give both to replace them",
           { fields: [field] },
         );
       }
     }
     const urlForm = body.registry_url === undefined ? undefined : checkRegistryUrlForm(body.registry_url);
     AdminApi.checkHelperUrl(urlForm?.href ?? integration.registry_url, helperAfter);
+    const { cloud_auth: _raw, ...fields } = body;
     const change: IntegrationChange = {
-      ...body,
+      ...fields,
       ...(urlForm === undefined ? {} : { registry_url: storedUrl(urlForm) }),
-      ...(toPassword && integration.credential_helper !== null ? { credential_helper: null } : {}),
+      ...((toPassword || cloudAuth !== undefined) && integration.credential_helper !== null
+        ? { credential_helper: null }
+        : {}),
+      ...(cloudAuth !== undefined ? { cloud_auth: cloudAuth } : {}),
+      ...((toPassword || body.credential_helper !== undefined) && (integration.cloud_auth ?? null) !== null
+        ? { cloud_auth: null }
+        : {}),
     };
     const needPassword = fieldsNeedingPassword(integration, change);
     if (needPassword.length > 0)
@@ -268,11 +303,12 @@ export class AdminApi {
     if (body.name !== undefined) integration.name = body.name;
     if (body.username !== undefined) integration.username = body.username;
     if (body.password !== undefined) integration.password = body.password;
-    if (body.credential_helper !== undefined) {
-      integration.credential_helper = body.credential_helper;
+    integration.credential_helper = helperAfter;
+    integration.cloud_auth = cloudAfter;
+    if (helperAfter !== null || cloudAfter !== null) {
       integration.username = "";
       integration.password = "";
-    } else if (toPassword) integration.credential_helper = null;
+    }
     if (body.export_credentials !== undefined) integration.export_credentials = body.export_credentials;
     integration.updated_at = this.store.iso();
     this.store.saveIntegration(integration, { remoteAddress: remoteAddress(req), facts });

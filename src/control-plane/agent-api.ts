@@ -6,8 +6,9 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
+import { cloudAuthJson } from "../core/cloud-auth.js";
 import { selectCredentials } from "../core/credential-selection.js";
-import { EXPORT_VERSION, type ExportedCredential } from "../core/export-payload.js";
+import { EXPORT_VERSION, toCloudAuth, type ExportedCredential } from "../core/export-payload.js";
 import { parsePublicKeyDoc, type RecipientPublicKey } from "../crypto/agent-key.js";
 import { sealBundle, sealChallenge } from "../crypto/sealed-bundle.js";
 import {
@@ -587,6 +588,7 @@ export class AgentApi {
         username: i.username,
         password: i.password,
         credentialHelper: i.credential_helper ?? undefined,
+        cloudAuth: i.cloud_auth === undefined || i.cloud_auth === null ? undefined : toCloudAuth(i.cloud_auth),
         updatedAtMs: Date.parse(i.updated_at),
       }));
     const selection = selectCredentials({ entries: candidates, invalid: [] });
@@ -603,6 +605,7 @@ export class AgentApi {
       registries: selection.selected.map(({ entry }) => {
         const source = this.store.integrations.get(entry.id);
         const when = { id: entry.id, name: entry.name, url: entry.url, updated_at: source?.updated_at };
+        if (entry.cloudAuth !== undefined) return { ...when, cloud_auth: cloudAuthJson(entry.cloudAuth) };
         return entry.credentialHelper !== undefined
           ? { ...when, credential_helper: entry.credentialHelper }
           : { ...when, username: entry.username, password: entry.password };

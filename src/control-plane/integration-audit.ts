@@ -15,6 +15,7 @@ interface Integration {
   readonly username: string;
   readonly password: string;
   readonly credential_helper: string | null;
+  readonly cloud_auth?: Readonly<Record<string, string>> | null;
   readonly export_credentials: boolean;
 }
 
@@ -27,6 +28,8 @@ export interface IntegrationChange {
   readonly password?: string | undefined;
   /** A helper name, or null when the integration goes back to a username and password. */
   readonly credential_helper?: string | null | undefined;
+  /** Validated wire form, or null when the integration goes back to a username and password. */
+  readonly cloud_auth?: Readonly<Record<string, string>> | null | undefined;
   readonly export_credentials?: boolean | undefined;
 }
 
@@ -38,6 +41,7 @@ type AuditType =
   | "integration_password_changed"
   | "integration_export_changed"
   | "integration_helper_changed"
+  | "integration_cloud_auth_changed"
   | "integration_renamed";
 
 /** One audit entry as the store keeps it; `from`/`to` never hold a password. */
@@ -56,9 +60,11 @@ export type AuditFacts = Omit<AuditEntry, "seq" | "at" | "integration_id" | "int
 
 /** The fields whose change needs the password again, when the integration keeps (or gets) a password. */
 export function fieldsNeedingPassword(before: Integration, change: IntegrationChange): ("registry_url" | "username")[] {
-  if (change.password !== undefined || change.credential_helper !== undefined) return [];
-  // A credential helper integration holds no password; switching to a password gives one (checked elsewhere).
-  if (before.credential_helper !== null && change.username === undefined) return [];
+  if (change.password !== undefined || change.credential_helper !== undefined || change.cloud_auth !== undefined)
+    return [];
+  // A credential helper or cloud_auth integration holds no password; switching to a password gives one (checked elsewhere).
+  if ((before.credential_helper !== null || (before.cloud_auth ?? null) !== null) && change.username === undefined)
+    return [];
   const out: ("registry_url" | "username")[] = [];
   if (change.registry_url !== undefined && change.registry_url !== before.registry_url) out.push("registry_url");
   if (change.username !== undefined && change.username !== before.username) out.push("username");
@@ -76,6 +82,9 @@ export function changeFacts(before: Integration, change: IntegrationChange): Aud
   if (change.password !== undefined && change.password !== before.password)
     out.push({ type: "integration_password_changed" });
   diff("integration_helper_changed", before.credential_helper, change.credential_helper);
+  const cloudText = (c: Readonly<Record<string, string>> | null | undefined): string | null | undefined =>
+    c === undefined ? undefined : c === null ? null : JSON.stringify(c);
+  diff("integration_cloud_auth_changed", cloudText(before.cloud_auth) ?? null, cloudText(change.cloud_auth));
   diff("integration_export_changed", before.export_credentials, change.export_credentials);
   diff("integration_renamed", before.name, change.name);
   return out;

@@ -26,6 +26,8 @@ export interface Integration {
   username: string;
   password: string;
   credential_helper: string | null;
+  /** In place of username and password: the agent mints the credential from its cloud identity (wire form of docs/protocol.md). Absent in records written before it existed. */
+  cloud_auth?: Readonly<Record<string, string>> | null;
   export_credentials: boolean;
   created_at: string;
   updated_at: string;

@@ -54,6 +54,8 @@ export const ERROR_CODES = {
   // Credential checks before init
   CREDENTIAL_HELPER_NOT_FOUND: "an exported entry names a docker-credential-<name> helper that is not on PATH",
   PREFLIGHT_FAILED: "a registry refused an exported credential in the check before tofu init",
+  CLOUD_AUTH_FAILED:
+    "the agent's cloud identity could not mint a registry credential for a cloud_auth entry (no identity, or the cloud refused it)",
   DOCKER_HUB_ANONYMOUS:
     "warning: an oci://docker.io/... source, which OpenTofu pulls anonymously; write oci://registry-1.docker.io/...",
 

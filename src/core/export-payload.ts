@@ -7,6 +7,7 @@
  * other registries still work and the operator sees exactly which integration to fix.
  */
 import { z } from "zod";
+import { CLOUD_PROVIDERS, type CloudAuth } from "./cloud-auth.js";
 import { AgentError } from "./errors.js";
 
 export const EXPORT_VERSION = 1;
@@ -21,11 +22,13 @@ export interface ExportedCredential {
   readonly id: string;
   readonly name: string | undefined;
   readonly url: string;
-  /** Empty when the entry names a credential helper instead. */
+  /** Empty when the entry names a credential helper or cloud_auth instead (until the credential is minted). */
   readonly username: string;
   readonly password: string;
   /** `docker-credential-<name>` serves this registry instead of a password (ECR, ACR, GAR). */
   readonly credentialHelper: string | undefined;
+  /** The agent mints the credential from its own cloud identity at run time (ECR, ACR, GAR). */
+  readonly cloudAuth?: CloudAuth | undefined;
   /** Milliseconds since the epoch; undefined when absent or unparseable (counts as oldest). */
   readonly updatedAtMs: number | undefined;
 }
@@ -41,6 +44,56 @@ interface InvalidEntry {
 export interface ParsedExport {
   readonly entries: readonly ExportedCredential[];
   readonly invalid: readonly InvalidEntry[];
+}
+
+/** An AWS region name (`us-east-1`, `us-gov-west-1`, `cn-north-1`, `eu-isoe-west-1`). */
+const AWS_REGION = /^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$/;
+/** A 12-digit AWS account id (ECR's registryIds). */
+const AWS_ACCOUNT = /^[0-9]{12}$/;
+/** An Entra ID tenant (a GUID or a domain name) or an application (client) id. */
+const AZURE_TENANT = /^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/;
+const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+
+/** Problems of a `cloud_auth` object; field paths only, never a value. Unknown fields are ignored, as in entries. */
+export function cloudAuthProblems(raw: unknown): string[] {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return ["cloud_auth: expected an object"];
+  const c = raw as Record<string, unknown>;
+  const provider = c["provider"];
+  if (typeof provider !== "string" || !(CLOUD_PROVIDERS as readonly string[]).includes(provider))
+    return [`cloud_auth.provider: expected one of ${CLOUD_PROVIDERS.join(", ")}`];
+  const problems: string[] = [];
+  const optional = (field: string, pattern: RegExp, expected: string): void => {
+    const v = c[field];
+    if (v !== undefined && (typeof v !== "string" || !pattern.test(v)))
+      problems.push(`cloud_auth.${field}: expected ${expected}`);
+  };
+  if (provider === "aws") {
+    const region = c["region"];
+    if (region === undefined)
+      problems.push("cloud_auth.region: required for aws (the ECR registry's region, like us-east-1)");
+    else optional("region", AWS_REGION, "an AWS region like us-east-1");
+    optional("account", AWS_ACCOUNT, "a 12-digit AWS account id");
+  } else if (provider === "azure") {
+    optional("tenant_id", AZURE_TENANT, "an Entra ID tenant id (a GUID or a domain)");
+    optional("client_id", GUID, "an application (client) id, a GUID");
+  }
+  return problems;
+}
+
+/** A `cloud_auth` object that passed cloudAuthProblems, as the agent uses it. */
+export function toCloudAuth(raw: Record<string, unknown>): CloudAuth {
+  const text = (field: string): string | undefined => {
+    const v = raw[field];
+    return typeof v === "string" ? v : undefined;
+  };
+  switch (raw["provider"]) {
+    case "aws":
+      return { provider: "aws", region: text("region") ?? "", account: text("account") };
+    case "azure":
+      return { provider: "azure", tenantId: text("tenant_id"), clientId: text("client_id") };
+    default:
+      return { provider: "gcp" };
+  }
 }
 
 /**
@@ -63,6 +116,14 @@ function entryProblems(raw: unknown): string[] {
   str("name", 0, 1024, false);
   str("url", 1, ENTRY_FIELD_MAX_LENGTH.url, true);
   str("updated_at", 0, 64, false);
+  if (e["cloud_auth"] !== undefined) {
+    problems.push(...cloudAuthProblems(e["cloud_auth"]));
+    if (e["credential_helper"] !== undefined)
+      problems.push("cloud_auth: an entry has either cloud_auth or a credential helper, not both");
+    if (e["username"] !== undefined || e["password"] !== undefined)
+      problems.push("cloud_auth: an entry has either cloud_auth or a username and password, not both");
+    return problems;
+  }
   if (e["credential_helper"] !== undefined) {
     const helper = e["credential_helper"];
     if (typeof helper !== "string" || !CREDENTIAL_HELPER_NAME.test(helper)) {
@@ -138,6 +199,7 @@ export function parseExport(text: string): ParsedExport {
       username?: string;
       password?: string;
       credential_helper?: string;
+      cloud_auth?: Record<string, unknown>;
       updated_at?: string;
     };
     const updated = e.updated_at === undefined ? Number.NaN : Date.parse(e.updated_at);
@@ -148,6 +210,7 @@ export function parseExport(text: string): ParsedExport {
       username: e.username ?? "",
       password: e.password ?? "",
       credentialHelper: e.credential_helper,
+      cloudAuth: e.cloud_auth === undefined ? undefined : toCloudAuth(e.cloud_auth),
       updatedAtMs: Number.isFinite(updated) ? updated : undefined,
     });
   });

@@ -4,16 +4,23 @@
  *
  *   open   the bundle is opened and the export parsed and selected (one credential per registry
  *          and path); nothing is written, so every refusal leaves nothing on disk
+ *   mintCloud  `cloud_auth` entries get their short-lived username and password from the pool's
+ *          cloud identity (the CloudMinter the composition root hands in); from here on they are
+ *          ordinary entries for pre-flight and the files (never `identitytoken`)
  *   check  pre-flight: each selected credential is tried against its registry, in memory,
  *          before any file exists (optional; the caller's signal ends it at once)
  *   write  the run directory and its files, where every tool of the run reads them; a write
  *          that fails part-way wipes what it wrote before it throws
+ *   refresh  between phases: minted credentials with less than the cache's margin left (15
+ *          minutes, core/cloud-token-cache.ts) are minted again and the files
+ *          replaced in place (one rename each), so a run that outlives a token keeps working
  *   wipe   removes what write wrote; idempotent, never throws, and reports every outcome to
  *          the listener given at open: wipe failures have one place to go
  *
  * After wipe the object forgets its secrets (it holds no reference to them).
  */
 import { resolve } from "node:path";
+import type { CloudMinter, CloudProvider } from "../core/cloud-auth.js";
 import { selectCredentials, type IgnoredEntry, type SelectedCredential } from "../core/credential-selection.js";
 import { encodeAuth, renderRegistryFiles } from "../core/docker-config.js";
 import { AgentError, errnoCode, isAgentError } from "../core/errors.js";
@@ -92,6 +99,15 @@ export interface WriteRequest {
   readonly helperExists?: (name: string) => Promise<boolean>;
 }
 
+/** A credential minted for a `cloud_auth` entry, as a run tells it: never the secret. */
+export interface MintedRegistry {
+  readonly host: string;
+  readonly integration_id: string;
+  readonly provider: CloudProvider;
+  readonly identity: string;
+  readonly expires_at: string;
+}
+
 export interface MaterializedRegistry {
   readonly host: string;
   readonly integration_id: string;
@@ -150,7 +166,7 @@ function secretFormsOf(selected: readonly SelectedCredential[]): string[] {
 
 export class RunCredentials {
   private selectedCredentials: readonly SelectedCredential[];
-  private written: { runDir: string; fs: FileSystem } | undefined;
+  private written: { runDir: string; fs: FileSystem; operator: OperatorConfig } | undefined;
   private wiping: Promise<WipeOutcome> | undefined;
 
   private constructor(
@@ -215,6 +231,72 @@ export class RunCredentials {
     return checker.check(this.selectedCredentials, repositoriesByHost, signal);
   }
 
+  /** Whether an entry asks for a credential minted from the cloud identity. */
+  get needsCloud(): boolean {
+    return this.selectedCredentials.some((s) => s.entry.cloudAuth !== undefined);
+  }
+
+  /**
+   * Mints the credential of every `cloud_auth` entry (through the minter's cache) and puts it in
+   * place of the entry's empty username and password. Throws CLOUD_AUTH_FAILED on the first
+   * refusal, or the signal's reason as soon as it aborts; nothing is written either way.
+   */
+  async mintCloud(minter: CloudMinter | undefined, signal: AbortSignal): Promise<MintedRegistry[]> {
+    if (!this.needsCloud) return [];
+    if (minter === undefined) {
+      throw new AgentError(
+        "CLOUD_AUTH_FAILED",
+        "an exported entry has cloud_auth, but this command mints no cloud credentials; use `oci-cred-agent run` or `sidecar`, or export the integration with a username and password",
+      );
+    }
+    const minted: MintedRegistry[] = [];
+    const selected = await Promise.all(
+      this.selectedCredentials.map(async (s): Promise<SelectedCredential> => {
+        const auth = s.entry.cloudAuth;
+        if (auth === undefined) return s;
+        const m = await minter.mint(auth, s.target.hostKey, signal);
+        minted.push({
+          host: s.target.host,
+          integration_id: s.entry.id,
+          provider: auth.provider,
+          identity: m.identity,
+          expires_at: new Date(m.expiresAtMs).toISOString(),
+        });
+        return { target: s.target, entry: { ...s.entry, username: m.username, password: m.password } };
+      }),
+    );
+    if (this.isWiping()) return [];
+    this.selectedCredentials = selected;
+    return minted;
+  }
+
+  /**
+   * Before a phase: mints the cloud credentials again (the minter's cache hands out the same
+   * ones until shortly before they expire) and, when any changed, replaces the run's registry
+   * files in place. Returns what was renewed (empty: nothing changed, nothing written).
+   */
+  async refresh(minter: CloudMinter | undefined, signal: AbortSignal): Promise<MintedRegistry[]> {
+    const written = this.written;
+    if (written === undefined || this.wiping !== undefined || !this.needsCloud) return [];
+    const before = new Map(this.selectedCredentials.map((s) => [s.entry.id, s.entry.password]));
+    const minted = await this.mintCloud(minter, signal);
+    const renewed = minted.filter((m) => before.get(m.integration_id) !== this.passwordOf(m.integration_id));
+    // A wipe that began while the mint was under way wins: nothing is written after it.
+    if (renewed.length === 0 || this.isWiping()) return [];
+    const files = renderRegistryFiles(this.selectedCredentials, written.operator.baseDockerConfig);
+    await writeRunFile(written.fs, written.runDir, "dockerConfig", files.dockerConfig, { replace: true });
+    await writeRunFile(written.fs, written.runDir, "containersAuth", files.containersAuth, { replace: true });
+    return renewed;
+  }
+
+  private isWiping(): boolean {
+    return this.wiping !== undefined;
+  }
+
+  private passwordOf(id: string): string | undefined {
+    return this.selectedCredentials.find((s) => s.entry.id === id)?.entry.password;
+  }
+
   /**
    * Writes the run directory and its files. Everything that can be refused (helpers, the
    * operator's configuration merged in) is decided before the directory is created.
@@ -225,6 +307,10 @@ export class RunCredentials {
         "INTERNAL",
         "a run's credentials are written once; open the bundle again for another run directory",
       );
+    }
+    // Fail closed: a cloud entry is never written with the empty password it arrived with.
+    if (this.selectedCredentials.some((s) => s.entry.cloudAuth !== undefined && s.entry.password === "")) {
+      throw new AgentError("INTERNAL", "cloud_auth entries are minted (mintCloud) before the credentials are written");
     }
     const runDir = resolve(request.runDir);
     const selected = this.selectedCredentials;
@@ -253,7 +339,7 @@ export class RunCredentials {
       agentId: this.agentId,
       createdAt: new Date().toISOString(),
     });
-    this.written = { runDir, fs: request.fs };
+    this.written = { runDir, fs: request.fs, operator: request.operator };
     try {
       await writeRunFile(request.fs, runDir, "dockerConfig", registryFiles.dockerConfig);
       await writeRunFile(request.fs, runDir, "containersAuth", registryFiles.containersAuth);

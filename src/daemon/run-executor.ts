@@ -9,6 +9,7 @@
 import { join } from "node:path";
 import type { Logger } from "pino";
 import type { AgentSettings } from "../config/load-run-config.js";
+import type { CloudMinter } from "../core/cloud-auth.js";
 import { AgentError, errnoCode, isAgentError, type ErrorCode } from "../core/errors.js";
 import { repositoriesByRegistry } from "../core/oci-source-checks.js";
 import type { Redactor } from "../core/redactor.js";
@@ -45,6 +46,8 @@ export interface RunResources {
   readonly maxBundleBytes: number;
   /** Absent with `--no-preflight`. */
   readonly preflight?: PreflightChecker;
+  /** Mints the credentials of `cloud_auth` entries from the pool's cloud identity (src/cloud/). */
+  readonly cloudMinter?: CloudMinter;
 }
 
 export interface RunContext {
@@ -79,7 +82,7 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
   const workspace = new RunWorkspace(join(settings.workspacesDir, runId));
   let credentials: RunCredentials | undefined;
   let execution: RunExecution | undefined;
-  let forgetSecrets: (() => void) | undefined;
+  const forgetSecrets: (() => void)[] = [];
   let failure: AgentError | undefined;
   try {
     telemetry.configurationExtracted(await workspace.prepare(lease, client, resources.archiveLimits, ending.signal));
@@ -99,8 +102,11 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
       onWipe: telemetry.wiped,
     });
     const openMs = performance.now() - openStarted;
-    forgetSecrets = resources.redactor.add(credentials.secretForms());
     telemetry.credentialsOpened(credentials);
+    // cloud_auth entries become ordinary credentials here, before pre-flight; a refusal
+    // (CLOUD_AUTH_FAILED) ends the run before anything is written.
+    telemetry.cloudCredentialsMinted(await credentials.mintCloud(resources.cloudMinter, ending.signal), false);
+    forgetSecrets.push(resources.redactor.add(credentials.secretForms()));
     await checkBeforeInit(
       credentials,
       await scanSources(workspace, telemetry),
@@ -118,8 +124,18 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
     telemetry.credentialsWritten(credentials, written, openMs + performance.now() - writeStarted);
     const env: NodeJS.ProcessEnv = { ...resources.baseEnv, ...written.env, TF_IN_AUTOMATION: "1", TF_INPUT: "0" };
     let planned = false;
-    for (const phase of lease.run.phases) {
+    for (const [index, phase] of lease.run.phases.entries()) {
       ending.throwIfEnded();
+      if (index > 0) {
+        // A minted token with less than the cache's margin left (15 minutes, or half its lifetime
+        // when shorter: CLOUD_TOKEN_REFRESH_MARGIN_MS) is minted again and the files replaced; a
+        // phase that runs longer than that can still outlive its token.
+        const renewed = await credentials.refresh(resources.cloudMinter, ending.signal);
+        if (renewed.length > 0) {
+          forgetSecrets.push(resources.redactor.add(credentials.secretForms()));
+          telemetry.cloudCredentialsMinted(renewed, true);
+        }
+      }
       const output = telemetry.phaseStarted(phase);
       execution ??= await resources.executor.openRun({
         runId,
@@ -171,7 +187,7 @@ export async function executeRun(lease: Lease, ctx: RunContext, shutdown: AbortS
   await workspace.remove().catch((error: unknown) => {
     telemetry.workspaceNotRemoved(errnoCode(error) ?? "INTERNAL");
   });
-  forgetSecrets?.();
+  for (const forget of forgetSecrets) forget();
   const outcome: Outcome = failure === undefined ? "succeeded" : (OUTCOME_FOR[failure.code] ?? "failed");
   telemetry.finished(outcome, failure);
   await telemetry.close();

@@ -9,7 +9,12 @@ import type { Logger } from "pino";
 import { AgentError, isAgentError } from "../core/errors.js";
 import { anonymousDockerHubSources } from "../core/oci-source-checks.js";
 import type { Redactor } from "../core/redactor.js";
-import type { RunCredentials, WipeOutcome, WrittenCredentials } from "../credentials/run-credentials.js";
+import type {
+  MintedRegistry,
+  RunCredentials,
+  WipeOutcome,
+  WrittenCredentials,
+} from "../credentials/run-credentials.js";
 import type { OciSource } from "../fs/oci-sources.js";
 import type { CompleteRequest, Lease, LogChunk, Outcome, Phase, RunEvent } from "../protocol/agent-api.js";
 import type { PreflightOutcome } from "../registry/preflight.js";
@@ -89,6 +94,22 @@ export class RunTelemetry {
         ig.reason,
       );
     }
+  }
+
+  /** Credentials minted for cloud_auth entries (at the start, or renewed before a phase); never the secret. */
+  cloudCredentialsMinted(minted: readonly MintedRegistry[], renewed: boolean): void {
+    for (const m of minted)
+      this.log.info(
+        {
+          event: renewed ? "cloud_credentials_renewed" : "cloud_credentials_minted",
+          registry: m.host,
+          integration_id: m.integration_id,
+          provider: m.provider,
+          identity: m.identity,
+          expires_at: m.expires_at,
+        },
+        `${renewed ? "renewed" : "minted"} a ${m.provider} registry credential for ${m.host} as ${m.identity}, valid until ${m.expires_at}`,
+      );
   }
 
   preflightPassed(outcomes: readonly PreflightOutcome[], durationMs: number): void {

@@ -84,9 +84,15 @@ export async function createRunDir(
   return { created };
 }
 
-export async function writeRunFile(fs: FileSystem, runDir: string, id: RunFileId, data: string): Promise<void> {
+export async function writeRunFile(
+  fs: FileSystem,
+  runDir: string,
+  id: RunFileId,
+  data: string,
+  options: { readonly replace?: boolean } = {},
+): Promise<void> {
   const f = RUN_FILES[id];
-  await writeSecretFileAtomic(fs, join(runDir, f.dir), f.name, data);
+  await writeSecretFileAtomic(fs, join(runDir, f.dir), f.name, data, { replaceOwnFile: options.replace === true });
 }
 
 export interface WipeReport {

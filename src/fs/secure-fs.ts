@@ -149,7 +149,8 @@ export function withLeftover(
 
 /**
  * Writes `data` to dir/name: a fresh temporary file (O_CREAT|O_EXCL|O_NOFOLLOW, 0600), fsync,
- * then rename over nothing (anything already at dir/name is refused), then fsync the directory.
+ * then rename over nothing (anything already at dir/name is refused, except, with `replaceOwnFile`,
+ * a regular file of the agent's own), then fsync the directory.
  * On any failure the temporary file is removed; when that fails too, the error names it.
  */
 export async function writeSecretFileAtomic(
@@ -157,6 +158,7 @@ export async function writeSecretFileAtomic(
   dir: string,
   name: string,
   data: string | Uint8Array,
+  options: { readonly replaceOwnFile?: boolean } = {},
 ): Promise<void> {
   const finalPath = join(dir, name);
   const tempPath = join(dir, tempNameFor(name));
@@ -171,7 +173,10 @@ export async function writeSecretFileAtomic(
       await handle.close();
     }
     const existing = await lstatIfExists(fs, finalPath);
-    if (existing !== undefined) {
+    // With replaceOwnFile, a regular file of the agent's own is replaced in one rename (a
+    // renewed credential); anything else there is still refused.
+    const replaceable = options.replaceOwnFile === true && existing?.isFile() === true && existing.uid === currentUid();
+    if (existing !== undefined && !replaceable) {
       throw new AgentError(
         "RUN_DIR_ENTRY_UNSAFE",
         `${finalPath} exists already (${existing.isSymbolicLink() ? "a symbolic link" : "an entry"} the agent did not write); refusing to replace it. Something else writes into the run directory: give the agent a directory of its own`,

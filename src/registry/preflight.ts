@@ -240,6 +240,9 @@ export class PreflightChecker {
     if (entry.credentialHelper !== undefined) {
       return { ...base, result: "skipped", detail: `served by docker-credential-${entry.credentialHelper}` };
     }
+    if (entry.cloudAuth !== undefined && entry.password === "") {
+      return { ...base, result: "skipped", detail: `minted from the ${entry.cloudAuth.provider} identity at run time` };
+    }
     const cachedUntil = this.cache.get(cacheKey);
     if (cachedUntil !== undefined && cachedUntil > this.options.now()) {
       return { ...base, result: "cached", detail: "accepted recently" };

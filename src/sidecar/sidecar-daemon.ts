@@ -26,6 +26,7 @@ import { createHash } from "node:crypto";
 import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "pino";
 import { backoffDelayMs, type BackoffPolicy } from "../core/backoff.js";
+import type { CloudMinter } from "../core/cloud-auth.js";
 import { isAgentError, type AgentError } from "../core/errors.js";
 import type { ReplayCache } from "../core/replay-cache.js";
 import type { OperatorConfig } from "../credentials/operator-config.js";
@@ -63,6 +64,8 @@ export interface SidecarDaemonOptions {
   readonly operator: OperatorConfig;
   readonly fs: FileSystem;
   readonly maxBundleBytes: number;
+  /** Mints the credentials of `cloud_auth` entries (src/cloud/, through the composition root). */
+  readonly cloudMinter?: CloudMinter;
   /** The per-agent credential, to mask in every log line. */
   readonly redact: (secret: string) => void;
 }
@@ -258,6 +261,7 @@ export class SidecarDaemon {
       maxBundleLifetimeSeconds: settings.maxBundleLifetimeSeconds,
       clockSkewSeconds: settings.clockSkewSeconds,
       maxBundleBytes: this.options.maxBundleBytes,
+      ...(this.options.cloudMinter === undefined ? {} : { cloudMinter: this.options.cloudMinter }),
       onGone: (id) => {
         this.runs.delete(id);
         this.refused.delete(id);

@@ -3,7 +3,8 @@
  * a time, in order (a pre hook and a post hook of one run never interleave):
  *
  *   pre hook   the run token is checked with the control plane, a fresh bundle is asked for and
- *              opened, a new generation of the run's files is written and given to the runner's
+ *              opened, its cloud_auth entries minted (a token near its expiry is minted again:
+ *              each phase's pre hook renews what the phase needs), a new generation of the run's files is written and given to the runner's
  *              group, the previous generation wiped; the hook TTL is armed
  *   post hook  the token is checked, the files wiped; `post-run`, or the post hook of the run's
  *              last phase (`post-plan` of a plan-only run, `post-apply`), also completes the lease
@@ -16,6 +17,7 @@
  */
 import { join } from "node:path";
 import type { Logger } from "pino";
+import type { CloudMinter } from "../core/cloud-auth.js";
 import { AgentError, isAgentError } from "../core/errors.js";
 import type { ReplayCache } from "../core/replay-cache.js";
 import type { OperatorConfig } from "../credentials/operator-config.js";
@@ -28,6 +30,9 @@ import type { KeyRing } from "../keys/key-ring.js";
 import type { Outcome, SidecarLease } from "../protocol/agent-api.js";
 import { hookEndsRun, type HookRequest, type PostHookAnswer, type PreHookAnswer } from "../protocol/sidecar-api.js";
 import { generationName, makeRunParent, shareWithGroup, sidecarRoot, wipeRunParent } from "./run-files.js";
+
+/** How long a pre hook waits for cloud credentials (the minter bounds each mint at 30 s). */
+const MINT_WAIT_MS = 35_000;
 
 export interface SidecarRunContext {
   readonly agentId: string;
@@ -45,6 +50,8 @@ export interface SidecarRunContext {
   readonly maxBundleLifetimeSeconds: number;
   readonly clockSkewSeconds: number;
   readonly maxBundleBytes: number;
+  /** Mints the credentials of `cloud_auth` entries from the pool's cloud identity (src/cloud/). */
+  readonly cloudMinter?: CloudMinter;
   /** The run ended (completed, canceled, lost): the daemon forgets it. */
   readonly onGone: (runId: string) => void;
 }
@@ -168,6 +175,21 @@ export class SidecarRun {
         replayCache: ctx.replayCache,
         onWipe: this.wiped,
       });
+      // A refusal (CLOUD_AUTH_FAILED) fails the hook, so the phase never starts; nothing is written.
+      const minted = await credentials.mintCloud(ctx.cloudMinter, AbortSignal.timeout(MINT_WAIT_MS));
+      for (const m of minted)
+        ctx.log.info(
+          {
+            event: "cloud_credentials_minted",
+            run_id: this.runId,
+            registry: m.host,
+            integration_id: m.integration_id,
+            provider: m.provider,
+            identity: m.identity,
+            expires_at: m.expires_at,
+          },
+          `minted a ${m.provider} registry credential for ${m.host} as ${m.identity}, valid until ${m.expires_at}`,
+        );
       await makeRunParent(ctx.fs, this.dir, ctx.gid);
       // Named with 128 random bits: the group may pass through the run's directory, not list it.
       const runDir = join(this.dir, generationName());

@@ -417,6 +417,27 @@ describe("executor and isolation settings", () => {
     expect(binds.settings?.sandboxReadOnly).toEqual(["/opt/a", "/opt/b"]);
   });
 
+  it("cloud_auth_host: none by default; hosts from a repeated flag, a comma-separated variable or a YAML list, :443 dropped; a URL or a path is refused naming the setting", async () => {
+    expect((await load({})).settings?.cloudAuthHosts).toEqual([]);
+    expect((await load({ cloud_auth_host: "127.0.0.1:5000\n*.Corp.Example" })).settings?.cloudAuthHosts).toEqual([
+      "127.0.0.1:5000",
+      "*.corp.example",
+    ]);
+    const fromEnv = await loadSettings(base, {
+      OCI_CRED_AGENT_CLOUD_AUTH_HOST: "acr.corp.example:443,gar.corp.example:8443",
+    });
+    expect(fromEnv.settings?.cloudAuthHosts).toEqual(["acr.corp.example", "gar.corp.example:8443"]);
+    const file = join(dir, "cloud-hosts.yaml");
+    await writeFile(file, "cloud_auth_host:\n  - proxy.corp.example\n  - '*.internal.example'\n");
+    const fromFile = await loadSettings({ ...base, config: file }, {});
+    expect(fromFile.settings?.cloudAuthHosts).toEqual(["proxy.corp.example", "*.internal.example"]);
+    for (const bad of ["https://r.example", "r.example/v2", "*"]) {
+      const loaded = await load({ cloud_auth_host: bad });
+      expect(loaded.settings, bad).toBeUndefined();
+      expect(loaded.problems.find((p) => p.key === "cloud_auth_host")?.message, bad).toContain("--cloud-auth-host");
+    }
+  });
+
   it("refuses an executor that is neither local nor runner:/absolute, and runner with isolation none or concurrency above 1, naming the field and the fix", async () => {
     for (const [flags, key, fix] of [
       [{ executor: "runner:relative.sock" }, "executor", "--executor runner:/"],

@@ -208,3 +208,79 @@ describe("parseExport: credential helper entries", () => {
     ).toEqual(["credential_helper: an entry has either a credential helper or a username and password, not both"]);
   });
 });
+
+describe("parseExport: cloud_auth entries (issue 17)", () => {
+  const url = "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+
+  it.each([
+    [
+      { provider: "aws", region: "eu-west-1" },
+      { provider: "aws", region: "eu-west-1", account: undefined },
+    ],
+    [
+      { provider: "aws", region: "us-gov-west-1", account: "123456789012" },
+      { provider: "aws", region: "us-gov-west-1", account: "123456789012" },
+    ],
+    [{ provider: "azure" }, { provider: "azure", tenantId: undefined, clientId: undefined }],
+    [
+      { provider: "azure", tenant_id: "contoso.onmicrosoft.com", client_id: "0f0e0d0c-0b0a-0908-0706-050403020100" },
+      { provider: "azure", tenantId: "contoso.onmicrosoft.com", clientId: "0f0e0d0c-0b0a-0908-0706-050403020100" },
+    ],
+    [{ provider: "gcp" }, { provider: "gcp" }],
+  ])("reads %j in place of a username and password", (cloud_auth, expected) => {
+    const parsed = one({ id: "e", url, cloud_auth });
+    expect(parsed.invalid).toEqual([]);
+    expect(parsed.entries[0]).toMatchObject({ id: "e", username: "", password: "", credentialHelper: undefined });
+    expect(parsed.entries[0]?.cloudAuth).toEqual(expected);
+  });
+
+  it("accepts any registry host: private endpoints and proxies need not match the cloud's patterns", () => {
+    expect(one({ id: "e", url: "https://registry.internal:5000", cloud_auth: { provider: "gcp" } }).invalid).toEqual(
+      [],
+    );
+  });
+
+  it.each([
+    ["not an object", "aws", ["cloud_auth: expected an object"]],
+    ["an unknown provider", { provider: "oci" }, ["cloud_auth.provider: expected one of aws, azure, gcp"]],
+    [
+      "aws without a region",
+      { provider: "aws" },
+      ["cloud_auth.region: required for aws (the ECR registry's region, like us-east-1)"],
+    ],
+    [
+      "aws with a malformed region",
+      { provider: "aws", region: "EU WEST" },
+      ["cloud_auth.region: expected an AWS region like us-east-1"],
+    ],
+    [
+      "aws with a malformed account",
+      { provider: "aws", region: "eu-west-1", account: "12345" },
+      ["cloud_auth.account: expected a 12-digit AWS account id"],
+    ],
+    [
+      "azure with a malformed client id",
+      { provider: "azure", client_id: "not-a-guid" },
+      ["cloud_auth.client_id: expected an application (client) id, a GUID"],
+    ],
+    [
+      "azure with a malformed tenant",
+      { provider: "azure", tenant_id: "a/b" },
+      ["cloud_auth.tenant_id: expected an Entra ID tenant id (a GUID or a domain)"],
+    ],
+  ])("refuses %s, naming the field and never the value", (_what, cloud_auth, problems) => {
+    const parsed = one({ id: "e", url, cloud_auth });
+    expect(parsed.entries).toEqual([]);
+    expect(parsed.invalid[0]?.problems).toEqual(problems);
+  });
+
+  it("refuses cloud_auth together with a password or a credential helper", () => {
+    const cloud_auth = { provider: "gcp" };
+    expect(one({ id: "e", url, cloud_auth, username: "u", password: "p" }).invalid[0]?.problems).toEqual([
+      "cloud_auth: an entry has either cloud_auth or a username and password, not both",
+    ]);
+    expect(one({ id: "e", url, cloud_auth, credential_helper: "ecr-login" }).invalid[0]?.problems).toEqual([
+      "cloud_auth: an entry has either cloud_auth or a credential helper, not both",
+    ]);
+  });
+});

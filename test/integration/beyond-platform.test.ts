@@ -15,6 +15,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AGENT_BIN, FAKE_TOFU, startAgent, type AgentProcess, type LogLine } from "../support/agent-process.js";
+import { fakeTofuAgentArgs } from "../support/cloud-test-kit.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import {
   startHtpasswdRegistry,
@@ -110,21 +111,7 @@ async function scenario(
   await writeFile(tokenFile, h.agentToken, { mode: 0o600 });
   const recordFile = `${tokenFile}.record.jsonl`;
   const agent = startAgent(
-    [
-      "--control-plane-url",
-      h.url,
-      "--token-file",
-      tokenFile,
-      "--key-file",
-      keyFile,
-      "--work-dir",
-      workDir,
-      "--tofu-bin",
-      FAKE_TOFU,
-      "--listen",
-      "127.0.0.1:0",
-      ...extraArgs,
-    ],
+    [...fakeTofuAgentArgs({ url: h.url, tokenFile, keyFile, workDir, listen: "127.0.0.1:0" }), ...extraArgs],
     {
       ...fakeTofuRecord(recordFile),
       HOME: dir,

@@ -38,6 +38,7 @@ import { Deployment } from "kubernetes-models/apps/v1";
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1";
 import { NetworkPolicy } from "kubernetes-models/networking.k8s.io/v1";
 import { RUN_FIELDS, resolveConfig } from "../../src/config/schema.js";
+import { isCloudIdentityVariable } from "../../src/core/cloud-identity-env.js";
 import { isComplete, settingsFromConfig, type AgentSettings } from "../../src/config/load-run-config.js";
 import { AGENT_BIN } from "../support/agent-process.js";
 import { runFlags } from "../support/run-flags.js";
@@ -451,6 +452,18 @@ describe("Kubernetes manifests: the runner split (issue 14)", () => {
     expect(RUNNER_ARGS.join(" ")).not.toMatch(/--(key|key-file|token|token-file|token-env|config)\b/);
     for (const e of asArr(RUNNER["env"])) expect(String(e["name"])).not.toMatch(/KEY|TOKEN/);
     expect(RUNNER["envFrom"]).toBeUndefined();
+  });
+
+  it("the runner gets no cloud identity: the IRSA and AKS workload identity webhooks are told to skip it, and its env names none", () => {
+    const annotations = asObj(asObj(POD_TEMPLATE["metadata"])["annotations"]);
+    // EKS's list is comma-separated, Azure's semicolon-separated.
+    expect(String(annotations["eks.amazonaws.com/skip-containers"]).split(",")).toContain(RUNNER["name"]);
+    expect(String(annotations["azure.workload.identity/skip-containers"]).split(";")).toContain(RUNNER["name"]);
+    for (const e of asArr(RUNNER["env"])) expect(isCloudIdentityVariable(String(e["name"]))).toBe(false);
+    // The docs show the same annotations.
+    const doc = readFileSync(join(REPO, "docs/kubernetes.md"), "utf8");
+    expect(doc).toContain("eks.amazonaws.com/skip-containers: runner");
+    expect(doc).toContain("azure.workload.identity/skip-containers: runner");
   });
 
   it("the runner is another non-root user than the agent, in the group the run files are shared with, with a complete security context", () => {

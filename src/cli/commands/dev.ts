@@ -1,19 +1,23 @@
 /**
  * `oci-cred-agent dev` (what `npm start` runs): the whole flow on one machine in a minute, with
  * no setup. It starts the reference control plane on loopback, creates sample integrations
- * (two for one host, to show which one wins, and one with export off), starts one agent,
- * queues a run whose configuration uses `oci://` module sources, and prints a readable
- * summary. Without `tofu` on PATH a labelled stand-in shows which credential OpenTofu would
- * use for each source and from which file. It prints no secret and leaves no credential file.
+ * (two for one host, to show which one wins, one with export off, and one `cloud_auth` aws
+ * integration for an ECR registry), starts one agent, queues a run whose configuration uses
+ * `oci://` module sources, and prints a readable summary. Without `tofu` on PATH a labelled
+ * stand-in shows which credential OpenTofu would use for each source and from which file. The
+ * ECR credential is minted by the agent's own code from a web identity, against a labelled AWS
+ * stand-in on loopback (src/app/dev-cloud-standin.ts) that the SDK reaches through its endpoint
+ * overrides: no cloud account and no network. It prints no secret and leaves no credential file.
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { composeAgent } from "../../app/compose-agent.js";
+import { awsOverrides, startDevAwsStandIn, type DevAwsStandIn } from "../../app/dev-cloud-standin.js";
 import { errnoCode } from "../../core/errors.js";
 import { prepareAgent } from "../../app/prepare-agent.js";
 import { loadSettings, requireSettings } from "../../config/load-run-config.js";
@@ -28,6 +32,11 @@ import { packageVersion } from "../version.js";
 
 const execFileAsync = promisify(execFile);
 
+/** AWS's documentation account; the registry is never reached (pre-flight is off, tofu a stand-in without it). */
+const ECR_ACCOUNT = "123456789012";
+const ECR_HOST = `${ECR_ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com`;
+const DEV_ROLE_ARN = `arn:aws:iam::${ECR_ACCOUNT}:role/oci-cred-agent-dev`;
+
 const SAMPLE_MAIN_TF = `# A sample configuration whose modules come from private OCI registries.
 module "network" {
   source = "oci://ghcr.io/acme/modules/network?tag=1.4.0"
@@ -39,6 +48,11 @@ module "vpc" {
 
 module "dns" {
   source = "oci://registry.gitlab.com/acme/infra/dns?tag=0.3.0"
+}
+
+module "iam" {
+  # A cloud_auth integration: the agent mints this registry's credential from its AWS identity.
+  source = "oci://${ECR_HOST}/acme/modules/iam?tag=1.1.0"
 }
 
 module "legacy" {
@@ -62,7 +76,26 @@ const SAMPLE_INTEGRATIONS = [
     username: "acme-deploy",
     export_credentials: false,
   },
+  {
+    name: "ECR (cloud_auth aws)",
+    registry_url: `https://${ECR_HOST}`,
+    cloud_auth: { provider: "aws", region: "eu-west-1" },
+    export_credentials: true,
+  },
 ];
+
+function setEnv(name: string, value: string | undefined): void {
+  if (value === undefined) Reflect.deleteProperty(process.env, name);
+  else process.env[name] = value;
+}
+
+/**
+ * The directory the package's dependencies are installed in (the stand-in imports them): the
+ * package's own node_modules, a hoisted one above it, or where a symbolic link points.
+ */
+function dependenciesDir(): string {
+  return dirname(dirname(fileURLToPath(import.meta.resolve("commander"))));
+}
 
 async function tarGz(dir: string): Promise<Buffer> {
   const { stdout } = await execFileAsync("tar", ["czf", "-", "-C", dir, "."], {
@@ -126,20 +159,41 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
     return (await res.json()) as Record<string, unknown>;
   };
 
+  let awsStandIn: DevAwsStandIn | undefined;
+  const savedEnv = new Map<string, string | undefined>();
   try {
-    out("\nSample integrations (passwords are random and never shown):");
+    out("\nSample integrations (passwords are random and never shown; the cloud_auth one has none):");
     for (const sample of SAMPLE_INTEGRATIONS) {
       const created = await admin("POST", "/integrations", {
         ...sample,
-        password: `sample-${randomBytes(12).toString("hex")}`,
+        ...("username" in sample ? { password: `sample-${randomBytes(12).toString("hex")}` } : {}),
       });
       const warnings = Array.isArray(created["warnings"]) ? (created["warnings"] as string[]) : [];
       out(
-        `  ${String(created["id"])}  ${sample.name.padEnd(22)} ${sample.registry_url.padEnd(30)} export ${sample.export_credentials ? "on " : "off"}${warnings.length > 0 ? `  (${warnings.join("; ")})` : ""}`,
+        `  ${String(created["id"])}  ${sample.name.padEnd(22)} ${sample.registry_url.padEnd(52)} export ${sample.export_credentials ? "on " : "off"}${warnings.length > 0 ? `  (${warnings.join("; ")})` : ""}`,
       );
       // Distinct updated_at values, so the later GHCR integration wins deterministically.
       await new Promise((r) => setTimeout(r, 5));
     }
+
+    // The agent's AWS identity for the tour: a web identity (as IRSA gives a pod) whose STS and
+    // ECR are a labelled stand-in on loopback. The SDK reads the agent's own environment.
+    const webIdentityToken = `dev-web-identity.${randomBytes(24).toString("base64url")}`;
+    awsStandIn = await startDevAwsStandIn({ webIdentityToken, accountId: ECR_ACCOUNT });
+    const webIdentityTokenFile = join(secretsDir, "aws-web-identity-token");
+    await writeFile(webIdentityTokenFile, webIdentityToken, { mode: 0o600 });
+    const overrides = awsOverrides(
+      awsStandIn,
+      { webIdentityTokenFile, absentFile: join(secretsDir, "no-aws-config") },
+      DEV_ROLE_ARN,
+    );
+    for (const [name, value] of Object.entries(overrides)) {
+      savedEnv.set(name, process.env[name]);
+      setEnv(name, value);
+    }
+    out(
+      `\nAWS identity: web identity for ${DEV_ROLE_ARN}; STS and ECR are a stand-in at ${awsStandIn.url} (AWS_ENDPOINT_URL_STS, AWS_ENDPOINT_URL_ECR).`,
+    );
 
     const keyFile = join(secretsDir, "agent.key");
     await createKeyFile(realFs, keyFile, generatePrivateKeyPem());
@@ -154,7 +208,7 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
         {
           file: process.execPath,
           argsPrefix: [mainJs, "tofu-standin"],
-          needs: [process.execPath, fileURLToPath(new URL("../../../", import.meta.url))],
+          needs: [process.execPath, fileURLToPath(new URL("../../../", import.meta.url)), dependenciesDir()],
         };
     out(
       realTofu
@@ -218,13 +272,17 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
       : [];
     out("  Credentials written for the run (one per registry):");
     for (const r of registries)
-      out(`    ${r.host.padEnd(24)} <- ${r.integration_id} (${r.integration_name ?? "unnamed"})`);
+      out(`    ${r.host.padEnd(45)} <- ${r.integration_id} (${r.integration_name ?? "unnamed"})`);
     out("  Integrations left out:");
     for (const e of run.events.filter((x) => x.type === "integration_left_out")) {
       out(
         `    ${String(e["integration_id"])} (${String(e["integration_name"])}): ${String(e["code"])}, ${String(e["reason"])}`,
       );
     }
+    out("  Cloud credentials minted by the agent (from the AWS stand-in; the password is never shown):");
+    out(
+      `    ${ECR_HOST}: STS assumed ${awsStandIn.assumedRoles.join(", ") || "no role"} for the web identity; ECR issued ${awsStandIn.ecrTokens} token(s) to requests signed with the key STS issued`,
+    );
     out("  What OpenTofu would use at init, per module source:");
     const initLog = run.logs
       .filter((l) => l.phase === "init")
@@ -237,6 +295,8 @@ export async function dev(opts: { workDir?: string; logLevel: string; offline?: 
     if (exit.code !== 0) out(`  The agent stopped with ${exit.error.code}: ${exit.error.message}`);
     return exit.code === 0 && leftovers === 0 ? 0 : 1;
   } finally {
+    for (const [name, value] of savedEnv) setEnv(name, value);
+    await awsStandIn?.close();
     await cp.close();
     await rm(secretsDir, { recursive: true, force: true });
     if (ownWorkDir) await rm(workDir, { recursive: true, force: true });

@@ -1,6 +1,8 @@
 import { loadKeySource } from "../../keys/key-source.js";
 import { keySourceFrom } from "../key-option.js";
+import { createCloudMinter } from "../../cloud/cloud-minter.js";
 import { materializeRun } from "../../credentials/materialize.js";
+import { parseCloudHostPattern } from "../../core/cloud-hosts.js";
 import { AgentError } from "../../core/errors.js";
 import { readOperatorTofuCliConfig } from "../../fs/tofu-cli-config-sources.js";
 import { realFs } from "../../fs/secure-fs.js";
@@ -20,6 +22,8 @@ export interface MaterializeOptions {
   readonly maxBundleLifetime: string;
   readonly clockSkew: string;
   readonly maxBundleBytes?: string;
+  /** Registry hosts that may receive cloud-minted credentials besides the clouds' own (repeatable). */
+  readonly cloudAuthHost?: readonly string[];
 }
 
 /** Single-quotes a value for POSIX shells. */
@@ -39,6 +43,16 @@ export async function materialize(opts: MaterializeOptions): Promise<number> {
   const clockSkewSeconds = durationSeconds("--clock-skew", opts.clockSkew);
   const maxBundleBytes =
     opts.maxBundleBytes === undefined ? undefined : positiveInt("--max-bundle-bytes", opts.maxBundleBytes);
+  const allowedHosts = (opts.cloudAuthHost ?? []).map((text) => {
+    const pattern = parseCloudHostPattern(text);
+    if (pattern === undefined)
+      throw new AgentError(
+        "INVALID_ARGUMENT",
+        `--cloud-auth-host ${JSON.stringify(text)} is not a host name HOST[:PORT] (a leading *. for any name under it); use e.g. --cloud-auth-host registry.corp.example:5000`,
+        { flag: "--cloud-auth-host" },
+      );
+    return pattern;
+  });
   const loaded = await loadKeySource(keySourceFrom(opts), { fs: realFs, env: process.env });
   for (const w of loaded.warnings) process.stderr.write(`oci-cred-agent: warning: ${w}\n`);
   const keys = new Map(loaded.keys.map((k) => [k.kid, k]));
@@ -63,6 +77,8 @@ export async function materialize(opts: MaterializeOptions): Promise<number> {
     ...(base === undefined ? {} : { baseDockerConfig: base }),
     tofuCliConfigSources: await readOperatorTofuCliConfig(realFs, opts.tofuCliConfig),
     fs: realFs,
+    // Loads a cloud's SDK only when a cloud_auth entry needs it.
+    cloudMinter: createCloudMinter({ allowedHosts }),
     onWipe: (outcome) => {
       if (!outcome.ok) process.stderr.write(`oci-cred-agent: error ${outcome.error.code}: ${outcome.error.message}\n`);
     },
