@@ -11,10 +11,10 @@ import type { Logger } from "pino";
 import type { AgentSettings } from "../config/load-run-config.js";
 import { backoffDelayMs } from "../core/backoff.js";
 import { isAgentError, type AgentError } from "../core/errors.js";
-import { openChallenge } from "../crypto/sealed-bundle.js";
 import type { KeyRing } from "../keys/key-ring.js";
-import type { Challenge, Lease, RegisterRequest } from "../protocol/agent-api.js";
+import type { Lease, RegisterRequest } from "../protocol/agent-api.js";
 import type { ControlPlaneClient } from "./control-plane-client.js";
+import { answerChallenge, enroll, retryAfterOf } from "./enroll.js";
 import type { DaemonObserver } from "./observer.js";
 import { executeRun, type RunResources } from "./run-executor.js";
 import { sweepLeftovers } from "./sweep.js";
@@ -83,7 +83,12 @@ export class AgentDaemon {
     for (let attempt = 0; ; attempt++) {
       try {
         const challenge = await client.keyChallenge(agentId);
-        const answer = await this.openChallengeFor(agentId, challenge, this.registeredKeys ?? keys);
+        const answer = await answerChallenge(
+          challenge,
+          agentId,
+          this.registeredKeys ?? keys,
+          this.options.settings.clockSkewSeconds,
+        );
         await client.updateKeys(agentId, {
           public_keys: this.options.registration().public_keys,
           challenge_id: challenge.challenge_id,
@@ -96,16 +101,6 @@ export class AgentDaemon {
         if (!lost || attempt > 0) throw error;
       }
     }
-  }
-
-  private openChallengeFor(agentId: string, challenge: Challenge, keys: KeyRing): Promise<string> {
-    return openChallenge(challenge.challenge, {
-      keys,
-      agentId,
-      challengeId: challenge.challenge_id,
-      nowMs: Date.now(),
-      clockSkewSeconds: this.options.settings.clockSkewSeconds,
-    });
   }
 
   private stopping(): boolean {
@@ -126,26 +121,25 @@ export class AgentDaemon {
     const { client, log, observer } = this.options;
     for (let attempt = 0; !this.pollAbort.signal.aborted; attempt++) {
       try {
-        // Enrollment: the pool token gets a challenge sealed to the agent's newest key; opening
-        // it proves the key, and the answer gets the per-agent credential (memory only).
+        // The per-agent credential is kept in memory only.
         const keys = this.options.runs.keys();
-        const enrolled = await client.enroll(this.options.registration());
-        const answer = await this.openChallengeFor(enrolled.agent_id, enrolled, keys);
-        const granted = await client.answerEnrollment(enrolled.agent_id, {
-          challenge_id: enrolled.challenge_id,
-          answer,
-        });
+        const { agentId, granted } = await enroll(
+          client,
+          this.options.registration(),
+          keys,
+          this.options.settings.clockSkewSeconds,
+        );
         // Redacted for the life of the process, earlier credentials included.
         this.options.runs.redactor.add([granted.credential]);
         this.registeredKeys = keys;
-        observer.registered(enrolled.agent_id);
+        observer.registered(agentId);
         log.info(
-          { event: "registered", agent_id: enrolled.agent_id, poll_wait_seconds: granted.poll_wait_seconds },
+          { event: "registered", agent_id: agentId, poll_wait_seconds: granted.poll_wait_seconds },
           "registered with the control plane",
         );
         this.pollWaitSeconds = granted.poll_wait_seconds;
         this.heartbeatIntervalMs = granted.heartbeat_interval_seconds * 1000;
-        return enrolled.agent_id;
+        return agentId;
       } catch (error) {
         if (!this.handlePollError(error, "register")) return undefined;
         await this.backOff(attempt, error);
@@ -282,8 +276,4 @@ export class AgentDaemon {
     while (this.active.size > 0) await Promise.race(this.active);
     clearTimeout(timer);
   }
-}
-
-function retryAfterOf(error: unknown): number | undefined {
-  return isAgentError(error, "CONTROL_PLANE_UNAVAILABLE") ? error.details.retry_after_ms : undefined;
 }

@@ -30,8 +30,8 @@ import type { CloudMinter } from "../core/cloud-auth.js";
 import { isAgentError, type AgentError } from "../core/errors.js";
 import type { ReplayCache } from "../core/replay-cache.js";
 import type { OperatorConfig } from "../credentials/operator-config.js";
-import { openChallenge } from "../crypto/sealed-bundle.js";
 import type { ControlPlaneClient } from "../daemon/control-plane-client.js";
+import { enroll, retryAfterOf } from "../daemon/enroll.js";
 import type { DaemonObserver } from "../daemon/observer.js";
 import type { FileSystem } from "../fs/secure-fs.js";
 import type { KeyRing } from "../keys/key-ring.js";
@@ -151,8 +151,7 @@ export class SidecarDaemon {
   }
 
   private async backOff(attempt: number, error: unknown): Promise<void> {
-    const retryAfter = isAgentError(error, "CONTROL_PLANE_UNAVAILABLE") ? error.details.retry_after_ms : undefined;
-    const ms = backoffDelayMs(this.options.settings.retry, attempt, Math.random, retryAfter);
+    const ms = backoffDelayMs(this.options.settings.retry, attempt, Math.random, retryAfterOf(error));
     await delay(ms, undefined, { signal: this.pollAbort.signal }).catch(() => undefined);
   }
 
@@ -161,28 +160,22 @@ export class SidecarDaemon {
     for (let attempt = 0; !this.pollAbort.signal.aborted; attempt++) {
       try {
         const keys = this.options.keys();
-        const enrolled = await client.enroll({ ...this.options.registration(), role: "sidecar" });
-        const answer = await openChallenge(enrolled.challenge, {
+        const { agentId, granted } = await enroll(
+          client,
+          { ...this.options.registration(), role: "sidecar" },
           keys,
-          agentId: enrolled.agent_id,
-          challengeId: enrolled.challenge_id,
-          nowMs: Date.now(),
-          clockSkewSeconds: this.options.settings.clockSkewSeconds,
-        });
-        const granted = await client.answerEnrollment(enrolled.agent_id, {
-          challenge_id: enrolled.challenge_id,
-          answer,
-        });
+          this.options.settings.clockSkewSeconds,
+        );
         this.options.redact(granted.credential);
         this.pollWaitSeconds = granted.poll_wait_seconds;
         this.heartbeatIntervalMs = granted.heartbeat_interval_seconds * 1000;
-        this.agentId = enrolled.agent_id;
-        observer.registered(enrolled.agent_id);
+        this.agentId = agentId;
+        observer.registered(agentId);
         log.info(
-          { event: "registered", agent_id: enrolled.agent_id, role: "sidecar" },
+          { event: "registered", agent_id: agentId, role: "sidecar" },
           "registered with the control plane as a sidecar",
         );
-        return enrolled.agent_id;
+        return agentId;
       } catch (error) {
         if (!this.pollFailed(error, "register")) return undefined;
         await this.backOff(attempt, error);
