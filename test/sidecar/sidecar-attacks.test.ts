@@ -16,16 +16,25 @@
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, rename, rm, stat, symlink } from "node:fs/promises";
 import { createConnection, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parseHookAnswer, SIDECAR_PROTOCOL_VERSION, type HookAnswer } from "../../src/protocol/sidecar-api.js";
-import { AGENT_BIN, startLogged, type AgentProcess, type LogLine } from "../support/agent-process.js";
+import type { AgentProcess, LogLine } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { agentFiles } from "../support/reliability-agents.js";
+import {
+  exists,
+  externalRun,
+  hook,
+  hookRequestLine,
+  startSidecar as startKitSidecar,
+  waitLeased,
+  type Sidecar,
+  type SidecarContext,
+  type SidecarOptions,
+} from "../support/sidecar-kit.js";
 
 /** The runner's group, and an unprivileged user of it (a run of another tenant on the same runner). */
 const GID = 47213;
@@ -38,45 +47,11 @@ let files: { keyFile: string; tokenFile: string };
 const sidecars: AgentProcess[] = [];
 const tokens: string[] = [];
 
-interface Sidecar {
-  readonly proc: AgentProcess;
-  readonly socket: string;
-  readonly credentialsDir: string;
-}
+const context = (): SidecarContext => ({ dir, controlPlaneUrl: h.url, files, gid: GID, started: sidecars });
 
-function startSidecar(
-  name: string,
-  opts: { extra?: readonly string[]; workDir?: string; socket?: string; concurrency?: number } = {},
-): Sidecar {
-  const work = opts.workDir ?? join(dir, name);
-  mkdirSync(work, { recursive: true, mode: 0o711 });
-  const socket = opts.socket ?? join(dir, `${name}.sock`);
-  const proc = startLogged(AGENT_BIN, [
-    "sidecar",
-    "--log-format",
-    "json",
-    "--control-plane-url",
-    h.url,
-    "--token-file",
-    files.tokenFile,
-    "--key-file",
-    files.keyFile,
-    "--work-dir",
-    work,
-    "--listen",
-    "off",
-    "--concurrency",
-    String(opts.concurrency ?? 8),
-    "--socket",
-    socket,
-    "--socket-group",
-    String(GID),
-    "--lease-wait",
-    "2s",
-    ...(opts.extra ?? []),
-  ]);
-  sidecars.push(proc);
-  return { proc, socket, credentialsDir: join(work, "credentials") };
+/** The work directory lets the runner's group pass (0711), as the sidecar's own directories do. */
+function startSidecar(name: string, opts: SidecarOptions = {}): Sidecar {
+  return startKitSidecar(context(), name, { workMode: 0o711, ...opts });
 }
 
 /** Each test below starts its own sidecar: none other may lease its runs, whatever an earlier test left. */
@@ -90,53 +65,12 @@ async function stopSidecar(s: Sidecar): Promise<void> {
   expect(await s.proc.exited).toMatchObject({ code: 0 });
 }
 
-function request(fields: Record<string, unknown>): string {
-  return `${JSON.stringify({ v: SIDECAR_PROTOCOL_VERSION, phase: null, outcome: null, ...fields })}\n`;
-}
-
-/** One hook request over the socket, as `oci-cred-agent hook` sends it. */
-function hook(socket: string, fields: Record<string, unknown>): Promise<HookAnswer> {
-  return new Promise((resolve, reject) => {
-    const conn = createConnection(socket);
-    let text = "";
-    conn.on("data", (chunk: Buffer) => {
-      text += chunk.toString("utf8");
-    });
-    conn.on("end", () => {
-      const answer = parseHookAnswer(text.replace(/\n$/, ""));
-      if (answer === undefined) reject(new Error(`not a sidecar answer: ${text}`));
-      else resolve(answer);
-    });
-    conn.on("error", reject);
-    conn.write(request(fields));
-  });
-}
-
 function connected(socket: string, opts: { allowHalfOpen?: boolean } = {}): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const conn = createConnection({ path: socket, allowHalfOpen: opts.allowHalfOpen ?? false });
     conn.once("connect", () => resolve(conn));
     conn.once("error", reject);
   });
-}
-
-async function externalRun(phases = ["init", "plan", "apply"]): Promise<{ id: string; run_token: string }> {
-  const res = await h.admin("POST", "/runs", { executor: "external", phases });
-  expect(res.status).toBe(201);
-  const run = res.json as { id: string; run_token: string };
-  tokens.push(run.run_token);
-  return run;
-}
-
-async function leased(s: Sidecar, runId: string): Promise<void> {
-  await s.proc.waitForLog((l) => l["event"] === "leased" && l["run_id"] === runId);
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
 }
 
 /** Runs a command as the neighbour (uid 47301, in the runner's group only). */
@@ -188,8 +122,8 @@ describe("oci-cred-agent sidecar under attack", () => {
   });
 
   it("H1: a run of the runner's group reads its own files, but cannot list the directories nor guess another run's", async () => {
-    const victim = await externalRun(["init", "plan"]);
-    await leased(main, victim.id);
+    const victim = await externalRun(h, tokens, ["init", "plan"]);
+    await waitLeased(main, victim.id);
     const answer = await hook(main.socket, { hook: "pre-init", run_id: victim.id, run_token: victim.run_token });
     if (!answer.ok || !("run_dir" in answer)) throw new Error(JSON.stringify(answer));
     const root = join(main.credentialsDir, "sidecar");
@@ -215,8 +149,8 @@ describe("oci-cred-agent sidecar under attack", () => {
   });
 
   it("M1: guessed tokens cannot lock a run out of its first hook; a refused token is not sent again; refusals are not all logged", async () => {
-    const victim = await externalRun(["init", "plan"]);
-    await leased(main, victim.id);
+    const victim = await externalRun(h, tokens, ["init", "plan"]);
+    await waitLeased(main, victim.id);
     const guesses = Array.from({ length: 30 }, () => `ocrt_${randomBytes(32).toString("base64url")}`);
     for (const runToken of guesses)
       expect(await hook(main.socket, { hook: "pre-init", run_id: victim.id, run_token: runToken })).toMatchObject({
@@ -247,8 +181,8 @@ describe("oci-cred-agent sidecar under attack", () => {
   });
 
   it("M2: idle and half-open connections keep no hook from being served, and do not hold SIGTERM", async () => {
-    const run = await externalRun(["init", "plan"]);
-    await leased(main, run.id);
+    const run = await externalRun(h, tokens, ["init", "plan"]);
+    await waitLeased(main, run.id);
     // More idle connections than the sidecar's old limit (64), all accepted before the hook.
     const idle = await Promise.all(Array.from({ length: 100 }, () => connected(main.socket)));
     // Half-open: a line, the answer read, and the connection never closed by the client.
@@ -298,16 +232,16 @@ describe("oci-cred-agent sidecar under attack", () => {
     await killOthers();
     // One run at a time: while run A is held, run B stays queued at the control plane.
     const s = startSidecar("waits", { concurrency: 1, extra: ["--lease-wait", "120s", "--log-level", "debug"] });
-    const a = await externalRun(["init", "plan"]);
-    await leased(s, a.id);
-    const b = await externalRun(["init", "plan"]);
+    const a = await externalRun(h, tokens, ["init", "plan"]);
+    await waitLeased(s, a.id);
+    const b = await externalRun(h, tokens, ["init", "plan"]);
     // 4 x --concurrency waiters for runs that do not exist, their clients staying.
     const strangers = Array.from({ length: 4 }, () => `run-stranger-${randomBytes(6).toString("hex")}`);
     const waiting = await Promise.all(
       strangers.map(async (id) => {
         const conn = await connected(s.socket);
         conn.on("error", () => undefined);
-        conn.write(request({ hook: "pre-init", run_id: id, run_token: "ocrt_stranger" }));
+        conn.write(hookRequestLine({ hook: "pre-init", run_id: id, run_token: "ocrt_stranger" }));
         await s.proc.waitForLog((l) => l["event"] === "lease_wait" && l["run_id"] === id);
         return conn;
       }),
@@ -339,8 +273,8 @@ describe("oci-cred-agent sidecar under attack", () => {
     const workDir = join(dir, "shared-dir");
     const first = startSidecar("l1-first", { workDir });
     await first.proc.waitForLog((l) => l["event"] === "registered");
-    const run = await externalRun(["init", "plan"]);
-    await leased(first, run.id);
+    const run = await externalRun(h, tokens, ["init", "plan"]);
+    await waitLeased(first, run.id);
     const answer = await hook(first.socket, { hook: "pre-init", run_id: run.id, run_token: run.run_token });
     if (!answer.ok || !("run_dir" in answer)) throw new Error(JSON.stringify(answer));
     const second = startSidecar("l1-second", { workDir });
@@ -359,8 +293,8 @@ describe("oci-cred-agent sidecar under attack", () => {
     const workDir = join(dir, "l2");
     const first = startSidecar("l2", { workDir });
     await first.proc.waitForLog((l) => l["event"] === "registered");
-    const run = await externalRun(["init", "plan"]);
-    await leased(first, run.id);
+    const run = await externalRun(h, tokens, ["init", "plan"]);
+    await waitLeased(first, run.id);
     const answer = await hook(first.socket, { hook: "pre-init", run_id: run.id, run_token: run.run_token });
     if (!answer.ok || !("run_dir" in answer)) throw new Error(JSON.stringify(answer));
     first.proc.kill("SIGKILL");

@@ -8,24 +8,27 @@
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { mkdtemp, readdir, rm, stat } from "node:fs/promises";
-import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveOpenTofuCredential } from "../../src/core/opentofu-resolver.js";
-import {
-  MAX_SIDECAR_LINE_BYTES,
-  parseHookAnswer,
-  SIDECAR_PROTOCOL_VERSION,
-  type HookAnswer,
-} from "../../src/protocol/sidecar-api.js";
-import { AGENT_BIN, startLogged, type AgentProcess, type LogLine } from "../support/agent-process.js";
+import { MAX_SIDECAR_LINE_BYTES } from "../../src/protocol/sidecar-api.js";
+import type { AgentProcess, LogLine } from "../support/agent-process.js";
 import { startControlPlane, type Harness } from "../support/control-plane-harness.js";
 import { buildModulePackage, pushModulePackage, type ModulePackage } from "../support/oci-module-package.js";
 import { agentFiles } from "../support/reliability-agents.js";
+import {
+  exists,
+  externalRun,
+  hook,
+  startSidecar as startKitSidecar,
+  waitLeased,
+  type Sidecar,
+  type SidecarContext,
+} from "../support/sidecar-kit.js";
 import { startHtpasswdRegistry, type LocalRegistry } from "../support/registry-fixture.js";
 
 const execFileAsync = promisify(execFile);
@@ -43,83 +46,14 @@ const sidecars: AgentProcess[] = [];
 /** Every run token issued in this file: none may appear in any output. */
 const tokens: string[] = [];
 
-interface Sidecar {
-  readonly proc: AgentProcess;
-  readonly socket: string;
-  readonly credentialsDir: string;
-}
+const context = (): SidecarContext => ({ dir, controlPlaneUrl: h.url, files, gid: GID, started: sidecars });
 
 function startSidecar(name: string, extra: readonly string[] = [], workDir?: string): Sidecar {
-  const work = workDir ?? join(dir, name);
-  mkdirSync(work, { recursive: true, mode: 0o700 });
-  const socket = join(dir, `${name}.sock`);
-  const proc = startLogged(AGENT_BIN, [
-    "sidecar",
-    "--log-format",
-    "json",
-    "--control-plane-url",
-    h.url,
-    "--token-file",
-    files.tokenFile,
-    "--key-file",
-    files.keyFile,
-    "--work-dir",
-    work,
-    "--listen",
-    "off",
-    "--concurrency",
-    "8",
-    "--socket",
-    socket,
-    "--socket-group",
-    String(GID),
-    "--lease-wait",
-    "2s",
-    ...extra,
-  ]);
-  sidecars.push(proc);
-  return { proc, socket, credentialsDir: join(work, "credentials") };
+  return startKitSidecar(context(), name, { extra, ...(workDir === undefined ? {} : { workDir }) });
 }
 
 async function ready(s: Sidecar): Promise<void> {
   await s.proc.waitForLog((l) => l["event"] === "registered");
-}
-
-/** One hook request over the socket, as `oci-cred-agent hook` sends it. */
-function hook(socket: string, request: Record<string, unknown>): Promise<HookAnswer> {
-  return new Promise((resolve, reject) => {
-    const conn = createConnection(socket);
-    let text = "";
-    conn.on("data", (chunk: Buffer) => {
-      text += chunk.toString("utf8");
-    });
-    conn.on("end", () => {
-      const answer = parseHookAnswer(text.replace(/\n$/, ""));
-      if (answer === undefined) reject(new Error(`not a sidecar answer: ${text}`));
-      else resolve(answer);
-    });
-    conn.on("error", reject);
-    conn.write(`${JSON.stringify({ v: SIDECAR_PROTOCOL_VERSION, phase: null, outcome: null, ...request })}\n`);
-  });
-}
-
-async function externalRun(phases = ["init", "plan", "apply"]): Promise<{ id: string; run_token: string }> {
-  const res = await h.admin("POST", "/runs", { executor: "external", phases });
-  expect(res.status).toBe(201);
-  const run = res.json as { id: string; run_token: string };
-  tokens.push(run.run_token);
-  return run;
-}
-
-async function waitLeased(s: Sidecar, runId: string): Promise<void> {
-  await s.proc.waitForLog((l) => l["event"] === "leased" && l["run_id"] === runId);
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
 }
 
 async function listRuns(credentialsDir: string): Promise<string[]> {
@@ -173,7 +107,7 @@ describe("oci-cred-agent sidecar", () => {
   });
 
   it("writes a run's files for each pre hook where OpenTofu and skopeo find them, and wipes them at each post hook", async () => {
-    const run = await externalRun();
+    const run = await externalRun(h, tokens);
     await waitLeased(main, run.id);
     const token = run.run_token;
     for (const [pre, post] of [
@@ -236,8 +170,8 @@ describe("oci-cred-agent sidecar", () => {
   });
 
   it("refuses a wrong token, another run's token and a forged run id, writing nothing", async () => {
-    const victim = await externalRun(["init", "plan"]);
-    const other = await externalRun(["init", "plan"]);
+    const victim = await externalRun(h, tokens, ["init", "plan"]);
+    const other = await externalRun(h, tokens, ["init", "plan"]);
     await waitLeased(main, victim.id);
     await waitLeased(main, other.id);
     for (const runToken of [other.run_token, `${victim.run_token.slice(0, -2)}AA`, "ocrt_forged"]) {
@@ -275,7 +209,7 @@ describe("oci-cred-agent sidecar", () => {
   });
 
   it("wipes a run's files when the run is canceled at the control plane", async () => {
-    const run = await externalRun();
+    const run = await externalRun(h, tokens);
     await waitLeased(main, run.id);
     const answer = await hook(main.socket, { hook: "pre-init", run_id: run.id, run_token: run.run_token });
     if (!answer.ok || !("run_dir" in answer)) throw new Error(JSON.stringify(answer));
@@ -294,7 +228,7 @@ describe("oci-cred-agent sidecar", () => {
     expect(await main.proc.exited).toMatchObject({ code: 0 });
     const s = startSidecar("ttl", ["--hook-ttl", "1s"]);
     await ready(s);
-    const run = await externalRun();
+    const run = await externalRun(h, tokens);
     await waitLeased(s, run.id);
     const answer = await hook(s.socket, { hook: "pre-init", run_id: run.id, run_token: run.run_token });
     if (!answer.ok || !("run_dir" in answer)) throw new Error(JSON.stringify(answer));
@@ -314,7 +248,7 @@ describe("oci-cred-agent sidecar", () => {
     const workDir = join(dir, "killed");
     const first = startSidecar("killed", [], workDir);
     await ready(first);
-    const run = await externalRun();
+    const run = await externalRun(h, tokens);
     await waitLeased(first, run.id);
     const answer = await hook(first.socket, { hook: "pre-init", run_id: run.id, run_token: run.run_token });
     if (!answer.ok || !("run_dir" in answer)) throw new Error(JSON.stringify(answer));
