@@ -99,6 +99,22 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+describe("the sidecar's concurrency", () => {
+  it("is 64 unless set, and what the flag says when set (sent at enrollment)", async () => {
+    const enrolledConcurrency = async (s: Sidecar): Promise<number | undefined> => {
+      const id = (await s.proc.waitForLog((l) => l["event"] === "registered"))["agent_id"] as string;
+      return h.cp.store.agents.get(id)?.concurrency;
+    };
+    const unset = startKitSidecar(context(), "concurrency-unset", { concurrency: "unset" });
+    expect(await enrolledConcurrency(unset)).toBe(64);
+    unset.proc.kill("SIGTERM");
+    const three = startKitSidecar(context(), "concurrency-3", { concurrency: 3 });
+    expect(await enrolledConcurrency(three)).toBe(3);
+    three.proc.kill("SIGTERM");
+    await Promise.all([unset.proc.exited, three.proc.exited]);
+  });
+});
+
 describe("oci-cred-agent sidecar", () => {
   let main: Sidecar;
   beforeAll(async () => {

@@ -32,7 +32,8 @@ export interface SidecarOptions {
   readonly extra?: readonly string[];
   readonly workDir?: string;
   readonly socket?: string;
-  readonly concurrency?: number;
+  /** --concurrency (8 unless said); "unset" gives none, for the sidecar's own default. */
+  readonly concurrency?: number | "unset";
   /** The mode the work directory is made with (0700 unless a test lets the group pass). */
   readonly workMode?: number;
 }
@@ -55,8 +56,7 @@ export function startSidecar(ctx: SidecarContext, name: string, opts: SidecarOpt
     work,
     "--listen",
     "off",
-    "--concurrency",
-    String(opts.concurrency ?? 8),
+    ...(opts.concurrency === "unset" ? [] : ["--concurrency", String(opts.concurrency ?? 8)]),
     "--socket",
     socket,
     "--socket-group",

@@ -35,17 +35,16 @@ export async function sidecar(
 ): Promise<number> {
   const hookTtlMs = duration("--hook-ttl", opts.hookTtl);
   const leaseWaitMs = duration("--lease-wait", opts.leaseWait);
+  const loaded = await loadSettings(flags, process.env);
+  const settings = requireSettings(loaded);
   // A sidecar holds no process per run, only a lease and files between hooks, and runners wait
-  // for their hooks: unless the operator says otherwise, it holds many runs at once.
-  const givenConcurrency =
-    flags["concurrency"] !== undefined ||
-    process.env["OCI_CRED_AGENT_CONCURRENCY"] !== undefined ||
-    (await loadSettings(flags, process.env)).resolved.values.get("concurrency")?.source === "file";
-  const loaded = await loadSettings(
-    givenConcurrency ? flags : { ...flags, concurrency: String(SIDECAR_DEFAULT_CONCURRENCY) },
+  // for their hooks: unless the operator set it (flag, variable or file), it holds many runs at once.
+  const concurrencyUnset = loaded.resolved.values.get("concurrency")?.source === "default";
+  const prepared = await prepareAgent(
+    concurrencyUnset ? { ...settings, concurrency: SIDECAR_DEFAULT_CONCURRENCY } : settings,
+    realFs,
     process.env,
   );
-  const prepared = await prepareAgent(requireSettings(loaded), realFs, process.env);
   const composed = await composeSidecar(prepared, {
     socketPath: opts.socket ?? process.env["OCI_CRED_AGENT_SOCKET"] ?? DEFAULT_SIDECAR_SOCKET,
     ...(opts.socketGroup === undefined ? {} : { socketGroup: opts.socketGroup }),
